@@ -1,0 +1,18 @@
+//! keyval: a strongly consistent, Raft-replicated key-value store, and Raft as a blocking
+//! library with its storage and transport included.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod limits;
+pub mod state_machine;
+pub mod storage;
+pub mod testkit;
+pub mod types;
+
+pub use config::Config;
+pub use error::{Error, ProposeError, ReadError, StorageError};
+pub use state_machine::StateMachine;
+pub use types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};

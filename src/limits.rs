@@ -1,0 +1,54 @@
+//! Every bound in keyval, named, with the relations between them checked at compile time.
+//!
+//! A limit that is not written down is a limit discovered in production. Each queue is bounded
+//! by one of these, each decoder refuses anything larger than one of these.
+
+/// The largest command a client may propose, in bytes.
+pub const COMMAND_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// AppendEntries carries entries up to this many bytes (at least one entry, however large).
+pub const MESSAGE_ENTRIES_BYTES_MAX: u64 = 1024 * 1024;
+
+/// A leader keeps at most this many AppendEntries in flight to one follower.
+pub const INFLIGHT_MESSAGES_MAX: usize = 256;
+
+/// ... and at most this many bytes of entries in flight to one follower.
+pub const INFLIGHT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// A leader refuses new proposals while this many bytes of its log are uncommitted.
+pub const UNCOMMITTED_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// At most this many bytes of committed entries are handed to the applier per Ready.
+pub const COMMITTED_BYTES_PER_READY_MAX: u64 = 8 * 1024 * 1024;
+
+/// A leader queues at most this many pending read-index requests.
+pub const PENDING_READS_MAX: usize = 4096;
+
+/// The largest frame (peer message or client request) any decoder accepts.
+pub const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// The largest single record (one encoded entry or hard state) in a storage file.
+pub const RECORD_BYTES_MAX: u64 = COMMAND_BYTES_MAX + 4096;
+
+/// Capacity of a node's inbound message queue (messages from peers, before stepping).
+pub const INBOUND_QUEUE_CAPACITY: usize = 8192;
+
+/// Capacity of each per-peer outbound queue (batches of messages).
+pub const PEER_QUEUE_CAPACITY: usize = 4096;
+
+/// Capacity of the log writer's queue of persist requests.
+pub const PERSIST_QUEUE_CAPACITY: usize = 4096;
+
+/// Capacity of the applier's queue of committed batches.
+pub const APPLY_QUEUE_CAPACITY: usize = 4096;
+
+/// The largest election timeout, in ticks, a configuration may ask for.
+pub const ELECTION_TICKS_MAX: u64 = 10_000;
+
+// A single maximal entry plus a full batch must fit in one frame.
+const _: () = assert!(MESSAGE_ENTRIES_BYTES_MAX + COMMAND_BYTES_MAX + 4096 < FRAME_BYTES_MAX);
+// A full in-flight window must hold at least one maximal message.
+const _: () = assert!(INFLIGHT_BYTES_MAX >= MESSAGE_ENTRIES_BYTES_MAX + COMMAND_BYTES_MAX);
+// The uncommitted cap must admit at least one maximal command.
+const _: () = assert!(UNCOMMITTED_BYTES_MAX > COMMAND_BYTES_MAX);
+const _: () = assert!(RECORD_BYTES_MAX <= FRAME_BYTES_MAX);

@@ -1,0 +1,64 @@
+//! Durable state of one node: the log, the hard state (term, vote) and the latest snapshot.
+//!
+//! [`Storage`] is the contract; [`mem::MemStorage`] is the crash-faithful in-memory twin used by
+//! the harness and the simulator (what was not synced is lost at a crash), and the file
+//! implementation lives beside it. Storage knows entries, hard state and snapshot metadata —
+//! never Raft messages or roles.
+
+pub mod file;
+pub mod mem;
+
+use crate::error::StorageError;
+use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+
+/// Everything durable that a node starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The last saved term and vote.
+    pub hard_state: HardState,
+    /// The latest snapshot's metadata; its data is read with [`Storage::load_snapshot`].
+    pub snapshot: Option<SnapshotMeta>,
+    /// The log after the snapshot (or from index 1), contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// Durable storage for one node.
+///
+/// # Durability
+/// Everything passed to [`append`](Storage::append) and
+/// [`save_hard_state`](Storage::save_hard_state) before a successful [`sync`](Storage::sync)
+/// survives a crash. Anything not yet synced may be lost (whole or as a prefix of the appended
+/// entries, never a hole). [`save_snapshot`](Storage::save_snapshot) and
+/// [`compact`](Storage::compact) are durable on return.
+///
+/// # Failure
+/// A failed sync **latches**: that call and every later call return an error, because after a
+/// failed fsync the kernel may have dropped the dirty pages and a retry would lie.
+pub trait Storage: Send + 'static {
+    /// Reads back the durable state. Called once, before any other method.
+    fn recover(&mut self) -> Result<Recovered, StorageError>;
+
+    /// Appends contiguous `entries`. If the first entry's index is at or below the last stored
+    /// index, the stored suffix from that index on is replaced first (a log conflict).
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
+
+    /// Records the term and vote; durable after the next `sync`.
+    fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError>;
+
+    /// Makes every earlier append and hard-state save durable. One call per batch.
+    fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// Reads the entries with indexes in `from..to`.
+    fn entries(&mut self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError>;
+
+    /// Removes every entry with index `<= through`, which a durable snapshot must cover. When
+    /// `through` is at or past the last index the log becomes empty and the next append starts
+    /// at `through + 1`.
+    fn compact(&mut self, through: LogIndex) -> Result<(), StorageError>;
+
+    /// Durably replaces the snapshot.
+    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError>;
+
+    /// Reads the latest snapshot, verified.
+    fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError>;
+}
