@@ -6,6 +6,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod raft;
 pub mod limits;
 pub mod state_machine;
 pub mod storage;

@@ -1,0 +1,404 @@
+//! Time, terms and elections: `tick`, the term rules of `step`, pre-vote, voting,
+//! check-quorum, and the role transitions.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::ReadError;
+use crate::raft::message::{Message, MessageBody};
+use crate::raft::progress::Progress;
+use crate::raft::quorum::VoteResult;
+use crate::raft::{LeaderState, Raft, ReadState, Role, StepError};
+use crate::types::{Entry, EntryId, EntryPayload, NodeId, Term};
+
+impl Raft {
+    /// Advances logical time by one tick: followers and candidates count toward an election,
+    /// leaders toward a heartbeat and a check-quorum.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        self.election_elapsed += 1;
+        if let Role::Leader(leader) = &mut self.role {
+            leader.heartbeat_elapsed += 1;
+            let heartbeat_due = leader.heartbeat_elapsed >= self.config.heartbeat_ticks;
+            if self.election_elapsed >= self.config.election_ticks {
+                self.election_elapsed = 0;
+                if self.config.check_quorum && !self.check_quorum_active() {
+                    self.become_follower(self.term, None);
+                    return;
+                }
+            }
+            if heartbeat_due {
+                self.broadcast_heartbeat();
+            }
+            return;
+        }
+        if self.election_elapsed >= self.randomized_election_timeout && self.is_promotable() {
+            self.campaign(self.config.pre_vote, false);
+        }
+    }
+
+    /// Starts an election now, as if the election timeout had fired (with a pre-vote round
+    /// first when pre-vote is on). Does nothing on a leader or a non-voter.
+    pub fn start_election(&mut self) {
+        if !self.is_leader() && self.is_promotable() {
+            self.campaign(self.config.pre_vote, false);
+        }
+    }
+
+    /// Whether this node may become leader: only voters campaign.
+    fn is_promotable(&self) -> bool {
+        self.membership.is_voter(self.id)
+    }
+
+    /// Check-quorum (thesis §6.2): a leader that has not heard from a quorum within an
+    /// election timeout steps down, so that a partitioned leader stops accepting work.
+    /// Resets the activity marks for the next period.
+    fn check_quorum_active(&mut self) -> bool {
+        let id = self.id;
+        let Role::Leader(leader) = &mut self.role else {
+            return false;
+        };
+        let progress = &leader.progress;
+        let active = self
+            .membership
+            .has_quorum(|voter| voter == id || progress.get(&voter).is_some_and(|p| p.recent_active));
+        for progress in leader.progress.values_mut() {
+            progress.recent_active = false;
+        }
+        active
+    }
+
+    /// Whether this node heard from a live leader within the minimum election timeout. Such a
+    /// node ignores vote requests, so a node that was partitioned away cannot depose a healthy
+    /// leader (thesis §4.2.3), and a lease holder can rely on it.
+    fn leader_is_active(&self) -> bool {
+        self.leader().is_some() && self.election_elapsed < self.config.election_ticks
+    }
+
+    /// Processes one message from a peer. Messages that are stale, misaddressed or malformed
+    /// are ignored with a reason, never a panic.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        self.validate(&message)?;
+        let from = message.from;
+        if message.term > self.term {
+            match &message.body {
+                // A pre-vote never changes anyone's term; a granted pre-vote answer carries
+                // the term the pre-candidate would campaign in.
+                MessageBody::RequestVote { pre_vote: true, .. }
+                | MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {}
+                MessageBody::RequestVote {
+                    pre_vote: false,
+                    transfer,
+                    ..
+                } => {
+                    if self.config.check_quorum && !transfer && self.leader_is_active() {
+                        return Err(StepError::LeaderActive { from });
+                    }
+                    self.become_follower(message.term, None);
+                }
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    self.become_follower(message.term, Some(from));
+                }
+                _ => self.become_follower(message.term, None),
+            }
+        } else if message.term < self.term {
+            match &message.body {
+                // A leader from an older term: tell it our term so it steps down. Without
+                // this, a node whose term rose while partitioned could be ignored forever.
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    self.send(from, self.term, MessageBody::HeartbeatResponse { round: 0 });
+                }
+                MessageBody::RequestVote { pre_vote: true, .. } => {
+                    let body = MessageBody::RequestVoteResponse {
+                        pre_vote: true,
+                        granted: false,
+                    };
+                    self.send(from, self.term, body);
+                }
+                _ => {}
+            }
+            return Err(StepError::StaleTerm {
+                message_term: message.term,
+                term: self.term,
+            });
+        }
+
+        match message.body {
+            MessageBody::RequestVote {
+                pre_vote, last_log, ..
+            } => self.handle_request_vote(from, message.term, pre_vote, last_log),
+            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+                self.handle_vote_response(from, pre_vote, granted);
+                Ok(())
+            }
+            MessageBody::AppendEntries {
+                prev,
+                entries,
+                leader_commit,
+            } => {
+                self.follow(from)?;
+                self.handle_append_entries(from, prev, &entries, leader_commit)
+            }
+            MessageBody::Heartbeat { commit, round } => {
+                self.follow(from)?;
+                self.handle_heartbeat(from, commit, round);
+                Ok(())
+            }
+            MessageBody::AppendEntriesResponse(response) => {
+                self.handle_append_response(from, response);
+                Ok(())
+            }
+            MessageBody::HeartbeatResponse { round } => {
+                self.handle_heartbeat_response(from, round);
+                Ok(())
+            }
+            MessageBody::TimeoutNow => {
+                if self.is_promotable() && !self.is_leader() {
+                    self.campaign(false, true);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a message's shape before anything acts on it.
+    fn validate(&self, message: &Message) -> Result<(), StepError> {
+        let from = message.from;
+        let malformed = |reason| Err(StepError::Malformed { from, reason });
+        if message.to != self.id {
+            return Err(StepError::WrongRecipient {
+                id: self.id,
+                to: message.to,
+            });
+        }
+        if from == self.id {
+            return malformed("message from ourselves");
+        }
+        if message.term == Term(0) {
+            return malformed("term 0");
+        }
+        match &message.body {
+            MessageBody::RequestVote { last_log, .. } => {
+                if last_log.term > message.term {
+                    return malformed("candidate's last term is ahead of its term");
+                }
+                if !self.membership.is_voter(from) {
+                    return Err(StepError::NotAMember { from });
+                }
+            }
+            MessageBody::AppendEntries { prev, entries, .. } => {
+                if prev.term > message.term {
+                    return malformed("prev term ahead of the leader's term");
+                }
+                let mut expected = prev.index.next();
+                let mut term = prev.term;
+                for entry in entries {
+                    if entry.index() != expected {
+                        return malformed("entries are not contiguous after prev");
+                    }
+                    if entry.term() < term || entry.term() > message.term {
+                        return malformed("entry terms out of order");
+                    }
+                    expected = expected.next();
+                    term = entry.term();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A message from the leader of our term arrived: make sure we follow it.
+    fn follow(&mut self, from: NodeId) -> Result<(), StepError> {
+        match &mut self.role {
+            Role::Leader(_) => Err(StepError::Malformed {
+                from,
+                reason: "a second leader in our term",
+            }),
+            Role::Follower { leader } => {
+                *leader = Some(from);
+                self.election_elapsed = 0;
+                Ok(())
+            }
+            Role::PreCandidate { .. } | Role::Candidate { .. } => {
+                self.become_follower(self.term, Some(from));
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_request_vote(
+        &mut self,
+        from: NodeId,
+        message_term: crate::types::Term,
+        pre_vote: bool,
+        last_log: EntryId,
+    ) -> Result<(), StepError> {
+        let up_to_date = self.log.is_up_to_date(last_log);
+        if pre_vote {
+            // Thesis §9.6: grant only if the candidate could win a real vote and we have not
+            // heard from a leader within the election timeout.
+            let granted = message_term > self.term && up_to_date && !self.leader_is_active();
+            let term = if granted { message_term } else { self.term };
+            self.send(
+                from,
+                term,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted,
+                },
+            );
+            return Ok(());
+        }
+        let can_vote =
+            self.vote == Some(from) || (self.vote.is_none() && self.leader().is_none());
+        let granted = can_vote && up_to_date;
+        if granted {
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        // Sent only after the vote is durable (a forgotten vote allows two leaders a term).
+        self.send_after_persist(
+            from,
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted,
+            },
+        );
+        Ok(())
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, pre_vote: bool, granted: bool) {
+        let votes = match (&mut self.role, pre_vote) {
+            (Role::PreCandidate { votes }, true) | (Role::Candidate { votes }, false) => votes,
+            _ => return,
+        };
+        votes.insert(from, granted);
+        let votes = votes.clone();
+        match self.membership.vote_result(|id| votes.get(&id).copied()) {
+            VoteResult::Won if pre_vote => self.campaign(false, false),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Pending => {}
+        }
+    }
+
+    /// Starts an election (or a pre-vote round first). A real campaign raises the term and
+    /// votes for itself; its vote requests leave only after that is durable.
+    pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        self.reset_election_timer();
+        let campaign_term = if pre_vote {
+            self.abandon_leadership();
+            self.role = Role::PreCandidate {
+                votes: BTreeMap::from([(self.id, true)]),
+            };
+            self.term.next()
+        } else {
+            self.abandon_leadership();
+            self.term = self.term.next();
+            self.vote = Some(self.id);
+            self.role = Role::Candidate {
+                votes: BTreeMap::from([(self.id, true)]),
+            };
+            self.term
+        };
+        let id = self.id;
+        if self.membership.vote_result(|voter| (voter == id).then_some(true)) == VoteResult::Won {
+            if pre_vote {
+                self.campaign(false, transfer);
+            } else {
+                self.become_leader();
+            }
+            return;
+        }
+        let last_log = self.log.last_id();
+        let voters: Vec<NodeId> = self.membership.members().into_iter().filter(|&voter| voter != id && self.membership.is_voter(voter)).collect();
+        for voter in voters {
+            let body = MessageBody::RequestVote {
+                pre_vote,
+                last_log,
+                transfer,
+            };
+            if pre_vote {
+                self.send(voter, campaign_term, body);
+            } else {
+                self.send_after_persist(voter, body);
+            }
+        }
+    }
+
+    /// Becomes a follower in `term` (raising the term clears the vote; keeping the term keeps
+    /// it — a candidate stepping down must not forget whom it voted for).
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        debug_assert!(term >= self.term);
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.abandon_leadership();
+        self.role = Role::Follower { leader };
+        self.reset_election_timer();
+    }
+
+    /// Fails every read a leader was holding, so that waiting clients learn at once.
+    fn abandon_leadership(&mut self) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let contexts: Vec<u64> = leader
+            .pending_reads
+            .drain(..)
+            .map(|read| read.context)
+            .chain(leader.reads_awaiting_commit.drain(..))
+            .collect();
+        for context in contexts {
+            self.read_states.push(ReadState {
+                context,
+                outcome: Err(ReadError::NotLeader { leader_hint: None }),
+            });
+        }
+    }
+
+    fn become_leader(&mut self) {
+        debug_assert!(matches!(self.role, Role::Candidate { .. }));
+        let next = self.log.last_index().next();
+        let progress = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|&member| member != self.id)
+            .map(|member| {
+                let progress = Progress::new(
+                    next,
+                    self.config.inflight_messages_max,
+                    self.config.inflight_bytes_max,
+                );
+                (member, progress)
+            })
+            .collect();
+        self.role = Role::Leader(Box::new(LeaderState {
+            progress,
+            heartbeat_elapsed: 0,
+            round: 0,
+            rounds_sent_at: VecDeque::new(),
+            quorum_round: 0,
+            lease_until: 0,
+            pending_reads: VecDeque::new(),
+            reads_awaiting_commit: Vec::new(),
+            read_round_needed: false,
+            append_needed: true,
+            commit_news: false,
+            uncommitted_bytes: 0,
+        }));
+        self.election_elapsed = 0;
+        // Raft §8: commit an entry of our own term before anything else counts.
+        let noop = Entry {
+            id: EntryId::new(self.term, self.log.last_index().next()),
+            payload: EntryPayload::Noop,
+        };
+        self.log.append_own(noop);
+        self.maybe_commit();
+    }
+}

@@ -1,0 +1,432 @@
+//! The consensus algorithm as a deterministic state machine.
+//!
+//! **Pure:** no threads, clocks, files or sockets. Time arrives as [`Raft::tick`], randomness
+//! from a seeded RNG, messages through [`Raft::step`], and everything the core wants done comes
+//! back from [`Raft::take_ready`] as a [`Ready`] value. A simulator can therefore replay any run
+//! from its seed, and the runtime never holds the core's lock across I/O.
+//!
+//! Implements Raft §5 plus pre-vote and check-quorum (thesis §9.6, §6.2), a no-op entry on
+//! taking office (§8), pipelined replication with flow control, fast log backtracking,
+//! ReadIndex and leases (thesis §6.4), all through [`Membership`]'s quorum arithmetic.
+
+mod election;
+pub mod log;
+pub mod message;
+pub mod progress;
+pub mod quorum;
+pub mod ready;
+mod replication;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::error::{ConfigError, ProposeError, ReadError};
+use crate::limits;
+use crate::storage::Recovered;
+use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
+
+pub use log::RaftLog;
+pub use message::{AppendResponse, Message, MessageBody};
+pub use progress::{Progress, ProgressState};
+pub use ready::{ReadState, Ready, RoleKind, Status};
+
+/// Why a message was ignored. Ignoring is always safe in Raft; the reason is for logs,
+/// counters and tests.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The message is addressed to another node.
+    #[error("message for {to} delivered to {id}")]
+    WrongRecipient {
+        /// This node.
+        id: NodeId,
+        /// The addressee.
+        to: NodeId,
+    },
+    /// The message's term is older than ours.
+    #[error("stale term {message_term} < {term}")]
+    StaleTerm {
+        /// The message's term.
+        message_term: Term,
+        /// Ours.
+        term: Term,
+    },
+    /// A vote request arrived while we heard from a leader within the election timeout.
+    #[error("vote request from {from} ignored: a leader is active")]
+    LeaderActive {
+        /// The candidate.
+        from: NodeId,
+    },
+    /// The sender may not take part (a vote from a non-voter, say).
+    #[error("message from non-member {from} ignored")]
+    NotAMember {
+        /// The sender.
+        from: NodeId,
+    },
+    /// The message breaks the protocol's shape (non-contiguous entries, a term from the
+    /// future inside it, an attempt to overwrite committed entries).
+    #[error("malformed message from {from}: {reason}")]
+    Malformed {
+        /// The sender.
+        from: NodeId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// A read waiting for a heartbeat round to confirm leadership.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    context: u64,
+    index: LogIndex,
+    round: u64,
+}
+
+/// The data only a leader has.
+#[derive(Debug)]
+struct LeaderState {
+    /// Every other member's progress.
+    progress: BTreeMap<NodeId, Progress>,
+    heartbeat_elapsed: u64,
+    /// The latest heartbeat round broadcast, and the ticks at which recent rounds were sent.
+    round: u64,
+    rounds_sent_at: VecDeque<(u64, u64)>,
+    /// The latest round a quorum has answered.
+    quorum_round: u64,
+    /// Lease reads are valid while `now < lease_until` (ticks).
+    lease_until: u64,
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads that arrived before the leader committed an entry of its own term (§8).
+    reads_awaiting_commit: Vec<u64>,
+    /// A heartbeat round must go out with the next Ready (reads are waiting on it).
+    read_round_needed: bool,
+    /// New entries or a new commit index must go out with the next Ready.
+    append_needed: bool,
+    commit_news: bool,
+    uncommitted_bytes: u64,
+}
+
+/// A node's role, owning the data that only that role has.
+#[derive(Debug)]
+enum Role {
+    Follower { leader: Option<NodeId> },
+    PreCandidate { votes: BTreeMap<NodeId, bool> },
+    Candidate { votes: BTreeMap<NodeId, bool> },
+    Leader(Box<LeaderState>),
+}
+
+/// Heartbeat rounds remembered for lease accounting.
+const ROUNDS_REMEMBERED_MAX: usize = 1024;
+
+/// The consensus core of one node. See the module docs.
+#[derive(Debug)]
+pub struct Raft {
+    id: NodeId,
+    config: Config,
+    /// Invariant: never decreases.
+    term: Term,
+    /// The vote cast in `term`; cleared only when the term rises.
+    vote: Option<NodeId>,
+    role: Role,
+    log: RaftLog,
+    membership: Membership,
+    election_elapsed: u64,
+    randomized_election_timeout: u64,
+    /// Ticks since this core was created.
+    now: u64,
+    rng: StdRng,
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    read_states: Vec<ReadState>,
+    /// The hard state last handed to storage.
+    hard_state_handed: HardState,
+}
+
+impl Raft {
+    /// A core starting from durable state. The configuration is the latest membership entry in
+    /// the log, else the snapshot's, else `initial_membership` (a new cluster's bootstrap).
+    pub fn new(
+        config: Config,
+        recovered: Recovered,
+        initial_membership: Membership,
+        seed: u64,
+    ) -> Result<Raft, ConfigError> {
+        config.validate()?;
+        let snapshot = recovered
+            .snapshot
+            .as_ref()
+            .map(|meta| meta.last)
+            .unwrap_or_default();
+        let mut membership = recovered
+            .snapshot
+            .as_ref()
+            .map(|meta| meta.membership.clone())
+            .unwrap_or(initial_membership);
+        for entry in &recovered.entries {
+            if let EntryPayload::Membership(latest) = &entry.payload {
+                membership = latest.clone();
+            }
+        }
+        let mut raft = Raft {
+            id: config.id,
+            term: recovered.hard_state.term,
+            vote: recovered.hard_state.vote,
+            role: Role::Follower { leader: None },
+            log: RaftLog::new(snapshot, recovered.entries),
+            membership,
+            election_elapsed: 0,
+            randomized_election_timeout: config.election_ticks,
+            now: 0,
+            rng: StdRng::seed_from_u64(seed),
+            messages: Vec::new(),
+            persisted_messages: Vec::new(),
+            read_states: Vec::new(),
+            hard_state_handed: recovered.hard_state,
+            config,
+        };
+        raft.reset_election_timer();
+        Ok(raft)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The leader this node knows of (itself when leading).
+    pub fn leader(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Follower { leader } => *leader,
+            Role::Leader(_) => Some(self.id),
+            Role::PreCandidate { .. } | Role::Candidate { .. } => None,
+        }
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    /// The log.
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// The configuration in force.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The role, without its data.
+    pub fn role(&self) -> RoleKind {
+        match &self.role {
+            Role::Follower { .. } => RoleKind::Follower,
+            Role::PreCandidate { .. } => RoleKind::PreCandidate,
+            Role::Candidate { .. } => RoleKind::Candidate,
+            Role::Leader(_) => RoleKind::Leader,
+        }
+    }
+
+    /// A leader's view of a follower's progress (for tests and status pages).
+    pub fn progress(&self, id: NodeId) -> Option<&Progress> {
+        match &self.role {
+            Role::Leader(leader) => leader.progress.get(&id),
+            _ => None,
+        }
+    }
+
+    /// A consistent picture of the core.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role(),
+            term: self.term,
+            leader: self.leader(),
+            committed: self.log.committed(),
+            persisted: self.log.persisted(),
+            applied: self.log.applied_handed(),
+            last_index: self.log.last_index(),
+            membership: self.membership.clone(),
+        }
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+        }
+    }
+
+    /// Proposes a command. Only a leader accepts; the returned id identifies the entry, which
+    /// commits if and only if an entry with that id is later applied.
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<EntryId, ProposeError> {
+        let bytes = command.len() as u64;
+        if bytes > limits::COMMAND_BYTES_MAX {
+            return Err(ProposeError::TooLarge {
+                bytes,
+                limit: limits::COMMAND_BYTES_MAX,
+            });
+        }
+        let leader_hint = self.leader();
+        let term = self.term;
+        let index = self.log.last_index().next();
+        let uncommitted_bytes_max = self.config.uncommitted_bytes_max;
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(ProposeError::NotLeader { leader_hint });
+        };
+        let entry = Entry {
+            id: EntryId::new(term, index),
+            payload: EntryPayload::Command(command),
+        };
+        let size = entry.size_bytes();
+        if leader.uncommitted_bytes > 0 && leader.uncommitted_bytes + size > uncommitted_bytes_max
+        {
+            return Err(ProposeError::Busy {
+                reason: "too many uncommitted bytes",
+            });
+        }
+        leader.uncommitted_bytes += size;
+        leader.append_needed = true;
+        let id = entry.id;
+        self.log.append_own(entry);
+        Ok(id)
+    }
+
+    /// Asks for a linearizable read point (thesis §6.4). The answer arrives as a
+    /// [`ReadState`] with the same `context` in a later Ready, once a heartbeat round sent
+    /// after this call has been answered by a quorum; the read may be served when the state
+    /// machine has applied the returned index.
+    pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
+        let leader_hint = self.leader();
+        let committed_in_term = self.committed_in_current_term();
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(ReadError::NotLeader { leader_hint });
+        };
+        if leader.pending_reads.len() + leader.reads_awaiting_commit.len()
+            >= limits::PENDING_READS_MAX
+        {
+            return Err(ReadError::Busy);
+        }
+        if !committed_in_term {
+            leader.reads_awaiting_commit.push(context);
+            return Ok(());
+        }
+        self.start_read(context);
+        Ok(())
+    }
+
+    /// A lease read: the index to wait for, if this leader holds a valid lease. Requires
+    /// `lease_reads` (and so check-quorum); the lease is a quorum's heartbeat answer no older
+    /// than the election timeout minus the drift margin, and it dies with the leadership.
+    pub fn lease_read(&self) -> Result<LogIndex, ReadError> {
+        let Role::Leader(leader) = &self.role else {
+            return Err(ReadError::NotLeader {
+                leader_hint: self.leader(),
+            });
+        };
+        if !self.config.lease_reads
+            || !self.committed_in_current_term()
+            || self.now >= leader.lease_until
+        {
+            return Err(ReadError::NoLease);
+        }
+        Ok(self.log.committed())
+    }
+
+    /// Whether the leader has committed an entry of its own term: until then its commit index
+    /// may lag the true one, so it must not serve reads (Raft §8).
+    fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.committed()) == Some(self.term)
+    }
+
+    /// Storage reports that every entry up to `last` is durable.
+    pub fn on_persisted(&mut self, last: EntryId) {
+        if self.log.on_persisted(last) && self.is_leader() {
+            self.maybe_commit();
+        }
+    }
+
+    /// Whether a Ready has anything in it.
+    pub fn has_ready(&self) -> bool {
+        let leader_work = match &self.role {
+            Role::Leader(leader) => leader.append_needed || leader.commit_news || leader.read_round_needed,
+            _ => false,
+        };
+        leader_work
+            || self.hard_state() != self.hard_state_handed
+            || self.log.has_unpersisted()
+            || self.log.has_committed()
+            || !self.messages.is_empty()
+            || !self.persisted_messages.is_empty()
+            || !self.read_states.is_empty()
+    }
+
+    /// Takes the work accumulated since the last call. See [`Ready`] for what to do with it.
+    pub fn take_ready(&mut self) -> Ready {
+        self.flush_leader_broadcasts();
+        let hard_state = self.hard_state();
+        let hard_state = if hard_state != self.hard_state_handed {
+            self.hard_state_handed = hard_state;
+            Some(hard_state)
+        } else {
+            None
+        };
+        Ready {
+            hard_state,
+            entries: self.log.take_unpersisted(),
+            messages: std::mem::take(&mut self.messages),
+            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            committed: self.log.take_committed(limits::COMMITTED_BYTES_PER_READY_MAX),
+            read_states: std::mem::take(&mut self.read_states),
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let base = self.config.election_ticks;
+        self.randomized_election_timeout = self.rng.random_range(base..2 * base);
+    }
+
+    fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.messages.push(Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        self.persisted_messages.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    /// Checks the cross-field invariants in debug builds.
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        if cfg!(debug_assertions) {
+            if let Role::Leader(leader) = &self.role {
+                debug_assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
+                for (id, progress) in &leader.progress {
+                    debug_assert!(progress.matched < progress.next, "{id}: matched < next");
+                    debug_assert!(progress.matched <= self.log.last_index());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

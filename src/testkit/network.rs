@@ -1,0 +1,258 @@
+//! A deterministic, single-threaded network of pure Raft cores with crash-faithful storage.
+//!
+//! No threads, no clocks: the test decides when each node ticks and when messages move. Used
+//! by the paper-named core tests and as the engine of the seeded simulator.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::config::Config;
+use crate::raft::{Message, Raft, ReadState};
+use crate::storage::mem::{MemDisk, MemStorage};
+use crate::storage::Storage;
+use crate::types::{Entry, EntryPayload, LogIndex, Membership, NodeId};
+
+/// One node of a [`CoreNetwork`].
+#[derive(Debug)]
+pub struct CoreNode {
+    /// The consensus core.
+    pub raft: Raft,
+    disk: MemDisk,
+    storage: MemStorage,
+    /// Every committed entry handed to this node's applier, in order, across restarts.
+    pub applied: Vec<Entry>,
+    /// Read states received.
+    pub read_states: Vec<ReadState>,
+}
+
+/// N pure cores joined by an in-memory message queue with cuttable links.
+#[derive(Debug)]
+pub struct CoreNetwork {
+    /// The nodes by id.
+    pub nodes: BTreeMap<NodeId, CoreNode>,
+    membership: Membership,
+    make_config: fn(NodeId) -> Config,
+    /// Messages sent and not yet delivered, oldest first.
+    pub in_flight: VecDeque<Message>,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    seed: u64,
+    restarts: u64,
+}
+
+impl CoreNetwork {
+    /// `size` nodes with ids 1..=size and default configuration.
+    pub fn new(size: u64, seed: u64) -> CoreNetwork {
+        CoreNetwork::with_config(size, seed, Config::new)
+    }
+
+    /// `size` nodes whose configurations `make_config` builds.
+    pub fn with_config(size: u64, seed: u64, make_config: fn(NodeId) -> Config) -> CoreNetwork {
+        let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
+        let membership = Membership::new(ids.iter().copied());
+        let mut network = CoreNetwork {
+            nodes: BTreeMap::new(),
+            membership,
+            make_config,
+            in_flight: VecDeque::new(),
+            cut: BTreeSet::new(),
+            seed,
+            restarts: 0,
+        };
+        for id in ids {
+            let disk = MemDisk::new();
+            let node = network.open_node(id, disk);
+            network.nodes.insert(id, node);
+        }
+        network
+    }
+
+    fn open_node(&mut self, id: NodeId, disk: MemDisk) -> CoreNode {
+        let mut storage = disk.open();
+        let recovered = match storage.recover() {
+            Ok(recovered) => recovered,
+            Err(error) => panic!("{id}: in-memory recovery failed: {error}"),
+        };
+        self.restarts += 1;
+        let seed = self.seed ^ (id.0 << 32) ^ self.restarts;
+        let raft = match Raft::new((self.make_config)(id), recovered, self.membership.clone(), seed) {
+            Ok(raft) => raft,
+            Err(error) => panic!("{id}: invalid test configuration: {error}"),
+        };
+        CoreNode {
+            raft,
+            disk,
+            storage,
+            applied: Vec::new(),
+            read_states: Vec::new(),
+        }
+    }
+
+    /// The node `id`.
+    pub fn node(&mut self, id: NodeId) -> &mut Raft {
+        &mut self.nodes.get_mut(&id).expect("no such node").raft
+    }
+
+    /// Ticks every node once and handles their Readys.
+    pub fn tick_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.node(id).tick();
+            self.process_ready(id);
+        }
+    }
+
+    /// Handles `id`'s Ready the way the runtime does: persist and sync, report persistence,
+    /// then queue its messages and record committed entries and read states.
+    pub fn process_ready(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        if !node.raft.has_ready() {
+            return;
+        }
+        let ready = node.raft.take_ready();
+        if ready.needs_persist() {
+            if let Some(hard_state) = ready.hard_state {
+                node.storage.save_hard_state(hard_state).expect("save hard state");
+            }
+            node.storage.append(&ready.entries).expect("append");
+            node.storage.sync().expect("sync");
+            if let Some(last) = ready.entries.last() {
+                node.raft.on_persisted(last.id);
+            }
+        }
+        self.in_flight.extend(ready.messages);
+        self.in_flight.extend(ready.persisted_messages);
+        node.applied.extend(ready.committed);
+        node.read_states.extend(ready.read_states);
+    }
+
+    /// Delivers one message if its link is up. Returns false when nothing is in flight.
+    pub fn deliver_one(&mut self) -> bool {
+        let Some(message) = self.in_flight.pop_front() else {
+            return false;
+        };
+        let to = message.to;
+        if self.cut.contains(&(message.from, to)) || !self.nodes.contains_key(&to) {
+            return true;
+        }
+        let _ = self.node(to).step(message);
+        self.process_ready(to);
+        true
+    }
+
+    /// Processes every Ready and delivers messages until the network is quiet.
+    pub fn stabilize(&mut self) {
+        for _ in 0..1_000_000 {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.process_ready(id);
+            }
+            if !self.deliver_one() {
+                return;
+            }
+        }
+        panic!("network did not stabilize");
+    }
+
+    /// Makes `id` campaign and runs the network until it is quiet.
+    pub fn elect(&mut self, id: NodeId) {
+        self.node(id).start_election();
+        self.process_ready(id);
+        self.stabilize();
+    }
+
+    /// Proposes `command` on `id` and runs the network until it is quiet.
+    pub fn propose(&mut self, id: NodeId, command: &[u8]) -> Result<(), crate::ProposeError> {
+        self.node(id).propose(command.to_vec())?;
+        self.process_ready(id);
+        self.stabilize();
+        Ok(())
+    }
+
+    /// Drops every message on the directed link `from -> to`.
+    pub fn cut(&mut self, from: NodeId, to: NodeId) {
+        self.cut.insert((from, to));
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&mut self, id: NodeId) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Crashes `id` (losing everything not synced and every message in flight to it) and
+    /// restarts it from its disk.
+    pub fn crash_and_restart(&mut self, id: NodeId) {
+        let old = self.nodes.remove(&id).expect("no such node");
+        self.in_flight.retain(|message| message.to != id);
+        let mut node = self.open_node(id, old.disk);
+        node.applied = old.applied;
+        // A restarted node re-applies from its snapshot (here: from the start).
+        node.applied.clear();
+        self.nodes.insert(id, node);
+    }
+
+    /// Replaces `id` with a node whose durable log holds entries of the given terms (index 1
+    /// on) and whose term is `term` — for setting up the paper's figures.
+    pub fn set_log(&mut self, id: NodeId, terms: &[u64], term: u64) {
+        let disk = MemDisk::new();
+        let mut storage = disk.open();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(k, &entry_term)| Entry {
+                id: crate::types::EntryId::new(
+                    crate::types::Term(entry_term),
+                    LogIndex(k as u64 + 1),
+                ),
+                payload: EntryPayload::Command(format!("{id}-{k}").into_bytes()),
+            })
+            .collect();
+        storage.append(&entries).expect("append");
+        storage
+            .save_hard_state(crate::types::HardState {
+                term: crate::types::Term(term),
+                vote: None,
+            })
+            .expect("hard state");
+        storage.sync().expect("sync");
+        self.in_flight.retain(|message| message.to != id);
+        let node = self.open_node(id, disk);
+        self.nodes.insert(id, node);
+    }
+
+    /// The ids of nodes that believe they lead, with their terms.
+    pub fn leaders(&self) -> Vec<(NodeId, crate::types::Term)> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.raft.is_leader())
+            .map(|(&id, node)| (id, node.raft.term()))
+            .collect()
+    }
+
+    /// The commands applied by `id`, in order (no-ops left out).
+    pub fn applied_commands(&self, id: NodeId) -> Vec<Vec<u8>> {
+        self.nodes[&id]
+            .applied
+            .iter()
+            .filter_map(|entry| match &entry.payload {
+                EntryPayload::Command(command) => Some(command.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The commit index of `id`.
+    pub fn committed(&self, id: NodeId) -> LogIndex {
+        self.nodes[&id].raft.log().committed()
+    }
+}

@@ -1,0 +1,595 @@
+//! Deterministic tests of the pure consensus core, one per Raft rule, named after the paper
+//! section they check (in the manner of etcd-io/raft's raft_paper_test.go). Every node is a
+//! pure `Raft` in one thread; the test moves time and messages itself.
+
+use keyval::raft::{AppendResponse, Message, MessageBody, RoleKind, StepError};
+use keyval::testkit::CoreNetwork;
+use keyval::{Config, EntryId, LogIndex, NodeId, ReadError, Term};
+
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+
+fn message(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term: Term(term),
+        body,
+    }
+}
+
+fn no_pre_vote(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.pre_vote = false;
+    config.check_quorum = false;
+    config
+}
+
+fn entry_id(term: u64, index: u64) -> EntryId {
+    EntryId::new(Term(term), LogIndex(index))
+}
+
+// Raft §5.1: a node that sees a higher term adopts it and becomes a follower.
+#[test]
+fn section_5_1_higher_term_turns_leader_into_follower() {
+    let mut network = CoreNetwork::new(3, 1);
+    network.elect(N1);
+    assert_eq!(network.node(N1).role(), RoleKind::Leader);
+    let heartbeat = message(N2, N1, 9, MessageBody::HeartbeatResponse { round: 0 });
+    network.node(N1).step(heartbeat).unwrap();
+    assert_eq!(network.node(N1).role(), RoleKind::Follower);
+    assert_eq!(network.node(N1).term(), Term(9));
+}
+
+// Raft §5.1: a message from an older term is rejected and changes nothing.
+#[test]
+fn section_5_1_stale_term_is_rejected() {
+    let mut network = CoreNetwork::with_config(3, 1, no_pre_vote);
+    network.elect(N1);
+    network.elect(N2);
+    let term = network.node(N2).term();
+    let stale = message(
+        N1,
+        N2,
+        term.0 - 1,
+        MessageBody::AppendEntries {
+            prev: entry_id(0, 0),
+            entries: vec![],
+            leader_commit: LogIndex(0),
+        },
+    );
+    assert!(matches!(
+        network.node(N2).step(stale),
+        Err(StepError::StaleTerm { .. })
+    ));
+    assert_eq!(network.node(N2).role(), RoleKind::Leader);
+}
+
+// Raft §5.2: a candidate with a majority of votes becomes leader, exactly one per term.
+#[test]
+fn section_5_2_candidate_with_majority_wins() {
+    let mut network = CoreNetwork::new(5, 7);
+    network.elect(N3);
+    assert_eq!(network.leaders(), vec![(N3, Term(1))]);
+    for id in 1..=5 {
+        assert_eq!(network.node(NodeId(id)).leader(), Some(N3));
+    }
+}
+
+// Raft §5.2: a split vote elects nobody in that term; a later timeout resolves it.
+#[test]
+fn section_5_2_split_vote_elects_nobody_then_recovers() {
+    let mut network = CoreNetwork::with_config(4, 3, no_pre_vote);
+    // N1 can only reach N3; N2 can only reach N4.
+    for (a, b) in [(1, 2), (1, 4), (2, 3), (3, 4)] {
+        network.cut(NodeId(a), NodeId(b));
+        network.cut(NodeId(b), NodeId(a));
+    }
+    network.node(N1).start_election();
+    network.node(N2).start_election();
+    network.stabilize();
+    assert!(network.leaders().is_empty(), "2 of 4 votes is not a majority");
+    network.heal();
+    for _ in 0..200 {
+        network.tick_all();
+        network.stabilize();
+        if !network.leaders().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(network.leaders().len(), 1);
+}
+
+// Raft §5.2: one vote per term, and the vote survives a crash.
+#[test]
+fn section_5_2_one_durable_vote_per_term() {
+    let mut network = CoreNetwork::with_config(3, 1, no_pre_vote);
+    let request = |from: NodeId| {
+        message(
+            from,
+            N3,
+            2,
+            MessageBody::RequestVote {
+                pre_vote: false,
+                last_log: entry_id(0, 0),
+                transfer: false,
+            },
+        )
+    };
+    network.node(N3).step(request(N1)).unwrap();
+    let ready = network.node(N3).take_ready();
+    // The grant must wait for the vote to be durable.
+    assert!(ready.messages.is_empty());
+    assert_eq!(ready.hard_state.unwrap().vote, Some(N1));
+    assert!(matches!(
+        ready.persisted_messages[0].body,
+        MessageBody::RequestVoteResponse { granted: true, .. }
+    ));
+    // Persist it the way the runtime would, then crash and restart.
+    let mut network = CoreNetwork::with_config(3, 1, no_pre_vote);
+    network.node(N3).step(request(N1)).unwrap();
+    network.process_ready(N3);
+    network.crash_and_restart(N3);
+    network.node(N3).step(request(N2)).unwrap();
+    let ready = network.node(N3).take_ready();
+    assert!(matches!(
+        ready.persisted_messages[0].body,
+        MessageBody::RequestVoteResponse { granted: false, .. }
+    ));
+}
+
+// PITFALLS #3: a candidate that steps down in the same term keeps its vote.
+#[test]
+fn candidate_stepping_down_in_same_term_keeps_its_vote() {
+    let mut network = CoreNetwork::with_config(3, 1, no_pre_vote);
+    network.isolate(N1);
+    network.node(N1).start_election();
+    network.stabilize();
+    assert_eq!(network.node(N1).term(), Term(1));
+    // A leader of the same term appears: N1 follows it but must not vote again in term 1.
+    let append = message(
+        N2,
+        N1,
+        1,
+        MessageBody::Heartbeat {
+            commit: LogIndex(0),
+            round: 1,
+        },
+    );
+    network.node(N1).step(append).unwrap();
+    let _ = network.node(N1).take_ready();
+    assert_eq!(network.node(N1).status().role, RoleKind::Follower);
+    let request = message(
+        N3,
+        N1,
+        1,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log: entry_id(1, 5),
+            transfer: false,
+        },
+    );
+    network.node(N1).step(request).unwrap();
+    let ready = network.node(N1).take_ready();
+    assert!(ready.hard_state.is_none(), "vote must not change");
+    assert!(matches!(
+        ready.persisted_messages[0].body,
+        MessageBody::RequestVoteResponse { granted: false, .. }
+    ));
+}
+
+// Raft §5.4.1: a candidate whose log is less up to date cannot win.
+#[test]
+fn section_5_4_1_election_restriction() {
+    let mut network = CoreNetwork::with_config(3, 1, no_pre_vote);
+    network.set_log(N1, &[1], 1);
+    network.set_log(N2, &[1, 1], 1);
+    network.set_log(N3, &[1, 1], 1);
+    network.elect(N1);
+    assert!(network.leaders().iter().all(|&(id, _)| id != N1));
+    network.elect(N2);
+    assert_eq!(network.leaders().first().map(|&(id, _)| id), Some(N2));
+}
+
+// Raft §5.3: an entry replicated on a majority commits and is applied everywhere.
+#[test]
+fn section_5_3_replication_commits_on_majority() {
+    let mut network = CoreNetwork::new(3, 1);
+    network.elect(N1);
+    network.isolate(N3);
+    network.propose(N1, b"x").unwrap();
+    assert_eq!(network.applied_commands(N1), vec![b"x".to_vec()]);
+    assert!(network.applied_commands(N3).is_empty());
+    network.heal();
+    network.tick_all();
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    assert_eq!(network.applied_commands(N3), vec![b"x".to_vec()]);
+}
+
+// Raft §5.3 / Figure 7: the leader repairs every kind of divergent follower log.
+#[test]
+fn figure_7_leader_repairs_divergent_followers() {
+    let mut network = CoreNetwork::with_config(7, 5, no_pre_vote);
+    let leader_log: &[u64] = &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    network.set_log(N1, leader_log, 7);
+    network.set_log(NodeId(2), &[1, 1, 1, 4, 4, 5, 5, 6, 6], 6); // (a) missing one
+    network.set_log(NodeId(3), &[1, 1, 1, 4], 4); // (b) missing many
+    network.set_log(NodeId(4), &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6], 6); // (c) one extra
+    network.set_log(NodeId(5), &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7], 7); // (d) extra term 7
+    network.set_log(NodeId(6), &[1, 1, 1, 4, 4, 4, 4], 4); // (e) extra term 4
+    network.set_log(NodeId(7), &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3], 3); // (f) terms 2, 3
+    network.elect(N1);
+    assert_eq!(network.leaders().first().map(|&(id, _)| id), Some(N1));
+    for _ in 0..5 {
+        network.tick_all();
+        network.stabilize();
+    }
+    let expected: Vec<EntryId> = (1..=11)
+        .map(|index| {
+            let term = network.node(N1).log().term(LogIndex(index)).unwrap();
+            EntryId::new(term, LogIndex(index))
+        })
+        .collect();
+    for id in 2..=7 {
+        let node = network.node(NodeId(id));
+        let log: Vec<EntryId> = (1..=node.log().last_index().0)
+            .map(|index| EntryId::new(node.log().term(LogIndex(index)).unwrap(), LogIndex(index)))
+            .collect();
+        assert_eq!(log, expected, "follower {id} not repaired");
+    }
+}
+
+// Raft §5.4.2 / Figure 8: a leader never commits an entry of an earlier term by counting
+// replicas, only indirectly with an entry of its own term.
+#[test]
+fn figure_8_old_term_entry_is_not_committed_by_counting() {
+    let mut network = CoreNetwork::with_config(5, 9, no_pre_vote);
+    network.set_log(N1, &[1, 2], 3);
+    for id in 2..=5 {
+        network.set_log(NodeId(id), &[1], 3);
+    }
+    // Elect N1 in term 4 but deliver nothing else.
+    network.node(N1).start_election();
+    network.process_ready(N1);
+    network.in_flight.clear();
+    for voter in [N2, N3] {
+        let grant = message(
+            voter,
+            N1,
+            4,
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            },
+        );
+        network.node(N1).step(grant).unwrap();
+    }
+    assert_eq!(network.node(N1).role(), RoleKind::Leader);
+    network.process_ready(N1);
+    network.in_flight.clear();
+    // Two followers acknowledge the term-2 entry at index 2: with the leader that is 3 of 5.
+    for follower in [N2, N3] {
+        let ack = message(
+            follower,
+            N1,
+            4,
+            MessageBody::AppendEntriesResponse(AppendResponse::Success {
+                matched: entry_id(2, 2),
+            }),
+        );
+        network.node(N1).step(ack).unwrap();
+    }
+    assert_eq!(
+        network.committed(N1),
+        LogIndex(0),
+        "an entry of term 2 must not commit by counting in term 4"
+    );
+    // Once the leader's own no-op (index 3, term 4) reaches a majority, both commit.
+    for follower in [N2, N3] {
+        let ack = message(
+            follower,
+            N1,
+            4,
+            MessageBody::AppendEntriesResponse(AppendResponse::Success {
+                matched: entry_id(4, 3),
+            }),
+        );
+        network.node(N1).step(ack).unwrap();
+    }
+    assert_eq!(network.committed(N1), LogIndex(3));
+}
+
+// PITFALLS #2: a delayed, shorter AppendEntries must not truncate acknowledged entries.
+#[test]
+fn stale_reordered_append_does_not_truncate() {
+    let mut network = CoreNetwork::new(3, 2);
+    network.elect(N1);
+    network.propose(N1, b"a").unwrap();
+    let before = network.node(N2).log().last_index();
+    let term = network.node(N1).term().0;
+    let stale = message(
+        N1,
+        N2,
+        term,
+        MessageBody::AppendEntries {
+            prev: entry_id(term, 1),
+            entries: vec![],
+            leader_commit: LogIndex(0),
+        },
+    );
+    let _ = network.node(N2).step(stale);
+    assert_eq!(network.node(N2).log().last_index(), before);
+}
+
+// Thesis §9.6: a node partitioned away and back does not depose a healthy leader, because
+// pre-vote keeps its term from rising.
+#[test]
+fn pre_vote_partitioned_node_does_not_disrupt_leader() {
+    let mut network = CoreNetwork::new(3, 4);
+    network.elect(N1);
+    let term = network.node(N1).term();
+    network.isolate(N3);
+    for _ in 0..100 {
+        network.tick_all();
+        network.stabilize();
+    }
+    assert_eq!(network.node(N3).term(), term, "pre-vote keeps the term");
+    network.heal();
+    for _ in 0..50 {
+        network.tick_all();
+        network.stabilize();
+    }
+    assert_eq!(network.leaders(), vec![(N1, term)]);
+}
+
+// Thesis §6.2: a leader that cannot hear a quorum steps down within an election timeout.
+#[test]
+fn check_quorum_isolated_leader_steps_down() {
+    let mut network = CoreNetwork::new(3, 5);
+    network.elect(N1);
+    network.isolate(N1);
+    for _ in 0..(2 * Config::new(N1).election_ticks + 1) {
+        network.node(N1).tick();
+        network.process_ready(N1);
+    }
+    assert_eq!(network.node(N1).role(), RoleKind::Follower);
+}
+
+// Thesis §4.2.3: a follower that heard from its leader recently ignores vote requests.
+#[test]
+fn check_quorum_follower_ignores_votes_while_leader_active() {
+    let mut network = CoreNetwork::new(3, 5);
+    network.elect(N1);
+    let term = network.node(N2).term().0;
+    let request = message(
+        N3,
+        N2,
+        term + 1,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log: entry_id(term + 1, 100),
+            transfer: false,
+        },
+    );
+    assert!(matches!(
+        network.node(N2).step(request),
+        Err(StepError::LeaderActive { .. })
+    ));
+    assert_eq!(network.node(N2).term(), Term(term));
+}
+
+// Flow control: a silent follower receives at most the in-flight window of messages.
+#[test]
+fn flow_control_bounds_messages_in_flight() {
+    fn small_window(id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.inflight_messages_max = 4;
+        config
+    }
+    let mut network = CoreNetwork::with_config(3, 6, small_window);
+    network.elect(N1);
+    network.propose(N1, b"warm up").unwrap();
+    network.cut(N2, N1);
+    let mut sent_to_follower = 0;
+    for k in 0..50 {
+        network.node(N1).propose(vec![k]).unwrap();
+        let ready = network.node(N1).take_ready();
+        sent_to_follower += ready
+            .messages
+            .iter()
+            .filter(|m| m.to == N2 && matches!(m.body, MessageBody::AppendEntries { .. }))
+            .count();
+        // (the test plays the runtime for N1; nothing is delivered)
+        if let Some(last) = ready.entries.last() {
+            network.node(N1).on_persisted(last.id);
+        }
+    }
+    assert!(sent_to_follower <= 4, "sent {sent_to_follower} > window of 4");
+}
+
+// Thesis §6.4: a read index is released only after a quorum answers a later heartbeat, and
+// fails when leadership is lost.
+#[test]
+fn read_index_needs_a_quorum_round() {
+    let mut network = CoreNetwork::new(3, 8);
+    network.elect(N1);
+    network.propose(N1, b"x").unwrap();
+    let committed = network.committed(N1);
+    network.node(N1).read_index(42).unwrap();
+    assert!(network.node(N1).take_ready().read_states.is_empty());
+    network.stabilize();
+    let mut network = CoreNetwork::new(3, 8);
+    network.elect(N1);
+    network.propose(N1, b"x").unwrap();
+    network.node(N1).read_index(42).unwrap();
+    network.process_ready(N1);
+    network.stabilize();
+    let states = &network.nodes[&N1].read_states;
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].context, 42);
+    assert_eq!(states[0].outcome, Ok(committed));
+
+    // Isolated leader: the read is never confirmed, and fails when it steps down.
+    network.isolate(N1);
+    network.node(N1).read_index(43).unwrap();
+    for _ in 0..100 {
+        network.node(N1).tick();
+        network.process_ready(N1);
+    }
+    let last = network.nodes[&N1].read_states.last().cloned().unwrap();
+    assert_eq!(last.context, 43);
+    assert!(matches!(last.outcome, Err(ReadError::NotLeader { .. })));
+}
+
+// PITFALLS #4: a new leader serves no read before it commits an entry of its own term.
+#[test]
+fn read_index_waits_for_leader_to_commit_in_its_term() {
+    let mut network = CoreNetwork::new(3, 9);
+    network.node(N1).start_election();
+    network.process_ready(N1);
+    // Deliver only the votes: the leader's no-op is not yet replicated.
+    while let Some(message) = network.in_flight.pop_front() {
+        if matches!(message.body, MessageBody::AppendEntries { .. }) {
+            continue;
+        }
+        let to = message.to;
+        let _ = network.node(to).step(message);
+        network.process_ready(to);
+        network.in_flight.retain(|m| !matches!(m.body, MessageBody::AppendEntries { .. }));
+    }
+    assert_eq!(network.node(N1).role(), RoleKind::Leader);
+    network.node(N1).read_index(1).unwrap();
+    network.process_ready(N1);
+    assert!(network.nodes[&N1].read_states.is_empty());
+    // Now let replication run: the no-op commits and the read is served at or after it.
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    let states = &network.nodes[&N1].read_states;
+    assert_eq!(states.len(), 1);
+    assert!(states[0].outcome.clone().unwrap() >= LogIndex(1));
+}
+
+// The leader counts itself toward a commit only for what it has persisted (thesis §10.2.1).
+#[test]
+fn leader_counts_itself_only_when_persisted() {
+    let mut network = CoreNetwork::new(1, 1);
+    network.elect(N1);
+    network.node(N1).propose(b"x".to_vec()).unwrap();
+    let committed = network.committed(N1);
+    let ready = network.node(N1).take_ready();
+    assert_eq!(network.committed(N1), committed, "not durable yet");
+    network.node(N1).on_persisted(ready.entries.last().unwrap().id);
+    assert!(network.committed(N1) > committed);
+}
+
+// Fast backtracking: a follower that diverges by hundreds of entries is repaired in a few
+// round trips, not one per entry.
+#[test]
+fn fast_backtracking_over_hundreds_of_divergent_entries() {
+    let mut network = CoreNetwork::with_config(3, 10, no_pre_vote);
+    let mut leader_log = vec![1u64; 10];
+    leader_log.extend(std::iter::repeat_n(3, 300));
+    let mut follower_log = vec![1u64; 10];
+    follower_log.extend(std::iter::repeat_n(2, 400));
+    network.set_log(N1, &leader_log, 3);
+    network.set_log(N2, &follower_log, 2);
+    network.set_log(N3, &leader_log, 3);
+    network.elect(N1);
+    let mut rejections = 0;
+    for _ in 0..20 {
+        network.tick_all();
+        while let Some(message) = network.in_flight.pop_front() {
+            if matches!(
+                message.body,
+                MessageBody::AppendEntriesResponse(AppendResponse::Reject { .. })
+            ) {
+                rejections += 1;
+            }
+            let to = message.to;
+            let _ = network.node(to).step(message);
+            network.process_ready(to);
+        }
+    }
+    assert_eq!(network.node(N2).log().last_id(), network.node(N1).log().last_id());
+    assert!(rejections <= 3, "{rejections} rejections for a 2-term divergence");
+}
+
+// Lease reads: valid after a quorum round, void once the leader is cut off long enough.
+#[test]
+fn lease_read_valid_only_while_quorum_is_recent() {
+    fn lease(id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.lease_reads = true;
+        config
+    }
+    let mut network = CoreNetwork::with_config(3, 11, lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    assert!(network.node(N1).lease_read().is_ok());
+    network.isolate(N1);
+    for _ in 0..Config::new(N1).election_ticks {
+        network.node(N1).tick();
+        network.process_ready(N1);
+    }
+    assert!(network.node(N1).lease_read().is_err());
+}
+
+// Bad input is ignored with a reason, never a panic, and changes nothing.
+#[test]
+fn malformed_and_misaddressed_messages_are_ignored() {
+    let mut network = CoreNetwork::new(3, 12);
+    network.elect(N1);
+    let term = network.node(N2).term().0;
+    let status = network.node(N2).status();
+    let cases = vec![
+        message(N1, NodeId(9), term, MessageBody::TimeoutNow),
+        message(N2, N2, term, MessageBody::TimeoutNow),
+        message(N1, N2, 0, MessageBody::HeartbeatResponse { round: 1 }),
+        message(
+            NodeId(99),
+            N2,
+            term + 5,
+            MessageBody::RequestVote {
+                pre_vote: false,
+                last_log: entry_id(1, 1000),
+                transfer: true,
+            },
+        ),
+        message(
+            N1,
+            N2,
+            term,
+            MessageBody::AppendEntries {
+                prev: entry_id(term, 1),
+                entries: vec![keyval::Entry {
+                    id: entry_id(term, 5),
+                    payload: keyval::EntryPayload::Noop,
+                }],
+                leader_commit: LogIndex(1_000_000),
+            },
+        ),
+        message(
+            N1,
+            N2,
+            term,
+            MessageBody::AppendEntries {
+                prev: entry_id(term + 3, 1),
+                entries: vec![],
+                leader_commit: LogIndex(0),
+            },
+        ),
+    ];
+    for case in cases {
+        assert!(network.node(N2).step(case.clone()).is_err(), "accepted {case:?}");
+    }
+    assert_eq!(network.node(N2).status(), status);
+}
