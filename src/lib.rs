@@ -6,11 +6,13 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod kv;
-pub mod raft;
 pub mod limits;
+pub mod node;
+pub mod raft;
 pub mod state_machine;
 pub mod storage;
 pub mod testkit;
+pub mod transport;
 pub mod types;
 
 pub use config::Config;

@@ -89,7 +89,10 @@ fn section_5_2_split_vote_elects_nobody_then_recovers() {
     network.node(N1).start_election();
     network.node(N2).start_election();
     network.stabilize();
-    assert!(network.leaders().is_empty(), "2 of 4 votes is not a majority");
+    assert!(
+        network.leaders().is_empty(),
+        "2 of 4 votes is not a majority"
+    );
     network.heal();
     for _ in 0..200 {
         network.tick_all();
@@ -408,7 +411,10 @@ fn flow_control_bounds_messages_in_flight() {
             network.node(N1).on_persisted(last.id);
         }
     }
-    assert!(sent_to_follower <= 4, "sent {sent_to_follower} > window of 4");
+    assert!(
+        sent_to_follower <= 4,
+        "sent {sent_to_follower} > window of 4"
+    );
 }
 
 // Thesis §6.4: a read index is released only after a quorum answers a later heartbeat, and
@@ -459,7 +465,9 @@ fn read_index_waits_for_leader_to_commit_in_its_term() {
         let to = message.to;
         let _ = network.node(to).step(message);
         network.process_ready(to);
-        network.in_flight.retain(|m| !matches!(m.body, MessageBody::AppendEntries { .. }));
+        network
+            .in_flight
+            .retain(|m| !matches!(m.body, MessageBody::AppendEntries { .. }));
     }
     assert_eq!(network.node(N1).role(), RoleKind::Leader);
     network.node(N1).read_index(1).unwrap();
@@ -484,7 +492,9 @@ fn leader_counts_itself_only_when_persisted() {
     let committed = network.committed(N1);
     let ready = network.node(N1).take_ready();
     assert_eq!(network.committed(N1), committed, "not durable yet");
-    network.node(N1).on_persisted(ready.entries.last().unwrap().id);
+    network
+        .node(N1)
+        .on_persisted(ready.entries.last().unwrap().id);
     assert!(network.committed(N1) > committed);
 }
 
@@ -516,8 +526,14 @@ fn fast_backtracking_over_hundreds_of_divergent_entries() {
             network.process_ready(to);
         }
     }
-    assert_eq!(network.node(N2).log().last_id(), network.node(N1).log().last_id());
-    assert!(rejections <= 3, "{rejections} rejections for a 2-term divergence");
+    assert_eq!(
+        network.node(N2).log().last_id(),
+        network.node(N1).log().last_id()
+    );
+    assert!(
+        rejections <= 3,
+        "{rejections} rejections for a 2-term divergence"
+    );
 }
 
 // Lease reads: valid after a quorum round, void once the leader is cut off long enough.
@@ -589,7 +605,10 @@ fn malformed_and_misaddressed_messages_are_ignored() {
         ),
     ];
     for case in cases {
-        assert!(network.node(N2).step(case.clone()).is_err(), "accepted {case:?}");
+        assert!(
+            network.node(N2).step(case.clone()).is_err(),
+            "accepted {case:?}"
+        );
     }
     assert_eq!(network.node(N2).status(), status);
 }

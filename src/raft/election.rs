@@ -58,9 +58,9 @@ impl Raft {
             return false;
         };
         let progress = &leader.progress;
-        let active = self
-            .membership
-            .has_quorum(|voter| voter == id || progress.get(&voter).is_some_and(|p| p.recent_active));
+        let active = self.membership.has_quorum(|voter| {
+            voter == id || progress.get(&voter).is_some_and(|p| p.recent_active)
+        });
         for progress in leader.progress.values_mut() {
             progress.recent_active = false;
         }
@@ -252,8 +252,7 @@ impl Raft {
             );
             return Ok(());
         }
-        let can_vote =
-            self.vote == Some(from) || (self.vote.is_none() && self.leader().is_none());
+        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader().is_none());
         let granted = can_vote && up_to_date;
         if granted {
             self.vote = Some(from);
@@ -305,7 +304,11 @@ impl Raft {
             self.term
         };
         let id = self.id;
-        if self.membership.vote_result(|voter| (voter == id).then_some(true)) == VoteResult::Won {
+        if self
+            .membership
+            .vote_result(|voter| (voter == id).then_some(true))
+            == VoteResult::Won
+        {
             if pre_vote {
                 self.campaign(false, transfer);
             } else {
@@ -314,7 +317,12 @@ impl Raft {
             return;
         }
         let last_log = self.log.last_id();
-        let voters: Vec<NodeId> = self.membership.members().into_iter().filter(|&voter| voter != id && self.membership.is_voter(voter)).collect();
+        let voters: Vec<NodeId> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|&voter| voter != id && self.membership.is_voter(voter))
+            .collect();
         for voter in voters {
             let body = MessageBody::RequestVote {
                 pre_vote,

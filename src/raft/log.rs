@@ -125,7 +125,8 @@ impl RaftLog {
         if index <= self.snapshot.index {
             return None;
         }
-        self.entries.get((index.0 - self.snapshot.index.0 - 1) as usize)
+        self.entries
+            .get((index.0 - self.snapshot.index.0 - 1) as usize)
     }
 
     /// Whether the log holds the entry `id`.
@@ -325,7 +326,8 @@ mod tests {
     #[test]
     fn real_conflict_truncates_and_resets_persisted() {
         let mut log = log_of(&[1, 1, 1, 1]);
-        log.maybe_append(id(1, 2), &[entry(2, 3)], LogIndex(0)).unwrap();
+        log.maybe_append(id(1, 2), &[entry(2, 3)], LogIndex(0))
+            .unwrap();
         assert_eq!(log.last_id(), id(2, 3));
         assert_eq!(log.persisted(), LogIndex(2));
         assert_eq!(log.take_unpersisted(), vec![entry(2, 3)]);
@@ -354,9 +356,13 @@ mod tests {
         let mut log = log_of(&[1]);
         log.append_own(entry(1, 2));
         let _ = log.take_unpersisted();
-        log.maybe_append(id(1, 1), &[entry(2, 2)], LogIndex(0)).unwrap();
+        log.maybe_append(id(1, 1), &[entry(2, 2)], LogIndex(0))
+            .unwrap();
         let _ = log.take_unpersisted();
-        assert!(!log.on_persisted(id(1, 2)), "ABA: old entry's ack must not count");
+        assert!(
+            !log.on_persisted(id(1, 2)),
+            "ABA: old entry's ack must not count"
+        );
         assert!(log.on_persisted(id(2, 2)));
     }
 

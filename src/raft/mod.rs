@@ -287,8 +287,7 @@ impl Raft {
             payload: EntryPayload::Command(command),
         };
         let size = entry.size_bytes();
-        if leader.uncommitted_bytes > 0 && leader.uncommitted_bytes + size > uncommitted_bytes_max
-        {
+        if leader.uncommitted_bytes > 0 && leader.uncommitted_bytes + size > uncommitted_bytes_max {
             return Err(ProposeError::Busy {
                 reason: "too many uncommitted bytes",
             });
@@ -357,7 +356,9 @@ impl Raft {
     /// Whether a Ready has anything in it.
     pub fn has_ready(&self) -> bool {
         let leader_work = match &self.role {
-            Role::Leader(leader) => leader.append_needed || leader.commit_news || leader.read_round_needed,
+            Role::Leader(leader) => {
+                leader.append_needed || leader.commit_news || leader.read_round_needed
+            }
             _ => false,
         };
         leader_work
@@ -384,7 +385,9 @@ impl Raft {
             entries: self.log.take_unpersisted(),
             messages: std::mem::take(&mut self.messages),
             persisted_messages: std::mem::take(&mut self.persisted_messages),
-            committed: self.log.take_committed(limits::COMMITTED_BYTES_PER_READY_MAX),
+            committed: self
+                .log
+                .take_committed(limits::COMMITTED_BYTES_PER_READY_MAX),
             read_states: std::mem::take(&mut self.read_states),
         }
     }

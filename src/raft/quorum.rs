@@ -28,7 +28,10 @@ fn majority_value(voters: &BTreeSet<NodeId>, value_of: &impl Fn(NodeId) -> u64) 
     values[voters.len() / 2]
 }
 
-fn half_vote_result(voters: &BTreeSet<NodeId>, vote_of: &impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+fn half_vote_result(
+    voters: &BTreeSet<NodeId>,
+    vote_of: &impl Fn(NodeId) -> Option<bool>,
+) -> VoteResult {
     if voters.is_empty() {
         return VoteResult::Won;
     }
@@ -61,7 +64,8 @@ impl Membership {
 
     /// The largest `u64` a quorum has reached (heartbeat rounds, say).
     pub fn quorum_value(&self, value_of: impl Fn(NodeId) -> u64) -> u64 {
-        majority_value(&self.voters, &value_of).min(majority_value(&self.voters_outgoing, &value_of))
+        majority_value(&self.voters, &value_of)
+            .min(majority_value(&self.voters_outgoing, &value_of))
     }
 
     /// Counts votes: `vote_of(id)` is `Some(granted)` for voters that answered.
@@ -106,14 +110,23 @@ mod tests {
             learners: BTreeSet::new(),
         };
         let matched: BTreeMap<u64, u64> = [(1, 9), (2, 9), (3, 9), (4, 1), (5, 1)].into();
-        assert_eq!(membership.committed_index(|id| LogIndex(matched[&id.0])), LogIndex(1));
+        assert_eq!(
+            membership.committed_index(|id| LogIndex(matched[&id.0])),
+            LogIndex(1)
+        );
     }
 
     #[test]
     fn votes_are_counted_per_half() {
         let membership = Membership::new(ids(&[1, 2, 3]));
-        assert_eq!(membership.vote_result(|id| (id.0 <= 2).then_some(true)), VoteResult::Won);
-        assert_eq!(membership.vote_result(|id| (id.0 == 1).then_some(true)), VoteResult::Pending);
+        assert_eq!(
+            membership.vote_result(|id| (id.0 <= 2).then_some(true)),
+            VoteResult::Won
+        );
+        assert_eq!(
+            membership.vote_result(|id| (id.0 == 1).then_some(true)),
+            VoteResult::Pending
+        );
         assert_eq!(
             membership.vote_result(|id| Some(id.0 == 1)),
             VoteResult::Lost
@@ -124,7 +137,10 @@ mod tests {
             learners: BTreeSet::new(),
         };
         assert_eq!(joint.vote_result(|id| Some(id.0 <= 3)), VoteResult::Lost);
-        assert_eq!(joint.vote_result(|id| Some(id.0 != 3 && id.0 != 6)), VoteResult::Won);
+        assert_eq!(
+            joint.vote_result(|id| Some(id.0 != 3 && id.0 != 6)),
+            VoteResult::Won
+        );
     }
 
     #[test]

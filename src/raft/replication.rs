@@ -148,7 +148,9 @@ impl Raft {
     pub(super) fn start_read(&mut self, context: u64) {
         let index = self.log.committed();
         let id = self.id;
-        let single_voter = self.membership.vote_result(|voter| (voter == id).then_some(true))
+        let single_voter = self
+            .membership
+            .vote_result(|voter| (voter == id).then_some(true))
             == crate::raft::quorum::VoteResult::Won;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -203,7 +205,11 @@ impl Raft {
                 if stale {
                     return;
                 }
-                let next = self.log.find_conflict_by_term(hint).next().min(rejected_prev);
+                let next = self
+                    .log
+                    .find_conflict_by_term(hint)
+                    .next()
+                    .min(rejected_prev);
                 progress.become_probe(next);
             }
         }
@@ -267,7 +273,9 @@ impl Raft {
             if voter == id {
                 own_round
             } else {
-                progress.get(&voter).map_or(0, |progress| progress.round_acked)
+                progress
+                    .get(&voter)
+                    .map_or(0, |progress| progress.round_acked)
             }
         });
         if quorum_round <= leader.quorum_round {

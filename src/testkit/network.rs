@@ -74,7 +74,12 @@ impl CoreNetwork {
         };
         self.restarts += 1;
         let seed = self.seed ^ (id.0 << 32) ^ self.restarts;
-        let raft = match Raft::new((self.make_config)(id), recovered, self.membership.clone(), seed) {
+        let raft = match Raft::new(
+            (self.make_config)(id),
+            recovered,
+            self.membership.clone(),
+            seed,
+        ) {
             Ok(raft) => raft,
             Err(error) => panic!("{id}: invalid test configuration: {error}"),
         };
@@ -111,7 +116,9 @@ impl CoreNetwork {
         let ready = node.raft.take_ready();
         if ready.needs_persist() {
             if let Some(hard_state) = ready.hard_state {
-                node.storage.save_hard_state(hard_state).expect("save hard state");
+                node.storage
+                    .save_hard_state(hard_state)
+                    .expect("save hard state");
             }
             node.storage.append(&ready.entries).expect("append");
             node.storage.sync().expect("sync");

@@ -1,0 +1,38 @@
+//! The `inbound` thread: steps batches of peer messages into the core under one lock.
+
+use crossbeam_channel::{select, Receiver};
+
+use crate::node::Shared;
+use crate::raft::Message;
+
+/// Messages stepped per lock hold at most.
+const STEP_BATCH_MAX: usize = 512;
+
+pub(super) fn run<M>(shared: &Shared<M>, inbound: &Receiver<Message>, shutdown: &Receiver<()>) {
+    let mut batch = Vec::with_capacity(STEP_BATCH_MAX);
+    loop {
+        select! {
+            recv(inbound) -> message => match message {
+                Ok(message) => batch.push(message),
+                Err(_) => return,
+            },
+            recv(shutdown) -> _ => return,
+        }
+        while batch.len() < STEP_BATCH_MAX {
+            match inbound.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        if !shared.is_serving() {
+            batch.clear();
+            continue;
+        }
+        let mut core = shared.core.lock();
+        for message in batch.drain(..) {
+            // Ignored messages are normal in Raft (stale terms after an election, say).
+            let _ = core.raft.step(message);
+        }
+        shared.route(&mut core);
+    }
+}

@@ -1,0 +1,476 @@
+//! The runtime: a fixed set of named threads around one lock-guarded consensus core.
+//!
+//! ```text
+//!  transport ──inbound──► [n1-inbound] ──step──┐
+//!  [n1-ticker] ──────────────────────tick──────┤
+//!  client threads ───────propose / read────────┤   core lock (Raft + outboxes), held only to
+//!                                              ▼   step and route a Ready: never across I/O
+//!                           ┌───── persist outbox ──► [n1-log-writer] append, ONE sync per
+//!                           │                          drained batch, then send the acks it
+//!                           │                          held back and report `on_persisted`
+//!                           ├───── apply outbox ────► [n1-applier] apply in order, answer
+//!                           │                          proposals and reads
+//!                           └───── messages ─────────► transport (non-blocking)
+//! ```
+//!
+//! Outboxes live inside the core lock and wake their thread through a one-slot channel, so
+//! routing a Ready never blocks and a persist request is never dropped; each worker drains
+//! everything queued at once, which is what makes group commit and batched apply happen.
+
+mod applier;
+mod inbound;
+mod log_writer;
+mod ticker;
+mod waiters;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::Config;
+use crate::error::{ProposeError, ReadError, StorageError};
+use crate::raft::{Message, Raft, Ready, RoleKind};
+use crate::state_machine::StateMachine;
+use crate::storage::Storage;
+use crate::transport::Transport;
+use crate::types::{Entry, EntryId, HardState, LogIndex, Membership, NodeId, Term};
+
+use waiters::Waiters;
+
+/// Everything a node is started from.
+pub struct NodeOptions<M: StateMachine> {
+    /// Timing, batching and safety settings; `config.id` is the node's id.
+    pub config: Config,
+    /// The configuration of a new cluster (ignored once the log or a snapshot has one).
+    pub membership: Membership,
+    /// Durable storage.
+    pub storage: Box<dyn Storage>,
+    /// Sends to peers.
+    pub transport: Arc<dyn Transport>,
+    /// Messages from peers (the receiving end of [`crate::transport::inbound_channel`]).
+    pub inbound: Receiver<Message>,
+    /// The replicated state machine.
+    pub state_machine: M,
+    /// Seed of the core's randomness (election timeouts).
+    pub seed: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::error::ConfigError),
+    /// Storage could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The snapshot could not be restored into the state machine.
+    #[error("restoring the snapshot failed: {reason}")]
+    Restore {
+        /// What the state machine said.
+        reason: String,
+    },
+    /// A thread could not be spawned.
+    #[error("spawning thread {name}: {source}")]
+    Spawn {
+        /// The thread's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a proposer learns its outcome.
+type ProposalReceiver = Receiver<Result<Vec<u8>, ProposeError>>;
+
+/// One persist request: a Ready's durable part and the messages that wait for it.
+#[derive(Debug)]
+struct PersistRequest {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    messages: Vec<Message>,
+}
+
+/// The core and its outboxes. Guarded by one mutex, held only to step the core and route its
+/// Ready onto the outboxes and the transport — never across I/O or a blocking send.
+struct Core {
+    raft: Raft,
+    persist_outbox: Vec<PersistRequest>,
+    apply_outbox: Vec<Entry>,
+}
+
+/// State shared by the node's threads and its handle.
+struct Shared<M> {
+    id: NodeId,
+    core: Mutex<Core>,
+    state_machine: Mutex<M>,
+    /// The highest index applied to the state machine, with a condvar for readers.
+    applied: Mutex<LogIndex>,
+    applied_changed: Condvar,
+    waiters: Mutex<Waiters>,
+    transport: Arc<dyn Transport>,
+    persist_wake: Sender<()>,
+    apply_wake: Sender<()>,
+    next_read_context: AtomicU64,
+    /// Set when storage failed: the node stops serving.
+    failed: Mutex<Option<String>>,
+    stopped: AtomicBool,
+}
+
+impl<M> Shared<M> {
+    /// Routes the core's Ready: messages to the transport, durable work and committed entries
+    /// onto the outboxes, read states to their waiters. Call with the core lock held; it only
+    /// pushes onto queues.
+    fn route(&self, core: &mut Core) {
+        while core.raft.has_ready() {
+            let ready: Ready = core.raft.take_ready();
+            let needs_persist = ready.needs_persist();
+            for message in ready.messages {
+                self.transport.send(message);
+            }
+            if needs_persist {
+                core.persist_outbox.push(PersistRequest {
+                    hard_state: ready.hard_state,
+                    entries: ready.entries,
+                    messages: ready.persisted_messages,
+                });
+                let _ = self.persist_wake.try_send(());
+            }
+            if !ready.committed.is_empty() {
+                core.apply_outbox.extend(ready.committed);
+                let _ = self.apply_wake.try_send(());
+            }
+            if !ready.read_states.is_empty() {
+                self.waiters.lock().complete_reads(ready.read_states);
+            }
+        }
+    }
+
+    fn is_serving(&self) -> bool {
+        !self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Storage failed: stop serving (the node falls silent so the cluster moves on) and fail
+    /// every waiter.
+    fn fail(&self, reason: String) {
+        eprintln!("{}: storage failed, node stops serving: {reason}", self.id);
+        *self.failed.lock() = Some(reason.clone());
+        self.stopped.store(true, Ordering::SeqCst);
+        self.waiters.lock().fail_all(&reason);
+    }
+
+    fn storage_error(&self) -> Option<ProposeError> {
+        self.failed
+            .lock()
+            .as_ref()
+            .map(|reason| ProposeError::Storage {
+                reason: reason.clone(),
+            })
+    }
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: RoleKind,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Its commit index.
+    pub committed: LogIndex,
+    /// The highest index applied to its state machine.
+    pub applied: LogIndex,
+    /// Its last log index.
+    pub last_index: LogIndex,
+    /// The highest index durable in its storage.
+    pub persisted: LogIndex,
+    /// The configuration in force.
+    pub membership: Membership,
+    /// Whether it stopped serving after a storage failure.
+    pub failed: bool,
+}
+
+/// A running node: a blocking handle over its threads. Dropping it shuts the node down.
+///
+/// A `Node` is `Sync`: share it (in an `Arc`) between client threads.
+pub struct Node<M: StateMachine> {
+    shared: Arc<Shared<M>>,
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<M: StateMachine> Node<M> {
+    /// Recovers from storage, restores the snapshot, and starts the node's threads:
+    /// `n{id}-ticker`, `n{id}-inbound`, `n{id}-log-writer`, `n{id}-applier`.
+    pub fn start(options: NodeOptions<M>) -> Result<Node<M>, StartError> {
+        let NodeOptions {
+            config,
+            membership,
+            mut storage,
+            transport,
+            inbound,
+            mut state_machine,
+            seed,
+        } = options;
+        config.validate()?;
+        let id = config.id;
+        let tick = config.tick;
+        let recovered = storage.recover()?;
+        let mut applied = LogIndex(0);
+        if recovered.snapshot.is_some() {
+            if let Some((meta, data)) = storage.load_snapshot()? {
+                state_machine
+                    .restore(&data)
+                    .map_err(|error| StartError::Restore {
+                        reason: error.to_string(),
+                    })?;
+                applied = meta.last.index;
+            }
+        }
+        let raft = Raft::new(config, recovered, membership, seed)?;
+        let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
+        let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+        let shared = Arc::new(Shared {
+            id,
+            core: Mutex::new(Core {
+                raft,
+                persist_outbox: Vec::new(),
+                apply_outbox: Vec::new(),
+            }),
+            state_machine: Mutex::new(state_machine),
+            applied: Mutex::new(applied),
+            applied_changed: Condvar::new(),
+            waiters: Mutex::new(Waiters::default()),
+            transport,
+            persist_wake,
+            apply_wake,
+            next_read_context: AtomicU64::new(1),
+            failed: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        });
+        let node = Node {
+            shared: Arc::clone(&shared),
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            threads: Mutex::new(Vec::new()),
+        };
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("{id}-{name}"))
+                .spawn(body)
+                .map_err(|source| StartError::Spawn {
+                    name: format!("{id}-{name}"),
+                    source,
+                })
+        };
+        {
+            let mut threads = node.threads.lock();
+            let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
+            threads.push(spawn(
+                "log-writer",
+                Box::new(move || log_writer::run(&s, storage, &persist_wake_rx, &r)),
+            )?);
+            let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
+            threads.push(spawn(
+                "applier",
+                Box::new(move || applier::run(&s, &apply_wake_rx, &r)),
+            )?);
+            let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
+            threads.push(spawn(
+                "inbound",
+                Box::new(move || inbound::run(&s, &inbound, &r)),
+            )?);
+            let (s, r) = (Arc::clone(&shared), shutdown_rx);
+            threads.push(spawn(
+                "ticker",
+                Box::new(move || ticker::run(&s, tick, &r)),
+            )?);
+        }
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// Proposes `command` and waits until it is committed and applied, returning the state
+    /// machine's response.
+    ///
+    /// Errors: `NotLeader` and `Busy` mean nothing was appended; `Dropped` means it was
+    /// appended but will never commit; **`Timeout` and `Shutdown` mean the outcome is unknown**
+    /// — the command may still commit, so retry only with a request id the state machine
+    /// deduplicates.
+    pub fn propose(&self, command: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ProposeError> {
+        let receiver = self.propose_async(command)?;
+        self.wait_proposal(receiver.0, receiver.1, deadline)
+    }
+
+    /// Appends `command` on the leader without waiting; returns its entry id and a receiver
+    /// of the outcome.
+    fn propose_async(&self, command: Vec<u8>) -> Result<(EntryId, ProposalReceiver), ProposeError> {
+        if let Some(error) = self.shared.storage_error() {
+            return Err(error);
+        }
+        if !self.shared.is_serving() {
+            return Err(ProposeError::Shutdown);
+        }
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let mut core = self.shared.core.lock();
+        let id = core.raft.propose(command)?;
+        self.shared.waiters.lock().add_proposal(id, sender);
+        self.shared.route(&mut core);
+        Ok((id, receiver))
+    }
+
+    fn wait_proposal(
+        &self,
+        id: EntryId,
+        receiver: ProposalReceiver,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ProposeError> {
+        match receiver.recv_deadline(deadline) {
+            Ok(outcome) => outcome,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                self.shared.waiters.lock().remove_proposal(id);
+                Err(ProposeError::Timeout)
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ProposeError::Shutdown),
+        }
+    }
+
+    /// A linearizable read barrier (ReadIndex): returns once this node, as leader, has
+    /// confirmed its leadership with a quorum **and** applied everything committed when the
+    /// barrier was asked for. State read after it is at least as new as any write
+    /// acknowledged before the call.
+    pub fn read_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
+        if !self.shared.is_serving() {
+            return Err(ReadError::Shutdown);
+        }
+        let context = self
+            .shared
+            .next_read_context
+            .fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        {
+            let mut core = self.shared.core.lock();
+            self.shared.waiters.lock().add_read(context, sender);
+            if let Err(error) = core.raft.read_index(context) {
+                self.shared.waiters.lock().remove_read(context);
+                return Err(error);
+            }
+            self.shared.route(&mut core);
+        }
+        let index = match receiver.recv_deadline(deadline) {
+            Ok(outcome) => outcome?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                self.shared.waiters.lock().remove_read(context);
+                return Err(ReadError::Timeout);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(ReadError::Shutdown)
+            }
+        };
+        self.wait_applied(index, deadline)?;
+        Ok(index)
+    }
+
+    /// A lease read barrier: like [`read_barrier`](Node::read_barrier) without a round trip,
+    /// valid only while the leader holds a lease (requires `lease_reads`).
+    pub fn lease_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
+        let index = self.shared.core.lock().raft.lease_read()?;
+        self.wait_applied(index, deadline)?;
+        Ok(index)
+    }
+
+    /// Waits until the state machine has applied `index`.
+    pub fn wait_applied(&self, index: LogIndex, deadline: Instant) -> Result<(), ReadError> {
+        let mut applied = self.shared.applied.lock();
+        while *applied < index {
+            if !self.shared.is_serving() {
+                return Err(ReadError::Shutdown);
+            }
+            if self
+                .shared
+                .applied_changed
+                .wait_until(&mut applied, deadline)
+                .timed_out()
+                && *applied < index
+            {
+                return Err(ReadError::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// A linearizable read: a read barrier, then `read` on the state machine.
+    pub fn read<R>(&self, deadline: Instant, read: impl FnOnce(&M) -> R) -> Result<R, ReadError> {
+        self.read_barrier(deadline)?;
+        Ok(read(&self.shared.state_machine.lock()))
+    }
+
+    /// A read of this node's state machine as it is, with no barrier: possibly stale. Returns
+    /// the applied index with the result so the caller knows how far behind it may be.
+    pub fn read_local<R>(&self, read: impl FnOnce(&M) -> R) -> (LogIndex, R) {
+        let state_machine = self.shared.state_machine.lock();
+        let applied = *self.shared.applied.lock();
+        (applied, read(&state_machine))
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> NodeStatus {
+        let status = self.shared.core.lock().raft.status();
+        NodeStatus {
+            id: status.id,
+            role: status.role,
+            term: status.term,
+            leader: status.leader,
+            committed: status.committed,
+            applied: *self.shared.applied.lock(),
+            last_index: status.last_index,
+            persisted: status.persisted,
+            membership: status.membership,
+            failed: self.shared.failed.lock().is_some(),
+        }
+    }
+
+    /// Makes this node campaign now (tests and operators).
+    pub fn campaign(&self) {
+        let mut core = self.shared.core.lock();
+        core.raft.start_election();
+        self.shared.route(&mut core);
+    }
+
+    /// Stops every thread and waits for them; idempotent. Waiting and later callers get
+    /// `Shutdown`.
+    pub fn shutdown(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        self.shutdown_tx.lock().take();
+        {
+            // Taking the lock orders this notify after any waiter's check of `stopped`.
+            let _applied = self.shared.applied.lock();
+            self.shared.applied_changed.notify_all();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for thread in threads {
+            let _ = thread.join();
+        }
+        self.shared.waiters.lock().shut_down();
+    }
+}
+
+impl<M: StateMachine> Drop for Node<M> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
