@@ -10,6 +10,7 @@ pub mod limits;
 pub mod state_machine;
 pub mod storage;
 pub mod testkit;
+pub mod transport;
 pub mod types;
 
 pub use config::Config;
