@@ -139,6 +139,7 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
             remote,
             buffer: Vec::new(),
             start: 0,
+            filled: 0,
         };
         match spawn_named(format!("{id}-peer-recv"), move || reader.run()) {
             Ok(thread) => self.connections.push(InboundConnection {
@@ -181,11 +182,14 @@ struct Reader<M> {
     inbound: Sender<(NodeId, M)>,
     stream: TcpStream,
     remote: SocketAddr,
-    /// Bytes read and not yet consumed start at `start`.
-    /// Invariant: `start <= buffer.len()`, and the buffer holds at most one incomplete record
-    /// (each at most `FRAME_BYTES_MAX`) plus one read chunk beyond what was consumed.
+    /// Bytes `start..filled` are read and not yet consumed; bytes from `filled` on are
+    /// (initialised) room for the next read, so reads do not zero memory again and again.
+    /// Invariant: `start <= filled <= buffer.len()`, and the buffer holds at most one
+    /// incomplete record (at most `FRAME_BYTES_MAX`) plus one read chunk beyond what was
+    /// consumed.
     buffer: Vec<u8>,
     start: usize,
+    filled: usize,
 }
 
 impl<M: DeserializeOwned> Reader<M> {
@@ -287,7 +291,7 @@ impl<M: DeserializeOwned> Reader<M> {
         deadline: Option<Instant>,
     ) -> Result<(usize, usize), Ending> {
         loop {
-            match codec::read_record(&self.buffer[self.start..], limit) {
+            match codec::read_record(&self.buffer[self.start..self.filled], limit) {
                 Ok(RecordRead::Complete { payload, consumed }) => {
                     let begin = self.start + RECORD_HEADER_BYTES;
                     let end = begin + payload.len();
@@ -303,12 +307,17 @@ impl<M: DeserializeOwned> Reader<M> {
     /// Drops consumed bytes, then reads at least one more byte.
     fn read_more(&mut self, deadline: Option<Instant>) -> Result<(), Ending> {
         if self.start > 0 {
-            self.buffer.drain(..self.start);
+            self.buffer.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
             self.start = 0;
         }
         // Give back the room a large frame needed once it is gone.
-        if self.buffer.capacity() > 4 * READ_CHUNK_BYTES && self.buffer.len() < READ_CHUNK_BYTES {
-            self.buffer.shrink_to(2 * READ_CHUNK_BYTES);
+        if self.buffer.len() > 4 * READ_CHUNK_BYTES && self.filled < READ_CHUNK_BYTES {
+            self.buffer.truncate(2 * READ_CHUNK_BYTES);
+            self.buffer.shrink_to_fit();
+        }
+        if self.buffer.len() < self.filled + READ_CHUNK_BYTES {
+            self.buffer.resize(self.filled + READ_CHUNK_BYTES, 0);
         }
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -320,11 +329,10 @@ impl<M: DeserializeOwned> Reader<M> {
                     self.shared.config.handshake_timeout
                 )));
             }
-            let held = self.buffer.len();
-            self.buffer.resize(held + READ_CHUNK_BYTES, 0);
-            let result = self.stream.read(&mut self.buffer[held..]);
-            let read = *result.as_ref().unwrap_or(&0);
-            self.buffer.truncate(held + read);
+            let held = self.filled;
+            let result = self
+                .stream
+                .read(&mut self.buffer[held..held + READ_CHUNK_BYTES]);
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Err(Ending::Stopping);
             }
@@ -336,6 +344,7 @@ impl<M: DeserializeOwned> Reader<M> {
                     )))
                 }
                 Ok(read) => {
+                    self.filled += read;
                     add(&self.shared.counters.bytes_received, read as u64);
                     return Ok(());
                 }
