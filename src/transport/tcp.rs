@@ -25,19 +25,21 @@
 //! [`FRAME_BYTES_MAX`](crate::limits::FRAME_BYTES_MAX) bytes. Anything else — a bad
 //! handshake, an oversized length, a checksum mismatch, a payload that does not decode, a
 //! record cut short by end of stream — closes that connection with a logged reason and leaves
-//! every other connection serving.
+//! every other connection serving. The handshake guards against misconfiguration (a node of
+//! another cluster, a stale address), not against an attacker: it is not authentication.
 //!
 //! # Delivery
 //!
 //! Best effort, in order per connection, never blocking the caller: a message is dropped (and
 //! counted in [`TransportStats`]) when its peer's queue is full, the peer is unknown, the peer
-//! is unreachable, or the inbound queue stays full. Raft retransmits.
+//! is unreachable, or the inbound queue stays full. A message counted as sent was handed to
+//! the kernel; it is still lost if the connection breaks before the peer reads it. Raft
+//! retransmits.
 
 mod listener;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -284,7 +286,6 @@ pub struct TcpTransport<M> {
     /// membership changes and shutdown.
     writers: RwLock<BTreeMap<NodeId, PeerWriter<M>>>,
     listener_thread: Mutex<Option<JoinHandle<()>>>,
-    _message: PhantomData<fn(M) -> M>,
 }
 
 impl<M> TcpTransport<M>
@@ -321,7 +322,6 @@ where
             local_addr,
             writers: RwLock::new(BTreeMap::new()),
             listener_thread: Mutex::new(None),
-            _message: PhantomData,
         };
         // From here on a failure drops `transport`, which stops whatever already started.
         let listener_thread = listener::spawn::<M>(listener, shared, inbound)?;
@@ -410,7 +410,9 @@ where
     }
 
     /// Stops every thread the transport spawned and waits for them. Queued messages are
-    /// dropped. Dropping the transport does the same.
+    /// dropped. Dropping the transport does the same. Sockets are shut down to wake blocked
+    /// threads, so this takes milliseconds, except that a writer in the middle of dialling an
+    /// address that never answers is waited for up to `connect_timeout`.
     pub fn shutdown(self) {
         // Drop does the work, so that an unwinding owner also stops the threads.
         drop(self);
