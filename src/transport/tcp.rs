@@ -464,3 +464,52 @@ fn spawn_named(
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn largest_handshake_fits_the_handshake_limit() {
+        let handshake = Handshake::new(u64::MAX, NodeId(u64::MAX));
+        let mut bytes = Vec::new();
+        codec::write_value_record(&handshake, &mut bytes).unwrap();
+        let payload = bytes.len() - codec::RECORD_HEADER_BYTES;
+        assert!(
+            payload as u64 <= listener::HANDSHAKE_BYTES_MAX,
+            "{payload} bytes"
+        );
+        assert_eq!(codec::decode::<Handshake>(&bytes[8..]).unwrap(), handshake);
+    }
+
+    #[test]
+    fn validate_refuses_unusable_timings() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let good = TcpConfig::new(NodeId(1), 7, listen, BTreeMap::new());
+        assert!(good.validate().is_ok());
+        let mut inverted = good.clone();
+        inverted.backoff_min = inverted.backoff_max * 2;
+        assert!(inverted.validate().is_err());
+        let mut zero = good.clone();
+        zero.connect_timeout = Duration::ZERO;
+        assert!(zero.validate().is_err());
+        let (sender, _receiver) = crossbeam_channel::bounded::<(NodeId, u64)>(1);
+        assert!(matches!(
+            TcpTransport::start(zero, sender),
+            Err(TcpError::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn address_in_use_is_a_bind_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap();
+        let config = TcpConfig::new(NodeId(1), 7, address, BTreeMap::new());
+        let (sender, _receiver) = crossbeam_channel::bounded::<(NodeId, u64)>(1);
+        let error = TcpTransport::start(config, sender)
+            .err()
+            .expect("bind fails");
+        assert!(matches!(error, TcpError::Bind { .. }), "{error}");
+    }
+}

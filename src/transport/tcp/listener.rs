@@ -37,7 +37,7 @@ const INBOUND_CONNECTIONS_MAX: usize = 128;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The largest handshake record accepted; the real one is about 25 bytes.
-const HANDSHAKE_BYTES_MAX: u64 = 64;
+pub(super) const HANDSHAKE_BYTES_MAX: u64 = 64;
 
 /// How long a reader waits for room in a full inbound queue before dropping the message, so
 /// that a stuck consumer slows peers down but cannot wedge the reader or shutdown.
