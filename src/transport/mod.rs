@@ -2,6 +2,7 @@
 //! ([`sim`]) for the harness and std TCP for real deployments.
 
 pub mod sim;
+pub mod tcp;
 
 use crossbeam_channel::{Receiver, Sender};
 
