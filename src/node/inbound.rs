@@ -3,12 +3,12 @@
 use crossbeam_channel::{select, Receiver};
 
 use crate::node::Shared;
-use crate::raft::Message;
+use crate::transport::Inbound;
 
 /// Messages stepped per lock hold at most.
 const STEP_BATCH_MAX: usize = 512;
 
-pub(super) fn run<M>(shared: &Shared<M>, inbound: &Receiver<Message>, shutdown: &Receiver<()>) {
+pub(super) fn run<M>(shared: &Shared<M>, inbound: &Receiver<Inbound>, shutdown: &Receiver<()>) {
     let mut batch = Vec::with_capacity(STEP_BATCH_MAX);
     loop {
         select! {
@@ -29,7 +29,10 @@ pub(super) fn run<M>(shared: &Shared<M>, inbound: &Receiver<Message>, shutdown: 
             continue;
         }
         let mut core = shared.core.lock();
-        for message in batch.drain(..) {
+        for (sender, message) in batch.drain(..) {
+            if sender != message.from {
+                continue; // a peer speaking for another node
+            }
             // Ignored messages are normal in Raft (stale terms after an election, say).
             let _ = core.raft.step(message);
         }

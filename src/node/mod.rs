@@ -52,7 +52,7 @@ pub struct NodeOptions<M: StateMachine> {
     /// Sends to peers.
     pub transport: Arc<dyn Transport>,
     /// Messages from peers (the receiving end of [`crate::transport::inbound_channel`]).
-    pub inbound: Receiver<Message>,
+    pub inbound: Receiver<crate::transport::Inbound>,
     /// The replicated state machine.
     pub state_machine: M,
     /// Seed of the core's randomness (election timeouts).

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::raft::Message;
-use crate::transport::Transport;
+use crate::transport::{Inbound, Transport};
 use crate::types::NodeId;
 
 /// Fault settings of an unreliable network.
@@ -63,7 +63,7 @@ pub struct NetworkCounters {
 
 #[derive(Debug)]
 struct NetworkState {
-    endpoints: BTreeMap<NodeId, Sender<Message>>,
+    endpoints: BTreeMap<NodeId, Sender<Inbound>>,
     /// Crashed nodes: everything to or from them is dropped.
     down: BTreeSet<NodeId>,
     /// Directed links that drop everything: (from, to).
@@ -129,7 +129,7 @@ impl SimNetwork {
 
     /// Connects node `id`: messages to it go onto `inbound`. Replaces an earlier endpoint
     /// (a restarted node).
-    pub fn connect(&self, id: NodeId, inbound: Sender<Message>) -> SimTransport {
+    pub fn connect(&self, id: NodeId, inbound: Sender<Inbound>) -> SimTransport {
         let mut state = self.shared.state.lock();
         state.endpoints.insert(id, inbound);
         state.down.remove(&id);
@@ -217,7 +217,9 @@ fn deliver(state: &mut NetworkState, message: Message) {
         return;
     }
     match state.endpoints.get(&message.to) {
-        Some(inbound) if inbound.try_send(message).is_ok() => state.counters.delivered += 1,
+        Some(inbound) if inbound.try_send((message.from, message)).is_ok() => {
+            state.counters.delivered += 1
+        }
         _ => state.counters.dropped += 1,
     }
 }

@@ -1,0 +1,99 @@
+//! Threaded node runtimes over the real std-TCP peer transport on loopback: election,
+//! replication, and failover when the leader is shut down.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyval::node::{Node, NodeOptions};
+use keyval::raft::{Message, RoleKind};
+use keyval::storage::mem::MemStorage;
+use keyval::testkit::CommandLog;
+use keyval::transport::tcp::{TcpConfig, TcpTransport};
+use keyval::transport::{inbound_channel, Transport};
+use keyval::{Config, Membership, NodeId};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn three_nodes_over_tcp_elect_replicate_and_fail_over() {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let membership = Membership::new(ids.iter().copied());
+    let mut transports = Vec::new();
+    let mut receivers = Vec::new();
+    for &id in &ids {
+        let (inbound_tx, inbound_rx) = inbound_channel();
+        let config = TcpConfig::new(id, 7, "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
+        let transport = Arc::new(TcpTransport::<Message>::start(config, inbound_tx).unwrap());
+        transports.push(transport);
+        receivers.push(inbound_rx);
+    }
+    for transport in &transports {
+        for (k, other) in transports.iter().enumerate() {
+            if !Arc::ptr_eq(transport, other) {
+                transport
+                    .set_peer_address(ids[k], other.local_addr())
+                    .unwrap();
+            }
+        }
+    }
+    let mut nodes: Vec<Option<Node<CommandLog>>> = Vec::new();
+    for (k, inbound) in receivers.into_iter().enumerate() {
+        let transport: Arc<dyn Transport> = transports[k].clone();
+        let node = Node::start(NodeOptions {
+            config: Config::new(ids[k]),
+            membership: membership.clone(),
+            storage: Box::new(MemStorage::new()),
+            transport,
+            inbound,
+            state_machine: CommandLog::default(),
+            seed: k as u64,
+        })
+        .unwrap();
+        nodes.push(Some(node));
+    }
+    let leader_index = |nodes: &[Option<Node<CommandLog>>]| {
+        nodes.iter().position(|node| {
+            node.as_ref()
+                .is_some_and(|node| node.status().role == RoleKind::Leader)
+        })
+    };
+    assert!(
+        wait_for(|| leader_index(&nodes).is_some()),
+        "no leader over TCP"
+    );
+    let leader = leader_index(&nodes).unwrap();
+    for k in 0..20u8 {
+        let node = nodes[leader].as_ref().unwrap();
+        node.propose(vec![k], Instant::now() + WAIT).unwrap();
+    }
+    // Every node applies all twenty.
+    assert!(wait_for(|| nodes.iter().flatten().all(|node| {
+        node.read_local(|log| log.commands.len()).1 == 20
+    })));
+    // Stop the leader: the other two elect a new one and keep committing.
+    nodes[leader].take().unwrap().shutdown();
+    transports[leader].stats();
+    assert!(wait_for(|| leader_index(&nodes).is_some()), "no failover");
+    let new_leader = leader_index(&nodes).unwrap();
+    assert_ne!(new_leader, leader);
+    let node = nodes[new_leader].as_ref().unwrap();
+    node.propose(b"after failover".to_vec(), Instant::now() + WAIT)
+        .unwrap();
+    let commands = node
+        .read(Instant::now() + WAIT, |log| log.commands.clone())
+        .unwrap();
+    assert_eq!(commands.len(), 21);
+    assert_eq!(commands.last().unwrap(), b"after failover");
+}
