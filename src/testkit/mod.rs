@@ -6,7 +6,9 @@
 //!   every node applied and a state-machine-safety check. A failing test prints the seed;
 //!   `KEYVAL_SEED=<seed>` replays its random choices.
 //! - [`CoreNetwork`]: pure Raft cores in one thread, messages moved by the test
-//!   (deterministic; for protocol tests and simulation).
+//!   (deterministic; for protocol tests).
+//! - [`simulation`]: seeded deterministic simulation of pure cores under faults, with the
+//!   Raft safety properties checked after every step.
 //!
 //! ```
 //! use std::time::Duration;
@@ -24,6 +26,7 @@
 mod cluster;
 mod network;
 mod recorder;
+pub mod simulation;
 
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterNode, CommandLog, StateMachineFactory, StorageKind,

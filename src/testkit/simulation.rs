@@ -1,0 +1,672 @@
+//! Deterministic simulation: N pure Raft cores with crash-faithful in-memory storage over a
+//! faulty simulated network, all in one thread, driven by one seeded RNG and virtual time.
+//!
+//! Persistence is asynchronous as in the real runtime: a Ready's durable part completes at a
+//! later random step, and only then are its held-back messages released; a crash loses every
+//! persist that had not completed. Faults: message loss, duplication, delay and reordering,
+//! partitions (symmetric and one-way), crash and restart.
+//!
+//! Checked after every step: at most one leader per term; entries with the same index and
+//! term carry the same command; a committed entry never changes; a new leader holds every
+//! entry committed before it; no two nodes apply different entries at an index; term never
+//! decreases (also across restarts), commit and applied never decrease within a life. Checked
+//! periodically: log matching over whole logs. At the end, a liveness phase heals everything
+//! and requires every acknowledged proposal to be applied on every node.
+//!
+//! Any failure names the seed; `run(seed)` replays it exactly.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::raft::{Message, Raft};
+use crate::storage::mem::{MemDisk, MemStorage};
+use crate::storage::Storage;
+use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
+
+/// The knobs of one simulation run.
+#[derive(Clone, Debug)]
+pub struct SimulationOptions {
+    /// Cluster size.
+    pub nodes: u64,
+    /// Random steps in the fault phase.
+    pub steps: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a delivered message is delivered again later.
+    pub duplication: f64,
+    /// Messages are delayed uniformly by up to this many ticks (reordering).
+    pub delay_ticks_max: u64,
+    /// Per step probability of crashing a node.
+    pub crash: f64,
+    /// Per step probability of changing the partition.
+    pub partition: f64,
+    /// Virtual ticks allowed for the liveness phase.
+    pub liveness_ticks: u64,
+}
+
+impl Default for SimulationOptions {
+    fn default() -> Self {
+        SimulationOptions {
+            nodes: 5,
+            steps: 6000,
+            loss: 0.05,
+            duplication: 0.02,
+            delay_ticks_max: 8,
+            crash: 0.0015,
+            partition: 0.003,
+            liveness_ticks: 3000,
+        }
+    }
+}
+
+/// What a successful run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimulationReport {
+    /// The seed.
+    pub seed: u64,
+    /// Proposals acknowledged (applied on the node that accepted them).
+    pub acknowledged: u64,
+    /// Highest term reached.
+    pub max_term: u64,
+    /// Leaders elected.
+    pub elections: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+}
+
+/// A violated property, with everything needed to replay it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "simulation seed {seed} failed at step {step}: {violation} (replay: KEYVAL_SIM_SEED={seed})"
+)]
+pub struct SimulationFailure {
+    /// The seed.
+    pub seed: u64,
+    /// The step at which the property broke.
+    pub step: u64,
+    /// What broke.
+    pub violation: String,
+}
+
+struct PendingPersist {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    messages: Vec<Message>,
+}
+
+struct SimNode {
+    raft: Option<Raft>,
+    disk: MemDisk,
+    storage: MemStorage,
+    pending: VecDeque<PendingPersist>,
+    applied: LogIndex,
+    committed: LogIndex,
+    max_term: Term,
+    restarts: u64,
+}
+
+struct InFlight {
+    deliver_at: u64,
+    message: Message,
+}
+
+struct Simulation {
+    seed: u64,
+    options: SimulationOptions,
+    rng: StdRng,
+    now: u64,
+    step: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    membership: Membership,
+    network: Vec<InFlight>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Global knowledge the invariants are checked against.
+    leaders_by_term: BTreeMap<Term, NodeId>,
+    committed: BTreeMap<LogIndex, EntryId>,
+    applied: BTreeMap<LogIndex, EntryId>,
+    commands: BTreeMap<EntryId, Vec<u8>>,
+    /// Proposals: entry id -> proposing node; acknowledged once that node applies it.
+    proposed: BTreeMap<EntryId, NodeId>,
+    acknowledged: BTreeSet<EntryId>,
+    next_command: u64,
+    report: SimulationReport,
+}
+
+fn config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 2;
+    config.inflight_messages_max = 8;
+    config.message_entries_bytes_max = 512;
+    config
+}
+
+impl Simulation {
+    fn new(seed: u64, options: SimulationOptions) -> Simulation {
+        let ids: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let mut simulation = Simulation {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            now: 0,
+            step: 0,
+            nodes: BTreeMap::new(),
+            membership: Membership::new(ids.iter().copied()),
+            network: Vec::new(),
+            cut: BTreeSet::new(),
+            leaders_by_term: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            acknowledged: BTreeSet::new(),
+            next_command: 0,
+            report: SimulationReport {
+                seed,
+                ..SimulationReport::default()
+            },
+            options,
+        };
+        for id in ids {
+            let disk = MemDisk::new();
+            let storage = disk.open();
+            simulation.nodes.insert(
+                id,
+                SimNode {
+                    raft: None,
+                    disk,
+                    storage,
+                    pending: VecDeque::new(),
+                    applied: LogIndex(0),
+                    committed: LogIndex(0),
+                    max_term: Term(0),
+                    restarts: 0,
+                },
+            );
+            simulation.start(id);
+        }
+        simulation
+    }
+
+    fn fail(&self, violation: String) -> SimulationFailure {
+        SimulationFailure {
+            seed: self.seed,
+            step: self.step,
+            violation,
+        }
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let seed = self.seed;
+        let membership = self.membership.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.storage = node.disk.open();
+        let recovered = node.storage.recover().expect("in-memory recovery");
+        node.restarts += 1;
+        let node_seed = seed ^ id.0.rotate_left(20) ^ node.restarts.rotate_left(40);
+        node.raft =
+            Some(Raft::new(config(id), recovered, membership, node_seed).expect("valid config"));
+        node.pending.clear();
+        node.applied = LogIndex(0);
+        node.committed = LogIndex(0);
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.raft = None;
+        node.pending.clear(); // unsynced writes are lost
+                              // A term adopted in memory but never made durable (no vote was cast in it, or the
+                              // grant would have waited for the sync) is legitimately lost with the crash.
+        node.max_term = node.disk.durable_hard_state().term;
+        drop(node.disk.open()); // and the dead instance can write nothing more
+        self.report.crashes += 1;
+    }
+
+    fn alive(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.raft.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Moves a node's Ready into the world: messages onto the network, durable work onto
+    /// its persist queue, committed entries through the checks.
+    fn drain_ready(&mut self, id: NodeId) -> Result<(), SimulationFailure> {
+        let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) else {
+            return Ok(());
+        };
+        if !raft.has_ready() {
+            return Ok(());
+        }
+        let ready = raft.take_ready();
+        for entry in &ready.entries {
+            if let EntryPayload::Command(command) = &entry.payload {
+                match self.commands.get(&entry.id) {
+                    Some(seen) if seen != command => {
+                        return Err(self.fail(format!("two commands with id {}", entry.id)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.commands.insert(entry.id, command.clone());
+                    }
+                }
+            }
+        }
+        for message in ready.messages {
+            self.send(message);
+        }
+        if ready.hard_state.is_some()
+            || !ready.entries.is_empty()
+            || !ready.persisted_messages.is_empty()
+        {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            node.pending.push_back(PendingPersist {
+                hard_state: ready.hard_state,
+                entries: ready.entries,
+                messages: ready.persisted_messages,
+            });
+        }
+        for entry in ready.committed {
+            self.check_apply(id, &entry)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, message: Message) {
+        if self.rng.random_bool(self.options.loss) {
+            return;
+        }
+        let delay = self.rng.random_range(0..=self.options.delay_ticks_max);
+        self.network.push(InFlight {
+            deliver_at: self.now + delay,
+            message,
+        });
+    }
+
+    fn check_apply(&mut self, id: NodeId, entry: &Entry) -> Result<(), SimulationFailure> {
+        let applied = self.nodes[&id].applied;
+        if entry.index() != applied.next() {
+            return Err(self.fail(format!("{id} applied {} after {applied}", entry.index())));
+        }
+        self.nodes.get_mut(&id).expect("known node").applied = entry.index();
+        match self.applied.get(&entry.index()) {
+            Some(other) if *other != entry.id => {
+                return Err(self.fail(format!(
+                    "state-machine safety: {id} applied {} where another node applied {other}",
+                    entry.id
+                )));
+            }
+            Some(_) => {}
+            None => {
+                self.applied.insert(entry.index(), entry.id);
+            }
+        }
+        if self.proposed.get(&entry.id) == Some(&id) {
+            self.acknowledged.insert(entry.id);
+        }
+        Ok(())
+    }
+
+    /// Completes the oldest pending persist of `id`: write, sync, release messages, report.
+    fn complete_persist(&mut self, id: NodeId) -> Result<(), SimulationFailure> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(persist) = node.pending.pop_front() else {
+            return Ok(());
+        };
+        let durable_term = node.disk.durable_hard_state().term;
+        if let Some(hard_state) = persist.hard_state {
+            if hard_state.term < durable_term {
+                let violation = format!(
+                    "{id} durable term would go back from {durable_term} to {}",
+                    hard_state.term
+                );
+                return Err(self.fail(violation));
+            }
+            node.storage
+                .save_hard_state(hard_state)
+                .expect("mem storage");
+        }
+        node.storage.append(&persist.entries).expect("mem storage");
+        node.storage.sync().expect("mem storage");
+        if let (Some(raft), Some(last)) = (node.raft.as_mut(), persist.entries.last()) {
+            raft.on_persisted(last.id);
+        }
+        for message in persist.messages {
+            self.send(message);
+        }
+        self.drain_ready(id)
+    }
+
+    fn deliver(&mut self) -> Result<(), SimulationFailure> {
+        let ready: Vec<usize> = (0..self.network.len())
+            .filter(|&k| self.network[k].deliver_at <= self.now)
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let pick = ready[self.rng.random_range(0..ready.len())];
+        let message = if self.rng.random_bool(self.options.duplication) {
+            self.network[pick].message.clone()
+        } else {
+            self.network.swap_remove(pick).message
+        };
+        if self.cut.contains(&(message.from, message.to)) {
+            return Ok(());
+        }
+        let to = message.to;
+        let Some(raft) = self.nodes.get_mut(&to).and_then(|node| node.raft.as_mut()) else {
+            return Ok(());
+        };
+        let _ = raft.step(message);
+        self.report.delivered += 1;
+        self.drain_ready(to)
+    }
+
+    fn tick_all(&mut self) -> Result<(), SimulationFailure> {
+        self.now += 1;
+        for id in self.alive() {
+            if let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) {
+                raft.tick();
+            }
+            self.drain_ready(id)?;
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self) -> Result<(), SimulationFailure> {
+        let alive = self.alive();
+        let Some(&id) = alive.get(self.rng.random_range(0..alive.len().max(1))) else {
+            return Ok(());
+        };
+        let command = format!("c{}", self.next_command).into_bytes();
+        self.next_command += 1;
+        let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) else {
+            return Ok(());
+        };
+        if let Ok(entry) = raft.propose(command) {
+            self.proposed.insert(entry, id);
+        }
+        self.drain_ready(id)
+    }
+
+    fn change_partition(&mut self) {
+        self.cut.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        match self.rng.random_range(0..3) {
+            0 => {} // healed
+            1 => {
+                // Symmetric: a random minority side.
+                for &a in &ids {
+                    if self.rng.random_bool(0.4) {
+                        for &b in &ids {
+                            if a != b {
+                                self.cut.insert((a, b));
+                                self.cut.insert((b, a));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                // Asymmetric: random one-way links.
+                for &a in &ids {
+                    for &b in &ids {
+                        if a != b && self.rng.random_bool(0.25) {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the per-step invariants.
+    fn check(&mut self) -> Result<(), SimulationFailure> {
+        let ids: Vec<NodeId> = self.alive();
+        for id in ids {
+            let node = &self.nodes[&id];
+            let Some(raft) = node.raft.as_ref() else {
+                continue;
+            };
+            let term = raft.term();
+            if term < node.max_term {
+                return Err(self.fail(format!(
+                    "{id} term went back from {} to {term}",
+                    node.max_term
+                )));
+            }
+            let committed = raft.log().committed();
+            if committed < node.committed {
+                return Err(self.fail(format!("{id} commit went back to {committed}")));
+            }
+            if raft.is_leader() {
+                match self.leaders_by_term.get(&term) {
+                    Some(&other) if other != id => {
+                        return Err(
+                            self.fail(format!("election safety: {id} and {other} lead {term}"))
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.leaders_by_term.insert(term, id);
+                        self.report.elections += 1;
+                        // Leader completeness: it holds everything committed so far.
+                        for (&index, &entry) in &self.committed {
+                            if !raft.log().matches(entry) && index > raft.log().snapshot().index {
+                                return Err(self.fail(format!(
+                                    "leader completeness: new leader {id} of {term} lacks committed {entry}"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            // Record newly committed entries; they must never change.
+            let mut newly = Vec::new();
+            for index in node.committed.0 + 1..=committed.0 {
+                if let Some(term) = raft.log().term(LogIndex(index)) {
+                    newly.push(EntryId::new(term, LogIndex(index)));
+                }
+            }
+            for entry in newly {
+                match self.committed.get(&entry.index) {
+                    Some(&other) if other != entry => {
+                        return Err(self.fail(format!(
+                            "committed entry {other} changed to {entry} on {id}"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.committed.insert(entry.index, entry);
+                    }
+                }
+            }
+            let node = self.nodes.get_mut(&id).expect("known node");
+            node.max_term = term;
+            node.committed = committed;
+            self.report.max_term = self.report.max_term.max(term.0);
+        }
+        Ok(())
+    }
+
+    /// Log matching over whole logs: same (index, term) implies identical prefixes.
+    fn check_log_matching(&self) -> Result<(), SimulationFailure> {
+        let logs: Vec<(NodeId, Vec<EntryId>)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, node)| {
+                let raft = node.raft.as_ref()?;
+                let log = raft.log();
+                let ids = (log.first_index().0..=log.last_index().0)
+                    .filter_map(|index| {
+                        log.term(LogIndex(index))
+                            .map(|term| EntryId::new(term, LogIndex(index)))
+                    })
+                    .collect();
+                Some((id, ids))
+            })
+            .collect();
+        for (k, (a, log_a)) in logs.iter().enumerate() {
+            for (b, log_b) in &logs[k + 1..] {
+                let shared = log_a.len().min(log_b.len());
+                if let Some(last_same) = (0..shared).rev().find(|&i| log_a[i] == log_b[i]) {
+                    if log_a[..=last_same] != log_b[..=last_same] {
+                        return Err(self.fail(format!("log matching broken between {a} and {b}")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(mut self) -> Result<SimulationReport, SimulationFailure> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for _ in 0..self.options.steps {
+            self.step += 1;
+            let roll: f64 = self.rng.random();
+            if roll < 0.15 {
+                self.tick_all()?;
+            } else if roll < 0.55 {
+                self.deliver()?;
+            } else if roll < 0.80 {
+                let id = ids[self.rng.random_range(0..ids.len())];
+                if self.nodes[&id].raft.is_some() {
+                    self.complete_persist(id)?;
+                }
+            } else if roll < 0.92 {
+                self.propose()?;
+            } else if self.rng.random_bool(self.options.crash * 12.0) {
+                let id = ids[self.rng.random_range(0..ids.len())];
+                if self.nodes[&id].raft.is_some() {
+                    self.crash(id);
+                } else {
+                    self.start(id);
+                }
+            } else if self.rng.random_bool(self.options.partition * 12.0) {
+                self.change_partition();
+            }
+            self.check()?;
+            if self.step % 100 == 0 {
+                self.check_log_matching()?;
+            }
+        }
+        self.liveness()
+    }
+
+    fn final_acknowledged(&self) -> bool {
+        self.acknowledged.iter().any(|entry| {
+            self.commands
+                .get(entry)
+                .is_some_and(|command| command.starts_with(b"final-"))
+        })
+    }
+
+    /// Heal everything and require progress: a leader, and every acknowledged proposal
+    /// applied on every node.
+    fn liveness(mut self) -> Result<SimulationReport, SimulationFailure> {
+        self.cut.clear();
+        self.options.loss = 0.0;
+        self.options.duplication = 0.0;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            if self.nodes[&id].raft.is_none() {
+                self.start(id);
+            }
+        }
+        // One more proposal through the healed cluster, so everything before it commits. Like
+        // a client, retry it (as a new command) while it is unacknowledged: a leader change
+        // may overwrite it.
+        let mut final_proposed = false;
+        for tick in 0..self.options.liveness_ticks {
+            if tick % 100 == 99 && !self.final_acknowledged() {
+                final_proposed = false;
+            }
+            self.step += 1;
+            self.tick_all()?;
+            for _ in 0..64 {
+                self.deliver()?;
+                for &id in &ids {
+                    self.complete_persist(id)?;
+                }
+            }
+            self.check()?;
+            if !final_proposed {
+                if let Some(&leader) = ids.iter().find(|&&id| {
+                    self.nodes[&id]
+                        .raft
+                        .as_ref()
+                        .is_some_and(|raft| raft.is_leader())
+                }) {
+                    let raft = self
+                        .nodes
+                        .get_mut(&leader)
+                        .and_then(|node| node.raft.as_mut())
+                        .expect("alive");
+                    let command = format!("final-{tick}").into_bytes();
+                    if let Ok(entry) = raft.propose(command) {
+                        self.proposed.insert(entry, leader);
+                        final_proposed = true;
+                    }
+                    self.drain_ready(leader)?;
+                }
+            }
+            let everyone_applied = self
+                .acknowledged
+                .iter()
+                .all(|entry| ids.iter().all(|id| self.nodes[id].applied >= entry.index));
+            let final_acknowledged = self.final_acknowledged();
+            if final_proposed && final_acknowledged && everyone_applied {
+                self.check_log_matching()?;
+                self.report.acknowledged = self.acknowledged.len() as u64;
+                return Ok(self.report);
+            }
+        }
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, node)| match &node.raft {
+                Some(raft) => {
+                    let status = raft.status();
+                    format!(
+                        "{id}: {:?} {} leader {:?} commit {} persisted {} last {} applied {} \
+                         pending persists {}",
+                        status.role,
+                        status.term,
+                        status.leader,
+                        status.committed,
+                        status.persisted,
+                        raft.log().last_id(),
+                        node.applied,
+                        node.pending.len()
+                    )
+                }
+                None => format!("{id}: down"),
+            })
+            .collect();
+        Err(self.fail(format!(
+            "liveness: after healing, {} acknowledged proposals were not applied everywhere \
+             within {} ticks (final proposed: {final_proposed}); nodes: [{}]",
+            self.acknowledged.len(),
+            self.options.liveness_ticks,
+            states.join("; ")
+        )))
+    }
+}
+
+/// Runs one simulation with default options.
+pub fn run(seed: u64) -> Result<SimulationReport, SimulationFailure> {
+    run_with(seed, SimulationOptions::default())
+}
+
+/// Runs one simulation.
+pub fn run_with(
+    seed: u64,
+    options: SimulationOptions,
+) -> Result<SimulationReport, SimulationFailure> {
+    Simulation::new(seed, options).run()
+}
