@@ -142,7 +142,9 @@ fn config(id: NodeId) -> Config {
     config.election_ticks = 10;
     config.heartbeat_ticks = 2;
     config.inflight_messages_max = 8;
-    config.message_entries_bytes_max = 512;
+    // Tiny messages: a backlog of old-term entries spans several AppendEntries, which is
+    // what exposes a commit of an old-term entry by counting (Figure 8).
+    config.message_entries_bytes_max = 64;
     config
 }
 
@@ -658,9 +660,28 @@ impl Simulation {
     }
 }
 
-/// Runs one simulation with default options.
+impl SimulationOptions {
+    /// The fault profile a seed runs under: even seeds run three nodes for longer with more
+    /// crashes and partitions (the profile that finds Figure 8-style bugs most often, measured
+    /// by mutation), odd seeds five nodes with the defaults.
+    pub fn for_seed(seed: u64) -> SimulationOptions {
+        if seed % 2 == 0 {
+            SimulationOptions {
+                nodes: 3,
+                steps: 20_000,
+                crash: 0.004,
+                partition: 0.006,
+                ..SimulationOptions::default()
+            }
+        } else {
+            SimulationOptions::default()
+        }
+    }
+}
+
+/// Runs one simulation under the seed's profile ([`SimulationOptions::for_seed`]).
 pub fn run(seed: u64) -> Result<SimulationReport, SimulationFailure> {
-    run_with(seed, SimulationOptions::default())
+    run_with(seed, SimulationOptions::for_seed(seed))
 }
 
 /// Runs one simulation.
