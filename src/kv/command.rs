@@ -499,3 +499,160 @@ fn validate_key(key: &[u8], operation: Option<usize>) -> Result<(), KvError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maximal_cas() -> Operation {
+        Operation::Cas {
+            key: vec![0xFF; KEY_BYTES_MAX],
+            expect: Expect::Value(vec![0xFF; VALUE_BYTES_MAX]),
+            value: Some(vec![0xFF; VALUE_BYTES_MAX]),
+        }
+    }
+
+    #[test]
+    fn maximal_valid_commands_encode_within_the_proposal_limit() {
+        let single = Command::batch(vec![maximal_cas()])
+            .with_session(u64::MAX, u64::MAX)
+            .with_previous();
+        assert!(single.encode().unwrap().len() as u64 <= COMMAND_BYTES_MAX);
+
+        // Many operations sharing the payload budget.
+        let value_bytes = COMMAND_PAYLOAD_BYTES_MAX / BATCH_OPERATIONS_MAX - KEY_BYTES_MAX;
+        let operations = (0..BATCH_OPERATIONS_MAX)
+            .map(|_| Operation::Cas {
+                key: vec![1; KEY_BYTES_MAX],
+                expect: Expect::ModRevision(LogIndex(u64::MAX)),
+                value: Some(vec![2; value_bytes]),
+            })
+            .collect();
+        let batch = Command::batch(operations).with_session(u64::MAX, u64::MAX);
+        assert!(batch.payload_bytes() <= COMMAND_PAYLOAD_BYTES_MAX);
+        assert!(batch.encode().unwrap().len() as u64 <= COMMAND_BYTES_MAX);
+    }
+
+    #[test]
+    fn validation_names_the_offending_operation() {
+        let ok = Operation::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let command = Command::batch(vec![ok.clone(), Operation::Delete { key: Vec::new() }]);
+        assert_eq!(
+            command.validate(),
+            Err(KvError::EmptyKey { operation: Some(1) })
+        );
+        let command = Command::batch(vec![
+            ok.clone(),
+            ok.clone(),
+            Operation::Cas {
+                key: b"k".to_vec(),
+                expect: Expect::Value(vec![0; VALUE_BYTES_MAX + 1]),
+                value: None,
+            },
+        ]);
+        assert_eq!(
+            command.validate(),
+            Err(KvError::ValueTooLarge {
+                operation: 2,
+                bytes: VALUE_BYTES_MAX + 1,
+                limit: VALUE_BYTES_MAX
+            })
+        );
+        let command = Command::put(vec![1; KEY_BYTES_MAX + 1], Vec::new());
+        assert!(matches!(
+            command.validate(),
+            Err(KvError::KeyTooLarge {
+                operation: Some(0),
+                ..
+            })
+        ));
+        assert_eq!(
+            Command::batch(Vec::new()).validate(),
+            Err(KvError::EmptyBatch)
+        );
+        let many = Command::batch(vec![ok.clone(); BATCH_OPERATIONS_MAX + 1]);
+        assert!(matches!(
+            many.validate(),
+            Err(KvError::BatchTooLarge { .. })
+        ));
+        let heavy = Command::batch(vec![
+            Operation::Put {
+                key: b"k".to_vec(),
+                value: vec![0; VALUE_BYTES_MAX],
+            };
+            4
+        ]);
+        assert!(matches!(
+            heavy.validate(),
+            Err(KvError::PayloadTooLarge { .. })
+        ));
+        assert_eq!(
+            Command::batch(vec![ok]).with_session(9, 0).validate(),
+            Err(KvError::InvalidSequence { client_id: 9 })
+        );
+    }
+
+    #[test]
+    fn decode_refuses_oversized_bytes_before_decoding() {
+        let bytes = vec![0; COMMAND_BYTES_MAX as usize + 1];
+        assert!(matches!(
+            Command::decode(&bytes),
+            Err(KvError::CommandTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(
+            KeyRange::prefix(b"ab"),
+            KeyRange::between(b"ab".to_vec(), b"ac".to_vec())
+        );
+        assert_eq!(
+            KeyRange::prefix(b"a\xFF\xFF"),
+            KeyRange::between(b"a\xFF\xFF".to_vec(), b"b".to_vec())
+        );
+        assert_eq!(KeyRange::prefix(b"\xFF"), KeyRange::from(b"\xFF".to_vec()));
+        assert_eq!(KeyRange::prefix(b""), KeyRange::all());
+        let range = KeyRange::prefix(b"ab");
+        assert!(range.contains(b"ab") && range.contains(b"ab\xFF\xFF"));
+        assert!(!range.contains(b"aa") && !range.contains(b"ac"));
+        let rest = range.after(b"abc");
+        assert!(!rest.contains(b"abc") && rest.contains(b"abc\0") && !rest.contains(b"ac"));
+    }
+
+    #[test]
+    fn read_requests_are_validated() {
+        let scan = |limit| ReadRequest::Scan {
+            range: KeyRange::all(),
+            limit,
+        };
+        assert!(scan(1).validate().is_ok());
+        assert!(scan(SCAN_LIMIT_MAX).validate().is_ok());
+        assert!(scan(0).validate().is_err());
+        assert!(scan(SCAN_LIMIT_MAX + 1).validate().is_err());
+        let get = ReadRequest::Get { key: Vec::new() };
+        assert_eq!(
+            Request::Read(get).validate(),
+            Err(KvError::EmptyKey { operation: None })
+        );
+        let wide = ReadRequest::Scan {
+            range: KeyRange::from(vec![0; KEY_BYTES_MAX + 2]),
+            limit: 1,
+        };
+        assert!(wide.validate().is_err());
+    }
+
+    #[test]
+    fn malformed_reasons_are_bounded() {
+        let error = CodecError::Malformed {
+            reason: "é".repeat(ERROR_REASON_BYTES_MAX),
+        };
+        let KvError::Malformed { reason } = KvError::malformed(&error) else {
+            panic!("expected Malformed");
+        };
+        assert!(reason.len() <= ERROR_REASON_BYTES_MAX);
+    }
+}
