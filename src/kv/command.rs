@@ -27,7 +27,7 @@ pub struct SessionId {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expect {
     /// The key exists and its value equals these bytes.
-    Value(Vec<u8>),
+    Value(#[serde(with = "super::bytes")] Vec<u8>),
     /// The key does not exist.
     Absent,
     /// The key exists and its `mod_revision` equals this index (version-based CAS).
@@ -40,13 +40,16 @@ pub enum Operation {
     /// Sets `key` to `value`, creating the key if it does not exist.
     Put {
         /// The key.
+        #[serde(with = "super::bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
     },
     /// Removes `key`; removing an absent key succeeds and changes nothing.
     Delete {
         /// The key.
+        #[serde(with = "super::bytes")]
         key: Vec<u8>,
     },
     /// If `expect` holds for `key` (as left by the earlier operations of the same command), sets
@@ -54,10 +57,12 @@ pub enum Operation {
     /// nothing of it is applied.
     Cas {
         /// The key.
+        #[serde(with = "super::bytes")]
         key: Vec<u8>,
         /// The condition.
         expect: Expect,
         /// The new value, or `None` to delete the key.
+        #[serde(with = "super::bytes::option")]
         value: Option<Vec<u8>>,
     },
 }
@@ -233,8 +238,10 @@ impl Command {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
     /// The first key in the range.
+    #[serde(with = "super::bytes")]
     pub start: Vec<u8>,
     /// The first key after the range, or `None` for no upper bound.
+    #[serde(with = "super::bytes::option")]
     pub end: Option<Vec<u8>>,
 }
 
@@ -312,6 +319,7 @@ pub enum ReadRequest {
     /// The value and metadata of one key.
     Get {
         /// The key.
+        #[serde(with = "super::bytes")]
         key: Vec<u8>,
     },
     /// Keys in a range, in order, at most `limit` of them.

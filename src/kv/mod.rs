@@ -42,6 +42,7 @@
 //! assert_eq!(versioned.metadata.mod_revision, LogIndex(1));
 //! ```
 
+mod bytes;
 mod command;
 mod response;
 mod session;

@@ -49,6 +49,7 @@ impl Metadata {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned {
     /// The value.
+    #[serde(with = "super::bytes")]
     pub value: Vec<u8>,
     /// Its key's metadata.
     pub metadata: Metadata,
@@ -63,6 +64,7 @@ pub struct WriteOutcome {
     pub current: Option<Metadata>,
     /// The key's value before the operation, when the command asked for previous values and
     /// the key existed.
+    #[serde(with = "super::bytes::option")]
     pub previous_value: Option<Vec<u8>>,
 }
 

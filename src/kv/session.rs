@@ -18,6 +18,7 @@ pub(crate) struct Session {
     /// The highest sequence applied for this client. Invariant: at least 1.
     pub(crate) sequence: u64,
     /// The encoded response to that sequence, returned again to a duplicate.
+    #[serde(with = "super::bytes")]
     pub(crate) response: Vec<u8>,
     /// The index of the last entry that used the session. Invariant: unique among sessions.
     pub(crate) last_used: LogIndex,
