@@ -25,7 +25,16 @@
 //! At most [`SESSIONS_MAX`] sessions holding at most [`SESSION_CACHE_BYTES_MAX`] bytes of cached
 //! responses are kept; beyond that the session used least recently (by log index) is evicted.
 //! Eviction depends only on the applied log, so all replicas agree. Sessions are carried in
-//! snapshots.
+//! snapshots. A client that keeps several writes in flight under one client id may see
+//! [`KvError::StaleSequence`] for an earlier one that a leader change reordered behind a later
+//! one; that error means "not applied now, earlier outcome unknown", never a guess.
+//!
+//! # Limits
+//!
+//! The constants below bound keys, values, batches, responses, scans and sessions, and are
+//! checked both by [`Command::validate`] (before proposing, for a clear error) and again in
+//! `apply` (deterministic rejection). Because `apply` enforces them, they are part of the
+//! replicated semantics: every node of a cluster must run with the same values.
 //!
 //! # Example
 //!

@@ -133,3 +133,100 @@ pub enum ReadResponse {
     /// A page of the scanned range.
     Scan(ScanPage),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{
+        BATCH_OPERATIONS_MAX, ERROR_REASON_BYTES_MAX, KEY_BYTES_MAX, PREVIOUS_VALUES_BYTES_MAX,
+        RESPONSE_BYTES_MAX, SCAN_ENTRY_OVERHEAD_BYTES, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    };
+
+    fn widest_metadata() -> Metadata {
+        Metadata {
+            create_revision: LogIndex(u64::MAX),
+            mod_revision: LogIndex(u64::MAX),
+            version: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn metadata_history() {
+        let created = Metadata::created(LogIndex(4));
+        assert_eq!(created.version, 1);
+        let modified = created.modified(LogIndex(9));
+        assert_eq!(modified.create_revision, LogIndex(4));
+        assert_eq!(modified.mod_revision, LogIndex(9));
+        assert_eq!(modified.version, 2);
+        assert_eq!(
+            widest_metadata().modified(LogIndex(u64::MAX)).version,
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn deleted_means_it_existed_and_is_gone() {
+        let existed = Some(Metadata::created(LogIndex(1)));
+        let outcome = |previous, current| WriteOutcome {
+            previous,
+            current,
+            previous_value: None,
+        };
+        assert!(outcome(existed, None).deleted());
+        assert!(!outcome(None, None).deleted());
+        assert!(!outcome(existed, existed).deleted());
+    }
+
+    #[test]
+    fn the_largest_responses_stay_within_the_response_limit() {
+        let share = PREVIOUS_VALUES_BYTES_MAX / BATCH_OPERATIONS_MAX;
+        let outcomes = (0..BATCH_OPERATIONS_MAX)
+            .map(|_| WriteOutcome {
+                previous: Some(widest_metadata()),
+                current: Some(widest_metadata()),
+                previous_value: Some(vec![0xFF; share]),
+            })
+            .collect();
+        let written = Response::Written {
+            revision: LogIndex(u64::MAX),
+            outcomes,
+        };
+        let failed = Response::ComparisonFailed {
+            operation: usize::MAX,
+            current: Some(Versioned {
+                value: vec![0xFF; VALUE_BYTES_MAX],
+                metadata: widest_metadata(),
+            }),
+        };
+        let rejected = Response::Rejected(KvError::Malformed {
+            reason: "x".repeat(ERROR_REASON_BYTES_MAX),
+        });
+        for response in [written, failed, rejected] {
+            let bytes = response.encode();
+            assert!(bytes.len() <= RESPONSE_BYTES_MAX, "{} bytes", bytes.len());
+            assert_eq!(Response::decode(&bytes).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn scan_entries_encode_within_their_counted_overhead() {
+        let entry = |key_bytes, value_bytes| {
+            let versioned = Versioned {
+                value: vec![1; value_bytes],
+                metadata: widest_metadata(),
+            };
+            (vec![2; key_bytes], versioned)
+        };
+        for (key_bytes, value_bytes, count) in
+            [(1, 0, SCAN_LIMIT_MAX), (KEY_BYTES_MAX, VALUE_BYTES_MAX, 2)]
+        {
+            let page = ScanPage {
+                entries: vec![entry(key_bytes, value_bytes); count],
+                more: true,
+            };
+            let counted = count * (key_bytes + value_bytes + SCAN_ENTRY_OVERHEAD_BYTES);
+            let encoded = codec::encode(&ReadResponse::Scan(page)).unwrap().len();
+            assert!(encoded <= counted + 16, "{encoded} > {counted}");
+        }
+    }
+}
