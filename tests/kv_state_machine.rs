@@ -354,7 +354,7 @@ fn scan_by_prefix_range_and_limit() {
         keys(&KeyRange::between(b"abc".to_vec(), b"b".to_vec()), 10),
         (vec!["abc".into(), "abd".into(), "ac".into()], false)
     );
-    assert_eq!(keys(&KeyRange::from(b"b".to_vec()), 10).0.len(), 2);
+    assert_eq!(keys(&KeyRange::starting_at(b"b".to_vec()), 10).0.len(), 2);
     assert_eq!(
         keys(&KeyRange::all(), 7),
         (keys(&KeyRange::all(), 100).0, false)

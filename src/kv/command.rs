@@ -260,7 +260,7 @@ impl KeyRange {
     }
 
     /// Keys from `start` (inclusive) on.
-    pub fn from(start: Vec<u8>) -> KeyRange {
+    pub fn starting_at(start: Vec<u8>) -> KeyRange {
         KeyRange { start, end: None }
     }
 
@@ -622,7 +622,10 @@ mod tests {
             KeyRange::prefix(b"a\xFF\xFF"),
             KeyRange::between(b"a\xFF\xFF".to_vec(), b"b".to_vec())
         );
-        assert_eq!(KeyRange::prefix(b"\xFF"), KeyRange::from(b"\xFF".to_vec()));
+        assert_eq!(
+            KeyRange::prefix(b"\xFF"),
+            KeyRange::starting_at(b"\xFF".to_vec())
+        );
         assert_eq!(KeyRange::prefix(b""), KeyRange::all());
         let range = KeyRange::prefix(b"ab");
         assert!(range.contains(b"ab") && range.contains(b"ab\xFF\xFF"));
@@ -647,7 +650,7 @@ mod tests {
             Err(KvError::EmptyKey { operation: None })
         );
         let wide = ReadRequest::Scan {
-            range: KeyRange::from(vec![0; KEY_BYTES_MAX + 2]),
+            range: KeyRange::starting_at(vec![0; KEY_BYTES_MAX + 2]),
             limit: 1,
         };
         assert!(wide.validate().is_err());
