@@ -1,1 +1,142 @@
 //! The replicated key-value state machine.
+//!
+//! Keys and values are bytes. Writes travel through the Raft log as an encoded [`Command`]: one
+//! or more [`Operation`]s (put, delete, compare-and-swap) applied atomically in one log entry.
+//! Reads never touch the log: after a linearizable read barrier the server calls
+//! [`KvStore::get`], [`KvStore::scan`] or [`KvStore::read`] directly.
+//!
+//! Every key carries etcd-style [`Metadata`]: `create_revision` and `mod_revision` are the log
+//! indexes of the entries that created and last modified it, and `version` counts modifications
+//! since creation. Using log indexes as revisions makes them identical on every replica and
+//! monotonic without any extra counter.
+//!
+//! # Exactly-once writes
+//!
+//! A command may carry a [`SessionId`] `(client_id, sequence)`. Per client the store remembers
+//! the highest applied sequence and its encoded response:
+//!
+//! - the same sequence again returns the cached response without applying anything;
+//! - an older sequence is rejected with [`KvError::StaleSequence`];
+//! - a newer sequence is applied and becomes the cached one (gaps are allowed);
+//! - a client the store does not know must start with sequence 1; any other sequence is
+//!   rejected with [`KvError::SessionExpired`], because the store cannot tell a new client from
+//!   one whose session was evicted (Raft thesis §6.3). Start a new session under a new client id.
+//!
+//! At most [`SESSIONS_MAX`] sessions holding at most [`SESSION_CACHE_BYTES_MAX`] bytes of cached
+//! responses are kept; beyond that the session used least recently (by log index) is evicted.
+//! Eviction depends only on the applied log, so all replicas agree. Sessions are carried in
+//! snapshots. A client that keeps several writes in flight under one client id may see
+//! [`KvError::StaleSequence`] for an earlier one that a leader change reordered behind a later
+//! one; that error means "not applied now, earlier outcome unknown", never a guess.
+//!
+//! # Limits
+//!
+//! The constants below bound keys, values, batches, responses, scans and sessions, and are
+//! checked both by [`Command::validate`] (before proposing, for a clear error) and again in
+//! `apply` (deterministic rejection). Because `apply` enforces them, they are part of the
+//! replicated semantics: every node of a cluster must run with the same values.
+//!
+//! # Example
+//!
+//! ```
+//! use keyval::kv::{Command, KvStore, Response};
+//! use keyval::{EntryId, LogIndex, StateMachine, Term};
+//!
+//! let mut store = KvStore::new();
+//! let bytes = Command::put(b"color".to_vec(), b"blue".to_vec()).encode().unwrap();
+//! let answer = store.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+//! assert!(matches!(Response::decode(&answer).unwrap(), Response::Written { .. }));
+//! let versioned = store.get(b"color").unwrap();
+//! assert_eq!(versioned.value, b"blue");
+//! assert_eq!(versioned.metadata.mod_revision, LogIndex(1));
+//! ```
+
+mod bytes;
+mod command;
+mod response;
+mod session;
+mod snapshot;
+mod store;
+
+pub use command::{Command, Expect, KeyRange, KvError, Operation, ReadRequest, Request, SessionId};
+pub use response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
+pub use snapshot::SnapshotError;
+pub use store::KvStore;
+
+use crate::limits::{COMMAND_BYTES_MAX, FRAME_BYTES_MAX};
+
+/// The largest key, in bytes. Keys must also be non-empty.
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+
+/// The largest value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// The most operations one command (one atomic batch) may hold.
+pub const BATCH_OPERATIONS_MAX: usize = 256;
+
+/// The most key, value and expected-value bytes, summed over its operations, one command may
+/// hold. Chosen so that any command that passes [`Command::validate`] encodes within
+/// [`COMMAND_BYTES_MAX`].
+pub const COMMAND_PAYLOAD_BYTES_MAX: usize = COMMAND_BYTES_MAX as usize - 64 * 1024;
+
+/// An upper bound on the bytes one [`Operation`] adds to its encoding beyond its keys and values
+/// (variant tags and varint lengths; the real figure is at most about 30).
+pub const OPERATION_ENCODING_OVERHEAD_BYTES: usize = 64;
+
+/// An upper bound on the bytes a [`Command`] adds to its encoding beyond its operations.
+pub const COMMAND_ENCODING_OVERHEAD_BYTES: usize = 64;
+
+/// The most bytes of previous values one write may return when it asks for them
+/// ([`Command::return_previous`]). A write that would return more is rejected, unapplied, with
+/// [`KvError::ResponseTooLarge`].
+pub const PREVIOUS_VALUES_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// An upper bound on the encoded size of any write [`Response`].
+pub const RESPONSE_BYTES_MAX: usize = PREVIOUS_VALUES_BYTES_MAX
+    + VALUE_BYTES_MAX
+    + KEY_BYTES_MAX
+    + BATCH_OPERATIONS_MAX * OPERATION_ENCODING_OVERHEAD_BYTES
+    + COMMAND_ENCODING_OVERHEAD_BYTES;
+
+/// The most entries one scan returns.
+pub const SCAN_LIMIT_MAX: usize = 10_000;
+
+/// The most key and value bytes one scan returns; a scan stops early (with `more`) rather than
+/// exceed it, but always returns at least one entry when one is in range.
+pub const SCAN_RESPONSE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The bytes one scanned entry is counted for beyond its key and value.
+pub const SCAN_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// The most client sessions kept for exactly-once writes.
+pub const SESSIONS_MAX: usize = 16 * 1024;
+
+/// The most bytes of cached responses kept over all sessions.
+pub const SESSION_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The longest reason text a [`KvError::Malformed`] carries.
+pub const ERROR_REASON_BYTES_MAX: usize = 256;
+
+// Any valid command encodes within the proposal limit.
+const _: () = assert!(
+    COMMAND_PAYLOAD_BYTES_MAX
+        + BATCH_OPERATIONS_MAX * OPERATION_ENCODING_OVERHEAD_BYTES
+        + COMMAND_ENCODING_OVERHEAD_BYTES
+        <= COMMAND_BYTES_MAX as usize
+);
+// A single maximal compare-and-swap (key, expected value, new value) is a valid command.
+const _: () = assert!(KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX <= COMMAND_PAYLOAD_BYTES_MAX);
+// A batch of maximal keys is a valid command.
+const _: () = assert!(BATCH_OPERATIONS_MAX * KEY_BYTES_MAX <= COMMAND_PAYLOAD_BYTES_MAX);
+// A single operation may always return its previous value.
+const _: () = assert!(PREVIOUS_VALUES_BYTES_MAX >= VALUE_BYTES_MAX);
+// Any response fits a frame, with room for the client protocol's own header.
+const _: () = assert!(RESPONSE_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX as usize);
+// A scan page always has room for one maximal entry, and fits a frame.
+const _: () =
+    assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + SCAN_ENTRY_OVERHEAD_BYTES <= SCAN_RESPONSE_BYTES_MAX);
+// (Each entry's encoding overhead is counted inside SCAN_RESPONSE_BYTES_MAX.)
+const _: () = assert!(SCAN_RESPONSE_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX as usize);
+// The session cache always has room for the response just recorded.
+const _: () = assert!(SESSION_CACHE_BYTES_MAX >= RESPONSE_BYTES_MAX);
+const _: () = assert!(SESSIONS_MAX >= 1);

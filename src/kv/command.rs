@@ -1,0 +1,669 @@
+//! What clients send: write commands that travel through the log, read requests that do not,
+//! their validation against the limits in [`crate::kv`], and the errors a request can meet.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::CodecError;
+use crate::limits::COMMAND_BYTES_MAX;
+use crate::types::LogIndex;
+
+use super::{
+    BATCH_OPERATIONS_MAX, COMMAND_PAYLOAD_BYTES_MAX, ERROR_REASON_BYTES_MAX, KEY_BYTES_MAX,
+    SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+};
+
+/// Identifies one write of one client for exactly-once application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId {
+    /// The client, chosen by the client (at random, so that clients do not collide).
+    pub client_id: u64,
+    /// The client's write counter: starts at 1 and increases with every new write. A retry
+    /// reuses the sequence of the write it retries.
+    pub sequence: u64,
+}
+
+/// The condition a compare-and-swap checks against the key's current state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// The key exists and its value equals these bytes.
+    Value(#[serde(with = "super::bytes")] Vec<u8>),
+    /// The key does not exist.
+    Absent,
+    /// The key exists and its `mod_revision` equals this index (version-based CAS).
+    ModRevision(LogIndex),
+}
+
+/// One write operation. Operations of one [`Command`] apply in order, all or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Sets `key` to `value`, creating the key if it does not exist.
+    Put {
+        /// The key.
+        #[serde(with = "super::bytes")]
+        key: Vec<u8>,
+        /// The new value.
+        #[serde(with = "super::bytes")]
+        value: Vec<u8>,
+    },
+    /// Removes `key`; removing an absent key succeeds and changes nothing.
+    Delete {
+        /// The key.
+        #[serde(with = "super::bytes")]
+        key: Vec<u8>,
+    },
+    /// If `expect` holds for `key` (as left by the earlier operations of the same command), sets
+    /// it to `value`, or deletes it when `value` is `None`. If not, the whole command fails and
+    /// nothing of it is applied.
+    Cas {
+        /// The key.
+        #[serde(with = "super::bytes")]
+        key: Vec<u8>,
+        /// The condition.
+        expect: Expect,
+        /// The new value, or `None` to delete the key.
+        #[serde(with = "super::bytes::option")]
+        value: Option<Vec<u8>>,
+    },
+}
+
+impl Operation {
+    /// The key the operation writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => {
+                key
+            }
+        }
+    }
+
+    /// The key, value and expected-value bytes the operation carries.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Operation::Put { key, value } => key.len() + value.len(),
+            Operation::Delete { key } => key.len(),
+            Operation::Cas { key, expect, value } => {
+                let expected = match expect {
+                    Expect::Value(bytes) => bytes.len(),
+                    Expect::Absent | Expect::ModRevision(_) => 0,
+                };
+                key.len() + expected + value.as_ref().map_or(0, Vec::len)
+            }
+        }
+    }
+
+    /// Checks the operation's key and values against the limits; `position` is its place in
+    /// its command, for the error.
+    fn validate(&self, position: usize) -> Result<(), KvError> {
+        validate_key(self.key(), Some(position))?;
+        let check_value = |value: &[u8]| {
+            if value.len() > VALUE_BYTES_MAX {
+                return Err(KvError::ValueTooLarge {
+                    operation: position,
+                    bytes: value.len(),
+                    limit: VALUE_BYTES_MAX,
+                });
+            }
+            Ok(())
+        };
+        match self {
+            Operation::Put { value, .. } => check_value(value),
+            Operation::Delete { .. } => Ok(()),
+            Operation::Cas { expect, value, .. } => {
+                if let Expect::Value(expected) = expect {
+                    check_value(expected)?;
+                }
+                value.as_deref().map_or(Ok(()), check_value)
+            }
+        }
+    }
+}
+
+/// A write: what a client proposes and every replica applies at the same log index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Present for exactly-once application; see the [module docs](crate::kv).
+    pub session: Option<SessionId>,
+    /// The operations, applied in order in one log entry, all or none.
+    pub operations: Vec<Operation>,
+    /// Whether the response carries each key's previous value.
+    pub return_previous: bool,
+}
+
+impl Command {
+    /// An atomic batch of `operations`, without a session.
+    pub fn batch(operations: Vec<Operation>) -> Command {
+        Command {
+            session: None,
+            operations,
+            return_previous: false,
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(key: Vec<u8>, value: Vec<u8>) -> Command {
+        Command::batch(vec![Operation::Put { key, value }])
+    }
+
+    /// Deletes `key`.
+    pub fn delete(key: Vec<u8>) -> Command {
+        Command::batch(vec![Operation::Delete { key }])
+    }
+
+    /// Sets `key` to `value` (or deletes it when `None`) if `expect` holds.
+    pub fn cas(key: Vec<u8>, expect: Expect, value: Option<Vec<u8>>) -> Command {
+        Command::batch(vec![Operation::Cas { key, expect, value }])
+    }
+
+    /// The same command, applied at most once for `(client_id, sequence)`.
+    pub fn with_session(mut self, client_id: u64, sequence: u64) -> Command {
+        self.session = Some(SessionId {
+            client_id,
+            sequence,
+        });
+        self
+    }
+
+    /// The same command, asking for previous values in the response.
+    pub fn with_previous(mut self) -> Command {
+        self.return_previous = true;
+        self
+    }
+
+    /// The key and value bytes over all operations.
+    pub fn payload_bytes(&self) -> usize {
+        self.operations.iter().map(Operation::payload_bytes).sum()
+    }
+
+    /// Checks the command against every limit. The state machine runs the same check on apply,
+    /// so a command that fails here would be rejected there; checking before proposing saves a
+    /// trip through the log and gives the caller the same error.
+    pub fn validate(&self) -> Result<(), KvError> {
+        if let Some(session) = self.session {
+            if session.sequence == 0 {
+                return Err(KvError::InvalidSequence {
+                    client_id: session.client_id,
+                });
+            }
+        }
+        if self.operations.is_empty() {
+            return Err(KvError::EmptyBatch);
+        }
+        if self.operations.len() > BATCH_OPERATIONS_MAX {
+            return Err(KvError::BatchTooLarge {
+                operations: self.operations.len(),
+                limit: BATCH_OPERATIONS_MAX,
+            });
+        }
+        for (position, operation) in self.operations.iter().enumerate() {
+            operation.validate(position)?;
+        }
+        let payload = self.payload_bytes();
+        if payload > COMMAND_PAYLOAD_BYTES_MAX {
+            return Err(KvError::PayloadTooLarge {
+                bytes: payload,
+                limit: COMMAND_PAYLOAD_BYTES_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates and encodes the command into the bytes to propose.
+    pub fn encode(&self) -> Result<Vec<u8>, KvError> {
+        self.validate()?;
+        let bytes = codec::encode(self).map_err(|error| KvError::malformed(&error))?;
+        // Guaranteed by the compile-time relations between the limits in `kv`.
+        assert!(
+            bytes.len() as u64 <= COMMAND_BYTES_MAX,
+            "a valid command encoded to {} bytes, above COMMAND_BYTES_MAX",
+            bytes.len()
+        );
+        Ok(bytes)
+    }
+
+    /// Decodes proposed bytes, refusing oversized input before decoding. Does not validate.
+    pub fn decode(bytes: &[u8]) -> Result<Command, KvError> {
+        if bytes.len() as u64 > COMMAND_BYTES_MAX {
+            return Err(KvError::CommandTooLarge {
+                bytes: bytes.len(),
+                limit: COMMAND_BYTES_MAX as usize,
+            });
+        }
+        codec::decode(bytes).map_err(|error| KvError::malformed(&error))
+    }
+}
+
+/// A contiguous range of keys in byte order: `start` inclusive, `end` exclusive (`None` runs to
+/// the last key).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The first key in the range.
+    #[serde(with = "super::bytes")]
+    pub start: Vec<u8>,
+    /// The first key after the range, or `None` for no upper bound.
+    #[serde(with = "super::bytes::option")]
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> KeyRange {
+        KeyRange::default()
+    }
+
+    /// Keys from `start` (inclusive) to `end` (exclusive).
+    pub fn between(start: Vec<u8>, end: Vec<u8>) -> KeyRange {
+        KeyRange {
+            start,
+            end: Some(end),
+        }
+    }
+
+    /// Keys from `start` (inclusive) on.
+    pub fn starting_at(start: Vec<u8>) -> KeyRange {
+        KeyRange { start, end: None }
+    }
+
+    /// Keys that begin with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        // The first key after every key with this prefix: drop trailing 0xFF bytes, then
+        // increment the last byte. A prefix of only 0xFF bytes (or none) has no upper bound.
+        let mut end = prefix.to_vec();
+        while end.last() == Some(&0xFF) {
+            end.pop();
+        }
+        let end = end.last_mut().map(|last| *last += 1).map(|()| end);
+        KeyRange {
+            start: prefix.to_vec(),
+            end,
+        }
+    }
+
+    /// The rest of this range after `key`: where to continue a scan whose page ended at `key`.
+    pub fn after(&self, key: &[u8]) -> KeyRange {
+        let mut start = key.to_vec();
+        start.push(0);
+        KeyRange {
+            start,
+            end: self.end.clone(),
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let below_end = match &self.end {
+            Some(end) => key < end.as_slice(),
+            None => true,
+        };
+        key >= self.start.as_slice() && below_end
+    }
+
+    /// Checks the bounds' lengths (a bound may be one byte longer than a key, as
+    /// [`KeyRange::after`] makes it).
+    fn validate(&self) -> Result<(), KvError> {
+        let bound_bytes = self.start.len().max(self.end.as_ref().map_or(0, Vec::len));
+        if bound_bytes > KEY_BYTES_MAX + 1 {
+            return Err(KvError::KeyTooLarge {
+                operation: None,
+                bytes: bound_bytes,
+                limit: KEY_BYTES_MAX + 1,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A read, served from the store after a read barrier; never goes through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadRequest {
+    /// The value and metadata of one key.
+    Get {
+        /// The key.
+        #[serde(with = "super::bytes")]
+        key: Vec<u8>,
+    },
+    /// Keys in a range, in order, at most `limit` of them.
+    Scan {
+        /// Which keys.
+        range: KeyRange,
+        /// The most entries to return, 1 to [`SCAN_LIMIT_MAX`].
+        limit: usize,
+    },
+}
+
+impl ReadRequest {
+    /// Checks the request against the limits.
+    pub fn validate(&self) -> Result<(), KvError> {
+        match self {
+            ReadRequest::Get { key } => validate_key(key, None),
+            ReadRequest::Scan { range, limit } => {
+                if *limit == 0 || *limit > SCAN_LIMIT_MAX {
+                    return Err(KvError::InvalidScanLimit {
+                        limit: *limit,
+                        max: SCAN_LIMIT_MAX,
+                    });
+                }
+                range.validate()
+            }
+        }
+    }
+}
+
+/// Anything a client asks of the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A write, proposed to the log.
+    Write(Command),
+    /// A read, served after a read barrier.
+    Read(ReadRequest),
+}
+
+impl Request {
+    /// Checks the request against the limits.
+    pub fn validate(&self) -> Result<(), KvError> {
+        match self {
+            Request::Write(command) => command.validate(),
+            Request::Read(read) => read.validate(),
+        }
+    }
+}
+
+/// Why the store refused a request. Every refusal is deterministic: each replica refuses the
+/// same command with the same error, and a refused write applied nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The command bytes do not decode.
+    #[error("malformed command: {reason}")]
+    Malformed {
+        /// What the decoder said (at most [`ERROR_REASON_BYTES_MAX`] bytes).
+        reason: String,
+    },
+    /// The encoded command is larger than the proposal limit.
+    #[error("command of {bytes} bytes exceeds the limit of {limit} bytes")]
+    CommandTooLarge {
+        /// Encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The command has no operations.
+    #[error("the command has no operations")]
+    EmptyBatch,
+    /// The command has too many operations.
+    #[error("{operations} operations exceed the batch limit of {limit}")]
+    BatchTooLarge {
+        /// How many.
+        operations: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A key is empty.
+    #[error("empty key (operation {operation:?})")]
+    EmptyKey {
+        /// The operation's position in its command, for writes.
+        operation: Option<usize>,
+    },
+    /// A key (or range bound) is too long.
+    #[error("key of {bytes} bytes exceeds the limit of {limit} bytes (operation {operation:?})")]
+    KeyTooLarge {
+        /// The operation's position in its command, for writes.
+        operation: Option<usize>,
+        /// Key size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A value (new or expected) is too large.
+    #[error("value of {bytes} bytes exceeds the limit of {limit} bytes (operation {operation})")]
+    ValueTooLarge {
+        /// The operation's position in its command.
+        operation: usize,
+        /// Value size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The keys and values of a command add up to too many bytes.
+    #[error("command payload of {bytes} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The previous values asked for add up to too many bytes; nothing was applied. Retry
+    /// without `return_previous` or with fewer operations.
+    #[error("previous values of {bytes} bytes exceed the response limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// Bytes of previous values when the limit was passed.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A session's sequence is 0; sequences start at 1.
+    #[error("client {client_id}: sequence 0 is invalid, sequences start at 1")]
+    InvalidSequence {
+        /// The client.
+        client_id: u64,
+    },
+    /// The sequence is older than the client's latest applied one; this command was not applied
+    /// now, and whether it was applied before is unknown.
+    #[error("client {client_id}: sequence {sequence} is older than the latest applied {latest}")]
+    StaleSequence {
+        /// The client.
+        client_id: u64,
+        /// The sequence sent.
+        sequence: u64,
+        /// The client's latest applied sequence.
+        latest: u64,
+    },
+    /// The store has no session for this client and the sequence is not 1: the session was
+    /// evicted (or never existed). Not applied now; if this was a retry, whether the earlier
+    /// attempt applied is unknown. Continue under a new client id starting at sequence 1.
+    #[error("client {client_id}: no session for sequence {sequence} (evicted or never started)")]
+    SessionExpired {
+        /// The client.
+        client_id: u64,
+        /// The sequence sent.
+        sequence: u64,
+    },
+    /// A scan limit is 0 or above the maximum.
+    #[error("scan limit {limit} is outside 1..={max}")]
+    InvalidScanLimit {
+        /// The limit asked for.
+        limit: usize,
+        /// The largest allowed.
+        max: usize,
+    },
+}
+
+impl KvError {
+    /// A [`KvError::Malformed`] from a codec error, its reason cut to a bounded length.
+    pub(crate) fn malformed(error: &CodecError) -> KvError {
+        let mut reason = error.to_string();
+        if reason.len() > ERROR_REASON_BYTES_MAX {
+            let mut cut = ERROR_REASON_BYTES_MAX;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        KvError::Malformed { reason }
+    }
+}
+
+/// Checks one key: non-empty and not too long.
+fn validate_key(key: &[u8], operation: Option<usize>) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::EmptyKey { operation });
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(KvError::KeyTooLarge {
+            operation,
+            bytes: key.len(),
+            limit: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maximal_cas() -> Operation {
+        Operation::Cas {
+            key: vec![0xFF; KEY_BYTES_MAX],
+            expect: Expect::Value(vec![0xFF; VALUE_BYTES_MAX]),
+            value: Some(vec![0xFF; VALUE_BYTES_MAX]),
+        }
+    }
+
+    #[test]
+    fn maximal_valid_commands_encode_within_the_proposal_limit() {
+        let single = Command::batch(vec![maximal_cas()])
+            .with_session(u64::MAX, u64::MAX)
+            .with_previous();
+        assert!(single.encode().unwrap().len() as u64 <= COMMAND_BYTES_MAX);
+
+        // Many operations sharing the payload budget.
+        let value_bytes = COMMAND_PAYLOAD_BYTES_MAX / BATCH_OPERATIONS_MAX - KEY_BYTES_MAX;
+        let operations = (0..BATCH_OPERATIONS_MAX)
+            .map(|_| Operation::Cas {
+                key: vec![1; KEY_BYTES_MAX],
+                expect: Expect::ModRevision(LogIndex(u64::MAX)),
+                value: Some(vec![2; value_bytes]),
+            })
+            .collect();
+        let batch = Command::batch(operations).with_session(u64::MAX, u64::MAX);
+        assert!(batch.payload_bytes() <= COMMAND_PAYLOAD_BYTES_MAX);
+        assert!(batch.encode().unwrap().len() as u64 <= COMMAND_BYTES_MAX);
+    }
+
+    #[test]
+    fn validation_names_the_offending_operation() {
+        let ok = Operation::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let command = Command::batch(vec![ok.clone(), Operation::Delete { key: Vec::new() }]);
+        assert_eq!(
+            command.validate(),
+            Err(KvError::EmptyKey { operation: Some(1) })
+        );
+        let command = Command::batch(vec![
+            ok.clone(),
+            ok.clone(),
+            Operation::Cas {
+                key: b"k".to_vec(),
+                expect: Expect::Value(vec![0; VALUE_BYTES_MAX + 1]),
+                value: None,
+            },
+        ]);
+        assert_eq!(
+            command.validate(),
+            Err(KvError::ValueTooLarge {
+                operation: 2,
+                bytes: VALUE_BYTES_MAX + 1,
+                limit: VALUE_BYTES_MAX
+            })
+        );
+        let command = Command::put(vec![1; KEY_BYTES_MAX + 1], Vec::new());
+        assert!(matches!(
+            command.validate(),
+            Err(KvError::KeyTooLarge {
+                operation: Some(0),
+                ..
+            })
+        ));
+        assert_eq!(
+            Command::batch(Vec::new()).validate(),
+            Err(KvError::EmptyBatch)
+        );
+        let many = Command::batch(vec![ok.clone(); BATCH_OPERATIONS_MAX + 1]);
+        assert!(matches!(
+            many.validate(),
+            Err(KvError::BatchTooLarge { .. })
+        ));
+        let heavy = Command::batch(vec![
+            Operation::Put {
+                key: b"k".to_vec(),
+                value: vec![0; VALUE_BYTES_MAX],
+            };
+            4
+        ]);
+        assert!(matches!(
+            heavy.validate(),
+            Err(KvError::PayloadTooLarge { .. })
+        ));
+        assert_eq!(
+            Command::batch(vec![ok]).with_session(9, 0).validate(),
+            Err(KvError::InvalidSequence { client_id: 9 })
+        );
+    }
+
+    #[test]
+    fn decode_refuses_oversized_bytes_before_decoding() {
+        let bytes = vec![0; COMMAND_BYTES_MAX as usize + 1];
+        assert!(matches!(
+            Command::decode(&bytes),
+            Err(KvError::CommandTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(
+            KeyRange::prefix(b"ab"),
+            KeyRange::between(b"ab".to_vec(), b"ac".to_vec())
+        );
+        assert_eq!(
+            KeyRange::prefix(b"a\xFF\xFF"),
+            KeyRange::between(b"a\xFF\xFF".to_vec(), b"b".to_vec())
+        );
+        assert_eq!(
+            KeyRange::prefix(b"\xFF"),
+            KeyRange::starting_at(b"\xFF".to_vec())
+        );
+        assert_eq!(KeyRange::prefix(b""), KeyRange::all());
+        let range = KeyRange::prefix(b"ab");
+        assert!(range.contains(b"ab") && range.contains(b"ab\xFF\xFF"));
+        assert!(!range.contains(b"aa") && !range.contains(b"ac"));
+        let rest = range.after(b"abc");
+        assert!(!rest.contains(b"abc") && rest.contains(b"abc\0") && !rest.contains(b"ac"));
+    }
+
+    #[test]
+    fn read_requests_are_validated() {
+        let scan = |limit| ReadRequest::Scan {
+            range: KeyRange::all(),
+            limit,
+        };
+        assert!(scan(1).validate().is_ok());
+        assert!(scan(SCAN_LIMIT_MAX).validate().is_ok());
+        assert!(scan(0).validate().is_err());
+        assert!(scan(SCAN_LIMIT_MAX + 1).validate().is_err());
+        let get = ReadRequest::Get { key: Vec::new() };
+        assert_eq!(
+            Request::Read(get).validate(),
+            Err(KvError::EmptyKey { operation: None })
+        );
+        let wide = ReadRequest::Scan {
+            range: KeyRange::starting_at(vec![0; KEY_BYTES_MAX + 2]),
+            limit: 1,
+        };
+        assert!(wide.validate().is_err());
+    }
+
+    #[test]
+    fn malformed_reasons_are_bounded() {
+        let error = CodecError::Malformed {
+            reason: "é".repeat(ERROR_REASON_BYTES_MAX),
+        };
+        let KvError::Malformed { reason } = KvError::malformed(&error) else {
+            panic!("expected Malformed");
+        };
+        assert!(reason.len() <= ERROR_REASON_BYTES_MAX);
+    }
+}

@@ -1,0 +1,232 @@
+//! What the store answers: write responses (the bytes `apply` returns, also cached in client
+//! sessions) and read responses, with the per-key metadata both carry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::CodecError;
+use crate::types::LogIndex;
+
+use super::command::KvError;
+
+/// A key's history, as etcd keeps it.
+///
+/// Invariant: `1 <= version`, `create_revision <= mod_revision`, and both are log indexes of
+/// entries the store has applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The log index of the entry that created the key (the latest creation, if it was deleted
+    /// and created again).
+    pub create_revision: LogIndex,
+    /// The log index of the entry that last modified the key.
+    pub mod_revision: LogIndex,
+    /// How many times the key was written since its creation; 1 right after creation.
+    pub version: u64,
+}
+
+impl Metadata {
+    /// The metadata of a key created by the entry at `index`.
+    pub fn created(index: LogIndex) -> Metadata {
+        Metadata {
+            create_revision: index,
+            mod_revision: index,
+            version: 1,
+        }
+    }
+
+    /// The metadata after one more write by the entry at `index`.
+    pub fn modified(self, index: LogIndex) -> Metadata {
+        debug_assert!(index >= self.mod_revision);
+        Metadata {
+            create_revision: self.create_revision,
+            mod_revision: index,
+            version: self.version.saturating_add(1),
+        }
+    }
+}
+
+/// A value with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Versioned {
+    /// The value.
+    #[serde(with = "super::bytes")]
+    pub value: Vec<u8>,
+    /// Its key's metadata.
+    pub metadata: Metadata,
+}
+
+/// What one operation of an applied write did to its key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The key's metadata before the operation; `None` if it did not exist.
+    pub previous: Option<Metadata>,
+    /// The key's metadata after the operation; `None` if it does not exist (deleted).
+    pub current: Option<Metadata>,
+    /// The key's value before the operation, when the command asked for previous values and
+    /// the key existed.
+    #[serde(with = "super::bytes::option")]
+    pub previous_value: Option<Vec<u8>>,
+}
+
+impl WriteOutcome {
+    /// Whether the operation removed an existing key.
+    pub fn deleted(&self) -> bool {
+        self.previous.is_some() && self.current.is_none()
+    }
+}
+
+/// The answer to a write: what `apply` returns, encoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Every operation was applied.
+    Written {
+        /// The store's revision after the write: the log index of its latest modification
+        /// (this entry's index unless the write changed nothing).
+        revision: LogIndex,
+        /// One outcome per operation, in order.
+        outcomes: Vec<WriteOutcome>,
+    },
+    /// A compare-and-swap did not hold; nothing of the command was applied.
+    ComparisonFailed {
+        /// The failed operation's position in the command.
+        operation: usize,
+        /// Its key as it is in the store (the command having applied nothing).
+        current: Option<Versioned>,
+    },
+    /// The command was refused; nothing was applied.
+    Rejected(KvError),
+}
+
+impl Response {
+    /// Encodes the response into the bytes `apply` returns.
+    pub fn encode(&self) -> Vec<u8> {
+        // Only plain data types: encoding cannot fail.
+        codec::encode(self).expect("a kv response always encodes")
+    }
+
+    /// Decodes the bytes `apply` returned.
+    pub fn decode(bytes: &[u8]) -> Result<Response, CodecError> {
+        codec::decode(bytes)
+    }
+
+    /// Whether the write was applied.
+    pub fn is_written(&self) -> bool {
+        matches!(self, Response::Written { .. })
+    }
+}
+
+/// One page of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanPage {
+    /// Keys in order with their values.
+    pub entries: Vec<(Vec<u8>, Versioned)>,
+    /// Whether keys in the range follow the last one returned; continue with
+    /// [`KeyRange::after`](super::KeyRange::after).
+    pub more: bool,
+}
+
+/// The answer to a [`ReadRequest`](super::ReadRequest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadResponse {
+    /// The key's value and metadata, if it exists.
+    Get(Option<Versioned>),
+    /// A page of the scanned range.
+    Scan(ScanPage),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{
+        BATCH_OPERATIONS_MAX, ERROR_REASON_BYTES_MAX, KEY_BYTES_MAX, PREVIOUS_VALUES_BYTES_MAX,
+        RESPONSE_BYTES_MAX, SCAN_ENTRY_OVERHEAD_BYTES, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    };
+
+    fn widest_metadata() -> Metadata {
+        Metadata {
+            create_revision: LogIndex(u64::MAX),
+            mod_revision: LogIndex(u64::MAX),
+            version: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn metadata_history() {
+        let created = Metadata::created(LogIndex(4));
+        assert_eq!(created.version, 1);
+        let modified = created.modified(LogIndex(9));
+        assert_eq!(modified.create_revision, LogIndex(4));
+        assert_eq!(modified.mod_revision, LogIndex(9));
+        assert_eq!(modified.version, 2);
+        assert_eq!(
+            widest_metadata().modified(LogIndex(u64::MAX)).version,
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn deleted_means_it_existed_and_is_gone() {
+        let existed = Some(Metadata::created(LogIndex(1)));
+        let outcome = |previous, current| WriteOutcome {
+            previous,
+            current,
+            previous_value: None,
+        };
+        assert!(outcome(existed, None).deleted());
+        assert!(!outcome(None, None).deleted());
+        assert!(!outcome(existed, existed).deleted());
+    }
+
+    #[test]
+    fn the_largest_responses_stay_within_the_response_limit() {
+        let share = PREVIOUS_VALUES_BYTES_MAX / BATCH_OPERATIONS_MAX;
+        let outcomes = (0..BATCH_OPERATIONS_MAX)
+            .map(|_| WriteOutcome {
+                previous: Some(widest_metadata()),
+                current: Some(widest_metadata()),
+                previous_value: Some(vec![0xFF; share]),
+            })
+            .collect();
+        let written = Response::Written {
+            revision: LogIndex(u64::MAX),
+            outcomes,
+        };
+        let failed = Response::ComparisonFailed {
+            operation: usize::MAX,
+            current: Some(Versioned {
+                value: vec![0xFF; VALUE_BYTES_MAX],
+                metadata: widest_metadata(),
+            }),
+        };
+        let rejected = Response::Rejected(KvError::Malformed {
+            reason: "x".repeat(ERROR_REASON_BYTES_MAX),
+        });
+        for response in [written, failed, rejected] {
+            let bytes = response.encode();
+            assert!(bytes.len() <= RESPONSE_BYTES_MAX, "{} bytes", bytes.len());
+            assert_eq!(Response::decode(&bytes).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn scan_entries_encode_within_their_counted_overhead() {
+        let entry = |key_bytes, value_bytes| {
+            let versioned = Versioned {
+                value: vec![1; value_bytes],
+                metadata: widest_metadata(),
+            };
+            (vec![2; key_bytes], versioned)
+        };
+        for (key_bytes, value_bytes, count) in
+            [(1, 0, SCAN_LIMIT_MAX), (KEY_BYTES_MAX, VALUE_BYTES_MAX, 2)]
+        {
+            let page = ScanPage {
+                entries: vec![entry(key_bytes, value_bytes); count],
+                more: true,
+            };
+            let counted = count * (key_bytes + value_bytes + SCAN_ENTRY_OVERHEAD_BYTES);
+            let encoded = codec::encode(&ReadResponse::Scan(page)).unwrap().len();
+            assert!(encoded <= counted + 16, "{encoded} > {counted}");
+        }
+    }
+}

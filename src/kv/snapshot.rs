@@ -1,0 +1,263 @@
+//! The store's snapshot format, and a restore that checks everything it reads.
+//!
+//! A snapshot is a sequence of checksummed records in the [`crate::codec`] framing, so that no
+//! single decode ever has to hold the whole store and any damaged byte is caught by a CRC:
+//!
+//! ```text
+//! +---------------------------------------------------------------------------------+
+//! | record: Header { magic, format_version, applied, revision, keys, sessions }      |
+//! | `keys` records:      (key, Versioned)        strictly ascending key order      |
+//! | `sessions` records:  (client_id, Session)    strictly ascending client order   |
+//! +---------------------------------------------------------------------------------+
+//! ```
+//!
+//! Nothing may follow the last session record. Restore builds a new store and replaces the old
+//! one only when the whole snapshot checked out, so a bad snapshot leaves the store untouched.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, RecordRead};
+use crate::error::CodecError;
+use crate::types::LogIndex;
+
+use super::response::{Response, Versioned};
+use super::session::{Session, Sessions};
+use super::store::KvStore;
+use super::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX, VALUE_BYTES_MAX};
+
+/// Identifies a keyval kv snapshot: "kvsn".
+const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
+
+/// The snapshot format this build writes and reads.
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// The largest record a snapshot holds: a session with a maximal cached response, with room
+/// for the record's own fields.
+const SNAPSHOT_RECORD_BYTES_MAX: u64 = RESPONSE_BYTES_MAX as u64 + 4096;
+
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 4096 <= SNAPSHOT_RECORD_BYTES_MAX as usize);
+
+/// The first record of a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    magic: u32,
+    format_version: u32,
+    applied: LogIndex,
+    revision: LogIndex,
+    keys: u64,
+    sessions: u64,
+}
+
+/// Why a snapshot could not be restored. The store is left as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The data does not start with a kv snapshot header.
+    #[error("not a kv snapshot (magic {found:#010x})")]
+    NotASnapshot {
+        /// The magic number found.
+        found: u32,
+    },
+    /// The snapshot was written in a format this build does not read.
+    #[error("snapshot format version {found}; this build reads version {supported}")]
+    UnknownVersion {
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A record is damaged or cut short.
+    #[error("snapshot record {record}: {source}")]
+    Record {
+        /// The record's position (0 is the header).
+        record: u64,
+        /// What was wrong with it.
+        #[source]
+        source: CodecError,
+    },
+    /// The data ends before the last record the header announced.
+    #[error("snapshot truncated in record {record}")]
+    Truncated {
+        /// The record's position.
+        record: u64,
+    },
+    /// Every record decoded but the content breaks an invariant of the store.
+    #[error("invalid snapshot content in record {record}: {reason}")]
+    Invalid {
+        /// The record's position.
+        record: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Bytes follow the last record.
+    #[error("{extra} bytes after the last snapshot record")]
+    TrailingBytes {
+        /// How many.
+        extra: usize,
+    },
+}
+
+impl KvStore {
+    /// Serializes the whole store: data, sessions, applied index and revision.
+    pub(super) fn encode_snapshot(&self) -> Vec<u8> {
+        let header = Header {
+            magic: SNAPSHOT_MAGIC,
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            applied: self.applied,
+            revision: self.revision,
+            keys: self.data.len() as u64,
+            sessions: self.sessions.len() as u64,
+        };
+        let mut out = Vec::new();
+        write_record(&header, &mut out);
+        for entry in &self.data {
+            write_record(&entry, &mut out);
+        }
+        for entry in self.sessions.iter() {
+            write_record(&entry, &mut out);
+        }
+        out
+    }
+
+    /// Parses and checks a snapshot into a new store.
+    pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
+        let mut reader = Reader { bytes, record: 0 };
+        let header: Header = reader.next()?;
+        if header.magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::NotASnapshot {
+                found: header.magic,
+            });
+        }
+        if header.format_version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnknownVersion {
+                found: header.format_version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        if header.revision > header.applied {
+            return Err(reader.invalid("revision after the applied index"));
+        }
+        if header.sessions > SESSIONS_MAX as u64 {
+            return Err(reader.invalid("more sessions than SESSIONS_MAX"));
+        }
+        let mut store = KvStore {
+            applied: header.applied,
+            revision: header.revision,
+            ..KvStore::default()
+        };
+        for _ in 0..header.keys {
+            let (key, versioned): (Vec<u8>, Versioned) = reader.next()?;
+            check_entry(&store, &key, &versioned).map_err(|reason| reader.invalid(reason))?;
+            store.data.insert(key, versioned);
+        }
+        let mut sessions = Sessions::default();
+        let mut last_client = None;
+        for _ in 0..header.sessions {
+            let (client_id, session): (u64, Session) = reader.next()?;
+            if last_client.is_some_and(|last| client_id <= last) {
+                return Err(reader.invalid("sessions out of client order"));
+            }
+            check_session(&sessions, &session, header.applied)
+                .map_err(|reason| reader.invalid(reason))?;
+            last_client = Some(client_id);
+            sessions.insert(client_id, session);
+        }
+        if !sessions.is_within_bounds() {
+            return Err(reader.invalid("sessions hold more bytes than SESSION_CACHE_BYTES_MAX"));
+        }
+        store.sessions = sessions;
+        if !reader.bytes.is_empty() {
+            return Err(SnapshotError::TrailingBytes {
+                extra: reader.bytes.len(),
+            });
+        }
+        if cfg!(debug_assertions) {
+            store.check_invariants();
+        }
+        Ok(store)
+    }
+}
+
+/// Checks one data record against the store restored so far.
+fn check_entry(store: &KvStore, key: &[u8], versioned: &Versioned) -> Result<(), &'static str> {
+    let metadata = versioned.metadata;
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err("key empty or longer than KEY_BYTES_MAX");
+    }
+    if versioned.value.len() > VALUE_BYTES_MAX {
+        return Err("value longer than VALUE_BYTES_MAX");
+    }
+    if store
+        .data
+        .last_key_value()
+        .is_some_and(|(last, _)| key <= last.as_slice())
+    {
+        return Err("keys out of order");
+    }
+    if metadata.version == 0
+        || metadata.create_revision > metadata.mod_revision
+        || metadata.mod_revision > store.revision
+    {
+        return Err("key metadata out of order");
+    }
+    Ok(())
+}
+
+/// Checks one session record against the sessions restored so far.
+fn check_session(
+    sessions: &Sessions,
+    session: &Session,
+    applied: LogIndex,
+) -> Result<(), &'static str> {
+    if session.sequence == 0 {
+        return Err("session sequence 0");
+    }
+    if session.last_used > applied {
+        return Err("session used after the applied index");
+    }
+    if sessions.is_used_at(session.last_used) {
+        return Err("two sessions last used at the same index");
+    }
+    if session.response.len() > RESPONSE_BYTES_MAX || Response::decode(&session.response).is_err() {
+        return Err("cached response is not a response");
+    }
+    Ok(())
+}
+
+/// Walks the records of a snapshot.
+struct Reader<'a> {
+    /// What is left to read.
+    bytes: &'a [u8],
+    /// The position of the next record.
+    record: u64,
+}
+
+impl Reader<'_> {
+    /// Reads, checks and decodes the next record.
+    fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, SnapshotError> {
+        let record = self.record;
+        let wrap = |source| SnapshotError::Record { record, source };
+        match codec::read_record(self.bytes, SNAPSHOT_RECORD_BYTES_MAX).map_err(wrap)? {
+            RecordRead::Incomplete { .. } => Err(SnapshotError::Truncated { record }),
+            RecordRead::Complete { payload, consumed } => {
+                let value = codec::decode(payload).map_err(wrap)?;
+                self.bytes = &self.bytes[consumed..];
+                self.record += 1;
+                Ok(value)
+            }
+        }
+    }
+
+    /// An [`SnapshotError::Invalid`] about the record just read.
+    fn invalid(&self, reason: &str) -> SnapshotError {
+        SnapshotError::Invalid {
+            record: self.record.saturating_sub(1),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Appends `value` as one framed snapshot record.
+fn write_record<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    codec::write_value_record(value, out).expect("kv snapshot records always encode");
+}

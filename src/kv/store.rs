@@ -1,0 +1,295 @@
+//! The store itself: ordered data with per-key metadata, the session table, and the apply path
+//! that turns committed command bytes into a deterministic response.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::state_machine::{RestoreError, StateMachine};
+use crate::types::{EntryId, LogIndex};
+
+use super::command::{Command, Expect, KeyRange, KvError, Operation, ReadRequest};
+use super::response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
+use super::session::{SessionCheck, Sessions};
+use super::{
+    KEY_BYTES_MAX, PREVIOUS_VALUES_BYTES_MAX, SCAN_ENTRY_OVERHEAD_BYTES, SCAN_LIMIT_MAX,
+    SCAN_RESPONSE_BYTES_MAX, VALUE_BYTES_MAX,
+};
+
+/// The replicated key-value state machine. See the [module docs](crate::kv).
+///
+/// Two stores that applied the same commands at the same indexes (or restored the same
+/// snapshot) compare equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStore {
+    /// Every key with its value and metadata, in key order.
+    /// Invariant: each key is valid, each `mod_revision <= revision`.
+    pub(super) data: BTreeMap<Vec<u8>, Versioned>,
+    /// Client sessions for exactly-once writes.
+    pub(super) sessions: Sessions,
+    /// The index of the last applied command. Invariant: `revision <= applied`.
+    pub(super) applied: LogIndex,
+    /// The index of the last entry that modified any key.
+    pub(super) revision: LogIndex,
+}
+
+/// A key's state before a batch touched it, to restore if a later operation fails.
+type Undo = Vec<(Vec<u8>, Option<Versioned>)>;
+
+impl KvStore {
+    /// An empty store that has applied nothing.
+    pub fn new() -> KvStore {
+        KvStore::default()
+    }
+
+    /// The value and metadata of `key`, if it exists.
+    pub fn get(&self, key: &[u8]) -> Option<Versioned> {
+        self.data.get(key).cloned()
+    }
+
+    /// Up to `limit` keys of `range` in key order (`limit` is capped at [`SCAN_LIMIT_MAX`]), and
+    /// whether more follow. A page also stops before it would exceed
+    /// [`SCAN_RESPONSE_BYTES_MAX`], but holds at least one entry when the range has one and
+    /// `limit` is not 0.
+    pub fn scan(&self, range: &KeyRange, limit: usize) -> ScanPage {
+        let limit = limit.min(SCAN_LIMIT_MAX);
+        let mut page = ScanPage::default();
+        let start = range.start.as_slice();
+        let end = match &range.end {
+            // `BTreeMap::range` panics on an inverted range; it is simply empty.
+            Some(end) if end.as_slice() <= start => return page,
+            Some(end) => Bound::Excluded(end.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let mut page_bytes = 0;
+        for (key, versioned) in self.data.range::<[u8], _>((Bound::Included(start), end)) {
+            let entry_bytes = key.len() + versioned.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
+            let full = page.entries.len() == limit
+                || (!page.entries.is_empty() && page_bytes + entry_bytes > SCAN_RESPONSE_BYTES_MAX);
+            if full {
+                page.more = true;
+                break;
+            }
+            page_bytes += entry_bytes;
+            page.entries.push((key.clone(), versioned.clone()));
+        }
+        page
+    }
+
+    /// Validates and serves a read request.
+    pub fn read(&self, request: &ReadRequest) -> Result<ReadResponse, KvError> {
+        request.validate()?;
+        Ok(match request {
+            ReadRequest::Get { key } => ReadResponse::Get(self.get(key)),
+            ReadRequest::Scan { range, limit } => ReadResponse::Scan(self.scan(range, *limit)),
+        })
+    }
+
+    /// The index of the last command applied (or covered by the restored snapshot).
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// The log index of the latest modification of any key; `LogIndex(0)` before any.
+    pub fn revision(&self) -> LogIndex {
+        self.revision
+    }
+
+    /// How many keys exist.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether no key exists.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// How many client sessions are kept.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The latest applied sequence of `client_id`, if the store has its session.
+    pub fn session_sequence(&self, client_id: u64) -> Option<u64> {
+        self.sessions.sequence(client_id)
+    }
+
+    /// Panics with a description if an invariant is broken. Walks the whole store: for tests
+    /// and debug checks, not for every apply.
+    pub fn check_invariants(&self) {
+        assert!(self.revision <= self.applied, "revision after applied");
+        for (key, versioned) in &self.data {
+            let metadata = versioned.metadata;
+            assert!(
+                !key.is_empty() && key.len() <= KEY_BYTES_MAX,
+                "bad key {key:?}"
+            );
+            assert!(versioned.value.len() <= VALUE_BYTES_MAX, "value too large");
+            assert!(metadata.version >= 1, "key {key:?}: version 0");
+            assert!(
+                metadata.create_revision <= metadata.mod_revision
+                    && metadata.mod_revision <= self.revision,
+                "key {key:?}: revisions out of order: {metadata:?}, store at {}",
+                self.revision
+            );
+        }
+        self.sessions.check_invariants(self.applied);
+    }
+
+    /// Decodes, validates, deduplicates and applies one command; returns the encoded response.
+    fn apply_bytes(&mut self, index: LogIndex, bytes: &[u8]) -> Vec<u8> {
+        let command = match Command::decode(bytes).and_then(|command| {
+            command.validate()?;
+            Ok(command)
+        }) {
+            Ok(command) => command,
+            Err(error) => return Response::Rejected(error).encode(),
+        };
+        let Some(session) = command.session else {
+            return self.apply_operations(index, command).encode();
+        };
+        let (client_id, sequence) = (session.client_id, session.sequence);
+        match self.sessions.check(client_id, sequence, index) {
+            SessionCheck::Apply => {
+                let response = self.apply_operations(index, command).encode();
+                self.sessions
+                    .record(client_id, sequence, response.clone(), index);
+                response
+            }
+            SessionCheck::Duplicate(response) => response,
+            SessionCheck::Stale { latest } => Response::Rejected(KvError::StaleSequence {
+                client_id,
+                sequence,
+                latest,
+            })
+            .encode(),
+            SessionCheck::Expired => Response::Rejected(KvError::SessionExpired {
+                client_id,
+                sequence,
+            })
+            .encode(),
+        }
+    }
+
+    /// Applies a validated command's operations at `index`, all or none.
+    fn apply_operations(&mut self, index: LogIndex, command: Command) -> Response {
+        let return_previous = command.return_previous;
+        // Undo records are needed only when something after a write can still fail.
+        let may_fail = return_previous
+            || command
+                .operations
+                .iter()
+                .any(|operation| matches!(operation, Operation::Cas { .. }));
+        let mut undo = Undo::new();
+        let mut outcomes = Vec::with_capacity(command.operations.len());
+        let mut previous_value_bytes = 0;
+        let mut modified = false;
+        for (position, operation) in command.operations.into_iter().enumerate() {
+            let (key, value) = match operation {
+                Operation::Put { key, value } => (key, Some(value)),
+                Operation::Delete { key } => (key, None),
+                Operation::Cas { key, expect, value } => {
+                    if !self.holds(&key, &expect) {
+                        self.roll_back(undo);
+                        return Response::ComparisonFailed {
+                            operation: position,
+                            current: self.get(&key),
+                        };
+                    }
+                    (key, value)
+                }
+            };
+            let undo_key = may_fail.then(|| key.clone());
+            let (previous, current) = match value {
+                Some(value) => {
+                    let metadata = match self.data.get(&key) {
+                        Some(old) => old.metadata.modified(index),
+                        None => Metadata::created(index),
+                    };
+                    let previous = self.data.insert(key, Versioned { value, metadata });
+                    (previous, Some(metadata))
+                }
+                None => (self.data.remove(&key), None),
+            };
+            modified |= previous.is_some() || current.is_some();
+            let mut outcome = WriteOutcome {
+                previous: previous.as_ref().map(|versioned| versioned.metadata),
+                current,
+                previous_value: None,
+            };
+            if return_previous {
+                outcome.previous_value = previous.as_ref().map(|versioned| versioned.value.clone());
+                previous_value_bytes += outcome.previous_value.as_ref().map_or(0, Vec::len);
+            }
+            if let Some(key) = undo_key {
+                undo.push((key, previous));
+            }
+            outcomes.push(outcome);
+            if previous_value_bytes > PREVIOUS_VALUES_BYTES_MAX {
+                self.roll_back(undo);
+                return Response::Rejected(KvError::ResponseTooLarge {
+                    bytes: previous_value_bytes,
+                    limit: PREVIOUS_VALUES_BYTES_MAX,
+                });
+            }
+        }
+        if modified {
+            self.revision = index;
+        }
+        Response::Written {
+            revision: self.revision,
+            outcomes,
+        }
+    }
+
+    /// Whether `expect` holds for `key` now.
+    fn holds(&self, key: &[u8], expect: &Expect) -> bool {
+        match (expect, self.data.get(key)) {
+            (Expect::Absent, None) => true,
+            (Expect::Value(expected), Some(current)) => current.value == *expected,
+            (Expect::ModRevision(revision), Some(current)) => {
+                current.metadata.mod_revision == *revision
+            }
+            _ => false,
+        }
+    }
+
+    /// Restores every key a failed batch touched, newest change first.
+    fn roll_back(&mut self, undo: Undo) {
+        for (key, previous) in undo.into_iter().rev() {
+            match previous {
+                Some(versioned) => self.data.insert(key, versioned),
+                None => self.data.remove(&key),
+            };
+        }
+    }
+}
+
+impl StateMachine for KvStore {
+    /// Applies one committed command. Malformed, oversized or invalid bytes yield an encoded
+    /// [`Response::Rejected`]; nothing about the input can make this panic.
+    ///
+    /// # Panics
+    /// If `id.index` is not after the last applied index: the node applied out of order.
+    fn apply(&mut self, id: EntryId, command: &[u8]) -> Vec<u8> {
+        assert!(
+            id.index > self.applied,
+            "kv: apply of {id} after {} was already applied",
+            self.applied
+        );
+        self.applied = id.index;
+        let response = self.apply_bytes(id.index, command);
+        debug_assert!(self.revision <= self.applied);
+        debug_assert!(self.sessions.is_within_bounds());
+        response
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        self.encode_snapshot()
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), RestoreError> {
+        *self = KvStore::decode_snapshot(data)?;
+        Ok(())
+    }
+}

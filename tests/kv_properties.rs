@@ -1,0 +1,350 @@
+//! Properties of the key-value state machine over random command sequences: it agrees with a
+//! simple reference model (copy the map, apply in order, keep the copy only if every comparison
+//! held), snapshot→restore yields an equal store that keeps answering identically, and no input
+//! bytes — command or snapshot — make it panic. Method: proptest with a small key and value
+//! space so that comparisons often succeed, sessions repeat and keys collide.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use keyval::kv::{
+    Command, Expect, KeyRange, KvError, KvStore, Metadata, Operation, Response, Versioned,
+    WriteOutcome,
+};
+use keyval::{EntryId, LogIndex, StateMachine, Term};
+
+/// One committed entry: how far after the previous one it sits (gaps stand for no-op and
+/// membership entries the store never sees) and what it carries.
+#[derive(Clone, Debug)]
+struct Step {
+    gap: u64,
+    payload: Payload,
+}
+
+#[derive(Clone, Debug)]
+enum Payload {
+    Command(Command),
+    Garbage(Vec<u8>),
+}
+
+impl Payload {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            // Some generated commands are invalid on purpose: encode them without validation.
+            Payload::Command(command) => keyval::codec::encode(command).unwrap(),
+            Payload::Garbage(bytes) => bytes.clone(),
+        }
+    }
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec![
+        b"a".to_vec(),
+        b"ab".to_vec(),
+        b"b".to_vec(),
+        b"b\0".to_vec(),
+        b"c".to_vec(),
+        Vec::new(),
+    ])
+}
+
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(0u8..2, 0..2)
+}
+
+fn expect() -> impl Strategy<Value = Expect> {
+    prop_oneof![
+        value().prop_map(Expect::Value),
+        Just(Expect::Absent),
+        (0u64..40).prop_map(|revision| Expect::ModRevision(LogIndex(revision))),
+    ]
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        3 => (key(), value()).prop_map(|(key, value)| Operation::Put { key, value }),
+        1 => key().prop_map(|key| Operation::Delete { key }),
+        3 => (key(), expect(), prop::option::of(value()))
+            .prop_map(|(key, expect, value)| Operation::Cas { key, expect, value }),
+    ]
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    let session = prop::option::of((0u64..3, 0u64..5));
+    (
+        prop::collection::vec(operation(), 0..4),
+        session,
+        any::<bool>(),
+    )
+        .prop_map(|(operations, session, return_previous)| {
+            let command = Command {
+                session: None,
+                operations,
+                return_previous,
+            };
+            match session {
+                Some((client_id, sequence)) => command.with_session(client_id, sequence),
+                None => command,
+            }
+        })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let payload = prop_oneof![
+        12 => command().prop_map(Payload::Command),
+        1 => prop::collection::vec(any::<u8>(), 0..24).prop_map(Payload::Garbage),
+    ];
+    (1u64..3, payload).prop_map(|(gap, payload)| Step { gap, payload })
+}
+
+fn steps(count: usize) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step(), 0..count)
+}
+
+/// Applies `steps` after `index`, returning each response's bytes and the last index.
+fn run(store: &mut KvStore, index: u64, steps: &[Step]) -> (Vec<Vec<u8>>, u64) {
+    let mut index = index;
+    let mut responses = Vec::new();
+    for step in steps {
+        index += step.gap;
+        let id = EntryId::new(Term(1), LogIndex(index));
+        responses.push(store.apply(id, &step.payload.bytes()));
+    }
+    (responses, index)
+}
+
+/// The reference: no undo log, no byte budgets (the values here are tiny), no eviction (three
+/// clients).
+#[derive(Default)]
+struct Model {
+    data: BTreeMap<Vec<u8>, Versioned>,
+    revision: LogIndex,
+    sessions: BTreeMap<u64, (u64, Response)>,
+}
+
+impl Model {
+    fn apply(&mut self, index: LogIndex, command: &Command) -> Response {
+        if let Err(error) = command.validate() {
+            return Response::Rejected(error);
+        }
+        let Some(session) = command.session else {
+            return self.apply_operations(index, command);
+        };
+        let (client_id, sequence) = (session.client_id, session.sequence);
+        match self.sessions.get(&client_id) {
+            None if sequence != 1 => Response::Rejected(KvError::SessionExpired {
+                client_id,
+                sequence,
+            }),
+            Some((latest, _)) if sequence < *latest => Response::Rejected(KvError::StaleSequence {
+                client_id,
+                sequence,
+                latest: *latest,
+            }),
+            Some((latest, cached)) if sequence == *latest => cached.clone(),
+            _ => {
+                let response = self.apply_operations(index, command);
+                self.sessions
+                    .insert(client_id, (sequence, response.clone()));
+                response
+            }
+        }
+    }
+
+    fn apply_operations(&mut self, index: LogIndex, command: &Command) -> Response {
+        let mut data = self.data.clone();
+        let mut outcomes = Vec::new();
+        for (position, operation) in command.operations.iter().enumerate() {
+            let (key, value) = match operation {
+                Operation::Put { key, value } => (key, Some(value)),
+                Operation::Delete { key } => (key, None),
+                Operation::Cas { key, expect, value } => {
+                    let current = data.get(key);
+                    let holds = match expect {
+                        Expect::Absent => current.is_none(),
+                        Expect::Value(expected) => current.is_some_and(|c| c.value == *expected),
+                        Expect::ModRevision(revision) => {
+                            current.is_some_and(|c| c.metadata.mod_revision == *revision)
+                        }
+                    };
+                    if !holds {
+                        return Response::ComparisonFailed {
+                            operation: position,
+                            current: self.data.get(key).cloned(),
+                        };
+                    }
+                    (key, value.as_ref())
+                }
+            };
+            let previous = data.get(key).cloned();
+            let current = value.map(|value| {
+                let metadata = match &previous {
+                    Some(old) => Metadata {
+                        mod_revision: index,
+                        version: old.metadata.version + 1,
+                        ..old.metadata
+                    },
+                    None => Metadata {
+                        create_revision: index,
+                        mod_revision: index,
+                        version: 1,
+                    },
+                };
+                data.insert(
+                    key.clone(),
+                    Versioned {
+                        value: value.clone(),
+                        metadata,
+                    },
+                );
+                metadata
+            });
+            if value.is_none() {
+                data.remove(key);
+            }
+            outcomes.push(WriteOutcome {
+                previous: previous.as_ref().map(|p| p.metadata),
+                current,
+                previous_value: previous
+                    .filter(|_| command.return_previous)
+                    .map(|p| p.value),
+            });
+        }
+        let modified = outcomes
+            .iter()
+            .any(|outcome| outcome.previous.is_some() || outcome.current.is_some());
+        if modified {
+            self.revision = index;
+        }
+        self.data = data;
+        Response::Written {
+            revision: self.revision,
+            outcomes,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_agrees_with_the_reference_model(steps in steps(40)) {
+        let mut store = KvStore::new();
+        let mut model = Model::default();
+        let mut index = 0;
+        for step in &steps {
+            index += step.gap;
+            let id = EntryId::new(Term(1), LogIndex(index));
+            let response = Response::decode(&store.apply(id, &step.payload.bytes())).unwrap();
+            match &step.payload {
+                Payload::Command(command) => {
+                    prop_assert_eq!(&response, &model.apply(LogIndex(index), command));
+                }
+                Payload::Garbage(_) => {
+                    // Random bytes could, rarely, spell a valid command; then the model follows.
+                    if let Ok(command) = Command::decode(&step.payload.bytes()) {
+                        prop_assert_eq!(&response, &model.apply(LogIndex(index), &command));
+                    } else {
+                        let malformed =
+                            matches!(response, Response::Rejected(KvError::Malformed { .. }));
+                        prop_assert!(malformed, "garbage answered with {:?}", response);
+                    }
+                }
+            }
+            prop_assert_eq!(store.revision(), model.revision);
+        }
+        let page = store.scan(&KeyRange::all(), 100);
+        let expected: Vec<_> = model.data.into_iter().collect();
+        prop_assert_eq!(page.entries, expected);
+        store.check_invariants();
+    }
+
+    #[test]
+    fn snapshot_restore_gives_an_equal_store(
+        before in steps(40),
+        unrelated in steps(8),
+        after in steps(20),
+    ) {
+        let mut original = KvStore::new();
+        let (_, index) = run(&mut original, 0, &before);
+        let bytes = original.snapshot();
+
+        // The target holds other state first: restore must replace all of it.
+        let mut restored = KvStore::new();
+        run(&mut restored, 0, &unrelated);
+        restored.restore(&bytes).unwrap();
+        prop_assert_eq!(&restored, &original);
+        prop_assert_eq!(restored.snapshot(), bytes);
+
+        let (original_responses, _) = run(&mut original, index, &after);
+        let (restored_responses, _) = run(&mut restored, index, &after);
+        prop_assert_eq!(original_responses, restored_responses);
+        prop_assert_eq!(&restored, &original);
+        restored.check_invariants();
+    }
+
+    #[test]
+    fn random_command_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let mut store = KvStore::new();
+        let answer = store.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+        let response = Response::decode(&answer).unwrap();
+        if Command::decode(&bytes).is_err() {
+            let malformed = matches!(response, Response::Rejected(KvError::Malformed { .. }));
+            prop_assert!(malformed, "garbage answered with {:?}", response);
+            prop_assert!(store.is_empty());
+        }
+        store.check_invariants();
+    }
+
+    #[test]
+    fn damaged_command_bytes_never_panic(
+        command in command(),
+        position in any::<prop::sample::Index>(),
+        mask in 1u8..,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = keyval::codec::encode(&command).unwrap();
+        let flip = position.index(bytes.len());
+        bytes[flip] ^= mask;
+        let mut store = KvStore::new();
+        let answer = store.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+        prop_assert!(Response::decode(&answer).is_ok());
+        let truncated = &bytes[..cut.index(bytes.len())];
+        let answer = store.apply(EntryId::new(Term(1), LogIndex(2)), truncated);
+        prop_assert!(Response::decode(&answer).is_ok());
+        store.check_invariants();
+    }
+
+    #[test]
+    fn random_snapshot_bytes_are_refused_without_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let mut store = KvStore::new();
+        store.apply(
+            EntryId::new(Term(1), LogIndex(1)),
+            &Command::put(b"k".to_vec(), b"v".to_vec()).encode().unwrap(),
+        );
+        let before = store.clone();
+        prop_assert!(store.restore(&bytes).is_err());
+        prop_assert_eq!(store, before);
+    }
+
+    #[test]
+    fn damaged_snapshots_never_panic(
+        steps in steps(20),
+        position in any::<prop::sample::Index>(),
+        mask in 1u8..,
+    ) {
+        let mut original = KvStore::new();
+        run(&mut original, 0, &steps);
+        let mut bytes = original.snapshot();
+        let flip = position.index(bytes.len());
+        bytes[flip] ^= mask;
+        let mut target = KvStore::new();
+        match target.restore(&bytes) {
+            Ok(()) => target.check_invariants(),
+            Err(_) => prop_assert_eq!(target, KvStore::new()),
+        }
+    }
+}

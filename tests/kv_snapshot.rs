@@ -1,0 +1,253 @@
+//! Snapshots of the key-value state machine: a snapshot restores to an equal store (data,
+//! sessions, revision), and every kind of damage — truncation, flipped bits, trailing bytes,
+//! foreign data, well-framed records that break an invariant — is refused with an error that
+//! leaves the store untouched. Method: hand-built stores and hand-built snapshot records.
+
+use keyval::codec;
+use keyval::kv::{Command, KvStore, Metadata, Response, SnapshotError, Versioned};
+use keyval::{EntryId, LogIndex, StateMachine, Term};
+
+const MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
+
+fn apply(store: &mut KvStore, index: u64, command: &Command) -> Vec<u8> {
+    let bytes = command.encode().expect("test commands are valid");
+    store.apply(EntryId::new(Term(1), LogIndex(index)), &bytes)
+}
+
+/// A store with several keys, a deleted key, and two client sessions.
+fn populated() -> KvStore {
+    let mut store = KvStore::new();
+    apply(&mut store, 1, &Command::put(b"a".to_vec(), b"1".to_vec()));
+    apply(&mut store, 2, &Command::put(b"b".to_vec(), vec![0xAB; 300]));
+    apply(
+        &mut store,
+        4,
+        &Command::put(b"a".to_vec(), b"2".to_vec()).with_session(10, 1),
+    );
+    apply(
+        &mut store,
+        5,
+        &Command::put(b"c".to_vec(), b"3".to_vec()).with_session(11, 1),
+    );
+    apply(&mut store, 6, &Command::delete(b"c".to_vec()));
+    apply(&mut store, 8, &Command::delete(b"zzz".to_vec()));
+    store
+}
+
+/// Restores `bytes` into a copy of `store`, checks a failure left it untouched, and returns the
+/// error.
+fn restore_fails(store: &KvStore, bytes: &[u8]) -> SnapshotError {
+    let mut target = store.clone();
+    let error = target
+        .restore(bytes)
+        .expect_err("damaged snapshot must be refused");
+    assert_eq!(
+        &target, store,
+        "a refused restore leaves the store as it was"
+    );
+    *error
+        .downcast::<SnapshotError>()
+        .expect("restore reports a SnapshotError")
+}
+
+/// A header record with these fields, laid out as the snapshot header is.
+fn header(
+    magic: u32,
+    version: u32,
+    applied: u64,
+    revision: u64,
+    keys: u64,
+    sessions: u64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let fields = (
+        magic,
+        version,
+        LogIndex(applied),
+        LogIndex(revision),
+        keys,
+        sessions,
+    );
+    codec::write_value_record(&fields, &mut out).unwrap();
+    out
+}
+
+fn key_record(key: &[u8], metadata: Metadata, out: &mut Vec<u8>) {
+    let versioned = Versioned {
+        value: b"v".to_vec(),
+        metadata,
+    };
+    codec::write_value_record(&(key.to_vec(), versioned), out).unwrap();
+}
+
+fn session_record(
+    client_id: u64,
+    sequence: u64,
+    response: Vec<u8>,
+    last_used: u64,
+    out: &mut Vec<u8>,
+) {
+    let session = (sequence, response, LogIndex(last_used));
+    codec::write_value_record(&(client_id, session), out).unwrap();
+}
+
+fn metadata(create: u64, modified: u64, version: u64) -> Metadata {
+    Metadata {
+        create_revision: LogIndex(create),
+        mod_revision: LogIndex(modified),
+        version,
+    }
+}
+
+#[test]
+fn round_trip_restores_an_equal_store() {
+    let mut original = populated();
+    let bytes = original.snapshot();
+    let mut restored = KvStore::new();
+    apply(
+        &mut restored,
+        1,
+        &Command::put(b"other".to_vec(), b"x".to_vec()),
+    );
+    restored.restore(&bytes).unwrap();
+    assert_eq!(restored, original);
+    assert_eq!(restored.applied_index(), LogIndex(8));
+    assert_eq!(restored.revision(), LogIndex(6));
+    assert_eq!(restored.snapshot(), bytes, "snapshots are canonical");
+    restored.check_invariants();
+
+    // Sessions came along: a duplicate is answered from the cache on both.
+    let duplicate = Command::put(b"a".to_vec(), b"2".to_vec()).with_session(10, 1);
+    assert_eq!(
+        apply(&mut original, 9, &duplicate),
+        apply(&mut restored, 9, &duplicate)
+    );
+    assert_eq!(restored.get(b"a").unwrap().metadata.version, 2);
+    assert_eq!(restored, original);
+}
+
+#[test]
+fn empty_store_round_trips() {
+    let mut empty = KvStore::new();
+    let mut target = populated();
+    target.restore(&empty.snapshot()).unwrap();
+    assert_eq!(target, KvStore::new());
+}
+
+#[test]
+fn every_truncation_and_extension_is_refused() {
+    let store = populated();
+    let bytes = store.clone().snapshot();
+    for cut in 0..bytes.len() {
+        restore_fails(&store, &bytes[..cut]);
+    }
+    let mut extended = bytes.clone();
+    extended.push(0);
+    assert!(matches!(
+        restore_fails(&store, &extended),
+        SnapshotError::TrailingBytes { extra: 1 }
+    ));
+}
+
+#[test]
+fn every_flipped_bit_is_refused() {
+    let store = populated();
+    let bytes = store.clone().snapshot();
+    for position in 0..bytes.len() {
+        for bit in [0x01, 0x80] {
+            let mut damaged = bytes.clone();
+            damaged[position] ^= bit;
+            restore_fails(&store, &damaged);
+        }
+    }
+}
+
+#[test]
+fn foreign_data_and_unknown_versions_are_refused() {
+    let store = populated();
+    assert!(matches!(
+        restore_fails(&store, &header(0x1234_5678, 1, 0, 0, 0, 0)),
+        SnapshotError::NotASnapshot { found: 0x1234_5678 }
+    ));
+    assert!(matches!(
+        restore_fails(&store, &header(MAGIC, 2, 0, 0, 0, 0)),
+        SnapshotError::UnknownVersion {
+            found: 2,
+            supported: 1
+        }
+    ));
+    assert!(matches!(
+        restore_fails(&store, b"definitely not a snapshot"),
+        SnapshotError::Record { record: 0, .. } | SnapshotError::Truncated { record: 0 }
+    ));
+    // A header announcing more keys than follow.
+    assert!(matches!(
+        restore_fails(&store, &header(MAGIC, 1, 5, 5, u64::MAX, 0)),
+        SnapshotError::Truncated { record: 1 }
+    ));
+    // A minimal valid snapshot, to show the hand-built records match the real layout.
+    let mut target = store.clone();
+    target.restore(&header(MAGIC, 1, 5, 0, 0, 0)).unwrap();
+    assert_eq!(target.applied_index(), LogIndex(5));
+    assert!(target.is_empty());
+}
+
+#[test]
+fn well_framed_records_that_break_invariants_are_refused() {
+    let store = populated();
+    let invalid = |bytes: Vec<u8>| match restore_fails(&store, &bytes) {
+        SnapshotError::Invalid { reason, .. } => reason,
+        other => panic!("expected Invalid, got {other}"),
+    };
+    invalid(header(MAGIC, 1, 5, 6, 0, 0));
+
+    let mut keys_out_of_order = header(MAGIC, 1, 9, 9, 2, 0);
+    key_record(b"b", metadata(1, 1, 1), &mut keys_out_of_order);
+    key_record(b"a", metadata(1, 1, 1), &mut keys_out_of_order);
+    assert!(invalid(keys_out_of_order).contains("order"));
+
+    let mut revision_ahead = header(MAGIC, 1, 9, 5, 1, 0);
+    key_record(b"a", metadata(1, 6, 2), &mut revision_ahead);
+    invalid(revision_ahead);
+
+    let mut version_zero = header(MAGIC, 1, 9, 9, 1, 0);
+    key_record(b"a", metadata(1, 1, 0), &mut version_zero);
+    invalid(version_zero);
+
+    let mut empty_key = header(MAGIC, 1, 9, 9, 1, 0);
+    key_record(b"", metadata(1, 1, 1), &mut empty_key);
+    invalid(empty_key);
+
+    let response = Response::Written {
+        revision: LogIndex(1),
+        outcomes: Vec::new(),
+    }
+    .encode();
+    let mut good_session = header(MAGIC, 1, 9, 0, 0, 1);
+    session_record(3, 1, response.clone(), 4, &mut good_session);
+    let mut target = store.clone();
+    target.restore(&good_session).unwrap();
+    assert_eq!(target.session_sequence(3), Some(1));
+
+    let mut sequence_zero = header(MAGIC, 1, 9, 0, 0, 1);
+    session_record(3, 0, response.clone(), 4, &mut sequence_zero);
+    invalid(sequence_zero);
+
+    let mut used_in_future = header(MAGIC, 1, 9, 0, 0, 1);
+    session_record(3, 1, response.clone(), 10, &mut used_in_future);
+    invalid(used_in_future);
+
+    let mut same_last_use = header(MAGIC, 1, 9, 0, 0, 2);
+    session_record(3, 1, response.clone(), 4, &mut same_last_use);
+    session_record(4, 1, response.clone(), 4, &mut same_last_use);
+    invalid(same_last_use);
+
+    let mut clients_out_of_order = header(MAGIC, 1, 9, 0, 0, 2);
+    session_record(4, 1, response.clone(), 4, &mut clients_out_of_order);
+    session_record(3, 1, response, 5, &mut clients_out_of_order);
+    invalid(clients_out_of_order);
+
+    let mut garbage_response = header(MAGIC, 1, 9, 0, 0, 1);
+    session_record(3, 1, vec![0xFF; 5], 4, &mut garbage_response);
+    invalid(garbage_response);
+}
