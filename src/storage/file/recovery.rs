@@ -266,7 +266,13 @@ impl Recovery<'_> {
             }
             dir_changed = true;
         }
-        if dir_changed {
+        // What we recovered may be bytes an earlier process wrote but never synced (it exited
+        // or was killed; the page cache still has them). The caller will treat the recovered
+        // log as durable, so make it so.
+        for segment in &segments {
+            self.sync_file(&segment.path)?;
+        }
+        if dir_changed || !segments.is_empty() {
             self.sync_dir(wal_dir)?;
         }
         Ok((segments, cache))
