@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use keyval::storage::file::format::encode_segment_header;
 use keyval::storage::file::{FileOptions, FileStorage, FsyncPolicy};
 use keyval::storage::Storage;
 use keyval::types::SnapshotMeta;
@@ -270,4 +271,28 @@ fn fsync_never_still_round_trips_without_a_crash() {
     }
     let mut storage = FileStorage::open(dir.path(), options).unwrap();
     assert_eq!(all_entries(&mut storage), entries(1, 1..=100));
+}
+
+#[test]
+fn a_segment_holding_only_its_header_is_removed_and_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = open(dir.path());
+        storage.append(&entries(1, 1..=20)).unwrap();
+        storage.sync().unwrap();
+    }
+    // A crash right after a roll leaves the next segment with its header only.
+    let orphan = dir.path().join("wal").join(format!("{:020}.seg", 21));
+    std::fs::write(&orphan, encode_segment_header(LogIndex(21))).unwrap();
+    let mut storage = open(dir.path());
+    assert_eq!(
+        storage.recovery_report().removed_files,
+        vec![orphan.clone()]
+    );
+    assert_eq!(all_entries(&mut storage), entries(1, 1..=20));
+    storage.append(&entries(1, 21..=400)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let mut storage = open(dir.path());
+    assert_eq!(all_entries(&mut storage), entries(1, 1..=400));
 }

@@ -501,8 +501,14 @@ impl Storage for FileStorage {
                     self.unsynced_segments.remove(&path);
                 }
                 let path = self.wal_dir.join(format::segment_file_name(entry.index()));
-                self.segments.push(Segment::new(path, entry.index()));
-                pending.extend_from_slice(&format::encode_segment_header(entry.index()));
+                // Created (or emptied) with its header, so no stale bytes can precede it.
+                let header = format::encode_segment_header(entry.index());
+                self.mutate("create", &path, |file_system| {
+                    file_system.write_new(&path, &header)
+                })?;
+                self.segments
+                    .push(Segment::new(path.clone(), entry.index()));
+                self.unsynced_segments.insert(path);
                 self.wal_dir_unsynced = true;
             }
             pending.extend_from_slice(&record);

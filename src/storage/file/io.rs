@@ -64,11 +64,23 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn try_lock(&self, path: &Path) -> io::Result<Option<DirectoryLock>>;
 }
 
+/// At most this many files are kept open by [`RealFileSystem`]; beyond it, clean (synced)
+/// handles are closed. A handle with unsynced writes stays open until its sync, so that a
+/// write-back error is reported to the fsync that must see it.
+pub const OPEN_FILES_MAX: usize = 32;
+
+/// An open file and whether it has writes not yet synced through it.
+#[derive(Debug)]
+struct OpenFile {
+    file: File,
+    dirty: bool,
+}
+
 /// The operating system's file system.
 #[derive(Debug, Default)]
 pub struct RealFileSystem {
-    /// Files opened for writing, by path. Guards only the map; held for one call.
-    open_files: Mutex<HashMap<PathBuf, File>>,
+    /// Files kept open, by path. Guards only the map; held for one call.
+    open_files: Mutex<HashMap<PathBuf, OpenFile>>,
 }
 
 impl RealFileSystem {
@@ -78,25 +90,35 @@ impl RealFileSystem {
     }
 
     /// Runs `operation` on the cached handle of `path`, opening it (read + append, created if
-    /// missing) on first use.
+    /// missing) on first use. `writes` marks the handle dirty; a sync marks it clean.
     fn with_file<T>(
         &self,
         path: &Path,
+        writes: Option<bool>,
         operation: impl FnOnce(&mut File) -> io::Result<T>,
     ) -> io::Result<T> {
         let mut open_files = self.open_files.lock();
         if !open_files.contains_key(path) {
+            if open_files.len() >= OPEN_FILES_MAX {
+                open_files.retain(|_, open| open.dirty);
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .append(true)
                 .create(true)
                 .open(path)?;
-            open_files.insert(path.to_path_buf(), file);
+            open_files.insert(path.to_path_buf(), OpenFile { file, dirty: false });
         }
-        match open_files.get_mut(path) {
-            Some(file) => operation(file),
-            None => Err(io::Error::other("file handle vanished from the cache")),
+        let Some(open) = open_files.get_mut(path) else {
+            return Err(io::Error::other("file handle vanished from the cache"));
+        };
+        let outcome = operation(&mut open.file);
+        match writes {
+            Some(dirty) if outcome.is_ok() => open.dirty = dirty,
+            Some(_) => open.dirty = true,
+            None => {}
         }
+        outcome
     }
 
     fn forget(&self, path: &Path) {
@@ -128,7 +150,7 @@ impl FileSystem for RealFileSystem {
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.with_file(path, |file| {
+        self.with_file(path, None, |file| {
             let mut bytes = vec![0u8; len];
             file.read_exact_at(&mut bytes, offset)?;
             Ok(bytes)
@@ -136,7 +158,7 @@ impl FileSystem for RealFileSystem {
     }
 
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.with_file(path, |file| file.write_all(bytes))
+        self.with_file(path, Some(true), |file| file.write_all(bytes))
     }
 
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -146,11 +168,11 @@ impl FileSystem for RealFileSystem {
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.with_file(path, |file| file.set_len(len))
+        self.with_file(path, Some(true), |file| file.set_len(len))
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
-        self.with_file(path, |file| file.sync_data())
+        self.with_file(path, Some(false), |file| file.sync_data())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

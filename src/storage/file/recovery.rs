@@ -202,6 +202,12 @@ impl Recovery<'_> {
                 }
                 if !scan.segment.offsets.is_empty() {
                     segments.push(scan.segment);
+                } else if scan.damage.is_none() {
+                    // A header and nothing else: a crash right after a roll. Remove it so
+                    // that the next roll creates the file afresh.
+                    self.remove(path)?;
+                    dir_changed = true;
+                    continue;
                 }
             }
             let Some(damage) = damage else {
