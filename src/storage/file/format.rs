@@ -262,3 +262,90 @@ pub fn decode_snapshot(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u
     };
     Ok((meta, data.to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::NodeId;
+
+    fn path() -> &'static Path {
+        Path::new("/test/file")
+    }
+
+    #[test]
+    fn file_names_round_trip_and_others_are_ignored() {
+        let name = segment_file_name(LogIndex(42));
+        assert_eq!(name, "00000000000000000042.seg");
+        assert_eq!(parse_segment_file_name(&name), Some(LogIndex(42)));
+        for other in [
+            "42.seg",
+            "0000000000000000004x.seg",
+            "00000000000000000042.tmp",
+        ] {
+            assert_eq!(parse_segment_file_name(other), None, "{other}");
+        }
+        let id = EntryId::new(Term(3), LogIndex(17));
+        assert_eq!(parse_snapshot_file_name(&snapshot_file_name(id)), Some(id));
+        assert_eq!(parse_snapshot_file_name("3-17.snap.tmp"), None);
+    }
+
+    #[test]
+    fn state_round_trip_and_damage() {
+        let record = StateRecord {
+            hard_state: HardState {
+                term: Term(5),
+                vote: Some(NodeId(2)),
+            },
+            compacted_through: LogIndex(99),
+        };
+        let bytes = encode_state(&record).unwrap();
+        assert_eq!(decode_state(path(), &bytes).unwrap(), record);
+        for cut in 0..bytes.len() {
+            assert!(decode_state(path(), &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[14] ^= 4;
+        assert!(matches!(
+            decode_state(path(), &flipped),
+            Err(StorageError::Corrupt { offset: 12, .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_damage() {
+        let meta = SnapshotMeta {
+            last: EntryId::new(Term(2), LogIndex(10)),
+            membership: Membership::new([NodeId(1), NodeId(2)]),
+        };
+        let bytes = encode_snapshot(&meta, b"state machine").unwrap();
+        let (decoded, data) = decode_snapshot(path(), &bytes).unwrap();
+        assert_eq!((decoded, data.as_slice()), (meta, &b"state machine"[..]));
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_snapshot(path(), &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        for offset in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[offset] ^= 0x20;
+            assert!(
+                decode_snapshot(path(), &flipped).is_err(),
+                "flip at {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_snapshot_lengths_are_refused_before_allocating() {
+        let meta = SnapshotMeta::default();
+        let mut bytes = encode_snapshot(&meta, b"x").unwrap();
+        bytes[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..44]);
+        bytes[44..48].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_snapshot(path(), &bytes),
+            Err(StorageError::Corrupt { offset: 32, .. })
+        ));
+    }
+}

@@ -190,3 +190,77 @@ pub fn scan_segment(
     debug_assert_eq!(scan.entries.len(), scan.segment.offsets.len());
     Ok(scan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::file::format::encode_segment_header;
+    use crate::types::{EntryId, EntryPayload, Term};
+
+    fn segment_bytes(first: u64, count: u64) -> Vec<u8> {
+        let mut bytes = encode_segment_header(LogIndex(first));
+        for index in first..first + count {
+            let entry = Entry {
+                id: EntryId::new(Term(1), LogIndex(index)),
+                payload: EntryPayload::Command(vec![7; 10]),
+            };
+            codec::write_value_record(&entry, &mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    fn scan(bytes: &[u8], is_last: bool) -> SegmentScan {
+        scan_segment(Path::new("/wal/seg"), bytes, LogIndex(5), is_last).unwrap()
+    }
+
+    #[test]
+    fn a_whole_segment_scans_clean() {
+        let bytes = segment_bytes(5, 4);
+        let scanned = scan(&bytes, true);
+        assert_eq!(scanned.damage, None);
+        assert_eq!(scanned.entries.len(), 4);
+        assert_eq!(scanned.segment.last_index(), LogIndex(8));
+        assert_eq!(scanned.segment.end, bytes.len() as u64);
+    }
+
+    #[test]
+    fn every_cut_of_the_last_segment_is_a_torn_tail_and_of_others_is_damage() {
+        let bytes = segment_bytes(5, 3);
+        for cut in 0..bytes.len() {
+            let last = scan(&bytes[..cut], true);
+            let earlier = scan(&bytes[..cut], false);
+            if let Some(damage) = &last.damage {
+                assert!(damage.torn, "cut at {cut}: {damage:?}");
+                assert_eq!(damage.offset, last.segment.end);
+                assert!(!earlier.damage.unwrap().torn);
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_a_torn_tail() {
+        let mut bytes = segment_bytes(5, 2);
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 100]);
+        let damage = scan(&bytes, true).damage.unwrap();
+        assert!(damage.torn);
+        assert_eq!(damage.offset, end);
+    }
+
+    #[test]
+    fn damage_followed_by_an_intact_record_is_not_torn() {
+        let mut bytes = segment_bytes(5, 3);
+        let second_record = SEGMENT_HEADER_BYTES + (bytes.len() - SEGMENT_HEADER_BYTES) / 3;
+        bytes[second_record + 10] ^= 1;
+        let damage = scan(&bytes, true).damage.unwrap();
+        assert!(!damage.torn);
+        assert_eq!(damage.offset, second_record as u64);
+    }
+
+    #[test]
+    fn a_header_naming_another_index_is_damage() {
+        let bytes = segment_bytes(6, 1);
+        let damage = scan(&bytes, true).damage.unwrap();
+        assert!(!damage.torn && damage.offset == 0, "{damage:?}");
+    }
+}
