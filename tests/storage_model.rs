@@ -195,3 +195,79 @@ proptest! {
         run(operations)?;
     }
 }
+
+/// An operation for the differential test, with positions relative to the log's end so that
+/// both valid and invalid requests come up.
+#[derive(Clone, Debug)]
+enum Request {
+    Append { start_back: u64, count: u64 },
+    Entries { from_back: u64, to_back: u64 },
+    Compact { back: u64 },
+    Sync,
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        4 => (0..8u64, 0..6u64).prop_map(|(start_back, count)| Request::Append { start_back, count }),
+        3 => (0..12u64, 0..12u64).prop_map(|(from_back, to_back)| Request::Entries { from_back, to_back }),
+        1 => (0..15u64).prop_map(|back| Request::Compact { back }),
+        1 => Just(Request::Sync),
+    ]
+}
+
+/// The same outcome: equal values, or errors of the same kind.
+fn same_outcome<T: PartialEq + std::fmt::Debug>(
+    file: Result<T, keyval::StorageError>,
+    memory: Result<T, keyval::StorageError>,
+) -> Result<(), TestCaseError> {
+    match (file, memory) {
+        (Ok(file), Ok(memory)) => prop_assert_eq!(file, memory),
+        (Err(file), Err(memory)) => prop_assert_eq!(
+            std::mem::discriminant(&file),
+            std::mem::discriminant(&memory),
+            "file: {}, memory: {}",
+            file,
+            memory
+        ),
+        (file, memory) => prop_assert!(false, "file: {:?}, memory: {:?}", file, memory),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The file storage answers every request, valid or not, exactly as the in-memory twin.
+    #[test]
+    fn file_storage_agrees_with_mem_storage(requests in proptest::collection::vec(request(), 1..60)) {
+        let disk = FaultyFileSystem::new();
+        let mut file = open(&disk);
+        let mut memory = keyval::storage::mem::MemStorage::new();
+        for (step, request) in requests.into_iter().enumerate() {
+            let last = file.last_index().0;
+            match request {
+                Request::Append { start_back, count } => {
+                    let start = (last + 2).saturating_sub(start_back);
+                    let batch: Vec<Entry> = (start..start + count)
+                        .map(|index| Entry {
+                            id: EntryId::new(Term(step as u64), LogIndex(index)),
+                            payload: EntryPayload::Noop,
+                        })
+                        .collect();
+                    same_outcome(file.append(&batch), memory.append(&batch))?;
+                }
+                Request::Entries { from_back, to_back } => {
+                    let from = LogIndex((last + 2).saturating_sub(from_back));
+                    let to = LogIndex((last + 2).saturating_sub(to_back));
+                    same_outcome(file.entries(from, to), memory.entries(from, to))?;
+                }
+                Request::Compact { back } => {
+                    let through = LogIndex((last + 3).saturating_sub(back));
+                    same_outcome(file.compact(through), memory.compact(through))?;
+                }
+                Request::Sync => same_outcome(file.sync(), memory.sync())?,
+            }
+            same_outcome(file.recover(), memory.recover())?;
+        }
+    }
+}
