@@ -36,7 +36,7 @@ fn options() -> FileOptions {
 }
 
 fn open(disk: &FaultyFileSystem, options: FileOptions) -> Result<FileStorage, StorageError> {
-    FileStorage::open_with_file_system(DIR, options, Arc::new(disk.clone()))
+    FileStorage::open_with_file_system(DIR, options, Arc::new(disk.current()))
 }
 
 fn reopen_after_crash(disk: &FaultyFileSystem, storage: FileStorage) -> FileStorage {
@@ -309,4 +309,26 @@ fn damage_at_the_end_of_an_earlier_segment_is_not_a_torn_tail() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+#[test]
+fn an_instance_from_before_a_crash_cannot_write() {
+    let disk = FaultyFileSystem::new();
+    let mut old = open(&disk, options()).unwrap();
+    old.append(&entries(1..=5)).unwrap();
+    old.sync().unwrap();
+    disk.crash();
+    let mut new = open(&disk, options()).unwrap();
+    // The crashed node's storage is still around for a moment: its writes go nowhere.
+    assert_poisoned(old.append(&entries(6..=9)));
+    assert_poisoned(old.sync());
+    drop(old); // and dropping it does not release the successor's lock
+    assert!(matches!(
+        open(&disk, options()),
+        Err(StorageError::Locked { .. })
+    ));
+    assert_eq!(log(&mut new), entries(1..=5));
+    new.append(&entries(6..=7)).unwrap();
+    let mut new = reopen_after_crash(&disk, new);
+    assert_eq!(log(&mut new), entries(1..=5));
 }

@@ -67,7 +67,7 @@ fn options() -> FileOptions {
 }
 
 fn open(disk: &FaultyFileSystem) -> FileStorage {
-    FileStorage::open_with_file_system("/node", options(), Arc::new(disk.clone())).expect("open")
+    FileStorage::open_with_file_system("/node", options(), Arc::new(disk.current())).expect("open")
 }
 
 fn read_log(storage: &mut FileStorage) -> Log {

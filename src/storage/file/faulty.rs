@@ -9,6 +9,11 @@
 //! Faults, each armed for the next matching call: a failed write, a failed sync, and a torn
 //! write (a prefix of the write reaches the disk, then the power goes out: every call fails
 //! until [`crash`](FaultyFileSystem::crash)).
+//!
+//! Like [`MemDisk`](crate::storage::mem::MemDisk), a crash fences off the instances that ran
+//! before it: a handle from before the crash fails every file operation afterwards (so a
+//! crashed node's threads, still running for a moment, cannot write to the disk of its
+//! successor). Open the successor on [`FaultyFileSystem::current`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -26,6 +31,18 @@ struct Inode {
     current: Vec<u8>,
     /// What survives a crash.
     durable: Vec<u8>,
+    /// Invariant: `current[..same_prefix] == durable[..same_prefix]`, so a sync copies only
+    /// the bytes after it.
+    same_prefix: usize,
+}
+
+impl Inode {
+    fn sync(&mut self) {
+        self.durable.truncate(self.same_prefix);
+        self.durable
+            .extend_from_slice(&self.current[self.same_prefix..]);
+        self.same_prefix = self.current.len();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +60,8 @@ struct DiskState {
     tear_next_write_at: Option<usize>,
     /// Set by a torn write: the machine is off until `crash`.
     powered_off: bool,
+    /// Bumped by every crash; handles of an older generation are dead.
+    generation: u64,
     writes: u64,
     syncs: u64,
 }
@@ -55,9 +74,13 @@ fn not_found(path: &Path) -> io::Error {
 }
 
 impl DiskState {
-    fn check_power(&self) -> io::Result<()> {
+    /// Refuses calls while the power is off, and calls from before the last crash.
+    fn check_power(&self, generation: u64) -> io::Result<()> {
         if self.powered_off {
             return Err(io::Error::other("injected: the power is off"));
+        }
+        if generation != self.generation {
+            return Err(io::Error::other("this instance was crashed"));
         }
         Ok(())
     }
@@ -80,31 +103,41 @@ impl DiskState {
         self.inode(path)
     }
 
-    /// Applies the armed write faults to a write of `bytes` that would grow `inode` from `base`.
-    fn write(&mut self, path: &Path, base: Vec<u8>, bytes: &[u8]) -> io::Result<()> {
-        self.check_power()?;
+    /// Writes `bytes` at the end of `path` (emptied first when `replace`), applying the armed
+    /// write faults.
+    fn write(
+        &mut self,
+        generation: u64,
+        path: &Path,
+        replace: bool,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        self.check_power(generation)?;
         if std::mem::take(&mut self.fail_next_write) {
             return Err(io::Error::other("injected write failure"));
         }
         self.writes += 1;
-        if let Some(at) = self.tear_next_write_at.take() {
-            let inode = self.create(path)?;
-            let mut torn = base;
-            torn.extend_from_slice(&bytes[..at.min(bytes.len())]);
-            inode.current = torn.clone();
-            inode.durable = torn;
-            // The file's name reaches the disk with it, as a journaled create would.
-            if let Some(&id) = self.names.get(path) {
-                self.durable_names.insert(path.to_path_buf(), id);
-            }
-            self.powered_off = true;
-            return Err(io::Error::other("injected torn write: the power went out"));
-        }
+        let torn_at = self.tear_next_write_at.take();
         let inode = self.create(path)?;
-        let mut grown = base;
-        grown.extend_from_slice(bytes);
-        inode.current = grown;
-        Ok(())
+        if replace {
+            inode.current.clear();
+            inode.same_prefix = 0;
+        }
+        let Some(at) = torn_at else {
+            inode.current.extend_from_slice(bytes);
+            return Ok(());
+        };
+        // The power goes out mid-write: the file up to the tear reaches the disk.
+        inode
+            .current
+            .extend_from_slice(&bytes[..at.min(bytes.len())]);
+        inode.sync();
+        // The file's name reaches the disk with it, as a journaled create would.
+        if let Some(&id) = self.names.get(path) {
+            self.durable_names.insert(path.to_path_buf(), id);
+        }
+        self.powered_off = true;
+        Err(io::Error::other("injected torn write: the power went out"))
     }
 }
 
@@ -113,12 +146,23 @@ impl DiskState {
 #[derive(Clone, Debug, Default)]
 pub struct FaultyFileSystem {
     state: Arc<Mutex<DiskState>>,
+    /// The crash generation this handle belongs to.
+    generation: u64,
 }
 
 impl FaultyFileSystem {
     /// An empty disk.
     pub fn new() -> FaultyFileSystem {
         FaultyFileSystem::default()
+    }
+
+    /// A handle on the same disk that is alive now (after the latest crash). Fault controls
+    /// work through any handle; file operations only through a live one.
+    pub fn current(&self) -> FaultyFileSystem {
+        FaultyFileSystem {
+            state: Arc::clone(&self.state),
+            generation: self.state.lock().generation,
+        }
     }
 
     /// The next write or append fails and changes nothing.
@@ -139,14 +183,16 @@ impl FaultyFileSystem {
     }
 
     /// A power cut and reboot: every name and byte not made durable is lost, locks are
-    /// released, armed faults are disarmed.
+    /// released, armed faults are disarmed, and every handle from before is dead.
     pub fn crash(&self) {
         let mut state = self.state.lock();
+        state.generation += 1;
         state.names = state.durable_names.clone();
         let live: BTreeSet<u64> = state.names.values().copied().collect();
         state.inodes.retain(|id, _| live.contains(id));
         for inode in state.inodes.values_mut() {
             inode.current = inode.durable.clone();
+            inode.same_prefix = inode.current.len();
         }
         state.locked.clear();
         state.fail_next_write = false;
@@ -192,18 +238,23 @@ impl FaultyFileSystem {
 struct FaultyLock {
     state: Arc<Mutex<DiskState>>,
     path: PathBuf,
+    generation: u64,
 }
 
 impl Drop for FaultyLock {
     fn drop(&mut self) {
-        self.state.lock().locked.remove(&self.path);
+        let mut state = self.state.lock();
+        // A crash released this lock already; the path may be locked by a successor now.
+        if state.generation == self.generation {
+            state.locked.remove(&self.path);
+        }
     }
 }
 
 impl FileSystem for FaultyFileSystem {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         for ancestor in dir.ancestors() {
             state.directories.insert(ancestor.to_path_buf());
         }
@@ -212,7 +263,7 @@ impl FileSystem for FaultyFileSystem {
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         if !state.directories.contains(dir) {
             return Err(not_found(dir));
         }
@@ -226,13 +277,13 @@ impl FileSystem for FaultyFileSystem {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         Ok(state.inode(path)?.current.clone())
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         let current = &state.inode(path)?.current;
         let start = offset as usize;
         match start.checked_add(len) {
@@ -245,41 +296,36 @@ impl FileSystem for FaultyFileSystem {
     }
 
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.state.lock();
-        let base = state
-            .inode(path)
-            .map(|inode| inode.current.clone())
-            .unwrap_or_default();
-        state.write(path, base, bytes)
+        self.state.lock().write(self.generation, path, false, bytes)
     }
 
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.state.lock().write(path, Vec::new(), bytes)
+        self.state.lock().write(self.generation, path, true, bytes)
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         let inode = state.inode(path)?;
         inode.current.truncate(len as usize);
+        inode.same_prefix = inode.same_prefix.min(inode.current.len());
         Ok(())
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         if std::mem::take(&mut state.fail_next_sync) {
             return Err(io::Error::other("injected fsync failure"));
         }
         state.syncs += 1;
-        let inode = state.inode(path)?;
-        inode.durable = inode.current.clone();
+        state.inode(path)?.sync();
         Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         if std::mem::take(&mut state.fail_next_sync) {
             return Err(io::Error::other("injected directory fsync failure"));
         }
@@ -298,7 +344,7 @@ impl FileSystem for FaultyFileSystem {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         let id = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_path_buf(), id);
         Ok(())
@@ -306,20 +352,21 @@ impl FileSystem for FaultyFileSystem {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         state.names.remove(path).ok_or_else(|| not_found(path))?;
         Ok(())
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<DirectoryLock>> {
         let mut state = self.state.lock();
-        state.check_power()?;
+        state.check_power(self.generation)?;
         if !state.locked.insert(path.to_path_buf()) {
             return Ok(None);
         }
         Ok(Some(DirectoryLock::new(Box::new(FaultyLock {
             state: Arc::clone(&self.state),
             path: path.to_path_buf(),
+            generation: self.generation,
         }))))
     }
 }

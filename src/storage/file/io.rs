@@ -89,11 +89,13 @@ impl RealFileSystem {
         RealFileSystem::default()
     }
 
-    /// Runs `operation` on the cached handle of `path`, opening it (read + append, created if
-    /// missing) on first use. `writes` marks the handle dirty; a sync marks it clean.
+    /// Runs `operation` on the cached handle of `path`, opening it (read + append; created if
+    /// missing only when `create`) on first use. `writes` says whether the operation leaves
+    /// the handle dirty (a write) or clean (a sync); `None` for reads.
     fn with_file<T>(
         &self,
         path: &Path,
+        create: bool,
         writes: Option<bool>,
         operation: impl FnOnce(&mut File) -> io::Result<T>,
     ) -> io::Result<T> {
@@ -105,7 +107,7 @@ impl RealFileSystem {
             let file = OpenOptions::new()
                 .read(true)
                 .append(true)
-                .create(true)
+                .create(create)
                 .open(path)?;
             open_files.insert(path.to_path_buf(), OpenFile { file, dirty: false });
         }
@@ -150,7 +152,7 @@ impl FileSystem for RealFileSystem {
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.with_file(path, None, |file| {
+        self.with_file(path, false, None, |file| {
             let mut bytes = vec![0u8; len];
             file.read_exact_at(&mut bytes, offset)?;
             Ok(bytes)
@@ -158,7 +160,7 @@ impl FileSystem for RealFileSystem {
     }
 
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.with_file(path, Some(true), |file| file.write_all(bytes))
+        self.with_file(path, true, Some(true), |file| file.write_all(bytes))
     }
 
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -168,11 +170,11 @@ impl FileSystem for RealFileSystem {
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.with_file(path, Some(true), |file| file.set_len(len))
+        self.with_file(path, false, Some(true), |file| file.set_len(len))
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
-        self.with_file(path, Some(false), |file| file.sync_data())
+        self.with_file(path, false, Some(false), |file| file.sync_data())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
