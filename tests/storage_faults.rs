@@ -332,3 +332,101 @@ fn an_instance_from_before_a_crash_cannot_write() {
     let mut new = reopen_after_crash(&disk, new);
     assert_eq!(log(&mut new), entries(1..=5));
 }
+
+/// Crashes at every step of `operation` in turn (the power goes out instead of the n-th
+/// file mutation), reopens, and hands the reopened storage to `check`. Returns the number of
+/// steps the operation took.
+fn crash_at_every_step(
+    prepare: impl Fn(&mut FileStorage),
+    operation: impl Fn(&mut FileStorage) -> Result<(), StorageError>,
+    check: impl Fn(u64, &mut FileStorage),
+) -> u64 {
+    for step in 0.. {
+        let disk = FaultyFileSystem::new();
+        let mut storage = open(&disk, options()).unwrap();
+        prepare(&mut storage);
+        disk.cut_power_after(step);
+        let finished = operation(&mut storage).is_ok();
+        drop(storage);
+        disk.crash();
+        let mut storage = open(&disk, options())
+            .unwrap_or_else(|error| panic!("reopen after a crash at step {step}: {error}"));
+        check(step, &mut storage);
+        if finished {
+            return step;
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_conflict_leaves_a_recoverable_prefix() {
+    let old = entries(1..=60);
+    let replacement: Vec<Entry> = (20..=25).map(|index| entry(2, index, 20)).collect();
+    let mut new = old[..19].to_vec();
+    new.extend(replacement.iter().cloned());
+    let steps = crash_at_every_step(
+        |storage| {
+            storage.append(&old).unwrap();
+            storage.sync().unwrap();
+        },
+        |storage| {
+            storage.append(&replacement)?;
+            storage.sync()
+        },
+        |step, storage| {
+            let recovered = log(storage);
+            assert!(
+                recovered.len() >= 19
+                    && (old.starts_with(&recovered) || new.starts_with(&recovered)),
+                "crash at step {step}: {} entries, not a prefix of the old or the new log",
+                recovered.len()
+            );
+        },
+    );
+    assert!(steps >= 4, "the conflict took only {steps} file mutations");
+}
+
+#[test]
+fn a_crash_at_any_step_of_compaction_snapshot_and_hard_state_is_recoverable() {
+    let hard_state = HardState {
+        term: Term(4),
+        vote: Some(NodeId(1)),
+    };
+    let meta = keyval::types::SnapshotMeta {
+        last: EntryId::new(Term(1), LogIndex(30)),
+        membership: keyval::Membership::new([NodeId(1)]),
+    };
+    crash_at_every_step(
+        |storage| {
+            storage.append(&entries(1..=60)).unwrap();
+            storage.sync().unwrap();
+        },
+        |storage| {
+            storage.save_snapshot(&meta, b"snapshot")?;
+            storage.compact(LogIndex(30))?;
+            storage.save_hard_state(hard_state)?;
+            storage.sync()
+        },
+        |step, storage| {
+            let recovered = storage.recover().unwrap();
+            let first = storage.first_index().0;
+            assert!(
+                first == 1 || first == 31,
+                "step {step}: log starts at {first}"
+            );
+            assert_eq!(recovered.entries, entries(first..=60), "step {step}");
+            if first == 31 {
+                assert_eq!(recovered.snapshot.as_ref(), Some(&meta), "step {step}");
+            }
+            if let Some(snapshot) = recovered.snapshot {
+                let (loaded, data) = storage.load_snapshot().unwrap().unwrap();
+                assert_eq!((loaded, data), (snapshot, b"snapshot".to_vec()));
+            }
+            assert!(
+                recovered.hard_state == hard_state || recovered.hard_state == HardState::default(),
+                "step {step}"
+            );
+        },
+    );
+}

@@ -308,12 +308,19 @@ impl FileStorage {
         } else {
             slot
         };
+        // Later segments go first, durably: were the cut durable and a removal not, a crash
+        // would leave a gap between the cut segment and a resurrected later one.
         let removed: Vec<Segment> = self.segments.drain(keep..).collect();
         for segment in &removed {
             self.unsynced_segments.remove(&segment.path);
             self.mutate("remove", &segment.path, |file_system| {
                 file_system.remove_file(&segment.path)
             })?;
+        }
+        if !removed.is_empty() {
+            let wal_dir = self.wal_dir.clone();
+            self.sync_dir(&wal_dir)?;
+            self.wal_dir_unsynced = false;
         }
         if keep > slot {
             let segment = &mut self.segments[slot];
@@ -324,11 +331,6 @@ impl FileStorage {
             })?;
             self.sync_file(&path)?;
             self.unsynced_segments.remove(&path);
-        }
-        if !removed.is_empty() {
-            let wal_dir = self.wal_dir.clone();
-            self.sync_dir(&wal_dir)?;
-            self.wal_dir_unsynced = false;
         }
         while self
             .cache

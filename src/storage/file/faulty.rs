@@ -62,6 +62,8 @@ struct DiskState {
     powered_off: bool,
     /// Bumped by every crash; handles of an older generation are dead.
     generation: u64,
+    /// The power goes out instead of the mutation after this many more.
+    power_cut_after: Option<u64>,
     writes: u64,
     syncs: u64,
 }
@@ -83,6 +85,22 @@ impl DiskState {
             return Err(io::Error::other("this instance was crashed"));
         }
         Ok(())
+    }
+
+    /// Counts one mutation (write, truncate, sync, rename, remove) down to an armed power cut.
+    fn count_mutation(&mut self) -> io::Result<()> {
+        match self.power_cut_after {
+            Some(0) => {
+                self.power_cut_after = None;
+                self.powered_off = true;
+                Err(io::Error::other("injected: the power went out"))
+            }
+            Some(remaining) => {
+                self.power_cut_after = Some(remaining - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn inode(&mut self, path: &Path) -> io::Result<&mut Inode> {
@@ -113,6 +131,7 @@ impl DiskState {
         bytes: &[u8],
     ) -> io::Result<()> {
         self.check_power(generation)?;
+        self.count_mutation()?;
         if std::mem::take(&mut self.fail_next_write) {
             return Err(io::Error::other("injected write failure"));
         }
@@ -182,6 +201,13 @@ impl FaultyFileSystem {
         self.state.lock().tear_next_write_at = Some(at_byte);
     }
 
+    /// The power goes out instead of the mutation (write, truncate, sync, rename, removal)
+    /// that follows `mutations` more successful ones: a crash at an exact step. Every call
+    /// then fails until [`crash`](FaultyFileSystem::crash).
+    pub fn cut_power_after(&self, mutations: u64) {
+        self.state.lock().power_cut_after = Some(mutations);
+    }
+
     /// A power cut and reboot: every name and byte not made durable is lost, locks are
     /// released, armed faults are disarmed, and every handle from before is dead.
     pub fn crash(&self) {
@@ -198,6 +224,7 @@ impl FaultyFileSystem {
         state.fail_next_write = false;
         state.fail_next_sync = false;
         state.tear_next_write_at = None;
+        state.power_cut_after = None;
         state.powered_off = false;
     }
 
@@ -306,6 +333,7 @@ impl FileSystem for FaultyFileSystem {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut state = self.state.lock();
         state.check_power(self.generation)?;
+        state.count_mutation()?;
         let inode = state.inode(path)?;
         inode.current.truncate(len as usize);
         inode.same_prefix = inode.same_prefix.min(inode.current.len());
@@ -315,6 +343,7 @@ impl FileSystem for FaultyFileSystem {
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
         state.check_power(self.generation)?;
+        state.count_mutation()?;
         if std::mem::take(&mut state.fail_next_sync) {
             return Err(io::Error::other("injected fsync failure"));
         }
@@ -326,6 +355,7 @@ impl FileSystem for FaultyFileSystem {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
         state.check_power(self.generation)?;
+        state.count_mutation()?;
         if std::mem::take(&mut state.fail_next_sync) {
             return Err(io::Error::other("injected directory fsync failure"));
         }
@@ -345,6 +375,7 @@ impl FileSystem for FaultyFileSystem {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
         state.check_power(self.generation)?;
+        state.count_mutation()?;
         let id = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_path_buf(), id);
         Ok(())
@@ -353,6 +384,7 @@ impl FileSystem for FaultyFileSystem {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
         state.check_power(self.generation)?;
+        state.count_mutation()?;
         state.names.remove(path).ok_or_else(|| not_found(path))?;
         Ok(())
     }

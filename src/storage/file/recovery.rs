@@ -226,8 +226,15 @@ impl Recovery<'_> {
             break;
         }
         if let Some((slot, mut truncation, torn)) = stop {
-            // Cut the damaged segment (or remove it when nothing valid is left) and every
-            // later one, durably, before anything new is written.
+            // Remove every later segment, durably, then cut the damaged one (or remove it when
+            // nothing valid is left): in the other order a crash could leave a gap.
+            for (_, later) in &named[slot + 1..] {
+                truncation.bytes_discarded += self.read(later)?.len() as u64;
+                self.remove(later)?;
+            }
+            if slot + 1 < named.len() {
+                self.sync_dir(wal_dir)?;
+            }
             let path = named[slot].1.clone();
             let kept = segments.last().is_some_and(|segment| segment.path == path);
             if kept && truncation.offset >= SEGMENT_HEADER_BYTES as u64 {
@@ -237,11 +244,6 @@ impl Recovery<'_> {
                 self.sync_file(&path)?;
             } else {
                 self.remove(&path)?;
-                dir_changed = true;
-            }
-            for (_, later) in &named[slot + 1..] {
-                truncation.bytes_discarded += self.read(later)?.len() as u64;
-                self.remove(later)?;
                 dir_changed = true;
             }
             eprintln!(
