@@ -1,1 +1,667 @@
-//! keyval's own file storage: segmented append-only log, hard state and snapshot files.
+//! keyval's own file storage: a segmented append-only log, the hard-state file and the snapshot
+//! file, with crash recovery. Byte layouts and recovery rules are in `docs/storage.md`.
+//!
+//! ```text
+//! <dir>/LOCK                              held (flock) while a FileStorage is open
+//! <dir>/state                             hard state + compaction point, replaced atomically
+//! <dir>/wal/<first index, 20 digits>.seg  log segments, rolled at segment_bytes_max
+//! <dir>/snapshot/<term>-<index>.snap      the latest snapshot
+//! ```
+//!
+//! # Durability
+//! Appends are written at once but made durable only by [`Storage::sync`] (group commit: one
+//! fsync per touched segment per batch, plus the `wal` directory when a segment was created).
+//! Three rare events fsync outside `sync`, to keep recovery unambiguous: a segment is fsynced
+//! when it fills up and the log rolls to the next one (so only the newest segment can ever
+//! have a torn tail), a log conflict's truncation is fsynced before new entries overwrite the
+//! old bytes (so stale records can never reappear behind new ones), and `compact` and
+//! `save_snapshot` are durable on return.
+//!
+//! # Failure
+//! Any failed write, truncation or fsync **latches**: that call and every later one return
+//! [`StorageError::Poisoned`]. The node must stop and restart; recovery then reads what the
+//! disk really holds.
+
+mod recovery;
+
+pub mod faulty;
+pub mod format;
+pub mod io;
+pub mod segment;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::codec::{self, RecordRead};
+use crate::error::StorageError;
+use crate::limits::RECORD_BYTES_MAX;
+use crate::storage::{Recovered, Storage};
+use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+
+use self::format::{StateRecord, SEGMENT_HEADER_BYTES};
+use self::io::{DirectoryLock, FileSystem, RealFileSystem};
+use self::segment::Segment;
+
+/// The smallest `segment_bytes_max` accepted: a header and a few small records.
+pub const SEGMENT_BYTES_MIN: u64 = 256;
+/// The default size at which a segment is rolled.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The default budget of the cache of recent entries.
+pub const CACHE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+
+const _: () = assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES as u64);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
+
+/// When data is forced to the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync on every `sync`, compaction and snapshot. The durability guarantees of Raft
+    /// depend on it.
+    #[default]
+    Always,
+    /// Never fsync. **Unsafe**: a power loss loses acknowledged entries and votes. For
+    /// benchmarks only.
+    Never,
+}
+
+/// How a [`FileStorage`] is opened.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// When to fsync; see [`FsyncPolicy`].
+    pub fsync: FsyncPolicy,
+    /// A segment is rolled once adding a record would take it past this size (a segment always
+    /// takes at least one record, however large).
+    pub segment_bytes_max: u64,
+    /// Recent entries kept in memory (by [`Entry::size_bytes`]); older ones are read back from
+    /// their segment.
+    pub cache_bytes_max: u64,
+    /// Operator option: at damage in the middle of the log, truncate the log there instead of
+    /// refusing to open. **This may discard entries this node acknowledged**, which Raft
+    /// assumes never happens; use it only when the other nodes hold the data.
+    pub repair: bool,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            cache_bytes_max: CACHE_BYTES_DEFAULT,
+            repair: false,
+        }
+    }
+}
+
+/// A cut made to the log at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment that was cut.
+    pub file: PathBuf,
+    /// Where: everything from this byte offset on was discarded.
+    pub offset: u64,
+    /// What was found there.
+    pub reason: String,
+    /// Bytes discarded, in this file and in later segments that were removed.
+    pub bytes_discarded: u64,
+}
+
+/// What recovery found and did when the storage was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments holding the log after recovery.
+    pub segments: usize,
+    /// The first and last index of the log after recovery (`last < first` when it is empty).
+    pub first_index: LogIndex,
+    /// See `first_index`.
+    pub last_index: LogIndex,
+    /// A torn tail of the last segment that was truncated (an interrupted write: normal after
+    /// a crash; only unsynced entries are lost).
+    pub torn_tail: Option<Truncation>,
+    /// Mid-log damage truncated because [`FileOptions::repair`] was set.
+    pub repaired: Option<Truncation>,
+    /// Leftover files removed: temporary files, superseded snapshots, compacted segments.
+    pub removed_files: Vec<PathBuf>,
+}
+
+/// The storage of one node in one data directory; see the module docs.
+#[derive(Debug)]
+pub struct FileStorage {
+    dir: PathBuf,
+    wal_dir: PathBuf,
+    snapshot_dir: PathBuf,
+    options: FileOptions,
+    file_system: Arc<dyn FileSystem>,
+    _lock: DirectoryLock,
+    /// What the state file holds.
+    state: StateRecord,
+    /// A hard state saved but not yet synced.
+    pending_hard_state: Option<HardState>,
+    /// The log, oldest first. Invariant: every segment holds at least one record, segments are
+    /// contiguous, and the last one ends after `state.compacted_through`.
+    segments: Vec<Segment>,
+    /// Segments written since the last sync.
+    unsynced_segments: BTreeSet<PathBuf>,
+    /// Whether a segment was created since the last sync of the `wal` directory.
+    wal_dir_unsynced: bool,
+    /// The newest entries. Invariant: contiguous and ending at the last index.
+    cache: VecDeque<Entry>,
+    /// Sum of `size_bytes` over `cache`.
+    cache_bytes: u64,
+    /// The latest snapshot's metadata and file.
+    snapshot: Option<(SnapshotMeta, PathBuf)>,
+    report: RecoveryReport,
+    /// Set by the first failed write or sync; see the module docs.
+    poisoned: Option<String>,
+}
+
+impl FileStorage {
+    /// Opens (creating if needed) the data directory `dir` on the real file system and
+    /// recovers it; see [`RecoveryReport`] for what recovery did.
+    pub fn open(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileStorage, StorageError> {
+        FileStorage::open_with_file_system(dir, options, Arc::new(RealFileSystem::new()))
+    }
+
+    /// Opens `dir` on the given file system (tests pass a
+    /// [`FaultyFileSystem`](faulty::FaultyFileSystem)).
+    pub fn open_with_file_system(
+        dir: impl AsRef<Path>,
+        options: FileOptions,
+        file_system: Arc<dyn FileSystem>,
+    ) -> Result<FileStorage, StorageError> {
+        if options.segment_bytes_max < SEGMENT_BYTES_MIN {
+            return Err(StorageError::Misuse {
+                reason: format!(
+                    "segment_bytes_max {} is below the minimum {SEGMENT_BYTES_MIN}",
+                    options.segment_bytes_max
+                ),
+            });
+        }
+        recovery::open(dir.as_ref(), options, file_system)
+    }
+
+    /// What recovery found and did at open.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The first index in the log (one past the compaction point).
+    pub fn first_index(&self) -> LogIndex {
+        self.state.compacted_through.next()
+    }
+
+    /// The last index in the log, or the compaction point when the log is empty.
+    pub fn last_index(&self) -> LogIndex {
+        match self.segments.last() {
+            Some(segment) => segment.last_index().max(self.state.compacted_through),
+            None => self.state.compacted_through,
+        }
+    }
+
+    /// The number of segment files holding the log.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Latches the storage after a failed write or sync.
+    fn poison(&mut self, error: std::io::Error, operation: &str, path: &Path) -> StorageError {
+        let reason = format!("{operation} {}: {error}", path.display());
+        self.poisoned = Some(reason.clone());
+        StorageError::Poisoned { reason }
+    }
+
+    fn io_error(operation: &'static str, path: &Path, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            operation,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn fsync_enabled(&self) -> bool {
+        self.options.fsync == FsyncPolicy::Always
+    }
+
+    /// Runs a mutating file operation, latching on failure.
+    fn mutate(
+        &mut self,
+        operation: &str,
+        path: &Path,
+        action: impl FnOnce(&dyn FileSystem) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        match action(self.file_system.as_ref()) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.poison(error, operation, path)),
+        }
+    }
+
+    fn sync_file(&mut self, path: &Path) -> Result<(), StorageError> {
+        if !self.fsync_enabled() {
+            return Ok(());
+        }
+        self.mutate("fsync", path, |file_system| file_system.sync_file(path))
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> Result<(), StorageError> {
+        if !self.fsync_enabled() {
+            return Ok(());
+        }
+        self.mutate("fsync directory", dir, |file_system| {
+            file_system.sync_dir(dir)
+        })
+    }
+
+    /// Replaces the state file atomically and durably: temp file, fsync, rename, fsync dir.
+    fn write_state(&mut self, record: StateRecord) -> Result<(), StorageError> {
+        let bytes = format::encode_state(&record)?;
+        let temporary = self.dir.join("state.tmp");
+        let path = self.dir.join("state");
+        self.mutate("write", &temporary, |file_system| {
+            file_system.write_new(&temporary, &bytes)
+        })?;
+        self.sync_file(&temporary)?;
+        self.mutate("rename", &temporary, |file_system| {
+            file_system.rename(&temporary, &path)
+        })?;
+        let dir = self.dir.clone();
+        self.sync_dir(&dir)?;
+        self.state = record;
+        Ok(())
+    }
+
+    fn push_cache(&mut self, entry: Entry) {
+        self.cache_bytes += entry.size_bytes();
+        self.cache.push_back(entry);
+        while self.cache_bytes > self.options.cache_bytes_max && self.cache.len() > 1 {
+            if let Some(old) = self.cache.pop_front() {
+                self.cache_bytes -= old.size_bytes();
+            }
+        }
+    }
+
+    /// Removes every entry from `index` on (a log conflict), durably before anything new is
+    /// written over the old bytes.
+    fn truncate_suffix(&mut self, index: LogIndex) -> Result<(), StorageError> {
+        let Some(slot) = self
+            .segments
+            .iter()
+            .position(|segment| segment.contains(index))
+        else {
+            return Ok(());
+        };
+        let keep = if self.segments[slot].first_index < index {
+            slot + 1
+        } else {
+            slot
+        };
+        // Later segments go first, durably: were the cut durable and a removal not, a crash
+        // would leave a gap between the cut segment and a resurrected later one.
+        let removed: Vec<Segment> = self.segments.drain(keep..).collect();
+        for segment in &removed {
+            self.unsynced_segments.remove(&segment.path);
+            self.mutate("remove", &segment.path, |file_system| {
+                file_system.remove_file(&segment.path)
+            })?;
+        }
+        if !removed.is_empty() {
+            let wal_dir = self.wal_dir.clone();
+            self.sync_dir(&wal_dir)?;
+            self.wal_dir_unsynced = false;
+        }
+        if keep > slot {
+            let segment = &mut self.segments[slot];
+            let length = segment.truncate_from(index);
+            let path = segment.path.clone();
+            self.mutate("truncate", &path, |file_system| {
+                file_system.truncate(&path, length)
+            })?;
+            self.sync_file(&path)?;
+            self.unsynced_segments.remove(&path);
+        }
+        while self
+            .cache
+            .back()
+            .is_some_and(|entry| entry.index() >= index)
+        {
+            if let Some(old) = self.cache.pop_back() {
+                self.cache_bytes -= old.size_bytes();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` at the end of the newest segment.
+    fn write_to_active(&mut self, bytes: &mut Vec<u8>) -> Result<(), StorageError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let Some(path) = self.segments.last().map(|segment| segment.path.clone()) else {
+            return Ok(());
+        };
+        self.mutate("append", &path, |file_system| {
+            file_system.append(&path, bytes)
+        })?;
+        bytes.clear();
+        self.unsynced_segments.insert(path);
+        Ok(())
+    }
+
+    /// Reads the records of `from..to` back from the segments (none of them in the cache).
+    fn read_from_segments(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        let mut next = from;
+        for segment in &self.segments {
+            if next >= to {
+                break;
+            }
+            if !segment.contains(next) {
+                continue;
+            }
+            let end = to.min(segment.last_index().next());
+            let (start_byte, end_byte) = segment.byte_range(next, end);
+            let bytes = self
+                .file_system
+                .read_at(&segment.path, start_byte, (end_byte - start_byte) as usize)
+                .map_err(|error| Self::io_error("read", &segment.path, error))?;
+            let mut position = 0usize;
+            while next < end {
+                let offset = start_byte + position as u64;
+                let corrupt = |reason: String| StorageError::Corrupt {
+                    file: segment.path.clone(),
+                    offset,
+                    reason,
+                };
+                let payload = match codec::read_record(&bytes[position..], RECORD_BYTES_MAX) {
+                    Ok(RecordRead::Complete { payload, consumed }) => {
+                        position += consumed;
+                        payload
+                    }
+                    Ok(RecordRead::Incomplete { .. }) => {
+                        return Err(corrupt("record cut short on read-back".into()))
+                    }
+                    Err(error) => return Err(corrupt(error.to_string())),
+                };
+                let entry: Entry =
+                    codec::decode(payload).map_err(|error| corrupt(error.to_string()))?;
+                if entry.index() != next {
+                    return Err(corrupt(format!("read {} for {next}", entry.index())));
+                }
+                out.push(entry);
+                next = next.next();
+            }
+        }
+        if next < to {
+            return Err(StorageError::Misuse {
+                reason: format!("segment index has no record for {next}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) {
+        if cfg!(debug_assertions) {
+            for pair in self.segments.windows(2) {
+                assert_eq!(pair[0].last_index().next(), pair[1].first_index);
+            }
+            for segment in &self.segments {
+                assert!(!segment.offsets.is_empty(), "{segment:?} holds no record");
+            }
+            if let (Some(front), Some(back)) = (self.cache.front(), self.cache.back()) {
+                assert_eq!(back.index(), self.last_index());
+                assert_eq!(
+                    back.index().0 - front.index().0 + 1,
+                    self.cache.len() as u64
+                );
+                assert!(front.index() > self.state.compacted_through);
+            }
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        self.check_poisoned()?;
+        let entries = self.entries(self.first_index(), self.last_index().next())?;
+        Ok(Recovered {
+            hard_state: self.pending_hard_state.unwrap_or(self.state.hard_state),
+            snapshot: self.snapshot.as_ref().map(|(meta, _)| meta.clone()),
+            entries,
+        })
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let first_index = first.index();
+        let last_index = self.last_index();
+        if first_index <= self.state.compacted_through || first_index > last_index.next() {
+            return Err(StorageError::Misuse {
+                reason: format!(
+                    "append at {first_index} to a log holding {}..={last_index}",
+                    self.first_index(),
+                ),
+            });
+        }
+        for (offset, entry) in entries.iter().enumerate() {
+            if entry.index().0 != first_index.0 + offset as u64 {
+                return Err(StorageError::Misuse {
+                    reason: format!("appended entries are not contiguous at {}", entry.index()),
+                });
+            }
+        }
+        // Encode everything before touching the disk, so an unencodable entry changes nothing.
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut record = Vec::new();
+            codec::write_value_record(entry, &mut record).map_err(|error| {
+                StorageError::Misuse {
+                    reason: format!("cannot encode entry {}: {error}", entry.index()),
+                }
+            })?;
+            if (record.len() - codec::RECORD_HEADER_BYTES) as u64 > RECORD_BYTES_MAX {
+                return Err(StorageError::Misuse {
+                    reason: format!("entry {} exceeds the record limit", entry.index()),
+                });
+            }
+            records.push(record);
+        }
+        if first_index <= last_index {
+            self.truncate_suffix(first_index)?;
+        }
+        let mut pending = Vec::new();
+        for (entry, record) in entries.iter().zip(records) {
+            let record_bytes = record.len() as u64;
+            let roll = match self.segments.last() {
+                None => true,
+                Some(active) => active.end + record_bytes > self.options.segment_bytes_max,
+            };
+            if roll {
+                self.write_to_active(&mut pending)?;
+                // Seal the full segment so that only the newest can ever have a torn tail.
+                if let Some(path) = self.segments.last().map(|segment| segment.path.clone()) {
+                    self.sync_file(&path)?;
+                    self.unsynced_segments.remove(&path);
+                }
+                let path = self.wal_dir.join(format::segment_file_name(entry.index()));
+                // Created (or emptied) with its header, so no stale bytes can precede it.
+                let header = format::encode_segment_header(entry.index());
+                self.mutate("create", &path, |file_system| {
+                    file_system.write_new(&path, &header)
+                })?;
+                self.segments
+                    .push(Segment::new(path.clone(), entry.index()));
+                self.unsynced_segments.insert(path);
+                self.wal_dir_unsynced = true;
+            }
+            pending.extend_from_slice(&record);
+            if let Some(active) = self.segments.last_mut() {
+                active.push_record(record_bytes);
+            }
+            self.push_cache(entry.clone());
+        }
+        self.write_to_active(&mut pending)?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.pending_hard_state = Some(hard_state);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        for path in std::mem::take(&mut self.unsynced_segments) {
+            self.sync_file(&path)?;
+        }
+        if self.wal_dir_unsynced {
+            let wal_dir = self.wal_dir.clone();
+            self.sync_dir(&wal_dir)?;
+            self.wal_dir_unsynced = false;
+        }
+        if let Some(hard_state) = self.pending_hard_state.take() {
+            let record = StateRecord {
+                hard_state,
+                ..self.state
+            };
+            self.write_state(record)?;
+        }
+        Ok(())
+    }
+
+    fn entries(&mut self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.check_poisoned()?;
+        let first = self.first_index();
+        let last = self.last_index();
+        if from < first || to > last.next() || from > to {
+            return Err(StorageError::OutOfRange {
+                from,
+                to,
+                first,
+                last,
+            });
+        }
+        let mut out = Vec::with_capacity((to.0 - from.0) as usize);
+        let cache_first = self.cache.front().map_or(to, Entry::index);
+        if from < cache_first {
+            self.read_from_segments(from, to.min(cache_first), &mut out)?;
+        }
+        let skip = from.0.saturating_sub(cache_first.0) as usize;
+        let take = (to.0 - from.0) as usize - out.len();
+        out.extend(self.cache.iter().skip(skip).take(take).cloned());
+        debug_assert_eq!(out.len() as u64, to.0 - from.0);
+        Ok(out)
+    }
+
+    fn compact(&mut self, through: LogIndex) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.sync()?;
+        if through <= self.state.compacted_through {
+            return Ok(());
+        }
+        let last_index = self.last_index();
+        self.write_state(StateRecord {
+            compacted_through: through,
+            ..self.state
+        })?;
+        let removable = if through >= last_index {
+            self.segments.len()
+        } else {
+            self.segments
+                .iter()
+                .take_while(|segment| segment.last_index() <= through)
+                .count()
+        };
+        let removed: Vec<Segment> = self.segments.drain(..removable).collect();
+        for segment in &removed {
+            self.unsynced_segments.remove(&segment.path);
+            self.mutate("remove", &segment.path, |file_system| {
+                file_system.remove_file(&segment.path)
+            })?;
+        }
+        if !removed.is_empty() {
+            let wal_dir = self.wal_dir.clone();
+            self.sync_dir(&wal_dir)?;
+        }
+        while self
+            .cache
+            .front()
+            .is_some_and(|entry| entry.index() <= through)
+        {
+            if let Some(old) = self.cache.pop_front() {
+                self.cache_bytes -= old.size_bytes();
+            }
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let bytes = format::encode_snapshot(meta, data)?;
+        let path = self
+            .snapshot_dir
+            .join(format::snapshot_file_name(meta.last));
+        let temporary = path.with_extension("snap.tmp");
+        self.mutate("write", &temporary, |file_system| {
+            file_system.write_new(&temporary, &bytes)
+        })?;
+        self.sync_file(&temporary)?;
+        self.mutate("rename", &temporary, |file_system| {
+            file_system.rename(&temporary, &path)
+        })?;
+        let snapshot_dir = self.snapshot_dir.clone();
+        self.sync_dir(&snapshot_dir)?;
+        // Only now that the new snapshot is durable may the old one go.
+        if let Some((_, old_path)) = self.snapshot.take() {
+            if old_path != path {
+                self.mutate("remove", &old_path, |file_system| {
+                    file_system.remove_file(&old_path)
+                })?;
+            }
+        }
+        self.snapshot = Some((meta.clone(), path));
+        Ok(())
+    }
+
+    fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        self.check_poisoned()?;
+        let Some((meta, path)) = &self.snapshot else {
+            return Ok(None);
+        };
+        let bytes = self
+            .file_system
+            .read(path)
+            .map_err(|error| Self::io_error("read", path, error))?;
+        let (loaded, data) = format::decode_snapshot(path, &bytes)?;
+        if &loaded != meta {
+            return Err(StorageError::Corrupt {
+                file: path.clone(),
+                offset: 0,
+                reason: format!("snapshot covers {}, expected {}", loaded.last, meta.last),
+            });
+        }
+        Ok(Some((loaded, data)))
+    }
+}

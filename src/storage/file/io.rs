@@ -1,0 +1,210 @@
+//! The file layer under [`FileStorage`](super::FileStorage): the few file operations the storage
+//! uses, behind a trait so that tests can swap in
+//! [`FaultyFileSystem`](super::faulty::FaultyFileSystem), which fails writes and syncs, tears
+//! writes and loses unsynced bytes at a simulated crash.
+//!
+//! The interface is by path. [`RealFileSystem`] keeps the files it writes open in a small map so
+//! that an append or a sync does not reopen the file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+/// Proof that this process holds a data directory's lock; dropping it releases the lock.
+pub struct DirectoryLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl DirectoryLock {
+    /// Wraps whatever keeps the lock held (an open, locked file for the real file system).
+    pub fn new(held: Box<dyn Send + Sync>) -> DirectoryLock {
+        DirectoryLock { _held: held }
+    }
+}
+
+impl fmt::Debug for DirectoryLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DirectoryLock")
+    }
+}
+
+/// The file operations [`FileStorage`](super::FileStorage) performs. Writes are visible to reads
+/// at once; they are durable only after [`sync_file`](FileSystem::sync_file) (contents) and
+/// [`sync_dir`](FileSystem::sync_dir) of the parent (creation, rename, removal).
+pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the regular files in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The whole contents of a file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Exactly `len` bytes at `offset`.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Appends `bytes`, creating the file if it is missing.
+    fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Creates the file (or empties an existing one) and writes `bytes`.
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Cuts the file to `len` bytes.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Makes the file's contents durable (fsync).
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Takes the exclusive lock on the lock file `path`, creating it; `None` when another
+    /// holder has it.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<DirectoryLock>>;
+}
+
+/// At most this many files are kept open by [`RealFileSystem`]; beyond it, clean (synced)
+/// handles are closed. A handle with unsynced writes stays open until its sync, so that a
+/// write-back error is reported to the fsync that must see it.
+pub const OPEN_FILES_MAX: usize = 32;
+
+/// An open file and whether it has writes not yet synced through it.
+#[derive(Debug)]
+struct OpenFile {
+    file: File,
+    dirty: bool,
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default)]
+pub struct RealFileSystem {
+    /// Files kept open, by path. Guards only the map; held for one call.
+    open_files: Mutex<HashMap<PathBuf, OpenFile>>,
+}
+
+impl RealFileSystem {
+    /// A file system with no files open yet.
+    pub fn new() -> RealFileSystem {
+        RealFileSystem::default()
+    }
+
+    /// Runs `operation` on the cached handle of `path`, opening it (read + append; created if
+    /// missing only when `create`) on first use. `writes` says whether the operation leaves
+    /// the handle dirty (a write) or clean (a sync); `None` for reads.
+    fn with_file<T>(
+        &self,
+        path: &Path,
+        create: bool,
+        writes: Option<bool>,
+        operation: impl FnOnce(&mut File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut open_files = self.open_files.lock();
+        if !open_files.contains_key(path) {
+            if open_files.len() >= OPEN_FILES_MAX {
+                open_files.retain(|_, open| open.dirty);
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(create)
+                .open(path)?;
+            open_files.insert(path.to_path_buf(), OpenFile { file, dirty: false });
+        }
+        let Some(open) = open_files.get_mut(path) else {
+            return Err(io::Error::other("file handle vanished from the cache"));
+        };
+        let outcome = operation(&mut open.file);
+        match writes {
+            Some(dirty) if outcome.is_ok() => open.dirty = dirty,
+            Some(_) => open.dirty = true,
+            None => {}
+        }
+        outcome
+    }
+
+    fn forget(&self, path: &Path) {
+        self.open_files.lock().remove(path);
+    }
+}
+
+impl FileSystem for RealFileSystem {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            if item.file_type()?.is_file() {
+                if let Some(name) = item.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.with_file(path, false, None, |file| {
+            let mut bytes = vec![0u8; len];
+            file.read_exact_at(&mut bytes, offset)?;
+            Ok(bytes)
+        })
+    }
+
+    fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.with_file(path, true, Some(true), |file| file.write_all(bytes))
+    }
+
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.forget(path);
+        File::create(path)?;
+        self.append(path, bytes)
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.with_file(path, false, Some(true), |file| file.set_len(len))
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.with_file(path, false, Some(false), |file| file.sync_data())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.forget(from);
+        self.forget(to);
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.forget(path);
+        fs::remove_file(path)
+    }
+
+    // `File::try_lock` is stable since Rust 1.89; the crate's `rust-version` (1.80) should be
+    // raised to match (the toolchain here is 1.95). Until then, allowed here only.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<DirectoryLock>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(DirectoryLock::new(Box::new(file)))),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(error)) => Err(error),
+        }
+    }
+}
