@@ -205,7 +205,7 @@ fn partitioned_old_leader_rejoins_and_its_uncommitted_entries_are_discarded() {
         let outcome = cluster.propose_on(old, &command("doomed", k), Duration::from_millis(100));
         assert!(outcome.is_err());
     }
-    let new = cluster.wait_for_leader(WAIT);
+    let new = cluster.wait_for_new_leader(old, WAIT);
     assert_ne!(new, old);
     let mut acknowledged = vec![b"before".to_vec()];
     for k in 0..5 {

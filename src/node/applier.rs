@@ -34,6 +34,7 @@ pub(super) fn run<M: StateMachine>(
         *shared.applied.lock() = last;
         shared.applied_changed.notify_all();
         let mut waiters = shared.waiters.lock();
+        waiters.complete_applied(last);
         for (id, output) in outputs {
             waiters.complete_proposal(id, output);
         }

@@ -40,6 +40,7 @@ use crate::transport::Transport;
 use crate::types::{Entry, EntryId, HardState, LogIndex, Membership, NodeId, Term};
 
 use waiters::Waiters;
+pub use waiters::{Completion, ProposalCompletion, ReadCompletion};
 
 /// Everything a node is started from.
 pub struct NodeOptions<M: StateMachine> {
@@ -85,9 +86,6 @@ pub enum StartError {
         source: std::io::Error,
     },
 }
-
-/// Where a proposer learns its outcome.
-type ProposalReceiver = Receiver<Result<Vec<u8>, ProposeError>>;
 
 /// One persist request: a Ready's durable part and the messages that wait for it.
 #[derive(Debug)]
@@ -147,7 +145,11 @@ impl<M> Shared<M> {
                 let _ = self.apply_wake.try_send(());
             }
             if !ready.read_states.is_empty() {
-                self.waiters.lock().complete_reads(ready.read_states);
+                let mut waiters = self.waiters.lock();
+                // Read under the waiters lock: the applier publishes `applied` before it
+                // takes this lock to release waiting reads, so no read is left behind.
+                let applied = *self.applied.lock();
+                waiters.complete_reads(ready.read_states, applied);
             }
         }
     }
@@ -312,35 +314,10 @@ impl<M: StateMachine> Node<M> {
     /// — the command may still commit, so retry only with a request id the state machine
     /// deduplicates.
     pub fn propose(&self, command: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ProposeError> {
-        let receiver = self.propose_async(command)?;
-        self.wait_proposal(receiver.0, receiver.1, deadline)
-    }
-
-    /// Appends `command` on the leader without waiting; returns its entry id and a receiver
-    /// of the outcome.
-    fn propose_async(&self, command: Vec<u8>) -> Result<(EntryId, ProposalReceiver), ProposeError> {
-        if let Some(error) = self.shared.storage_error() {
-            return Err(error);
-        }
-        if !self.shared.is_serving() {
-            return Err(ProposeError::Shutdown);
-        }
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        let mut core = self.shared.core.lock();
-        let id = core.raft.propose(command)?;
-        self.shared.waiters.lock().add_proposal(id, sender);
-        self.shared.route(&mut core);
-        Ok((id, receiver))
-    }
-
-    fn wait_proposal(
-        &self,
-        id: EntryId,
-        receiver: ProposalReceiver,
-        deadline: Instant,
-    ) -> Result<Vec<u8>, ProposeError> {
+        let id = self.submit_proposal(command, 0, &sender)?;
         match receiver.recv_deadline(deadline) {
-            Ok(outcome) => outcome,
+            Ok(completion) => completion.outcome,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 self.shared.waiters.lock().remove_proposal(id);
                 Err(ProposeError::Timeout)
@@ -349,11 +326,59 @@ impl<M: StateMachine> Node<M> {
         }
     }
 
+    /// Proposes `command` without waiting. Its outcome arrives later on `completions` as a
+    /// [`ProposalCompletion`] carrying `tag` (the same outcomes as [`propose`](Node::propose),
+    /// except that the caller keeps its own deadline). An error here means the proposal was
+    /// not appended. `completions` must have room for every request the caller keeps in
+    /// flight: a completion that does not fit is dropped.
+    pub fn submit_proposal(
+        &self,
+        command: Vec<u8>,
+        tag: u64,
+        completions: &Sender<ProposalCompletion>,
+    ) -> Result<EntryId, ProposeError> {
+        if let Some(error) = self.shared.storage_error() {
+            return Err(error);
+        }
+        if !self.shared.is_serving() {
+            return Err(ProposeError::Shutdown);
+        }
+        let mut core = self.shared.core.lock();
+        let id = core.raft.propose(command)?;
+        self.shared
+            .waiters
+            .lock()
+            .add_proposal(id, tag, completions.clone());
+        self.shared.route(&mut core);
+        Ok(id)
+    }
+
     /// A linearizable read barrier (ReadIndex): returns once this node, as leader, has
     /// confirmed its leadership with a quorum **and** applied everything committed when the
     /// barrier was asked for. State read after it is at least as new as any write
     /// acknowledged before the call.
     pub fn read_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let context = self.submit_read(0, &sender)?;
+        match receiver.recv_deadline(deadline) {
+            Ok(completion) => completion.outcome,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                self.shared.waiters.lock().remove_read(context);
+                Err(ReadError::Timeout)
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ReadError::Shutdown),
+        }
+    }
+
+    /// Starts a read barrier without waiting; a [`ReadCompletion`] carrying `tag` arrives on
+    /// `completions` once leadership is confirmed and the read point applied (then read the
+    /// state machine with [`with_state_machine`](Node::with_state_machine)), or when the read
+    /// fails. Returns the read's context.
+    pub fn submit_read(
+        &self,
+        tag: u64,
+        completions: &Sender<ReadCompletion>,
+    ) -> Result<u64, ReadError> {
         if !self.shared.is_serving() {
             return Err(ReadError::Shutdown);
         }
@@ -361,28 +386,23 @@ impl<M: StateMachine> Node<M> {
             .shared
             .next_read_context
             .fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = crossbeam_channel::bounded(1);
-        {
-            let mut core = self.shared.core.lock();
-            self.shared.waiters.lock().add_read(context, sender);
-            if let Err(error) = core.raft.read_index(context) {
-                self.shared.waiters.lock().remove_read(context);
-                return Err(error);
-            }
-            self.shared.route(&mut core);
+        let mut core = self.shared.core.lock();
+        self.shared
+            .waiters
+            .lock()
+            .add_read(context, tag, completions.clone());
+        if let Err(error) = core.raft.read_index(context) {
+            self.shared.waiters.lock().remove_read(context);
+            return Err(error);
         }
-        let index = match receiver.recv_deadline(deadline) {
-            Ok(outcome) => outcome?,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                self.shared.waiters.lock().remove_read(context);
-                return Err(ReadError::Timeout);
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(ReadError::Shutdown)
-            }
-        };
-        self.wait_applied(index, deadline)?;
-        Ok(index)
+        self.shared.route(&mut core);
+        Ok(context)
+    }
+
+    /// Runs `read` on the state machine as it is now (after a barrier, this is a linearizable
+    /// read).
+    pub fn with_state_machine<R>(&self, read: impl FnOnce(&M) -> R) -> R {
+        read(&self.shared.state_machine.lock())
     }
 
     /// A lease read barrier: like [`read_barrier`](Node::read_barrier) without a round trip,

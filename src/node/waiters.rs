@@ -1,4 +1,9 @@
-//! Callers waiting for their proposal to apply or their read to be confirmed.
+//! Callers waiting for their proposal to apply or their read to be confirmed and applied.
+//!
+//! Every waiter is a (tag, channel) pair supplied by the caller, so one channel can collect
+//! the completions of many requests (a server connection's writer, say) and no thread has to
+//! block per request. Completions are delivered with `try_send`: the caller sizes its channel
+//! for the requests it keeps in flight.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,21 +13,58 @@ use crate::error::{ProposeError, ReadError};
 use crate::raft::ReadState;
 use crate::types::{EntryId, LogIndex, Term};
 
-type ProposalSender = Sender<Result<Vec<u8>, ProposeError>>;
-type ReadSender = Sender<Result<LogIndex, ReadError>>;
+/// The outcome of one tagged request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion<T> {
+    /// The caller's tag, as passed with the request.
+    pub tag: u64,
+    /// The outcome.
+    pub outcome: T,
+}
 
-/// Waiting proposals by log index, and waiting reads by context.
+/// The outcome of a proposal: the state machine's response, or why there is none.
+pub type ProposalCompletion = Completion<Result<Vec<u8>, ProposeError>>;
+
+/// The outcome of a read barrier: the index the state machine has applied through, at or
+/// after the read point, or why the read cannot be served.
+pub type ReadCompletion = Completion<Result<LogIndex, ReadError>>;
+
+struct Waiter<T> {
+    tag: u64,
+    sender: Sender<Completion<T>>,
+}
+
+impl<T> Waiter<T> {
+    fn complete(self, outcome: T) {
+        let _ = self.sender.try_send(Completion {
+            tag: self.tag,
+            outcome,
+        });
+    }
+}
+
+type ProposalWaiter = Waiter<Result<Vec<u8>, ProposeError>>;
+type ReadWaiter = Waiter<Result<LogIndex, ReadError>>;
+
+/// Waiting proposals by log index, reads by context and then by the index they wait for.
 #[derive(Default)]
 pub(super) struct Waiters {
-    proposals: BTreeMap<LogIndex, (Term, ProposalSender)>,
-    reads: HashMap<u64, ReadSender>,
+    proposals: BTreeMap<LogIndex, (Term, ProposalWaiter)>,
+    reads: HashMap<u64, ReadWaiter>,
+    reads_awaiting_apply: BTreeMap<LogIndex, Vec<ReadWaiter>>,
 }
 
 impl Waiters {
-    pub(super) fn add_proposal(&mut self, id: EntryId, sender: ProposalSender) {
+    pub(super) fn add_proposal(
+        &mut self,
+        id: EntryId,
+        tag: u64,
+        sender: Sender<ProposalCompletion>,
+    ) {
+        let waiter = Waiter { tag, sender };
         // An earlier waiter at this index belongs to an entry that was overwritten.
-        if let Some((_, earlier)) = self.proposals.insert(id.index, (id.term, sender)) {
-            let _ = earlier.try_send(Err(ProposeError::Dropped));
+        if let Some((_, earlier)) = self.proposals.insert(id.index, (id.term, waiter)) {
+            earlier.complete(Err(ProposeError::Dropped));
         }
     }
 
@@ -40,52 +82,81 @@ impl Waiters {
     /// waiter at that index gets the output if its entry is the one applied, else `Dropped`:
     /// another leader's entry took the index, so the waiter's entry will never commit.
     pub(super) fn complete_proposal(&mut self, id: EntryId, output: Option<Vec<u8>>) {
-        let Some((term, sender)) = self.proposals.remove(&id.index) else {
+        let Some((term, waiter)) = self.proposals.remove(&id.index) else {
             return;
         };
-        let outcome = match output {
-            Some(output) if term == id.term => Ok(output),
-            _ if term == id.term => Ok(Vec::new()),
-            _ => Err(ProposeError::Dropped),
-        };
-        let _ = sender.try_send(outcome);
+        if term == id.term {
+            waiter.complete(Ok(output.unwrap_or_default()));
+        } else {
+            waiter.complete(Err(ProposeError::Dropped));
+        }
     }
 
-    pub(super) fn add_read(&mut self, context: u64, sender: ReadSender) {
-        self.reads.insert(context, sender);
+    pub(super) fn add_read(&mut self, context: u64, tag: u64, sender: Sender<ReadCompletion>) {
+        self.reads.insert(context, Waiter { tag, sender });
     }
 
     pub(super) fn remove_read(&mut self, context: u64) {
         self.reads.remove(&context);
     }
 
-    pub(super) fn complete_reads(&mut self, read_states: Vec<ReadState>) {
+    /// Read points arrived. A read completes once `applied` reaches its index; until then it
+    /// waits for [`Waiters::complete_applied`]. The caller reads `applied` under this lock.
+    pub(super) fn complete_reads(&mut self, read_states: Vec<ReadState>, applied: LogIndex) {
         for read_state in read_states {
-            if let Some(sender) = self.reads.remove(&read_state.context) {
-                let _ = sender.try_send(read_state.outcome);
+            let Some(waiter) = self.reads.remove(&read_state.context) else {
+                continue;
+            };
+            match read_state.outcome {
+                Ok(index) if index <= applied => waiter.complete(Ok(applied)),
+                Ok(index) => self
+                    .reads_awaiting_apply
+                    .entry(index)
+                    .or_default()
+                    .push(waiter),
+                Err(error) => waiter.complete(Err(error)),
+            }
+        }
+    }
+
+    /// The state machine applied through `applied`: release the reads waiting for it.
+    pub(super) fn complete_applied(&mut self, applied: LogIndex) {
+        while let Some(entry) = self.reads_awaiting_apply.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for waiter in entry.remove() {
+                waiter.complete(Ok(applied));
             }
         }
     }
 
     /// Storage failed: every waiter learns it.
     pub(super) fn fail_all(&mut self, reason: &str) {
-        for (_, (_, sender)) in std::mem::take(&mut self.proposals) {
-            let _ = sender.try_send(Err(ProposeError::Storage {
+        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
+            waiter.complete(Err(ProposeError::Storage {
                 reason: reason.to_string(),
             }));
         }
-        for (_, sender) in self.reads.drain() {
-            let _ = sender.try_send(Err(ReadError::Shutdown));
-        }
+        self.fail_reads();
     }
 
     /// The node is shutting down: outcomes are unknown.
     pub(super) fn shut_down(&mut self) {
-        for (_, (_, sender)) in std::mem::take(&mut self.proposals) {
-            let _ = sender.try_send(Err(ProposeError::Shutdown));
+        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
+            waiter.complete(Err(ProposeError::Shutdown));
         }
-        for (_, sender) in self.reads.drain() {
-            let _ = sender.try_send(Err(ReadError::Shutdown));
+        self.fail_reads();
+    }
+
+    fn fail_reads(&mut self) {
+        for (_, waiter) in self.reads.drain() {
+            waiter.complete(Err(ReadError::Shutdown));
+        }
+        for (_, waiters) in std::mem::take(&mut self.reads_awaiting_apply) {
+            for waiter in waiters {
+                waiter.complete(Err(ReadError::Shutdown));
+            }
         }
     }
 }

@@ -259,6 +259,25 @@ impl<M: StateMachine> Cluster<M> {
         }
     }
 
+    /// Waits for a stable leader other than `previous` (after disconnecting or crashing it,
+    /// the others keep following it until their election timeout fires); panics (with the
+    /// seed) after `timeout`.
+    pub fn wait_for_new_leader(&self, previous: NodeId, timeout: Duration) -> NodeId {
+        let mut found = None;
+        let ok = self.wait_for(timeout, |cluster| {
+            found = cluster.stable_leader().filter(|&leader| leader != previous);
+            found.is_some()
+        });
+        match (ok, found) {
+            (true, Some(leader)) => leader,
+            _ => panic!(
+                "no leader other than {previous} within {timeout:?} (seed {}): {:#?}",
+                self.seed,
+                self.statuses()
+            ),
+        }
+    }
+
     /// A leader that a majority of the cluster (counting itself) follows at its term.
     pub fn stable_leader(&self) -> Option<NodeId> {
         let statuses = self.statuses();

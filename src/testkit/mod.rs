@@ -18,7 +18,7 @@
 //! let leader = cluster.wait_for_leader(Duration::from_secs(10));
 //! cluster.propose(b"hello", Duration::from_secs(10)).unwrap();
 //! cluster.disconnect(leader);
-//! let new_leader = cluster.wait_for_leader(Duration::from_secs(10));
+//! let new_leader = cluster.wait_for_new_leader(leader, Duration::from_secs(10));
 //! assert_ne!(new_leader, leader);
 //! cluster.check_applied_agreement().unwrap();
 //! ```

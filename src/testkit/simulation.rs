@@ -553,7 +553,7 @@ impl Simulation {
                 self.change_partition();
             }
             self.check()?;
-            if self.step % 100 == 0 {
+            if self.step.is_multiple_of(100) {
                 self.check_log_matching()?;
             }
         }
@@ -665,7 +665,7 @@ impl SimulationOptions {
     /// crashes and partitions (the profile that finds Figure 8-style bugs most often, measured
     /// by mutation), odd seeds five nodes with the defaults.
     pub fn for_seed(seed: u64) -> SimulationOptions {
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             SimulationOptions {
                 nodes: 3,
                 steps: 20_000,
