@@ -8,19 +8,53 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use keyval::testkit::Cluster;
+use keyval::testkit::{Cluster, CommandLog, StorageKind};
 use keyval::{NodeId, ProposeError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+fn cluster(size: u64, storage: StorageKind) -> Cluster<CommandLog> {
+    Cluster::builder(size, |_| CommandLog::default())
+        .storage(storage)
+        .build()
+}
+
+/// Runs a scenario once per storage kind: crash-faithful memory, file storage on a disk with
+/// power-cut semantics, and file storage on the real disk.
+macro_rules! on_every_storage {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+            #[test]
+            fn memory() {
+                super::$scenario(StorageKind::Memory);
+            }
+            #[test]
+            fn faulty_files() {
+                super::$scenario(StorageKind::FaultyFiles);
+            }
+            #[test]
+            fn real_files() {
+                super::$scenario(StorageKind::RealFiles);
+            }
+        }
+    };
+}
+
+on_every_storage!(concurrent_proposals_all_commit_once);
+on_every_storage!(fast_backup_of_logs_diverging_by_hundreds_of_entries);
+on_every_storage!(persistence_across_crash_and_restart_of_one_a_minority_and_all);
+on_every_storage!(figure_8_unreliable);
+on_every_storage!(churn_on_an_unreliable_network);
+
 fn command(tag: &str, k: u64) -> Vec<u8> {
     format!("{tag}-{k}").into_bytes()
 }
 
 /// Asserts that every command in `acknowledged` was applied by every running node.
-fn assert_all_applied(cluster: &Cluster<keyval::testkit::CommandLog>, acknowledged: &[Vec<u8>]) {
+fn assert_all_applied(cluster: &Cluster<CommandLog>, acknowledged: &[Vec<u8>]) {
     let ok = cluster.wait_for(WAIT, |cluster| {
         cluster
             .ids()
@@ -158,9 +192,8 @@ fn no_commit_without_a_majority_then_commit_after_heal() {
     cluster.check_applied_agreement().unwrap();
 }
 
-#[test]
-fn concurrent_proposals_all_commit_once() {
-    let cluster = Cluster::new(3);
+fn concurrent_proposals_all_commit_once(storage: StorageKind) {
+    let cluster = cluster(3, storage);
     cluster.wait_for_leader(WAIT);
     let acknowledged: Vec<Vec<u8>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
@@ -220,9 +253,8 @@ fn partitioned_old_leader_rejoins_and_its_uncommitted_entries_are_discarded() {
     }
 }
 
-#[test]
-fn fast_backup_of_logs_diverging_by_hundreds_of_entries() {
-    let cluster = Cluster::new(5);
+fn fast_backup_of_logs_diverging_by_hundreds_of_entries(storage: StorageKind) {
+    let cluster = cluster(5, storage);
     let leader1 = cluster.wait_for_leader(WAIT);
     cluster.propose(b"start", WAIT).unwrap();
     let others: Vec<NodeId> = cluster
@@ -272,9 +304,8 @@ fn fast_backup_of_logs_diverging_by_hundreds_of_entries() {
     }
 }
 
-#[test]
-fn persistence_across_crash_and_restart_of_one_a_minority_and_all() {
-    let cluster = Cluster::new(5);
+fn persistence_across_crash_and_restart_of_one_a_minority_and_all(storage: StorageKind) {
+    let cluster = cluster(5, storage);
     cluster.wait_for_leader(WAIT);
     let mut acknowledged = Vec::new();
     let mut next = 0;
@@ -324,9 +355,8 @@ fn persistence_across_crash_and_restart_of_one_a_minority_and_all() {
 /// Figure 8 on an unreliable network (after MIT 6.824's TestFigure8Unreliable): leaders come
 /// and go while messages are lost, delayed and reordered; nothing committed may be lost or
 /// applied differently.
-#[test]
-fn figure_8_unreliable() {
-    let cluster = Cluster::new(5);
+fn figure_8_unreliable(storage: StorageKind) {
+    let cluster = cluster(5, storage);
     let mut rng = StdRng::seed_from_u64(cluster.seed());
     cluster.wait_for_leader(WAIT);
     cluster.set_unreliable(true);
@@ -362,9 +392,8 @@ fn figure_8_unreliable() {
 }
 
 /// Concurrent clients on an unreliable network while nodes crash, restart and are cut off.
-#[test]
-fn churn_on_an_unreliable_network() {
-    let cluster = Cluster::new(5);
+fn churn_on_an_unreliable_network(storage: StorageKind) {
+    let cluster = cluster(5, storage);
     let mut rng = StdRng::seed_from_u64(cluster.seed() ^ 0xC0FFEE);
     cluster.wait_for_leader(WAIT);
     cluster.set_unreliable(true);

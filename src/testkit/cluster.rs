@@ -13,6 +13,8 @@ use crate::node::{Node, NodeOptions, NodeStatus};
 
 use crate::raft::RoleKind;
 use crate::state_machine::{RestoreError, StateMachine};
+use crate::storage::file::faulty::FaultyFileSystem;
+use crate::storage::file::{FileOptions, FileStorage};
 use crate::storage::mem::MemDisk;
 use crate::storage::Storage;
 use crate::testkit::recorder::{AppliedRecord, Recorded};
@@ -23,16 +25,24 @@ use crate::types::{EntryId, LogIndex, Membership, NodeId};
 /// Builds the state machine of a node (called again at every restart).
 pub type StateMachineFactory<M> = Box<dyn Fn(NodeId) -> M + Send + Sync>;
 
-/// Opens the storage of a node in a directory.
-pub type StorageOpener = Box<dyn Fn(NodeId, &std::path::Path) -> Box<dyn Storage> + Send + Sync>;
-
-/// Where a harness node keeps its durable state.
+/// Where harness nodes keep their durable state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StorageKind {
-    /// Crash-faithful memory: unsynced writes are lost at a crash.
+    /// Crash-faithful memory ([`MemDisk`]): unsynced writes are lost at a crash.
+    #[default]
     Memory,
-    /// A directory per node; a crash drops the node and reopens its files.
-    Files(StorageOpener),
+    /// keyval's file storage over an in-memory disk with power-cut semantics: a crash loses
+    /// every byte and name not made durable, and the dead instance can write nothing more.
+    /// Small segments, so that rolling and compaction across files are exercised.
+    FaultyFiles,
+    /// keyval's file storage on the real disk with fsync, in a temporary directory per node.
+    /// A crash drops the node and reopens its files (the OS page cache survives, so this
+    /// checks the real I/O path rather than power loss).
+    RealFiles,
 }
+
+/// Segment size of harness file storage: small, so tests roll many segments.
+const HARNESS_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// A harness node handle; shared, so clients keep working while faults happen.
 pub type ClusterNode<M> = Arc<Node<Recorded<M>>>;
@@ -40,6 +50,7 @@ pub type ClusterNode<M> = Arc<Node<Recorded<M>>>;
 struct Slot<M: StateMachine> {
     node: Option<ClusterNode<M>>,
     disk: MemDisk,
+    faulty_disk: FaultyFileSystem,
     record: Arc<Mutex<AppliedRecord>>,
     restarts: u64,
 }
@@ -67,7 +78,7 @@ impl<M: StateMachine> ClusterBuilder<M> {
         self
     }
 
-    /// Puts each node's storage in a directory under `root`, built by `open`.
+    /// Where nodes keep their durable state (default: crash-faithful memory).
     pub fn storage(mut self, storage: StorageKind) -> Self {
         self.storage = storage;
         self
@@ -94,6 +105,7 @@ impl<M: StateMachine> ClusterBuilder<M> {
                 Slot {
                     node: None,
                     disk: MemDisk::new(),
+                    faulty_disk: FaultyFileSystem::new(),
                     record: Arc::new(Mutex::new(AppliedRecord::default())),
                     restarts: 0,
                 },
@@ -341,8 +353,12 @@ impl<M: StateMachine> Cluster<M> {
                 return;
             };
             self.network.remove(id);
-            // Opening the disk again kills the old instance's ability to write.
-            drop(slot.disk.open());
+            // Kill the dead instance's ability to write; what it had not synced is lost.
+            match self.storage {
+                StorageKind::Memory => drop(slot.disk.open()),
+                StorageKind::FaultyFiles => slot.faulty_disk.crash(),
+                StorageKind::RealFiles => {}
+            }
             slot.node.take()
         };
         if let Some(node) = node {
@@ -362,12 +378,24 @@ impl<M: StateMachine> Cluster<M> {
         };
         let transport: Arc<dyn Transport> = Arc::new(self.network.connect(id, inbound_tx));
         slot.restarts += 1;
-        let storage: Box<dyn Storage> = match &self.storage {
+        let dir = self.files_root.join(format!("{id}"));
+        let options = FileOptions {
+            segment_bytes_max: HARNESS_SEGMENT_BYTES,
+            ..FileOptions::default()
+        };
+        let storage: Box<dyn Storage> = match self.storage {
             StorageKind::Memory => Box::new(slot.disk.open()),
-            StorageKind::Files(open) => {
-                let dir = self.files_root.join(format!("{id}"));
-                open(id, &dir)
+            StorageKind::FaultyFiles => {
+                let disk = Arc::new(slot.faulty_disk.current());
+                match FileStorage::open_with_file_system(&dir, options, disk) {
+                    Ok(storage) => Box::new(storage),
+                    Err(error) => panic!("{id}: open failed (seed {}): {error}", self.seed),
+                }
             }
+            StorageKind::RealFiles => match FileStorage::open(&dir, options) {
+                Ok(storage) => Box::new(storage),
+                Err(error) => panic!("{id}: open failed (seed {}): {error}", self.seed),
+            },
         };
         let state_machine = Recorded::new((self.factory)(id), Arc::clone(&slot.record));
         let options = NodeOptions {

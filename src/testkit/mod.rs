@@ -30,7 +30,6 @@ pub mod simulation;
 
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterNode, CommandLog, StateMachineFactory, StorageKind,
-    StorageOpener,
 };
 pub use network::{CoreNetwork, CoreNode};
 pub use recorder::{AppliedRecord, Recorded};
