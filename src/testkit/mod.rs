@@ -1,1 +1,2 @@
 //! The in-process multi-node harness.
+pub mod linearizability;

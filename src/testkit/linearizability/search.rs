@@ -1,0 +1,537 @@
+//! The search for one key: Lowe's version of the Wing–Gong algorithm, as in Porcupine.
+//!
+//! The key's operations become a doubly linked list of call and return entries in time order.
+//! The search walks the list from its head: at a call entry it tries to linearize that
+//! operation next (the model must accept it from the current state), and if it can, removes
+//! ("lifts") the operation's call and return entries and starts again from the head. Reaching a
+//! return entry means its operation had to be linearized already and was not: the search
+//! backtracks, undoing the last linearization ("unlifts" it) and trying the next call entry
+//! after it. A cache of every configuration reached — which operations are linearized (a
+//! bitset) plus the value of the key — stops the search from exploring the same configuration
+//! twice, which is what makes it practical.
+//!
+//! Operations with an unknown outcome have no return entry: nothing forces them to be
+//! linearized, so they may be linearized anywhere after their invocation or left out. The key
+//! is linearizable once every operation with a known outcome is linearized.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Instant;
+
+use super::history::{Operation, Outcome, Request, Response};
+
+/// The value id of an absent key; values that are present get ids from 1 up.
+const ABSENT: u32 = 0;
+
+/// Marks "no entry" in the linked list and "no return entry" on a call entry.
+const NONE: usize = usize::MAX;
+
+/// The list's head sentinel: entries are numbered from 1.
+const HEAD: usize = 0;
+
+/// How often (in steps) the search reads the clock to honour a time limit.
+const STEPS_PER_CLOCK_READ: u64 = 1024;
+
+/// What one operation does to the key's value, with values interned as ids. Put and delete
+/// always take effect, whether their outcome is known or not, so both are writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Sets the value (`ABSENT` for a delete).
+    Write(u32),
+    /// Observed the value.
+    Read(u32),
+    /// Compare-and-swap; `swapped` is `None` when the outcome is unknown.
+    CompareAndSwap {
+        expected: u32,
+        new: u32,
+        swapped: Option<bool>,
+    },
+}
+
+impl Step {
+    /// The value after this step from `value`, or `None` if the step cannot happen there.
+    pub(super) fn apply(self, value: u32) -> Option<u32> {
+        match self {
+            Step::Write(new) => Some(new),
+            Step::Read(observed) => (observed == value).then_some(value),
+            Step::CompareAndSwap {
+                expected,
+                new,
+                swapped: Some(true),
+            } => (value == expected).then_some(new),
+            Step::CompareAndSwap {
+                expected,
+                swapped: Some(false),
+                ..
+            } => (value != expected).then_some(value),
+            Step::CompareAndSwap {
+                expected,
+                new,
+                swapped: None,
+            } => Some(if value == expected { new } else { value }),
+        }
+    }
+}
+
+/// The operations of one key, compiled for the search.
+pub(super) struct KeyHistory<'a> {
+    /// Positions in the checked slice, by local operation number.
+    pub(super) indices: Vec<usize>,
+    /// What each operation does, by local operation number.
+    pub(super) steps: Vec<Step>,
+    /// Whether each operation's outcome is known, by local operation number.
+    pub(super) known: Vec<bool>,
+    /// The bytes of each value id; `values[ABSENT]` is `None`.
+    pub(super) values: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> KeyHistory<'a> {
+    /// Compiles the operations at `indices` of `operations`, all on one key. Gets with an
+    /// unknown outcome constrain nothing and are left out.
+    pub(super) fn new(operations: &'a [Operation], indices: &[usize]) -> KeyHistory<'a> {
+        let mut ids: HashMap<&'a [u8], u32> = HashMap::new();
+        let mut values = vec![None];
+        let mut intern = |value: Option<&'a [u8]>| -> u32 {
+            let Some(bytes) = value else {
+                return ABSENT;
+            };
+            *ids.entry(bytes).or_insert_with(|| {
+                values.push(Some(bytes));
+                u32::try_from(values.len() - 1).expect("fewer than 2^32 values per key")
+            })
+        };
+        let mut kept = Vec::with_capacity(indices.len());
+        let mut steps = Vec::with_capacity(indices.len());
+        let mut known = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let operation = &operations[index];
+            let response = match &operation.outcome {
+                Outcome::Ok(response) => Some(response),
+                Outcome::Unknown => None,
+            };
+            let step = match (&operation.request, response) {
+                (Request::Get { .. }, None) => continue,
+                (Request::Get { .. }, Some(Response::Get(value))) => {
+                    Step::Read(intern(value.as_deref()))
+                }
+                (Request::Put { value, .. }, _) => Step::Write(intern(Some(value))),
+                (Request::Delete { .. }, _) => Step::Write(ABSENT),
+                (Request::CompareAndSwap { expected, new, .. }, response) => Step::CompareAndSwap {
+                    expected: intern(expected.as_deref()),
+                    new: intern(Some(new)),
+                    swapped: response.map(|response| match response {
+                        Response::CompareAndSwap(swapped) => *swapped,
+                        other => panic!("operation {index}: cas answered by {other:?}"),
+                    }),
+                },
+                (request, Some(response)) => {
+                    panic!("operation {index}: {request} answered by a {response:?} response")
+                }
+            };
+            kept.push(index);
+            steps.push(step);
+            known.push(response.is_some());
+        }
+        KeyHistory {
+            indices: kept,
+            steps,
+            known,
+            values,
+        }
+    }
+
+    /// The bytes of a value id.
+    pub(super) fn value(&self, id: u32) -> Option<&'a [u8]> {
+        self.values[id as usize]
+    }
+}
+
+/// Limits on the work of one check, shared by all its keys.
+pub(super) struct Budget {
+    pub(super) deadline: Option<Instant>,
+    pub(super) step_limit: Option<u64>,
+    /// Steps taken so far, over all keys.
+    pub(super) steps: u64,
+}
+
+impl Budget {
+    /// Takes one step; false once the budget is spent.
+    fn spend_step(&mut self) -> bool {
+        self.steps += 1;
+        if self.step_limit.is_some_and(|limit| self.steps > limit) {
+            return false;
+        }
+        match self.deadline {
+            Some(deadline) if self.steps % STEPS_PER_CLOCK_READ == 1 => Instant::now() < deadline,
+            _ => true,
+        }
+    }
+}
+
+/// Where the search got furthest before failing: a linearizable prefix, and a return entry
+/// that nothing after that prefix could get past. Operations are local numbers.
+pub(super) struct DeadEnd {
+    /// The longest linearizable prefix found, in linearization order.
+    pub(super) prefix: Vec<usize>,
+    /// The key's value (an id) after the prefix.
+    pub(super) value: u32,
+    /// The operation whose completion was reached without it being linearized.
+    pub(super) blocked: usize,
+    /// Every operation invoked before that completion and not in the prefix (the blocked one
+    /// included): the candidates for the next place in the order.
+    pub(super) candidates: Vec<usize>,
+}
+
+/// The verdict on one key.
+pub(super) enum Verdict {
+    Linearizable,
+    NotLinearizable(DeadEnd),
+    OutOfBudget,
+}
+
+/// One entry of the list: the call or the return of an operation.
+#[derive(Clone, Copy)]
+struct Entry {
+    operation: usize,
+    /// For a call entry of a known operation, its return entry; otherwise `NONE`.
+    return_entry: usize,
+    is_call: bool,
+}
+
+/// The doubly linked list of entries, with removal and exact reinsertion (dancing links).
+struct EntryList {
+    entries: Vec<Entry>,
+    next: Vec<usize>,
+    previous: Vec<usize>,
+}
+
+impl EntryList {
+    fn new(history: &KeyHistory<'_>, operations: &[Operation]) -> EntryList {
+        // (time, 0 for a call and 1 for a return, operation): at equal times calls sort first,
+        // so operations that touch at one instant count as concurrent.
+        let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
+        for (operation, &index) in history.indices.iter().enumerate() {
+            events.push((operations[index].invoked_at, 0, operation));
+            if history.known[operation] {
+                events.push((operations[index].completed_at, 1, operation));
+            }
+        }
+        events.sort_unstable();
+        let mut entries = Vec::with_capacity(events.len() + 1);
+        entries.push(Entry {
+            operation: NONE,
+            return_entry: NONE,
+            is_call: false,
+        });
+        let mut call_entries = vec![NONE; history.steps.len()];
+        for &(_, kind, operation) in &events {
+            let position = entries.len();
+            if kind == 0 {
+                call_entries[operation] = position;
+            } else {
+                let call = call_entries[operation];
+                debug_assert_ne!(call, NONE, "a return sorts after its call");
+                entries[call].return_entry = position;
+            }
+            entries.push(Entry {
+                operation,
+                return_entry: NONE,
+                is_call: kind == 0,
+            });
+        }
+        let count = entries.len();
+        let next = (0..count)
+            .map(|position| {
+                if position + 1 < count {
+                    position + 1
+                } else {
+                    NONE
+                }
+            })
+            .collect();
+        let previous = (0..count)
+            .map(|position| if position == HEAD { NONE } else { position - 1 })
+            .collect();
+        EntryList {
+            entries,
+            next,
+            previous,
+        }
+    }
+
+    fn remove(&mut self, position: usize) {
+        let (previous, next) = (self.previous[position], self.next[position]);
+        self.next[previous] = next;
+        if next != NONE {
+            self.previous[next] = previous;
+        }
+    }
+
+    /// Puts back an entry removed by [`remove`](Self::remove); removals must be undone in
+    /// reverse order.
+    fn reinsert(&mut self, position: usize) {
+        let (previous, next) = (self.previous[position], self.next[position]);
+        self.next[previous] = position;
+        if next != NONE {
+            self.previous[next] = position;
+        }
+    }
+
+    /// Removes an operation's call entry and its return entry, if it has one.
+    fn lift(&mut self, call: usize) {
+        self.remove(call);
+        let return_entry = self.entries[call].return_entry;
+        if return_entry != NONE {
+            self.remove(return_entry);
+        }
+    }
+
+    /// Undoes [`lift`](Self::lift).
+    fn unlift(&mut self, call: usize) {
+        let return_entry = self.entries[call].return_entry;
+        if return_entry != NONE {
+            self.reinsert(return_entry);
+        }
+        self.reinsert(call);
+    }
+}
+
+/// A set of operations, with a hash maintained as each member is added or removed (Zobrist
+/// hashing), so that looking a configuration up in the cache does not rehash the whole set.
+struct OperationSet {
+    words: Vec<u64>,
+    hash: u64,
+}
+
+impl OperationSet {
+    fn new(count: usize) -> OperationSet {
+        OperationSet {
+            words: vec![0; count.div_ceil(64)],
+            hash: 0,
+        }
+    }
+
+    fn toggle(&mut self, operation: usize) {
+        self.words[operation / 64] ^= 1 << (operation % 64);
+        self.hash ^= mix(operation as u64);
+    }
+}
+
+/// The configurations that share one hash: (value, set of linearized operations).
+type Bucket = Vec<(u32, Box<[u64]>)>;
+
+/// The configurations the search has reached, keyed by hash; collisions are resolved by
+/// comparing the value and the whole set.
+#[derive(Default)]
+struct Cache {
+    buckets: HashMap<u64, Bucket, BuildHasherDefault<PassThroughHasher>>,
+}
+
+impl Cache {
+    /// Adds the configuration; false if it was already there.
+    fn insert(&mut self, set: &OperationSet, value: u32) -> bool {
+        let hash = set.hash ^ mix(u64::from(value) ^ 0x5851_f42d_4c95_7f2d);
+        let bucket = self.buckets.entry(hash).or_default();
+        if bucket
+            .iter()
+            .any(|(cached, words)| *cached == value && **words == *set.words)
+        {
+            return false;
+        }
+        bucket.push((value, set.words.clone().into_boxed_slice()));
+        true
+    }
+}
+
+/// The cache's keys are already well mixed hashes: use them as they are.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = mix(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// splitmix64's finalizer: a cheap bijection that spreads every input bit over the output.
+fn mix(value: u64) -> u64 {
+    let mut mixed = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    mixed ^ (mixed >> 31)
+}
+
+/// A linearization made during the search, to undo on backtracking.
+struct Frame {
+    call: usize,
+    value_before: u32,
+}
+
+/// Searches for a linearization of one key's history, within `budget`.
+pub(super) fn search(
+    history: &KeyHistory<'_>,
+    operations: &[Operation],
+    budget: &mut Budget,
+) -> Verdict {
+    let mut list = EntryList::new(history, operations);
+    let mut known_remaining = history.known.iter().filter(|known| **known).count();
+    let mut linearized = OperationSet::new(history.steps.len());
+    let mut cache = Cache::default();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut value = ABSENT;
+    let mut dead_end: Option<DeadEnd> = None;
+    let mut position = list.next[HEAD];
+    while known_remaining > 0 {
+        if !budget.spend_step() {
+            return Verdict::OutOfBudget;
+        }
+        // A known operation's return entry is still in the list, and the walk stops at the
+        // first return entry it meets, so it never runs off the end.
+        assert_ne!(position, NONE, "search walked past every return entry");
+        let entry = list.entries[position];
+        if entry.is_call {
+            if let Some(value_after) = history.steps[entry.operation].apply(value) {
+                linearized.toggle(entry.operation);
+                if cache.insert(&linearized, value_after) {
+                    frames.push(Frame {
+                        call: position,
+                        value_before: value,
+                    });
+                    value = value_after;
+                    if history.known[entry.operation] {
+                        known_remaining -= 1;
+                    }
+                    list.lift(position);
+                    position = list.next[HEAD];
+                    continue;
+                }
+                linearized.toggle(entry.operation);
+            }
+            position = list.next[position];
+        } else {
+            let deepest_so_far = match &dead_end {
+                Some(deepest) => frames.len() > deepest.prefix.len(),
+                None => true,
+            };
+            if deepest_so_far {
+                dead_end = Some(describe_dead_end(&list, &frames, value, position));
+            }
+            let Some(frame) = frames.pop() else {
+                return Verdict::NotLinearizable(dead_end.expect("recorded just above"));
+            };
+            let operation = list.entries[frame.call].operation;
+            linearized.toggle(operation);
+            if history.known[operation] {
+                known_remaining += 1;
+            }
+            value = frame.value_before;
+            list.unlift(frame.call);
+            position = list.next[frame.call];
+        }
+    }
+    Verdict::Linearizable
+}
+
+/// Captures the search's position when it meets the return entry at `blocked_position`.
+fn describe_dead_end(
+    list: &EntryList,
+    frames: &[Frame],
+    value: u32,
+    blocked_position: usize,
+) -> DeadEnd {
+    let mut candidates = Vec::new();
+    let mut position = list.next[HEAD];
+    while position != blocked_position {
+        let entry = list.entries[position];
+        if entry.is_call {
+            candidates.push(entry.operation);
+        }
+        position = list.next[position];
+    }
+    DeadEnd {
+        prefix: frames
+            .iter()
+            .map(|frame| list.entries[frame.call].operation)
+            .collect(),
+        value,
+        blocked: list.entries[blocked_position].operation,
+        candidates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_apply_follows_register_semantics() {
+        let (absent, one, two) = (ABSENT, 1, 2);
+        assert_eq!(Step::Write(one).apply(two), Some(one));
+        assert_eq!(Step::Read(one).apply(one), Some(one));
+        assert_eq!(Step::Read(one).apply(absent), None);
+        let swap = |swapped| Step::CompareAndSwap {
+            expected: one,
+            new: two,
+            swapped,
+        };
+        assert_eq!(swap(Some(true)).apply(one), Some(two));
+        assert_eq!(swap(Some(true)).apply(absent), None);
+        assert_eq!(swap(Some(false)).apply(absent), Some(absent));
+        assert_eq!(swap(Some(false)).apply(one), None);
+        assert_eq!(swap(None).apply(one), Some(two));
+        assert_eq!(swap(None).apply(absent), Some(absent));
+    }
+
+    #[test]
+    fn lift_and_unlift_restore_the_list() {
+        use crate::testkit::linearizability::{ClientId, Request, Response};
+        let operations = vec![
+            Operation::completed(ClientId(1), Request::put("k", "a"), Response::Put, 0, 10),
+            Operation::completed(ClientId(2), Request::put("k", "b"), Response::Put, 5, 15),
+            Operation::unknown(ClientId(3), Request::delete("k"), 7),
+        ];
+        let history = KeyHistory::new(&operations, &[0, 1, 2]);
+        let mut list = EntryList::new(&history, &operations);
+        let walk = |list: &EntryList| {
+            let mut order = Vec::new();
+            let mut position = list.next[HEAD];
+            while position != NONE {
+                order.push(position);
+                position = list.next[position];
+            }
+            order
+        };
+        let before = walk(&list);
+        assert_eq!(before.len(), 5);
+        list.lift(2);
+        list.lift(1);
+        assert_eq!(walk(&list), vec![3]);
+        list.unlift(1);
+        list.unlift(2);
+        assert_eq!(walk(&list), before);
+    }
+
+    #[test]
+    fn cache_tells_configurations_apart() {
+        let mut set = OperationSet::new(130);
+        let mut cache = Cache::default();
+        assert!(cache.insert(&set, 0));
+        assert!(!cache.insert(&set, 0));
+        assert!(cache.insert(&set, 1));
+        set.toggle(129);
+        assert!(cache.insert(&set, 0));
+        set.toggle(129);
+        assert_eq!(set.hash, 0);
+        assert!(!cache.insert(&set, 1));
+    }
+}
