@@ -153,7 +153,7 @@ impl fmt::Display for CheckResult {
             } => {
                 write!(
                     formatter,
-                    "unknown: the search budget ran out after {steps} steps with {} keys unchecked, starting with ",
+                    "unknown: the search budget ran out after {steps} steps; keys unchecked: {}, starting with ",
                     unchecked_keys.len()
                 )?;
                 match unchecked_keys.first() {

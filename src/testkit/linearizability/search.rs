@@ -157,10 +157,10 @@ pub(super) struct Budget {
 impl Budget {
     /// Takes one step; false once the budget is spent.
     fn spend_step(&mut self) -> bool {
-        self.steps += 1;
-        if self.step_limit.is_some_and(|limit| self.steps > limit) {
+        if self.step_limit.is_some_and(|limit| self.steps >= limit) {
             return false;
         }
+        self.steps += 1;
         match self.deadline {
             Some(deadline) if self.steps % STEPS_PER_CLOCK_READ == 1 => Instant::now() < deadline,
             _ => true,
