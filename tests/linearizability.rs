@@ -809,3 +809,45 @@ fn validate_rejects_malformed_histories() {
     ));
     assert_eq!(validate(&[unknown(1, Request::get("x"), 5)]), Ok(()));
 }
+
+/// Timings for the report in the module docs: `cargo test --release --test linearizability --
+/// --ignored --nocapture performance`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn performance_of_large_histories() {
+    let shapes = [
+        (8, 16, 0.01),
+        (10, 16, 0.05),
+        (10, 4, 0.01),
+        (10, 4, 0.05),
+        (10, 1, 0.01),
+    ];
+    for (clients, keys, unknown_probability) in shapes {
+        let shape = Shape {
+            clients,
+            keys,
+            operations: 10_000,
+            unknown_probability,
+        };
+        let mut operations = generate(1, &shape);
+        let started = Instant::now();
+        let result = check(&operations);
+        let good = started.elapsed();
+        let reads = known_reads(&operations);
+        let target = reads[reads.len() * 3 / 4];
+        operations[target].outcome = Outcome::Ok(Response::Get(Some(b"never written".to_vec())));
+        let started = Instant::now();
+        let corrupted = check(&operations);
+        let bad = started.elapsed();
+        eprintln!(
+            "{clients} clients, {keys} keys, {:.0}% unknown: good {good:?} ({}), corrupted {bad:?} ({})",
+            unknown_probability * 100.0,
+            if result.is_linearizable() { "linearizable" } else { "NOT" },
+            match corrupted {
+                CheckResult::NotLinearizable { .. } => "rejected",
+                CheckResult::Linearizable => "ACCEPTED",
+                CheckResult::TimedOut { .. } => "timed out",
+            }
+        );
+    }
+}
