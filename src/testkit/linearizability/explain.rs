@@ -2,8 +2,8 @@
 
 use std::fmt::{self, Write};
 
-use super::history::{Bytes, MaybeBytes, Operation};
-use super::search::{DeadEnd, KeyHistory, Step};
+use super::history::{Bytes, MaybeBytes, Operation, Outcome, Request, Response};
+use super::search::{DeadEnd, KeyHistory};
 
 /// At most this many operations of the linearizable prefix are printed (the last ones).
 const PREFIX_SHOWN_MAX: usize = 10;
@@ -41,11 +41,16 @@ impl Explanation {
     /// `operations`).
     pub(super) fn new(
         operations: &[Operation],
-        history: &KeyHistory<'_>,
+        history: &KeyHistory,
         dead_end: &DeadEnd,
     ) -> Explanation {
         let index = |operation: usize| history.indices[operation];
-        let value = history.value(dead_end.value);
+        let prefix: Vec<usize> = dead_end
+            .prefix
+            .iter()
+            .map(|&operation| index(operation))
+            .collect();
+        let value = replay(operations, &prefix);
         let key = operations[index(dead_end.blocked)].key();
         let known = history.known.iter().filter(|known| **known).count();
         let mut text = String::new();
@@ -91,7 +96,11 @@ impl Explanation {
                 "  #{} {}: {}",
                 index(operation),
                 operations[index(operation)],
-                refusal(history, history.steps[operation], dead_end.value)
+                refusal(
+                    &operations[index(operation)],
+                    value,
+                    history.steps[operation].apply(dead_end.value).is_some()
+                )
             );
         }
         if dead_end.candidates.len() > CANDIDATES_SHOWN_MAX {
@@ -119,37 +128,50 @@ impl Explanation {
     }
 }
 
-/// Why `step` cannot come next when the key holds `value`.
-fn refusal(history: &KeyHistory<'_>, step: Step, value: u32) -> String {
-    let shown = |id: u32| MaybeBytes(history.value(id)).to_string();
-    if step.apply(value).is_some() {
+/// The key's value after the operations at `prefix`, taken in that order.
+fn replay<'a>(operations: &'a [Operation], prefix: &[usize]) -> Option<&'a [u8]> {
+    let mut value: Option<&[u8]> = None;
+    for &index in prefix {
+        let operation = &operations[index];
+        match (&operation.request, &operation.outcome) {
+            (Request::Put { value: new, .. }, _) => value = Some(new),
+            (Request::Delete { .. }, _) => value = None,
+            (Request::CompareAndSwap { expected, new, .. }, outcome) => {
+                let swapped = match outcome {
+                    Outcome::Ok(Response::CompareAndSwap(swapped)) => *swapped,
+                    _ => value == expected.as_deref(),
+                };
+                if swapped {
+                    value = Some(new);
+                }
+            }
+            (Request::Get { .. }, _) => {}
+        }
+    }
+    value
+}
+
+/// Why `operation` cannot come next when the key holds `value`; `applies` says whether the
+/// model accepts it there (and only the rest of the search failed).
+fn refusal(operation: &Operation, value: Option<&[u8]>, applies: bool) -> String {
+    if applies {
         return "possible here, but every order continuing with it fails".to_string();
     }
-    match step {
-        Step::Read(observed) => format!(
-            "it read {} but the key holds {}",
-            shown(observed),
-            shown(value)
+    let value = MaybeBytes(value);
+    match (&operation.request, &operation.outcome) {
+        (Request::Get { .. }, Outcome::Ok(Response::Get(read))) => format!(
+            "it read {} but the key holds {value}",
+            MaybeBytes(read.as_deref())
         ),
-        Step::CompareAndSwap {
-            expected,
-            swapped: Some(true),
-            ..
-        } => format!(
-            "it swapped, which needs {} but the key holds {}",
-            shown(expected),
-            shown(value)
-        ),
-        Step::CompareAndSwap {
-            expected,
-            swapped: Some(false),
-            ..
-        } => format!(
-            "it did not swap, but the key holds its expected {}",
-            shown(expected)
-        ),
-        Step::Write(_) | Step::CompareAndSwap { swapped: None, .. } => {
-            unreachable!("writes and unknown swaps always apply")
+        (Request::CompareAndSwap { expected, .. }, Outcome::Ok(Response::CompareAndSwap(true))) => {
+            format!(
+                "it swapped, which needs {} but the key holds {value}",
+                MaybeBytes(expected.as_deref())
+            )
         }
+        (Request::CompareAndSwap { .. }, Outcome::Ok(Response::CompareAndSwap(false))) => {
+            format!("it did not swap, but the key holds its expected {value}")
+        }
+        _ => unreachable!("writes and operations with unknown outcomes always apply"),
     }
 }

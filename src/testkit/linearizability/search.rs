@@ -20,8 +20,16 @@ use std::time::Instant;
 
 use super::history::{Operation, Outcome, Request, Response};
 
-/// The value id of an absent key; values that are present get ids from 1 up.
+/// The value id of an absent key.
 const ABSENT: u32 = 0;
+
+/// The value id shared by every value that no get returns and no compare-and-swap expects.
+/// No operation can tell such values apart (each differs from everything a get or a
+/// compare-and-swap looks for), so the search does not either, and explores fewer states.
+const UNOBSERVED: u32 = 1;
+
+/// Observed values get ids from here up.
+const FIRST_OBSERVED: u32 = 2;
 
 /// Marks "no entry" in the linked list and "no return entry" on a call entry.
 const NONE: usize = usize::MAX;
@@ -34,7 +42,7 @@ const STEPS_PER_CLOCK_READ: u64 = 1024;
 
 /// What one operation does to the key's value, with values interned as ids. Put and delete
 /// always take effect, whether their outcome is known or not, so both are writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Step {
     /// Sets the value (`ABSENT` for a delete).
     Write(u32),
@@ -74,31 +82,49 @@ impl Step {
 }
 
 /// The operations of one key, compiled for the search.
-pub(super) struct KeyHistory<'a> {
+pub(super) struct KeyHistory {
     /// Positions in the checked slice, by local operation number.
     pub(super) indices: Vec<usize>,
     /// What each operation does, by local operation number.
     pub(super) steps: Vec<Step>,
     /// Whether each operation's outcome is known, by local operation number.
     pub(super) known: Vec<bool>,
-    /// The bytes of each value id; `values[ABSENT]` is `None`.
-    pub(super) values: Vec<Option<&'a [u8]>>,
+    /// For an operation with an unknown outcome, the last operation invoked before it that
+    /// also has an unknown outcome and the same step; `NONE` if there is none.
+    ///
+    /// Such twins are interchangeable: whenever the later one may take effect, so may the
+    /// earlier (neither must ever complete), with the same effect. So if any linearization
+    /// exists, one exists in which each twin takes effect only after its earlier twin, and the
+    /// search only looks for those. Without this, `k` lost writes of the same value (or of
+    /// unobserved values) that never took effect would cost `2^k` sets to explore; with it,
+    /// `k + 1`.
+    pub(super) twin_before: Vec<usize>,
 }
 
-impl<'a> KeyHistory<'a> {
+impl KeyHistory {
     /// Compiles the operations at `indices` of `operations`, all on one key. Gets with an
     /// unknown outcome constrain nothing and are left out.
-    pub(super) fn new(operations: &'a [Operation], indices: &[usize]) -> KeyHistory<'a> {
-        let mut ids: HashMap<&'a [u8], u32> = HashMap::new();
-        let mut values = vec![None];
-        let mut intern = |value: Option<&'a [u8]>| -> u32 {
-            let Some(bytes) = value else {
-                return ABSENT;
+    pub(super) fn new(operations: &[Operation], indices: &[usize]) -> KeyHistory {
+        let mut ids: HashMap<&[u8], u32> = HashMap::new();
+        for &index in indices {
+            let operation = &operations[index];
+            let observed = match (&operation.request, &operation.outcome) {
+                (Request::Get { .. }, Outcome::Ok(Response::Get(Some(value)))) => value,
+                (
+                    Request::CompareAndSwap {
+                        expected: Some(value),
+                        ..
+                    },
+                    _,
+                ) => value,
+                _ => continue,
             };
-            *ids.entry(bytes).or_insert_with(|| {
-                values.push(Some(bytes));
-                u32::try_from(values.len() - 1).expect("fewer than 2^32 values per key")
-            })
+            let next_id = FIRST_OBSERVED + u32::try_from(ids.len()).expect("under 2^31 values");
+            ids.entry(observed).or_insert(next_id);
+        }
+        let intern = |value: Option<&[u8]>| match value {
+            None => ABSENT,
+            Some(bytes) => ids.get(bytes).copied().unwrap_or(UNOBSERVED),
         };
         let mut kept = Vec::with_capacity(indices.len());
         let mut steps = Vec::with_capacity(indices.len());
@@ -132,17 +158,21 @@ impl<'a> KeyHistory<'a> {
             steps.push(step);
             known.push(response.is_some());
         }
+        let mut twin_before = vec![NONE; kept.len()];
+        let mut unknown: Vec<usize> = (0..kept.len()).filter(|&local| !known[local]).collect();
+        unknown.sort_by_key(|&local| (operations[kept[local]].invoked_at, local));
+        let mut last_twin: HashMap<Step, usize> = HashMap::new();
+        for local in unknown {
+            if let Some(twin) = last_twin.insert(steps[local], local) {
+                twin_before[local] = twin;
+            }
+        }
         KeyHistory {
             indices: kept,
             steps,
             known,
-            values,
+            twin_before,
         }
-    }
-
-    /// The bytes of a value id.
-    pub(super) fn value(&self, id: u32) -> Option<&'a [u8]> {
-        self.values[id as usize]
     }
 }
 
@@ -206,7 +236,7 @@ struct EntryList {
 }
 
 impl EntryList {
-    fn new(history: &KeyHistory<'_>, operations: &[Operation]) -> EntryList {
+    fn new(history: &KeyHistory, operations: &[Operation]) -> EntryList {
         // (time, 0 for a call and 1 for a return, operation): at equal times calls sort first,
         // so operations that touch at one instant count as concurrent.
         let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
@@ -311,6 +341,10 @@ impl OperationSet {
         }
     }
 
+    fn contains(&self, operation: usize) -> bool {
+        self.words[operation / 64] & (1 << (operation % 64)) != 0
+    }
+
     fn toggle(&mut self, operation: usize) {
         self.words[operation / 64] ^= 1 << (operation % 64);
         self.hash ^= mix(operation as u64);
@@ -379,7 +413,7 @@ struct Frame {
 
 /// Searches for a linearization of one key's history, within `budget`.
 pub(super) fn search(
-    history: &KeyHistory<'_>,
+    history: &KeyHistory,
     operations: &[Operation],
     budget: &mut Budget,
 ) -> Verdict {
@@ -400,7 +434,10 @@ pub(super) fn search(
         assert_ne!(position, NONE, "search walked past every return entry");
         let entry = list.entries[position];
         if entry.is_call {
-            if let Some(value_after) = history.steps[entry.operation].apply(value) {
+            let twin = history.twin_before[entry.operation];
+            let twin_done = twin == NONE || linearized.contains(twin);
+            let value_after = history.steps[entry.operation].apply(value);
+            if let (true, Some(value_after)) = (twin_done, value_after) {
                 linearized.toggle(entry.operation);
                 if cache.insert(&linearized, value_after) {
                     frames.push(Frame {
