@@ -52,7 +52,11 @@ impl Explanation {
             .collect();
         let value = replay(operations, &prefix);
         let key = operations[index(dead_end.blocked)].key();
-        let known = history.known.iter().filter(|known| **known).count();
+        let known = history
+            .indices
+            .iter()
+            .filter(|&&index| operations[index].is_known())
+            .count();
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = writeln!(
@@ -172,6 +176,11 @@ fn refusal(operation: &Operation, value: Option<&[u8]>, applies: bool) -> String
         (Request::CompareAndSwap { .. }, Outcome::Ok(Response::CompareAndSwap(false))) => {
             format!("it did not swap, but the key holds its expected {value}")
         }
-        _ => unreachable!("writes and operations with unknown outcomes always apply"),
+        (Request::CompareAndSwap { expected, .. }, Outcome::Unknown) => format!(
+            "its outcome is unknown, but it alone writes a value read later, so it swapped, \
+             which needs {} but the key holds {value}",
+            MaybeBytes(expected.as_deref())
+        ),
+        _ => unreachable!("writes always apply"),
     }
 }

@@ -12,7 +12,13 @@
 //!
 //! Operations with an unknown outcome have no return entry: nothing forces them to be
 //! linearized, so they may be linearized anywhere after their invocation or left out. The key
-//! is linearizable once every operation with a known outcome is linearized.
+//! is linearizable once every operation with a return entry is linearized.
+//!
+//! Two reductions, both exact, keep operations with an unknown outcome from multiplying the
+//! configurations: an unknown operation that alone writes a value some operation observes is
+//! given a return entry where the first observer completes (see `KeyHistory::return_at`), and
+//! interchangeable unknown operations are linearized in invocation order (see
+//! `KeyHistory::twin_before`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -87,8 +93,16 @@ pub(super) struct KeyHistory {
     pub(super) indices: Vec<usize>,
     /// What each operation does, by local operation number.
     pub(super) steps: Vec<Step>,
-    /// Whether each operation's outcome is known, by local operation number.
-    pub(super) known: Vec<bool>,
+    /// By local operation number, the time by which the operation must have taken effect:
+    /// its completion if its outcome is known; `None` if it may also never take effect.
+    ///
+    /// An operation with an unknown outcome gets a time too when it is the only operation that
+    /// writes a value that a get with a known outcome returns, or that a compare-and-swap known
+    /// to have swapped expects: every linearization must place it before the first such
+    /// observer completes (and, for a compare-and-swap, have it swap). Making that explicit
+    /// stops the search from trying the histories in which it never took effect, one doubling
+    /// of the configurations per such operation.
+    pub(super) return_at: Vec<Option<u64>>,
     /// For an operation with an unknown outcome, the last operation invoked before it that
     /// also has an unknown outcome and the same step; `NONE` if there is none.
     ///
@@ -128,7 +142,7 @@ impl KeyHistory {
         };
         let mut kept = Vec::with_capacity(indices.len());
         let mut steps = Vec::with_capacity(indices.len());
-        let mut known = Vec::with_capacity(indices.len());
+        let mut return_at = Vec::with_capacity(indices.len());
         for &index in indices {
             let operation = &operations[index];
             let response = match &operation.outcome {
@@ -156,10 +170,13 @@ impl KeyHistory {
             };
             kept.push(index);
             steps.push(step);
-            known.push(response.is_some());
+            return_at.push(response.map(|_| operation.completed_at));
         }
+        must_take_effect_before_observed(operations, &kept, &mut steps, &mut return_at);
         let mut twin_before = vec![NONE; kept.len()];
-        let mut unknown: Vec<usize> = (0..kept.len()).filter(|&local| !known[local]).collect();
+        let mut unknown: Vec<usize> = (0..kept.len())
+            .filter(|&local| return_at[local].is_none())
+            .collect();
         unknown.sort_by_key(|&local| (operations[kept[local]].invoked_at, local));
         let mut last_twin: HashMap<Step, usize> = HashMap::new();
         for local in unknown {
@@ -170,8 +187,59 @@ impl KeyHistory {
         KeyHistory {
             indices: kept,
             steps,
-            known,
+            return_at,
             twin_before,
+        }
+    }
+}
+
+/// Gives a return time to each operation with an unknown outcome that is the only writer of a
+/// value observed by an operation with a known outcome (see [`KeyHistory::return_at`]).
+fn must_take_effect_before_observed(
+    operations: &[Operation],
+    indices: &[usize],
+    steps: &mut [Step],
+    return_at: &mut [Option<u64>],
+) {
+    // Per observed value id: how many operations may write it, the last of them, and the
+    // earliest completion of a known operation that needs it.
+    let mut writers: HashMap<u32, (usize, usize)> = HashMap::new();
+    let mut first_needed: HashMap<u32, u64> = HashMap::new();
+    for (local, step) in steps.iter().enumerate() {
+        let (written, needed) = match *step {
+            Step::Write(value) => (Some(value), None),
+            Step::Read(value) => (None, Some(value)),
+            Step::CompareAndSwap {
+                expected,
+                new,
+                swapped,
+            } => (
+                (swapped != Some(false)).then_some(new),
+                (swapped == Some(true)).then_some(expected),
+            ),
+        };
+        if let Some(value) = written.filter(|value| *value >= FIRST_OBSERVED) {
+            let entry = writers.entry(value).or_insert((0, local));
+            *entry = (entry.0 + 1, local);
+        }
+        if let (Some(value), Some(completed_at)) = (needed, return_at[local]) {
+            let earliest = first_needed.entry(value).or_insert(completed_at);
+            *earliest = (*earliest).min(completed_at);
+        }
+    }
+    for (value, (count, writer)) in writers {
+        let (1, Some(&needed_by)) = (count, first_needed.get(&value)) else {
+            continue;
+        };
+        if return_at[writer].is_some() {
+            continue;
+        }
+        // Clamped to the invocation so that the return entry sorts after the call; when the
+        // observer completed before the writer was invoked, the search rejects the history
+        // either way.
+        return_at[writer] = Some(needed_by.max(operations[indices[writer]].invoked_at));
+        if let Step::CompareAndSwap { swapped, .. } = &mut steps[writer] {
+            *swapped = Some(true);
         }
     }
 }
@@ -223,7 +291,8 @@ pub(super) enum Verdict {
 #[derive(Clone, Copy)]
 struct Entry {
     operation: usize,
-    /// For a call entry of a known operation, its return entry; otherwise `NONE`.
+    /// For a call entry of an operation that must take effect, its return entry; otherwise
+    /// `NONE`.
     return_entry: usize,
     is_call: bool,
 }
@@ -242,8 +311,8 @@ impl EntryList {
         let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
         for (operation, &index) in history.indices.iter().enumerate() {
             events.push((operations[index].invoked_at, 0, operation));
-            if history.known[operation] {
-                events.push((operations[index].completed_at, 1, operation));
+            if let Some(return_at) = history.return_at[operation] {
+                events.push((return_at, 1, operation));
             }
         }
         events.sort_unstable();
@@ -418,18 +487,18 @@ pub(super) fn search(
     budget: &mut Budget,
 ) -> Verdict {
     let mut list = EntryList::new(history, operations);
-    let mut known_remaining = history.known.iter().filter(|known| **known).count();
+    let mut required_remaining = history.return_at.iter().filter(|at| at.is_some()).count();
     let mut linearized = OperationSet::new(history.steps.len());
     let mut cache = Cache::default();
     let mut frames: Vec<Frame> = Vec::new();
     let mut value = ABSENT;
     let mut dead_end: Option<DeadEnd> = None;
     let mut position = list.next[HEAD];
-    while known_remaining > 0 {
+    while required_remaining > 0 {
         if !budget.spend_step() {
             return Verdict::OutOfBudget;
         }
-        // A known operation's return entry is still in the list, and the walk stops at the
+        // A required operation's return entry is still in the list, and the walk stops at the
         // first return entry it meets, so it never runs off the end.
         assert_ne!(position, NONE, "search walked past every return entry");
         let entry = list.entries[position];
@@ -445,8 +514,8 @@ pub(super) fn search(
                         value_before: value,
                     });
                     value = value_after;
-                    if history.known[entry.operation] {
-                        known_remaining -= 1;
+                    if history.return_at[entry.operation].is_some() {
+                        required_remaining -= 1;
                     }
                     list.lift(position);
                     position = list.next[HEAD];
@@ -468,8 +537,8 @@ pub(super) fn search(
             };
             let operation = list.entries[frame.call].operation;
             linearized.toggle(operation);
-            if history.known[operation] {
-                known_remaining += 1;
+            if history.return_at[operation].is_some() {
+                required_remaining += 1;
             }
             value = frame.value_before;
             list.unlift(frame.call);
