@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyval::testkit::linearizability::{
-    check, check_with_options, validate, CheckOptions, CheckResult, ClientId, Explanation, History,
-    HistoryError, Operation, Outcome, Request, Response,
+    check, check_with_options, check_with_statistics, validate, CheckOptions, CheckResult,
+    ClientId, Explanation, History, HistoryError, Operation, Outcome, Request, Response,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -830,24 +830,29 @@ fn performance_of_large_histories() {
             unknown_probability,
         };
         let mut operations = generate(1, &shape);
-        let started = Instant::now();
-        let result = check(&operations);
-        let good = started.elapsed();
+        let options = CheckOptions::default();
+        let (result, good) = check_with_statistics(&operations, &options);
         let reads = known_reads(&operations);
         let target = reads[reads.len() * 3 / 4];
         operations[target].outcome = Outcome::Ok(Response::Get(Some(b"never written".to_vec())));
-        let started = Instant::now();
-        let corrupted = check(&operations);
-        let bad = started.elapsed();
+        let (corrupted, bad) = check_with_statistics(&operations, &options);
+        let verdict = |result: &CheckResult| match result {
+            CheckResult::Linearizable => "linearizable",
+            CheckResult::NotLinearizable { .. } => "rejected",
+            CheckResult::TimedOut { .. } => "timed out",
+        };
         eprintln!(
-            "{clients} clients, {keys} keys, {:.0}% unknown: good {good:?} ({}), corrupted {bad:?} ({})",
+            "{clients} clients, {keys} keys, {:.0}% unknown: {} in {:?} ({} steps, {} configurations); \
+             corrupted: {} in {:?} ({} steps, {} configurations)",
             unknown_probability * 100.0,
-            if result.is_linearizable() { "linearizable" } else { "NOT" },
-            match corrupted {
-                CheckResult::NotLinearizable { .. } => "rejected",
-                CheckResult::Linearizable => "ACCEPTED",
-                CheckResult::TimedOut { .. } => "timed out",
-            }
+            verdict(&result),
+            good.elapsed,
+            good.steps,
+            good.configurations_max,
+            verdict(&corrupted),
+            bad.elapsed,
+            bad.steps,
+            bad.configurations_max,
         );
     }
 }

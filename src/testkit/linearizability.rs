@@ -178,6 +178,33 @@ pub fn check(operations: &[Operation]) -> CheckResult {
 /// # Panics
 /// If the history is malformed (see [`validate`]).
 pub fn check_with_options(operations: &[Operation], options: &CheckOptions) -> CheckResult {
+    check_with_statistics(operations, options).0
+}
+
+/// What a check did: for reports, and for tuning budgets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckStatistics {
+    /// Operations in the history.
+    pub operations: usize,
+    /// Keys searched, fully or until the check ended.
+    pub keys_searched: usize,
+    /// Search steps taken, over all keys.
+    pub steps: u64,
+    /// The most configurations the search kept in memory for one key.
+    pub configurations_max: usize,
+    /// How long the check took.
+    pub elapsed: Duration,
+}
+
+/// Checks `operations`, stopping when `options` says so, and says how much work it took.
+///
+/// # Panics
+/// If the history is malformed (see [`validate`]).
+pub fn check_with_statistics(
+    operations: &[Operation],
+    options: &CheckOptions,
+) -> (CheckResult, CheckStatistics) {
+    let started = Instant::now();
     if let Err(error) = validate(operations) {
         panic!("cannot check a malformed history: {error}");
     }
@@ -192,30 +219,41 @@ pub fn check_with_options(operations: &[Operation], options: &CheckOptions) -> C
     let mut budget = Budget {
         deadline: options
             .time_limit
-            .and_then(|limit| Instant::now().checked_add(limit)),
+            .and_then(|limit| started.checked_add(limit)),
         step_limit: options.step_limit,
         steps: 0,
     };
+    let mut statistics = CheckStatistics {
+        operations: operations.len(),
+        ..CheckStatistics::default()
+    };
+    let mut result = CheckResult::Linearizable;
     for (position, (key, indices)) in keys.iter().enumerate() {
         let history = KeyHistory::new(operations, indices);
-        match search::search(&history, operations, &mut budget) {
-            Verdict::Linearizable => {}
+        let (verdict, counts) = search::search(&history, operations, &mut budget);
+        statistics.keys_searched += 1;
+        statistics.configurations_max = statistics.configurations_max.max(counts.configurations);
+        match verdict {
+            Verdict::Linearizable => continue,
             Verdict::NotLinearizable(dead_end) => {
-                return CheckResult::NotLinearizable {
+                result = CheckResult::NotLinearizable {
                     key: key.to_vec(),
                     explanation: Explanation::new(operations, &history, &dead_end),
-                }
+                };
             }
             Verdict::OutOfBudget => {
-                return CheckResult::TimedOut {
+                result = CheckResult::TimedOut {
                     unchecked_keys: keys[position..]
                         .iter()
                         .map(|(key, _)| key.to_vec())
                         .collect(),
                     steps: budget.steps,
-                }
+                };
             }
         }
+        break;
     }
-    CheckResult::Linearizable
+    statistics.steps = budget.steps;
+    statistics.elapsed = started.elapsed();
+    (result, statistics)
 }

@@ -395,58 +395,104 @@ impl EntryList {
     }
 }
 
-/// A set of operations, with a hash maintained as each member is added or removed (Zobrist
-/// hashing), so that looking a configuration up in the cache does not rehash the whole set.
-struct OperationSet {
-    words: Vec<u64>,
-    hash: u64,
+/// Which operations the search has linearized: all of them as a bitset, and, for the cache,
+/// the required ones (those with a return entry) as a 128-bit fingerprint maintained as members
+/// come and go (Zobrist hashing) and the optional ones as a bitset of their own.
+struct Linearized {
+    all: Vec<u64>,
+    required_fingerprint: u128,
+    optional: Vec<u64>,
+    /// By local operation number: for an optional operation, its bit in `optional`; `NONE`
+    /// for a required one.
+    optional_bits: Vec<usize>,
 }
 
-impl OperationSet {
-    fn new(count: usize) -> OperationSet {
-        OperationSet {
-            words: vec![0; count.div_ceil(64)],
-            hash: 0,
+impl Linearized {
+    fn new(history: &KeyHistory) -> Linearized {
+        let mut optional_count = 0;
+        let optional_bits = history
+            .return_at
+            .iter()
+            .map(|return_at| match return_at {
+                Some(_) => NONE,
+                None => {
+                    optional_count += 1;
+                    optional_count - 1
+                }
+            })
+            .collect();
+        Linearized {
+            all: vec![0; history.steps.len().div_ceil(64)],
+            required_fingerprint: 0,
+            optional: vec![0; optional_count.div_ceil(64)],
+            optional_bits,
         }
     }
 
     fn contains(&self, operation: usize) -> bool {
-        self.words[operation / 64] & (1 << (operation % 64)) != 0
+        self.all[operation / 64] & (1 << (operation % 64)) != 0
     }
 
     fn toggle(&mut self, operation: usize) {
-        self.words[operation / 64] ^= 1 << (operation % 64);
-        self.hash ^= mix(operation as u64);
+        self.all[operation / 64] ^= 1 << (operation % 64);
+        match self.optional_bits[operation] {
+            NONE => self.required_fingerprint ^= fingerprint(operation as u64),
+            bit => self.optional[bit / 64] ^= 1 << (bit % 64),
+        }
     }
 }
 
-/// The configurations that share one hash: (value, set of linearized operations).
-type Bucket = Vec<(u32, Box<[u64]>)>;
+/// The optional operations linearized in configurations that share a fingerprint.
+type Bucket = Vec<Box<[u64]>>;
 
-/// The configurations the search has reached, keyed by hash; collisions are resolved by
-/// comparing the value and the whole set.
+/// The configurations the search has reached: for each fingerprint of (required operations
+/// linearized, value), the sets of optional operations linearized with them.
+///
+/// A configuration dominates another with the same required operations and value whose
+/// optional operations are a superset of its own: every move open to the second is open to the
+/// first (an optional operation never has to be linearized), leading to a configuration that
+/// again dominates. So once a configuration has been reached, every configuration it
+/// dominates is pruned, not just itself.
+///
+/// Fingerprints are 128 bits and are not checked against the full set: two different
+/// configurations share one with probability below `k² / 2^128` for `k` configurations,
+/// about 10^-21 for a billion. That keeps an entry at a few dozen bytes however long the
+/// history.
 #[derive(Default)]
 struct Cache {
-    buckets: HashMap<u64, Bucket, BuildHasherDefault<PassThroughHasher>>,
+    buckets: HashMap<u128, Bucket, BuildHasherDefault<PassThroughHasher>>,
 }
 
 impl Cache {
-    /// Adds the configuration; false if it was already there.
-    fn insert(&mut self, set: &OperationSet, value: u32) -> bool {
-        let hash = set.hash ^ mix(u64::from(value) ^ 0x5851_f42d_4c95_7f2d);
-        let bucket = self.buckets.entry(hash).or_default();
-        if bucket
-            .iter()
-            .any(|(cached, words)| *cached == value && **words == *set.words)
-        {
+    /// Adds the configuration; false if it or one that dominates it was already there.
+    fn insert(&mut self, linearized: &Linearized, value: u32) -> bool {
+        let key = linearized.required_fingerprint ^ fingerprint(u64::from(value) ^ VALUE_SALT);
+        let bucket = self.buckets.entry(key).or_default();
+        let optional = &linearized.optional;
+        if bucket.iter().any(|seen| is_subset(seen, optional)) {
             return false;
         }
-        bucket.push((value, set.words.clone().into_boxed_slice()));
+        bucket.retain(|seen| !is_subset(optional, seen));
+        bucket.push(optional.clone().into_boxed_slice());
         true
+    }
+
+    fn len(&self) -> usize {
+        self.buckets.values().map(Vec::len).sum()
     }
 }
 
-/// The cache's keys are already well mixed hashes: use them as they are.
+/// Keeps value fingerprints apart from operation fingerprints.
+const VALUE_SALT: u64 = 0x5851_f42d_4c95_7f2d;
+
+fn is_subset(smaller: &[u64], larger: &[u64]) -> bool {
+    smaller
+        .iter()
+        .zip(larger)
+        .all(|(small, large)| small & !large == 0)
+}
+
+/// The cache's keys are already well mixed fingerprints: use them as they are.
 #[derive(Default)]
 struct PassThroughHasher(u64);
 
@@ -461,9 +507,14 @@ impl Hasher for PassThroughHasher {
         }
     }
 
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
     }
+}
+
+/// A 128-bit fingerprint of a number: two independent splitmix64 outputs.
+fn fingerprint(value: u64) -> u128 {
+    (u128::from(mix(value)) << 64) | u128::from(mix(value ^ 0xd1b5_4a32_d192_ed03))
 }
 
 /// splitmix64's finalizer: a cheap bijection that spreads every input bit over the output.
@@ -480,48 +531,64 @@ struct Frame {
     value_before: u32,
 }
 
+/// What a search did, for measurements.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct SearchCounts {
+    /// Configurations kept in the cache when the search ended.
+    pub(super) configurations: usize,
+}
+
 /// Searches for a linearization of one key's history, within `budget`.
 pub(super) fn search(
     history: &KeyHistory,
     operations: &[Operation],
     budget: &mut Budget,
-) -> Verdict {
+) -> (Verdict, SearchCounts) {
     let mut list = EntryList::new(history, operations);
     let mut required_remaining = history.return_at.iter().filter(|at| at.is_some()).count();
-    let mut linearized = OperationSet::new(history.steps.len());
+    let mut linearized = Linearized::new(history);
     let mut cache = Cache::default();
     let mut frames: Vec<Frame> = Vec::new();
     let mut value = ABSENT;
     let mut dead_end: Option<DeadEnd> = None;
     let mut position = list.next[HEAD];
-    while required_remaining > 0 {
+    let verdict = loop {
+        if required_remaining == 0 {
+            break Verdict::Linearizable;
+        }
         if !budget.spend_step() {
-            return Verdict::OutOfBudget;
+            break Verdict::OutOfBudget;
         }
         // A required operation's return entry is still in the list, and the walk stops at the
         // first return entry it meets, so it never runs off the end.
         assert_ne!(position, NONE, "search walked past every return entry");
         let entry = list.entries[position];
         if entry.is_call {
-            let twin = history.twin_before[entry.operation];
+            let operation = entry.operation;
+            let required = history.return_at[operation].is_some();
+            let twin = history.twin_before[operation];
             let twin_done = twin == NONE || linearized.contains(twin);
-            let value_after = history.steps[entry.operation].apply(value);
+            // An optional operation that would change nothing is better left for later: taking
+            // it now only closes options.
+            let value_after = history.steps[operation]
+                .apply(value)
+                .filter(|value_after| required || *value_after != value);
             if let (true, Some(value_after)) = (twin_done, value_after) {
-                linearized.toggle(entry.operation);
+                linearized.toggle(operation);
                 if cache.insert(&linearized, value_after) {
                     frames.push(Frame {
                         call: position,
                         value_before: value,
                     });
                     value = value_after;
-                    if history.return_at[entry.operation].is_some() {
+                    if required {
                         required_remaining -= 1;
                     }
                     list.lift(position);
                     position = list.next[HEAD];
                     continue;
                 }
-                linearized.toggle(entry.operation);
+                linearized.toggle(operation);
             }
             position = list.next[position];
         } else {
@@ -533,7 +600,7 @@ pub(super) fn search(
                 dead_end = Some(describe_dead_end(&list, &frames, value, position));
             }
             let Some(frame) = frames.pop() else {
-                return Verdict::NotLinearizable(dead_end.expect("recorded just above"));
+                break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
             };
             let operation = list.entries[frame.call].operation;
             linearized.toggle(operation);
@@ -544,8 +611,11 @@ pub(super) fn search(
             list.unlift(frame.call);
             position = list.next[frame.call];
         }
-    }
-    Verdict::Linearizable
+    };
+    let counts = SearchCounts {
+        configurations: cache.len(),
+    };
+    (verdict, counts)
 }
 
 /// Captures the search's position when it meets the return entry at `blocked_position`.
@@ -578,6 +648,7 @@ fn describe_dead_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::linearizability::{ClientId, Request, Response};
 
     #[test]
     fn step_apply_follows_register_semantics() {
@@ -600,7 +671,6 @@ mod tests {
 
     #[test]
     fn lift_and_unlift_restore_the_list() {
-        use crate::testkit::linearizability::{ClientId, Request, Response};
         let operations = vec![
             Operation::completed(ClientId(1), Request::put("k", "a"), Response::Put, 0, 10),
             Operation::completed(ClientId(2), Request::put("k", "b"), Response::Put, 5, 15),
@@ -628,16 +698,30 @@ mod tests {
     }
 
     #[test]
-    fn cache_tells_configurations_apart() {
-        let mut set = OperationSet::new(130);
+    fn cache_prunes_equal_and_dominated_configurations() {
+        let operations = vec![
+            Operation::completed(ClientId(1), Request::put("k", "a"), Response::Put, 0, 10),
+            Operation::unknown(ClientId(2), Request::put("k", "b"), 1),
+            Operation::unknown(ClientId(3), Request::delete("k"), 2),
+        ];
+        let history = KeyHistory::new(&operations, &[0, 1, 2]);
+        let mut linearized = Linearized::new(&history);
         let mut cache = Cache::default();
-        assert!(cache.insert(&set, 0));
-        assert!(!cache.insert(&set, 0));
-        assert!(cache.insert(&set, 1));
-        set.toggle(129);
-        assert!(cache.insert(&set, 0));
-        set.toggle(129);
-        assert_eq!(set.hash, 0);
-        assert!(!cache.insert(&set, 1));
+        assert!(cache.insert(&linearized, 0));
+        assert!(!cache.insert(&linearized, 0), "equal");
+        assert!(cache.insert(&linearized, 1), "another value");
+        linearized.toggle(1);
+        assert!(
+            !cache.insert(&linearized, 0),
+            "dominated by the empty optional set"
+        );
+        linearized.toggle(0);
+        assert!(cache.insert(&linearized, 0), "another required set");
+        linearized.toggle(1);
+        assert!(cache.insert(&linearized, 0), "dominates the one before");
+        assert_eq!(cache.len(), 3, "the dominated configuration was dropped");
+        linearized.toggle(0);
+        assert_eq!(linearized.required_fingerprint, 0);
+        assert!(!cache.insert(&linearized, 0));
     }
 }
