@@ -40,8 +40,11 @@ const FIRST_OBSERVED: u32 = 2;
 /// Marks "no entry" in the linked list and "no return entry" on a call entry.
 const NONE: usize = usize::MAX;
 
-/// The list's head sentinel: entries are numbered from 1.
+/// The head sentinel of the list of required operations' calls and returns.
 const HEAD: usize = 0;
+
+/// The head sentinel of the list of optional operations' calls.
+const OPTIONAL_HEAD: usize = 1;
 
 /// How often (in steps) the search reads the clock to honour a time limit.
 const STEPS_PER_CLOCK_READ: u64 = 1024;
@@ -287,17 +290,23 @@ pub(super) enum Verdict {
     OutOfBudget,
 }
 
-/// One entry of the list: the call or the return of an operation.
+/// One entry of a list: the call or the return of an operation.
 #[derive(Clone, Copy)]
 struct Entry {
     operation: usize,
+    /// When the call or return happened.
+    time: u64,
     /// For a call entry of an operation that must take effect, its return entry; otherwise
     /// `NONE`.
     return_entry: usize,
     is_call: bool,
 }
 
-/// The doubly linked list of entries, with removal and exact reinsertion (dancing links).
+/// Two doubly linked lists of entries, with removal and exact reinsertion (dancing links):
+/// from `HEAD`, the calls and returns of the required operations in time order; from
+/// `OPTIONAL_HEAD`, the calls of the optional ones in invocation order. Keeping them apart
+/// lets the search try required operations before optional ones, so that it reaches
+/// configurations with few optional operations first, and those prune the rest.
 struct EntryList {
     entries: Vec<Entry>,
     next: Vec<usize>,
@@ -308,54 +317,53 @@ impl EntryList {
     fn new(history: &KeyHistory, operations: &[Operation]) -> EntryList {
         // (time, 0 for a call and 1 for a return, operation): at equal times calls sort first,
         // so operations that touch at one instant count as concurrent.
-        let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
+        let mut required: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
+        let mut optional: Vec<(u64, u8, usize)> = Vec::new();
         for (operation, &index) in history.indices.iter().enumerate() {
-            events.push((operations[index].invoked_at, 0, operation));
-            if let Some(return_at) = history.return_at[operation] {
-                events.push((return_at, 1, operation));
+            let call = (operations[index].invoked_at, 0, operation);
+            match history.return_at[operation] {
+                Some(return_at) => required.extend([call, (return_at, 1, operation)]),
+                None => optional.push(call),
             }
         }
-        events.sort_unstable();
-        let mut entries = Vec::with_capacity(events.len() + 1);
-        entries.push(Entry {
+        required.sort_unstable();
+        optional.sort_unstable();
+        let sentinel = Entry {
             operation: NONE,
+            time: 0,
             return_entry: NONE,
             is_call: false,
-        });
+        };
+        let count = 2 + required.len() + optional.len();
+        let mut list = EntryList {
+            entries: vec![sentinel; 2],
+            next: vec![NONE; count],
+            previous: vec![NONE; count],
+        };
         let mut call_entries = vec![NONE; history.steps.len()];
-        for &(_, kind, operation) in &events {
-            let position = entries.len();
-            if kind == 0 {
-                call_entries[operation] = position;
-            } else {
-                let call = call_entries[operation];
-                debug_assert_ne!(call, NONE, "a return sorts after its call");
-                entries[call].return_entry = position;
-            }
-            entries.push(Entry {
-                operation,
-                return_entry: NONE,
-                is_call: kind == 0,
-            });
-        }
-        let count = entries.len();
-        let next = (0..count)
-            .map(|position| {
-                if position + 1 < count {
-                    position + 1
+        for (head, events) in [(HEAD, required), (OPTIONAL_HEAD, optional)] {
+            let mut last = head;
+            for (time, kind, operation) in events {
+                let position = list.entries.len();
+                if kind == 0 {
+                    call_entries[operation] = position;
                 } else {
-                    NONE
+                    let call = call_entries[operation];
+                    debug_assert_ne!(call, NONE, "a return sorts after its call");
+                    list.entries[call].return_entry = position;
                 }
-            })
-            .collect();
-        let previous = (0..count)
-            .map(|position| if position == HEAD { NONE } else { position - 1 })
-            .collect();
-        EntryList {
-            entries,
-            next,
-            previous,
+                list.entries.push(Entry {
+                    operation,
+                    time,
+                    return_entry: NONE,
+                    is_call: kind == 0,
+                });
+                list.next[last] = position;
+                list.previous[position] = last;
+                last = position;
+            }
         }
+        list
     }
 
     fn remove(&mut self, position: usize) {
@@ -529,6 +537,19 @@ fn mix(value: u64) -> u64 {
 struct Frame {
     call: usize,
     value_before: u32,
+    /// For an optional operation, the return entry that bounded the optional candidates when
+    /// it was linearized; `NONE` for a required one.
+    boundary: usize,
+}
+
+/// Where the search is looking for the next operation to linearize.
+#[derive(Clone, Copy)]
+enum Cursor {
+    /// Walking the required list; at its first return entry it turns to the optional list.
+    Required { position: usize },
+    /// Walking the optional list, up to the calls made before `boundary`, the first return
+    /// entry of the required list.
+    Optional { position: usize, boundary: usize },
 }
 
 /// What a search did, for measurements.
@@ -551,7 +572,9 @@ pub(super) fn search(
     let mut frames: Vec<Frame> = Vec::new();
     let mut value = ABSENT;
     let mut dead_end: Option<DeadEnd> = None;
-    let mut position = list.next[HEAD];
+    let mut cursor = Cursor::Required {
+        position: list.next[HEAD],
+    };
     let verdict = loop {
         if required_remaining == 0 {
             break Verdict::Linearizable;
@@ -559,58 +582,87 @@ pub(super) fn search(
         if !budget.spend_step() {
             break Verdict::OutOfBudget;
         }
-        // A required operation's return entry is still in the list, and the walk stops at the
-        // first return entry it meets, so it never runs off the end.
-        assert_ne!(position, NONE, "search walked past every return entry");
-        let entry = list.entries[position];
-        if entry.is_call {
-            let operation = entry.operation;
-            let required = history.return_at[operation].is_some();
-            let twin = history.twin_before[operation];
-            let twin_done = twin == NONE || linearized.contains(twin);
-            // An optional operation that would change nothing is better left for later: taking
-            // it now only closes options.
-            let value_after = history.steps[operation]
-                .apply(value)
-                .filter(|value_after| required || *value_after != value);
-            if let (true, Some(value_after)) = (twin_done, value_after) {
-                linearized.toggle(operation);
-                if cache.insert(&linearized, value_after) {
-                    frames.push(Frame {
-                        call: position,
-                        value_before: value,
-                    });
-                    value = value_after;
-                    if required {
-                        required_remaining -= 1;
-                    }
-                    list.lift(position);
-                    position = list.next[HEAD];
+        let (position, boundary) = match cursor {
+            Cursor::Required { position } => {
+                // A required operation's return entry is still in the list, and the walk
+                // stops at the first return entry it meets, so it never runs off the end.
+                assert_ne!(position, NONE, "search walked past every return entry");
+                if !list.entries[position].is_call {
+                    cursor = Cursor::Optional {
+                        position: list.next[OPTIONAL_HEAD],
+                        boundary: position,
+                    };
                     continue;
                 }
+                (position, NONE)
+            }
+            Cursor::Optional { position, boundary }
+                if position != NONE
+                    && list.entries[position].time <= list.entries[boundary].time =>
+            {
+                (position, boundary)
+            }
+            Cursor::Optional { boundary, .. } => {
+                // Nothing can go before the boundary's operation: back up.
+                let deepest_so_far = match &dead_end {
+                    Some(deepest) => frames.len() > deepest.prefix.len(),
+                    None => true,
+                };
+                if deepest_so_far {
+                    dead_end = Some(describe_dead_end(&list, &frames, value, boundary));
+                }
+                let Some(frame) = frames.pop() else {
+                    break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
+                };
+                let operation = list.entries[frame.call].operation;
                 linearized.toggle(operation);
+                if history.return_at[operation].is_some() {
+                    required_remaining += 1;
+                }
+                value = frame.value_before;
+                list.unlift(frame.call);
+                let position = list.next[frame.call];
+                cursor = match frame.boundary {
+                    NONE => Cursor::Required { position },
+                    boundary => Cursor::Optional { position, boundary },
+                };
+                continue;
             }
-            position = list.next[position];
-        } else {
-            let deepest_so_far = match &dead_end {
-                Some(deepest) => frames.len() > deepest.prefix.len(),
-                None => true,
-            };
-            if deepest_so_far {
-                dead_end = Some(describe_dead_end(&list, &frames, value, position));
-            }
-            let Some(frame) = frames.pop() else {
-                break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
-            };
-            let operation = list.entries[frame.call].operation;
+        };
+        let operation = list.entries[position].operation;
+        let required = history.return_at[operation].is_some();
+        let twin = history.twin_before[operation];
+        let twin_done = twin == NONE || linearized.contains(twin);
+        // An optional operation that would change nothing is better left for later: taking
+        // it now only closes options.
+        let value_after = history.steps[operation]
+            .apply(value)
+            .filter(|value_after| required || *value_after != value);
+        if let (true, Some(value_after)) = (twin_done, value_after) {
             linearized.toggle(operation);
-            if history.return_at[operation].is_some() {
-                required_remaining += 1;
+            if cache.insert(&linearized, value_after) {
+                frames.push(Frame {
+                    call: position,
+                    value_before: value,
+                    boundary,
+                });
+                value = value_after;
+                if required {
+                    required_remaining -= 1;
+                }
+                list.lift(position);
+                cursor = Cursor::Required {
+                    position: list.next[HEAD],
+                };
+                continue;
             }
-            value = frame.value_before;
-            list.unlift(frame.call);
-            position = list.next[frame.call];
+            linearized.toggle(operation);
         }
+        let position = list.next[position];
+        cursor = match boundary {
+            NONE => Cursor::Required { position },
+            boundary => Cursor::Optional { position, boundary },
+        };
     };
     let counts = SearchCounts {
         configurations: cache.len(),
@@ -618,20 +670,18 @@ pub(super) fn search(
     (verdict, counts)
 }
 
-/// Captures the search's position when it meets the return entry at `blocked_position`.
-fn describe_dead_end(
-    list: &EntryList,
-    frames: &[Frame],
-    value: u32,
-    blocked_position: usize,
-) -> DeadEnd {
+/// Captures the search's position when nothing can be linearized before the return entry
+/// at `boundary`.
+fn describe_dead_end(list: &EntryList, frames: &[Frame], value: u32, boundary: usize) -> DeadEnd {
     let mut candidates = Vec::new();
     let mut position = list.next[HEAD];
-    while position != blocked_position {
-        let entry = list.entries[position];
-        if entry.is_call {
-            candidates.push(entry.operation);
-        }
+    while position != boundary {
+        candidates.push(list.entries[position].operation);
+        position = list.next[position];
+    }
+    let mut position = list.next[OPTIONAL_HEAD];
+    while position != NONE && list.entries[position].time <= list.entries[boundary].time {
+        candidates.push(list.entries[position].operation);
         position = list.next[position];
     }
     DeadEnd {
@@ -640,7 +690,7 @@ fn describe_dead_end(
             .map(|frame| list.entries[frame.call].operation)
             .collect(),
         value,
-        blocked: list.entries[blocked_position].operation,
+        blocked: list.entries[boundary].operation,
         candidates,
     }
 }
@@ -670,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn lift_and_unlift_restore_the_list() {
+    fn lift_and_unlift_restore_the_lists() {
         let operations = vec![
             Operation::completed(ClientId(1), Request::put("k", "a"), Response::Put, 0, 10),
             Operation::completed(ClientId(2), Request::put("k", "b"), Response::Put, 5, 15),
@@ -678,23 +728,33 @@ mod tests {
         ];
         let history = KeyHistory::new(&operations, &[0, 1, 2]);
         let mut list = EntryList::new(&history, &operations);
-        let walk = |list: &EntryList| {
+        let walk = |list: &EntryList, head: usize| {
             let mut order = Vec::new();
-            let mut position = list.next[HEAD];
+            let mut position = list.next[head];
             while position != NONE {
-                order.push(position);
+                order.push((
+                    list.entries[position].operation,
+                    list.entries[position].is_call,
+                ));
                 position = list.next[position];
             }
             order
         };
-        let before = walk(&list);
-        assert_eq!(before.len(), 5);
-        list.lift(2);
-        list.lift(1);
-        assert_eq!(walk(&list), vec![3]);
-        list.unlift(1);
-        list.unlift(2);
-        assert_eq!(walk(&list), before);
+        let required = vec![(0, true), (1, true), (0, false), (1, false)];
+        assert_eq!(walk(&list, HEAD), required);
+        assert_eq!(walk(&list, OPTIONAL_HEAD), vec![(2, true)]);
+        let [first, second, optional] = [2, 3, 6];
+        list.lift(second);
+        list.lift(first);
+        list.lift(optional);
+        assert_eq!(walk(&list, HEAD), vec![]);
+        assert_eq!(walk(&list, OPTIONAL_HEAD), vec![]);
+        list.unlift(optional);
+        list.unlift(first);
+        assert_eq!(walk(&list, HEAD), vec![(0, true), (0, false)]);
+        list.unlift(second);
+        assert_eq!(walk(&list, HEAD), required);
+        assert_eq!(walk(&list, OPTIONAL_HEAD), vec![(2, true)]);
     }
 
     #[test]
