@@ -821,6 +821,10 @@ fn performance_of_large_histories() {
         (10, 4, 0.01),
         (10, 4, 0.05),
         (10, 1, 0.01),
+        (10, 1, 0.0),
+        (5, 1, 0.01),
+        (5, 2, 0.05),
+        (5, 4, 0.2),
     ];
     for (clients, keys, unknown_probability) in shapes {
         let shape = Shape {

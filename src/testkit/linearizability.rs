@@ -230,7 +230,7 @@ pub fn check_with_statistics(
     let mut result = CheckResult::Linearizable;
     for (position, (key, indices)) in keys.iter().enumerate() {
         let history = KeyHistory::new(operations, indices);
-        let (verdict, counts) = search::search(&history, operations, &mut budget);
+        let (verdict, counts) = search::search(&history, &mut budget);
         statistics.keys_searched += 1;
         statistics.configurations_max = statistics.configurations_max.max(counts.configurations);
         match verdict {

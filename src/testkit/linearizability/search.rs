@@ -18,7 +18,7 @@
 //! configurations: an unknown operation that alone writes a value some operation observes is
 //! given a return entry where the first observer completes (see `KeyHistory::return_at`), and
 //! interchangeable unknown operations are linearized in invocation order (see
-//! `KeyHistory::twin_before`).
+//! `KeyHistory::optional_classes`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -42,9 +42,6 @@ const NONE: usize = usize::MAX;
 
 /// The head sentinel of the list of required operations' calls and returns.
 const HEAD: usize = 0;
-
-/// The head sentinel of the list of optional operations' calls.
-const OPTIONAL_HEAD: usize = 1;
 
 /// How often (in steps) the search reads the clock to honour a time limit.
 const STEPS_PER_CLOCK_READ: u64 = 1024;
@@ -106,16 +103,18 @@ pub(super) struct KeyHistory {
     /// stops the search from trying the histories in which it never took effect, one doubling
     /// of the configurations per such operation.
     pub(super) return_at: Vec<Option<u64>>,
-    /// For an operation with an unknown outcome, the last operation invoked before it that
-    /// also has an unknown outcome and the same step; `NONE` if there is none.
+    /// By local operation number, when the operation was invoked.
+    pub(super) invoked_at: Vec<u64>,
+    /// The operations with no time in `return_at` (optional: they may never take effect),
+    /// grouped by step, each group in invocation order.
     ///
-    /// Such twins are interchangeable: whenever the later one may take effect, so may the
-    /// earlier (neither must ever complete), with the same effect. So if any linearization
-    /// exists, one exists in which each twin takes effect only after its earlier twin, and the
-    /// search only looks for those. Without this, `k` lost writes of the same value (or of
-    /// unobserved values) that never took effect would cost `2^k` sets to explore; with it,
-    /// `k + 1`.
-    pub(super) twin_before: Vec<usize>,
+    /// Operations in one group are interchangeable: whenever a later one may take effect, so
+    /// may an earlier one (neither must ever complete), with the same effect. So if any
+    /// linearization exists, one exists in which each group's operations take effect in
+    /// invocation order, and the search only looks for those: it treats each group as a queue.
+    /// Without this, `k` lost writes of the same value (or of unobserved values) that never
+    /// took effect would cost `2^k` sets to explore; with it, `k + 1`.
+    pub(super) optional_classes: Vec<Vec<usize>>,
 }
 
 impl KeyHistory {
@@ -176,22 +175,29 @@ impl KeyHistory {
             return_at.push(response.map(|_| operation.completed_at));
         }
         must_take_effect_before_observed(operations, &kept, &mut steps, &mut return_at);
-        let mut twin_before = vec![NONE; kept.len()];
-        let mut unknown: Vec<usize> = (0..kept.len())
+        let invoked_at: Vec<u64> = kept
+            .iter()
+            .map(|&index| operations[index].invoked_at)
+            .collect();
+        let mut optional: Vec<usize> = (0..kept.len())
             .filter(|&local| return_at[local].is_none())
             .collect();
-        unknown.sort_by_key(|&local| (operations[kept[local]].invoked_at, local));
-        let mut last_twin: HashMap<Step, usize> = HashMap::new();
-        for local in unknown {
-            if let Some(twin) = last_twin.insert(steps[local], local) {
-                twin_before[local] = twin;
-            }
+        optional.sort_by_key(|&local| (invoked_at[local], local));
+        let mut class_of_step: HashMap<Step, usize> = HashMap::new();
+        let mut optional_classes: Vec<Vec<usize>> = Vec::new();
+        for local in optional {
+            let class = *class_of_step.entry(steps[local]).or_insert_with(|| {
+                optional_classes.push(Vec::new());
+                optional_classes.len() - 1
+            });
+            optional_classes[class].push(local);
         }
         KeyHistory {
             indices: kept,
             steps,
             return_at,
-            twin_before,
+            invoked_at,
+            optional_classes,
         }
     }
 }
@@ -296,17 +302,14 @@ struct Entry {
     operation: usize,
     /// When the call or return happened.
     time: u64,
-    /// For a call entry of an operation that must take effect, its return entry; otherwise
-    /// `NONE`.
+    /// For a call entry, its operation's return entry; `NONE` for a return entry.
     return_entry: usize,
     is_call: bool,
 }
 
-/// Two doubly linked lists of entries, with removal and exact reinsertion (dancing links):
-/// from `HEAD`, the calls and returns of the required operations in time order; from
-/// `OPTIONAL_HEAD`, the calls of the optional ones in invocation order. Keeping them apart
-/// lets the search try required operations before optional ones, so that it reaches
-/// configurations with few optional operations first, and those prune the rest.
+/// The doubly linked list of the calls and returns of the required operations in time
+/// order, with removal and exact reinsertion (dancing links). Optional operations are not in
+/// it: the search takes them from their classes, after the required ones.
 struct EntryList {
     entries: Vec<Entry>,
     next: Vec<usize>,
@@ -314,56 +317,51 @@ struct EntryList {
 }
 
 impl EntryList {
-    fn new(history: &KeyHistory, operations: &[Operation]) -> EntryList {
+    fn new(history: &KeyHistory) -> EntryList {
         // (time, 0 for a call and 1 for a return, operation): at equal times calls sort first,
         // so operations that touch at one instant count as concurrent.
-        let mut required: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
-        let mut optional: Vec<(u64, u8, usize)> = Vec::new();
-        for (operation, &index) in history.indices.iter().enumerate() {
-            let call = (operations[index].invoked_at, 0, operation);
-            match history.return_at[operation] {
-                Some(return_at) => required.extend([call, (return_at, 1, operation)]),
-                None => optional.push(call),
+        let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * history.steps.len());
+        for (operation, return_at) in history.return_at.iter().enumerate() {
+            if let Some(return_at) = *return_at {
+                events.push((history.invoked_at[operation], 0, operation));
+                events.push((return_at, 1, operation));
             }
         }
-        required.sort_unstable();
-        optional.sort_unstable();
-        let sentinel = Entry {
+        events.sort_unstable();
+        let mut entries = Vec::with_capacity(events.len() + 1);
+        entries.push(Entry {
             operation: NONE,
             time: 0,
             return_entry: NONE,
             is_call: false,
-        };
-        let count = 2 + required.len() + optional.len();
-        let mut list = EntryList {
-            entries: vec![sentinel; 2],
-            next: vec![NONE; count],
-            previous: vec![NONE; count],
-        };
+        });
         let mut call_entries = vec![NONE; history.steps.len()];
-        for (head, events) in [(HEAD, required), (OPTIONAL_HEAD, optional)] {
-            let mut last = head;
-            for (time, kind, operation) in events {
-                let position = list.entries.len();
-                if kind == 0 {
-                    call_entries[operation] = position;
-                } else {
-                    let call = call_entries[operation];
-                    debug_assert_ne!(call, NONE, "a return sorts after its call");
-                    list.entries[call].return_entry = position;
-                }
-                list.entries.push(Entry {
-                    operation,
-                    time,
-                    return_entry: NONE,
-                    is_call: kind == 0,
-                });
-                list.next[last] = position;
-                list.previous[position] = last;
-                last = position;
+        for (time, kind, operation) in events {
+            let position = entries.len();
+            if kind == 0 {
+                call_entries[operation] = position;
+            } else {
+                let call = call_entries[operation];
+                debug_assert_ne!(call, NONE, "a return sorts after its call");
+                entries[call].return_entry = position;
             }
+            entries.push(Entry {
+                operation,
+                time,
+                return_entry: NONE,
+                is_call: kind == 0,
+            });
         }
-        list
+        let count = entries.len();
+        EntryList {
+            entries,
+            next: (1..=count)
+                .map(|next| if next < count { next } else { NONE })
+                .collect(),
+            previous: (0..count)
+                .map(|position| position.checked_sub(1).unwrap_or(NONE))
+                .collect(),
+        }
     }
 
     fn remove(&mut self, position: usize) {
@@ -384,30 +382,23 @@ impl EntryList {
         }
     }
 
-    /// Removes an operation's call entry and its return entry, if it has one.
+    /// Removes an operation's call entry and its return entry.
     fn lift(&mut self, call: usize) {
         self.remove(call);
-        let return_entry = self.entries[call].return_entry;
-        if return_entry != NONE {
-            self.remove(return_entry);
-        }
+        self.remove(self.entries[call].return_entry);
     }
 
     /// Undoes [`lift`](Self::lift).
     fn unlift(&mut self, call: usize) {
-        let return_entry = self.entries[call].return_entry;
-        if return_entry != NONE {
-            self.reinsert(return_entry);
-        }
+        self.reinsert(self.entries[call].return_entry);
         self.reinsert(call);
     }
 }
 
-/// Which operations the search has linearized: all of them as a bitset, and, for the cache,
-/// the required ones (those with a return entry) as a 128-bit fingerprint maintained as members
-/// come and go (Zobrist hashing) and the optional ones as a bitset of their own.
+/// Which operations the search has linearized, as the cache sees them: the required ones
+/// (those with a return entry) as a 128-bit fingerprint maintained as members come and go
+/// (Zobrist hashing), the optional ones as a bitset.
 struct Linearized {
-    all: Vec<u64>,
     required_fingerprint: u128,
     optional: Vec<u64>,
     /// By local operation number: for an optional operation, its bit in `optional`; `NONE`
@@ -417,32 +408,20 @@ struct Linearized {
 
 impl Linearized {
     fn new(history: &KeyHistory) -> Linearized {
+        let mut optional_bits = vec![NONE; history.steps.len()];
         let mut optional_count = 0;
-        let optional_bits = history
-            .return_at
-            .iter()
-            .map(|return_at| match return_at {
-                Some(_) => NONE,
-                None => {
-                    optional_count += 1;
-                    optional_count - 1
-                }
-            })
-            .collect();
+        for &operation in history.optional_classes.iter().flatten() {
+            optional_bits[operation] = optional_count;
+            optional_count += 1;
+        }
         Linearized {
-            all: vec![0; history.steps.len().div_ceil(64)],
             required_fingerprint: 0,
             optional: vec![0; optional_count.div_ceil(64)],
             optional_bits,
         }
     }
 
-    fn contains(&self, operation: usize) -> bool {
-        self.all[operation / 64] & (1 << (operation % 64)) != 0
-    }
-
     fn toggle(&mut self, operation: usize) {
-        self.all[operation / 64] ^= 1 << (operation % 64);
         match self.optional_bits[operation] {
             NONE => self.required_fingerprint ^= fingerprint(operation as u64),
             bit => self.optional[bit / 64] ^= 1 << (bit % 64),
@@ -535,21 +514,23 @@ fn mix(value: u64) -> u64 {
 
 /// A linearization made during the search, to undo on backtracking.
 struct Frame {
+    operation: usize,
+    /// The operation's call entry if it is required; `NONE` if it is optional.
     call: usize,
     value_before: u32,
-    /// For an optional operation, the return entry that bounded the optional candidates when
-    /// it was linearized; `NONE` for a required one.
-    boundary: usize,
+    /// Where the search continues when it undoes this linearization: after the operation's
+    /// call entry, or after its class.
+    resume: Cursor,
 }
 
 /// Where the search is looking for the next operation to linearize.
 #[derive(Clone, Copy)]
 enum Cursor {
-    /// Walking the required list; at its first return entry it turns to the optional list.
+    /// Walking the required list; at its first return entry it turns to the optional classes.
     Required { position: usize },
-    /// Walking the optional list, up to the calls made before `boundary`, the first return
-    /// entry of the required list.
-    Optional { position: usize, boundary: usize },
+    /// Walking the optional classes from `class`, offering each class's next operation if it
+    /// was invoked before `boundary`, the first return entry of the required list.
+    Optional { class: usize, boundary: usize },
 }
 
 /// What a search did, for measurements.
@@ -560,14 +541,12 @@ pub(super) struct SearchCounts {
 }
 
 /// Searches for a linearization of one key's history, within `budget`.
-pub(super) fn search(
-    history: &KeyHistory,
-    operations: &[Operation],
-    budget: &mut Budget,
-) -> (Verdict, SearchCounts) {
-    let mut list = EntryList::new(history, operations);
+pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, SearchCounts) {
+    let mut list = EntryList::new(history);
     let mut required_remaining = history.return_at.iter().filter(|at| at.is_some()).count();
     let mut linearized = Linearized::new(history);
+    // How many operations of each optional class are linearized: always a prefix.
+    let mut taken = vec![0; history.optional_classes.len()];
     let mut cache = Cache::default();
     let mut frames: Vec<Frame> = Vec::new();
     let mut value = ABSENT;
@@ -582,75 +561,93 @@ pub(super) fn search(
         if !budget.spend_step() {
             break Verdict::OutOfBudget;
         }
-        let (position, boundary) = match cursor {
+        // The operation to try next, and where to go if it fails or is undone.
+        let (operation, call, resume) = match cursor {
             Cursor::Required { position } => {
                 // A required operation's return entry is still in the list, and the walk
                 // stops at the first return entry it meets, so it never runs off the end.
                 assert_ne!(position, NONE, "search walked past every return entry");
-                if !list.entries[position].is_call {
+                let entry = list.entries[position];
+                if !entry.is_call {
                     cursor = Cursor::Optional {
-                        position: list.next[OPTIONAL_HEAD],
+                        class: 0,
                         boundary: position,
                     };
                     continue;
                 }
-                (position, NONE)
+                let resume = Cursor::Required {
+                    position: list.next[position],
+                };
+                (entry.operation, position, resume)
             }
-            Cursor::Optional { position, boundary }
-                if position != NONE
-                    && list.entries[position].time <= list.entries[boundary].time =>
-            {
-                (position, boundary)
+            Cursor::Optional { class, boundary } if class < taken.len() => {
+                let resume = Cursor::Optional {
+                    class: class + 1,
+                    boundary,
+                };
+                let members = &history.optional_classes[class];
+                match members.get(taken[class]) {
+                    Some(&operation)
+                        if history.invoked_at[operation] <= list.entries[boundary].time =>
+                    {
+                        (operation, NONE, resume)
+                    }
+                    _ => {
+                        cursor = resume;
+                        continue;
+                    }
+                }
             }
             Cursor::Optional { boundary, .. } => {
-                // Nothing can go before the boundary's operation: back up.
+                // Nothing can go before the boundary's operation completes: back up.
                 let deepest_so_far = match &dead_end {
                     Some(deepest) => frames.len() > deepest.prefix.len(),
                     None => true,
                 };
                 if deepest_so_far {
-                    dead_end = Some(describe_dead_end(&list, &frames, value, boundary));
+                    dead_end = Some(describe_dead_end(
+                        history, &list, &taken, &frames, value, boundary,
+                    ));
                 }
                 let Some(frame) = frames.pop() else {
                     break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
                 };
-                let operation = list.entries[frame.call].operation;
-                linearized.toggle(operation);
-                if history.return_at[operation].is_some() {
-                    required_remaining += 1;
-                }
+                linearized.toggle(frame.operation);
                 value = frame.value_before;
-                list.unlift(frame.call);
-                let position = list.next[frame.call];
-                cursor = match frame.boundary {
-                    NONE => Cursor::Required { position },
-                    boundary => Cursor::Optional { position, boundary },
-                };
+                match frame.resume {
+                    Cursor::Required { .. } => {
+                        required_remaining += 1;
+                        list.unlift(frame.call);
+                    }
+                    Cursor::Optional { class, .. } => taken[class - 1] -= 1,
+                }
+                cursor = frame.resume;
                 continue;
             }
         };
-        let operation = list.entries[position].operation;
-        let required = history.return_at[operation].is_some();
-        let twin = history.twin_before[operation];
-        let twin_done = twin == NONE || linearized.contains(twin);
+        let required = call != NONE;
         // An optional operation that would change nothing is better left for later: taking
         // it now only closes options.
         let value_after = history.steps[operation]
             .apply(value)
             .filter(|value_after| required || *value_after != value);
-        if let (true, Some(value_after)) = (twin_done, value_after) {
+        if let Some(value_after) = value_after {
             linearized.toggle(operation);
             if cache.insert(&linearized, value_after) {
                 frames.push(Frame {
-                    call: position,
+                    operation,
+                    call,
                     value_before: value,
-                    boundary,
+                    resume,
                 });
                 value = value_after;
-                if required {
-                    required_remaining -= 1;
+                match resume {
+                    Cursor::Required { .. } => {
+                        required_remaining -= 1;
+                        list.lift(call);
+                    }
+                    Cursor::Optional { class, .. } => taken[class - 1] += 1,
                 }
-                list.lift(position);
                 cursor = Cursor::Required {
                     position: list.next[HEAD],
                 };
@@ -658,11 +655,7 @@ pub(super) fn search(
             }
             linearized.toggle(operation);
         }
-        let position = list.next[position];
-        cursor = match boundary {
-            NONE => Cursor::Required { position },
-            boundary => Cursor::Optional { position, boundary },
-        };
+        cursor = resume;
     };
     let counts = SearchCounts {
         configurations: cache.len(),
@@ -672,23 +665,27 @@ pub(super) fn search(
 
 /// Captures the search's position when nothing can be linearized before the return entry
 /// at `boundary`.
-fn describe_dead_end(list: &EntryList, frames: &[Frame], value: u32, boundary: usize) -> DeadEnd {
+fn describe_dead_end(
+    history: &KeyHistory,
+    list: &EntryList,
+    taken: &[usize],
+    frames: &[Frame],
+    value: u32,
+    boundary: usize,
+) -> DeadEnd {
     let mut candidates = Vec::new();
     let mut position = list.next[HEAD];
     while position != boundary {
         candidates.push(list.entries[position].operation);
         position = list.next[position];
     }
-    let mut position = list.next[OPTIONAL_HEAD];
-    while position != NONE && list.entries[position].time <= list.entries[boundary].time {
-        candidates.push(list.entries[position].operation);
-        position = list.next[position];
+    for (members, &taken) in history.optional_classes.iter().zip(taken) {
+        candidates.extend(members[taken..].iter().take_while(|&&operation| {
+            history.invoked_at[operation] <= list.entries[boundary].time
+        }));
     }
     DeadEnd {
-        prefix: frames
-            .iter()
-            .map(|frame| list.entries[frame.call].operation)
-            .collect(),
+        prefix: frames.iter().map(|frame| frame.operation).collect(),
         value,
         blocked: list.entries[boundary].operation,
         candidates,
@@ -720,17 +717,18 @@ mod tests {
     }
 
     #[test]
-    fn lift_and_unlift_restore_the_lists() {
+    fn lift_and_unlift_restore_the_list() {
         let operations = vec![
             Operation::completed(ClientId(1), Request::put("k", "a"), Response::Put, 0, 10),
             Operation::completed(ClientId(2), Request::put("k", "b"), Response::Put, 5, 15),
             Operation::unknown(ClientId(3), Request::delete("k"), 7),
         ];
         let history = KeyHistory::new(&operations, &[0, 1, 2]);
-        let mut list = EntryList::new(&history, &operations);
-        let walk = |list: &EntryList, head: usize| {
+        assert_eq!(history.optional_classes, vec![vec![2]]);
+        let mut list = EntryList::new(&history);
+        let walk = |list: &EntryList| {
             let mut order = Vec::new();
-            let mut position = list.next[head];
+            let mut position = list.next[HEAD];
             while position != NONE {
                 order.push((
                     list.entries[position].operation,
@@ -740,21 +738,38 @@ mod tests {
             }
             order
         };
-        let required = vec![(0, true), (1, true), (0, false), (1, false)];
-        assert_eq!(walk(&list, HEAD), required);
-        assert_eq!(walk(&list, OPTIONAL_HEAD), vec![(2, true)]);
-        let [first, second, optional] = [2, 3, 6];
+        let all = vec![(0, true), (1, true), (0, false), (1, false)];
+        assert_eq!(walk(&list), all);
+        let [first, second] = [1, 2];
         list.lift(second);
         list.lift(first);
-        list.lift(optional);
-        assert_eq!(walk(&list, HEAD), vec![]);
-        assert_eq!(walk(&list, OPTIONAL_HEAD), vec![]);
-        list.unlift(optional);
+        assert_eq!(walk(&list), vec![]);
         list.unlift(first);
-        assert_eq!(walk(&list, HEAD), vec![(0, true), (0, false)]);
+        assert_eq!(walk(&list), vec![(0, true), (0, false)]);
         list.unlift(second);
-        assert_eq!(walk(&list, HEAD), required);
-        assert_eq!(walk(&list, OPTIONAL_HEAD), vec![(2, true)]);
+        assert_eq!(walk(&list), all);
+    }
+
+    #[test]
+    fn interchangeable_optional_operations_share_a_class() {
+        let operations = vec![
+            Operation::unknown(ClientId(1), Request::delete("k"), 9),
+            Operation::unknown(ClientId(2), Request::put("k", "never read"), 3),
+            Operation::unknown(ClientId(3), Request::delete("k"), 4),
+            Operation::unknown(ClientId(4), Request::put("k", "also never read"), 1),
+            Operation::unknown(ClientId(5), Request::put("k", "read"), 2),
+            Operation::completed(
+                ClientId(6),
+                Request::get("k"),
+                Response::Get(Some(b"read".to_vec())),
+                5,
+                6,
+            ),
+        ];
+        let history = KeyHistory::new(&operations, &[0, 1, 2, 3, 4, 5]);
+        // The only writer of a value read must take effect before the read completes.
+        assert_eq!(history.return_at[4], Some(6));
+        assert_eq!(history.optional_classes, vec![vec![3, 1], vec![2, 0]]);
     }
 
     #[test]
