@@ -115,9 +115,27 @@ pub(super) struct KeyHistory {
     /// Without this, `k` lost writes of the same value (or of unobserved values) that never
     /// took effect would cost `2^k` sets to explore; with it, `k + 1`.
     pub(super) optional_classes: Vec<Vec<usize>>,
+    /// The optional classes whose operations write whatever the value (puts and deletes).
+    write_classes: Vec<usize>,
+    /// By value id, the optional classes of compare-and-swaps that expect it: the only value
+    /// in which they do anything.
+    swap_classes: HashMap<u32, Vec<usize>>,
 }
 
 impl KeyHistory {
+    /// The `index`-th optional class that can change the value when it is `value`, if there
+    /// are that many.
+    fn class_acting_in(&self, value: u32, index: usize) -> Option<usize> {
+        match self.write_classes.get(index) {
+            Some(&class) => Some(class),
+            None => self
+                .swap_classes
+                .get(&value)?
+                .get(index - self.write_classes.len())
+                .copied(),
+        }
+    }
+
     /// Compiles the operations at `indices` of `operations`, all on one key. Gets with an
     /// unknown outcome constrain nothing and are left out.
     pub(super) fn new(operations: &[Operation], indices: &[usize]) -> KeyHistory {
@@ -192,12 +210,26 @@ impl KeyHistory {
             });
             optional_classes[class].push(local);
         }
+        let mut write_classes = Vec::new();
+        let mut swap_classes: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (class, members) in optional_classes.iter().enumerate() {
+            match steps[members[0]] {
+                Step::Write(_) => write_classes.push(class),
+                Step::CompareAndSwap { expected, new, .. } if expected != new => {
+                    swap_classes.entry(expected).or_default().push(class);
+                }
+                // A swap to the value it expects, or a read, never changes anything.
+                Step::CompareAndSwap { .. } | Step::Read(_) => {}
+            }
+        }
         KeyHistory {
             indices: kept,
             steps,
             return_at,
             invoked_at,
             optional_classes,
+            write_classes,
+            swap_classes,
         }
     }
 }
@@ -517,6 +549,8 @@ struct Frame {
     operation: usize,
     /// The operation's call entry if it is required; `NONE` if it is optional.
     call: usize,
+    /// The operation's class if it is optional; `NONE` if it is required.
+    class: usize,
     value_before: u32,
     /// Where the search continues when it undoes this linearization: after the operation's
     /// call entry, or after its class.
@@ -528,9 +562,10 @@ struct Frame {
 enum Cursor {
     /// Walking the required list; at its first return entry it turns to the optional classes.
     Required { position: usize },
-    /// Walking the optional classes from `class`, offering each class's next operation if it
-    /// was invoked before `boundary`, the first return entry of the required list.
-    Optional { class: usize, boundary: usize },
+    /// Walking the optional classes that can change the current value, from the `index`-th,
+    /// offering each class's next operation if it was invoked before `boundary`, the first
+    /// return entry of the required list.
+    Optional { index: usize, boundary: usize },
 }
 
 /// What a search did, for measurements.
@@ -562,7 +597,7 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
             break Verdict::OutOfBudget;
         }
         // The operation to try next, and where to go if it fails or is undone.
-        let (operation, call, resume) = match cursor {
+        let (operation, call, class, resume) = match cursor {
             Cursor::Required { position } => {
                 // A required operation's return entry is still in the list, and the walk
                 // stops at the first return entry it meets, so it never runs off the end.
@@ -570,7 +605,7 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
                 let entry = list.entries[position];
                 if !entry.is_call {
                     cursor = Cursor::Optional {
-                        class: 0,
+                        index: 0,
                         boundary: position,
                     };
                     continue;
@@ -578,51 +613,53 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
                 let resume = Cursor::Required {
                     position: list.next[position],
                 };
-                (entry.operation, position, resume)
+                (entry.operation, position, NONE, resume)
             }
-            Cursor::Optional { class, boundary } if class < taken.len() => {
-                let resume = Cursor::Optional {
-                    class: class + 1,
-                    boundary,
-                };
-                let members = &history.optional_classes[class];
-                match members.get(taken[class]) {
-                    Some(&operation)
-                        if history.invoked_at[operation] <= list.entries[boundary].time =>
-                    {
-                        (operation, NONE, resume)
+            Cursor::Optional { index, boundary } => {
+                match history.class_acting_in(value, index) {
+                    Some(class) => {
+                        let resume = Cursor::Optional {
+                            index: index + 1,
+                            boundary,
+                        };
+                        match history.optional_classes[class].get(taken[class]) {
+                            Some(&operation)
+                                if history.invoked_at[operation] <= list.entries[boundary].time =>
+                            {
+                                (operation, NONE, class, resume)
+                            }
+                            _ => {
+                                cursor = resume;
+                                continue;
+                            }
+                        }
                     }
-                    _ => {
-                        cursor = resume;
+                    None => {
+                        // Nothing can go before the boundary's operation completes: back up.
+                        let deepest_so_far = match &dead_end {
+                            Some(deepest) => frames.len() > deepest.prefix.len(),
+                            None => true,
+                        };
+                        if deepest_so_far {
+                            dead_end = Some(describe_dead_end(
+                                history, &list, &taken, &frames, value, boundary,
+                            ));
+                        }
+                        let Some(frame) = frames.pop() else {
+                            break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
+                        };
+                        linearized.toggle(frame.operation);
+                        value = frame.value_before;
+                        if frame.call == NONE {
+                            taken[frame.class] -= 1;
+                        } else {
+                            required_remaining += 1;
+                            list.unlift(frame.call);
+                        }
+                        cursor = frame.resume;
                         continue;
                     }
                 }
-            }
-            Cursor::Optional { boundary, .. } => {
-                // Nothing can go before the boundary's operation completes: back up.
-                let deepest_so_far = match &dead_end {
-                    Some(deepest) => frames.len() > deepest.prefix.len(),
-                    None => true,
-                };
-                if deepest_so_far {
-                    dead_end = Some(describe_dead_end(
-                        history, &list, &taken, &frames, value, boundary,
-                    ));
-                }
-                let Some(frame) = frames.pop() else {
-                    break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
-                };
-                linearized.toggle(frame.operation);
-                value = frame.value_before;
-                match frame.resume {
-                    Cursor::Required { .. } => {
-                        required_remaining += 1;
-                        list.unlift(frame.call);
-                    }
-                    Cursor::Optional { class, .. } => taken[class - 1] -= 1,
-                }
-                cursor = frame.resume;
-                continue;
             }
         };
         let required = call != NONE;
@@ -637,16 +674,16 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
                 frames.push(Frame {
                     operation,
                     call,
+                    class,
                     value_before: value,
                     resume,
                 });
                 value = value_after;
-                match resume {
-                    Cursor::Required { .. } => {
-                        required_remaining -= 1;
-                        list.lift(call);
-                    }
-                    Cursor::Optional { class, .. } => taken[class - 1] += 1,
+                if required {
+                    required_remaining -= 1;
+                    list.lift(call);
+                } else {
+                    taken[class] += 1;
                 }
                 cursor = Cursor::Required {
                     position: list.next[HEAD],
@@ -679,8 +716,10 @@ fn describe_dead_end(
         candidates.push(list.entries[position].operation);
         position = list.next[position];
     }
-    for (members, &taken) in history.optional_classes.iter().zip(taken) {
-        candidates.extend(members[taken..].iter().take_while(|&&operation| {
+    let classes = (0..).map_while(|index| history.class_acting_in(value, index));
+    for class in classes {
+        let members = &history.optional_classes[class][taken[class]..];
+        candidates.extend(members.iter().take_while(|&&operation| {
             history.invoked_at[operation] <= list.entries[boundary].time
         }));
     }
