@@ -623,6 +623,130 @@ fn large_history_is_checked_within_the_default_budget() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Against a brute-force reference on small random histories
+
+/// Whether some order of a subset of `operations` (every operation with a known outcome, any
+/// with an unknown one) respects real time and explains every known result. Tries every
+/// order: only for a handful of operations.
+fn brute_force_linearizable(operations: &[Operation]) -> bool {
+    fn extend(
+        operations: &[Operation],
+        placed: &mut Vec<bool>,
+        values: &mut HashMap<Vec<u8>, Vec<u8>>,
+    ) -> bool {
+        let pending_known =
+            |placed: &[bool], index: usize| operations[index].is_known() && !placed[index];
+        if !(0..operations.len()).any(|index| pending_known(placed, index)) {
+            return true;
+        }
+        for next in 0..operations.len() {
+            let operation = &operations[next];
+            // Everything that completed before this was invoked must already be placed.
+            let blocked = (0..operations.len()).any(|other| {
+                pending_known(placed, other)
+                    && operations[other].completed_at < operation.invoked_at
+            });
+            if placed[next] || blocked {
+                continue;
+            }
+            let key = operation.key().to_vec();
+            let before = values.get(&key).cloned();
+            let allowed = match (&operation.request, &operation.outcome) {
+                (Request::Get { .. }, Outcome::Ok(Response::Get(read))) => *read == before,
+                (Request::Get { .. }, _) => true,
+                (Request::Put { value, .. }, _) => {
+                    values.insert(key.clone(), value.clone());
+                    true
+                }
+                (Request::Delete { .. }, _) => {
+                    values.remove(&key);
+                    true
+                }
+                (Request::CompareAndSwap { expected, new, .. }, outcome) => {
+                    let matches = before == *expected;
+                    if matches {
+                        values.insert(key.clone(), new.clone());
+                    }
+                    match outcome {
+                        Outcome::Ok(Response::CompareAndSwap(swapped)) => *swapped == matches,
+                        _ => true,
+                    }
+                }
+            };
+            placed[next] = true;
+            if allowed && extend(operations, placed, values) {
+                return true;
+            }
+            placed[next] = false;
+            match before {
+                Some(value) => values.insert(key, value),
+                None => values.remove(&key),
+            };
+        }
+        false
+    }
+    extend(
+        operations,
+        &mut vec![false; operations.len()],
+        &mut HashMap::new(),
+    )
+}
+
+/// A small history with random requests, random results drawn from few values (so that
+/// both verdicts are common), random overlapping intervals and some unknown outcomes.
+fn random_small_history(random: &mut StdRng) -> Vec<Operation> {
+    let value = |random: &mut StdRng| {
+        ["a", "b", "c"][random.random_range(0..3)]
+            .as_bytes()
+            .to_vec()
+    };
+    let maybe_value = |random: &mut StdRng| random.random_bool(0.7).then(|| value(random));
+    let keys = random.random_range(1..=2);
+    let unknown_probability = random.random_range(0.0..0.6);
+    (0..random.random_range(1..=8))
+        .map(|client| {
+            let key = format!("k{}", random.random_range(0..keys));
+            let (request, response) = match random.random_range(0..4) {
+                0 => (Request::put(key, value(random)), Response::Put),
+                1 => (Request::get(key), Response::Get(maybe_value(random))),
+                2 => (Request::delete(key), Response::Delete),
+                _ => (
+                    Request::compare_and_swap(key, maybe_value(random), value(random)),
+                    Response::CompareAndSwap(random.random_bool(0.5)),
+                ),
+            };
+            let invoked_at = random.random_range(0..20);
+            let completed_at = invoked_at + random.random_range(0..10);
+            let client = ClientId(client);
+            if random.random_bool(unknown_probability) {
+                Operation::unknown(client, request, invoked_at)
+            } else {
+                Operation::completed(client, request, response, invoked_at, completed_at)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn checker_agrees_with_brute_force_on_small_random_histories() {
+    let mut random = StdRng::seed_from_u64(0x11ea);
+    let mut verdicts = [0; 2];
+    for round in 0..4_000 {
+        let operations = random_small_history(&mut random);
+        let expected = brute_force_linearizable(&operations);
+        let result = check(&operations);
+        assert_eq!(
+            result.is_linearizable(),
+            expected,
+            "round {round}: brute force says {expected}, checker says {result}\n{operations:#?}"
+        );
+        verdicts[usize::from(expected)] += 1;
+    }
+    // Both verdicts must be well represented for the comparison to mean something.
+    assert!(verdicts.iter().all(|&count| count > 500), "{verdicts:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Budgets
 
 /// Many writes all overlapping, then a read of a value none of them wrote: rejecting it means
