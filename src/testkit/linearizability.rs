@@ -74,6 +74,7 @@
 
 mod explain;
 mod history;
+mod key_history;
 mod search;
 
 use std::collections::BTreeMap;
@@ -87,7 +88,8 @@ pub use history::{
 };
 
 use history::Bytes;
-use search::{Budget, KeyHistory, Verdict};
+use key_history::KeyHistory;
+use search::{Budget, Verdict};
 
 /// How long [`check`] searches before it gives up with [`CheckResult::TimedOut`].
 pub const CHECK_TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(5);

@@ -3,7 +3,8 @@
 use std::fmt::{self, Write};
 
 use super::history::{Bytes, MaybeBytes, Operation, Outcome, Request, Response};
-use super::search::{DeadEnd, KeyHistory};
+use super::key_history::KeyHistory;
+use super::search::DeadEnd;
 
 /// At most this many operations of the linearizable prefix are printed (the last ones).
 const PREFIX_SHOWN_MAX: usize = 10;
