@@ -49,25 +49,53 @@
 //! placed), and a get constrains nothing and is ignored. What is never allowed is for an
 //! operation to take effect before it was invoked, or twice.
 //!
-//! # Algorithm and cost
+//! # Algorithm
 //!
 //! Every operation touches one key, and a history is linearizable exactly when each key's
-//! sub-history is (linearizability is compositional), so the history is split by key and the
-//! keys are checked one at a time, smallest first. For each key the checker runs Lowe's
-//! version of the Wing–Gong search, as in Porcupine: a depth-first search for a linearization
-//! over the time-ordered list of call and return entries, pruned by a cache of every
-//! configuration reached (which operations are linearized, as a bitset, plus the value of the
-//! key). Values are interned per key, so a configuration is a bitset and a 32-bit value id.
+//! sub-history is (linearizability is compositional: Porcupine's P-compositionality), so the
+//! history is split by key and the keys are checked one at a time, smallest first. For each
+//! key the checker runs Lowe's version of the Wing–Gong search, as in Porcupine: a depth-first
+//! search for a linearization over the time-ordered list of call and return entries, pruned by
+//! a cache of every configuration reached (which operations are linearized, plus the value of
+//! the key), so that no configuration is explored twice.
 //!
-//! In the worst case the search is exponential (deciding linearizability is NP-complete), in
-//! the number of operations that overlap one another on one key: at most `2^c` sets of
-//! linearized operations are reachable around any point where `c` operations overlap, each
-//! with as many values as were written. Histories from clients that issue one request at a
-//! time have `c` no larger than the number of clients, plus the operations with an unknown
-//! outcome still pending: those stay concurrent with everything after them and are what makes
-//! a history expensive. Each step costs a hash lookup and, for a new configuration, a copy of
-//! a bitset of `n / 64` words for `n` operations on the key. A check of 10,000 operations
-//! from 8 clients over 16 keys takes tens of milliseconds in a release build.
+//! On top of that, four refinements, each exact (none changes a verdict):
+//! - Values are interned per key, and the values that no get returns and no compare-and-swap
+//!   expects are merged into one: no operation can tell them apart.
+//! - An unknown operation that alone writes a value that a known get returns (or a known
+//!   successful compare-and-swap expects) must have taken effect before that observer
+//!   completed: it gets that completion as a deadline instead of +infinity.
+//! - The other unknown operations are optional. Those that do the same thing are
+//!   interchangeable, so the search takes them in invocation order; it takes one only when it
+//!   changes the value, and only after trying every required operation.
+//! - A configuration also prunes every configuration with the same required operations and
+//!   value and more optional operations linearized: that one has fewer options left.
+//!
+//! The cache names a set of required operations by a 128-bit fingerprint instead of keeping
+//! the set: two configurations share one with probability about `k² / 2^128` for `k`
+//! configurations (10^-21 for a billion), and an entry costs a few dozen bytes, not `n / 8`.
+//!
+//! # Cost
+//!
+//! Deciding linearizability is NP-complete, and the search is exponential in the number of
+//! operations that overlap one another on one key: up to `2^c` sets of linearized operations
+//! around a point where `c` operations overlap. Clients that issue one request at a time keep
+//! `c` at the number of clients plus the optional operations still pending. A linearizable
+//! history is usually confirmed in close to linear time; a violation is the expensive case,
+//! because every configuration up to it must be refuted.
+//!
+//! Measured on a shared 2-core machine (release build; `cargo test --release --test
+//! linearizability -- --ignored --nocapture performance`), histories of 10,000 operations
+//! generated from a real execution, then with one late read corrupted:
+//!
+//! | clients | keys | unknown outcomes | linearizable | corrupted (rejected) |
+//! |---|---|---|---|---|
+//! | 8 | 16 | 1% | 5 ms | 3 ms |
+//! | 10 | 16 | 5% | 4 ms | 4 ms |
+//! | 10 | 4 | 5% | 8 ms | 28 ms |
+//! | 5 | 4 | 20% | 30 ms | 0.33 s |
+//! | 10 | 1 | 0% | 58 ms | 0.41 s |
+//! | 10 | 1 | 1% | 0.3 s | over 5 s: timed out |
 //!
 //! The search stops when [`CheckOptions`] says so (by default after
 //! [`CHECK_TIME_LIMIT_DEFAULT`]) and reports [`CheckResult::TimedOut`] rather than guess.
