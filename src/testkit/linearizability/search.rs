@@ -314,6 +314,9 @@ enum Cursor {
     /// offering each class's next operation if it was invoked before `boundary`, the first
     /// return entry of the required list.
     Optional { index: usize, boundary: usize },
+    /// Nothing can be linearized before `boundary`'s operation completes: undo the last
+    /// linearization and resume where it was made.
+    Backtrack { boundary: usize },
 }
 
 /// What a search did, for measurements.
@@ -331,6 +334,7 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
     // How many operations of each optional class are linearized: always a prefix.
     let mut taken = vec![0; history.optional_classes.len()];
     let mut cache = Cache::default();
+    cache.insert(&linearized, ABSENT);
     let mut frames: Vec<Frame> = Vec::new();
     let mut value = ABSENT;
     let mut dead_end: Option<DeadEnd> = None;
@@ -364,50 +368,49 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
                 (entry.operation, position, NONE, resume)
             }
             Cursor::Optional { index, boundary } => {
-                match history.class_acting_in(value, index) {
-                    Some(class) => {
-                        let resume = Cursor::Optional {
-                            index: index + 1,
-                            boundary,
-                        };
-                        match history.optional_classes[class].get(taken[class]) {
-                            Some(&operation)
-                                if history.invoked_at[operation] <= list.entries[boundary].time =>
-                            {
-                                (operation, NONE, class, resume)
-                            }
-                            _ => {
-                                cursor = resume;
-                                continue;
-                            }
-                        }
+                let Some(class) = history.class_acting_in(value, index) else {
+                    cursor = Cursor::Backtrack { boundary };
+                    continue;
+                };
+                let resume = Cursor::Optional {
+                    index: index + 1,
+                    boundary,
+                };
+                match history.optional_classes[class].get(taken[class]) {
+                    Some(&operation)
+                        if history.invoked_at[operation] <= list.entries[boundary].time =>
+                    {
+                        (operation, NONE, class, resume)
                     }
-                    None => {
-                        // Nothing can go before the boundary's operation completes: back up.
-                        let deepest_so_far = match &dead_end {
-                            Some(deepest) => frames.len() > deepest.prefix.len(),
-                            None => true,
-                        };
-                        if deepest_so_far {
-                            dead_end = Some(describe_dead_end(
-                                history, &list, &taken, &frames, value, boundary,
-                            ));
-                        }
-                        let Some(frame) = frames.pop() else {
-                            break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
-                        };
-                        linearized.toggle(frame.operation);
-                        value = frame.value_before;
-                        if frame.call == NONE {
-                            taken[frame.class] -= 1;
-                        } else {
-                            required_remaining += 1;
-                            list.unlift(frame.call);
-                        }
-                        cursor = frame.resume;
+                    _ => {
+                        cursor = resume;
                         continue;
                     }
                 }
+            }
+            Cursor::Backtrack { boundary } => {
+                let deepest_so_far = match &dead_end {
+                    Some(deepest) => frames.len() > deepest.prefix.len(),
+                    None => true,
+                };
+                if deepest_so_far {
+                    let deepest =
+                        describe_dead_end(history, &list, &taken, &frames, value, boundary);
+                    dead_end = Some(deepest);
+                }
+                let Some(frame) = frames.pop() else {
+                    break Verdict::NotLinearizable(dead_end.expect("recorded just above"));
+                };
+                linearized.toggle(frame.operation);
+                value = frame.value_before;
+                if frame.call == NONE {
+                    taken[frame.class] -= 1;
+                } else {
+                    required_remaining += 1;
+                    list.unlift(frame.call);
+                }
+                cursor = frame.resume;
+                continue;
             }
         };
         let required = call != NONE;
