@@ -1,22 +1,19 @@
 //! The search for one key: Lowe's version of the Wing–Gong algorithm, as in Porcupine.
 //!
-//! The key's operations become a doubly linked list of call and return entries in time order.
-//! The search walks the list from its head: at a call entry it tries to linearize that
-//! operation next (the model must accept it from the current state), and if it can, removes
-//! ("lifts") the operation's call and return entries and starts again from the head. Reaching a
-//! return entry means its operation had to be linearized already and was not: the search
-//! backtracks, undoing the last linearization ("unlifts" it) and trying the next call entry
-//! after it. A cache of every configuration reached — which operations are linearized (a
-//! bitset) plus the value of the key — stops the search from exploring the same configuration
-//! twice, which is what makes it practical.
+//! The calls and returns of the key's required operations (see [`KeyHistory::return_at`])
+//! form a doubly linked list in time order. The search walks it from its head: at a call entry
+//! it tries to linearize that operation next (the model must accept it from the current
+//! value), and if it can, removes ("lifts") the operation's call and return entries and starts
+//! again from the head. At the first return entry it meets, it offers the optional operations
+//! invoked before it instead: the next operation of each optional class that can change the
+//! current value. When none of those can go either, the return entry's operation had to be
+//! linearized already and was not: the search backtracks, undoing the last linearization
+//! ("unlifts" it) and trying the next candidate after it.
 //!
-//! Operations with an unknown outcome have no return entry: nothing forces them to be
-//! linearized, so they may be linearized anywhere after their invocation or left out. The key
-//! is linearizable once every operation with a return entry is linearized.
-//!
-//! Optional operations (see [`KeyHistory::return_at`]) are not in the list: after the calls
-//! before the first return entry, the search offers the next operation of each optional class
-//! that can change the current value, so it tries required operations first.
+//! A cache of every configuration reached — which operations are linearized, plus the value
+//! of the key — stops the search from exploring a configuration twice, or one that an earlier
+//! configuration dominates (see [`Cache`]). That is what makes it practical. The key is
+//! linearizable once every required operation is linearized.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
