@@ -15,7 +15,7 @@
 //! configuration dominates (see [`Cache`]). That is what makes it practical. The key is
 //! linearizable once every required operation is linearized.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
@@ -225,12 +225,18 @@ type Bucket = Vec<Box<[u64]>>;
 #[derive(Default)]
 struct Cache {
     buckets: HashMap<u128, Bucket, BuildHasherDefault<PassThroughHasher>>,
+    /// The fingerprints alone, for keys without optional operations: the common case, kept
+    /// free of an allocation per configuration.
+    fingerprints: HashSet<u128, BuildHasherDefault<PassThroughHasher>>,
 }
 
 impl Cache {
     /// Adds the configuration; false if it or one that dominates it was already there.
     fn insert(&mut self, linearized: &Linearized, value: u32) -> bool {
         let key = linearized.required_fingerprint ^ fingerprint(u64::from(value) ^ VALUE_SALT);
+        if linearized.optional.is_empty() {
+            return self.fingerprints.insert(key);
+        }
         let bucket = self.buckets.entry(key).or_default();
         let optional = &linearized.optional;
         if bucket.iter().any(|seen| is_subset(seen, optional)) {
@@ -242,7 +248,7 @@ impl Cache {
     }
 
     fn len(&self) -> usize {
-        self.buckets.values().map(Vec::len).sum()
+        self.fingerprints.len() + self.buckets.values().map(Vec::len).sum::<usize>()
     }
 }
 
