@@ -93,7 +93,7 @@ pub(super) struct KeyHistory {
     /// took effect would cost `2^k` sets to explore; with it, `k + 1`.
     pub(super) optional_classes: Vec<Vec<usize>>,
     /// The optional classes whose operations write whatever the value (puts and deletes).
-    write_classes: Vec<usize>,
+    pub(super) write_classes: Vec<usize>,
     /// By value id, the optional classes of compare-and-swaps that expect it: the only value
     /// in which they do anything.
     swap_classes: HashMap<u32, Vec<usize>>,

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
-use super::key_history::{KeyHistory, ABSENT};
+use super::key_history::{KeyHistory, Step, ABSENT};
 
 /// Marks "no entry" in the linked list and "no return entry" on a call entry.
 const NONE: usize = usize::MAX;
@@ -417,11 +417,18 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
             }
         };
         let required = call != NONE;
-        // An optional operation that would change nothing is better left for later: taking
-        // it now only closes options.
-        let value_after = history.steps[operation]
-            .apply(value)
-            .filter(|value_after| required || *value_after != value);
+        // An optional operation is taken only if it changes the value and a candidate to go
+        // right after it depends on that change (see `is_awaited`).
+        let value_after =
+            history.steps[operation]
+                .apply(value)
+                .filter(|&value_after| match resume {
+                    Cursor::Optional { boundary, .. } => {
+                        value_after != value
+                            && is_awaited(history, &list, &taken, boundary, value, value_after)
+                    }
+                    Cursor::Required { .. } | Cursor::Backtrack { .. } => true,
+                });
         if let Some(value_after) = value_after {
             linearized.toggle(operation);
             if cache.insert(&linearized, value_after) {
@@ -452,6 +459,53 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
         configurations: cache.len(),
     };
     (verdict, counts)
+}
+
+/// Whether an optional operation that changes the value from `before` to `after` would be
+/// awaited: whether a candidate that could go right after it depends on the change — it reads
+/// `after`, or is a compare-and-swap that needs `after` (or, having failed, needs anything
+/// but `before`).
+///
+/// Taking an optional operation only then loses no linearization. In a linearization with
+/// the fewest optional operations, each one that changes the value is followed by an
+/// operation that depends on it: were it followed by a put or a delete, it could be dropped;
+/// by an operation that works the same on either value and changes neither, the two could
+/// swap (an optional operation never has to precede anything), moving it later; by an
+/// optional operation that does nothing after it, that one could be dropped. And the operation
+/// that follows it is a candidate already before it is taken.
+fn is_awaited(
+    history: &KeyHistory,
+    list: &EntryList,
+    taken: &[usize],
+    boundary: usize,
+    before: u32,
+    after: u32,
+) -> bool {
+    let depends = |step: Step| match step {
+        Step::Write(_) => false,
+        step => match step.apply(after) {
+            None => false,
+            Some(unchanged) if unchanged == after => step.apply(before) != Some(before),
+            Some(_) => true,
+        },
+    };
+    let mut position = list.next[HEAD];
+    while position != boundary {
+        if depends(history.steps[list.entries[position].operation]) {
+            return true;
+        }
+        position = list.next[position];
+    }
+    // The optional compare-and-swaps that act on `after`: the classes after the write classes.
+    (history.write_classes.len()..)
+        .map_while(|index| history.class_acting_in(after, index))
+        .any(|class| {
+            history.optional_classes[class]
+                .get(taken[class])
+                .is_some_and(|&operation| {
+                    history.invoked_at[operation] <= list.entries[boundary].time
+                })
+        })
 }
 
 /// Captures the search's position when nothing can be linearized before the return entry
