@@ -82,6 +82,8 @@ pub(super) struct KeyHistory {
     pub(super) return_at: Vec<Option<u64>>,
     /// By local operation number, when the operation was invoked.
     pub(super) invoked_at: Vec<u64>,
+    /// By local operation number, whether the operation's outcome is known.
+    pub(super) known: Vec<bool>,
     /// The operations with no time in `return_at` (optional: they may never take effect),
     /// grouped by step, each group in invocation order.
     ///
@@ -174,6 +176,10 @@ impl KeyHistory {
             .iter()
             .map(|&index| operations[index].invoked_at)
             .collect();
+        let known = kept
+            .iter()
+            .map(|&index| operations[index].is_known())
+            .collect();
         let mut optional: Vec<usize> = (0..kept.len())
             .filter(|&local| return_at[local].is_none())
             .collect();
@@ -204,6 +210,7 @@ impl KeyHistory {
             steps,
             return_at,
             invoked_at,
+            known,
             optional_classes,
             write_classes,
             swap_classes,

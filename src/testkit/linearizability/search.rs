@@ -417,8 +417,8 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
             }
         };
         let required = call != NONE;
-        // An optional operation is taken only if it changes the value and a candidate to go
-        // right after it depends on that change (see `is_awaited`).
+        // An operation with an unknown outcome is taken only if it changes the value and a
+        // candidate to go right after it depends on that change (see `is_awaited`).
         let value_after =
             history.steps[operation]
                 .apply(value)
@@ -426,6 +426,12 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
                     Cursor::Optional { boundary, .. } => {
                         value_after != value
                             && is_awaited(history, &list, &taken, boundary, value, value_after)
+                    }
+                    Cursor::Required { .. }
+                        if !history.known[operation] && value_after != value =>
+                    {
+                        let boundary = first_return_after(&list, call);
+                        is_awaited(history, &list, &taken, boundary, value, value_after)
                     }
                     Cursor::Required { .. } | Cursor::Backtrack { .. } => true,
                 });
@@ -461,18 +467,22 @@ pub(super) fn search(history: &KeyHistory, budget: &mut Budget) -> (Verdict, Sea
     (verdict, counts)
 }
 
-/// Whether an optional operation that changes the value from `before` to `after` would be
-/// awaited: whether a candidate that could go right after it depends on the change — it reads
-/// `after`, or is a compare-and-swap that needs `after` (or, having failed, needs anything
-/// but `before`).
+/// Whether an operation with an unknown outcome that changes the value from `before` to `after`
+/// would be awaited: whether a candidate that could go right after it depends on the change —
+/// it reads `after`, or is a compare-and-swap that needs `after` (or, having failed, needs
+/// anything but `before`).
 ///
-/// Taking an optional operation only then loses no linearization. In a linearization with
-/// the fewest optional operations, each one that changes the value is followed by an
-/// operation that depends on it: were it followed by a put or a delete, it could be dropped;
-/// by an operation that works the same on either value and changes neither, the two could
-/// swap (an optional operation never has to precede anything), moving it later; by an
-/// optional operation that does nothing after it, that one could be dropped. And the operation
-/// that follows it is a candidate already before it is taken.
+/// Taking such an operation only then loses no linearization. Take a linearization with the
+/// fewest optional operations, and among those, the operations with an unknown outcome as late
+/// as possible. Each of them that changes the value is followed by an operation that depends
+/// on it. Were it followed by a put or a delete, it could be dropped (if required, it is the
+/// only writer of a value read later, so it is never followed by a write before that read).
+/// Were it followed by an operation that works the same on either value and changes neither,
+/// the two could swap: nothing has to follow an operation with an unknown outcome in real
+/// time, and a required one stays before its deadline, which is no earlier than the call of
+/// anything linearized before the read it awaits. Were it followed by an optional operation
+/// that does nothing after it, that one could be dropped. Nor can it be last. And the
+/// operation that follows it is a candidate already before it is taken.
 fn is_awaited(
     history: &KeyHistory,
     list: &EntryList,
@@ -506,6 +516,14 @@ fn is_awaited(
                     history.invoked_at[operation] <= list.entries[boundary].time
                 })
         })
+}
+
+/// The first return entry after `position` in the list.
+fn first_return_after(list: &EntryList, mut position: usize) -> usize {
+    while list.entries[position].is_call {
+        position = list.next[position];
+    }
+    position
 }
 
 /// Captures the search's position when nothing can be linearized before the return entry
