@@ -1,8 +1,9 @@
 //! The linearizability checker judged on histories whose verdict is known: hand-written good
 //! and bad ones (including violations only a correct checker sees), operations with unknown
 //! outcomes, random histories generated from a real sequential execution (accepted) and then
-//! corrupted in ways that are certainly violations (rejected), budgets, and the recorder under
-//! real threads.
+//! corrupted in ways that are certainly violations (rejected), small random histories judged
+//! by a brute-force reference that tries every order, budgets, and the recorder under real
+//! threads.
 
 use std::collections::HashMap;
 use std::sync::Arc;

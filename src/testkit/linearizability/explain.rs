@@ -26,7 +26,8 @@ pub struct Explanation {
     /// contradiction.
     pub blocked: usize,
     /// Every operation invoked before `blocked` completed and not in the prefix, `blocked`
-    /// included: the candidates for the next place in the order, all of which fail.
+    /// included, leaving out operations with an unknown outcome that would change nothing
+    /// there: the candidates for the next place in the order, all of which fail.
     pub candidates: Vec<usize>,
     text: String,
 }
