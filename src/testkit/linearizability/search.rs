@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::key_history::{KeyHistory, Step, ABSENT};
 
-/// Marks "no entry" in the linked list and "no return entry" on a call entry.
+/// Marks "none": the end of the list, no return entry, no call entry, no class.
 const NONE: usize = usize::MAX;
 
 /// The head sentinel of the list of required operations' calls and returns.
@@ -62,7 +62,8 @@ pub(super) struct DeadEnd {
     /// The operation whose completion was reached without it being linearized.
     pub(super) blocked: usize,
     /// Every operation invoked before that completion and not in the prefix (the blocked one
-    /// included): the candidates for the next place in the order.
+    /// included, optional ones that would change nothing left out): the candidates for the
+    /// next place in the order.
     pub(super) candidates: Vec<usize>,
 }
 
@@ -214,9 +215,11 @@ type Bucket = Vec<Box<[u64]>>;
 ///
 /// A configuration dominates another with the same required operations and value whose
 /// optional operations are a superset of its own: every move open to the second is open to the
-/// first (an optional operation never has to be linearized), leading to a configuration that
-/// again dominates. So once a configuration has been reached, every configuration it
-/// dominates is pruned, not just itself.
+/// first (an optional operation never has to be linearized; where the second takes the next
+/// operation of a class, the first takes its own next one, which does the same and was
+/// invoked no later), leading to a configuration that again dominates. So once a
+/// configuration has been reached, every configuration it dominates is pruned, not just
+/// itself.
 ///
 /// Fingerprints are 128 bits and are not checked against the full set: two different
 /// configurations share one with probability below `k² / 2^128` for `k` configurations,
