@@ -7,6 +7,8 @@
 //!   `KEYVAL_SEED=<seed>` replays its random choices.
 //! - [`CoreNetwork`]: pure Raft cores in one thread, messages moved by the test
 //!   (deterministic; for protocol tests).
+//! - [`linearizability`]: record concurrent clients' operations and check that the history is
+//!   linearizable (Wing–Gong/Lowe search, partitioned by key; unknown outcomes allowed).
 //! - [`simulation`]: seeded deterministic simulation of pure cores under faults, with the
 //!   Raft safety properties checked after every step.
 //!
@@ -24,6 +26,7 @@
 //! ```
 
 mod cluster;
+pub mod linearizability;
 mod network;
 mod recorder;
 pub mod simulation;
