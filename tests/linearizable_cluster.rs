@@ -1,0 +1,231 @@
+//! Linearizability of the replicated key-value store under faults: concurrent clients run
+//! put / get / delete / compare-and-swap against a `testkit::Cluster` of `KvStore` nodes while
+//! a seeded nemesis partitions, crashes and restarts nodes on an unreliable network. Every
+//! operation is recorded with its real invocation and completion times (an operation whose
+//! outcome is unknown is recorded as such), and the whole history must be linearizable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use keyval::kv::{Command, Expect, KvStore, Response as KvResponse};
+use keyval::testkit::linearizability::{
+    check, CheckResult, ClientId, History, Outcome, Request, Response,
+};
+use keyval::testkit::{Cluster, StorageKind};
+use keyval::NodeId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const KEYS: u64 = 4;
+const CLIENTS: u64 = 4;
+
+/// One client's loop: random operations on a few keys until `stop`.
+fn client(cluster: &Cluster<KvStore>, history: &History, id: u64, seed: u64, stop: &AtomicBool) {
+    let mut rng = StdRng::seed_from_u64(seed ^ id);
+    // Like a real client, keep talking to the leader it knows until that node refuses: this
+    // is how a client reaches a deposed leader that still believes it leads.
+    let mut believed_leader = None;
+    let mut sequence = 0;
+    let mut counter = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let key = format!("k{}", rng.random_range(0..KEYS)).into_bytes();
+        counter += 1;
+        let value = format!("c{id}-{counter}").into_bytes();
+        let request = match rng.random_range(0..10) {
+            0..=3 => Request::get(key.clone()),
+            4..=6 => Request::put(key.clone(), value.clone()),
+            7 => Request::delete(key.clone()),
+            _ => {
+                let expected = rng.random_bool(0.3).then(|| {
+                    format!("c{}-{}", rng.random_range(0..CLIENTS), counter / 2).into_bytes()
+                });
+                Request::compare_and_swap(key.clone(), expected, value.clone())
+            }
+        };
+        let pending = history.invoke(ClientId(id), request.clone());
+        let timeout = Duration::from_millis(500);
+        if believed_leader.is_none() {
+            believed_leader = cluster.leader();
+        }
+        let outcome = match request {
+            Request::Get { key } => read(cluster, &mut believed_leader, &key, timeout),
+            Request::Put { key, value } => {
+                sequence += 1;
+                write(cluster, Command::put(key, value), id, sequence, timeout)
+                    .map(|_| Outcome::Ok(Response::Put))
+            }
+            Request::Delete { key } => {
+                sequence += 1;
+                write(cluster, Command::delete(key), id, sequence, timeout)
+                    .map(|_| Outcome::Ok(Response::Delete))
+            }
+            Request::CompareAndSwap { key, expected, new } => {
+                sequence += 1;
+                let expect = match expected {
+                    Some(value) => Expect::Value(value),
+                    None => Expect::Absent,
+                };
+                write(
+                    cluster,
+                    Command::cas(key, expect, Some(new)),
+                    id,
+                    sequence,
+                    timeout,
+                )
+                .map(|swapped| Outcome::Ok(Response::CompareAndSwap(swapped)))
+            }
+        };
+        match outcome {
+            Some(outcome) => history.complete(pending, outcome),
+            None => history.unknown(pending),
+        }
+    }
+}
+
+/// A write through the log with an exactly-once session. `Some(true)` applied, `Some(false)`
+/// a compare-and-swap that did not hold, `None` unknown.
+fn write(
+    cluster: &Cluster<KvStore>,
+    command: Command,
+    client: u64,
+    sequence: u64,
+    timeout: Duration,
+) -> Option<bool> {
+    let bytes = command.with_session(client, sequence).encode().ok()?;
+    let response = cluster.propose(&bytes, timeout).ok()?;
+    match KvResponse::decode(&response).ok()? {
+        KvResponse::Written { .. } => Some(true),
+        KvResponse::ComparisonFailed { .. } => Some(false),
+        KvResponse::Rejected(_) => None,
+    }
+}
+
+/// A linearizable read on the node the client believes leads; `None` when it could not be
+/// confirmed (an unknown read constrains nothing), and then the client forgets that leader.
+fn read(
+    cluster: &Cluster<KvStore>,
+    believed_leader: &mut Option<NodeId>,
+    key: &[u8],
+    timeout: Duration,
+) -> Option<Outcome> {
+    let node = believed_leader.and_then(|id| cluster.node(id));
+    let value = node.and_then(|node| {
+        node.read(Instant::now() + timeout, |store| store.get(key))
+            .ok()
+    });
+    match value {
+        Some(value) => Some(Outcome::Ok(Response::Get(
+            value.map(|versioned| versioned.value),
+        ))),
+        None => {
+            *believed_leader = None;
+            None
+        }
+    }
+}
+
+/// Runs clients against a five-node cluster while the nemesis acts, then checks the history.
+fn run(storage: StorageKind, check_quorum: bool, nemesis: fn(&Cluster<KvStore>, &mut StdRng)) {
+    let cluster = Cluster::builder(5, |_| KvStore::new())
+        .storage(storage)
+        .configure(move |config| config.check_quorum = check_quorum)
+        .build();
+    let seed = cluster.seed();
+    cluster.wait_for_leader(Duration::from_secs(20));
+    let history = History::new();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for id in 1..=CLIENTS {
+            let (cluster, history, stop) = (&cluster, &history, &stop);
+            scope.spawn(move || client(cluster, history, id, seed, stop));
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            nemesis(&cluster, &mut rng);
+        }
+        cluster.heal();
+        cluster.set_unreliable(false);
+        stop.store(true, Ordering::SeqCst);
+    });
+    let operations = history.snapshot();
+    let known = operations
+        .iter()
+        .filter(|operation| operation.is_known())
+        .count();
+    assert!(
+        known > 50,
+        "too few operations completed: {known} (seed {seed})"
+    );
+    match check(&operations) {
+        CheckResult::Linearizable => {}
+        other => panic!(
+            "history of {} operations is not linearizable (seed {seed}): {other:?}",
+            operations.len()
+        ),
+    }
+}
+
+fn partitions(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
+    let ids = cluster.ids().to_vec();
+    let cut: Vec<NodeId> = ids
+        .iter()
+        .copied()
+        .filter(|_| rng.random_bool(0.4))
+        .collect();
+    let rest: Vec<NodeId> = ids.iter().copied().filter(|id| !cut.contains(id)).collect();
+    cluster.partition(&[cut, rest]);
+    std::thread::sleep(Duration::from_millis(rng.random_range(100..400))); // nemesis pacing
+    cluster.heal();
+    std::thread::sleep(Duration::from_millis(rng.random_range(50..200)));
+}
+
+fn crashes_on_unreliable_network(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
+    cluster.set_unreliable(true);
+    let id = NodeId(rng.random_range(1..=5));
+    if rng.random_bool(0.5) {
+        if let Some(leader) = cluster.leader() {
+            cluster.restart(leader);
+        }
+    } else {
+        cluster.restart(id);
+    }
+    std::thread::sleep(Duration::from_millis(rng.random_range(100..300))); // nemesis pacing
+}
+
+fn isolated_leader(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
+    if let Some(leader) = cluster.leader() {
+        cluster.disconnect(leader);
+        // Keep it cut off until the majority has a successor that commits writes: the window
+        // in which a deposed leader that still believes it leads could serve stale reads.
+        cluster.wait_for(Duration::from_secs(5), |cluster| {
+            cluster
+                .stable_leader()
+                .is_some_and(|successor| successor != leader)
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..300))); // nemesis pacing
+        cluster.reconnect(leader);
+    }
+    std::thread::sleep(Duration::from_millis(rng.random_range(50..150)));
+}
+
+#[test]
+fn linearizable_under_partitions() {
+    run(StorageKind::Memory, true, partitions);
+}
+
+#[test]
+fn linearizable_under_crashes_on_an_unreliable_network() {
+    run(
+        StorageKind::FaultyFiles,
+        true,
+        crashes_on_unreliable_network,
+    );
+}
+
+/// Without check-quorum an isolated leader believes it leads until it hears a higher term:
+/// ReadIndex alone must keep its reads linearizable (PITFALLS #5).
+#[test]
+fn linearizable_while_a_deposed_leader_still_believes_it_leads() {
+    run(StorageKind::Memory, false, isolated_leader);
+}
