@@ -39,6 +39,12 @@ pub struct Config {
     pub inflight_bytes_max: u64,
     /// Uncommitted bytes a leader accepts before refusing proposals.
     pub uncommitted_bytes_max: u64,
+    /// Take a snapshot and compact the log once this many entries were applied since the
+    /// last snapshot (0: never automatically).
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, so that followers slightly behind catch up
+    /// from the log instead of needing the whole snapshot.
+    pub snapshot_margin_entries: u64,
 }
 
 impl Config {
@@ -57,6 +63,8 @@ impl Config {
             inflight_messages_max: limits::INFLIGHT_MESSAGES_MAX,
             inflight_bytes_max: limits::INFLIGHT_BYTES_MAX,
             uncommitted_bytes_max: limits::UNCOMMITTED_BYTES_MAX,
+            snapshot_entries: 10_000,
+            snapshot_margin_entries: 1_000,
         }
     }
 

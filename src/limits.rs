@@ -30,6 +30,12 @@ pub const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// The largest single record (one encoded entry or hard state) in a storage file.
 pub const RECORD_BYTES_MAX: u64 = COMMAND_BYTES_MAX + 4096;
 
+/// InstallSnapshot streams a snapshot in chunks of this many bytes.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// The largest snapshot a follower accepts from a leader.
+pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+
 /// Capacity of a node's inbound message queue (messages from peers, before stepping).
 pub const INBOUND_QUEUE_CAPACITY: usize = 8192;
 
@@ -52,3 +58,5 @@ const _: () = assert!(INFLIGHT_BYTES_MAX >= MESSAGE_ENTRIES_BYTES_MAX + COMMAND_
 // The uncommitted cap must admit at least one maximal command.
 const _: () = assert!(UNCOMMITTED_BYTES_MAX > COMMAND_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX <= FRAME_BYTES_MAX);
+// A snapshot chunk and its header fit one frame.
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < FRAME_BYTES_MAX);

@@ -1,11 +1,14 @@
 //! The `log-writer` thread: persists Readys with one sync per drained batch (group commit),
 //! then releases the messages that waited for that durability and reports it to the core.
+//! It also makes snapshots durable — received ones before the entries after them, local ones
+//! before the log is compacted behind them.
 
 use crossbeam_channel::{select, Receiver};
 
 use crate::error::StorageError;
-use crate::node::Shared;
+use crate::node::{LocalSnapshot, PersistRequest, Shared};
 use crate::storage::Storage;
+use crate::types::{EntryId, LogIndex};
 
 pub(super) fn run<M>(
     shared: &Shared<M>,
@@ -13,49 +16,118 @@ pub(super) fn run<M>(
     wake: &Receiver<()>,
     shutdown: &Receiver<()>,
 ) {
+    // The newest snapshot saved: an older local snapshot must never replace it.
+    let mut saved_snapshot = shared
+        .core
+        .lock()
+        .raft
+        .snapshot()
+        .map_or(LogIndex(0), |snapshot| snapshot.meta.last.index);
     loop {
         select! {
             recv(wake) -> _ => {}
             recv(shutdown) -> _ => return,
         }
-        let batch = std::mem::take(&mut shared.core.lock().persist_outbox);
-        if batch.is_empty() {
-            continue;
+        let (batch, local_snapshot) = {
+            let mut core = shared.core.lock();
+            (
+                std::mem::take(&mut core.persist_outbox),
+                core.local_snapshot.take(),
+            )
+        };
+        let mut outcome = Ok(None);
+        if !batch.is_empty() {
+            outcome = persist_batch(storage.as_mut(), batch, &mut saved_snapshot);
         }
-        let mut last_entry = None;
-        let mut messages = Vec::new();
-        let outcome = (|| -> Result<(), StorageError> {
-            for request in batch {
-                if let Some(hard_state) = request.hard_state {
-                    storage.save_hard_state(hard_state)?;
-                }
-                if let Some(last) = request.entries.last() {
-                    storage.append(&request.entries)?;
-                    last_entry = Some(last.id);
-                }
-                messages.extend(request.messages);
-            }
-            storage.sync()
-        })();
-        match outcome {
-            Ok(()) => {}
+        let outcome = outcome.and_then(|released| {
+            let local = match local_snapshot {
+                Some(local) => save_local_snapshot(storage.as_mut(), local, &mut saved_snapshot)?,
+                None => None,
+            };
+            Ok((released, local))
+        });
+        let (released, local) = match outcome {
+            Ok(done) => done,
             // The harness crashed this instance: its successor owns the disk now.
             Err(StorageError::Crashed) => return,
             Err(error) => {
                 shared.fail(error.to_string());
                 return;
             }
-        }
+        };
         if !shared.is_serving() {
             return;
         }
-        for message in messages {
-            shared.transport.send(message);
+        let mut last_entry = None;
+        if let Some((messages, last)) = released {
+            for message in messages {
+                shared.transport.send(message);
+            }
+            last_entry = last;
         }
+        if last_entry.is_none() && local.is_none() {
+            continue;
+        }
+        let mut core = shared.core.lock();
         if let Some(last) = last_entry {
-            let mut core = shared.core.lock();
             core.raft.on_persisted(last);
-            shared.route(&mut core);
         }
+        if let Some(local) = local {
+            core.raft.compact(local.snapshot, local.compact_through);
+        }
+        shared.route(&mut core);
     }
+}
+
+/// What a persisted batch releases: the held-back messages and the last entry written.
+type Released = (Vec<crate::raft::Message>, Option<EntryId>);
+
+/// Writes a batch of Readys and syncs once.
+fn persist_batch(
+    storage: &mut dyn Storage,
+    batch: Vec<PersistRequest>,
+    saved_snapshot: &mut LogIndex,
+) -> Result<Option<Released>, StorageError> {
+    let mut last_entry = None;
+    let mut messages = Vec::new();
+    for request in batch {
+        if let Some(hard_state) = request.hard_state {
+            storage.save_hard_state(hard_state)?;
+        }
+        if let Some(installed) = request.snapshot {
+            let snapshot = &installed.snapshot;
+            let index = snapshot.meta.last.index;
+            storage.save_snapshot(&snapshot.meta, &snapshot.data)?;
+            if installed.keep_suffix {
+                storage.compact(index)?;
+            } else {
+                storage.reset_log(index)?;
+            }
+            *saved_snapshot = (*saved_snapshot).max(index);
+        }
+        if let Some(last) = request.entries.last() {
+            storage.append(&request.entries)?;
+            last_entry = Some(last.id);
+        }
+        messages.extend(request.messages);
+    }
+    storage.sync()?;
+    Ok(Some((messages, last_entry)))
+}
+
+/// Makes a local snapshot durable, then compacts the stored log behind it. Returns it for
+/// the core to compact its log too, unless a newer snapshot was saved meanwhile.
+fn save_local_snapshot(
+    storage: &mut dyn Storage,
+    local: LocalSnapshot,
+    saved_snapshot: &mut LogIndex,
+) -> Result<Option<LocalSnapshot>, StorageError> {
+    let index = local.snapshot.meta.last.index;
+    if index <= *saved_snapshot {
+        return Ok(None);
+    }
+    storage.save_snapshot(&local.snapshot.meta, &local.snapshot.data)?;
+    *saved_snapshot = index;
+    storage.compact(local.compact_through)?;
+    Ok(Some(local))
 }

@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::error::{ProposeError, ReadError, StorageError};
-use crate::raft::{Message, Raft, Ready, RoleKind};
+use crate::raft::{InstalledSnapshot, Message, Raft, Ready, RoleKind, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
@@ -91,8 +91,25 @@ pub enum StartError {
 #[derive(Debug)]
 struct PersistRequest {
     hard_state: Option<HardState>,
+    snapshot: Option<InstalledSnapshot>,
     entries: Vec<Entry>,
     messages: Vec<Message>,
+}
+
+/// Work for the applier, in log order.
+#[derive(Debug)]
+enum ApplyItem {
+    Entry(Entry),
+    /// A snapshot from the leader: replace the state machine's state.
+    Snapshot(SnapshotData),
+}
+
+/// A snapshot the applier took, for the log writer to make durable before the log is
+/// compacted behind it.
+#[derive(Debug)]
+struct LocalSnapshot {
+    snapshot: SnapshotData,
+    compact_through: LogIndex,
 }
 
 /// The core and its outboxes. Guarded by one mutex, held only to step the core and route its
@@ -100,7 +117,9 @@ struct PersistRequest {
 struct Core {
     raft: Raft,
     persist_outbox: Vec<PersistRequest>,
-    apply_outbox: Vec<Entry>,
+    apply_outbox: Vec<ApplyItem>,
+    /// At most one local snapshot waits for the log writer.
+    local_snapshot: Option<LocalSnapshot>,
 }
 
 /// State shared by the node's threads and its handle.
@@ -116,6 +135,11 @@ struct Shared<M> {
     persist_wake: Sender<()>,
     apply_wake: Sender<()>,
     next_read_context: AtomicU64,
+    /// An operator asked for a snapshot now.
+    snapshot_requested: AtomicBool,
+    /// Snapshot policy, from the configuration.
+    snapshot_entries: u64,
+    snapshot_margin_entries: u64,
     /// Set when storage failed: the node stops serving.
     failed: Mutex<Option<String>>,
     stopped: AtomicBool,
@@ -132,16 +156,23 @@ impl<M> Shared<M> {
             for message in ready.messages {
                 self.transport.send(message);
             }
+            if let Some(installed) = &ready.snapshot {
+                core.apply_outbox
+                    .push(ApplyItem::Snapshot(installed.snapshot.clone()));
+                let _ = self.apply_wake.try_send(());
+            }
             if needs_persist {
                 core.persist_outbox.push(PersistRequest {
                     hard_state: ready.hard_state,
+                    snapshot: ready.snapshot,
                     entries: ready.entries,
                     messages: ready.persisted_messages,
                 });
                 let _ = self.persist_wake.try_send(());
             }
             if !ready.committed.is_empty() {
-                core.apply_outbox.extend(ready.committed);
+                core.apply_outbox
+                    .extend(ready.committed.into_iter().map(ApplyItem::Entry));
                 let _ = self.apply_wake.try_send(());
             }
             if !ready.read_states.is_empty() {
@@ -227,8 +258,10 @@ impl<M: StateMachine> Node<M> {
         config.validate()?;
         let id = config.id;
         let tick = config.tick;
+        let snapshot_entries = config.snapshot_entries;
+        let snapshot_margin_entries = config.snapshot_margin_entries;
         let recovered = storage.recover()?;
-        let mut applied = LogIndex(0);
+        let mut snapshot = None;
         if recovered.snapshot.is_some() {
             if let Some((meta, data)) = storage.load_snapshot()? {
                 state_machine
@@ -236,10 +269,18 @@ impl<M: StateMachine> Node<M> {
                     .map_err(|error| StartError::Restore {
                         reason: error.to_string(),
                     })?;
-                applied = meta.last.index;
+                snapshot = Some(SnapshotData::new(meta, Arc::new(data)));
             }
         }
-        let raft = Raft::new(config, recovered, membership, seed)?;
+        let mut raft = Raft::new(config, recovered, membership, seed)?;
+        let mut applied = LogIndex(0);
+        let mut last_applied = EntryId::default();
+        if let Some(snapshot) = snapshot {
+            applied = snapshot.meta.last.index;
+            last_applied = snapshot.meta.last;
+            raft.compact(snapshot, applied);
+        }
+        let applied_membership = raft.membership().clone();
         let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
@@ -249,6 +290,7 @@ impl<M: StateMachine> Node<M> {
                 raft,
                 persist_outbox: Vec::new(),
                 apply_outbox: Vec::new(),
+                local_snapshot: None,
             }),
             state_machine: Mutex::new(state_machine),
             applied: Mutex::new(applied),
@@ -258,6 +300,9 @@ impl<M: StateMachine> Node<M> {
             persist_wake,
             apply_wake,
             next_read_context: AtomicU64::new(1),
+            snapshot_requested: AtomicBool::new(false),
+            snapshot_entries,
+            snapshot_margin_entries,
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
@@ -283,9 +328,13 @@ impl<M: StateMachine> Node<M> {
                 Box::new(move || log_writer::run(&s, storage, &persist_wake_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
+            let start = applier::ApplierStart {
+                last_applied,
+                membership: applied_membership,
+            };
             threads.push(spawn(
                 "applier",
-                Box::new(move || applier::run(&s, &apply_wake_rx, &r)),
+                Box::new(move || applier::run(&s, start, &apply_wake_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(
@@ -462,6 +511,18 @@ impl<M: StateMachine> Node<M> {
             membership: status.membership,
             failed: self.shared.failed.lock().is_some(),
         }
+    }
+
+    /// Asks the applier to take a snapshot now and compact the log behind it (operators:
+    /// `kvctl snapshot`). Returns at once; the snapshot is taken after the next apply.
+    pub fn request_snapshot(&self) {
+        self.shared.snapshot_requested.store(true, Ordering::SeqCst);
+        let _ = self.shared.apply_wake.try_send(());
+    }
+
+    /// The latest durable snapshot, if any (a consistent backup: `kvctl snapshot save`).
+    pub fn latest_snapshot(&self) -> Option<SnapshotData> {
+        self.shared.core.lock().raft.snapshot().cloned()
     }
 
     /// Makes this node campaign now (tests and operators).

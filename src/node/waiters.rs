@@ -92,6 +92,18 @@ impl Waiters {
         }
     }
 
+    /// A snapshot from the leader now covers everything through `index`: proposals waiting
+    /// there cannot learn whether their entry or another one committed.
+    pub(super) fn complete_covered_by_snapshot(&mut self, index: LogIndex) {
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let (_, waiter) = entry.remove();
+            waiter.complete(Err(ProposeError::Indeterminate));
+        }
+    }
+
     pub(super) fn add_read(&mut self, context: u64, tag: u64, sender: Sender<ReadCompletion>) {
         self.reads.insert(context, Waiter { tag, sender });
     }

@@ -98,7 +98,9 @@ impl Raft {
                     }
                     self.become_follower(message.term, None);
                 }
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(message.term, Some(from));
                 }
                 _ => self.become_follower(message.term, None),
@@ -107,7 +109,9 @@ impl Raft {
             match &message.body {
                 // A leader from an older term: tell it our term so it steps down. Without
                 // this, a node whose term rose while partitioned could be ignored forever.
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.send(from, self.term, MessageBody::HeartbeatResponse { round: 0 });
                 }
                 MessageBody::RequestVote { pre_vote: true, .. } => {
@@ -160,6 +164,20 @@ impl Raft {
                 }
                 Ok(())
             }
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                total,
+                checksum,
+                data,
+            } => {
+                self.follow(from)?;
+                self.handle_install_snapshot(from, meta, offset, total, checksum, data)
+            }
+            MessageBody::InstallSnapshotResponse { last, next_offset } => {
+                self.handle_snapshot_response(from, last, next_offset);
+                Ok(())
+            }
         }
     }
 
@@ -186,6 +204,11 @@ impl Raft {
                 }
                 if !self.membership.is_voter(from) {
                     return Err(StepError::NotAMember { from });
+                }
+            }
+            MessageBody::InstallSnapshot { meta, .. } => {
+                if meta.last.term > message.term {
+                    return malformed("snapshot term ahead of the leader's term");
                 }
             }
             MessageBody::AppendEntries { prev, entries, .. } => {

@@ -244,6 +244,44 @@ impl RaftLog {
         }
     }
 
+    /// Drops the entries up to and including `through`, which must be applied (a local
+    /// snapshot covers them). Returns false when `through` is not in the log.
+    pub fn compact(&mut self, through: LogIndex) -> bool {
+        if through <= self.snapshot.index || through > self.applied_handed {
+            return false;
+        }
+        let Some(term) = self.term(through) else {
+            return false;
+        };
+        let remove = (through.0 - self.snapshot.index.0) as usize;
+        self.entries.drain(..remove);
+        self.snapshot = EntryId::new(term, through);
+        self.check_invariants();
+        true
+    }
+
+    /// Installs a snapshot received from the leader (Raft §7): if the log holds the snapshot's
+    /// last entry the entries after it are kept, otherwise the whole log is discarded. The
+    /// snapshot counts as durable and applied: the runtime persists and restores it before
+    /// anything later. Returns whether the suffix was kept.
+    pub fn restore(&mut self, last: EntryId) -> bool {
+        debug_assert!(last.index > self.committed);
+        let keep_suffix = self.matches(last);
+        if keep_suffix {
+            let remove = (last.index.0 - self.snapshot.index.0) as usize;
+            self.entries.drain(..remove);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = last;
+        self.committed = last.index;
+        self.applied_handed = last.index;
+        self.persisted = self.persisted.max(last.index);
+        self.persist_from = self.persist_from.max(last.index.next());
+        self.check_invariants();
+        keep_suffix
+    }
+
     /// Entries not yet handed to storage; marks them handed.
     pub fn take_unpersisted(&mut self) -> Vec<Entry> {
         let out = self.entries_from(self.persist_from, u64::MAX);

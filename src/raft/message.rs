@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, EntryId, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// One message from one node to another, stamped with the sender's term.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +63,28 @@ pub enum MessageBody {
     },
     /// Leadership transfer: the receiver should campaign now (thesis §3.10).
     TimeoutNow,
+    /// One chunk of a snapshot the follower needs because the entries it lacks were compacted
+    /// away (Raft §7). Chunks go one at a time; each is acknowledged.
+    InstallSnapshot {
+        /// What the snapshot covers.
+        meta: SnapshotMeta,
+        /// Where this chunk starts in the snapshot's bytes.
+        offset: u64,
+        /// The snapshot's length in bytes.
+        total: u64,
+        /// CRC-32 of the whole snapshot, verified before it is installed.
+        checksum: u32,
+        /// The chunk.
+        data: Vec<u8>,
+    },
+    /// The follower holds the first `next_offset` bytes of the snapshot ending at `last`
+    /// (resume point; 0 asks the leader to start over).
+    InstallSnapshotResponse {
+        /// The snapshot's last entry.
+        last: EntryId,
+        /// The next byte the follower needs.
+        next_offset: u64,
+    },
 }
 
 /// The outcome of an `AppendEntries` on the follower.
@@ -98,6 +120,8 @@ impl Message {
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
             MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
         }
     }
 
@@ -107,6 +131,7 @@ impl Message {
             MessageBody::AppendEntries { entries, .. } => {
                 64 + entries.iter().map(Entry::size_bytes).sum::<u64>()
             }
+            MessageBody::InstallSnapshot { data, .. } => 128 + data.len() as u64,
             _ => 48,
         }
     }

@@ -16,6 +16,7 @@ pub mod progress;
 pub mod quorum;
 pub mod ready;
 mod replication;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -32,6 +33,7 @@ pub use log::RaftLog;
 pub use message::{AppendResponse, Message, MessageBody};
 pub use progress::{Progress, ProgressState};
 pub use ready::{ReadState, Ready, RoleKind, Status};
+pub use snapshot::{InstalledSnapshot, SnapshotData, Transfer};
 
 /// Why a message was ignored. Ignoring is always safe in Raft; the reason is for logs,
 /// counters and tests.
@@ -143,6 +145,12 @@ pub struct Raft {
     read_states: Vec<ReadState>,
     /// The hard state last handed to storage.
     hard_state_handed: HardState,
+    /// The latest local snapshot (what a leader streams to followers that need it).
+    snapshot: Option<SnapshotData>,
+    /// A snapshot being received from the leader.
+    incoming: Option<snapshot::IncomingSnapshot>,
+    /// A snapshot received and installed, for the next Ready.
+    installed_snapshot: Option<InstalledSnapshot>,
 }
 
 impl Raft {
@@ -185,6 +193,9 @@ impl Raft {
             persisted_messages: Vec::new(),
             read_states: Vec::new(),
             hard_state_handed: recovered.hard_state,
+            snapshot: None,
+            incoming: None,
+            installed_snapshot: None,
             config,
         };
         raft.reset_election_timer();
@@ -368,6 +379,7 @@ impl Raft {
             || !self.messages.is_empty()
             || !self.persisted_messages.is_empty()
             || !self.read_states.is_empty()
+            || self.installed_snapshot.is_some()
     }
 
     /// Takes the work accumulated since the last call. See [`Ready`] for what to do with it.
@@ -382,6 +394,7 @@ impl Raft {
         };
         Ready {
             hard_state,
+            snapshot: self.installed_snapshot.take(),
             entries: self.log.take_unpersisted(),
             messages: std::mem::take(&mut self.messages),
             persisted_messages: std::mem::take(&mut self.persisted_messages),

@@ -12,6 +12,8 @@ pub enum ProgressState {
     Probe,
     /// The follower is in step: AppendEntries are pipelined within the in-flight window.
     Replicate,
+    /// The follower needs compacted entries: a snapshot is being streamed, appends wait.
+    Snapshot,
 }
 
 /// The in-flight window for one follower, bounded in messages **and** bytes.
@@ -102,6 +104,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// The latest heartbeat round the follower answered.
     pub round_acked: u64,
+    /// The snapshot being streamed (snapshot state only).
+    pub transfer: Option<crate::raft::snapshot::Transfer>,
 }
 
 impl Progress {
@@ -115,6 +119,7 @@ impl Progress {
             inflights: Inflights::new(messages_max, bytes_max),
             recent_active: true,
             round_acked: 0,
+            transfer: None,
         }
     }
 
@@ -123,6 +128,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.is_full(),
+            ProgressState::Snapshot => true,
         }
     }
 
@@ -140,6 +146,7 @@ impl Progress {
     /// Switches to pipelining from the match point.
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
+        self.transfer = None;
         self.next = self.matched.next();
         self.probe_sent = false;
         self.inflights.reset();
@@ -148,6 +155,7 @@ impl Progress {
     /// Falls back to probing from `next`.
     pub fn become_probe(&mut self, next: LogIndex) {
         self.state = ProgressState::Probe;
+        self.transfer = None;
         self.next = next.max(self.matched.next());
         self.probe_sent = false;
         self.inflights.reset();
@@ -156,7 +164,7 @@ impl Progress {
     /// Records that a message ending at `last` with `bytes` of entries was sent.
     pub fn on_sent(&mut self, last: Option<LogIndex>, bytes: u64) {
         match self.state {
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe | ProgressState::Snapshot => self.probe_sent = true,
             ProgressState::Replicate => {
                 if let Some(last) = last {
                     self.next = last.next();

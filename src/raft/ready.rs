@@ -2,6 +2,7 @@
 
 use crate::error::ReadError;
 use crate::raft::message::Message;
+use crate::raft::snapshot::InstalledSnapshot;
 use crate::types::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 /// The outcome of a read-index request.
@@ -15,8 +16,10 @@ pub struct ReadState {
 }
 
 /// Work the runtime must do, in this order:
-/// 1. persist `hard_state` and `entries` (one sync), **then** send `persisted_messages` and
-///    report the last entry to [`crate::raft::Raft::on_persisted`];
+/// 1. persist `hard_state`, `snapshot` (save it, then compact or reset the stored log) and
+///    `entries` (one sync), **then** send `persisted_messages` and report the last entry to
+///    [`crate::raft::Raft::on_persisted`]; restore `snapshot` into the state machine before
+///    applying anything after it;
 /// 2. send `messages` at once (they do not depend on this Ready's persistence);
 /// 3. apply `committed` in order;
 /// 4. answer the reads in `read_states` once applied reaches their index.
@@ -25,6 +28,8 @@ pub struct ReadState {
 pub struct Ready {
     /// The new term/vote, if it changed.
     pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader and installed in the core.
+    pub snapshot: Option<InstalledSnapshot>,
     /// Entries to append (replacing any stored suffix from the first one's index).
     pub entries: Vec<Entry>,
     /// Messages that may be sent now.
@@ -42,6 +47,7 @@ impl Ready {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()
+            && self.snapshot.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.persisted_messages.is_empty()
@@ -51,7 +57,10 @@ impl Ready {
 
     /// Whether the log writer has work in this Ready.
     pub fn needs_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty() || !self.persisted_messages.is_empty()
+        self.hard_state.is_some()
+            || self.snapshot.is_some()
+            || !self.entries.is_empty()
+            || !self.persisted_messages.is_empty()
     }
 }
 

@@ -54,9 +54,8 @@ impl Raft {
         }
         let prev_index = progress.next.prev();
         let Some(prev_term) = self.log.term(prev_index) else {
-            // The entries this follower needs were compacted into a snapshot; sending
-            // snapshots is the snapshot layer's job. Nothing compacts the log yet.
-            return false;
+            // The entries this follower needs were compacted into a snapshot (Raft §7).
+            return self.start_snapshot_transfer(to);
         };
         let entries = self.log.entries_from(progress.next, bytes_max);
         if entries.is_empty() && progress.state == ProgressState::Replicate && !allow_empty {
@@ -184,9 +183,16 @@ impl Raft {
                 if !self.log.matches(matched) {
                     return;
                 }
-                if progress.maybe_update(matched.index) {
+                if progress.state == ProgressState::Snapshot {
+                    // The snapshot is installed (or was not needed): replicate from there.
+                    progress.maybe_update(matched.index);
+                    progress.become_replicate();
+                    self.maybe_commit();
+                } else if progress.maybe_update(matched.index) {
                     match progress.state {
-                        ProgressState::Probe => progress.become_replicate(),
+                        ProgressState::Probe | ProgressState::Snapshot => {
+                            progress.become_replicate()
+                        }
                         ProgressState::Replicate => progress.inflights.free_to(matched.index),
                     }
                     self.maybe_commit();
@@ -201,6 +207,7 @@ impl Raft {
                 let stale = match progress.state {
                     ProgressState::Replicate => rejected_prev <= progress.matched,
                     ProgressState::Probe => rejected_prev != progress.next.prev(),
+                    ProgressState::Snapshot => true,
                 };
                 if stale {
                     return;
@@ -247,6 +254,11 @@ impl Raft {
         // The follower is alive: allow another probe if one was outstanding.
         progress.probe_sent = false;
         progress.round_acked = progress.round_acked.max(round);
+        if progress.state == ProgressState::Snapshot {
+            self.retry_snapshot_chunk(from);
+            self.advance_quorum_round();
+            return;
+        }
         // A follower behind the leader may have lost an append: an append from `next`
         // (empty if need be) either carries the missing entries or is rejected, which sends
         // the follower back to probing. Free one slot if the window is full of lost messages.

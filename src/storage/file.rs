@@ -617,6 +617,15 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    fn reset_log(&mut self, after: LogIndex) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.sync()?;
+        // Everything after `after` goes (durably), then everything up to it.
+        self.truncate_suffix(after.next())?;
+        self.sync()?;
+        self.compact(after)
+    }
+
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         self.check_poisoned()?;
         let bytes = format::encode_snapshot(meta, data)?;

@@ -57,6 +57,11 @@ impl MemState {
         Ok(())
     }
 
+    fn reset(&mut self, after: LogIndex) {
+        self.entries.clear();
+        self.offset = after;
+    }
+
     fn compact(&mut self, through: LogIndex) {
         if through <= self.offset {
             return;
@@ -250,6 +255,13 @@ impl Storage for MemStorage {
         self.sync()?;
         self.volatile.compact(through);
         self.with_live_disk(|inner| inner.durable.compact(through))
+    }
+
+    fn reset_log(&mut self, after: LogIndex) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.sync()?;
+        self.volatile.reset(after);
+        self.with_live_disk(|inner| inner.durable.reset(after))
     }
 
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {

@@ -56,6 +56,11 @@ pub trait Storage: Send + 'static {
     /// at `through + 1`.
     fn compact(&mut self, through: LogIndex) -> Result<(), StorageError>;
 
+    /// Discards the whole log and continues it after `after`: used when a snapshot received
+    /// from the leader does not match the local log (Raft §7). The snapshot must already be
+    /// saved. Durable on return; the next append starts at `after + 1`.
+    fn reset_log(&mut self, after: LogIndex) -> Result<(), StorageError>;
+
     /// Durably replaces the snapshot.
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError>;
 

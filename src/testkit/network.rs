@@ -22,6 +22,8 @@ pub struct CoreNode {
     pub applied: Vec<Entry>,
     /// Read states received.
     pub read_states: Vec<ReadState>,
+    /// Snapshots received from a leader and installed, in order.
+    pub installed_snapshots: Vec<crate::types::EntryId>,
 }
 
 /// N pure cores joined by an in-memory message queue with cuttable links.
@@ -89,6 +91,7 @@ impl CoreNetwork {
             storage,
             applied: Vec::new(),
             read_states: Vec::new(),
+            installed_snapshots: Vec::new(),
         }
     }
 
@@ -119,6 +122,19 @@ impl CoreNetwork {
                 node.storage
                     .save_hard_state(hard_state)
                     .expect("save hard state");
+            }
+            if let Some(installed) = &ready.snapshot {
+                let snapshot = &installed.snapshot;
+                let index = snapshot.meta.last.index;
+                node.storage
+                    .save_snapshot(&snapshot.meta, &snapshot.data)
+                    .expect("save snapshot");
+                if installed.keep_suffix {
+                    node.storage.compact(index).expect("compact");
+                } else {
+                    node.storage.reset_log(index).expect("reset log");
+                }
+                node.installed_snapshots.push(snapshot.meta.last);
             }
             node.storage.append(&ready.entries).expect("append");
             node.storage.sync().expect("sync");
@@ -173,6 +189,29 @@ impl CoreNetwork {
         self.process_ready(id);
         self.stabilize();
         Ok(())
+    }
+
+    /// Takes a snapshot on `id` at its applied index with `data` as the state machine's bytes,
+    /// saves it, and compacts storage and the core's log through `compact_through`.
+    pub fn snapshot(&mut self, id: NodeId, data: Vec<u8>, compact_through: LogIndex) {
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        let last_index = node.raft.log().applied_handed();
+        let term = node
+            .raft
+            .log()
+            .term(last_index)
+            .expect("applied entry is held");
+        let meta = crate::types::SnapshotMeta {
+            last: crate::types::EntryId::new(term, last_index),
+            membership: node.raft.membership().clone(),
+        };
+        node.storage
+            .save_snapshot(&meta, &data)
+            .expect("save snapshot");
+        let through = compact_through.min(last_index);
+        node.storage.compact(through).expect("compact");
+        let snapshot = crate::raft::SnapshotData::new(meta, std::sync::Arc::new(data));
+        node.raft.compact(snapshot, through);
     }
 
     /// Drops every message on the directed link `from -> to`.
