@@ -206,10 +206,8 @@ impl Raft {
                     return Err(StepError::NotAMember { from });
                 }
             }
-            MessageBody::InstallSnapshot { meta, .. } => {
-                if meta.last.term > message.term {
-                    return malformed("snapshot term ahead of the leader's term");
-                }
+            MessageBody::InstallSnapshot { meta, .. } if meta.last.term > message.term => {
+                return malformed("snapshot term ahead of the leader's term");
             }
             MessageBody::AppendEntries { prev, entries, .. } => {
                 if prev.term > message.term {
