@@ -173,7 +173,34 @@ impl Raft {
             .as_ref()
             .map(|meta| meta.membership.clone())
             .unwrap_or(initial_membership);
-        for entry in &recovered.entries {
+        // The stored log may overlap the snapshot by the compaction margin: keep only what
+        // follows it. An entry at the snapshot's index with another term would mean the rest
+        // does not continue the snapshot; drop it all (the leader will resend it).
+        let mut entries = recovered.entries;
+        if let Some(position) = entries
+            .iter()
+            .position(|entry| entry.index() == snapshot.index)
+        {
+            if entries[position].term() != snapshot.term {
+                entries.clear();
+            } else {
+                entries.drain(..=position);
+            }
+        }
+        entries.retain(|entry| entry.index() > snapshot.index);
+        if entries
+            .first()
+            .is_some_and(|first| first.index() != snapshot.index.next())
+        {
+            return Err(ConfigError::Invalid {
+                reason: format!(
+                    "the stored log starts at {} but the snapshot ends at {}",
+                    entries[0].index(),
+                    snapshot.index
+                ),
+            });
+        }
+        for entry in &entries {
             if let EntryPayload::Membership(latest) = &entry.payload {
                 membership = latest.clone();
             }
@@ -183,7 +210,7 @@ impl Raft {
             term: recovered.hard_state.term,
             vote: recovered.hard_state.vote,
             role: Role::Follower { leader: None },
-            log: RaftLog::new(snapshot, recovered.entries),
+            log: RaftLog::new(snapshot, entries),
             membership,
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,

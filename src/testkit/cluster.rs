@@ -201,6 +201,11 @@ impl<M: StateMachine> Cluster<M> {
         &self.ids
     }
 
+    /// The data directory of node `id` on real files (`StorageKind::RealFiles`).
+    pub fn data_dir(&self, id: NodeId) -> Option<std::path::PathBuf> {
+        (self.storage == StorageKind::RealFiles).then(|| self.files_root.join(format!("{id}")))
+    }
+
     /// The simulated network, for fault injection.
     pub fn network(&self) -> &SimNetwork {
         &self.network
