@@ -26,19 +26,23 @@ fn simulation_seeds_hold_every_safety_property() {
     let mut acknowledged = 0;
     let mut crashes = 0;
     let mut elections = 0;
+    let mut snapshots = 0;
+    let mut installs = 0;
     for &seed in &seeds {
         match simulation::run(seed) {
             Ok(report) => {
                 acknowledged += report.acknowledged;
                 crashes += report.crashes;
                 elections += report.elections;
+                snapshots += report.snapshots;
+                installs += report.snapshot_installs;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     eprintln!(
         "simulation: {} seeds, {acknowledged} acknowledged proposals, {elections} elections, \
-         {crashes} crashes — no violation",
+         {crashes} crashes, {snapshots} snapshots, {installs} snapshot installs — no violation",
         seeds.len()
     );
     assert!(

@@ -276,8 +276,16 @@ impl RaftLog {
         self.snapshot = last;
         self.committed = last.index;
         self.applied_handed = last.index;
-        self.persisted = self.persisted.max(last.index);
-        self.persist_from = self.persist_from.max(last.index.next());
+        if keep_suffix {
+            self.persisted = self.persisted.max(last.index);
+            self.persist_from = self.persist_from.max(last.index.next());
+        } else {
+            // Entries already handed to storage after the snapshot are discarded with the log
+            // (the runtime resets the stored log); a late report about them fails the term
+            // check in `on_persisted`.
+            self.persisted = last.index;
+            self.persist_from = last.index.next();
+        }
         self.check_invariants();
         keep_suffix
     }

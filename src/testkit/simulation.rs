@@ -4,7 +4,10 @@
 //! Persistence is asynchronous as in the real runtime: a Ready's durable part completes at a
 //! later random step, and only then are its held-back messages released; a crash loses every
 //! persist that had not completed. Faults: message loss, duplication, delay and reordering,
-//! partitions (symmetric and one-way), crash and restart.
+//! partitions (symmetric and one-way), crash and restart. Nodes take snapshots at random and
+//! compact their logs with a random margin, so leaders stream snapshots to followers that fell
+//! behind; a snapshot carries the ids of the entries it reflects, and each install is checked
+//! against everything applied anywhere.
 //!
 //! Checked after every step: at most one leader per term; entries with the same index and
 //! term carry the same command; a committed entry never changes; a new leader holds every
@@ -21,10 +24,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
-use crate::raft::{Message, Raft};
+use std::sync::Arc;
+
+use crate::raft::{InstalledSnapshot, Message, Raft, SnapshotData};
 use crate::storage::mem::{MemDisk, MemStorage};
 use crate::storage::Storage;
-use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
+use crate::types::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term,
+};
 
 /// The knobs of one simulation run.
 #[derive(Clone, Debug)]
@@ -45,6 +52,8 @@ pub struct SimulationOptions {
     pub partition: f64,
     /// Virtual ticks allowed for the liveness phase.
     pub liveness_ticks: u64,
+    /// Per step probability of a node taking a snapshot and compacting its log.
+    pub snapshot: f64,
 }
 
 impl Default for SimulationOptions {
@@ -58,6 +67,7 @@ impl Default for SimulationOptions {
             crash: 0.0015,
             partition: 0.003,
             liveness_ticks: 3000,
+            snapshot: 0.003,
         }
     }
 }
@@ -75,6 +85,10 @@ pub struct SimulationReport {
     pub elections: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Local snapshots taken (and logs compacted).
+    pub snapshots: u64,
+    /// Snapshots streamed from a leader and installed by a follower.
+    pub snapshot_installs: u64,
     /// Messages delivered.
     pub delivered: u64,
 }
@@ -95,6 +109,7 @@ pub struct SimulationFailure {
 
 struct PendingPersist {
     hard_state: Option<HardState>,
+    snapshot: Option<InstalledSnapshot>,
     entries: Vec<Entry>,
     messages: Vec<Message>,
 }
@@ -105,6 +120,8 @@ struct SimNode {
     storage: MemStorage,
     pending: VecDeque<PendingPersist>,
     applied: LogIndex,
+    /// Every entry this node's state machine reflects, in order (what its snapshots carry).
+    applied_ids: Vec<EntryId>,
     committed: LogIndex,
     max_term: Term,
     restarts: u64,
@@ -184,6 +201,7 @@ impl Simulation {
                     storage,
                     pending: VecDeque::new(),
                     applied: LogIndex(0),
+                    applied_ids: Vec::new(),
                     committed: LogIndex(0),
                     max_term: Term(0),
                     restarts: 0,
@@ -208,13 +226,24 @@ impl Simulation {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.storage = node.disk.open();
         let recovered = node.storage.recover().expect("in-memory recovery");
+        let snapshot = node.storage.load_snapshot().expect("in-memory snapshot");
         node.restarts += 1;
         let node_seed = seed ^ id.0.rotate_left(20) ^ node.restarts.rotate_left(40);
-        node.raft =
-            Some(Raft::new(config(id), recovered, membership, node_seed).expect("valid config"));
+        let mut raft =
+            Raft::new(config(id), recovered, membership, node_seed).expect("valid config");
         node.pending.clear();
         node.applied = LogIndex(0);
+        node.applied_ids.clear();
         node.committed = LogIndex(0);
+        if let Some((meta, data)) = snapshot {
+            // The state machine restarts from the snapshot.
+            node.applied_ids = crate::codec::decode(&data).expect("own snapshot decodes");
+            node.applied = meta.last.index;
+            node.committed = meta.last.index;
+            let index = meta.last.index;
+            raft.compact(SnapshotData::new(meta, Arc::new(data)), index);
+        }
+        node.raft = Some(raft);
     }
 
     fn crash(&mut self, id: NodeId) {
@@ -262,13 +291,18 @@ impl Simulation {
         for message in ready.messages {
             self.send(message);
         }
+        if let Some(installed) = &ready.snapshot {
+            self.check_installed_snapshot(id, &installed.snapshot)?;
+        }
         if ready.hard_state.is_some()
+            || ready.snapshot.is_some()
             || !ready.entries.is_empty()
             || !ready.persisted_messages.is_empty()
         {
             let node = self.nodes.get_mut(&id).expect("known node");
             node.pending.push_back(PendingPersist {
                 hard_state: ready.hard_state,
+                snapshot: ready.snapshot,
                 entries: ready.entries,
                 messages: ready.persisted_messages,
             });
@@ -277,6 +311,68 @@ impl Simulation {
             self.check_apply(id, &entry)?;
         }
         Ok(())
+    }
+
+    /// A snapshot from the leader replaces the node's state: what it carries must agree with
+    /// everything applied anywhere (state-machine safety across snapshots).
+    fn check_installed_snapshot(
+        &mut self,
+        id: NodeId,
+        snapshot: &SnapshotData,
+    ) -> Result<(), SimulationFailure> {
+        let Ok(ids) = crate::codec::decode::<Vec<EntryId>>(&snapshot.data) else {
+            return Err(self.fail(format!("{id} installed an undecodable snapshot")));
+        };
+        if ids.last().map_or(LogIndex(0), |last| last.index) != snapshot.meta.last.index
+            && !ids.is_empty()
+        {
+            return Err(self.fail(format!(
+                "{id}: snapshot contents disagree with its metadata"
+            )));
+        }
+        for entry in &ids {
+            if let Some(other) = self.applied.get(&entry.index) {
+                if *other != *entry {
+                    return Err(self.fail(format!(
+                        "state-machine safety: {id} installed a snapshot with {entry} where {other} was applied"
+                    )));
+                }
+            }
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.applied_ids = ids;
+        node.applied = snapshot.meta.last.index;
+        self.report.snapshot_installs += 1;
+        Ok(())
+    }
+
+    /// A node snapshots its state machine at its applied index and compacts its log, keeping
+    /// a random margin.
+    fn take_snapshot(&mut self, id: NodeId) {
+        let margin = self.rng.random_range(0..8);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        let applied = node.applied;
+        let Some(term) = raft.log().term(applied) else {
+            return;
+        };
+        if applied <= raft.log().snapshot().index {
+            return;
+        }
+        let meta = SnapshotMeta {
+            last: EntryId::new(term, applied),
+            membership: raft.membership().clone(),
+        };
+        let data = crate::codec::encode(&node.applied_ids).expect("encodable");
+        node.storage
+            .save_snapshot(&meta, &data)
+            .expect("mem storage");
+        let through = LogIndex(applied.0.saturating_sub(margin));
+        node.storage.compact(through).expect("mem storage");
+        raft.compact(SnapshotData::new(meta, Arc::new(data)), through);
+        self.report.snapshots += 1;
     }
 
     fn send(&mut self, message: Message) {
@@ -295,7 +391,9 @@ impl Simulation {
         if entry.index() != applied.next() {
             return Err(self.fail(format!("{id} applied {} after {applied}", entry.index())));
         }
-        self.nodes.get_mut(&id).expect("known node").applied = entry.index();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.applied = entry.index();
+        node.applied_ids.push(entry.id);
         match self.applied.get(&entry.index()) {
             Some(other) if *other != entry.id => {
                 return Err(self.fail(format!(
@@ -332,6 +430,22 @@ impl Simulation {
             node.storage
                 .save_hard_state(hard_state)
                 .expect("mem storage");
+        }
+        if let Some(installed) = persist.snapshot {
+            let snapshot = installed.snapshot;
+            let index = snapshot.meta.last.index;
+            // Never replace a newer local snapshot with an older received one.
+            let saved = node.storage.load_snapshot().expect("mem storage");
+            if saved.is_none_or(|(meta, _)| meta.last.index < index) {
+                node.storage
+                    .save_snapshot(&snapshot.meta, &snapshot.data)
+                    .expect("mem storage");
+            }
+            if installed.keep_suffix {
+                node.storage.compact(index).expect("mem storage");
+            } else {
+                node.storage.reset_log(index).expect("mem storage");
+            }
         }
         node.storage.append(&persist.entries).expect("mem storage");
         node.storage.sync().expect("mem storage");
@@ -542,6 +656,9 @@ impl Simulation {
                 }
             } else if roll < 0.92 {
                 self.propose()?;
+            } else if self.rng.random_bool(self.options.snapshot * 12.0) {
+                let id = ids[self.rng.random_range(0..ids.len())];
+                self.take_snapshot(id);
             } else if self.rng.random_bool(self.options.crash * 12.0) {
                 let id = ids[self.rng.random_range(0..ids.len())];
                 if self.nodes[&id].raft.is_some() {
