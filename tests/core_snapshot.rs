@@ -4,7 +4,7 @@
 //! handled; a corrupt snapshot is never installed.
 
 use keyval::limits::SNAPSHOT_CHUNK_BYTES;
-use keyval::raft::{MessageBody, ProgressState};
+use keyval::raft::{AppendResponse, MessageBody, ProgressState};
 use keyval::testkit::CoreNetwork;
 use keyval::{LogIndex, NodeId};
 
@@ -159,5 +159,63 @@ fn follower_restarts_from_its_installed_snapshot() {
     assert_eq!(
         network.node(N3).log().last_id(),
         network.node(N1).log().last_id()
+    );
+}
+
+// Found by the simulation (seed 3694): the leader compacts past the snapshot it is streaming
+// before the follower's acknowledgement arrives. The acknowledgement is about a committed
+// entry the leader no longer holds, and must still count, or the follower stays stuck in
+// snapshot state while the same old snapshot is re-sent forever.
+#[test]
+fn acknowledgement_below_a_newer_compaction_point_still_counts() {
+    let mut network = CoreNetwork::new(3, 23);
+    network.elect(N1);
+    network.propose(N1, b"before").unwrap();
+    network.isolate(N3);
+    for k in 0..20u8 {
+        network.propose(N1, &[k]).unwrap();
+    }
+    let first = network.node(N1).log().applied_handed();
+    network.snapshot(N1, b"small first snapshot".to_vec(), first);
+    network.heal();
+    // Let the transfer happen, but hold back N3's acknowledgements to N1.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        network.tick_all();
+        while let Some(message) = network.in_flight.pop_front() {
+            let acknowledgement = matches!(
+                message.body,
+                MessageBody::AppendEntriesResponse(AppendResponse::Success { .. })
+            );
+            if message.from == N3 && message.to == N1 && acknowledgement {
+                held.push(message);
+                continue;
+            }
+            let to = message.to;
+            let _ = network.node(to).step(message);
+            network.process_ready(to);
+        }
+    }
+    assert_eq!(network.nodes[&N3].installed_snapshots.len(), 1);
+    // Meanwhile the leader writes more and compacts past the snapshot it sent.
+    network.isolate(N3);
+    for k in 20..40u8 {
+        network.propose(N1, &[k]).unwrap();
+    }
+    let second = network.node(N1).log().applied_handed();
+    network.snapshot(N1, b"second snapshot".to_vec(), second);
+    network.heal();
+    for message in held {
+        let _ = network.node(N1).step(message);
+    }
+    network.process_ready(N1);
+    settle(&mut network);
+    assert_eq!(
+        network.node(N3).log().last_id(),
+        network.node(N1).log().last_id()
+    );
+    assert_eq!(
+        network.node(N1).progress(N3).unwrap().state,
+        ProgressState::Replicate
     );
 }

@@ -180,7 +180,9 @@ impl Raft {
         match response {
             AppendResponse::Success { matched } => {
                 // An answer about an entry we no longer hold at that index is stale (ABA).
-                if !self.log.matches(matched) {
+                // At or below our snapshot the entries are committed and can never be
+                // overwritten: such an answer is current even though we no longer hold them.
+                if !self.log.matches(matched) && matched.index > self.log.snapshot().index {
                     return;
                 }
                 if progress.state == ProgressState::Snapshot {

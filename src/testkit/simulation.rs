@@ -766,6 +766,25 @@ impl Simulation {
                 }
                 None => format!("{id}: down"),
             })
+            .chain(self.nodes.iter().flat_map(|(leader, node)| {
+                let raft = node.raft.as_ref().filter(|raft| raft.is_leader());
+                self.nodes.keys().filter_map(move |&follower| {
+                    let progress = raft?.progress(follower)?;
+                    Some(format!(
+                        "{leader} sees {follower}: {:?} matched {} next {} paused {} \
+                         transfer {:?}",
+                        progress.state,
+                        progress.matched,
+                        progress.next,
+                        progress.is_paused(),
+                        progress.transfer.as_ref().map(|transfer| (
+                            transfer.snapshot.meta.last,
+                            transfer.acknowledged,
+                            transfer.snapshot.data.len()
+                        ))
+                    ))
+                })
+            }))
             .collect();
         Err(self.fail(format!(
             "liveness: after healing, {} acknowledged proposals were not applied everywhere \
