@@ -202,6 +202,31 @@ pub enum ReadError {
     NoLease,
 }
 
+/// Why a leadership transfer did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// This node is not the leader.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The current leader as far as this node knows.
+        leader_hint: Option<NodeId>,
+    },
+    /// The target is not a voting member of the cluster.
+    #[error("{target} is not a voting member")]
+    NotAVoter {
+        /// The requested target.
+        target: NodeId,
+    },
+    /// The target did not take over within the deadline (or an election timeout): the transfer
+    /// was abandoned and this node (or another) leads.
+    #[error("the transfer did not complete in time")]
+    Timeout,
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    Shutdown,
+}
+
 /// Sending to a peer failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

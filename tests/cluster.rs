@@ -448,3 +448,47 @@ fn churn_on_an_unreliable_network(storage: StorageKind) {
     );
     assert_all_applied(&cluster, &acknowledged);
 }
+
+/// Leadership moves around the cluster while clients write: every transfer lands on its
+/// target, and no acknowledged write is lost.
+#[test]
+fn leadership_transfers_under_concurrent_writes() {
+    let cluster = Cluster::new(5);
+    cluster.wait_for_leader(WAIT);
+    let stop = AtomicBool::new(false);
+    let acknowledged = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for client in 0..3 {
+            let (cluster, stop, acknowledged) = (&cluster, &stop, &acknowledged);
+            scope.spawn(move || {
+                let mut k = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let bytes = command(&format!("transfer{client}"), k);
+                    k += 1;
+                    if cluster.propose(&bytes, WAIT).is_ok() {
+                        acknowledged.lock().unwrap().push(bytes);
+                    }
+                }
+            });
+        }
+        for round in 0..6u64 {
+            let leader = cluster.wait_for_leader(WAIT);
+            let target = cluster.ids()[(leader.0 as usize + round as usize) % 5];
+            let target = if target == leader {
+                NodeId(leader.0 % 5 + 1)
+            } else {
+                target
+            };
+            let node = cluster.node(leader).unwrap();
+            node.transfer_leadership(target, Instant::now() + WAIT)
+                .unwrap_or_else(|error| {
+                    panic!("{leader} -> {target}: {error} (seed {})", cluster.seed())
+                });
+            assert!(cluster.wait_for(WAIT, |cluster| cluster.stable_leader() == Some(target)));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 10);
+    assert_all_applied(&cluster, &acknowledged);
+}

@@ -32,7 +32,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
-use crate::error::{ProposeError, ReadError, StorageError};
+use crate::error::{ProposeError, ReadError, StorageError, TransferError};
 use crate::raft::{InstalledSnapshot, Message, Raft, Ready, RoleKind, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
@@ -238,6 +238,7 @@ pub struct NodeStatus {
 /// A `Node` is `Sync`: share it (in an `Arc`) between client threads.
 pub struct Node<M: StateMachine> {
     shared: Arc<Shared<M>>,
+    tick: std::time::Duration,
     shutdown_tx: Mutex<Option<Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -308,6 +309,7 @@ impl<M: StateMachine> Node<M> {
         });
         let node = Node {
             shared: Arc::clone(&shared),
+            tick,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             threads: Mutex::new(Vec::new()),
         };
@@ -523,6 +525,64 @@ impl<M: StateMachine> Node<M> {
     /// The latest durable snapshot, if any (a consistent backup: `kvctl snapshot save`).
     pub fn latest_snapshot(&self) -> Option<SnapshotData> {
         self.shared.core.lock().raft.snapshot().cloned()
+    }
+
+    /// Hands leadership to `target` (thesis §3.10) and waits until this node sees it lead.
+    /// Meanwhile this leader refuses proposals and its lease is void; the transfer is
+    /// abandoned after an election timeout (`Timeout`).
+    pub fn transfer_leadership(
+        &self,
+        target: NodeId,
+        deadline: Instant,
+    ) -> Result<(), TransferError> {
+        if !self.shared.is_serving() {
+            return Err(TransferError::Shutdown);
+        }
+        let start_term = {
+            let mut core = self.shared.core.lock();
+            core.raft.transfer_leadership(target)?;
+            self.shared.route(&mut core);
+            core.raft.term()
+        };
+        if target == self.shared.id {
+            return Ok(());
+        }
+        loop {
+            {
+                let core = self.shared.core.lock();
+                if core.raft.term() > start_term && core.raft.leader() == Some(target) {
+                    return Ok(());
+                }
+                if core.raft.is_leader() && core.raft.transfer_target().is_none() {
+                    return Err(TransferError::Timeout); // abandoned
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(TransferError::Timeout);
+            }
+            if !self.shared.is_serving() {
+                return Err(TransferError::Shutdown);
+            }
+            std::thread::sleep(self.tick);
+        }
+    }
+
+    /// If this node leads, hands leadership to the most up-to-date voter (graceful shutdown:
+    /// the cluster does not wait an election timeout for a new leader). Returns the new leader.
+    pub fn hand_over_leadership(&self, deadline: Instant) -> Result<Option<NodeId>, TransferError> {
+        let target = {
+            let core = self.shared.core.lock();
+            if !core.raft.is_leader() {
+                return Ok(None);
+            }
+            core.raft.most_up_to_date_voter()
+        };
+        match target {
+            Some(target) => self
+                .transfer_leadership(target, deadline)
+                .map(|()| Some(target)),
+            None => Ok(None), // a single voter: nobody to hand over to
+        }
     }
 
     /// Makes this node campaign now (tests and operators).

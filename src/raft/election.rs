@@ -18,6 +18,12 @@ impl Raft {
         self.election_elapsed += 1;
         if let Role::Leader(leader) = &mut self.role {
             leader.heartbeat_elapsed += 1;
+            if let Some((_, elapsed)) = &mut leader.transfer {
+                *elapsed += 1;
+                if *elapsed >= self.config.election_ticks {
+                    leader.transfer = None; // abandoned: accept proposals again
+                }
+            }
             let heartbeat_due = leader.heartbeat_elapsed >= self.config.heartbeat_ticks;
             if self.election_elapsed >= self.config.election_ticks {
                 self.election_elapsed = 0;
@@ -420,6 +426,7 @@ impl Raft {
             append_needed: true,
             commit_news: false,
             uncommitted_bytes: 0,
+            transfer: None,
         }));
         self.election_elapsed = 0;
         // Raft §8: commit an entry of our own term before anything else counts.

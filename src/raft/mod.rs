@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, ReadError};
+use crate::error::{ConfigError, ProposeError, ReadError, TransferError};
 use crate::limits;
 use crate::storage::Recovered;
 use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
@@ -109,6 +109,8 @@ struct LeaderState {
     append_needed: bool,
     commit_news: bool,
     uncommitted_bytes: u64,
+    /// A leadership transfer in progress: (target, ticks since it started).
+    transfer: Option<(NodeId, u64)>,
 }
 
 /// A node's role, owning the data that only that role has.
@@ -320,6 +322,12 @@ impl Raft {
         let Role::Leader(leader) = &mut self.role else {
             return Err(ProposeError::NotLeader { leader_hint });
         };
+        if leader.transfer.is_some() {
+            // Thesis §3.10: stop accepting proposals while handing over.
+            return Err(ProposeError::Busy {
+                reason: "leadership transfer in progress",
+            });
+        }
         let entry = Entry {
             id: EntryId::new(term, index),
             payload: EntryPayload::Command(command),
@@ -369,13 +377,78 @@ impl Raft {
                 leader_hint: self.leader(),
             });
         };
+        // A lease is void the moment a transfer starts: the target may win before the lease
+        // would have run out (PITFALLS #6).
         if !self.config.lease_reads
             || !self.committed_in_current_term()
             || self.now >= leader.lease_until
+            || leader.transfer.is_some()
         {
             return Err(ReadError::NoLease);
         }
         Ok(self.log.committed())
+    }
+
+    /// Starts handing leadership to `target` (thesis §3.10): proposals are refused meanwhile,
+    /// the lease is void, the target is brought up to date and then told to campaign at once
+    /// (`TimeoutNow`). Abandoned after an election timeout. Transferring to itself is a no-op.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        let leader_hint = self.leader();
+        if target == self.id && self.is_leader() {
+            return Ok(());
+        }
+        if !self.membership.is_voter(target) {
+            return Err(TransferError::NotAVoter { target });
+        }
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(TransferError::NotLeader { leader_hint });
+        };
+        leader.transfer = Some((target, 0));
+        leader.lease_until = 0;
+        self.maybe_send_timeout_now(target);
+        if self.transfer_target() == Some(target) {
+            self.send_append(target, true);
+        }
+        Ok(())
+    }
+
+    /// The voter (other than this leader) that holds the most of the log: the best target for
+    /// handing leadership over.
+    pub fn most_up_to_date_voter(&self) -> Option<NodeId> {
+        let Role::Leader(leader) = &self.role else {
+            return None;
+        };
+        leader
+            .progress
+            .iter()
+            .filter(|(&id, _)| self.membership.is_voter(id))
+            .max_by_key(|(_, progress)| progress.matched)
+            .map(|(&id, _)| id)
+    }
+
+    /// The target of a leadership transfer in progress.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(leader) => leader.transfer.map(|(target, _)| target),
+            _ => None,
+        }
+    }
+
+    /// Sends `TimeoutNow` to the transfer target once it holds the whole log.
+    pub(crate) fn maybe_send_timeout_now(&mut self, from: NodeId) {
+        let last = self.log.last_index();
+        let term = self.term;
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let caught_up = leader.transfer.is_some_and(|(target, _)| target == from)
+            && leader
+                .progress
+                .get(&from)
+                .is_some_and(|progress| progress.matched == last);
+        if caught_up {
+            self.send(from, term, MessageBody::TimeoutNow);
+        }
     }
 
     /// Whether the leader has committed an entry of its own term: until then its commit index

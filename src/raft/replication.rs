@@ -39,7 +39,7 @@ impl Raft {
 
     /// Sends one AppendEntries to `to` if its flow control allows. An empty message is sent
     /// only to probe or when `allow_empty` (to carry a new commit index).
-    fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
+    pub(super) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let bytes_max = self.config.message_entries_bytes_max;
         let term = self.term;
         let committed = self.log.committed();
@@ -201,6 +201,7 @@ impl Raft {
                 } else if progress.state == ProgressState::Replicate {
                     progress.inflights.free_to(matched.index);
                 }
+                self.maybe_send_timeout_now(from);
             }
             AppendResponse::Reject {
                 rejected_prev,

@@ -1,0 +1,118 @@
+//! Deterministic tests of leadership transfer in the pure core (Raft thesis §3.10): the target
+//! is brought up to date and told to campaign at once; the leader refuses proposals and voids
+//! its lease meanwhile; a transfer that does not complete within an election timeout is
+//! abandoned; only voters can be targets.
+
+use keyval::error::TransferError;
+use keyval::raft::{MessageBody, RoleKind};
+use keyval::testkit::CoreNetwork;
+use keyval::{Config, NodeId, ProposeError};
+
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+
+fn with_lease(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.lease_reads = true;
+    config
+}
+
+fn settle(network: &mut CoreNetwork) {
+    for _ in 0..20 {
+        network.tick_all();
+        network.stabilize();
+    }
+}
+
+#[test]
+fn transfer_to_an_up_to_date_follower() {
+    let mut network = CoreNetwork::new(3, 31);
+    network.elect(N1);
+    network.propose(N1, b"x").unwrap();
+    let term = network.node(N1).term();
+    network.node(N1).transfer_leadership(N2).unwrap();
+    network.process_ready(N1);
+    network.stabilize();
+    assert_eq!(network.node(N2).role(), RoleKind::Leader);
+    assert!(network.node(N2).term() > term);
+    assert_eq!(network.node(N1).role(), RoleKind::Follower);
+}
+
+#[test]
+fn transfer_to_a_lagging_follower_catches_it_up_first() {
+    let mut network = CoreNetwork::new(3, 32);
+    network.elect(N1);
+    network.isolate(N3);
+    for k in 0..30u8 {
+        network.propose(N1, &[k]).unwrap();
+    }
+    network.heal();
+    let mut timeout_now_sent_when_caught_up = None;
+    network.node(N1).transfer_leadership(N3).unwrap();
+    network.process_ready(N1);
+    while let Some(message) = network.in_flight.pop_front() {
+        if matches!(message.body, MessageBody::TimeoutNow) {
+            let caught_up =
+                network.node(N3).log().last_index() == network.node(N1).log().last_index();
+            timeout_now_sent_when_caught_up = Some(caught_up);
+        }
+        let to = message.to;
+        let _ = network.node(to).step(message);
+        network.process_ready(to);
+    }
+    assert_eq!(timeout_now_sent_when_caught_up, Some(true));
+    assert_eq!(network.node(N3).role(), RoleKind::Leader);
+    // Nothing committed was lost on the way.
+    settle(&mut network);
+    assert_eq!(network.applied_commands(N3).len(), 30);
+}
+
+#[test]
+fn transfer_to_a_non_member_is_refused() {
+    let mut network = CoreNetwork::new(3, 33);
+    network.elect(N1);
+    assert_eq!(
+        network.node(N1).transfer_leadership(NodeId(9)),
+        Err(TransferError::NotAVoter { target: NodeId(9) })
+    );
+    assert_eq!(
+        network.node(N2).transfer_leadership(N3),
+        Err(TransferError::NotLeader {
+            leader_hint: Some(N1)
+        })
+    );
+}
+
+#[test]
+fn proposals_are_refused_during_a_transfer_and_accepted_after_it_times_out() {
+    let mut network = CoreNetwork::new(3, 34);
+    network.elect(N1);
+    network.isolate(N3);
+    network.node(N1).transfer_leadership(N3).unwrap();
+    assert!(matches!(
+        network.node(N1).propose(b"during".to_vec()),
+        Err(ProposeError::Busy { .. })
+    ));
+    // The target never answers: after an election timeout the transfer is abandoned.
+    for _ in 0..Config::new(N1).election_ticks {
+        network.node(N1).tick();
+        network.process_ready(N1);
+        network.stabilize();
+    }
+    assert_eq!(network.node(N1).transfer_target(), None);
+    assert_eq!(network.node(N1).role(), RoleKind::Leader);
+    network.node(N1).propose(b"after".to_vec()).unwrap();
+}
+
+// PITFALLS #6: the lease is void the moment a transfer starts.
+#[test]
+fn lease_is_void_once_a_transfer_starts() {
+    let mut network = CoreNetwork::with_config(3, 35, with_lease);
+    network.elect(N1);
+    settle(&mut network);
+    assert!(network.node(N1).lease_read().is_ok());
+    network.isolate(N2);
+    network.node(N1).transfer_leadership(N2).unwrap();
+    assert!(network.node(N1).lease_read().is_err());
+}
