@@ -6,9 +6,10 @@
 //! truncations, inflated length prefixes, splices), with a counting global allocator that
 //! records the largest single allocation made on the test's own thread.
 //!
-//! Tests marked `#[ignore = "finds bug: ..."]` pin panics found in code this file does not own;
-//! the properties above keep clear of exactly those inputs (see [`VALUE_SAFE_MAX`]) so that CI
-//! stays green until they are fixed. The cargo-fuzz targets in `fuzz/` cover the same decoders
+//! Tests marked `#[ignore = "finds bug: ..."]` pin panics found in code this file does not own,
+//! and `#[ignore = "finds weakness: ..."]` a bounded but out-of-proportion allocation; the
+//! properties keep clear of exactly those inputs (see [`VALUE_SAFE_MAX`]) so that CI stays
+//! green until they are fixed. The cargo-fuzz targets in `fuzz/` cover the same decoders
 //! without time limits.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -1249,5 +1250,29 @@ fn kv_command_allocation_is_bounded_by_its_input() {
         largest <= allocation_bound(bytes.len()),
         "{largest} bytes allocated for {} bytes of input",
         bytes.len()
+    );
+}
+
+#[test]
+#[ignore = "finds weakness: a 35-byte kv snapshot makes restore allocate 16 MiB, for the same \
+            reason as kv_command_allocation_is_bounded_by_its_input"]
+fn kv_snapshot_allocation_is_bounded_by_its_input() {
+    // The header of an empty store announcing one key, then a key record: key "a", and a
+    // value that claims FRAME_BYTES_MAX - 64 bytes.
+    let mut snapshot = KvStore::new().snapshot();
+    let keys_at = snapshot.len() - 2;
+    snapshot[keys_at] = 1;
+    let mut key_record = vec![1, b'a', 252];
+    key_record.extend_from_slice(&((FRAME_BYTES_MAX - 64) as u32).to_le_bytes());
+    key_record.extend_from_slice(b"ab");
+    codec::write_record(&key_record, &mut snapshot);
+    repair_record_checksums(&mut snapshot, 0);
+    let mut store = KvStore::new();
+    let (restored, largest) = largest_allocation(|| store.restore(&snapshot));
+    assert!(restored.is_err());
+    assert!(
+        largest <= allocation_bound(snapshot.len()),
+        "{largest} bytes allocated for {} bytes of input",
+        snapshot.len()
     );
 }
