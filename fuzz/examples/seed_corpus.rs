@@ -106,8 +106,9 @@ fn recovery_seed() -> Vec<u8> {
         segment_bytes_max: 256,
         ..FileOptions::default()
     };
-    let mut storage = FileStorage::open_with_file_system("/node", options, Arc::new(disk.current()))
-        .expect("open");
+    let mut storage =
+        FileStorage::open_with_file_system("/node", options, Arc::new(disk.current()))
+            .expect("open");
     let entries: Vec<Entry> = (1..=6).map(|index| entry(1, index)).collect();
     storage.append(&entries).expect("append");
     storage
