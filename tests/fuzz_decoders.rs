@@ -454,7 +454,7 @@ fn inner_length_claiming_exabytes_is_refused_before_allocating() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16384, ..ProptestConfig::default() })]
 
     #[test]
     fn record_reader_survives_arbitrary_bytes(
@@ -510,7 +510,7 @@ where
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 8192, ..ProptestConfig::default() })]
 
     #[test]
     fn value_decoders_survive_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
@@ -634,7 +634,7 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 8192, ..ProptestConfig::default() })]
 
     #[test]
     fn raft_step_never_panics_and_keeps_its_invariants(
@@ -861,7 +861,7 @@ fn target() -> impl Strategy<Value = Target> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
     #[test]
     fn state_file_round_trips_and_survives_mutation(
@@ -933,7 +933,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
     /// Whole-directory recovery with one file damaged, the checksums behind the damage
     /// optionally repaired so that decoding (not only the CRC) is attacked.
@@ -946,6 +946,8 @@ proptest! {
         repair in any::<bool>(),
     ) {
         let disk = populated_disk(count, true);
+        let expected: Vec<Entry> = (1..=count).map(|index| command_entry(1, index, 40)).collect();
+        prop_assert_eq!(check_open(&disk, false)?, Some(expected), "the valid directory");
         let path = target_path(&disk, target);
         let mut bytes = mutated(disk.file_bytes(&path).unwrap(), &mutations);
         if repair_checksums {
@@ -1121,7 +1123,7 @@ fn check_apply(store: &mut KvStore, index: u64, bytes: &[u8]) -> Result<(), Test
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
     #[test]
     fn kv_apply_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
