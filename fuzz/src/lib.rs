@@ -168,11 +168,16 @@ pub fn peer_message(data: &[u8]) {
     }
 }
 
-/// Input flags of `segment_recovery` (the first byte).
+// Input flags of `segment_recovery` (the first byte).
+/// A state file is written.
 const STATE_PRESENT: u8 = 1;
+/// A snapshot file is written.
 const SNAPSHOT_PRESENT: u8 = 1 << 1;
+/// Lengths and CRCs are rewritten so that the decoders behind the checksums are reached.
 const REPAIR_CHECKSUMS: u8 = 1 << 2;
+/// The segment bytes are split into two segment files.
 const TWO_SEGMENTS: u8 = 1 << 3;
+/// The directory is opened with `FileOptions::repair`.
 const REPAIR_OPTION: u8 = 1 << 4;
 
 /// Splits `data` at a little-endian `u16` length prefix: (that many bytes, the rest).
