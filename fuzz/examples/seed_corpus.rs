@@ -72,6 +72,20 @@ fn messages() -> Vec<Message> {
             }),
         ),
         message(1, 1, MessageBody::TimeoutNow),
+        message(
+            1,
+            1,
+            MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    last: id(1, 9),
+                    membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
+                },
+                offset: 0,
+                total: 5,
+                checksum: crc32fast::hash(b"state"),
+                data: b"state".to_vec(),
+            },
+        ),
     ]
 }
 
