@@ -30,6 +30,14 @@ pub const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// The largest single record (one encoded entry or hard state) in a storage file.
 pub const RECORD_BYTES_MAX: u64 = COMMAND_BYTES_MAX + 4096;
 
+/// The largest term any message or file may carry. Real clusters never come near it (a new
+/// term every millisecond for a hundred million years); the bound is there so that hostile or
+/// corrupt input can never overflow a term (found by fuzzing: a TimeoutNow at `u64::MAX`).
+pub const TERM_MAX: u64 = 1 << 62;
+
+/// The largest log index any message or file may carry (same reasoning as [`TERM_MAX`]).
+pub const INDEX_MAX: u64 = 1 << 62;
+
 /// InstallSnapshot streams a snapshot in chunks of this many bytes.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 

@@ -6,7 +6,7 @@
 //! truncations, inflated length prefixes, splices), with a counting global allocator that
 //! records the largest single allocation made on the test's own thread.
 //!
-//! Tests marked `#[ignore = "finds bug: ..."]` pin panics found in code this file does not own,
+//! Tests named after a bug pin panics that fuzzing found (all fixed since),
 //! and `#[ignore = "finds weakness: ..."]` a bounded but out-of-proportion allocation; the
 //! properties keep clear of exactly those inputs (see [`VALUE_SAFE_MAX`]) so that CI stays
 //! green until they are fixed. The cargo-fuzz targets in `fuzz/` cover the same decoders
@@ -241,9 +241,9 @@ fn repair_record_checksums(bytes: &mut [u8], start: usize) {
 
 // ---- values ---------------------------------------------------------------------------------
 
-/// Terms and indexes stay at or below this in the properties: at `u64::MAX` the core's
-/// `Term::next` / `LogIndex::next` overflow (see the `finds bug` tests), and a run of campaigns
-/// or a batch of entries must not walk a value up to it either.
+/// Terms and indexes mostly stay at or below this in the properties. Values near `u64::MAX`
+/// once overflowed `Term::next` / `LogIndex::next`; the core and storage now refuse anything
+/// beyond `limits::TERM_MAX` / `limits::INDEX_MAX`, which the bug-named tests check.
 const VALUE_SAFE_MAX: u64 = u64::MAX - 1024;
 
 fn node_id() -> impl Strategy<Value = NodeId> {
@@ -715,8 +715,6 @@ fn step_in_every_role(message: &Message) {
 }
 
 #[test]
-#[ignore = "finds bug: src/raft/election.rs:216 `prev.index.next()` overflows on an \
-            AppendEntries with prev.index = u64::MAX (panics in debug, wraps in release)"]
 fn append_entries_with_prev_index_at_u64_max() {
     step_in_every_role(&Message {
         from: NodeId(1),
@@ -731,8 +729,6 @@ fn append_entries_with_prev_index_at_u64_max() {
 }
 
 #[test]
-#[ignore = "finds bug: src/raft/election.rs:225 `expected.next()` overflows on an \
-            AppendEntries whose last entry has index u64::MAX"]
 fn append_entries_with_an_entry_at_u64_max() {
     step_in_every_role(&Message {
         from: NodeId(1),
@@ -750,8 +746,6 @@ fn append_entries_with_an_entry_at_u64_max() {
 }
 
 #[test]
-#[ignore = "finds bug: src/raft/election.rs:320 `self.term.next()` overflows when a \
-            TimeoutNow at term u64::MAX makes the core campaign (wraps to term 0 in release)"]
 fn timeout_now_at_term_u64_max() {
     step_in_every_role(&Message {
         from: NodeId(1),
@@ -762,8 +756,6 @@ fn timeout_now_at_term_u64_max() {
 }
 
 #[test]
-#[ignore = "finds bug: src/raft/election.rs:317 `self.term.next()` overflows when a core \
-            that adopted term u64::MAX from a heartbeat starts a (pre-)election"]
 fn election_after_adopting_term_u64_max() {
     let mut network = CoreNetwork::new(3, 1);
     let heartbeat = Message {
@@ -780,9 +772,6 @@ fn election_after_adopting_term_u64_max() {
 }
 
 #[test]
-#[ignore = "finds bug: src/raft/log.rs:287 `last.index.next()` overflows when a whole, \
-            correctly checksummed InstallSnapshot covers index u64::MAX \
-            (RaftLog::restore, from snapshot.rs:290 install_snapshot)"]
 fn install_snapshot_at_index_u64_max() {
     let data = b"abc".to_vec();
     step_in_every_role(&Message {
@@ -933,6 +922,13 @@ proptest! {
         compacted_through in log_index(),
         mutations in mutations(),
     ) {
+        // A valid record stays within the limits; beyond them the file is refused as corrupt
+        // (state_file_compacted_through_u64_max).
+        let hard_state = HardState {
+            term: Term(hard_state.term.0.min(keyval::limits::TERM_MAX)),
+            ..hard_state
+        };
+        let compacted_through = LogIndex(compacted_through.0.min(keyval::limits::INDEX_MAX));
         let record = StateRecord { hard_state, compacted_through };
         let valid = format::encode_state(&record).unwrap();
         let path = Path::new("/node/state");
@@ -1099,9 +1095,6 @@ fn huge_lengths_in_storage_files_are_refused_before_allocating() {
 }
 
 #[test]
-#[ignore = "finds bug: src/storage/file.rs:195 `compacted_through.next()` overflows when the \
-            state file holds a well-formed record with compacted_through = u64::MAX \
-            (FileStorage::open panics from recovery.rs:339 instead of returning Corrupt)"]
 fn state_file_compacted_through_u64_max() {
     let disk = FaultyFileSystem::new();
     disk.create_dir_all(Path::new(DIR)).unwrap();

@@ -4,11 +4,49 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::ReadError;
-use crate::raft::message::{Message, MessageBody};
+use crate::limits;
+use crate::raft::message::{AppendResponse, Message, MessageBody};
 use crate::raft::progress::Progress;
 use crate::raft::quorum::VoteResult;
 use crate::raft::{LeaderState, Raft, ReadState, Role, StepError};
 use crate::types::{Entry, EntryId, EntryPayload, NodeId, Term};
+
+/// Every log index a message carries, for the bound check at the door.
+fn message_indexes(body: &MessageBody) -> impl Iterator<Item = crate::types::LogIndex> + '_ {
+    let mut indexes = Vec::new();
+    match body {
+        MessageBody::RequestVote { last_log, .. } => indexes.push(last_log.index),
+        MessageBody::AppendEntries {
+            prev,
+            entries,
+            leader_commit,
+        } => {
+            indexes.push(prev.index);
+            indexes.push(*leader_commit);
+            // Entries are contiguous after prev (checked next): bound the last one.
+            let last = prev.index.0.saturating_add(entries.len() as u64);
+            indexes.push(crate::types::LogIndex(last));
+            indexes.extend(entries.last().map(|entry| entry.index()));
+        }
+        MessageBody::AppendEntriesResponse(AppendResponse::Success { matched }) => {
+            indexes.push(matched.index)
+        }
+        MessageBody::AppendEntriesResponse(AppendResponse::Reject {
+            rejected_prev,
+            hint,
+        }) => {
+            indexes.push(*rejected_prev);
+            indexes.push(hint.index);
+        }
+        MessageBody::Heartbeat { commit, .. } => indexes.push(*commit),
+        MessageBody::InstallSnapshot { meta, .. } => indexes.push(meta.last.index),
+        MessageBody::InstallSnapshotResponse { last, .. } => indexes.push(last.index),
+        MessageBody::RequestVoteResponse { .. }
+        | MessageBody::HeartbeatResponse { .. }
+        | MessageBody::TimeoutNow => {}
+    }
+    indexes.into_iter()
+}
 
 impl Raft {
     /// Advances logical time by one tick: followers and candidates count toward an election,
@@ -202,6 +240,12 @@ impl Raft {
         }
         if message.term == Term(0) {
             return malformed("term 0");
+        }
+        if message.term.0 > limits::TERM_MAX {
+            return malformed("term beyond the limit");
+        }
+        if message_indexes(&message.body).any(|index| index.0 > limits::INDEX_MAX) {
+            return malformed("log index beyond the limit");
         }
         match &message.body {
             MessageBody::RequestVote { last_log, .. } => {

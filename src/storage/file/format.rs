@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, RecordRead};
 use crate::error::StorageError;
+use crate::limits;
 use crate::limits::RECORD_BYTES_MAX;
 use crate::types::{EntryId, HardState, LogIndex, Membership, SnapshotMeta, Term};
 
@@ -86,7 +87,11 @@ pub fn parse_segment_file_name(name: &str) -> Option<LogIndex> {
     if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok().map(LogIndex)
+    digits
+        .parse()
+        .ok()
+        .filter(|&index| index <= limits::INDEX_MAX)
+        .map(LogIndex)
 }
 
 /// A segment header for a segment starting at `first_index`.
@@ -140,7 +145,14 @@ pub fn decode_state(file: &Path, bytes: &[u8]) -> Result<StateRecord, StorageErr
     let body = &bytes[12..];
     match codec::read_record(body, STATE_RECORD_BYTES_MAX) {
         Ok(RecordRead::Complete { payload, consumed }) if consumed == body.len() => {
-            codec::decode(payload).map_err(|error| corrupt(file, 12, error.to_string()))
+            let record: StateRecord =
+                codec::decode(payload).map_err(|error| corrupt(file, 12, error.to_string()))?;
+            if record.compacted_through.0 > limits::INDEX_MAX
+                || record.hard_state.term.0 > limits::TERM_MAX
+            {
+                return Err(corrupt(file, 12, "term or index beyond the limit"));
+            }
+            Ok(record)
         }
         Ok(RecordRead::Complete { .. }) => Err(corrupt(file, 12, "bytes after the state record")),
         Ok(RecordRead::Incomplete { .. }) => Err(corrupt(file, 12, "state record is cut short")),
@@ -157,8 +169,11 @@ pub fn snapshot_file_name(last: EntryId) -> String {
 pub fn parse_snapshot_file_name(name: &str) -> Option<EntryId> {
     let stem = name.strip_suffix(".snap")?;
     let (term, index) = stem.split_once('-')?;
-    let term = term.parse().ok()?;
-    let index = index.parse().ok()?;
+    let term = term.parse().ok().filter(|&term| term <= limits::TERM_MAX)?;
+    let index = index
+        .parse()
+        .ok()
+        .filter(|&index| index <= limits::INDEX_MAX)?;
     Some(EntryId::new(Term(term), LogIndex(index)))
 }
 
