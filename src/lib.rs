@@ -2,6 +2,7 @@
 //! library with its storage and transport included.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
