@@ -219,16 +219,18 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Bytes read from the socket per `read` call (more when a large frame is being read).
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// The reader's buffer size; it grows (doubling) only while a larger frame is being read,
+/// and shrinks back once that frame is consumed.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Splits a byte stream into frames, refusing lengths above [`FRAME_BYTES_MAX`] before
-/// allocating for them.
+/// allocating for them. The buffer is zeroed once, not per read.
 #[derive(Default)]
 pub struct FrameReader {
     buffer: Vec<u8>,
-    /// Start of the unconsumed bytes in `buffer`.
+    /// Unconsumed bytes are `buffer[start..end]`.
     start: usize,
+    end: usize,
 }
 
 impl FrameReader {
@@ -241,13 +243,17 @@ impl FrameReader {
     pub fn next_buffered<T: serde::de::DeserializeOwned>(
         &mut self,
     ) -> Result<Option<T>, FrameError> {
-        match codec::read_record(&self.buffer[self.start..], FRAME_BYTES_MAX)? {
+        match codec::read_record(&self.buffer[self.start..self.end], FRAME_BYTES_MAX)? {
             RecordRead::Complete { payload, consumed } => {
                 let value = codec::decode(payload)?;
                 self.start += consumed;
-                if self.start == self.buffer.len() {
-                    self.buffer.clear();
+                if self.start == self.end {
                     self.start = 0;
+                    self.end = 0;
+                    if self.buffer.len() > READ_BUFFER_BYTES {
+                        // A large frame passed: give the memory back.
+                        self.buffer = vec![0; READ_BUFFER_BYTES];
+                    }
                 }
                 Ok(Some(value))
             }
@@ -257,22 +263,32 @@ impl FrameReader {
 
     /// Whether part of a frame is buffered.
     pub fn has_partial(&self) -> bool {
-        self.start < self.buffer.len()
+        self.start < self.end
+    }
+
+    /// Bytes of a partial frame buffered.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
     }
 
     /// Reads once from `source` into the buffer. `Ok(false)` means end of stream. Timeouts
     /// (`WouldBlock`, `TimedOut`) are returned as errors for the caller to judge.
     pub fn fill(&mut self, source: &mut impl Read) -> std::io::Result<bool> {
-        if self.start > 0 {
-            self.buffer.drain(..self.start);
-            self.start = 0;
+        if self.end == self.buffer.len() {
+            if self.start > 0 {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buffer.len() {
+                // Full of one partial frame, whose length `read_record` already accepted.
+                let grown = (self.buffer.len() * 2).max(READ_BUFFER_BYTES);
+                self.buffer.resize(grown, 0);
+            }
         }
-        let old_len = self.buffer.len();
-        self.buffer.resize(old_len + READ_CHUNK_BYTES, 0);
-        let result = source.read(&mut self.buffer[old_len..]);
-        let read = *result.as_ref().unwrap_or(&0);
-        self.buffer.truncate(old_len + read);
-        result.map(|read| read > 0)
+        let read = source.read(&mut self.buffer[self.end..])?;
+        self.end += read;
+        Ok(read > 0)
     }
 
     /// Reads until one whole frame is available (blocking on `source`) and decodes it.
@@ -287,7 +303,7 @@ impl FrameReader {
             if !self.fill(source)? {
                 return Err(if self.has_partial() {
                     FrameError::Truncated {
-                        buffered: self.buffer.len() - self.start,
+                        buffered: self.buffered(),
                     }
                 } else {
                     FrameError::Closed

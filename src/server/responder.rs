@@ -11,9 +11,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
+use parking_lot::Mutex;
 
 use crate::error::ProposeError;
 use crate::kv::{ReadRequest, Response};
@@ -31,15 +33,36 @@ pub(super) enum PendingKind {
     Read(ReadRequest),
 }
 
-/// From the reader to the writer.
-pub(super) enum Event {
-    /// A request is being submitted under `tag`; its completion will follow.
-    Submitted {
+/// Requests submitted to the node and not yet answered, shared by the reader (which
+/// registers each before submitting it, without waking the writer) and the writer.
+#[derive(Default)]
+pub(super) struct PendingTable {
+    requests: HashMap<u64, Pending>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// When the writer will next wake on its own; a request due earlier must wake it.
+    writer_wakes_at: Option<Instant>,
+}
+
+impl PendingTable {
+    /// Registers a request about to be submitted under `tag`. Returns whether the writer must
+    /// be woken to honour its deadline.
+    pub(super) fn register(
+        &mut self,
         tag: u64,
         request_id: u64,
         deadline: Instant,
         kind: PendingKind,
-    },
+    ) -> bool {
+        self.requests.insert(tag, Pending { request_id, kind });
+        self.deadlines.push(Reverse((deadline, tag)));
+        self.writer_wakes_at.is_none_or(|wake| deadline < wake)
+    }
+}
+
+/// From the reader to the writer.
+pub(super) enum Event {
+    /// A request with an early deadline was registered: recompute the wake-up time.
+    Wake,
     /// The submission of `tag` failed: answer it with `result`.
     Finish {
         tag: u64,
@@ -51,6 +74,7 @@ pub(super) enum Event {
 
 /// The writer's inputs.
 pub(super) struct Channels {
+    pub(super) pending: Arc<Mutex<PendingTable>>,
     pub(super) events: Receiver<Event>,
     pub(super) proposals: Receiver<ProposalCompletion>,
     pub(super) reads: Receiver<ReadCompletion>,
@@ -63,14 +87,15 @@ struct Pending {
     kind: PendingKind,
 }
 
+/// How long the writer sleeps when nothing it waits for has a deadline.
+const IDLE_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Completions handled per wake before writing, so a flood cannot starve the socket.
 const DRAIN_BATCH_MAX: usize = 4096;
 
 struct Responder<'a> {
     shared: &'a Shared,
     channels: Channels,
-    pending: HashMap<u64, Pending>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     out: Vec<u8>,
     reader_done: bool,
 }
@@ -79,8 +104,6 @@ pub(super) fn run(shared: &Shared, mut stream: TcpStream, remote: &str, channels
     let mut responder = Responder {
         shared,
         channels,
-        pending: HashMap::new(),
-        deadlines: BinaryHeap::new(),
         out: Vec::with_capacity(64 * 1024),
         reader_done: false,
     };
@@ -97,7 +120,7 @@ pub(super) fn run(shared: &Shared, mut stream: TcpStream, remote: &str, channels
             }
             responder.out.clear();
         }
-        if responder.reader_done && responder.pending.is_empty() {
+        if responder.reader_done && responder.channels.pending.lock().requests.is_empty() {
             break;
         }
     }
@@ -114,11 +137,18 @@ impl Responder<'_> {
         } else {
             &self.channels.events
         };
-        let timeout = self
-            .deadlines
-            .peek()
-            .map(|Reverse((deadline, _))| deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or(super::POLL_INTERVAL * 10);
+        let now = Instant::now();
+        let wake_at = {
+            let mut table = self.channels.pending.lock();
+            let wake_at = table
+                .deadlines
+                .peek()
+                .map(|Reverse((deadline, _))| *deadline)
+                .unwrap_or(now + IDLE_WAKE_INTERVAL);
+            table.writer_wakes_at = Some(wake_at);
+            wake_at
+        };
+        let timeout = wake_at.saturating_duration_since(now);
         crossbeam_channel::select! {
             recv(events) -> event => match event {
                 Ok(event) => self.on_event(event),
@@ -162,30 +192,11 @@ impl Responder<'_> {
         }
     }
 
-    /// Takes every event the reader has sent so far (so a completion finds its request).
-    fn drain_events(&mut self) {
-        while !self.reader_done {
-            match self.channels.events.try_recv() {
-                Ok(event) => self.on_event(event),
-                Err(TryRecvError::Disconnected) => self.reader_done = true,
-                Err(TryRecvError::Empty) => break,
-            }
-        }
-    }
-
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Submitted {
-                tag,
-                request_id,
-                deadline,
-                kind,
-            } => {
-                self.pending.insert(tag, Pending { request_id, kind });
-                self.deadlines.push(Reverse((deadline, tag)));
-            }
+            Event::Wake => {}
             Event::Finish { tag, result } => {
-                if let Some(pending) = self.pending.remove(&tag) {
+                if let Some(pending) = self.take_pending(tag) {
                     self.respond(pending.request_id, result);
                 }
             }
@@ -194,11 +205,7 @@ impl Responder<'_> {
     }
 
     fn take_pending(&mut self, tag: u64) -> Option<Pending> {
-        if let Some(pending) = self.pending.remove(&tag) {
-            return Some(pending);
-        }
-        self.drain_events();
-        self.pending.remove(&tag)
+        self.channels.pending.lock().requests.remove(&tag)
     }
 
     fn on_proposal(&mut self, completion: ProposalCompletion) {
@@ -257,12 +264,18 @@ impl Responder<'_> {
 
     /// Answers every request whose deadline has passed.
     fn expire(&mut self, now: Instant) {
-        while let Some(Reverse((deadline, tag))) = self.deadlines.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            let Some(pending) = self.pending.remove(&tag) else {
+        loop {
+            let expired = {
+                let mut table = self.channels.pending.lock();
+                match table.deadlines.peek().copied() {
+                    Some(Reverse((deadline, tag))) if deadline <= now => {
+                        table.deadlines.pop();
+                        table.requests.remove(&tag)
+                    }
+                    _ => break,
+                }
+            };
+            let Some(pending) = expired else {
                 continue;
             };
             let error = match pending.kind {
