@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// Concurrent clients (threads, one request in flight each).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Client connections they share (default: min(clients, 8)).
+    /// Client connections they share (default: min(clients, 2); each is multiplexed, and
+    /// fewer connections mean bigger batches per system call).
     #[arg(long)]
     pub connections: Option<usize>,
     /// Value size in bytes.
@@ -92,7 +93,7 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
         read_consistency: args.consistency.into(),
         ..ClientOptions::default()
     };
-    let connections = args.connections.unwrap_or(args.clients.min(8)).max(1);
+    let connections = args.connections.unwrap_or(args.clients.min(2)).max(1);
     let mut clients = Vec::new();
     for _ in 0..connections {
         match Client::connect(endpoints, options.clone()) {

@@ -31,7 +31,7 @@ pub const EXIT_INDETERMINATE: i32 = 5;
 
 /// `kvctl`: read, write and inspect a keyval cluster.
 #[derive(Debug, Parser)]
-#[command(name = "kvctl", version, about, long_about = None)]
+#[command(name = "kvctl", version)]
 pub struct KvctlArgs {
     /// Client addresses of the cluster's nodes, comma-separated (any subset works).
     #[arg(

@@ -37,7 +37,7 @@ pub enum FsyncArg {
 /// `keyval`: one node of a keyval cluster. With no flags at all it runs a single-node store
 /// on localhost (clients 127.0.0.1:7379, peers 127.0.0.1:7380) with data in ./keyval-data.
 #[derive(Debug, Parser)]
-#[command(name = "keyval", version, about, long_about = None)]
+#[command(name = "keyval", version)]
 pub struct NodeArgs {
     /// This node's id (1 or more); must be a member of --cluster.
     #[arg(long, env = "KEYVAL_ID", default_value_t = 1)]
