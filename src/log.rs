@@ -193,7 +193,7 @@ mod tests {
         let mut line = String::new();
         write_timestamp(
             &mut line,
-            UNIX_EPOCH + std::time::Duration::from_millis(1_795_793_911_123),
+            UNIX_EPOCH + std::time::Duration::from_millis(1_795_361_911_123),
         );
         assert_eq!(line, "2026-11-22T15:38:31.123Z");
     }
