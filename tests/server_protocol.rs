@@ -354,3 +354,46 @@ fn pipelined_requests_on_one_connection_all_complete() {
     }
     assert_eq!(seen.len(), 200);
 }
+
+#[test]
+fn shutdown_answers_requests_in_flight_then_closes() {
+    let mut cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let mut stream = TcpStream::connect(cluster.address(0)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    for request_id in 0..50u64 {
+        write_frame(
+            &RequestFrame {
+                request_id,
+                timeout_ms: 5000,
+                body: RequestBody::Write(Command::put(
+                    format!("s{request_id}").into_bytes(),
+                    vec![1],
+                )),
+            },
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    stream.write_all(&bytes).unwrap();
+    // Wait until the server has read them all, then stop it while they are in flight.
+    let running = cluster.nodes[0].as_mut().unwrap();
+    assert!(wait_for(|| running.server.stats().requests == 50));
+    running.server.shutdown();
+    // Every request was answered before the connection closed, none left hanging.
+    let mut frames = FrameReader::new();
+    let mut answered = 0;
+    while let Ok(frame) = frames.read_frame::<ResponseFrame>(&mut stream) {
+        assert!(
+            matches!(frame.result, Ok(ResponseBody::Written(_))),
+            "{frame:?}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 50);
+    // The listener is gone: no new connections.
+    assert!(TcpStream::connect(cluster.address(0)).is_err());
+}
