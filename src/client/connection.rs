@@ -87,7 +87,8 @@ impl Connection {
         });
         let receiver_waiting = Arc::clone(&waiting);
         let receiver = std::thread::Builder::new()
-            .name(format!("kvclient-recv-{address}"))
+            // A fixed name: the address may come from a server's redirect.
+            .name("kvclient-recv".to_string())
             .spawn(move || {
                 let mut frames = FrameReader::new();
                 loop {
