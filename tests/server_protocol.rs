@@ -397,3 +397,24 @@ fn shutdown_answers_requests_in_flight_then_closes() {
     // The listener is gone: no new connections.
     assert!(TcpStream::connect(cluster.address(0)).is_err());
 }
+
+#[test]
+fn connections_beyond_the_limit_are_closed() {
+    let cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let node = std::sync::Arc::clone(&cluster.nodes[0].as_ref().unwrap().node);
+    let mut options = keyval::server::ServerOptions::new("127.0.0.1:0".parse().unwrap());
+    options.connections_max = 1;
+    let server = keyval::server::Server::start(node, options).unwrap();
+    let address = server.local_addr().to_string();
+    let first = Client::connect(std::slice::from_ref(&address), ClientOptions::default()).unwrap();
+    first.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    // A second connection is closed at once.
+    assert!(closes_after(&address, &[], false));
+    assert_eq!(server.stats().connections_refused, 1);
+    // Once the first goes away, a new connection is served.
+    drop(first);
+    assert!(wait_for(|| server.stats().connections_open == 0));
+    let second = Client::connect(&[address], ClientOptions::default()).unwrap();
+    assert_eq!(second.get(b"k".to_vec()).unwrap().unwrap().value, b"v");
+}
