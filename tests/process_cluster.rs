@@ -31,6 +31,26 @@ fn three_processes_survive_kill_of_the_leader_and_the_victim_catches_up() {
     let status = cluster.kvctl(&["status"]);
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("Leader"));
+    // Both benchmark drivers run and report.
+    for driver in ["pipelined", "threads"] {
+        let bench = cluster.kvctl(&[
+            "--json",
+            "bench",
+            "mixed",
+            "--clients",
+            "4",
+            "--requests",
+            "200",
+            "--keys",
+            "50",
+            "--driver",
+            driver,
+        ]);
+        assert!(bench.status.success(), "{bench:?}");
+        let report: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+        assert_eq!(report["operations"], 200, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+    }
 
     // Acknowledged writes before and after kill -9 of the leader.
     let mut acknowledged = Vec::new();

@@ -27,6 +27,17 @@ pub enum Workload {
     Mixed,
 }
 
+/// How the benchmark drives its concurrent clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// Like redis-benchmark: each connection's thread keeps its share of the clients'
+    /// requests in flight on the raw protocol (each client one request at a time, with its
+    /// own session), sent to the leader. Measures the cluster, not the client library.
+    Pipelined,
+    /// One thread per client calling the blocking `Client` (leader discovery, retries).
+    Threads,
+}
+
 /// `kvctl bench` flags.
 #[derive(Clone, Debug, Args)]
 pub struct BenchArgs {
@@ -36,8 +47,8 @@ pub struct BenchArgs {
     /// Concurrent clients (threads, one request in flight each).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Client connections they share (default: min(clients, 2); each is multiplexed, and
-    /// fewer connections mean bigger batches per system call).
+    /// Connections the clients share (default 1: every connection is multiplexed, and fewer
+    /// connections mean bigger batches per system call on a small machine).
     #[arg(long)]
     pub connections: Option<usize>,
     /// Value size in bytes.
@@ -58,6 +69,9 @@ pub struct BenchArgs {
     /// Consistency of gets.
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: ConsistencyArg,
+    /// How clients are driven.
+    #[arg(long, value_enum, default_value = "pipelined")]
+    pub driver: Driver,
 }
 
 /// The measured result.
@@ -93,7 +107,7 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
         read_consistency: args.consistency.into(),
         ..ClientOptions::default()
     };
-    let connections = args.connections.unwrap_or(args.clients.min(2)).max(1);
+    let connections = args.connections.unwrap_or(1).max(1);
     let mut clients = Vec::new();
     for _ in 0..connections {
         match Client::connect(endpoints, options.clone()) {
@@ -122,7 +136,14 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
             }
         });
     }
-    match measure(&clients, args, &value) {
+    let measured = match args.driver {
+        Driver::Pipelined => match find_leader(&clients[0]) {
+            Some(leader) => super::pipeline::measure(&leader, args, &value, connections),
+            None => Err("no node says it is the leader".to_string()),
+        },
+        Driver::Threads => measure_with_clients(&clients, args, &value),
+    };
+    match measured {
         Ok(report) => {
             print_report(args, &report, json);
             if report.operations == 0 {
@@ -138,106 +159,138 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
     }
 }
 
+/// The client address of the node that says it leads, asking every endpoint.
+fn find_leader(client: &Client) -> Option<String> {
+    client
+        .cluster_status()
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .find(|status| status.role == crate::raft::RoleKind::Leader)
+        .map(|status| status.client_address)
+}
+
 fn key_name(key: u64) -> Vec<u8> {
     format!("bench/{key:012}").into_bytes()
 }
 
-fn measure(clients: &[Client], args: &BenchArgs, value: &[u8]) -> Result<BenchReport, String> {
-    let done = AtomicBool::new(false);
-    let operations = AtomicU64::new(0);
-    let errors = AtomicU64::new(0);
-    let issued = AtomicU64::new(0);
-    let first_error = parking_lot::Mutex::new(None::<String>);
+/// Counters shared by the benchmark's workers and its progress line.
+pub(super) struct Tally<'a> {
+    args: &'a BenchArgs,
+    done: AtomicBool,
+    operations: AtomicU64,
+    errors: AtomicU64,
+    issued: AtomicU64,
+    first_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Tally<'_> {
+    /// Whether a worker should stop instead of issuing another request (which this counts).
+    pub(super) fn should_stop(&self) -> bool {
+        if self.done.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.args.requests {
+            Some(limit) => self.issued.fetch_add(1, Ordering::Relaxed) >= limit,
+            None => false,
+        }
+    }
+
+    /// Counts one finished request.
+    pub(super) fn record(&self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.operations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.first_error.lock().get_or_insert(error);
+            }
+        }
+    }
+}
+
+/// Draws the next request: a key and whether it is a read.
+pub(super) fn next_request(args: &BenchArgs, random: &mut impl Rng) -> (Vec<u8>, bool) {
+    let key = key_name(random.random_range(0..args.keys));
+    let read = match args.workload {
+        Workload::Put => false,
+        Workload::Get => true,
+        Workload::Mixed => random.random_range(0..100) < args.read_percent,
+    };
+    (key, read)
+}
+
+/// Microseconds since `began`, saturated to fit a `u32`.
+pub(super) fn micros_since(began: Instant) -> u32 {
+    began.elapsed().as_micros().min(u32::MAX as u128) as u32
+}
+
+/// Runs `workers` copies of `work` (each returns the latencies it measured) with a progress
+/// line every second, until the duration passes or the request count is reached.
+pub(super) fn drive(
+    args: &BenchArgs,
+    workers: usize,
+    work: impl Fn(usize, &Tally) -> Vec<u32> + Sync,
+) -> Result<BenchReport, String> {
+    let tally = Tally {
+        args,
+        done: AtomicBool::new(false),
+        operations: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
+        first_error: parking_lot::Mutex::new(None),
+    };
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration_secs);
     let latencies: Vec<Vec<u32>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..args.clients)
+        let handles: Vec<_> = (0..workers)
             .map(|worker| {
-                let client = clients[worker % clients.len()].clone();
-                let (done, operations, errors, issued, first_error) =
-                    (&done, &operations, &errors, &issued, &first_error);
-                scope.spawn(move || {
-                    let mut random = rand::rng();
-                    let mut latencies = Vec::with_capacity(64 * 1024);
-                    while !done.load(Ordering::Relaxed) {
-                        if let Some(limit) = args.requests {
-                            if issued.fetch_add(1, Ordering::Relaxed) >= limit {
-                                break;
-                            }
-                        }
-                        let key = key_name(random.random_range(0..args.keys));
-                        let read = match args.workload {
-                            Workload::Put => false,
-                            Workload::Get => true,
-                            Workload::Mixed => random.random_range(0..100) < args.read_percent,
-                        };
-                        let began = Instant::now();
-                        let result = if read {
-                            client.get(key).map(|_| ())
-                        } else {
-                            client.put(key, value.to_vec()).map(|_| ())
-                        };
-                        let micros = began.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        match result {
-                            Ok(()) => {
-                                latencies.push(micros);
-                                operations.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(error) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                first_error.lock().get_or_insert(error.to_string());
-                            }
-                        }
-                    }
-                    latencies
-                })
+                let (work, tally) = (&work, &tally);
+                scope.spawn(move || work(worker, tally))
             })
             .collect();
-        // Progress once a second, until the duration passes or the workers finish.
         let mut last = 0;
         let mut second = 0;
-        while !workers.iter().all(|worker| worker.is_finished()) {
-            std::thread::sleep(Duration::from_millis(50).min(Duration::from_secs(1)));
+        while !handles.iter().all(|handle| handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
             let elapsed = start.elapsed();
             if elapsed.as_secs() > second {
                 second = elapsed.as_secs();
-                let now = operations.load(Ordering::Relaxed);
+                let now = tally.operations.load(Ordering::Relaxed);
                 eprintln!(
                     "[{second:>4}s] {:>8} ops/s  total {now}  errors {}",
                     now - last,
-                    errors.load(Ordering::Relaxed)
+                    tally.errors.load(Ordering::Relaxed)
                 );
                 last = now;
             }
             if args.requests.is_none() && Instant::now() >= deadline {
-                done.store(true, Ordering::Relaxed);
+                tally.done.store(true, Ordering::Relaxed);
             }
         }
-        done.store(true, Ordering::Relaxed);
-        workers
+        tally.done.store(true, Ordering::Relaxed);
+        handles
             .into_iter()
-            .map(|worker| worker.join().unwrap_or_default())
+            .map(|handle| handle.join().unwrap_or_default())
             .collect()
     });
     let elapsed = start.elapsed();
     let mut all: Vec<u32> = latencies.into_iter().flatten().collect();
+    let first_error = tally.first_error.lock().clone();
     if all.is_empty() {
-        return Err(first_error
-            .lock()
-            .clone()
-            .unwrap_or_else(|| "no request completed".into()));
+        return Err(first_error.unwrap_or_else(|| "no request completed".into()));
     }
     all.sort_unstable();
     let percentile = |fraction: f64| {
         let index = ((all.len() as f64 * fraction).ceil() as usize).clamp(1, all.len()) - 1;
         u64::from(all[index])
     };
-    if let Some(error) = first_error.lock().as_ref() {
+    if let Some(error) = first_error {
         eprintln!("first error: {error}");
     }
     Ok(BenchReport {
-        operations: operations.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
+        operations: tally.operations.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
         elapsed,
         percentiles_us: [
             percentile(0.50),
@@ -246,6 +299,34 @@ fn measure(clients: &[Client], args: &BenchArgs, value: &[u8]) -> Result<BenchRe
             percentile(0.999),
             u64::from(all[all.len() - 1]),
         ],
+    })
+}
+
+/// One thread per client, each calling the blocking [`Client`] (with its retries).
+fn measure_with_clients(
+    clients: &[Client],
+    args: &BenchArgs,
+    value: &[u8],
+) -> Result<BenchReport, String> {
+    drive(args, args.clients, |worker, tally| {
+        let client = &clients[worker % clients.len()];
+        let mut random = rand::rng();
+        let mut latencies = Vec::with_capacity(64 * 1024);
+        while !tally.should_stop() {
+            let (key, read) = next_request(args, &mut random);
+            let began = Instant::now();
+            let result = if read {
+                client.get(key).map(|_| ())
+            } else {
+                client.put(key, value.to_vec()).map(|_| ())
+            };
+            let micros = micros_since(began);
+            if result.is_ok() {
+                latencies.push(micros);
+            }
+            tally.record(result.map_err(|error| error.to_string()));
+        }
+        latencies
     })
 }
 

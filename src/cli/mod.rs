@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod kvctl;
 pub mod node;
+mod pipeline;
 
 use std::collections::BTreeMap;
 use std::fmt;
