@@ -7,8 +7,7 @@
 //! confirmed in time is answered [`ServerError::ReadTimeout`]. A completion arriving after
 //! its request was answered is ignored.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
@@ -38,7 +37,9 @@ pub(super) enum PendingKind {
 #[derive(Default)]
 pub(super) struct PendingTable {
     requests: HashMap<u64, Pending>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// `(deadline, tag)` of every request in `requests`, so both stay bounded by the
+    /// connection's in-flight limit.
+    deadlines: BTreeSet<(Instant, u64)>,
     /// When the writer will next wake on its own; a request due earlier must wake it.
     writer_wakes_at: Option<Instant>,
 }
@@ -53,8 +54,15 @@ impl PendingTable {
         deadline: Instant,
         kind: PendingKind,
     ) -> bool {
-        self.requests.insert(tag, Pending { request_id, kind });
-        self.deadlines.push(Reverse((deadline, tag)));
+        self.requests.insert(
+            tag,
+            Pending {
+                request_id,
+                deadline,
+                kind,
+            },
+        );
+        self.deadlines.insert((deadline, tag));
         self.writer_wakes_at.is_none_or(|wake| deadline < wake)
     }
 }
@@ -84,6 +92,7 @@ pub(super) struct Channels {
 
 struct Pending {
     request_id: u64,
+    deadline: Instant,
     kind: PendingKind,
 }
 
@@ -142,8 +151,8 @@ impl Responder<'_> {
             let mut table = self.channels.pending.lock();
             let wake_at = table
                 .deadlines
-                .peek()
-                .map(|Reverse((deadline, _))| *deadline)
+                .first()
+                .map(|(deadline, _)| *deadline)
                 .unwrap_or(now + IDLE_WAKE_INTERVAL);
             table.writer_wakes_at = Some(wake_at);
             wake_at
@@ -205,7 +214,10 @@ impl Responder<'_> {
     }
 
     fn take_pending(&mut self, tag: u64) -> Option<Pending> {
-        self.channels.pending.lock().requests.remove(&tag)
+        let mut table = self.channels.pending.lock();
+        let pending = table.requests.remove(&tag)?;
+        table.deadlines.remove(&(pending.deadline, tag));
+        Some(pending)
     }
 
     fn on_proposal(&mut self, completion: ProposalCompletion) {
@@ -267,9 +279,9 @@ impl Responder<'_> {
         loop {
             let expired = {
                 let mut table = self.channels.pending.lock();
-                match table.deadlines.peek().copied() {
-                    Some(Reverse((deadline, tag))) if deadline <= now => {
-                        table.deadlines.pop();
+                match table.deadlines.first().copied() {
+                    Some((deadline, tag)) if deadline <= now => {
+                        table.deadlines.pop_first();
                         table.requests.remove(&tag)
                     }
                     _ => break,
