@@ -22,6 +22,10 @@ fn keyval(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn no_flags_runs_a_single_node_store_and_sigterm_exits_zero() {
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:7379").is_ok(),
+        "127.0.0.1:7379 is busy: stop the keyval running there, this test needs the default port"
+    );
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("keyval.log");
     let mut node = NodeProcess::spawn(Vec::new(), log.clone(), Some(dir.path()));
@@ -74,4 +78,37 @@ fn wrong_flags_exit_non_zero_with_a_message() {
     let out = kvctl("127.0.0.1:1", &["--timeout-ms", "300", "get", "k"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("kvctl:"));
+}
+
+#[test]
+fn environment_twins_configure_the_node_and_the_log_level_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("keyval.log");
+    let client_address = process_support::free_address();
+    let env = [
+        ("KEYVAL_ID", "7".to_string()),
+        ("KEYVAL_CLIENT_LISTEN", client_address.clone()),
+        ("KEYVAL_PEER_LISTEN", process_support::free_address()),
+        (
+            "KEYVAL_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("KEYVAL_LOG_LEVEL", "warn".to_string()),
+    ];
+    let mut node = NodeProcess::spawn_with_env(Vec::new(), &env, log.clone(), None);
+    let client = Client::connect(
+        std::slice::from_ref(&client_address),
+        ClientOptions::default(),
+    )
+    .expect("the node listens where KEYVAL_CLIENT_LISTEN says");
+    client.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let status = client.status(&client_address).unwrap();
+    assert_eq!(status.id, keyval::NodeId(7));
+    assert!(dir.path().join("data").is_dir());
+    assert_eq!(node.terminate(), Some(0));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        !log.contains(" INFO "),
+        "info lines printed at warn level:\n{log}"
+    );
 }

@@ -41,6 +41,16 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Spawns `keyval` with `args`, its stderr going to `log`.
     pub fn spawn(args: Vec<String>, log: PathBuf, cwd: Option<&std::path::Path>) -> NodeProcess {
+        NodeProcess::spawn_with_env(args, &[], log, cwd)
+    }
+
+    /// Spawns `keyval` with `args` and extra environment variables.
+    pub fn spawn_with_env(
+        args: Vec<String>,
+        env: &[(&str, String)],
+        log: PathBuf,
+        cwd: Option<&std::path::Path>,
+    ) -> NodeProcess {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,6 +59,7 @@ impl NodeProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keyval"));
         command
             .args(&args)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
