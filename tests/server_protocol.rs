@@ -418,3 +418,48 @@ fn connections_beyond_the_limit_are_closed() {
     let second = Client::connect(&[address], ClientOptions::default()).unwrap();
     assert_eq!(second.get(b"k".to_vec()).unwrap().unwrap().value, b"v");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_shutdown_is_not_held() {
+    let cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let node = std::sync::Arc::clone(&cluster.nodes[0].as_ref().unwrap().node);
+    let mut options = keyval::server::ServerOptions::new("127.0.0.1:0".parse().unwrap());
+    options.write_timeout = Duration::from_millis(200);
+    let mut server = keyval::server::Server::start(node, options).unwrap();
+    let address = server.local_addr().to_string();
+    let client = Client::connect(std::slice::from_ref(&address), ClientOptions::default()).unwrap();
+    client
+        .put(b"big".to_vec(), vec![7u8; VALUE_BYTES_MAX])
+        .unwrap();
+    // Ask for the 1 MiB value many times and never read: the responses fill the socket.
+    let mut silent = TcpStream::connect(&address).unwrap();
+    let mut bytes = Vec::new();
+    for request_id in 0..64 {
+        write_frame(
+            &RequestFrame {
+                request_id,
+                timeout_ms: 5000,
+                body: RequestBody::Read {
+                    request: keyval::kv::ReadRequest::Get {
+                        key: b"big".to_vec(),
+                    },
+                    consistency: Consistency::Stale,
+                },
+            },
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    silent.write_all(&bytes).unwrap();
+    // The writer gives up on the silent client; the connection closes on its own.
+    assert!(wait_for(|| server.stats().connections_open <= 1));
+    assert_eq!(
+        client.get(b"big".to_vec()).unwrap().unwrap().value.len(),
+        VALUE_BYTES_MAX
+    );
+    let began = std::time::Instant::now();
+    server.shutdown();
+    assert!(began.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}

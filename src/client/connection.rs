@@ -60,8 +60,13 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `address` (host:port), trying each address it resolves to.
-    pub(super) fn open(address: &str, timeout: Duration) -> std::io::Result<Connection> {
+    /// Connects to `address` (host:port), trying each address it resolves to. A write that
+    /// blocks longer than `write_timeout` (a server that stops reading) breaks the connection.
+    pub(super) fn open(
+        address: &str,
+        timeout: Duration,
+        write_timeout: Duration,
+    ) -> std::io::Result<Connection> {
         let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
         let mut last_error = std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -79,6 +84,7 @@ impl Connection {
         }
         let stream = stream.ok_or(last_error)?;
         stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))?;
         let mut read_stream = stream.try_clone()?;
         let waiting = Arc::new(Waiting {
             callers: Mutex::new(HashMap::new()),

@@ -529,9 +529,11 @@ impl Client {
                 return Ok(Arc::clone(connection));
             }
         }
+        let options = &self.inner.options;
         let opened = Arc::new(Connection::open(
             address,
-            self.inner.options.connect_timeout,
+            options.connect_timeout,
+            options.request_timeout,
         )?);
         let mut connections = self.inner.connections.lock();
         match connections.get(address) {

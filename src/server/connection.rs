@@ -43,6 +43,8 @@ pub(super) fn spawn(
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL_INTERVAL))?;
     let write_stream = stream.try_clone()?;
+    // A client that stops reading must not pin the writer (and shutdown) forever.
+    write_stream.set_write_timeout(Some(shared.options.write_timeout))?;
     let (events_tx, events_rx) = crossbeam_channel::bounded(inflight_max);
     let pending = Arc::new(Mutex::new(PendingTable::default()));
     let (permits_tx, permits_rx) = crossbeam_channel::bounded(inflight_max);

@@ -46,6 +46,9 @@ pub const INFLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1024;
 /// Default time a request may take when the client does not say.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
+/// Default bound on one write of responses to a client that stops reading.
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
 /// The longest time any request may take, whatever the client asks.
 pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
@@ -67,6 +70,9 @@ pub struct ServerOptions {
     pub inflight_per_connection_max: usize,
     /// Deadline of requests whose `timeout_ms` is 0.
     pub request_timeout_default: Duration,
+    /// How long one write of responses may block before the connection is dropped (a client
+    /// that stops reading must not pin a thread, or shutdown, forever).
+    pub write_timeout: Duration,
 }
 
 impl ServerOptions {
@@ -78,6 +84,7 @@ impl ServerOptions {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX_DEFAULT,
             request_timeout_default: REQUEST_TIMEOUT_DEFAULT,
+            write_timeout: WRITE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -162,6 +169,11 @@ impl Server {
         if options.connections_max == 0 || options.inflight_per_connection_max == 0 {
             return Err(ServerStartError::Invalid {
                 reason: "connections_max and inflight_per_connection_max must be at least 1".into(),
+            });
+        }
+        if options.write_timeout.is_zero() {
+            return Err(ServerStartError::Invalid {
+                reason: "write_timeout must be longer than zero".into(),
             });
         }
         if options.request_timeout_default.is_zero()
