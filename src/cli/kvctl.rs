@@ -31,7 +31,12 @@ pub const EXIT_INDETERMINATE: i32 = 5;
 
 /// `kvctl`: read, write and inspect a keyval cluster.
 #[derive(Debug, Parser)]
-#[command(name = "kvctl", version)]
+#[command(
+    name = "kvctl",
+    version,
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed, \
+                  5 indeterminate (the write may or may not have been applied)."
+)]
 pub struct KvctlArgs {
     /// Client addresses of the cluster's nodes, comma-separated (any subset works).
     #[arg(
