@@ -2,13 +2,17 @@
 //! library with its storage and transport included.
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod kv;
 pub mod limits;
+pub mod log;
 pub mod node;
 pub mod raft;
+pub mod server;
 pub mod state_machine;
 pub mod storage;
 pub mod testkit;

@@ -1,0 +1,372 @@
+//! `kvctl bench`: throughput and latency percentiles of put / get / mixed workloads at N
+//! concurrent clients, with a progress line every second (like redis-benchmark).
+//!
+//! Each of the `--clients` threads runs one request at a time, so N threads keep N requests
+//! in flight. They share `--connections` [`Client`]s (one multiplexed connection per node
+//! each), so the server sees pipelined requests on few connections.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use rand::Rng;
+use serde_json::json;
+
+use crate::client::{Client, ClientOptions};
+
+use super::kvctl::{ConsistencyArg, EXIT_ERROR, EXIT_OK};
+
+/// What the benchmark does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Only puts.
+    Put,
+    /// Only gets (the key space is written once first).
+    Get,
+    /// Gets and puts, `--read-percent` of them gets.
+    Mixed,
+}
+
+/// How the benchmark drives its concurrent clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// Like redis-benchmark: each connection's thread keeps its share of the clients'
+    /// requests in flight on the raw protocol (each client one request at a time, with its
+    /// own session), sent to the leader. Measures the cluster, not the client library.
+    Pipelined,
+    /// One thread per client calling the blocking `Client` (leader discovery, retries).
+    Threads,
+}
+
+/// `kvctl bench` flags.
+#[derive(Clone, Debug, Args)]
+pub struct BenchArgs {
+    /// The workload.
+    #[arg(value_enum, default_value = "put")]
+    pub workload: Workload,
+    /// Concurrent clients (threads, one request in flight each).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Connections the clients share (default 1: every connection is multiplexed, and fewer
+    /// connections mean bigger batches per system call on a small machine).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Run this many seconds (unless --requests is given).
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Run this many requests in all instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Percentage of gets in the mixed workload.
+    #[arg(long, default_value_t = 50)]
+    pub read_percent: u8,
+    /// Consistency of gets.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: ConsistencyArg,
+    /// How clients are driven.
+    #[arg(long, value_enum, default_value = "pipelined")]
+    pub driver: Driver,
+}
+
+/// The measured result.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// Successful requests.
+    pub operations: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Wall time of the measurement.
+    pub elapsed: Duration,
+    /// Latency percentiles in microseconds: p50, p90, p99, p99.9, max.
+    pub percentiles_us: [u64; 5],
+}
+
+impl BenchReport {
+    /// Successful requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.operations as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs the benchmark and prints its report; returns the exit code.
+pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) -> i32 {
+    if args.clients == 0 || args.keys == 0 || args.read_percent > 100 {
+        eprintln!(
+            "kvctl bench: --clients and --keys must be at least 1, --read-percent at most 100"
+        );
+        return super::kvctl::EXIT_USAGE;
+    }
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(timeout_ms.max(1)),
+        read_consistency: args.consistency.into(),
+        ..ClientOptions::default()
+    };
+    let connections = args.connections.unwrap_or(1).max(1);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        match Client::connect(endpoints, options.clone()) {
+            Ok(client) => clients.push(client),
+            Err(error) => {
+                eprintln!("kvctl bench: {error}");
+                return EXIT_ERROR;
+            }
+        }
+    }
+    let value = vec![b'x'; args.value_size];
+    if args.workload != Workload::Put {
+        eprintln!("preloading {} keys...", args.keys);
+        let next = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for worker in 0..args.clients.min(64) {
+                let client = clients[worker % clients.len()].clone();
+                let (next, value) = (&next, &value);
+                scope.spawn(move || loop {
+                    let key = next.fetch_add(1, Ordering::Relaxed);
+                    if key >= args.keys {
+                        return;
+                    }
+                    let _ = client.put(key_name(key), value.clone());
+                });
+            }
+        });
+    }
+    let measured = match args.driver {
+        Driver::Pipelined => match find_leader(&clients[0]) {
+            Some(leader) => super::pipeline::measure(&leader, args, &value, connections),
+            None => Err("no node says it is the leader".to_string()),
+        },
+        Driver::Threads => measure_with_clients(&clients, args, &value),
+    };
+    match measured {
+        Ok(report) => {
+            print_report(args, &report, json);
+            if report.operations == 0 {
+                EXIT_ERROR
+            } else {
+                EXIT_OK
+            }
+        }
+        Err(error) => {
+            eprintln!("kvctl bench: {error}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// The client address of the node that says it leads, asking every endpoint.
+fn find_leader(client: &Client) -> Option<String> {
+    client
+        .cluster_status()
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .find(|status| status.role == crate::raft::RoleKind::Leader)
+        .map(|status| status.client_address)
+}
+
+fn key_name(key: u64) -> Vec<u8> {
+    format!("bench/{key:012}").into_bytes()
+}
+
+/// Counters shared by the benchmark's workers and its progress line.
+pub(super) struct Tally<'a> {
+    args: &'a BenchArgs,
+    done: AtomicBool,
+    operations: AtomicU64,
+    errors: AtomicU64,
+    issued: AtomicU64,
+    first_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Tally<'_> {
+    /// Whether a worker should stop instead of issuing another request (which this counts).
+    pub(super) fn should_stop(&self) -> bool {
+        if self.done.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.args.requests {
+            Some(limit) => self.issued.fetch_add(1, Ordering::Relaxed) >= limit,
+            None => false,
+        }
+    }
+
+    /// Counts one finished request.
+    pub(super) fn record(&self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.operations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.first_error.lock().get_or_insert(error);
+            }
+        }
+    }
+}
+
+/// Draws the next request: a key and whether it is a read.
+pub(super) fn next_request(args: &BenchArgs, random: &mut impl Rng) -> (Vec<u8>, bool) {
+    let key = key_name(random.random_range(0..args.keys));
+    let read = match args.workload {
+        Workload::Put => false,
+        Workload::Get => true,
+        Workload::Mixed => random.random_range(0..100) < args.read_percent,
+    };
+    (key, read)
+}
+
+/// Microseconds since `began`, saturated to fit a `u32`.
+pub(super) fn micros_since(began: Instant) -> u32 {
+    began.elapsed().as_micros().min(u32::MAX as u128) as u32
+}
+
+/// Runs `workers` copies of `work` (each returns the latencies it measured) with a progress
+/// line every second, until the duration passes or the request count is reached.
+pub(super) fn drive(
+    args: &BenchArgs,
+    workers: usize,
+    work: impl Fn(usize, &Tally) -> Vec<u32> + Sync,
+) -> Result<BenchReport, String> {
+    let tally = Tally {
+        args,
+        done: AtomicBool::new(false),
+        operations: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
+        first_error: parking_lot::Mutex::new(None),
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration_secs);
+    let latencies: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let (work, tally) = (&work, &tally);
+                scope.spawn(move || work(worker, tally))
+            })
+            .collect();
+        let mut last = 0;
+        let mut second = 0;
+        while !handles.iter().all(|handle| handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            let elapsed = start.elapsed();
+            if elapsed.as_secs() > second {
+                second = elapsed.as_secs();
+                let now = tally.operations.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{second:>4}s] {:>8} ops/s  total {now}  errors {}",
+                    now - last,
+                    tally.errors.load(Ordering::Relaxed)
+                );
+                last = now;
+            }
+            if args.requests.is_none() && Instant::now() >= deadline {
+                tally.done.store(true, Ordering::Relaxed);
+            }
+        }
+        tally.done.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_default())
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut all: Vec<u32> = latencies.into_iter().flatten().collect();
+    let first_error = tally.first_error.lock().clone();
+    if all.is_empty() {
+        return Err(first_error.unwrap_or_else(|| "no request completed".into()));
+    }
+    all.sort_unstable();
+    let percentile = |fraction: f64| {
+        let index = ((all.len() as f64 * fraction).ceil() as usize).clamp(1, all.len()) - 1;
+        u64::from(all[index])
+    };
+    if let Some(error) = first_error {
+        eprintln!("first error: {error}");
+    }
+    Ok(BenchReport {
+        operations: tally.operations.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
+        elapsed,
+        percentiles_us: [
+            percentile(0.50),
+            percentile(0.90),
+            percentile(0.99),
+            percentile(0.999),
+            u64::from(all[all.len() - 1]),
+        ],
+    })
+}
+
+/// One thread per client, each calling the blocking [`Client`] (with its retries).
+fn measure_with_clients(
+    clients: &[Client],
+    args: &BenchArgs,
+    value: &[u8],
+) -> Result<BenchReport, String> {
+    drive(args, args.clients, |worker, tally| {
+        let client = &clients[worker % clients.len()];
+        let mut random = rand::rng();
+        let mut latencies = Vec::with_capacity(64 * 1024);
+        while !tally.should_stop() {
+            let (key, read) = next_request(args, &mut random);
+            let began = Instant::now();
+            let result = if read {
+                client.get(key).map(|_| ())
+            } else {
+                client.put(key, value.to_vec()).map(|_| ())
+            };
+            let micros = micros_since(began);
+            if result.is_ok() {
+                latencies.push(micros);
+            }
+            tally.record(result.map_err(|error| error.to_string()));
+        }
+        latencies
+    })
+}
+
+fn print_report(args: &BenchArgs, report: &BenchReport, json: bool) {
+    let [p50, p90, p99, p999, max] = report.percentiles_us;
+    let millis = |micros: u64| micros as f64 / 1000.0;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "workload": format!("{:?}", args.workload).to_lowercase(),
+                "clients": args.clients,
+                "value_size": args.value_size,
+                "keys": args.keys,
+                "operations": report.operations,
+                "errors": report.errors,
+                "elapsed_secs": report.elapsed.as_secs_f64(),
+                "throughput": report.throughput(),
+                "latency_ms": { "p50": millis(p50), "p90": millis(p90), "p99": millis(p99), "p99.9": millis(p999), "max": millis(max) },
+            })
+        );
+    } else {
+        println!(
+            "{:?}: {} clients, {}-byte values, {} keys",
+            args.workload, args.clients, args.value_size, args.keys
+        );
+        println!(
+            "  {} requests in {:.2}s, {} errors",
+            report.operations,
+            report.elapsed.as_secs_f64(),
+            report.errors
+        );
+        println!("  throughput: {:.0} requests/s", report.throughput());
+        println!(
+            "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            millis(p50),
+            millis(p90),
+            millis(p99),
+            millis(p999),
+            millis(max)
+        );
+    }
+}

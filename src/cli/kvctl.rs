@@ -1,0 +1,416 @@
+//! `kvctl`: talk to a running cluster from the shell.
+//!
+//! Exit codes: 0 success, 1 error (unavailable, rejected, timed out…), 2 usage error,
+//! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`), 5 the write's outcome
+//! is unknown (`Indeterminate`: it may or may not have been applied).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::client::{CasOutcome, Client, ClientError, ClientOptions};
+use crate::kv::{Expect, KeyRange, Metadata, Versioned};
+use crate::server::protocol::Consistency;
+use crate::types::LogIndex;
+
+use super::bench::BenchArgs;
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// Any error not listed below.
+pub const EXIT_ERROR: i32 = 1;
+/// Bad flags or arguments (clap's own code).
+pub const EXIT_USAGE: i32 = 2;
+/// `get`: the key does not exist.
+pub const EXIT_NOT_FOUND: i32 = 3;
+/// `cas`: the condition did not hold; nothing was written.
+pub const EXIT_CAS_FAILED: i32 = 4;
+/// A write's outcome is unknown: it may or may not have been applied.
+pub const EXIT_INDETERMINATE: i32 = 5;
+
+/// `kvctl`: read, write and inspect a keyval cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvctl",
+    version,
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed, \
+                  5 indeterminate (the write may or may not have been applied)."
+)]
+pub struct KvctlArgs {
+    /// Client addresses of the cluster's nodes, comma-separated (any subset works).
+    #[arg(
+        long,
+        env = "KEYVAL_ENDPOINTS",
+        default_value = super::CLIENT_LISTEN_DEFAULT,
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Print JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long one command may take, retries included, in milliseconds.
+    #[arg(long, env = "KEYVAL_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    pub timeout_ms: u64,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A read consistency flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// Linearizable (ReadIndex on the leader): the default.
+    Linearizable,
+    /// Leader lease (no quorum round trip; needs --lease-reads on the nodes).
+    Lease,
+    /// Whatever the node answering has applied; may be stale.
+    Stale,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(argument: ConsistencyArg) -> Consistency {
+        match argument {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Lease => Consistency::Lease,
+            ConsistencyArg::Stale => Consistency::Stale,
+        }
+    }
+}
+
+/// The kvctl commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Print KEY's value (exit 3 if it does not exist).
+    Get {
+        /// The key.
+        key: String,
+        /// Read consistency.
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+    },
+    /// Delete KEY.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Compare-and-swap: write NEW (or delete with --delete) only if the condition holds
+    /// (exit 4 if it does not).
+    Cas {
+        /// The key.
+        key: String,
+        /// The new value (omit with --delete).
+        new: Option<String>,
+        /// The condition.
+        #[command(flatten)]
+        expect: ExpectArgs,
+        /// Delete the key instead of writing NEW.
+        #[arg(long, conflicts_with = "new")]
+        delete: bool,
+    },
+    /// List keys in order.
+    Scan {
+        /// Only keys with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Read consistency.
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+    },
+    /// Print every endpoint's status: id, role, term, leader, commit, applied, last index.
+    Status,
+    /// Measure throughput and latency (like redis-benchmark).
+    Bench(BenchArgs),
+}
+
+/// The condition of `cas`: exactly one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ExpectArgs {
+    /// The key's current value must be this.
+    #[arg(long)]
+    pub expect: Option<String>,
+    /// The key must not exist.
+    #[arg(long)]
+    pub expect_absent: bool,
+    /// The key's mod revision must be this.
+    #[arg(long)]
+    pub expect_revision: Option<u64>,
+}
+
+/// Runs kvctl; returns the process exit code.
+pub fn run(args: KvctlArgs) -> i32 {
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        ..ClientOptions::default()
+    };
+    let client = match Client::new(&args.endpoints, options) {
+        Ok(client) => client,
+        Err(error) => return fail(&error, args.json),
+    };
+    let json = args.json;
+    match args.command {
+        Command::Put { key, value } => match client.put(key.into_bytes(), value.into_bytes()) {
+            Ok(metadata) => {
+                print_written(json, Some(&metadata));
+                EXIT_OK
+            }
+            Err(error) => fail(&error, json),
+        },
+        Command::Get { key, consistency } => {
+            match client.get_with(key.clone().into_bytes(), consistency.into()) {
+                Ok(read) => {
+                    let found = read.value.is_some();
+                    if json {
+                        println!(
+                            "{}",
+                            json!({
+                                "key": key,
+                                "found": found,
+                                "value": read.value.as_ref().map(|versioned| text(&versioned.value)),
+                                "metadata": read.value.as_ref().map(|versioned| metadata_json(&versioned.metadata)),
+                                "node": read.node.0,
+                                "applied": read.applied.0,
+                                "behind": read.behind,
+                            })
+                        );
+                    } else if let Some(versioned) = &read.value {
+                        println!("{}", text(&versioned.value));
+                        if read.behind > 0 {
+                            eprintln!(
+                                "(stale read from n{}: {} committed entries behind)",
+                                read.node.0, read.behind
+                            );
+                        }
+                    } else {
+                        eprintln!("(not found)");
+                    }
+                    if found {
+                        EXIT_OK
+                    } else {
+                        EXIT_NOT_FOUND
+                    }
+                }
+                Err(error) => fail(&error, json),
+            }
+        }
+        Command::Del { key } => match client.delete(key.into_bytes()) {
+            Ok(existed) => {
+                if json {
+                    println!("{}", json!({ "deleted": existed }));
+                } else {
+                    println!(
+                        "{}",
+                        if existed {
+                            "deleted"
+                        } else {
+                            "(did not exist)"
+                        }
+                    );
+                }
+                EXIT_OK
+            }
+            Err(error) => fail(&error, json),
+        },
+        Command::Cas {
+            key,
+            new,
+            expect,
+            delete,
+        } => {
+            let condition = if let Some(value) = expect.expect {
+                Expect::Value(value.into_bytes())
+            } else if let Some(revision) = expect.expect_revision {
+                Expect::ModRevision(LogIndex(revision))
+            } else {
+                Expect::Absent
+            };
+            if new.is_none() && !delete {
+                eprintln!("kvctl cas: give NEW or --delete");
+                return EXIT_USAGE;
+            }
+            match client.cas(key.into_bytes(), condition, new.map(String::into_bytes)) {
+                Ok(CasOutcome::Swapped { current }) => {
+                    print_written(json, current.as_ref());
+                    EXIT_OK
+                }
+                Ok(CasOutcome::Failed { current }) => {
+                    if json {
+                        println!(
+                            "{}",
+                            json!({ "swapped": false, "current": current.as_ref().map(versioned_json) })
+                        );
+                    } else {
+                        match &current {
+                            Some(versioned) => eprintln!(
+                                "condition failed; current value {:?} (mod revision {})",
+                                text(&versioned.value),
+                                versioned.metadata.mod_revision.0
+                            ),
+                            None => eprintln!("condition failed; the key does not exist"),
+                        }
+                    }
+                    EXIT_CAS_FAILED
+                }
+                Err(error) => fail(&error, json),
+            }
+        }
+        Command::Scan {
+            prefix,
+            limit,
+            consistency,
+        } => {
+            let range = if prefix.is_empty() {
+                KeyRange::all()
+            } else {
+                KeyRange::prefix(prefix.as_bytes())
+            };
+            match client.scan_with(range, limit, consistency.into()) {
+                Ok(read) => {
+                    if json {
+                        let entries: Vec<_> = read
+                            .value
+                            .entries
+                            .iter()
+                            .map(|(key, versioned)| {
+                                json!({ "key": text(key), "value": text(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
+                            })
+                            .collect();
+                        println!("{}", json!({ "entries": entries, "more": read.value.more }));
+                    } else {
+                        for (key, versioned) in &read.value.entries {
+                            println!("{}\t{}", text(key), text(&versioned.value));
+                        }
+                        if read.value.more {
+                            eprintln!("(more keys follow; raise --limit)");
+                        }
+                    }
+                    EXIT_OK
+                }
+                Err(error) => fail(&error, json),
+            }
+        }
+        Command::Status => status(&client, json),
+        Command::Bench(bench) => super::bench::run(&args.endpoints, args.timeout_ms, &bench, json),
+    }
+}
+
+fn status(client: &Client, json: bool) -> i32 {
+    let statuses = client.cluster_status();
+    let mut reachable = 0;
+    let mut rows = Vec::new();
+    if !json {
+        println!(
+            "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+            "ADDRESS", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"
+        );
+    }
+    for (endpoint, status) in &statuses {
+        match status {
+            Ok(status) => {
+                reachable += 1;
+                let leader = status
+                    .leader
+                    .map(|leader| leader.0.to_string())
+                    .unwrap_or_else(|| "-".into());
+                if json {
+                    rows.push(json!({
+                        "endpoint": endpoint, "id": status.id.0, "role": format!("{:?}", status.role),
+                        "term": status.term.0, "leader": status.leader.map(|leader| leader.0),
+                        "leader_client_address": status.leader_client_address,
+                        "commit": status.committed.0, "applied": status.applied.0,
+                        "last_index": status.last_index.0, "address": status.client_address,
+                        "failed": status.failed,
+                    }));
+                } else {
+                    println!(
+                        "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+                        status.client_address,
+                        status.id.0,
+                        format!("{:?}", status.role),
+                        status.term.0,
+                        leader,
+                        status.committed.0,
+                        status.applied.0,
+                        status.last_index.0
+                    );
+                }
+            }
+            Err(error) => {
+                if json {
+                    rows.push(json!({ "endpoint": endpoint, "error": error.to_string() }));
+                } else {
+                    println!("{endpoint:<22} unreachable: {error}");
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    if reachable == 0 {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Prints an error and returns its exit code.
+fn fail(error: &ClientError, json: bool) -> i32 {
+    let code = match error {
+        ClientError::Indeterminate { .. } => EXIT_INDETERMINATE,
+        _ => EXIT_ERROR,
+    };
+    if json {
+        println!(
+            "{}",
+            json!({ "error": error.to_string(), "indeterminate": error.is_indeterminate() })
+        );
+    } else {
+        eprintln!("kvctl: {error}");
+    }
+    code
+}
+
+fn print_written(json: bool, metadata: Option<&Metadata>) {
+    if json {
+        println!(
+            "{}",
+            json!({ "ok": true, "metadata": metadata.map(metadata_json) })
+        );
+    } else {
+        match metadata {
+            Some(metadata) => println!(
+                "OK (revision {}, version {})",
+                metadata.mod_revision.0, metadata.version
+            ),
+            None => println!("OK (deleted)"),
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn metadata_json(metadata: &Metadata) -> serde_json::Value {
+    json!({
+        "create_revision": metadata.create_revision.0,
+        "mod_revision": metadata.mod_revision.0,
+        "version": metadata.version,
+    })
+}
+
+fn versioned_json(versioned: &Versioned) -> serde_json::Value {
+    json!({ "value": text(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
+}

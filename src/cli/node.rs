@@ -1,0 +1,333 @@
+//! The `keyval` node binary: flags, assembly of storage + transport + node + client server,
+//! and a graceful stop on SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+use crate::config::Config;
+use crate::kv::KvStore;
+use crate::log::{self, Level};
+use crate::node::{Node, NodeOptions};
+use crate::raft::{Message, RoleKind};
+use crate::server::{Server, ServerOptions};
+use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
+use crate::transport::tcp::{TcpConfig, TcpTransport};
+use crate::transport::{inbound_channel, Transport};
+use crate::types::{Membership, NodeId};
+
+use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
+
+/// When the log is fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncArg {
+    /// Before every acknowledgement (safe; the default).
+    Always,
+    /// Never. UNSAFE: a power loss or kernel crash loses acknowledged writes and votes, which
+    /// can break consistency across the cluster. For benchmarks only.
+    Never,
+}
+
+/// `keyval`: one node of a keyval cluster. With no flags at all it runs a single-node store
+/// on localhost (clients 127.0.0.1:7379, peers 127.0.0.1:7380) with data in ./keyval-data.
+#[derive(Debug, Parser)]
+#[command(name = "keyval", version)]
+pub struct NodeArgs {
+    /// This node's id (1 or more); must be a member of --cluster.
+    #[arg(long, env = "KEYVAL_ID", default_value_t = 1)]
+    pub id: u64,
+    /// The initial cluster: ID=PEER_ADDRESS/CLIENT_ADDRESS for every member, comma-separated,
+    /// e.g. 1=127.0.0.1:7380/127.0.0.1:7379,2=127.0.0.1:7382/127.0.0.1:7381. Default: this
+    /// node alone.
+    #[arg(long, env = "KEYVAL_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Where to listen for peers. Default: this node's peer address in --cluster, else
+    /// 127.0.0.1:7380.
+    #[arg(long, env = "KEYVAL_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// Where to listen for clients. Default: this node's client address in --cluster, else
+    /// 127.0.0.1:7379.
+    #[arg(long, env = "KEYVAL_CLIENT_LISTEN")]
+    pub client_listen: Option<String>,
+    /// Cluster id; nodes of different clusters refuse each other's connections.
+    #[arg(long, env = "KEYVAL_CLUSTER_ID", default_value_t = 1)]
+    pub cluster_id: u64,
+    /// Data directory (log segments, hard state, snapshots); locked while the node runs.
+    #[arg(long, env = "KEYVAL_DATA_DIR", default_value = "./keyval-data")]
+    pub data_dir: PathBuf,
+    /// When to fsync: always (safe) or never (UNSAFE: loses acknowledged writes on power
+    /// loss; benchmarks only).
+    #[arg(long, env = "KEYVAL_FSYNC", value_enum, default_value = "always")]
+    pub fsync: FsyncArg,
+    /// Length of one tick in milliseconds.
+    #[arg(long, env = "KEYVAL_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Minimum election timeout in ticks (randomized up to twice this).
+    #[arg(long, env = "KEYVAL_ELECTION_TICKS", default_value_t = 15)]
+    pub election_ticks: u64,
+    /// Heartbeat interval in ticks; election ticks must exceed twice this.
+    #[arg(long, env = "KEYVAL_HEARTBEAT_TICKS", default_value_t = 5)]
+    pub heartbeat_ticks: u64,
+    /// Serve lease reads (leader reads without a quorum round trip, relying on bounded clock
+    /// drift).
+    #[arg(long, env = "KEYVAL_LEASE_READS")]
+    pub lease_reads: bool,
+    /// Open client connections at most.
+    #[arg(long, env = "KEYVAL_MAX_CONNECTIONS", default_value_t = crate::server::CONNECTIONS_MAX_DEFAULT)]
+    pub max_connections: usize,
+    /// Requests in flight per client connection at most.
+    #[arg(long, env = "KEYVAL_MAX_INFLIGHT", default_value_t = crate::server::INFLIGHT_PER_CONNECTION_MAX_DEFAULT)]
+    pub max_inflight: usize,
+    /// Deadline of client requests that do not carry one, in milliseconds.
+    #[arg(long, env = "KEYVAL_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, env = "KEYVAL_LOG_LEVEL", default_value = "info")]
+    pub log_level: Level,
+}
+
+/// Everything derived from the flags, checked.
+#[derive(Debug)]
+struct Plan {
+    id: NodeId,
+    cluster: ClusterSpec,
+    peer_listen: SocketAddr,
+    client_listen: SocketAddr,
+    config: Config,
+}
+
+fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
+    if args.id == 0 {
+        bail!("--id 0 is invalid: node ids start at 1");
+    }
+    let id = NodeId(args.id);
+    let cluster = match &args.cluster {
+        Some(spec) => {
+            ClusterSpec::parse(spec).map_err(|error| anyhow::anyhow!("--cluster: {error}"))?
+        }
+        None => {
+            let peer = args.peer_listen.as_deref().unwrap_or(PEER_LISTEN_DEFAULT);
+            let client = args
+                .client_listen
+                .as_deref()
+                .unwrap_or(CLIENT_LISTEN_DEFAULT);
+            let peer = resolve(peer).map_err(|error| anyhow::anyhow!("--peer-listen: {error}"))?;
+            ClusterSpec::single(id, peer, client.to_string())
+        }
+    };
+    let Some(me) = cluster.members.get(&id) else {
+        let ids: Vec<u64> = cluster.members.keys().map(|id| id.0).collect();
+        bail!(
+            "--id {} is not a member of --cluster (members: {ids:?})",
+            args.id
+        );
+    };
+    let peer_listen = match &args.peer_listen {
+        Some(address) => {
+            resolve(address).map_err(|error| anyhow::anyhow!("--peer-listen: {error}"))?
+        }
+        None => me.peer_address,
+    };
+    let client_listen = match &args.client_listen {
+        Some(address) => address.as_str(),
+        None => me.client_address.as_str(),
+    };
+    let client_listen =
+        resolve(client_listen).map_err(|error| anyhow::anyhow!("--client-listen: {error}"))?;
+    if args.tick_ms == 0 {
+        bail!("--tick-ms must be at least 1");
+    }
+    let mut config = Config::new(id);
+    config.tick = Duration::from_millis(args.tick_ms);
+    config.election_ticks = args.election_ticks;
+    config.heartbeat_ticks = args.heartbeat_ticks;
+    config.lease_reads = args.lease_reads;
+    config.validate().context("timing flags")?;
+    if args.request_timeout_ms == 0
+        || Duration::from_millis(args.request_timeout_ms) > crate::server::REQUEST_TIMEOUT_MAX
+    {
+        bail!(
+            "--request-timeout-ms must be in 1..={}",
+            crate::server::REQUEST_TIMEOUT_MAX.as_millis()
+        );
+    }
+    Ok(Plan {
+        id,
+        cluster,
+        peer_listen,
+        client_listen,
+        config,
+    })
+}
+
+/// Runs a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
+/// answer what is in flight, stop the node (its log writer syncs what it holds), close.
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    log::set_level(args.log_level);
+    let plan = plan(&args)?;
+    log::set_node(plan.id);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let fsync = match args.fsync {
+        FsyncArg::Always => FsyncPolicy::Always,
+        FsyncArg::Never => {
+            log::warn(
+                "fsync is off: a power loss can lose acknowledged writes",
+                &[],
+            );
+            FsyncPolicy::Never
+        }
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let storage = FileStorage::open(
+        &args.data_dir,
+        FileOptions {
+            fsync,
+            ..FileOptions::default()
+        },
+    )
+    .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    let peers: BTreeMap<NodeId, SocketAddr> = plan
+        .cluster
+        .members
+        .iter()
+        .map(|(id, member)| (*id, member.peer_address))
+        .collect();
+    let (inbound_tx, inbound_rx) = inbound_channel();
+    let transport = Arc::new(
+        TcpTransport::<Message>::start(
+            TcpConfig::new(plan.id, args.cluster_id, plan.peer_listen, peers),
+            inbound_tx,
+        )
+        .with_context(|| format!("starting the peer transport on {}", plan.peer_listen))?,
+    );
+    let seed = rand::random::<u64>();
+    let node = Arc::new(
+        Node::start(NodeOptions {
+            config: plan.config.clone(),
+            membership: Membership::new(plan.cluster.members.keys().copied()),
+            storage: Box::new(storage),
+            transport: Arc::clone(&transport) as Arc<dyn Transport>,
+            inbound: inbound_rx,
+            state_machine: KvStore::new(),
+            seed,
+        })
+        .context("starting the node")?,
+    );
+    let mut server_options = ServerOptions::new(plan.client_listen);
+    server_options.client_addresses = plan
+        .cluster
+        .members
+        .iter()
+        .map(|(id, member)| (*id, member.client_address.clone()))
+        .collect();
+    server_options.connections_max = args.max_connections;
+    server_options.inflight_per_connection_max = args.max_inflight;
+    server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
+    let mut server = Server::start(Arc::clone(&node), server_options)?;
+    log::info(
+        "node started",
+        &[
+            ("peer_listen", &transport.local_addr()),
+            ("client_listen", &server.local_addr()),
+            ("cluster", &plan.cluster),
+            ("data_dir", &args.data_dir.display()),
+        ],
+    );
+    watch_until_stopped(&node, &stop);
+    log::info(
+        "stopping: no new clients, finishing requests in flight",
+        &[],
+    );
+    server.shutdown();
+    node.shutdown();
+    drop(transport);
+    log::info("stopped", &[]);
+    Ok(())
+}
+
+/// Logs role and leader changes until `stop` is set.
+fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) {
+    let mut last: Option<(RoleKind, Option<NodeId>, u64)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let status = node.status();
+        let now = (status.role, status.leader, status.term.0);
+        if last != Some(now) {
+            let leader = status
+                .leader
+                .map(|leader| leader.to_string())
+                .unwrap_or_else(|| "none".into());
+            log::info(
+                "role",
+                &[
+                    ("role", &log::Debugged(&status.role)),
+                    ("term", &status.term.0),
+                    ("leader", &leader),
+                ],
+            );
+            last = Some(now);
+        }
+        if status.failed {
+            log::error("storage failed; the node has stopped serving", &[]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> NodeArgs {
+        let mut all = vec!["keyval"];
+        all.extend_from_slice(flags);
+        NodeArgs::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn no_flags_is_a_single_local_node() {
+        let plan = plan(&args(&[])).unwrap();
+        assert_eq!(plan.id, NodeId(1));
+        assert_eq!(plan.client_listen.to_string(), CLIENT_LISTEN_DEFAULT);
+        assert_eq!(plan.peer_listen.to_string(), PEER_LISTEN_DEFAULT);
+        assert_eq!(plan.cluster.members.len(), 1);
+    }
+
+    #[test]
+    fn listen_addresses_come_from_the_cluster() {
+        let plan = plan(&args(&[
+            "--id",
+            "2",
+            "--cluster",
+            "1=127.0.0.1:1001/127.0.0.1:2001,2=127.0.0.1:1002/127.0.0.1:2002",
+        ]))
+        .unwrap();
+        assert_eq!(plan.peer_listen.to_string(), "127.0.0.1:1002");
+        assert_eq!(plan.client_listen.to_string(), "127.0.0.1:2002");
+    }
+
+    #[test]
+    fn bad_ids_and_timings_are_refused() {
+        let error = plan(&args(&[
+            "--id",
+            "3",
+            "--cluster",
+            "1=127.0.0.1:1/127.0.0.1:2",
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("not a member"), "{error}");
+        assert!(plan(&args(&["--id", "0"])).is_err());
+        let error = plan(&args(&["--election-ticks", "4"])).unwrap_err();
+        assert!(format!("{error:#}").contains("election_ticks"), "{error:#}");
+    }
+}

@@ -1,0 +1,388 @@
+//! One client connection's reader thread: decodes request frames and hands each to the node
+//! without waiting for its outcome.
+//!
+//! Writes and linearizable reads are submitted with a tag; their completions go straight to
+//! the connection's writer ([`super::responder`]). The reader registers each request in the
+//! shared [`PendingTable`] before submitting it — so a completion never arrives for a request
+//! the writer does not know — and wakes the writer only when the new request is due before
+//! the writer's planned wake-up (one futex wake per request saved under load). Stale reads,
+//! status requests and refusals are answered at once through the same writer. Lease reads
+//! wait (briefly, bounded by the request's deadline) for the lease's read point to apply.
+
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::error::{ProposeError, ReadError};
+use crate::kv::{KvError, ReadRequest};
+use crate::log;
+use crate::node::{ProposalCompletion, ReadCompletion};
+use crate::types::NodeId;
+
+use super::protocol::{
+    Consistency, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame, ResponseBody,
+    ResponseFrame, ServerError, StatusReply,
+};
+use super::responder::{self, Event, PendingKind, PendingTable};
+use super::{Shared, POLL_INTERVAL, REQUEST_TIMEOUT_MAX};
+
+/// Spawns the reader and writer threads of one accepted connection.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: String,
+    number: u64,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let id = shared.node.id();
+    let inflight_max = shared.options.inflight_per_connection_max;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(POLL_INTERVAL))?;
+    let write_stream = stream.try_clone()?;
+    // A client that stops reading must not pin the writer (and shutdown) forever.
+    write_stream.set_write_timeout(Some(shared.options.write_timeout))?;
+    let (events_tx, events_rx) = crossbeam_channel::bounded(inflight_max);
+    let pending = Arc::new(Mutex::new(PendingTable::default()));
+    let (permits_tx, permits_rx) = crossbeam_channel::bounded(inflight_max);
+    // Room for every request in flight plus late completions of requests that timed out.
+    let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(2 * inflight_max + 16);
+    let (reads_tx, reads_rx) = crossbeam_channel::bounded(2 * inflight_max + 16);
+    let writer_shared = Arc::clone(&shared);
+    let writer_pending = Arc::clone(&pending);
+    let writer_remote = remote.clone();
+    let writer = std::thread::Builder::new()
+        .name(format!("{id}-client-write-{number}"))
+        .spawn(move || {
+            responder::run(
+                &writer_shared,
+                write_stream,
+                &writer_remote,
+                responder::Channels {
+                    pending: writer_pending,
+                    events: events_rx,
+                    proposals: proposals_rx,
+                    reads: reads_rx,
+                    permits: permits_rx,
+                },
+            )
+        })?;
+    let reader = Reader {
+        shared,
+        pending,
+        remote,
+        events: events_tx,
+        permits: permits_tx,
+        proposals: proposals_tx,
+        reads: reads_tx,
+        next_tag: 1,
+    };
+    let reader = std::thread::Builder::new()
+        .name(format!("{id}-client-read-{number}"))
+        .spawn(move || reader.run(stream));
+    match reader {
+        Ok(reader) => Ok(vec![reader, writer]),
+        Err(error) => {
+            // The writer ends once its events sender (dropped with the closure) is gone.
+            let _ = writer.join();
+            Err(error)
+        }
+    }
+}
+
+/// The writer has gone away; stop reading.
+struct WriterGone;
+
+struct Reader {
+    shared: Arc<Shared>,
+    /// Requests submitted and not yet answered (shared with the writer).
+    pending: Arc<Mutex<PendingTable>>,
+    remote: String,
+    events: Sender<Event>,
+    /// One permit per request in flight; full means stop reading (back-pressure).
+    permits: Sender<()>,
+    proposals: Sender<ProposalCompletion>,
+    reads: Sender<ReadCompletion>,
+    next_tag: u64,
+}
+
+impl Reader {
+    fn run(mut self, mut stream: TcpStream) {
+        let mut frames = FrameReader::new();
+        let reason = loop {
+            // Serve every whole frame buffered before reading more.
+            match frames.next_buffered::<RequestFrame>() {
+                Ok(Some(frame)) => {
+                    if self.handle(frame).is_err() {
+                        break None;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => break Some(error),
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                break None;
+            }
+            match frames.fill(&mut stream) {
+                Ok(true) => {}
+                Ok(false) if frames.has_partial() => {
+                    break Some(FrameError::Truncated {
+                        buffered: frames.buffered(),
+                    });
+                }
+                Ok(false) => break None,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => break Some(FrameError::Io(error)),
+            }
+        };
+        if let Some(reason) = reason {
+            let bad_input = !matches!(reason, FrameError::Io(_));
+            if bad_input {
+                self.shared
+                    .connections_closed_bad_input
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            log::info(
+                "closing client connection",
+                &[("remote", &self.remote), ("reason", &reason)],
+            );
+            // Stop reading; the writer answers what is in flight and closes the socket.
+            let _ = stream.shutdown(std::net::Shutdown::Read);
+        }
+        // Dropping `self.events` tells the writer that no request follows.
+    }
+
+    /// Takes a permit and serves or submits one request.
+    fn handle(&mut self, frame: RequestFrame) -> Result<(), WriterGone> {
+        self.permits.send(()).map_err(|_| WriterGone)?;
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = match frame.timeout_ms {
+            0 => self.shared.options.request_timeout_default,
+            millis => Duration::from_millis(millis).min(REQUEST_TIMEOUT_MAX),
+        };
+        let deadline = Instant::now() + timeout;
+        let request_id = frame.request_id;
+        match frame.body {
+            RequestBody::Write(command) => {
+                let encoded = command.validate().and_then(|()| command.encode());
+                let bytes = match encoded {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        return self.respond(request_id, Err(ServerError::Invalid(error)))
+                    }
+                };
+                let tag = self.submitted(request_id, deadline, PendingKind::Write)?;
+                if let Err(error) = self
+                    .shared
+                    .node
+                    .submit_proposal(bytes, tag, &self.proposals)
+                {
+                    let error = self.submit_error(error);
+                    self.events
+                        .send(Event::Finish {
+                            tag,
+                            result: Err(error),
+                        })
+                        .map_err(|_| WriterGone)?;
+                }
+                Ok(())
+            }
+            RequestBody::Read {
+                request,
+                consistency,
+            } => {
+                if let Err(error) = request.validate() {
+                    return self.respond(request_id, Err(ServerError::Invalid(error)));
+                }
+                match consistency {
+                    Consistency::Linearizable => {
+                        self.read_linearizable(request_id, deadline, request)
+                    }
+                    Consistency::Lease => {
+                        let result = self.read_lease(deadline, &request);
+                        self.respond(request_id, result)
+                    }
+                    Consistency::Stale => {
+                        let result = self.read_stale(&request);
+                        self.respond(request_id, result)
+                    }
+                }
+            }
+            RequestBody::Status => {
+                let status = self.status();
+                self.respond(request_id, Ok(ResponseBody::Status(status)))
+            }
+        }
+    }
+
+    /// Tells the writer about a request about to be submitted; returns its tag.
+    fn submitted(
+        &mut self,
+        request_id: u64,
+        deadline: Instant,
+        kind: PendingKind,
+    ) -> Result<u64, WriterGone> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let wake = self
+            .pending
+            .lock()
+            .register(tag, request_id, deadline, kind);
+        if wake {
+            // A full queue means the writer has work and recomputes its wake-up anyway.
+            if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+                self.events.try_send(Event::Wake)
+            {
+                return Err(WriterGone);
+            }
+        }
+        Ok(tag)
+    }
+
+    fn respond(
+        &self,
+        request_id: u64,
+        result: Result<ResponseBody, ServerError>,
+    ) -> Result<(), WriterGone> {
+        self.events
+            .send(Event::Respond(ResponseFrame { request_id, result }))
+            .map_err(|_| WriterGone)
+    }
+
+    fn read_linearizable(
+        &mut self,
+        request_id: u64,
+        deadline: Instant,
+        request: ReadRequest,
+    ) -> Result<(), WriterGone> {
+        let tag = self.submitted(request_id, deadline, PendingKind::Read(request))?;
+        if let Err(error) = self.shared.node.submit_read(tag, &self.reads) {
+            let error = self.read_error(error);
+            self.events
+                .send(Event::Finish {
+                    tag,
+                    result: Err(error),
+                })
+                .map_err(|_| WriterGone)?;
+        }
+        Ok(())
+    }
+
+    fn read_lease(
+        &self,
+        deadline: Instant,
+        request: &ReadRequest,
+    ) -> Result<ResponseBody, ServerError> {
+        let index = self
+            .shared
+            .node
+            .lease_barrier(deadline)
+            .map_err(|error| self.read_error(error))?;
+        let response = self
+            .shared
+            .node
+            .with_state_machine(|kv| kv.read(request))
+            .map_err(ServerError::Invalid)?;
+        Ok(ResponseBody::Read(ReadReply {
+            response,
+            node: self.shared.node.id(),
+            applied: index,
+            behind: 0,
+        }))
+    }
+
+    fn read_stale(&self, request: &ReadRequest) -> Result<ResponseBody, ServerError> {
+        let committed = self.shared.node.status().committed;
+        let (applied, response) = self.shared.node.read_local(|kv| kv.read(request));
+        let response = response.map_err(ServerError::Invalid)?;
+        Ok(ResponseBody::Read(ReadReply {
+            response,
+            node: self.shared.node.id(),
+            applied,
+            behind: committed.0.saturating_sub(applied.0),
+        }))
+    }
+
+    fn status(&self) -> StatusReply {
+        let status = self.shared.node.status();
+        StatusReply {
+            id: status.id,
+            role: status.role,
+            term: status.term,
+            leader: status.leader,
+            leader_client_address: status
+                .leader
+                .and_then(|leader| self.shared.client_address(leader)),
+            committed: status.committed,
+            applied: status.applied,
+            last_index: status.last_index,
+            client_address: self.shared.advertised.clone(),
+            failed: status.failed,
+        }
+    }
+
+    fn not_leader(&self, leader_hint: Option<NodeId>) -> ServerError {
+        ServerError::NotLeader {
+            leader_id: leader_hint,
+            leader_client_address: leader_hint
+                .and_then(|leader| self.shared.client_address(leader)),
+        }
+    }
+
+    /// Maps a refusal at submission: nothing was appended.
+    fn submit_error(&self, error: ProposeError) -> ServerError {
+        match error {
+            ProposeError::NotLeader { leader_hint } => self.not_leader(leader_hint),
+            ProposeError::Busy { reason } => ServerError::Busy {
+                reason: reason.to_string(),
+            },
+            ProposeError::TooLarge { bytes, limit } => {
+                ServerError::Invalid(KvError::CommandTooLarge {
+                    bytes: bytes as usize,
+                    limit: limit as usize,
+                })
+            }
+            ProposeError::Shutdown => ServerError::Unavailable {
+                reason: "node is shutting down".into(),
+            },
+            ProposeError::Storage { reason } => ServerError::Unavailable {
+                reason: format!("storage failed: {reason}"),
+            },
+            // Not expected at submission; never guess an outcome.
+            other => ServerError::Indeterminate {
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn read_error(&self, error: ReadError) -> ServerError {
+        read_error(error, |hint| self.not_leader(hint))
+    }
+}
+
+/// Maps a read failure; `not_leader` builds the redirect.
+pub(super) fn read_error(
+    error: ReadError,
+    not_leader: impl FnOnce(Option<NodeId>) -> ServerError,
+) -> ServerError {
+    match error {
+        ReadError::NotLeader { leader_hint } => not_leader(leader_hint),
+        ReadError::Timeout => ServerError::ReadTimeout,
+        ReadError::Busy => ServerError::Busy {
+            reason: "too many pending reads".into(),
+        },
+        ReadError::NoLease => ServerError::NoLease,
+        ReadError::Shutdown => ServerError::Unavailable {
+            reason: "node is shutting down".into(),
+        },
+    }
+}

@@ -1,0 +1,370 @@
+//! The client protocol: what travels between a [`Client`](crate::client::Client) and a
+//! [`Server`](super::Server), and the framing both ends share.
+//!
+//! Every message is one [`codec`] record — `[len u32][crc32 u32][payload]` — whose payload is
+//! one encoded [`RequestFrame`] (client → server) or [`ResponseFrame`] (server → client), at
+//! most [`FRAME_BYTES_MAX`] bytes. A connection carries many requests at once (pipelining):
+//! responses come back as they complete, not in request order, and carry the request's id.
+//!
+//! ```text
+//! client ── RequestFrame { request_id: 7, timeout_ms, body: Write(put k v) } ──► server
+//! client ── RequestFrame { request_id: 8, timeout_ms, body: Read(get k) }    ──► server
+//! client ◄── ResponseFrame { request_id: 8, result: Ok(Read { .. }) }        ── server
+//! client ◄── ResponseFrame { request_id: 7, result: Ok(Written(..)) }        ── server
+//! ```
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, RecordRead};
+use crate::error::CodecError;
+use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
+use crate::limits::FRAME_BYTES_MAX;
+use crate::raft::RoleKind;
+use crate::types::{LogIndex, NodeId, Term};
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable (the default): the leader confirms its leadership with a quorum
+    /// (ReadIndex) and serves the read once it has applied everything committed before it.
+    #[default]
+    Linearizable,
+    /// The leader serves from its lease without a quorum round trip; linearizable only while
+    /// clocks drift less than the configured margin. Needs `lease_reads` on the node.
+    Lease,
+    /// Any node serves from its own state as it is; may be stale. The reply says how far
+    /// behind the node's known commit index it is.
+    Stale,
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// A write, proposed to the log. Carry a session for exactly-once retries.
+    Write(Command),
+    /// A read.
+    Read {
+        /// What to read.
+        request: ReadRequest,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// The node's status.
+    Status,
+}
+
+/// One request on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client, echoed in the response; unique among the connection's requests
+    /// in flight.
+    pub request_id: u64,
+    /// How long the server may work on it, in milliseconds (clamped by the server). A write
+    /// still unresolved then is answered with [`ServerError::Indeterminate`].
+    pub timeout_ms: u64,
+    /// The request.
+    pub body: RequestBody,
+}
+
+/// A read's answer with how fresh it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The data.
+    pub response: ReadResponse,
+    /// The node that served it.
+    pub node: NodeId,
+    /// The index the node's state machine had applied when it served the read.
+    pub applied: LogIndex,
+    /// How many committed entries (as far as the node knew) were not yet applied: 0 for
+    /// linearizable and lease reads.
+    pub behind: u64,
+}
+
+/// A node's status as the server reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: RoleKind,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The leader's client address, when known.
+    pub leader_client_address: Option<String>,
+    /// Its commit index.
+    pub committed: LogIndex,
+    /// The highest index it applied.
+    pub applied: LogIndex,
+    /// Its last log index.
+    pub last_index: LogIndex,
+    /// The client address it advertises.
+    pub client_address: String,
+    /// Whether it stopped serving after a storage failure.
+    pub failed: bool,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    /// The write was committed and applied; the state machine's answer (which may be a
+    /// comparison failure or a deterministic rejection such as a stale session).
+    Written(Response),
+    /// A read's answer.
+    Read(ReadReply),
+    /// The node's status.
+    Status(StatusReply),
+}
+
+/// Why a request was not served. Each variant says whether a write may have been applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// This node is not the leader. Nothing was done; ask the leader.
+    #[error("not the leader (leader {leader_id:?} at {leader_client_address:?})")]
+    NotLeader {
+        /// The leader as far as this node knows.
+        leader_id: Option<NodeId>,
+        /// Its client address, when known.
+        leader_client_address: Option<String>,
+    },
+    /// The node refuses work for now (overloaded, or a leadership transfer). Nothing was
+    /// done; retry later.
+    #[error("busy: {reason}")]
+    Busy {
+        /// Why.
+        reason: String,
+    },
+    /// The request breaks a limit or is malformed. Nothing was done; do not retry as is.
+    #[error("invalid request: {0}")]
+    Invalid(KvError),
+    /// The write was appended but a leader change discarded it: it will never commit. Safe
+    /// to retry (with the same session).
+    #[error("the write was dropped by a leader change and will never commit")]
+    Dropped,
+    /// **The write's outcome is unknown**: its deadline passed (or the node stopped) before
+    /// it was known. It may still commit. Retry only with the same session.
+    #[error("outcome unknown: {reason}")]
+    Indeterminate {
+        /// Why.
+        reason: String,
+    },
+    /// A read could not be confirmed before its deadline. Nothing was changed; safe to retry.
+    #[error("read timed out")]
+    ReadTimeout,
+    /// A lease read was asked for but the node holds no valid lease (or lease reads are off).
+    #[error("no valid lease for a lease read")]
+    NoLease,
+    /// The node is shutting down or has failed. Nothing was done.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ServerError {
+    /// Whether a write refused with this error may nevertheless have been applied.
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, ServerError::Indeterminate { .. })
+    }
+}
+
+/// One response on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request answered.
+    pub request_id: u64,
+    /// The answer.
+    pub result: Result<ResponseBody, ServerError>,
+}
+
+/// Appends `frame` to `out` as one framed record.
+pub fn write_frame<T: Serialize>(frame: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    codec::write_value_record(frame, out)?;
+    let bytes = (out.len() - start) as u64;
+    if bytes > FRAME_BYTES_MAX {
+        out.truncate(start);
+        return Err(CodecError::TooLarge {
+            what: "frame",
+            bytes,
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Why a stream of frames ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The peer closed the stream between frames.
+    #[error("connection closed")]
+    Closed,
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the partial frame.
+        buffered: usize,
+    },
+    /// A frame is bad: oversized length, checksum mismatch, or a payload that does not decode.
+    #[error("bad frame: {0}")]
+    Bad(#[from] CodecError),
+    /// Reading failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The reader's buffer size; it grows (doubling) only while a larger frame is being read,
+/// and shrinks back once that frame is consumed.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Splits a byte stream into frames, refusing lengths above [`FRAME_BYTES_MAX`] before
+/// allocating for them. The buffer is zeroed once, not per read.
+#[derive(Default)]
+pub struct FrameReader {
+    buffer: Vec<u8>,
+    /// Unconsumed bytes are `buffer[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    /// An empty reader.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Returns the next frame already buffered, without reading.
+    pub fn next_buffered<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<T>, FrameError> {
+        match codec::read_record(&self.buffer[self.start..self.end], FRAME_BYTES_MAX)? {
+            RecordRead::Complete { payload, consumed } => {
+                let value = codec::decode(payload)?;
+                self.start += consumed;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    if self.buffer.len() > READ_BUFFER_BYTES {
+                        // A large frame passed: give the memory back.
+                        self.buffer = vec![0; READ_BUFFER_BYTES];
+                    }
+                }
+                Ok(Some(value))
+            }
+            RecordRead::Incomplete { .. } => Ok(None),
+        }
+    }
+
+    /// Whether part of a frame is buffered.
+    pub fn has_partial(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Bytes of a partial frame buffered.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads once from `source` into the buffer. `Ok(false)` means end of stream. Timeouts
+    /// (`WouldBlock`, `TimedOut`) are returned as errors for the caller to judge.
+    pub fn fill(&mut self, source: &mut impl Read) -> std::io::Result<bool> {
+        if self.end == self.buffer.len() {
+            if self.start > 0 {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buffer.len() {
+                // Full of one partial frame, whose length `read_record` already accepted.
+                let grown = (self.buffer.len() * 2).max(READ_BUFFER_BYTES);
+                self.buffer.resize(grown, 0);
+            }
+        }
+        let read = source.read(&mut self.buffer[self.end..])?;
+        self.end += read;
+        Ok(read > 0)
+    }
+
+    /// Reads until one whole frame is available (blocking on `source`) and decodes it.
+    pub fn read_frame<T: serde::de::DeserializeOwned>(
+        &mut self,
+        source: &mut impl Read,
+    ) -> Result<T, FrameError> {
+        loop {
+            if let Some(frame) = self.next_buffered()? {
+                return Ok(frame);
+            }
+            if !self.fill(source)? {
+                return Err(if self.has_partial() {
+                    FrameError::Truncated {
+                        buffered: self.buffered(),
+                    }
+                } else {
+                    FrameError::Closed
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_the_reader_in_pieces() {
+        let mut bytes = Vec::new();
+        for request_id in 0..3 {
+            let frame = RequestFrame {
+                request_id,
+                timeout_ms: 100,
+                body: RequestBody::Write(Command::put(b"k".to_vec(), vec![7; 300])),
+            };
+            write_frame(&frame, &mut bytes).unwrap();
+        }
+        // Feed one byte at a time: the reader must reassemble every frame.
+        let mut reader = FrameReader::new();
+        let mut source = std::io::Cursor::new(bytes);
+        struct OneByte<'a>(&'a mut std::io::Cursor<Vec<u8>>);
+        impl Read for OneByte<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                self.0.read(&mut out[..1])
+            }
+        }
+        for request_id in 0..3 {
+            let frame: RequestFrame = reader.read_frame(&mut OneByte(&mut source)).unwrap();
+            assert_eq!(frame.request_id, request_id);
+        }
+        assert!(matches!(
+            reader.read_frame::<RequestFrame>(&mut source),
+            Err(FrameError::Closed)
+        ));
+    }
+
+    #[test]
+    fn truncated_and_oversized_frames_are_errors() {
+        let mut bytes = Vec::new();
+        write_frame(
+            &RequestFrame {
+                request_id: 1,
+                timeout_ms: 1,
+                body: RequestBody::Status,
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        bytes.pop();
+        let result = FrameReader::new().read_frame::<RequestFrame>(&mut bytes.as_slice());
+        assert!(matches!(result, Err(FrameError::Truncated { .. })));
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 4]);
+        let result = FrameReader::new().read_frame::<RequestFrame>(&mut huge.as_slice());
+        assert!(matches!(result, Err(FrameError::Bad(_))));
+    }
+}

@@ -1,0 +1,153 @@
+//! The blocking `Client`'s retry contract against real nodes over TCP: a write retried after
+//! its response was lost applies once; a write whose outcome cannot be learned ends
+//! `Indeterminate`, never a guess; the client carries on across a leader failover.
+
+mod server_support;
+
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyval::client::{Client, ClientError, ClientOptions};
+use keyval::server::protocol::{write_frame, FrameReader, ResponseFrame};
+
+use server_support::TestCluster;
+
+/// A proxy in front of `upstream` that drops the first response it sees and cuts that
+/// connection: the request was served, the client never hears of it.
+fn start_lossy_proxy(upstream: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let dropped = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                return;
+            };
+            let (mut client_reader, mut server_writer) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_reader, &mut server_writer);
+            });
+            let dropped = Arc::clone(&dropped);
+            std::thread::spawn(move || {
+                let mut server = server;
+                let mut frames = FrameReader::new();
+                while let Ok(frame) = frames.read_frame::<ResponseFrame>(&mut server) {
+                    if !dropped.swap(true, Ordering::SeqCst) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    let mut bytes = Vec::new();
+                    write_frame(&frame, &mut bytes).unwrap();
+                    if client.write_all(&bytes).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_write_retried_after_a_lost_response_applies_once() {
+    let cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let proxy = start_lossy_proxy(cluster.address(0));
+    let client = Client::connect(&[proxy], ClientOptions::default()).unwrap();
+    // The first answer is lost; the client retries the same session and gets the cached one.
+    let metadata = client.put(b"once".to_vec(), b"v".to_vec()).unwrap();
+    assert_eq!(metadata.version, 1, "the put was applied twice");
+    let direct = Client::connect(&[cluster.address(0)], ClientOptions::default()).unwrap();
+    let stored = direct.get(b"once".to_vec()).unwrap().unwrap();
+    assert_eq!(stored.metadata.version, 1, "the put was applied twice");
+    // One more write through the proxy is a new write: version 2.
+    assert_eq!(
+        client.put(b"once".to_vec(), b"w".to_vec()).unwrap().version,
+        2
+    );
+}
+
+#[test]
+fn a_write_without_quorum_is_indeterminate_after_its_deadline() {
+    let mut cluster = TestCluster::start(3, false);
+    let leader = cluster.wait_leader();
+    let leader_address = cluster.address(leader);
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(800),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&[leader_address], options).unwrap();
+    client.put(b"k".to_vec(), b"1".to_vec()).unwrap();
+    // Take both followers away: the leader appends the write but can never commit it.
+    for position in 0..3 {
+        if position != leader {
+            cluster.nodes[position].as_ref().unwrap().node.shutdown();
+        }
+    }
+    let error = client.put(b"k".to_vec(), b"2".to_vec()).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Indeterminate { .. }),
+        "expected Indeterminate, got {error:?}"
+    );
+    assert!(error.is_indeterminate());
+    // Stop the rest before the cluster's drop, so the shut-down nodes are not stopped twice
+    // with their servers still up (harmless either way).
+    for position in 0..3 {
+        cluster.stop(position);
+    }
+}
+
+#[test]
+fn the_client_carries_on_across_a_leader_failover() {
+    let mut cluster = TestCluster::start(3, false);
+    let leader = cluster.wait_leader();
+    let client = Client::connect(&cluster.endpoints(), ClientOptions::default()).unwrap();
+    for k in 0..20u32 {
+        client
+            .put(format!("k{k}").into_bytes(), k.to_le_bytes().to_vec())
+            .unwrap();
+    }
+    cluster.stop(leader);
+    for k in 20..40u32 {
+        client
+            .put(format!("k{k}").into_bytes(), k.to_le_bytes().to_vec())
+            .unwrap();
+    }
+    for k in 0..40u32 {
+        let value = client.get(format!("k{k}").into_bytes()).unwrap().unwrap();
+        assert_eq!(value.value, k.to_le_bytes());
+    }
+    assert_ne!(client.leader(), Some(cluster.address(leader)));
+}
+
+#[test]
+fn a_client_is_shared_by_threads() {
+    let cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let client = Client::connect(&cluster.endpoints(), ClientOptions::default()).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|thread| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for k in 0..50 {
+                    client
+                        .put(format!("t{thread}/{k}").into_bytes(), vec![thread])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let page = client
+        .scan(keyval::kv::KeyRange::prefix(b"t"), 1000)
+        .unwrap();
+    assert_eq!(page.entries.len(), 400);
+}

@@ -1,0 +1,194 @@
+//! The `Client`'s session rules against a scripted fake server (PITFALLS #14): a retry
+//! resends the same (client_id, sequence); `SessionExpired` on a first attempt restarts the
+//! write under a new session at sequence 1; `SessionExpired` after an attempt whose outcome
+//! was lost ends `Indeterminate` and is never re-sent; a server that stays busy yields a
+//! definite `Unavailable`, one that keeps answering `Indeterminate` yields `Indeterminate`.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyval::client::{Client, ClientError, ClientOptions};
+use keyval::kv::{Command, KvError, Metadata, Response, SessionId, WriteOutcome};
+use keyval::server::protocol::{
+    write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame, ServerError,
+};
+use keyval::LogIndex;
+
+/// What the fake server does with the n-th write it receives.
+enum Answer {
+    /// Close the connection without answering (the request was "served", the answer lost).
+    Drop,
+    /// Answer with this.
+    Reply(Result<ResponseBody, ServerError>),
+}
+
+/// Starts a fake server that answers writes by `script(n, &command)` and records them.
+fn fake_server(
+    script: impl Fn(usize, &Command) -> Answer + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Vec<Command>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&seen);
+    let script = Arc::new(script);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (seen, script) = (Arc::clone(&seen), Arc::clone(&script));
+            std::thread::spawn(move || serve(stream, &seen, &*script));
+        }
+    });
+    (address, recorded)
+}
+
+fn serve(
+    mut stream: TcpStream,
+    seen: &Mutex<Vec<Command>>,
+    script: &dyn Fn(usize, &Command) -> Answer,
+) {
+    let mut frames = FrameReader::new();
+    while let Ok(frame) = frames.read_frame::<RequestFrame>(&mut stream) {
+        let RequestBody::Write(command) = frame.body else {
+            continue;
+        };
+        let n = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(command.clone());
+            seen.len()
+        };
+        match script(n, &command) {
+            Answer::Drop => return,
+            Answer::Reply(result) => {
+                let mut bytes = Vec::new();
+                write_frame(
+                    &ResponseFrame {
+                        request_id: frame.request_id,
+                        result,
+                    },
+                    &mut bytes,
+                )
+                .unwrap();
+                if stream.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn written() -> Result<ResponseBody, ServerError> {
+    let metadata = Metadata::created(LogIndex(7));
+    Ok(ResponseBody::Written(Response::Written {
+        revision: LogIndex(7),
+        outcomes: vec![WriteOutcome {
+            previous: None,
+            current: Some(metadata),
+            previous_value: None,
+        }],
+    }))
+}
+
+fn expired(session: SessionId) -> Result<ResponseBody, ServerError> {
+    Ok(ResponseBody::Written(Response::Rejected(
+        KvError::SessionExpired {
+            client_id: session.client_id,
+            sequence: session.sequence,
+        },
+    )))
+}
+
+fn options(timeout_ms: u64) -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(timeout_ms),
+        ..ClientOptions::default()
+    }
+}
+
+#[test]
+fn session_expired_on_a_first_attempt_restarts_under_a_new_session() {
+    let (address, seen) = fake_server(|n, command| match n {
+        1 => Answer::Reply(expired(command.session.unwrap())),
+        _ => Answer::Reply(written()),
+    });
+    let client = Client::connect(&[address], options(3000)).unwrap();
+    client.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    let (first, second) = (seen[0].session.unwrap(), seen[1].session.unwrap());
+    assert_eq!(first.sequence, 1);
+    assert_ne!(first.client_id, second.client_id);
+    assert_eq!(second.sequence, 1, "a new session starts at sequence 1");
+}
+
+#[test]
+fn session_expired_after_a_lost_answer_is_indeterminate_and_not_resent() {
+    let (address, seen) = fake_server(|n, command| match n {
+        1 => Answer::Drop,
+        _ => Answer::Reply(expired(command.session.unwrap())),
+    });
+    let client = Client::connect(&[address], options(3000)).unwrap();
+    let error = client.put(b"k".to_vec(), b"v".to_vec()).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Indeterminate { .. }),
+        "{error:?}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the ambiguous write must not be re-sent under a new session"
+    );
+    assert_eq!(
+        seen[0].session, seen[1].session,
+        "a retry reuses the session"
+    );
+}
+
+#[test]
+fn sequences_grow_per_write_and_retries_reuse_them() {
+    let (address, seen) = fake_server(|n, _| match n {
+        2 => Answer::Drop,
+        _ => Answer::Reply(written()),
+    });
+    let client = Client::connect(&[address], options(3000)).unwrap();
+    client.put(b"a".to_vec(), b"1".to_vec()).unwrap();
+    client.put(b"b".to_vec(), b"2".to_vec()).unwrap();
+    let seen = seen.lock().unwrap();
+    let sessions: Vec<SessionId> = seen
+        .iter()
+        .map(|command| command.session.unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 3);
+    assert_eq!(sessions[0].sequence, 1);
+    assert_eq!(sessions[1].sequence, 2);
+    assert_eq!(
+        sessions[1], sessions[2],
+        "the retry after the lost answer is the same write"
+    );
+}
+
+#[test]
+fn busy_until_the_deadline_is_unavailable_and_indeterminate_stays_indeterminate() {
+    let (address, _) = fake_server(|_, _| {
+        Answer::Reply(Err(ServerError::Busy {
+            reason: "test".into(),
+        }))
+    });
+    let client = Client::connect(&[address], options(300)).unwrap();
+    let error = client.put(b"k".to_vec(), b"v".to_vec()).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Unavailable { .. }),
+        "{error:?}"
+    );
+
+    let (address, _) = fake_server(|_, _| {
+        Answer::Reply(Err(ServerError::Indeterminate {
+            reason: "test".into(),
+        }))
+    });
+    let client = Client::connect(&[address], options(300)).unwrap();
+    let error = client.put(b"k".to_vec(), b"v".to_vec()).unwrap_err();
+    assert!(error.is_indeterminate(), "{error:?}");
+}

@@ -1,0 +1,114 @@
+//! The binaries' command lines: `keyval` with no flags runs a working single-node store in
+//! its working directory and stops with exit 0 on SIGTERM; wrong flags and bad cluster specs
+//! exit non-zero with a clear message; kvctl reports usage errors with exit code 2.
+
+mod process_support;
+
+use std::process::{Command, Stdio};
+
+use keyval::client::{Client, ClientOptions};
+
+use process_support::{kvctl, NodeProcess};
+
+fn keyval(args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn no_flags_runs_a_single_node_store_and_sigterm_exits_zero() {
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:7379").is_ok(),
+        "127.0.0.1:7379 is busy: stop the keyval running there, this test needs the default port"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("keyval.log");
+    let mut node = NodeProcess::spawn(Vec::new(), log.clone(), Some(dir.path()));
+    let client = Client::connect(&["127.0.0.1:7379"], ClientOptions::default())
+        .expect("the default node listens on 127.0.0.1:7379");
+    client.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    assert_eq!(client.get(b"k".to_vec()).unwrap().unwrap().value, b"v");
+    let out = kvctl("127.0.0.1:7379", &["get", "k"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+    assert!(dir.path().join("keyval-data").is_dir());
+    assert_eq!(node.terminate(), Some(0), "SIGTERM must exit 0");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("msg=stopped"), "{log}");
+    assert!(log.contains("node=n1"), "{log}");
+}
+
+#[test]
+fn wrong_flags_exit_non_zero_with_a_message() {
+    let out = keyval(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+
+    let out = keyval(&["--fsync", "sometimes"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
+
+    for (args, needle) in [
+        (
+            vec!["--id", "4", "--cluster", "1=127.0.0.1:1/127.0.0.1:2"],
+            "not a member",
+        ),
+        (
+            vec!["--cluster", "1=127.0.0.1:1"],
+            "PEER_ADDRESS/CLIENT_ADDRESS",
+        ),
+        (vec!["--id", "0"], "ids start at 1"),
+        (vec!["--election-ticks", "3"], "election_ticks"),
+    ] {
+        let out = keyval(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+
+    let out = kvctl("127.0.0.1:1", &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = kvctl("127.0.0.1:1", &["cas", "k", "v"]);
+    assert_eq!(out.status.code(), Some(2), "cas needs a condition");
+    // Nothing listens there: a clear error, exit 1.
+    let out = kvctl("127.0.0.1:1", &["--timeout-ms", "300", "get", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kvctl:"));
+}
+
+#[test]
+fn environment_twins_configure_the_node_and_the_log_level_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("keyval.log");
+    let client_address = process_support::free_address();
+    let env = [
+        ("KEYVAL_ID", "7".to_string()),
+        ("KEYVAL_CLIENT_LISTEN", client_address.clone()),
+        ("KEYVAL_PEER_LISTEN", process_support::free_address()),
+        (
+            "KEYVAL_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("KEYVAL_LOG_LEVEL", "warn".to_string()),
+    ];
+    let mut node = NodeProcess::spawn_with_env(Vec::new(), &env, log.clone(), None);
+    let client = Client::connect(
+        std::slice::from_ref(&client_address),
+        ClientOptions::default(),
+    )
+    .expect("the node listens where KEYVAL_CLIENT_LISTEN says");
+    client.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let status = client.status(&client_address).unwrap();
+    assert_eq!(status.id, keyval::NodeId(7));
+    assert!(dir.path().join("data").is_dir());
+    assert_eq!(node.terminate(), Some(0));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        !log.contains(" INFO "),
+        "info lines printed at warn level:\n{log}"
+    );
+}

@@ -1,0 +1,162 @@
+//! Shared by the server and client tests: a cluster of real nodes, each with its peer
+//! transport and client server on 127.0.0.1, in this process.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyval::kv::KvStore;
+use keyval::node::{Node, NodeOptions};
+use keyval::raft::{Message, RoleKind};
+use keyval::server::{Server, ServerOptions};
+use keyval::storage::mem::MemStorage;
+use keyval::transport::tcp::{TcpConfig, TcpTransport};
+use keyval::transport::{inbound_channel, Transport};
+use keyval::{Config, Membership, NodeId};
+
+/// How long a test waits for a condition.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `condition` until it holds or [`WAIT`] passes.
+pub fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough on a test machine).
+pub fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address")
+}
+
+/// One running node with its server.
+pub struct Running {
+    pub node: Arc<Node<KvStore>>,
+    pub server: Server,
+    pub transport: Arc<TcpTransport<Message>>,
+}
+
+/// A cluster of nodes over TCP on loopback with client servers.
+pub struct TestCluster {
+    pub nodes: Vec<Option<Running>>,
+    pub client_addresses: BTreeMap<NodeId, String>,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes; `lease_reads` turns lease reads on.
+    pub fn start(size: u64, lease_reads: bool) -> TestCluster {
+        let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
+        let membership = Membership::new(ids.iter().copied());
+        let client_addresses: BTreeMap<NodeId, String> = ids
+            .iter()
+            .map(|id| (*id, free_address().to_string()))
+            .collect();
+        let mut transports = Vec::new();
+        let mut receivers = Vec::new();
+        for &id in &ids {
+            let (inbound_tx, inbound_rx) = inbound_channel();
+            let config = TcpConfig::new(id, 7, "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
+            let transport = Arc::new(TcpTransport::<Message>::start(config, inbound_tx).unwrap());
+            transports.push(transport);
+            receivers.push(inbound_rx);
+        }
+        for transport in &transports {
+            for (k, other) in transports.iter().enumerate() {
+                if !Arc::ptr_eq(transport, other) {
+                    transport
+                        .set_peer_address(ids[k], other.local_addr())
+                        .unwrap();
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for (k, inbound) in receivers.into_iter().enumerate() {
+            let transport: Arc<dyn Transport> = transports[k].clone();
+            let mut config = Config::new(ids[k]);
+            config.lease_reads = lease_reads;
+            let node = Arc::new(
+                Node::start(NodeOptions {
+                    config,
+                    membership: membership.clone(),
+                    storage: Box::new(MemStorage::new()),
+                    transport,
+                    inbound,
+                    state_machine: KvStore::new(),
+                    seed: k as u64,
+                })
+                .unwrap(),
+            );
+            let mut options = ServerOptions::new(client_addresses[&ids[k]].parse().unwrap());
+            options.client_addresses = client_addresses.clone();
+            let server = Server::start(Arc::clone(&node), options).unwrap();
+            nodes.push(Some(Running {
+                node,
+                server,
+                transport: Arc::clone(&transports[k]),
+            }));
+        }
+        TestCluster {
+            nodes,
+            client_addresses,
+        }
+    }
+
+    /// Every client address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.client_addresses.values().cloned().collect()
+    }
+
+    /// The position of the current leader, waiting for one.
+    pub fn wait_leader(&self) -> usize {
+        let mut found = None;
+        assert!(
+            wait_for(|| {
+                found = self.nodes.iter().position(|running| {
+                    running
+                        .as_ref()
+                        .is_some_and(|running| running.node.status().role == RoleKind::Leader)
+                });
+                found.is_some()
+            }),
+            "no leader elected"
+        );
+        found.unwrap()
+    }
+
+    /// A node that is not the leader.
+    pub fn follower(&self) -> usize {
+        let leader = self.wait_leader();
+        (0..self.nodes.len())
+            .find(|k| *k != leader && self.nodes[*k].is_some())
+            .expect("a follower")
+    }
+
+    /// The client address of the node at `position`.
+    pub fn address(&self, position: usize) -> String {
+        self.client_addresses[&NodeId(position as u64 + 1)].clone()
+    }
+
+    /// Stops the node at `position` (server first, then node and transport).
+    pub fn stop(&mut self, position: usize) {
+        if let Some(mut running) = self.nodes[position].take() {
+            running.server.shutdown();
+            running.node.shutdown();
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for position in 0..self.nodes.len() {
+            self.stop(position);
+        }
+    }
+}
