@@ -162,3 +162,30 @@ fn bad_input_on_peer_and_client_ports_leaves_the_cluster_serving() {
         );
     }
 }
+
+/// SIGTERM on the leader: it finishes in flight, hands leadership to the most up-to-date
+/// follower (thesis §3.10), exits 0, and the cluster keeps serving under the new leader.
+#[test]
+fn sigterm_on_the_leader_hands_leadership_over() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client);
+    client.put(b"before".to_vec(), b"1".to_vec()).expect("put");
+    let exit = cluster.nodes[leader].terminate();
+    assert_eq!(exit, Some(0), "graceful stop exits 0");
+    let log = std::fs::read_to_string(&cluster.nodes[leader].log).expect("leader log");
+    assert!(
+        log.contains("handed leadership over"),
+        "the leader did not hand over:\n{log}"
+    );
+    let successor = cluster.wait_leader(&client);
+    assert_ne!(successor, leader);
+    client
+        .put(b"after".to_vec(), b"2".to_vec())
+        .expect("put after handover");
+    let value = client
+        .get(b"before".to_vec())
+        .expect("get")
+        .expect("present");
+    assert_eq!(value.value, b"1");
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -250,6 +250,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         &[],
     );
     server.shutdown();
+    // A leader hands over before it goes, so the cluster does not wait an election timeout
+    // for a new one (thesis §3.10).
+    let handover = Duration::from_millis(args.tick_ms.saturating_mul(args.election_ticks) * 2);
+    match node.hand_over_leadership(Instant::now() + handover) {
+        Ok(Some(successor)) => log::info("handed leadership over", &[("to", &successor)]),
+        Ok(None) => {}
+        Err(error) => log::warn("leadership handover failed", &[("error", &error)]),
+    }
     node.shutdown();
     drop(transport);
     log::info("stopped", &[]);
