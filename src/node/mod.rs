@@ -404,6 +404,42 @@ impl<M: StateMachine> Node<M> {
         Ok(id)
     }
 
+    /// Proposes a batch of `(command, tag)` pairs under one core lock, routed once: one
+    /// AppendEntries per follower and one persist request for the whole batch, instead of one
+    /// per command. Returns, per command in order, its tag and entry id or why it was not
+    /// appended; outcomes arrive on `completions` as with
+    /// [`submit_proposal`](Node::submit_proposal).
+    pub fn submit_proposals(
+        &self,
+        batch: Vec<(Vec<u8>, u64)>,
+        completions: &Sender<ProposalCompletion>,
+    ) -> Vec<(u64, Result<EntryId, ProposeError>)> {
+        let refusal = self
+            .shared
+            .storage_error()
+            .or_else(|| (!self.shared.is_serving()).then_some(ProposeError::Shutdown));
+        if let Some(error) = refusal {
+            return batch
+                .into_iter()
+                .map(|(_, tag)| (tag, Err(error.clone())))
+                .collect();
+        }
+        let mut core = self.shared.core.lock();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut waiters = self.shared.waiters.lock();
+            for (command, tag) in batch {
+                let outcome = core.raft.propose(command);
+                if let Ok(id) = outcome {
+                    waiters.add_proposal(id, tag, completions.clone());
+                }
+                outcomes.push((tag, outcome));
+            }
+        }
+        self.shared.route(&mut core);
+        outcomes
+    }
+
     /// A linearizable read barrier (ReadIndex): returns once this node, as leader, has
     /// confirmed its leadership with a quorum **and** applied everything committed when the
     /// barrier was asked for. State read after it is at least as new as any write

@@ -79,6 +79,7 @@ pub(super) fn spawn(
         proposals: proposals_tx,
         reads: reads_tx,
         next_tag: 1,
+        writes: Vec::new(),
     };
     let reader = std::thread::Builder::new()
         .name(format!("{id}-client-read-{number}"))
@@ -107,6 +108,10 @@ struct Reader {
     proposals: Sender<ProposalCompletion>,
     reads: Sender<ReadCompletion>,
     next_tag: u64,
+    /// Writes decoded from the buffer, submitted together when it is drained (or before the
+    /// next read, to keep this connection's order): one core lock, one AppendEntries per
+    /// follower and one fsync batch for all of them.
+    writes: Vec<(Vec<u8>, u64)>,
 }
 
 impl Reader {
@@ -121,7 +126,11 @@ impl Reader {
                     }
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if self.flush_writes().is_err() {
+                        break None;
+                    }
+                }
                 Err(error) => break Some(error),
             }
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -144,6 +153,8 @@ impl Reader {
                 Err(error) => break Some(FrameError::Io(error)),
             }
         };
+        // Writes decoded before the connection ended were received whole: submit them.
+        let _ = self.flush_writes();
         if let Some(reason) = reason {
             let bad_input = !matches!(reason, FrameError::Io(_));
             if bad_input {
@@ -159,6 +170,27 @@ impl Reader {
             let _ = stream.shutdown(std::net::Shutdown::Read);
         }
         // Dropping `self.events` tells the writer that no request follows.
+    }
+
+    /// Submits the writes collected so far as one batch.
+    fn flush_writes(&mut self) -> Result<(), WriterGone> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.writes);
+        let outcomes = self.shared.node.submit_proposals(batch, &self.proposals);
+        for (tag, outcome) in outcomes {
+            if let Err(error) = outcome {
+                let error = self.submit_error(error);
+                self.events
+                    .send(Event::Finish {
+                        tag,
+                        result: Err(error),
+                    })
+                    .map_err(|_| WriterGone)?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes a permit and serves or submits one request.
@@ -181,25 +213,14 @@ impl Reader {
                     }
                 };
                 let tag = self.submitted(request_id, deadline, PendingKind::Write)?;
-                if let Err(error) = self
-                    .shared
-                    .node
-                    .submit_proposal(bytes, tag, &self.proposals)
-                {
-                    let error = self.submit_error(error);
-                    self.events
-                        .send(Event::Finish {
-                            tag,
-                            result: Err(error),
-                        })
-                        .map_err(|_| WriterGone)?;
-                }
+                self.writes.push((bytes, tag));
                 Ok(())
             }
             RequestBody::Read {
                 request,
                 consistency,
             } => {
+                self.flush_writes()?;
                 if let Err(error) = request.validate() {
                     return self.respond(request_id, Err(ServerError::Invalid(error)));
                 }
