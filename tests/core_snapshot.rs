@@ -48,17 +48,12 @@ fn section_7_lagging_follower_catches_up_through_a_chunked_snapshot() {
     let (mut network, data) = lagging_follower();
     network.heal();
     let mut chunks = 0;
-    for _ in 0..60 {
-        network.tick_all();
-        while let Some(message) = network.in_flight.pop_front() {
-            if let MessageBody::InstallSnapshot { .. } = message.body {
-                chunks += 1;
-            }
-            let to = message.to;
-            let _ = network.node(to).step(message);
-            network.process_ready(to);
+    network.run_with(60, |message| {
+        if let MessageBody::InstallSnapshot { .. } = message.body {
+            chunks += 1;
         }
-    }
+        true
+    });
     assert_eq!(chunks, 3, "2 MiB + a bit is three 1 MiB chunks");
     let installed = &network.nodes[&N3].installed_snapshots;
     assert_eq!(installed.len(), 1);
@@ -88,20 +83,13 @@ fn lost_chunks_are_resent_and_the_transfer_resumes() {
     let (mut network, _) = lagging_follower();
     network.heal();
     let mut dropped = 0;
-    for _ in 0..80 {
-        network.tick_all();
-        while let Some(message) = network.in_flight.pop_front() {
-            let is_chunk =
-                matches!(message.body, MessageBody::InstallSnapshot { offset, .. } if offset > 0);
-            if is_chunk && dropped < 2 {
-                dropped += 1;
-                continue;
-            }
-            let to = message.to;
-            let _ = network.node(to).step(message);
-            network.process_ready(to);
-        }
-    }
+    network.run_with(80, |message| {
+        let is_chunk =
+            matches!(message.body, MessageBody::InstallSnapshot { offset, .. } if offset > 0);
+        let drop = is_chunk && dropped < 2;
+        dropped += usize::from(drop);
+        !drop
+    });
     assert_eq!(dropped, 2);
     assert_eq!(
         network.node(N3).log().last_id(),
@@ -114,19 +102,14 @@ fn lost_chunks_are_resent_and_the_transfer_resumes() {
 fn corrupt_snapshot_is_never_installed() {
     let (mut network, _) = lagging_follower();
     network.heal();
-    for _ in 0..30 {
-        network.tick_all();
-        while let Some(mut message) = network.in_flight.pop_front() {
-            if let MessageBody::InstallSnapshot { data, .. } = &mut message.body {
-                if let Some(byte) = data.first_mut() {
-                    *byte ^= 0xFF; // damage every chunk in transit
-                }
+    network.run_with(30, |message| {
+        if let MessageBody::InstallSnapshot { data, .. } = &mut message.body {
+            if let Some(byte) = data.first_mut() {
+                *byte ^= 0xFF; // damage every chunk in transit
             }
-            let to = message.to;
-            let _ = network.node(to).step(message);
-            network.process_ready(to);
         }
-    }
+        true
+    });
     assert!(network.nodes[&N3].installed_snapshots.is_empty());
     assert!(network.node(N3).log().last_index() < network.node(N1).log().first_index());
 }
@@ -180,22 +163,17 @@ fn acknowledgement_below_a_newer_compaction_point_still_counts() {
     network.heal();
     // Let the transfer happen, but hold back N3's acknowledgements to N1.
     let mut held = Vec::new();
-    for _ in 0..20 {
-        network.tick_all();
-        while let Some(message) = network.in_flight.pop_front() {
-            let acknowledgement = matches!(
-                message.body,
-                MessageBody::AppendEntriesResponse(AppendResponse::Success { .. })
-            );
-            if message.from == N3 && message.to == N1 && acknowledgement {
-                held.push(message);
-                continue;
-            }
-            let to = message.to;
-            let _ = network.node(to).step(message);
-            network.process_ready(to);
+    network.run_with(20, |message| {
+        let acknowledgement = matches!(
+            message.body,
+            MessageBody::AppendEntriesResponse(AppendResponse::Success { .. })
+        );
+        if message.from == N3 && message.to == N1 && acknowledgement {
+            held.push(message.clone());
+            return false;
         }
-    }
+        true
+    });
     assert_eq!(network.nodes[&N3].installed_snapshots.len(), 1);
     // Meanwhile the leader writes more and compacts past the snapshot it sent.
     network.isolate(N3);

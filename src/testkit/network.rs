@@ -176,6 +176,26 @@ impl CoreNetwork {
         panic!("network did not stabilize");
     }
 
+    /// Runs `ticks` rounds of: tick every node, then deliver everything in flight (including
+    /// what the deliveries send) one message at a time through `intercept`, which may inspect
+    /// or alter a message and returns whether to deliver it (false drops it).
+    pub fn run_with(&mut self, ticks: u64, mut intercept: impl FnMut(&mut Message) -> bool) {
+        for _ in 0..ticks {
+            self.tick_all();
+            while let Some(mut message) = self.in_flight.pop_front() {
+                if !intercept(&mut message) || self.cut.contains(&(message.from, message.to)) {
+                    continue;
+                }
+                let to = message.to;
+                if !self.nodes.contains_key(&to) {
+                    continue;
+                }
+                let _ = self.node(to).step(message);
+                self.process_ready(to);
+            }
+        }
+    }
+
     /// Makes `id` campaign and runs the network until it is quiet.
     pub fn elect(&mut self, id: NodeId) {
         self.node(id).start_election();
