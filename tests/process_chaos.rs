@@ -1,0 +1,150 @@
+//! Process-level chaos: three real `keyval` processes (fsync on) serve concurrent clients while
+//! a nemesis kills nodes with SIGKILL and restarts them, and freezes the leader with SIGSTOP
+//! and thaws it with SIGCONT. Every client operation is recorded with its real invocation and
+//! completion times (unknown outcomes as unknown), the history must be linearizable, and every
+//! key's final value must be readable after the nemesis stops.
+//!
+//! `KEYVAL_CHAOS_SECONDS` lengthens the run (default 6 s in CI). Network partitions between
+//! processes (network namespaces) are not part of this suite yet.
+
+mod process_support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use keyval::client::{CasOutcome, Client, ClientOptions};
+use keyval::kv::Expect;
+use keyval::testkit::linearizability::{
+    check, CheckResult, ClientId, History, Outcome, Request, Response,
+};
+use process_support::ProcessCluster;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const KEYS: u64 = 3;
+
+fn signal(cluster: &ProcessCluster, position: usize, signal: &str) {
+    if let Some(child) = cluster.nodes[position].child.as_ref() {
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+    }
+}
+
+/// One client's loop; every operation goes into `history`.
+fn run_client(client: &Client, history: &History, id: u64, seed: u64, stop: &AtomicBool) {
+    let mut rng = StdRng::seed_from_u64(seed ^ id);
+    let mut counter = 0;
+    while !stop.load(Ordering::SeqCst) {
+        counter += 1;
+        let key = format!("k{}", rng.random_range(0..KEYS)).into_bytes();
+        let value = format!("c{id}-{counter}").into_bytes();
+        let request = match rng.random_range(0..10) {
+            0..=3 => Request::get(key.clone()),
+            4..=7 => Request::put(key.clone(), value.clone()),
+            _ => {
+                let expected = format!("c{}-{}", rng.random_range(1..=4), counter.max(2) - 1);
+                Request::compare_and_swap(key.clone(), Some(expected.into_bytes()), value.clone())
+            }
+        };
+        let pending = history.invoke(ClientId(id), request.clone());
+        // Every error is recorded as unknown: the checker then lets the operation take effect
+        // or not, which is always sound.
+        let outcome = match request {
+            Request::Get { key } => client
+                .get(key)
+                .ok()
+                .map(|value| Response::Get(value.map(|versioned| versioned.value))),
+            Request::Put { key, value } => client.put(key, value).ok().map(|_| Response::Put),
+            Request::CompareAndSwap { key, expected, new } => {
+                let expect = expected.map_or(Expect::Absent, Expect::Value);
+                client.cas(key, expect, Some(new)).ok().map(|outcome| {
+                    Response::CompareAndSwap(matches!(outcome, CasOutcome::Swapped { .. }))
+                })
+            }
+            Request::Delete { key } => client.delete(key).ok().map(|_| Response::Delete),
+        };
+        match outcome {
+            Some(response) => history.complete(pending, Outcome::Ok(response)),
+            None => history.unknown(pending),
+        }
+    }
+}
+
+#[test]
+fn linearizable_while_real_processes_are_killed_and_paused() {
+    let seconds: u64 = std::env::var("KEYVAL_CHAOS_SECONDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(6);
+    let seed: u64 = std::env::var("KEYVAL_SEED")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut cluster = ProcessCluster::start(3);
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let clients: Vec<Client> = (0..4)
+        .map(|_| Client::connect(&cluster.client_addresses, options.clone()).expect("connect"))
+        .collect();
+    cluster.wait_leader(&clients[0]);
+    let history = History::new();
+    let stop = AtomicBool::new(false);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut faults = Vec::new();
+    std::thread::scope(|scope| {
+        for (k, client) in clients.iter().enumerate() {
+            let (history, stop) = (&history, &stop);
+            scope.spawn(move || run_client(client, history, k as u64 + 1, seed, stop));
+        }
+        let until = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < until {
+            let victim = rng.random_range(0..3);
+            if rng.random_bool(0.5) {
+                faults.push(format!("kill -9 n{}", victim + 1));
+                cluster.nodes[victim].kill();
+                std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
+                cluster.restart(victim);
+            } else {
+                faults.push(format!("pause n{}", victim + 1));
+                signal(&cluster, victim, "-STOP");
+                std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+                signal(&cluster, victim, "-CONT");
+            }
+            // Pacing the nemesis between faults; nothing is asserted after it.
+            std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    // Healed: every key's final value is read (and checked with the rest of the history).
+    cluster.wait_leader(&clients[0]);
+    for key in 0..KEYS {
+        let key = format!("k{key}").into_bytes();
+        let pending = history.invoke(ClientId(99), Request::get(key.clone()));
+        let value = clients[0].get(key).expect("read after the nemesis stopped");
+        history.complete(
+            pending,
+            Outcome::Ok(Response::Get(value.map(|versioned| versioned.value))),
+        );
+    }
+    let operations = history.snapshot();
+    let known = operations
+        .iter()
+        .filter(|operation| operation.is_known())
+        .count();
+    assert!(
+        known > 100,
+        "too few operations completed: {known} (seed {seed}, faults {faults:?})"
+    );
+    match check(&operations) {
+        CheckResult::Linearizable => {}
+        other => panic!("not linearizable (seed {seed}, faults {faults:?}): {other:?}"),
+    }
+    eprintln!(
+        "process chaos: {} operations ({known} with known outcome), faults: {faults:?}",
+        operations.len()
+    );
+}
