@@ -44,9 +44,14 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 }
 
 /// Decodes exactly one `T` from all of `bytes`; trailing bytes are an error.
+///
+/// Decodes through bincode's borrowing decoder: a byte string deserialized with
+/// `deserialize_bytes` is then taken from `bytes` and checked against what is actually present,
+/// instead of being allocated up front from its claimed length (fuzzing found a 10-byte input
+/// that made the owned decoder allocate 16 MiB).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|error| {
+        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config()).map_err(|error| {
             CodecError::Malformed {
                 reason: error.to_string(),
             }

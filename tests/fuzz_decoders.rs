@@ -6,10 +6,8 @@
 //! truncations, inflated length prefixes, splices), with a counting global allocator that
 //! records the largest single allocation made on the test's own thread.
 //!
-//! Tests named after a bug pin panics that fuzzing found (all fixed since),
-//! and `#[ignore = "finds weakness: ..."]` a bounded but out-of-proportion allocation; the
-//! properties keep clear of exactly those inputs (see [`VALUE_SAFE_MAX`]) so that CI stays
-//! green until they are fixed. The cargo-fuzz targets in `fuzz/` cover the same decoders
+//! Tests named after a bug pin panics and an out-of-proportion allocation that fuzzing found
+//! (all fixed since). The cargo-fuzz targets in `fuzz/` cover the same decoders
 //! without time limits.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -1293,10 +1291,6 @@ fn kv_snapshot_header_announcing_u64_max_keys_is_refused_without_allocating() {
 }
 
 #[test]
-#[ignore = "finds weakness: a 10-byte kv command makes apply allocate 16 MiB. bincode sizes a \
-            byte string by its length prefix, checked against the codec's FRAME_BYTES_MAX \
-            limit (src/codec.rs:27) but not against the bytes present \
-            (bincode-2.0.1 src/features/impl_alloc.rs:269, reached through src/kv/bytes.rs)"]
 fn kv_command_allocation_is_bounded_by_its_input() {
     // Command { session: None, operations: [Delete { key: <claims FRAME_BYTES_MAX - 64> }] }
     let claimed = FRAME_BYTES_MAX - 64;
@@ -1313,8 +1307,6 @@ fn kv_command_allocation_is_bounded_by_its_input() {
 }
 
 #[test]
-#[ignore = "finds weakness: a 35-byte kv snapshot makes restore allocate 16 MiB, for the same \
-            reason as kv_command_allocation_is_bounded_by_its_input"]
 fn kv_snapshot_allocation_is_bounded_by_its_input() {
     // The header of an empty store announcing one key, then a key record: key "a", and a
     // value that claims FRAME_BYTES_MAX - 64 bytes.

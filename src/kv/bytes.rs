@@ -18,7 +18,9 @@ pub(crate) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S:
 
 /// Deserializes a byte string written by [`serialize`] (or as a sequence of `u8`).
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-    deserializer.deserialize_byte_buf(ByteStringVisitor)
+    // `deserialize_bytes`, not `_byte_buf`: with the codec's borrowing decoder the bytes come
+    // from the input, so a claimed length larger than the input allocates nothing.
+    deserializer.deserialize_bytes(ByteStringVisitor)
 }
 
 /// Accepts every shape a byte string may arrive in.
