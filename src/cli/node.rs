@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::kv::KvStore;
@@ -22,6 +22,7 @@ use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
 use crate::types::{Membership, NodeId};
 
+use super::restore::RestoreArgs;
 use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
 
 /// When the log is fsynced.
@@ -37,8 +38,11 @@ pub enum FsyncArg {
 /// `keyval`: one node of a keyval cluster. With no flags at all it runs a single-node store
 /// on localhost (clients 127.0.0.1:7379, peers 127.0.0.1:7380) with data in ./keyval-data.
 #[derive(Debug, Parser)]
-#[command(name = "keyval", version)]
+#[command(name = "keyval", version, args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    /// Instead of running a node: an operator command.
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
     /// This node's id (1 or more); must be a member of --cluster.
     #[arg(long, env = "KEYVAL_ID", default_value_t = 1)]
     pub id: u64,
@@ -90,6 +94,15 @@ pub struct NodeArgs {
     /// Log level: error, warn, info or debug.
     #[arg(long, env = "KEYVAL_LOG_LEVEL", default_value = "info")]
     pub log_level: Level,
+}
+
+/// Operator commands of the `keyval` binary (the node itself runs when none is given).
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Seed an empty data directory from a `kvctl snapshot save` backup, for one node of a
+    /// NEW cluster: restore every node from the same file, then start them with the same
+    /// --cluster.
+    Restore(RestoreArgs),
 }
 
 /// Everything derived from the flags, checked.
@@ -166,9 +179,12 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     })
 }
 
-/// Runs a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
+/// Runs the operator command given, or else a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
 /// answer what is in flight, stop the node (its log writer syncs what it holds), close.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if let Some(NodeCommand::Restore(restore)) = &args.command {
+        return super::restore::run(restore);
+    }
     log::set_level(args.log_level);
     let plan = plan(&args)?;
     log::set_node(plan.id);
