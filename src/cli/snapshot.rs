@@ -2,7 +2,7 @@
 //! of a running cluster: the leader's latest snapshot, downloaded in chunks, verified and
 //! written atomically in the [backup format](super::backup)).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
@@ -103,7 +103,7 @@ fn take(client: &Client, target: &str, deadline: Instant, json: bool) -> Result<
 fn save(
     client: &Client,
     target: &str,
-    file: &PathBuf,
+    file: &Path,
     fresh: bool,
     deadline: Instant,
     json: bool,
