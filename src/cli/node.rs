@@ -91,6 +91,13 @@ pub struct NodeArgs {
     /// Deadline of client requests that do not carry one, in milliseconds.
     #[arg(long, env = "KEYVAL_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// Take a snapshot automatically once this many entries were applied since the last one
+    /// (0: only when asked, with `kvctl snapshot`).
+    #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers slightly behind.
+    #[arg(long, env = "KEYVAL_SNAPSHOT_MARGIN_ENTRIES", default_value_t = 1_000)]
+    pub snapshot_margin_entries: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, env = "KEYVAL_LOG_LEVEL", default_value = "info")]
     pub log_level: Level,
@@ -161,6 +168,8 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     config.election_ticks = args.election_ticks;
     config.heartbeat_ticks = args.heartbeat_ticks;
     config.lease_reads = args.lease_reads;
+    config.snapshot_entries = args.snapshot_entries;
+    config.snapshot_margin_entries = args.snapshot_margin_entries;
     config.validate().context("timing flags")?;
     if args.request_timeout_ms == 0
         || Duration::from_millis(args.request_timeout_ms) > crate::server::REQUEST_TIMEOUT_MAX
@@ -351,6 +360,8 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("not a member"), "{error}");
         assert!(plan(&args(&["--id", "0"])).is_err());
+        let plan_with_snapshots = plan(&args(&["--snapshot-entries", "0"])).unwrap();
+        assert_eq!(plan_with_snapshots.config.snapshot_entries, 0);
         let error = plan(&args(&["--election-ticks", "4"])).unwrap_err();
         assert!(format!("{error:#}").contains("election_ticks"), "{error:#}");
     }

@@ -23,6 +23,9 @@ const SNAPSHOT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// node takes a requested snapshot after its next apply, and one may already be in flight).
 const SNAPSHOT_REQUEST_REPEAT: Duration = Duration::from_secs(1);
 
+/// Bytes reserved up front for a download; a larger snapshot grows the buffer as it arrives.
+const DOWNLOAD_RESERVE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 /// Downloads started over after the snapshot moved on, before giving up.
 const SNAPSHOT_DOWNLOAD_RESTARTS_MAX: u32 = 5;
 
@@ -144,7 +147,8 @@ impl Client {
             )));
         }
         let last = first.meta.last;
-        let mut data = Vec::with_capacity(first.total as usize);
+        // Grows as chunks arrive: a size announced by the server is not trusted with memory.
+        let mut data = Vec::with_capacity(first.total.min(DOWNLOAD_RESERVE_BYTES_MAX) as usize);
         let mut chunk = first.clone();
         loop {
             let fits = chunk.offset == data.len() as u64
