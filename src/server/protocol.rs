@@ -449,4 +449,43 @@ mod tests {
         let result = FrameReader::new().read_frame::<RequestFrame>(&mut huge.as_slice());
         assert!(matches!(result, Err(FrameError::Bad(_))));
     }
+
+    #[test]
+    fn a_full_snapshot_chunk_fits_one_frame_and_round_trips() {
+        use crate::types::Membership;
+        let request = RequestFrame {
+            request_id: 9,
+            timeout_ms: 0,
+            body: RequestBody::SnapshotChunk {
+                last: Some(EntryId::new(Term(u64::MAX), LogIndex(u64::MAX))),
+                offset: u64::MAX,
+            },
+        };
+        let mut bytes = Vec::new();
+        write_frame(&request, &mut bytes).unwrap();
+        let response = ResponseFrame {
+            request_id: 9,
+            result: Ok(ResponseBody::SnapshotChunk(SnapshotChunkReply {
+                meta: SnapshotMeta {
+                    last: EntryId::new(Term(4), LogIndex(1_000_000)),
+                    membership: Membership::new((1..=7).map(NodeId)),
+                },
+                total: 5 * SNAPSHOT_CHUNK_BYTES,
+                checksum: 0xdead_beef,
+                offset: SNAPSHOT_CHUNK_BYTES,
+                data: vec![0xff; SNAPSHOT_CHUNK_BYTES as usize],
+            })),
+        };
+        write_frame(&response, &mut bytes).unwrap();
+        let mut reader = FrameReader::new();
+        let mut source = bytes.as_slice();
+        assert_eq!(
+            reader.read_frame::<RequestFrame>(&mut source).unwrap(),
+            request
+        );
+        assert_eq!(
+            reader.read_frame::<ResponseFrame>(&mut source).unwrap(),
+            response
+        );
+    }
 }
