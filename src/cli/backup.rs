@@ -198,13 +198,20 @@ pub fn write_backup_file(path: &Path, snapshot: &SnapshotData) -> Result<u64, Ba
     let mut temporary_name = path.file_name().unwrap_or_default().to_os_string();
     temporary_name.push(".tmp");
     let temporary = path.with_file_name(temporary_name);
-    let mut file = std::fs::File::create(&temporary).map_err(io("create", &temporary))?;
-    file.write_all(&preamble)
-        .and_then(|()| file.write_all(&snapshot.data))
-        .map_err(io("write", &temporary))?;
-    file.sync_all().map_err(io("fsync", &temporary))?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(io("rename to", path))?;
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary).map_err(io("create", &temporary))?;
+        file.write_all(&preamble)
+            .and_then(|()| file.write_all(&snapshot.data))
+            .map_err(io("write", &temporary))?;
+        file.sync_all().map_err(io("fsync", &temporary))?;
+        drop(file);
+        std::fs::rename(&temporary, path).map_err(io("rename to", path))
+    })();
+    if let Err(error) = written {
+        // Leave no half-written file behind; the target, if any, is untouched.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -260,6 +267,8 @@ mod tests {
         assert!(!dir.path().join("backup.kvb.tmp").exists());
         assert_eq!(read_backup_file(&path).unwrap(), original);
         assert_eq!(&std::fs::read(&path).unwrap()[..8], b"KVBACKUP");
+        let error = write_backup_file(&dir.path().join("missing/backup.kvb"), &original);
+        assert!(error.unwrap_err().to_string().contains("create"));
     }
 
     #[test]
