@@ -15,6 +15,7 @@ use crate::server::protocol::Consistency;
 use crate::types::LogIndex;
 
 use super::bench::BenchArgs;
+use super::snapshot::SnapshotArgs;
 
 /// Success.
 pub const EXIT_OK: i32 = 0;
@@ -131,6 +132,9 @@ pub enum Command {
     Status,
     /// Measure throughput and latency (like redis-benchmark).
     Bench(BenchArgs),
+    /// Take a snapshot now on the leader (or --node) and print the index it covers; with
+    /// `save FILE`, write a consistent backup for `keyval restore`.
+    Snapshot(SnapshotArgs),
 }
 
 /// The condition of `cas`: exactly one.
@@ -302,6 +306,12 @@ pub fn run(args: KvctlArgs) -> i32 {
         }
         Command::Status => status(&client, json),
         Command::Bench(bench) => super::bench::run(&args.endpoints, args.timeout_ms, &bench, json),
+        Command::Snapshot(snapshot) => super::snapshot::run(
+            &client,
+            &snapshot,
+            Duration::from_millis(args.timeout_ms.max(1)),
+            json,
+        ),
     }
 }
 
@@ -311,8 +321,8 @@ fn status(client: &Client, json: bool) -> i32 {
     let mut rows = Vec::new();
     if !json {
         println!(
-            "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
-            "ADDRESS", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"
+            "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
+            "ADDRESS", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "SNAPSHOT"
         );
     }
     for (endpoint, status) in &statuses {
@@ -331,10 +341,15 @@ fn status(client: &Client, json: bool) -> i32 {
                         "commit": status.committed.0, "applied": status.applied.0,
                         "last_index": status.last_index.0, "address": status.client_address,
                         "failed": status.failed,
+                        "snapshot_index": status.snapshot.map(|snapshot| snapshot.index.0),
                     }));
                 } else {
+                    let snapshot = status
+                        .snapshot
+                        .map(|snapshot| snapshot.index.0.to_string())
+                        .unwrap_or_else(|| "-".into());
                     println!(
-                        "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+                        "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
                         status.client_address,
                         status.id.0,
                         format!("{:?}", status.role),
@@ -342,7 +357,8 @@ fn status(client: &Client, json: bool) -> i32 {
                         leader,
                         status.committed.0,
                         status.applied.0,
-                        status.last_index.0
+                        status.last_index.0,
+                        snapshot
                     );
                 }
             }
@@ -366,7 +382,7 @@ fn status(client: &Client, json: bool) -> i32 {
 }
 
 /// Prints an error and returns its exit code.
-fn fail(error: &ClientError, json: bool) -> i32 {
+pub(super) fn fail(error: &ClientError, json: bool) -> i32 {
     let code = match error {
         ClientError::Indeterminate { .. } => EXIT_INDETERMINATE,
         _ => EXIT_ERROR,

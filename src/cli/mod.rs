@@ -2,10 +2,13 @@
 //! documented like the rest: flag definitions (clap, with `KEYVAL_*` environment twins), the
 //! cluster specification, the node runner, the kvctl commands and the benchmark.
 
+pub mod backup;
 pub mod bench;
 pub mod kvctl;
 pub mod node;
 mod pipeline;
+pub mod restore;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::kv::KvStore;
@@ -22,6 +22,7 @@ use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
 use crate::types::{Membership, NodeId};
 
+use super::restore::RestoreArgs;
 use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
 
 /// When the log is fsynced.
@@ -37,8 +38,11 @@ pub enum FsyncArg {
 /// `keyval`: one node of a keyval cluster. With no flags at all it runs a single-node store
 /// on localhost (clients 127.0.0.1:7379, peers 127.0.0.1:7380) with data in ./keyval-data.
 #[derive(Debug, Parser)]
-#[command(name = "keyval", version)]
+#[command(name = "keyval", version, args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    /// Instead of running a node: an operator command.
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
     /// This node's id (1 or more); must be a member of --cluster.
     #[arg(long, env = "KEYVAL_ID", default_value_t = 1)]
     pub id: u64,
@@ -87,9 +91,25 @@ pub struct NodeArgs {
     /// Deadline of client requests that do not carry one, in milliseconds.
     #[arg(long, env = "KEYVAL_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// Take a snapshot automatically once this many entries were applied since the last one
+    /// (0: only when asked, with `kvctl snapshot`).
+    #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers slightly behind.
+    #[arg(long, env = "KEYVAL_SNAPSHOT_MARGIN_ENTRIES", default_value_t = 1_000)]
+    pub snapshot_margin_entries: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, env = "KEYVAL_LOG_LEVEL", default_value = "info")]
     pub log_level: Level,
+}
+
+/// Operator commands of the `keyval` binary (the node itself runs when none is given).
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Seed an empty data directory from a `kvctl snapshot save` backup, for one node of a
+    /// NEW cluster: restore every node from the same file, then start them with the same
+    /// --cluster.
+    Restore(RestoreArgs),
 }
 
 /// Everything derived from the flags, checked.
@@ -148,6 +168,8 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     config.election_ticks = args.election_ticks;
     config.heartbeat_ticks = args.heartbeat_ticks;
     config.lease_reads = args.lease_reads;
+    config.snapshot_entries = args.snapshot_entries;
+    config.snapshot_margin_entries = args.snapshot_margin_entries;
     config.validate().context("timing flags")?;
     if args.request_timeout_ms == 0
         || Duration::from_millis(args.request_timeout_ms) > crate::server::REQUEST_TIMEOUT_MAX
@@ -166,9 +188,12 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     })
 }
 
-/// Runs a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
+/// Runs the operator command given, or else a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
 /// answer what is in flight, stop the node (its log writer syncs what it holds), close.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if let Some(NodeCommand::Restore(restore)) = &args.command {
+        return super::restore::run(restore);
+    }
     log::set_level(args.log_level);
     let plan = plan(&args)?;
     log::set_node(plan.id);
@@ -335,6 +360,8 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("not a member"), "{error}");
         assert!(plan(&args(&["--id", "0"])).is_err());
+        let plan_with_snapshots = plan(&args(&["--snapshot-entries", "0"])).unwrap();
+        assert_eq!(plan_with_snapshots.config.snapshot_entries, 0);
         let error = plan(&args(&["--election-ticks", "4"])).unwrap_err();
         assert!(format!("{error:#}").contains("election_ticks"), "{error:#}");
     }

@@ -26,6 +26,7 @@
 //! ```
 
 mod connection;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,6 +290,14 @@ impl Client {
 
     /// The status of the node at `endpoint` (one attempt, no redirect).
     pub fn status(&self, endpoint: &str) -> Result<StatusReply, ClientError> {
+        match self.call_one(endpoint, &RequestBody::Status)? {
+            ResponseBody::Status(status) => Ok(status),
+            other => Err(protocol(&format!("unexpected answer to status: {other:?}"))),
+        }
+    }
+
+    /// Sends `body` to the node at `endpoint`: one attempt, no redirect, no retry.
+    fn call_one(&self, endpoint: &str, body: &RequestBody) -> Result<ResponseBody, ClientError> {
         let deadline = Instant::now() + self.inner.options.request_timeout;
         let connection = self
             .connection(endpoint)
@@ -296,12 +305,8 @@ impl Client {
                 reason: format!("{endpoint}: {error}"),
             })?;
         let timeout = self.inner.options.request_timeout;
-        match connection.call(&RequestBody::Status, timeout, deadline) {
-            Ok(frame) => match frame.result {
-                Ok(ResponseBody::Status(status)) => Ok(status),
-                Ok(other) => Err(protocol(&format!("unexpected answer to status: {other:?}"))),
-                Err(error) => Err(ClientError::Server(error)),
-            },
+        match connection.call(body, timeout, deadline) {
+            Ok(frame) => frame.result.map_err(ClientError::Server),
             Err(error) => {
                 self.drop_connection(endpoint);
                 Err(ClientError::Unavailable {
@@ -489,6 +494,15 @@ impl Client {
                                     ServerError::NoLease => {
                                         return Executed {
                                             result: Err(ClientError::NoLease),
+                                            ambiguous,
+                                        }
+                                    }
+                                    // Answers to snapshot requests, which do not come here.
+                                    error @ (ServerError::NoSnapshot
+                                    | ServerError::SnapshotMoved { .. }
+                                    | ServerError::SnapshotOffset { .. }) => {
+                                        return Executed {
+                                            result: Err(ClientError::Server(error)),
                                             ambiguous,
                                         }
                                     }

@@ -26,9 +26,10 @@ use crate::types::NodeId;
 
 use super::protocol::{
     Consistency, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame, ResponseBody,
-    ResponseFrame, ServerError, StatusReply,
+    ResponseFrame, ServerError, SnapshotRequested, StatusReply,
 };
 use super::responder::{self, Event, PendingKind, PendingTable};
+use super::snapshot::SnapshotPin;
 use super::{Shared, POLL_INTERVAL, REQUEST_TIMEOUT_MAX};
 
 /// Spawns the reader and writer threads of one accepted connection.
@@ -80,6 +81,7 @@ pub(super) fn spawn(
         reads: reads_tx,
         next_tag: 1,
         writes: Vec::new(),
+        snapshot_pin: SnapshotPin::default(),
     };
     let reader = std::thread::Builder::new()
         .name(format!("{id}-client-read-{number}"))
@@ -112,6 +114,8 @@ struct Reader {
     /// next read, to keep this connection's order): one core lock, one AppendEntries per
     /// follower and one fsync batch for all of them.
     writes: Vec<(Vec<u8>, u64)>,
+    /// The snapshot this connection is downloading, if any.
+    snapshot_pin: SnapshotPin,
 }
 
 impl Reader {
@@ -242,6 +246,26 @@ impl Reader {
                 let status = self.status();
                 self.respond(request_id, Ok(ResponseBody::Status(status)))
             }
+            RequestBody::TakeSnapshot => {
+                let node = &self.shared.node;
+                let previous = node.latest_snapshot().map(|snapshot| snapshot.meta.last);
+                let applied = node.status().applied;
+                node.request_snapshot();
+                let requested = SnapshotRequested {
+                    node: node.id(),
+                    applied,
+                    previous,
+                };
+                self.respond(request_id, Ok(ResponseBody::SnapshotRequested(requested)))
+            }
+            RequestBody::SnapshotChunk { last, offset } => {
+                let node = &self.shared.node;
+                let result = self
+                    .snapshot_pin
+                    .chunk(|| node.latest_snapshot(), last, offset)
+                    .map(ResponseBody::SnapshotChunk);
+                self.respond(request_id, result)
+            }
         }
     }
 
@@ -348,6 +372,11 @@ impl Reader {
             last_index: status.last_index,
             client_address: self.shared.advertised.clone(),
             failed: status.failed,
+            snapshot: self
+                .shared
+                .node
+                .latest_snapshot()
+                .map(|snapshot| snapshot.meta.last),
         }
     }
 

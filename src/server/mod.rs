@@ -5,7 +5,7 @@
 //!
 //!   socket ──► [n1-client-read-K]  decode frames, validate, submit without blocking:
 //!                 │                  submit_proposal / submit_read (tagged, completions go
-//!                 │                  to this connection's channels); stale/status answered
+//!                 │                  to this connection's channels); stale/status/snapshot answered
 //!                 │ events           at once; at most `inflight_per_connection_max` requests
 //!                 ▼                  in flight (a permit per request: back-pressure on TCP)
 //!              [n1-client-write-K] waits on events + completions + the nearest deadline,
@@ -22,6 +22,7 @@
 mod connection;
 pub mod protocol;
 mod responder;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};

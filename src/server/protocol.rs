@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
 use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
-use crate::limits::FRAME_BYTES_MAX;
+use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
-use crate::types::{LogIndex, NodeId, Term};
+use crate::types::{EntryId, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,6 +53,19 @@ pub enum RequestBody {
     },
     /// The node's status.
     Status,
+    /// Take a snapshot now and compact the log behind it (`kvctl snapshot`). Answered at once
+    /// with [`ResponseBody::SnapshotRequested`]; the snapshot is durable once
+    /// [`StatusReply::snapshot`] reaches the index in that answer.
+    TakeSnapshot,
+    /// One chunk of the node's latest snapshot (`kvctl snapshot save`). Start with
+    /// `last: None, offset: 0`; ask for the rest with `last` set to the snapshot's id from the
+    /// first answer, so every chunk comes from the same snapshot (the connection pins it).
+    SnapshotChunk {
+        /// The snapshot being downloaded; `None` means the latest one.
+        last: Option<EntryId>,
+        /// The first byte wanted.
+        offset: u64,
+    },
 }
 
 /// One request on the wire.
@@ -105,6 +118,46 @@ pub struct StatusReply {
     pub client_address: String,
     /// Whether it stopped serving after a storage failure.
     pub failed: bool,
+    /// The last entry its latest durable snapshot covers, if it has one.
+    pub snapshot: Option<EntryId>,
+}
+
+/// The answer to [`RequestBody::TakeSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequested {
+    /// The node.
+    pub node: NodeId,
+    /// The index the node had applied when asked: the snapshot it takes covers at least this.
+    pub applied: LogIndex,
+    /// Its latest snapshot when asked.
+    pub previous: Option<EntryId>,
+}
+
+/// One chunk of a snapshot, the answer to [`RequestBody::SnapshotChunk`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunkReply {
+    /// What the snapshot covers (the same in every chunk of one snapshot).
+    pub meta: SnapshotMeta,
+    /// The snapshot's size in bytes.
+    pub total: u64,
+    /// CRC-32 of the whole snapshot's bytes.
+    pub checksum: u32,
+    /// Where `data` starts.
+    pub offset: u64,
+    /// At most [`SNAPSHOT_CHUNK_BYTES`] bytes; empty only for an empty snapshot.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for SnapshotChunkReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotChunkReply")
+            .field("meta", &self.meta)
+            .field("total", &self.total)
+            .field("checksum", &format_args!("{:#010x}", self.checksum))
+            .field("offset", &self.offset)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
 }
 
 /// A successful answer.
@@ -117,6 +170,10 @@ pub enum ResponseBody {
     Read(ReadReply),
     /// The node's status.
     Status(StatusReply),
+    /// A snapshot was asked for.
+    SnapshotRequested(SnapshotRequested),
+    /// A chunk of the latest snapshot.
+    SnapshotChunk(SnapshotChunkReply),
 }
 
 /// Why a request was not served. Each variant says whether a write may have been applied.
@@ -164,6 +221,28 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
+    /// A snapshot chunk was asked for but the node has no snapshot yet (take one first).
+    #[error("the node has no snapshot yet")]
+    NoSnapshot,
+    /// The snapshot being downloaded is gone (the node took a newer one and this connection
+    /// did not pin the old one). Start the download again from offset 0.
+    #[error(
+        "snapshot {requested} is no longer available (latest: {current:?}); restart the download"
+    )]
+    SnapshotMoved {
+        /// The snapshot asked for.
+        requested: EntryId,
+        /// The node's latest snapshot.
+        current: Option<EntryId>,
+    },
+    /// A snapshot chunk was asked for past the snapshot's end.
+    #[error("offset {offset} is past the end of the {total}-byte snapshot")]
+    SnapshotOffset {
+        /// The offset asked for.
+        offset: u64,
+        /// The snapshot's size.
+        total: u64,
+    },
 }
 
 impl ServerError {
@@ -181,6 +260,9 @@ pub struct ResponseFrame {
     /// The answer.
     pub result: Result<ResponseBody, ServerError>,
 }
+
+// A chunk and its envelope must fit in one frame.
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES * 2 <= FRAME_BYTES_MAX);
 
 /// Appends `frame` to `out` as one framed record.
 pub fn write_frame<T: Serialize>(frame: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -366,5 +448,44 @@ mod tests {
         huge.extend_from_slice(&[0; 4]);
         let result = FrameReader::new().read_frame::<RequestFrame>(&mut huge.as_slice());
         assert!(matches!(result, Err(FrameError::Bad(_))));
+    }
+
+    #[test]
+    fn a_full_snapshot_chunk_fits_one_frame_and_round_trips() {
+        use crate::types::Membership;
+        let request = RequestFrame {
+            request_id: 9,
+            timeout_ms: 0,
+            body: RequestBody::SnapshotChunk {
+                last: Some(EntryId::new(Term(u64::MAX), LogIndex(u64::MAX))),
+                offset: u64::MAX,
+            },
+        };
+        let mut bytes = Vec::new();
+        write_frame(&request, &mut bytes).unwrap();
+        let response = ResponseFrame {
+            request_id: 9,
+            result: Ok(ResponseBody::SnapshotChunk(SnapshotChunkReply {
+                meta: SnapshotMeta {
+                    last: EntryId::new(Term(4), LogIndex(1_000_000)),
+                    membership: Membership::new((1..=7).map(NodeId)),
+                },
+                total: 5 * SNAPSHOT_CHUNK_BYTES,
+                checksum: 0xdead_beef,
+                offset: SNAPSHOT_CHUNK_BYTES,
+                data: vec![0xff; SNAPSHOT_CHUNK_BYTES as usize],
+            })),
+        };
+        write_frame(&response, &mut bytes).unwrap();
+        let mut reader = FrameReader::new();
+        let mut source = bytes.as_slice();
+        assert_eq!(
+            reader.read_frame::<RequestFrame>(&mut source).unwrap(),
+            request
+        );
+        assert_eq!(
+            reader.read_frame::<ResponseFrame>(&mut source).unwrap(),
+            response
+        );
     }
 }
