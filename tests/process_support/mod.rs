@@ -26,9 +26,20 @@ pub fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
 }
 
 /// A free port on 127.0.0.1 (bound, then released for the process to take).
+///
+/// A random address in 127.0.0.0/8 with a random port, checked free: unlike "bind port 0 on
+/// 127.0.0.1, release, bind again", nothing running in parallel (tests binding ephemeral
+/// ports) is likely to take it in between.
 pub fn free_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").to_string()
+    loop {
+        let [b, c, d] = rand::random::<[u8; 3]>();
+        let port = 20_000 + rand::random::<u16>() % 40_000;
+        let address = std::net::SocketAddr::from(([127, b, c, d.max(1)], port));
+        if let Ok(listener) = TcpListener::bind(address) {
+            drop(listener);
+            return address.to_string();
+        }
+    }
 }
 
 /// One `keyval` process; killed on drop.
