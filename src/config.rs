@@ -42,6 +42,9 @@ pub struct Config {
     /// Take a snapshot and compact the log once this many entries were applied since the
     /// last snapshot (0: never automatically).
     pub snapshot_entries: u64,
+    /// Take a snapshot and compact the log once this many bytes of commands were applied
+    /// since the last snapshot (0: no byte threshold). Whichever threshold is reached first.
+    pub snapshot_bytes: u64,
     /// Entries kept in the log behind a snapshot, so that followers slightly behind catch up
     /// from the log instead of needing the whole snapshot.
     pub snapshot_margin_entries: u64,
@@ -64,6 +67,7 @@ impl Config {
             inflight_bytes_max: limits::INFLIGHT_BYTES_MAX,
             uncommitted_bytes_max: limits::UNCOMMITTED_BYTES_MAX,
             snapshot_entries: 10_000,
+            snapshot_bytes: 64 * 1024 * 1024,
             snapshot_margin_entries: 1_000,
         }
     }

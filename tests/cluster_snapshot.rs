@@ -200,3 +200,38 @@ fn follower_100_000_entries_behind_catches_up() {
     assert_converged(&cluster);
     assert!(snapshot_index(&cluster, follower) > LogIndex(entries / 2));
 }
+
+/// The byte threshold alone triggers snapshots (the entry threshold switched off).
+#[test]
+fn snapshot_policy_by_bytes() {
+    let cluster = Cluster::builder(3, |_| KvStore::new())
+        .configure(|config| {
+            config.snapshot_entries = 0;
+            config.snapshot_bytes = 64 * 1024;
+            config.snapshot_margin_entries = 10;
+        })
+        .build();
+    cluster.wait_for_leader(WAIT);
+    // ~300 bytes per command: 600 commands are ~180 KB, well past two 64 KiB thresholds.
+    write(&cluster, 600, 4, "bytes");
+    assert_converged(&cluster);
+    for &id in cluster.ids() {
+        assert!(
+            snapshot_index(&cluster, id) > LogIndex(200),
+            "{id} took no snapshot by bytes"
+        );
+    }
+    // And with both thresholds off, none is taken.
+    let never = Cluster::builder(3, |_| KvStore::new())
+        .configure(|config| {
+            config.snapshot_entries = 0;
+            config.snapshot_bytes = 0;
+        })
+        .build();
+    never.wait_for_leader(WAIT);
+    write(&never, 600, 4, "never");
+    assert_converged(&never);
+    for &id in never.ids() {
+        assert_eq!(snapshot_index(&never, id), LogIndex(0));
+    }
+}

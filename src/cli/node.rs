@@ -95,6 +95,10 @@ pub struct NodeArgs {
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Take a snapshot automatically once this many bytes of commands were applied since the
+    /// last one (0: no byte threshold); whichever of the two thresholds is reached first.
+    #[arg(long, env = "KEYVAL_SNAPSHOT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub snapshot_bytes: u64,
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     #[arg(long, env = "KEYVAL_SNAPSHOT_MARGIN_ENTRIES", default_value_t = 1_000)]
     pub snapshot_margin_entries: u64,
@@ -169,6 +173,7 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     config.heartbeat_ticks = args.heartbeat_ticks;
     config.lease_reads = args.lease_reads;
     config.snapshot_entries = args.snapshot_entries;
+    config.snapshot_bytes = args.snapshot_bytes;
     config.snapshot_margin_entries = args.snapshot_margin_entries;
     config.validate().context("timing flags")?;
     if args.request_timeout_ms == 0

@@ -26,6 +26,8 @@ pub(super) fn run<M: StateMachine>(
     let mut last_applied = start.last_applied;
     let mut membership = start.membership;
     let mut last_snapshot = last_applied.index;
+    // Bytes of commands applied since the last snapshot (the byte threshold of the policy).
+    let mut applied_bytes: u64 = 0;
     loop {
         select! {
             recv(wake) -> _ => {}
@@ -42,6 +44,7 @@ pub(super) fn run<M: StateMachine>(
                         ApplyItem::Entry(entry) => {
                             let output = match &entry.payload {
                                 EntryPayload::Command(command) => {
+                                    applied_bytes += command.len() as u64;
                                     Some(state_machine.apply(entry.id, command))
                                 }
                                 EntryPayload::Membership(latest) => {
@@ -65,6 +68,7 @@ pub(super) fn run<M: StateMachine>(
                             last_applied = snapshot.meta.last;
                             membership = snapshot.meta.membership.clone();
                             last_snapshot = last_applied.index;
+                            applied_bytes = 0;
                             restored = Some(last_applied.index);
                         }
                     }
@@ -81,7 +85,15 @@ pub(super) fn run<M: StateMachine>(
             }
             waiters.complete_applied(last_applied.index);
         }
-        maybe_take_snapshot(shared, last_applied, &membership, &mut last_snapshot);
+        if maybe_take_snapshot(
+            shared,
+            last_applied,
+            &membership,
+            &mut last_snapshot,
+            applied_bytes,
+        ) {
+            applied_bytes = 0;
+        }
     }
 }
 
@@ -95,15 +107,17 @@ fn maybe_take_snapshot<M: StateMachine>(
     last_applied: EntryId,
     membership: &Membership,
     last_snapshot: &mut LogIndex,
-) {
+    applied_bytes: u64,
+) -> bool {
     let requested = shared.snapshot_requested.load(Ordering::SeqCst);
-    let due = shared.snapshot_entries > 0
+    let due_by_entries = shared.snapshot_entries > 0
         && last_applied.index.0 >= last_snapshot.0 + shared.snapshot_entries;
-    if !(requested || due) || last_applied.index == LogIndex(0) {
-        return;
+    let due_by_bytes = shared.snapshot_bytes > 0 && applied_bytes >= shared.snapshot_bytes;
+    if !(requested || due_by_entries || due_by_bytes) || last_applied.index == LogIndex(0) {
+        return false;
     }
     if shared.core.lock().local_snapshot.is_some() {
-        return; // the previous one is still being written; try after the next apply
+        return false; // the previous one is still being written; try after the next apply
     }
     shared.snapshot_requested.store(false, Ordering::SeqCst);
     let data = shared.state_machine.lock().snapshot();
@@ -123,4 +137,5 @@ fn maybe_take_snapshot<M: StateMachine>(
     });
     let _ = shared.persist_wake.try_send(());
     *last_snapshot = last_applied.index;
+    true
 }

@@ -139,6 +139,7 @@ struct Shared<M> {
     snapshot_requested: AtomicBool,
     /// Snapshot policy, from the configuration.
     snapshot_entries: u64,
+    snapshot_bytes: u64,
     snapshot_margin_entries: u64,
     /// Set when storage failed: the node stops serving.
     failed: Mutex<Option<String>>,
@@ -260,6 +261,7 @@ impl<M: StateMachine> Node<M> {
         let id = config.id;
         let tick = config.tick;
         let snapshot_entries = config.snapshot_entries;
+        let snapshot_bytes = config.snapshot_bytes;
         let snapshot_margin_entries = config.snapshot_margin_entries;
         let recovered = storage.recover()?;
         let mut snapshot = None;
@@ -303,6 +305,7 @@ impl<M: StateMachine> Node<M> {
             next_read_context: AtomicU64::new(1),
             snapshot_requested: AtomicBool::new(false),
             snapshot_entries,
+            snapshot_bytes,
             snapshot_margin_entries,
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
