@@ -13,62 +13,18 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use keyval::client::{CasOutcome, Client, ClientOptions};
-use keyval::kv::Expect;
-use keyval::testkit::linearizability::{
-    check, CheckResult, ClientId, History, Outcome, Request, Response,
-};
+use keyval::client::{Client, ClientOptions};
+use keyval::testkit::linearizability::{ClientId, History, Outcome, Request, Response};
+use process_support::history::{assert_linearizable, run_recorded_client, KEYS};
 use process_support::ProcessCluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-const KEYS: u64 = 3;
 
 fn signal(cluster: &ProcessCluster, position: usize, signal: &str) {
     if let Some(child) = cluster.nodes[position].child.as_ref() {
         let _ = Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status();
-    }
-}
-
-/// One client's loop; every operation goes into `history`.
-fn run_client(client: &Client, history: &History, id: u64, seed: u64, stop: &AtomicBool) {
-    let mut rng = StdRng::seed_from_u64(seed ^ id);
-    let mut counter = 0;
-    while !stop.load(Ordering::SeqCst) {
-        counter += 1;
-        let key = format!("k{}", rng.random_range(0..KEYS)).into_bytes();
-        let value = format!("c{id}-{counter}").into_bytes();
-        let request = match rng.random_range(0..10) {
-            0..=3 => Request::get(key.clone()),
-            4..=7 => Request::put(key.clone(), value.clone()),
-            _ => {
-                let expected = format!("c{}-{}", rng.random_range(1..=4), counter.max(2) - 1);
-                Request::compare_and_swap(key.clone(), Some(expected.into_bytes()), value.clone())
-            }
-        };
-        let pending = history.invoke(ClientId(id), request.clone());
-        // Every error is recorded as unknown: the checker then lets the operation take effect
-        // or not, which is always sound.
-        let outcome = match request {
-            Request::Get { key } => client
-                .get(key)
-                .ok()
-                .map(|value| Response::Get(value.map(|versioned| versioned.value))),
-            Request::Put { key, value } => client.put(key, value).ok().map(|_| Response::Put),
-            Request::CompareAndSwap { key, expected, new } => {
-                let expect = expected.map_or(Expect::Absent, Expect::Value);
-                client.cas(key, expect, Some(new)).ok().map(|outcome| {
-                    Response::CompareAndSwap(matches!(outcome, CasOutcome::Swapped { .. }))
-                })
-            }
-            Request::Delete { key } => client.delete(key).ok().map(|_| Response::Delete),
-        };
-        match outcome {
-            Some(response) => history.complete(pending, Outcome::Ok(response)),
-            None => history.unknown(pending),
-        }
     }
 }
 
@@ -98,7 +54,7 @@ fn linearizable_while_real_processes_are_killed_and_paused() {
     std::thread::scope(|scope| {
         for (k, client) in clients.iter().enumerate() {
             let (history, stop) = (&history, &stop);
-            scope.spawn(move || run_client(client, history, k as u64 + 1, seed, stop));
+            scope.spawn(move || run_recorded_client(client, history, k as u64 + 1, seed, stop));
         }
         let until = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < until {
@@ -131,18 +87,7 @@ fn linearizable_while_real_processes_are_killed_and_paused() {
         );
     }
     let operations = history.snapshot();
-    let known = operations
-        .iter()
-        .filter(|operation| operation.is_known())
-        .count();
-    assert!(
-        known > 100,
-        "too few operations completed: {known} (seed {seed}, faults {faults:?})"
-    );
-    match check(&operations) {
-        CheckResult::Linearizable => {}
-        other => panic!("not linearizable (seed {seed}, faults {faults:?}): {other:?}"),
-    }
+    let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
     eprintln!(
         "process chaos: {} operations ({known} with known outcome), faults: {faults:?}",
         operations.len()

@@ -13,12 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use keyval::client::{CasOutcome, Client, ClientOptions};
-use keyval::kv::Expect;
+use keyval::client::{Client, ClientOptions};
 use keyval::raft::RoleKind;
-use keyval::testkit::linearizability::{
-    check, CheckResult, ClientId, History, Outcome, Request, Response,
-};
+use keyval::testkit::linearizability::History;
+use process_support::history::{assert_linearizable, run_recorded_client};
 use process_support::wait_for;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -232,40 +230,6 @@ impl Drop for Nodes {
     }
 }
 
-fn run_client(client: &Client, history: &History, id: u64, seed: u64, stop: &AtomicBool) {
-    let mut rng = StdRng::seed_from_u64(seed ^ id);
-    let mut counter = 0;
-    while !stop.load(Ordering::SeqCst) {
-        counter += 1;
-        let key = format!("k{}", rng.random_range(0..3)).into_bytes();
-        let value = format!("c{id}-{counter}").into_bytes();
-        let request = match rng.random_range(0..10) {
-            0..=4 => Request::get(key.clone()),
-            5..=8 => Request::put(key.clone(), value.clone()),
-            _ => Request::compare_and_swap(key.clone(), None, value.clone()),
-        };
-        let pending = history.invoke(ClientId(id), request.clone());
-        let outcome = match request {
-            Request::Get { key } => client
-                .get(key)
-                .ok()
-                .map(|value| Response::Get(value.map(|versioned| versioned.value))),
-            Request::Put { key, value } => client.put(key, value).ok().map(|_| Response::Put),
-            Request::CompareAndSwap { key, new, .. } => client
-                .cas(key, Expect::Absent, Some(new))
-                .ok()
-                .map(|outcome| {
-                    Response::CompareAndSwap(matches!(outcome, CasOutcome::Swapped { .. }))
-                }),
-            Request::Delete { key } => client.delete(key).ok().map(|_| Response::Delete),
-        };
-        match outcome {
-            Some(response) => history.complete(pending, Outcome::Ok(response)),
-            None => history.unknown(pending),
-        }
-    }
-}
-
 #[test]
 fn linearizable_across_real_network_partitions() {
     let Some(network) = Network::create() else {
@@ -319,7 +283,7 @@ fn linearizable_across_real_network_partitions() {
     std::thread::scope(|scope| {
         for (k, client) in clients.iter().enumerate() {
             let (history, stop) = (&history, &stop);
-            scope.spawn(move || run_client(client, history, k as u64 + 1, seed, stop));
+            scope.spawn(move || run_recorded_client(client, history, k as u64 + 1, seed, stop));
         }
         let until = Instant::now() + Duration::from_secs(8);
         while Instant::now() < until {
@@ -344,18 +308,7 @@ fn linearizable_across_real_network_partitions() {
         stop.store(true, Ordering::SeqCst);
     });
     let operations = history.snapshot();
-    let known = operations
-        .iter()
-        .filter(|operation| operation.is_known())
-        .count();
-    assert!(
-        known > 100,
-        "too few operations completed: {known} (seed {seed})"
-    );
-    match check(&operations) {
-        CheckResult::Linearizable => {}
-        other => panic!("not linearizable (seed {seed}, faults {faults:?}): {other:?}"),
-    }
+    let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
     eprintln!(
         "process partitions: {} operations ({known} known), faults {faults:?}",
         operations.len()

@@ -2,6 +2,8 @@
 //! directories, killed (and their logs shown on failure) when the test ends however it ends.
 #![allow(dead_code)]
 
+pub mod history;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,84 @@
+//! Recording clients for the process suites: each client runs random operations on a few keys
+//! and records them, with their real invocation and completion times, into a shared history
+//! for the linearizability checker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keyval::client::{CasOutcome, Client};
+use keyval::kv::Expect;
+use keyval::testkit::linearizability::{
+    check, CheckResult, ClientId, History, Operation, Outcome, Request, Response,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Keys the recording clients use: few, so that operations contend.
+pub const KEYS: u64 = 3;
+
+/// Runs random get / put / compare-and-swap operations until `stop`, recording each one.
+/// Every error is recorded as an unknown outcome, which lets the operation take effect or not:
+/// always sound.
+pub fn run_recorded_client(
+    client: &Client,
+    history: &History,
+    id: u64,
+    seed: u64,
+    stop: &AtomicBool,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ id);
+    let mut counter: u64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        counter += 1;
+        let key = format!("k{}", rng.random_range(0..KEYS)).into_bytes();
+        let value = format!("c{id}-{counter}").into_bytes();
+        let request = match rng.random_range(0..10) {
+            0..=3 => Request::get(key),
+            4..=7 => Request::put(key, value),
+            _ => {
+                // Expect a value some client may have written, or the key's absence.
+                let expected = rng.random_bool(0.7).then(|| {
+                    let writer = rng.random_range(1..=4);
+                    format!("c{writer}-{}", counter.max(2) - 1).into_bytes()
+                });
+                Request::compare_and_swap(key, expected, value)
+            }
+        };
+        let pending = history.invoke(ClientId(id), request.clone());
+        let outcome = match request {
+            Request::Get { key } => client
+                .get(key)
+                .ok()
+                .map(|value| Response::Get(value.map(|versioned| versioned.value))),
+            Request::Put { key, value } => client.put(key, value).ok().map(|_| Response::Put),
+            Request::CompareAndSwap { key, expected, new } => {
+                let expect = expected.map_or(Expect::Absent, Expect::Value);
+                client.cas(key, expect, Some(new)).ok().map(|outcome| {
+                    Response::CompareAndSwap(matches!(outcome, CasOutcome::Swapped { .. }))
+                })
+            }
+            Request::Delete { key } => client.delete(key).ok().map(|_| Response::Delete),
+        };
+        match outcome {
+            Some(response) => history.complete(pending, Outcome::Ok(response)),
+            None => history.unknown(pending),
+        }
+    }
+}
+
+/// Asserts that enough operations completed and that the history is linearizable; `context`
+/// (seed, faults) goes into any failure message. Returns the number of operations with a known
+/// outcome.
+pub fn assert_linearizable(operations: &[Operation], context: &str) -> usize {
+    let known = operations
+        .iter()
+        .filter(|operation| operation.is_known())
+        .count();
+    assert!(
+        known > 100,
+        "too few operations completed: {known} ({context})"
+    );
+    match check(operations) {
+        CheckResult::Linearizable => known,
+        other => panic!("not linearizable ({context}): {other:?}"),
+    }
+}
