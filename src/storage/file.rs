@@ -268,19 +268,30 @@ impl FileStorage {
     /// Replaces the state file atomically and durably: temp file, fsync, rename, fsync dir.
     fn write_state(&mut self, record: StateRecord) -> Result<(), StorageError> {
         let bytes = format::encode_state(&record)?;
-        let temporary = self.dir.join("state.tmp");
-        let path = self.dir.join("state");
+        let (path, dir) = (self.dir.join("state"), self.dir.clone());
+        self.write_atomically(&path, "tmp", &dir, &bytes)?;
+        self.state = record;
+        Ok(())
+    }
+
+    /// Writes `bytes` as `path` atomically and durably: a temporary file beside it (with
+    /// `extension`), fsync, rename over `path`, fsync of the directory `dir`.
+    fn write_atomically(
+        &mut self,
+        path: &Path,
+        extension: &str,
+        dir: &Path,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        let temporary = path.with_extension(extension);
         self.mutate("write", &temporary, |file_system| {
-            file_system.write_new(&temporary, &bytes)
+            file_system.write_new(&temporary, bytes)
         })?;
         self.sync_file(&temporary)?;
         self.mutate("rename", &temporary, |file_system| {
-            file_system.rename(&temporary, &path)
+            file_system.rename(&temporary, path)
         })?;
-        let dir = self.dir.clone();
-        self.sync_dir(&dir)?;
-        self.state = record;
-        Ok(())
+        self.sync_dir(dir)
     }
 
     fn push_cache(&mut self, entry: Entry) {
@@ -632,16 +643,8 @@ impl Storage for FileStorage {
         let path = self
             .snapshot_dir
             .join(format::snapshot_file_name(meta.last));
-        let temporary = path.with_extension("snap.tmp");
-        self.mutate("write", &temporary, |file_system| {
-            file_system.write_new(&temporary, &bytes)
-        })?;
-        self.sync_file(&temporary)?;
-        self.mutate("rename", &temporary, |file_system| {
-            file_system.rename(&temporary, &path)
-        })?;
         let snapshot_dir = self.snapshot_dir.clone();
-        self.sync_dir(&snapshot_dir)?;
+        self.write_atomically(&path, "snap.tmp", &snapshot_dir, &bytes)?;
         // Only now that the new snapshot is durable may the old one go.
         if let Some((_, old_path)) = self.snapshot.take() {
             if old_path != path {
