@@ -49,6 +49,35 @@ on_every_storage!(persistence_across_crash_and_restart_of_one_a_minority_and_all
 on_every_storage!(figure_8_unreliable);
 on_every_storage!(churn_on_an_unreliable_network);
 
+/// `clients` threads each propose `per_client` distinct commands through whichever node
+/// leads, every one of which must commit; returns them all.
+fn write_concurrently(
+    cluster: &Cluster<CommandLog>,
+    clients: u64,
+    per_client: u64,
+    tag: &str,
+) -> Vec<Vec<u8>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|client| {
+                scope.spawn(move || {
+                    (0..per_client)
+                        .map(|k| {
+                            let bytes = command(&format!("{tag}{client}"), k);
+                            cluster.propose(&bytes, WAIT).unwrap();
+                            bytes
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap())
+            .collect()
+    })
+}
+
 fn command(tag: &str, k: u64) -> Vec<u8> {
     format!("{tag}-{k}").into_bytes()
 }
@@ -195,26 +224,7 @@ fn no_commit_without_a_majority_then_commit_after_heal() {
 fn concurrent_proposals_all_commit_once(storage: StorageKind) {
     let cluster = cluster(3, storage);
     cluster.wait_for_leader(WAIT);
-    let acknowledged: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|client| {
-                let cluster = &cluster;
-                scope.spawn(move || {
-                    (0..50)
-                        .map(|k| {
-                            let bytes = command(&format!("c{client}"), k);
-                            cluster.propose(&bytes, WAIT).unwrap();
-                            bytes
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().unwrap())
-            .collect()
-    });
+    let acknowledged = write_concurrently(&cluster, 4, 50, "c");
     assert_eq!(acknowledged.len(), 200);
     assert_all_applied(&cluster, &acknowledged);
     for &id in cluster.ids() {
@@ -277,25 +287,7 @@ fn fast_backup_of_logs_diverging_by_hundreds_of_entries(storage: StorageKind) {
     });
     assert!(leader2, "majority did not elect (seed {})", cluster.seed());
     let mut acknowledged = vec![b"start".to_vec()];
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|client| {
-                let cluster = &cluster;
-                scope.spawn(move || {
-                    (0..75)
-                        .map(|k| {
-                            let bytes = command(&format!("majority{client}"), k);
-                            cluster.propose(&bytes, WAIT).unwrap();
-                            bytes
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for handle in handles {
-            acknowledged.extend(handle.join().unwrap());
-        }
-    });
+    acknowledged.extend(write_concurrently(&cluster, 4, 75, "majority"));
     cluster.heal();
     assert_all_applied(&cluster, &acknowledged);
     for &id in cluster.ids() {
