@@ -48,6 +48,9 @@ pub struct Config {
     /// Entries kept in the log behind a snapshot, so that followers slightly behind catch up
     /// from the log instead of needing the whole snapshot.
     pub snapshot_margin_entries: u64,
+    /// A learner is promoted to voter only when it is at most this many entries behind the
+    /// leader's log (a voter far behind would stall commits while it caught up).
+    pub promote_lag_entries: u64,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             snapshot_entries: 10_000,
             snapshot_bytes: 64 * 1024 * 1024,
             snapshot_margin_entries: 1_000,
+            promote_lag_entries: 1_000,
         }
     }
 

@@ -227,6 +227,62 @@ pub enum TransferError {
     Shutdown,
 }
 
+/// Why a membership change was refused, or what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// This node is not the leader. Nothing was appended.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The current leader as far as this node knows.
+        leader_hint: Option<NodeId>,
+    },
+    /// Another change is still in progress, the new leader has not yet committed an entry of
+    /// its own term, or a leadership transfer is under way. Nothing was appended; retry.
+    #[error("membership change refused for now: {reason}")]
+    Busy {
+        /// Why.
+        reason: &'static str,
+    },
+    /// The change makes no sense against the current configuration (adding a member twice,
+    /// removing a non-member, removing every voter...). Nothing was appended.
+    #[error("invalid membership change: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The learner to promote has not caught up with the leader's log yet. Nothing was
+    /// appended; retry once it has.
+    #[error("{id} is not caught up: it holds the log to {matched}, the leader to {last}")]
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// What it holds.
+        matched: LogIndex,
+        /// The leader's last index.
+        last: LogIndex,
+    },
+    /// The new configuration could not reach a quorum with the members that are healthy now
+    /// (heard from within an election timeout), so the cluster would stall. Nothing was
+    /// appended.
+    #[error("refused: the new voters {voters:?} would have no quorum among the healthy members {healthy:?}")]
+    WouldLoseQuorum {
+        /// The voters the change would leave (both halves while joint).
+        voters: Vec<NodeId>,
+        /// The members heard from recently.
+        healthy: Vec<NodeId>,
+    },
+    /// The change was appended but overwritten by another leader: it will never take effect.
+    #[error("the change was dropped by a leader change and will never take effect")]
+    Dropped,
+    /// The deadline passed before the change completed. **It may still complete.**
+    #[error("timed out; the change may still complete")]
+    Timeout,
+    /// The node is shutting down; the change may still complete.
+    #[error("node is shutting down; the change may still complete")]
+    Shutdown,
+}
+
 /// Sending to a peer failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

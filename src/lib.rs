@@ -20,6 +20,9 @@ pub mod transport;
 pub mod types;
 
 pub use config::Config;
-pub use error::{Error, ProposeError, ReadError, StorageError};
+pub use error::{Error, MembershipError, ProposeError, ReadError, StorageError};
+pub use raft::MemberChange;
 pub use state_machine::StateMachine;
-pub use types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
+pub use types::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, MemberAddress, Membership, NodeId, Term,
+};

@@ -4,7 +4,7 @@
 //! expected. Values that arrive from the network or disk are validated once, where they enter
 //! (the decoders and storage recovery); inner code relies on the types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,18 @@ impl fmt::Display for EntryId {
     }
 }
 
+/// Where a member can be reached: its peer (Raft) address and its client address.
+///
+/// Addresses travel inside the configuration, so every member (and a node that joins later)
+/// learns how to reach every other from the log alone. An id never changes; an address may.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberAddress {
+    /// Where the member listens for peers, `host:port`.
+    pub peer: String,
+    /// Where the member listens for clients, `host:port`.
+    pub client: String,
+}
+
 /// The membership configuration: who votes, and who only listens.
 ///
 /// `voters_outgoing` is non-empty only during a joint configuration C(old,new), when every
@@ -101,6 +113,8 @@ pub struct Membership {
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Non-voting members that receive the log.
     pub learners: BTreeSet<NodeId>,
+    /// How to reach members, where known (clusters built in one process need none).
+    pub addresses: BTreeMap<NodeId, MemberAddress>,
 }
 
 impl Membership {
@@ -110,6 +124,16 @@ impl Membership {
             voters: voters.into_iter().collect(),
             voters_outgoing: BTreeSet::new(),
             learners: BTreeSet::new(),
+            addresses: BTreeMap::new(),
+        }
+    }
+
+    /// A simple configuration of voters with their addresses.
+    pub fn with_addresses(addresses: BTreeMap<NodeId, MemberAddress>) -> Membership {
+        Membership {
+            voters: addresses.keys().copied().collect(),
+            addresses,
+            ..Membership::default()
         }
     }
 
@@ -176,7 +200,14 @@ impl Entry {
         let payload = match &self.payload {
             EntryPayload::Noop => 0,
             EntryPayload::Command(command) => command.len() as u64,
-            EntryPayload::Membership(membership) => 8 * membership.members().len() as u64,
+            EntryPayload::Membership(membership) => {
+                let addresses: usize = membership
+                    .addresses
+                    .values()
+                    .map(|address| address.peer.len() + address.client.len())
+                    .sum();
+                (8 * membership.members().len() + addresses) as u64
+            }
         };
         ENTRY_OVERHEAD_BYTES + payload
     }

@@ -31,7 +31,7 @@ use keyval::storage::file::{FileOptions, FileStorage};
 use keyval::storage::Storage;
 use keyval::testkit::CoreNetwork;
 use keyval::transport::tcp::Handshake;
-use keyval::types::SnapshotMeta;
+use keyval::types::{MemberAddress, SnapshotMeta};
 use keyval::{
     Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, StateMachine,
     StorageError, Term,
@@ -276,13 +276,17 @@ fn node_set() -> impl Strategy<Value = BTreeSet<NodeId>> {
 }
 
 fn membership() -> impl Strategy<Value = Membership> {
-    (node_set(), node_set(), node_set()).prop_map(|(voters, voters_outgoing, learners)| {
-        Membership {
+    let address = ("[a-z0-9.:]{0,12}", "[a-z0-9.:]{0,12}")
+        .prop_map(|(peer, client)| MemberAddress { peer, client });
+    let addresses = prop::collection::btree_map(node_id(), address, 0..3);
+    (node_set(), node_set(), node_set(), addresses).prop_map(
+        |(voters, voters_outgoing, learners, addresses)| Membership {
             voters,
             voters_outgoing,
             learners,
-        }
-    })
+            addresses,
+        },
+    )
 }
 
 fn entry_payload() -> impl Strategy<Value = EntryPayload> {

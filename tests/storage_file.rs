@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keyval::storage::file::format::encode_segment_header;
+use keyval::storage::file::format::{self, encode_segment_header};
 use keyval::storage::file::{FileOptions, FileStorage, FsyncPolicy};
 use keyval::storage::Storage;
 use keyval::types::SnapshotMeta;
@@ -251,7 +251,7 @@ fn unknown_format_versions_are_refused() {
         std::fs::write(&path, bytes).unwrap();
         let error = FileStorage::open(dir.path(), small_options()).unwrap_err();
         assert!(
-            matches!(&error, StorageError::UnknownVersion { found: 7, supported: 1, file: found } if *found == path),
+            matches!(&error, StorageError::UnknownVersion { found: 7, supported: format::FORMAT_VERSION, file: found } if *found == path),
             "{file}: {error}"
         );
     }

@@ -28,13 +28,17 @@ pub(super) fn run<M>(
             recv(wake) -> _ => {}
             recv(shutdown) -> _ => return,
         }
-        let (batch, local_snapshot) = {
+        let (batch, local_snapshot, members_update) = {
             let mut core = shared.core.lock();
             (
                 std::mem::take(&mut core.persist_outbox),
                 core.local_snapshot.take(),
+                core.members_update.take(),
             )
         };
+        if let Some(membership) = members_update {
+            shared.transport.update_members(&membership);
+        }
         let mut outcome = Ok(None);
         if !batch.is_empty() {
             outcome = persist_batch(storage.as_mut(), batch, &mut saved_snapshot);

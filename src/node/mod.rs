@@ -32,12 +32,12 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
-use crate::error::{ProposeError, ReadError, StorageError, TransferError};
-use crate::raft::{InstalledSnapshot, Message, Raft, Ready, RoleKind, SnapshotData};
+use crate::error::{MembershipError, ProposeError, ReadError, StorageError, TransferError};
+use crate::raft::{InstalledSnapshot, MemberChange, Message, Raft, Ready, RoleKind, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
-use crate::types::{Entry, EntryId, HardState, LogIndex, Membership, NodeId, Term};
+use crate::types::{Entry, EntryId, HardState, LogIndex, MemberAddress, Membership, NodeId, Term};
 
 use waiters::Waiters;
 pub use waiters::{Completion, ProposalCompletion, ReadCompletion};
@@ -120,6 +120,9 @@ struct Core {
     apply_outbox: Vec<ApplyItem>,
     /// At most one local snapshot waits for the log writer.
     local_snapshot: Option<LocalSnapshot>,
+    /// A new configuration for the log writer to hand the transport (outside the lock: an
+    /// address may need resolving).
+    members_update: Option<Membership>,
 }
 
 /// State shared by the node's threads and its handle.
@@ -154,6 +157,10 @@ impl<M> Shared<M> {
         while core.raft.has_ready() {
             let ready: Ready = core.raft.take_ready();
             let needs_persist = ready.needs_persist();
+            if let Some(membership) = ready.membership {
+                core.members_update = Some(membership);
+                let _ = self.persist_wake.try_send(());
+            }
             for message in ready.messages {
                 self.transport.send(message);
             }
@@ -284,6 +291,7 @@ impl<M: StateMachine> Node<M> {
             raft.compact(snapshot, applied);
         }
         let applied_membership = raft.membership().clone();
+        transport.update_members(&applied_membership);
         let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
@@ -294,6 +302,7 @@ impl<M: StateMachine> Node<M> {
                 persist_outbox: Vec::new(),
                 apply_outbox: Vec::new(),
                 local_snapshot: None,
+                members_update: None,
             }),
             state_machine: Mutex::new(state_machine),
             applied: Mutex::new(applied),
@@ -621,6 +630,137 @@ impl<M: StateMachine> Node<M> {
                 .transfer_leadership(target, deadline)
                 .map(|()| Some(target)),
             None => Ok(None), // a single voter: nobody to hand over to
+        }
+    }
+
+    /// The cluster's configuration as this node knows it (the leader's is authoritative).
+    pub fn members(&self) -> Membership {
+        self.shared.core.lock().raft.membership().clone()
+    }
+
+    /// Changes the membership (joint consensus; see [`crate::raft::membership`]) and waits
+    /// until the final configuration is committed, returning it.
+    ///
+    /// Errors: `NotLeader`, `Busy`, `Invalid`, `NotCaughtUp` and `WouldLoseQuorum` mean nothing
+    /// was appended; `Dropped` means the change will never take effect; **`Timeout` and
+    /// `Shutdown` mean it may still complete** (look at [`members`](Node::members)).
+    pub fn change_membership(
+        &self,
+        changes: &[MemberChange],
+        deadline: Instant,
+    ) -> Result<Membership, MembershipError> {
+        if !self.shared.is_serving() {
+            return Err(MembershipError::Shutdown);
+        }
+        let started = {
+            let mut core = self.shared.core.lock();
+            let started = core.raft.propose_membership(changes)?;
+            self.shared.route(&mut core);
+            started
+        };
+        loop {
+            {
+                let core = self.shared.core.lock();
+                let raft = &core.raft;
+                if raft.log().committed() >= started.index {
+                    match raft.log().term(started.index) {
+                        Some(term) if term != started.term => return Err(MembershipError::Dropped),
+                        Some(_) if !raft.membership_change_pending() => {
+                            return Ok(raft.membership().clone());
+                        }
+                        // Committed; C(new) is on its way.
+                        Some(_) => {}
+                        // Compacted away before we looked: the outcome is unknown here.
+                        None => return Err(MembershipError::Timeout),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(MembershipError::Timeout);
+            }
+            if !self.shared.is_serving() {
+                return Err(MembershipError::Shutdown);
+            }
+            std::thread::sleep(self.tick);
+        }
+    }
+
+    /// Adds member `id` (a learner first; with `voter`, promoted once it has caught up) and
+    /// waits for it. Idempotent: adding a member that is already there (at the same address)
+    /// succeeds, so a node that restarts its join is harmless. While another change is in
+    /// progress or the learner is catching up, it retries until `deadline`.
+    pub fn add_member(
+        &self,
+        id: NodeId,
+        address: Option<MemberAddress>,
+        voter: bool,
+        deadline: Instant,
+    ) -> Result<Membership, MembershipError> {
+        let current = self.members();
+        if current.contains(id) {
+            if let (Some(wanted), Some(known)) = (&address, current.addresses.get(&id)) {
+                if wanted != known {
+                    return Err(MembershipError::Invalid {
+                        reason: format!(
+                            "{id} is already a member at peer {} / client {}; remove it first \
+                             or pick another id",
+                            known.peer, known.client
+                        ),
+                    });
+                }
+            }
+        } else {
+            let change = MemberChange::AddLearner { id, address };
+            self.retry_while_busy(std::slice::from_ref(&change), deadline)?;
+        }
+        if voter && !self.members().is_voter(id) {
+            return self.promote_member(id, deadline);
+        }
+        Ok(self.members())
+    }
+
+    /// Promotes learner `id` to voter once it has caught up, retrying until `deadline`.
+    /// Promoting a member that already votes succeeds.
+    pub fn promote_member(
+        &self,
+        id: NodeId,
+        deadline: Instant,
+    ) -> Result<Membership, MembershipError> {
+        if self.members().is_voter(id) {
+            return Ok(self.members());
+        }
+        self.retry_while_busy(&[MemberChange::Promote(id)], deadline)
+    }
+
+    /// Removes member `id` (voter or learner; the leader itself included, which then hands
+    /// over and steps down) and waits until the change is committed.
+    pub fn remove_member(
+        &self,
+        id: NodeId,
+        deadline: Instant,
+    ) -> Result<Membership, MembershipError> {
+        self.retry_while_busy(&[MemberChange::Remove(id)], deadline)
+    }
+
+    /// Runs a change, retrying while the leader is busy with another one or the learner to
+    /// promote is catching up; returns the last refusal when the deadline passes.
+    fn retry_while_busy(
+        &self,
+        changes: &[MemberChange],
+        deadline: Instant,
+    ) -> Result<Membership, MembershipError> {
+        loop {
+            match self.change_membership(changes, deadline) {
+                Err(
+                    error @ (MembershipError::Busy { .. } | MembershipError::NotCaughtUp { .. }),
+                ) => {
+                    if Instant::now() + self.tick >= deadline {
+                        return Err(error);
+                    }
+                    std::thread::sleep(self.tick);
+                }
+                outcome => return outcome,
+            }
         }
     }
 

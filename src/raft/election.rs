@@ -73,6 +73,9 @@ impl Raft {
             if heartbeat_due {
                 self.broadcast_heartbeat();
             }
+            if !self.membership_change_pending() {
+                self.forget_removed_members();
+            }
             return;
         }
         if self.election_elapsed >= self.randomized_election_timeout && self.is_promotable() {
@@ -471,6 +474,7 @@ impl Raft {
             commit_news: false,
             uncommitted_bytes: 0,
             transfer: None,
+            config_committed_at: None,
         }));
         self.election_elapsed = 0;
         // Raft §8: commit an entry of our own term before anything else counts.

@@ -11,6 +11,7 @@
 
 mod election;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod progress;
 pub mod quorum;
@@ -30,6 +31,7 @@ use crate::storage::Recovered;
 use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
 
 pub use log::RaftLog;
+pub use membership::MemberChange;
 pub use message::{AppendResponse, Message, MessageBody};
 pub use progress::{Progress, ProgressState};
 pub use ready::{ReadState, Ready, RoleKind, Status};
@@ -111,6 +113,9 @@ struct LeaderState {
     uncommitted_bytes: u64,
     /// A leadership transfer in progress: (target, ticks since it started).
     transfer: Option<(NodeId, u64)>,
+    /// The tick at which this leader saw the latest configuration committed (removed members
+    /// are replicated to for a grace period after it, so they learn of their removal).
+    config_committed_at: Option<u64>,
 }
 
 /// A node's role, owning the data that only that role has.
@@ -136,7 +141,11 @@ pub struct Raft {
     vote: Option<NodeId>,
     role: Role,
     log: RaftLog,
+    /// The configuration in force: always `configs.latest()`.
     membership: Membership,
+    configs: membership::ConfigHistory,
+    /// The configuration last handed out in a Ready.
+    membership_handed: Membership,
     election_elapsed: u64,
     randomized_election_timeout: u64,
     /// Ticks since this core was created.
@@ -170,7 +179,7 @@ impl Raft {
             .as_ref()
             .map(|meta| meta.last)
             .unwrap_or_default();
-        let mut membership = recovered
+        let base_membership = recovered
             .snapshot
             .as_ref()
             .map(|meta| meta.membership.clone())
@@ -202,18 +211,18 @@ impl Raft {
                 ),
             });
         }
-        for entry in &entries {
-            if let EntryPayload::Membership(latest) = &entry.payload {
-                membership = latest.clone();
-            }
-        }
+        let mut configs = membership::ConfigHistory::new(base_membership);
+        configs.record(&entries);
+        let membership = configs.latest().clone();
         let mut raft = Raft {
             id: config.id,
             term: recovered.hard_state.term,
             vote: recovered.hard_state.vote,
             role: Role::Follower { leader: None },
             log: RaftLog::new(snapshot, entries),
+            membership_handed: membership.clone(),
             membership,
+            configs,
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
             now: 0,
@@ -453,7 +462,7 @@ impl Raft {
 
     /// Whether the leader has committed an entry of its own term: until then its commit index
     /// may lag the true one, so it must not serve reads (Raft §8).
-    fn committed_in_current_term(&self) -> bool {
+    pub(crate) fn committed_in_current_term(&self) -> bool {
         self.log.term(self.log.committed()) == Some(self.term)
     }
 
@@ -480,6 +489,7 @@ impl Raft {
             || !self.persisted_messages.is_empty()
             || !self.read_states.is_empty()
             || self.installed_snapshot.is_some()
+            || self.membership != self.membership_handed
     }
 
     /// Takes the work accumulated since the last call. See [`Ready`] for what to do with it.
@@ -492,7 +502,14 @@ impl Raft {
         } else {
             None
         };
+        let membership = if self.membership != self.membership_handed {
+            self.membership_handed = self.membership.clone();
+            Some(self.membership.clone())
+        } else {
+            None
+        };
         Ready {
+            membership,
             hard_state,
             snapshot: self.installed_snapshot.take(),
             entries: self.log.take_unpersisted(),

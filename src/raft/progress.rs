@@ -102,6 +102,9 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Whether the follower answered since the last check-quorum.
     pub recent_active: bool,
+    /// The tick at which the follower last answered, if ever (membership changes count only
+    /// members heard from within an election timeout as healthy).
+    pub heard_at: Option<u64>,
     /// The latest heartbeat round the follower answered.
     pub round_acked: u64,
     /// The snapshot being streamed (snapshot state only).
@@ -118,9 +121,16 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(messages_max, bytes_max),
             recent_active: true,
+            heard_at: None,
             round_acked: 0,
             transfer: None,
         }
+    }
+
+    /// The follower answered at tick `now`.
+    pub fn mark_heard(&mut self, now: u64) {
+        self.recent_active = true;
+        self.heard_at = Some(now);
     }
 
     /// Whether nothing more may be sent now.

@@ -108,6 +108,7 @@ mod tests {
             voters: ids(&[1, 2, 3]),
             voters_outgoing: ids(&[3, 4, 5]),
             learners: BTreeSet::new(),
+            addresses: BTreeMap::new(),
         };
         let matched: BTreeMap<u64, u64> = [(1, 9), (2, 9), (3, 9), (4, 1), (5, 1)].into();
         assert_eq!(
@@ -135,6 +136,7 @@ mod tests {
             voters: ids(&[1, 2, 3]),
             voters_outgoing: ids(&[4, 5, 6]),
             learners: BTreeSet::new(),
+            addresses: BTreeMap::new(),
         };
         assert_eq!(joint.vote_result(|id| Some(id.0 <= 3)), VoteResult::Lost);
         assert_eq!(

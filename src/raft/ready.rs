@@ -41,6 +41,10 @@ pub struct Ready {
     pub committed: Vec<Entry>,
     /// Completed or failed read-index requests.
     pub read_states: Vec<ReadState>,
+    /// The configuration in force, when it changed since the last Ready (appended, truncated
+    /// away, or installed with a snapshot): the runtime tells the transport how to reach new
+    /// members.
+    pub membership: Option<Membership>,
 }
 
 impl Ready {
@@ -53,6 +57,7 @@ impl Ready {
             && self.persisted_messages.is_empty()
             && self.committed.is_empty()
             && self.read_states.is_empty()
+            && self.membership.is_none()
     }
 
     /// Whether the log writer has work in this Ready.

@@ -140,6 +140,7 @@ impl Raft {
                 self.start_read(context);
             }
         }
+        self.after_commit_as_leader();
         true
     }
 
@@ -170,13 +171,14 @@ impl Raft {
     }
 
     pub(super) fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) {
+        let now = self.now;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         let Some(progress) = leader.progress.get_mut(&from) else {
             return;
         };
-        progress.recent_active = true;
+        progress.mark_heard(now);
         match response {
             AppendResponse::Success { matched } => {
                 // An answer about an entry we no longer hold at that index is stale (ABA).
@@ -247,13 +249,14 @@ impl Raft {
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
+        let now = self.now;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         let Some(progress) = leader.progress.get_mut(&from) else {
             return;
         };
-        progress.recent_active = true;
+        progress.mark_heard(now);
         // The follower is alive: allow another probe if one was outstanding.
         progress.probe_sent = false;
         progress.round_acked = progress.round_acked.max(round);
@@ -336,6 +339,10 @@ impl Raft {
         }
         let body = match self.log.maybe_append(prev, entries, leader_commit) {
             Ok(last) => {
+                // A truncation may have removed a configuration; appended ones take effect.
+                self.configs.forget_truncated(&self.log);
+                self.configs.record(entries);
+                self.membership_changed();
                 let term = self.log.term(last).unwrap_or_default();
                 AppendResponse::Success {
                     matched: EntryId::new(term, last),

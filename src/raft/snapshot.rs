@@ -102,7 +102,9 @@ impl Raft {
         if newer {
             self.snapshot = Some(snapshot);
         }
-        self.log.compact(through);
+        if self.log.compact(through) {
+            self.configs.compact(through);
+        }
     }
 
     /// Starts streaming the latest snapshot to `to`, which needs entries that were compacted.
@@ -161,13 +163,14 @@ impl Raft {
         last: EntryId,
         next_offset: u64,
     ) {
+        let now = self.now;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         let Some(progress) = leader.progress.get_mut(&from) else {
             return;
         };
-        progress.recent_active = true;
+        progress.mark_heard(now);
         let Some(transfer) = progress.transfer.as_mut() else {
             return;
         };
@@ -288,7 +291,9 @@ impl Raft {
     fn install_snapshot(&mut self, from: NodeId, snapshot: SnapshotData) {
         let last = snapshot.meta.last;
         let keep_suffix = self.log.restore(last);
-        self.membership = snapshot.meta.membership.clone();
+        self.configs
+            .restore(snapshot.meta.membership.clone(), &self.log);
+        self.membership_changed();
         self.snapshot = Some(snapshot.clone());
         self.installed_snapshot = Some(InstalledSnapshot {
             snapshot,

@@ -32,6 +32,9 @@ pub struct CoreNetwork {
     /// The nodes by id.
     pub nodes: BTreeMap<NodeId, CoreNode>,
     membership: Membership,
+    /// Nodes added after the start, which boot knowing no configuration (they learn it from
+    /// the leader, as a joining node does).
+    joined: BTreeSet<NodeId>,
     make_config: fn(NodeId) -> Config,
     /// Messages sent and not yet delivered, oldest first.
     pub in_flight: VecDeque<Message>,
@@ -54,6 +57,7 @@ impl CoreNetwork {
         let mut network = CoreNetwork {
             nodes: BTreeMap::new(),
             membership,
+            joined: BTreeSet::new(),
             make_config,
             in_flight: VecDeque::new(),
             cut: BTreeSet::new(),
@@ -76,12 +80,12 @@ impl CoreNetwork {
         };
         self.restarts += 1;
         let seed = self.seed ^ (id.0 << 32) ^ self.restarts;
-        let raft = match Raft::new(
-            (self.make_config)(id),
-            recovered,
-            self.membership.clone(),
-            seed,
-        ) {
+        let bootstrap = if self.joined.contains(&id) {
+            Membership::default()
+        } else {
+            self.membership.clone()
+        };
+        let raft = match Raft::new((self.make_config)(id), recovered, bootstrap, seed) {
             Ok(raft) => raft,
             Err(error) => panic!("{id}: invalid test configuration: {error}"),
         };
@@ -93,6 +97,32 @@ impl CoreNetwork {
             read_states: Vec::new(),
             installed_snapshots: Vec::new(),
         }
+    }
+
+    /// Starts a new, empty node `id` that knows no configuration: it does nothing until a
+    /// leader adds it and replicates to it (as `keyval --join` does).
+    pub fn add_node(&mut self, id: NodeId) {
+        assert!(!self.nodes.contains_key(&id), "{id} exists");
+        self.joined.insert(id);
+        let node = self.open_node(id, MemDisk::new());
+        self.nodes.insert(id, node);
+    }
+
+    /// Proposes a membership change on `id` and runs the network until it is quiet.
+    pub fn change(
+        &mut self,
+        id: NodeId,
+        changes: &[crate::raft::MemberChange],
+    ) -> Result<crate::types::EntryId, crate::error::MembershipError> {
+        let started = self.node(id).propose_membership(changes)?;
+        self.process_ready(id);
+        self.stabilize();
+        Ok(started)
+    }
+
+    /// Runs `ticks` rounds of ticking every node and delivering everything.
+    pub fn run(&mut self, ticks: u64) {
+        self.run_with(ticks, |_| true);
     }
 
     /// The node `id`.

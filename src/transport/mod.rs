@@ -8,13 +8,19 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::limits;
 use crate::raft::Message;
-use crate::types::NodeId;
+use crate::types::{Membership, NodeId};
 
 /// Sends messages to peers. Implementations never block the caller: a message that cannot be
 /// queued is dropped (Raft retransmits), and counted.
 pub trait Transport: Send + Sync + 'static {
     /// Queues `message` for `message.to`.
     fn send(&self, message: Message);
+
+    /// The configuration changed: learn the addresses of new members. Called outside the core
+    /// lock. Transports that need no addresses (the simulated network) ignore it.
+    fn update_members(&self, membership: &Membership) {
+        let _ = membership;
+    }
 }
 
 /// An inbound message with the sender as the transport authenticated it (the TCP handshake's
@@ -29,5 +35,37 @@ pub fn inbound_channel() -> (Sender<Inbound>, Receiver<Inbound>) {
 impl Transport for tcp::TcpTransport<Message> {
     fn send(&self, message: Message) {
         tcp::TcpTransport::send(self, message.to, message);
+    }
+
+    /// Learns (or updates) the peer address of every member that carries one. Members that
+    /// leave keep their address: the leader still tells them of their removal.
+    fn update_members(&self, membership: &Membership) {
+        let known = self.peers();
+        for (&id, address) in &membership.addresses {
+            if id == self.id() || address.peer.is_empty() {
+                continue;
+            }
+            use std::net::ToSocketAddrs;
+            let resolved = address
+                .peer
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| address.peer.to_socket_addrs().ok()?.next());
+            let Some(resolved) = resolved else {
+                crate::log::warn(
+                    "cannot resolve a member's peer address",
+                    &[("member", &id), ("address", &address.peer)],
+                );
+                continue;
+            };
+            if known.get(&id) != Some(&resolved) {
+                if let Err(error) = self.set_peer_address(id, resolved) {
+                    crate::log::warn(
+                        "cannot use a member's peer address",
+                        &[("member", &id), ("error", &error)],
+                    );
+                }
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::limits::RECORD_BYTES_MAX;
 use crate::types::{EntryId, HardState, LogIndex, Membership, SnapshotMeta, Term};
 
 /// The one format version this build reads and writes, for every file kind.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Magic of a log segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KVSEGMNT";
