@@ -134,7 +134,7 @@ fn reelection_after_leader_is_disconnected() {
 fn no_leader_and_no_commit_without_a_quorum() {
     let cluster = Cluster::new(3);
     let leader = cluster.wait_for_leader(WAIT);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         if id != leader {
             cluster.disconnect(id);
         }
@@ -227,7 +227,7 @@ fn concurrent_proposals_all_commit_once(storage: StorageKind) {
     let acknowledged = write_concurrently(&cluster, 4, 50, "c");
     assert_eq!(acknowledged.len(), 200);
     assert_all_applied(&cluster, &acknowledged);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         let applied: Vec<Vec<u8>> = cluster.applied(id).into_values().collect();
         let distinct: BTreeSet<&Vec<u8>> = applied.iter().collect();
         assert_eq!(
@@ -257,7 +257,7 @@ fn partitioned_old_leader_rejoins_and_its_uncommitted_entries_are_discarded() {
     }
     cluster.reconnect(old);
     assert_all_applied(&cluster, &acknowledged);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         let applied: Vec<Vec<u8>> = cluster.applied(id).into_values().collect();
         assert!(!applied.iter().any(|bytes| bytes.starts_with(b"doomed")));
     }
@@ -290,7 +290,7 @@ fn fast_backup_of_logs_diverging_by_hundreds_of_entries(storage: StorageKind) {
     acknowledged.extend(write_concurrently(&cluster, 4, 75, "majority"));
     cluster.heal();
     assert_all_applied(&cluster, &acknowledged);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         let applied: Vec<Vec<u8>> = cluster.applied(id).into_values().collect();
         assert!(!applied.iter().any(|bytes| bytes.starts_with(b"minority")));
     }
@@ -434,7 +434,7 @@ fn churn_on_an_unreliable_network(storage: StorageKind) {
         }
         stop.store(true, Ordering::SeqCst);
     });
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         if !cluster.is_running(id) {
             cluster.restart(id);
         }

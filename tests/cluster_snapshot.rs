@@ -53,7 +53,7 @@ fn assert_converged(cluster: &Cluster<KvStore>) {
         cluster.seed()
     );
     let reference = node.read_local(|store| (**store).clone()).1;
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         let Some(other) = cluster.node(id) else {
             continue;
         };
@@ -98,7 +98,7 @@ fn steady_load_takes_snapshots_and_keeps_the_data_directory_bounded() {
     // ~1.4 MB of log written over 32 keys: the state stays ~8 KB.
     write(&cluster, 6000, 8, "steady");
     assert_converged(&cluster);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         assert!(
             snapshot_index(&cluster, id) > LogIndex(5000),
             "{id} did not snapshot"
@@ -162,10 +162,10 @@ fn every_node_restarts_from_its_snapshot() {
     cluster.wait_for_leader(WAIT);
     write(&cluster, 1500, 8, "first");
     assert_converged(&cluster);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         cluster.crash(id);
     }
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         cluster.restart(id);
         assert!(
             snapshot_index(&cluster, id) > LogIndex(1000),
@@ -215,7 +215,7 @@ fn snapshot_policy_by_bytes() {
     // ~300 bytes per command: 600 commands are ~180 KB, well past two 64 KiB thresholds.
     write(&cluster, 600, 4, "bytes");
     assert_converged(&cluster);
-    for &id in cluster.ids() {
+    for id in cluster.ids() {
         assert!(
             snapshot_index(&cluster, id) > LogIndex(200),
             "{id} took no snapshot by bytes"
@@ -231,7 +231,7 @@ fn snapshot_policy_by_bytes() {
     never.wait_for_leader(WAIT);
     write(&never, 600, 4, "never");
     assert_converged(&never);
-    for &id in never.ids() {
+    for id in never.ids() {
         assert_eq!(snapshot_index(&never, id), LogIndex(0));
     }
 }

@@ -53,6 +53,8 @@ struct Slot<M: StateMachine> {
     faulty_disk: FaultyFileSystem,
     record: Arc<Mutex<AppliedRecord>>,
     restarts: u64,
+    /// Added with [`Cluster::add_node`]: boots knowing no configuration, like `--join`.
+    joined: bool,
 }
 
 /// Settings for a [`Cluster`].
@@ -89,7 +91,7 @@ impl<M: StateMachine> ClusterBuilder<M> {
         let network = SimNetwork::new(self.seed);
         let ids: Vec<NodeId> = (1..=self.size).map(NodeId).collect();
         let cluster = Cluster {
-            ids: ids.clone(),
+            ids: Mutex::new(ids.clone()),
             membership: Membership::new(ids.iter().copied()),
             slots: Mutex::new(BTreeMap::new()),
             network,
@@ -108,6 +110,7 @@ impl<M: StateMachine> ClusterBuilder<M> {
                     faulty_disk: FaultyFileSystem::new(),
                     record: Arc::new(Mutex::new(AppliedRecord::default())),
                     restarts: 0,
+                    joined: false,
                 },
             );
             cluster.restart(id);
@@ -157,7 +160,8 @@ impl StateMachine for CommandLog {
 
 /// N nodes in one process. See the module docs.
 pub struct Cluster<M: StateMachine> {
-    ids: Vec<NodeId>,
+    /// Every node the harness runs or ran, initial and added.
+    ids: Mutex<Vec<NodeId>>,
     membership: Membership,
     /// Locked only briefly: to look up, crash or restart a node.
     slots: Mutex<BTreeMap<NodeId, Slot<M>>>,
@@ -196,9 +200,32 @@ impl<M: StateMachine> Cluster<M> {
         self.seed
     }
 
-    /// The node ids.
-    pub fn ids(&self) -> &[NodeId] {
-        &self.ids
+    /// The node ids: the initial ones and those added since.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.ids.lock().clone()
+    }
+
+    /// Starts a new node `id` with empty storage that knows no configuration (as a node
+    /// started with `keyval --join` does): it does nothing until the leader adds it with
+    /// [`Node::add_member`] and replicates to it.
+    pub fn add_node(&self, id: NodeId) {
+        {
+            let mut slots = self.slots.lock();
+            assert!(!slots.contains_key(&id), "{id} exists");
+            slots.insert(
+                id,
+                Slot {
+                    node: None,
+                    disk: MemDisk::new(),
+                    faulty_disk: FaultyFileSystem::new(),
+                    record: Arc::new(Mutex::new(AppliedRecord::default())),
+                    restarts: 0,
+                    joined: true,
+                },
+            );
+            self.ids.lock().push(id);
+        }
+        self.restart(id);
     }
 
     /// The data directory of node `id` on real files (`StorageKind::RealFiles`).
@@ -295,18 +322,24 @@ impl<M: StateMachine> Cluster<M> {
         }
     }
 
-    /// A leader that a majority of the cluster (counting itself) follows at its term.
+    /// A leader that a majority of its configuration's voters (counting itself) follow at
+    /// its term.
     pub fn stable_leader(&self) -> Option<NodeId> {
         let statuses = self.statuses();
         let leader = statuses
             .iter()
             .filter(|status| status.role == RoleKind::Leader)
             .max_by_key(|status| status.term)?;
+        let voters = &leader.membership.voters;
         let followers = statuses
             .iter()
-            .filter(|status| status.term == leader.term && status.leader == Some(leader.id))
+            .filter(|status| {
+                voters.contains(&status.id)
+                    && status.term == leader.term
+                    && status.leader == Some(leader.id)
+            })
             .count();
-        (followers > self.ids.len() / 2).then_some(leader.id)
+        (followers > voters.len() / 2).then_some(leader.id)
     }
 
     /// Proposes on node `id` and waits up to `timeout` for the outcome.
@@ -403,9 +436,14 @@ impl<M: StateMachine> Cluster<M> {
             },
         };
         let state_machine = Recorded::new((self.factory)(id), Arc::clone(&slot.record));
+        let bootstrap = if slot.joined {
+            Membership::default()
+        } else {
+            self.membership.clone()
+        };
         let options = NodeOptions {
             config,
-            membership: self.membership.clone(),
+            membership: bootstrap,
             storage,
             transport,
             inbound: inbound_rx,
@@ -420,7 +458,7 @@ impl<M: StateMachine> Cluster<M> {
 
     /// Cuts every link of `id`, both ways.
     pub fn disconnect(&self, id: NodeId) {
-        self.network.isolate(id, &self.ids);
+        self.network.isolate(id, &self.ids());
     }
 
     /// Restores the links of `id`.
