@@ -2,9 +2,11 @@
 //! put / get / delete / compare-and-swap against a `testkit::Cluster` of `KvStore` nodes while
 //! a seeded nemesis partitions, crashes and restarts nodes on an unreliable network. Every
 //! operation is recorded with its real invocation and completion times (an operation whose
-//! outcome is unknown is recorded as such), and the whole history must be linearizable.
+//! outcome is unknown is recorded as such), and the whole history must be linearizable. One
+//! nemesis changes the membership under the clients: voters removed (the leader among them)
+//! and fresh nodes joined and promoted, mixed with partitions.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keyval::kv::{Command, Expect, KvStore, Response as KvResponse};
@@ -167,7 +169,7 @@ fn run(storage: StorageKind, check_quorum: bool, nemesis: fn(&Cluster<KvStore>, 
 }
 
 fn partitions(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
-    let ids = cluster.ids().to_vec();
+    let ids = cluster.ids();
     let cut: Vec<NodeId> = ids
         .iter()
         .copied()
@@ -207,6 +209,65 @@ fn isolated_leader(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
         cluster.reconnect(leader);
     }
     std::thread::sleep(Duration::from_millis(rng.random_range(50..150)));
+}
+
+/// Membership changes the nemesis saw complete.
+static CHANGES_COMMITTED: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps three to five voters: removes a random voter (sometimes the leader) or joins a fresh
+/// node as a learner and promotes it; now and then partitions the cluster meanwhile.
+fn membership_changes(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
+    let Some(leader) = cluster.stable_leader() else {
+        std::thread::sleep(Duration::from_millis(20));
+        return;
+    };
+    let Some(node) = cluster.node(leader) else {
+        return;
+    };
+    let membership = node.members();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let partition = rng.random_bool(0.3).then(|| {
+        let ids = cluster.ids();
+        let cut: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|_| rng.random_bool(0.3))
+            .collect();
+        let rest: Vec<NodeId> = ids.iter().copied().filter(|id| !cut.contains(id)).collect();
+        cluster.partition(&[cut, rest]);
+    });
+    let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
+    if voters.len() > 3 && (voters.len() == 5 || rng.random_bool(0.5)) {
+        let removed = voters[rng.random_range(0..voters.len())];
+        if node.remove_member(removed, deadline).is_ok() {
+            CHANGES_COMMITTED.fetch_add(1, Ordering::SeqCst);
+        }
+    } else {
+        let fresh = NodeId(cluster.ids().iter().map(|id| id.0).max().unwrap_or(0) + 1);
+        cluster.add_node(fresh);
+        if node.add_member(fresh, None, true, deadline).is_ok() {
+            CHANGES_COMMITTED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    if partition.is_some() {
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..200))); // nemesis pacing
+        cluster.heal();
+    }
+    // Removed nodes that are not members any more go away for good, most of the time.
+    let current = node.members();
+    for id in cluster.ids() {
+        if !current.contains(id) && cluster.is_running(id) && rng.random_bool(0.7) {
+            cluster.crash(id);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(rng.random_range(50..150)));
+}
+
+#[test]
+fn linearizable_under_membership_changes() {
+    run(StorageKind::Memory, true, membership_changes);
+    let changes = CHANGES_COMMITTED.load(Ordering::SeqCst);
+    assert!(changes >= 3, "only {changes} membership changes completed");
 }
 
 #[test]
