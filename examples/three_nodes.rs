@@ -1,11 +1,13 @@
 //! Three nodes in one process through the public harness: elect, write, cut the leader off,
-//! see a new leader take over, heal, and check that every node applied the same log.
+//! see a new leader take over, heal, check that every node applied the same log, then change
+//! the membership: a fourth node joins (learner, then voter) and the first leader leaves.
 //!
 //! Run: `cargo run --example three_nodes`
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyval::testkit::Cluster;
+use keyval::NodeId;
 
 fn main() {
     let timeout = Duration::from_secs(10);
@@ -33,6 +35,21 @@ fn main() {
     cluster
         .check_applied_agreement()
         .expect("every node applied the same commands");
+    // Membership: node 4 starts empty, knowing no configuration, and is added by the leader
+    // (as a learner that is promoted once caught up); then the first leader is removed.
+    cluster.add_node(NodeId(4));
+    let node = cluster.node(successor).expect("running");
+    let membership = node
+        .add_member(NodeId(4), None, true, Instant::now() + timeout)
+        .expect("node 4 joined");
+    println!("voters after the join: {:?}", membership.voters);
+    let membership = node
+        .remove_member(leader, Instant::now() + timeout)
+        .expect("removed");
+    println!("voters after removing {leader}: {:?}", membership.voters);
+    cluster
+        .propose(b"write with the new membership", timeout)
+        .expect("committed");
     for status in cluster.statuses() {
         println!(
             "{}: {:?} term {} applied {}",
