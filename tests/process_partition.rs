@@ -25,8 +25,12 @@ use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientOptions};
 use keyval::raft::RoleKind;
+use keyval::server::protocol::StatusReply;
 use keyval::testkit::linearizability::History;
-use process_support::history::{assert_linearizable, run_recorded_client, run_recorded_client_mix};
+use keyval::types::Term;
+use process_support::history::{
+    assert_linearizable, run_recorded_client, run_recorded_client_mix, GETS_IN_TEN_DEFAULT,
+};
 use process_support::wait_for;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -371,23 +375,51 @@ fn linearizable_across_real_network_partitions() {
     );
 }
 
-/// The position of the node that reports itself leader at the highest term, if any.
-fn highest_leader(client: &Client, endpoints: &[String]) -> Option<usize> {
-    endpoints
+/// The position and term of the one leader every node follows: all answer, one leads, and
+/// all are at its term and name it. A healed cluster comes back to this state; it also shows
+/// that the peer connections work again (TCP retransmissions across a link that was down back
+/// off for seconds).
+fn settled_leader(client: &Client, endpoints: &[String]) -> Option<(usize, Term)> {
+    let statuses: Vec<StatusReply> = endpoints
+        .iter()
+        .map(|endpoint| client.status(endpoint).ok())
+        .collect::<Option<_>>()?;
+    let mut leaders = statuses
         .iter()
         .enumerate()
-        .filter_map(|(position, endpoint)| {
-            let status = client.status(endpoint).ok()?;
-            (status.role == RoleKind::Leader).then_some((status.term, position))
-        })
-        .max()
-        .map(|(_, position)| position)
+        .filter(|(_, status)| status.role == RoleKind::Leader);
+    let (position, leader) = leaders.next()?;
+    let agreed = leaders.next().is_none()
+        && statuses
+            .iter()
+            .all(|status| status.term == leader.term && status.leader == Some(leader.id));
+    agreed.then_some((position, leader.term))
 }
 
-fn is_leader(client: &Client, endpoint: &str) -> bool {
+/// Whether `endpoint` leads at a term above `term`.
+fn leads_above(client: &Client, endpoint: &str, term: Term) -> bool {
     client
         .status(endpoint)
-        .is_ok_and(|status| status.role == RoleKind::Leader)
+        .is_ok_and(|status| status.role == RoleKind::Leader && status.term > term)
+}
+
+/// The role `endpoint` reports, asking until it answers (a status call is one attempt, and a
+/// busy or reconnecting node may miss one).
+fn role(client: &Client, endpoint: &str) -> RoleKind {
+    let mut answer = None;
+    let mut last_error = String::new();
+    let answered = wait_for(|| match client.status(endpoint) {
+        Ok(status) => {
+            answer = Some(status.role);
+            true
+        }
+        Err(error) => {
+            last_error = error.to_string();
+            false
+        }
+    });
+    assert!(answered, "{endpoint} answered no status: {last_error}");
+    answer.expect("answered above")
 }
 
 /// With check-quorum off, an isolated leader keeps leading until it hears a newer term — for
@@ -412,28 +444,28 @@ fn read_index_is_linearizable_with_check_quorum_off() {
         ..ClientOptions::default()
     };
     let observer = Client::connect(&endpoints, options.clone()).expect("connect");
+    let settled = |when: &str| {
+        let mut found = None;
+        assert!(
+            wait_for(|| {
+                found = settled_leader(&observer, &endpoints);
+                found.is_some()
+            }),
+            "the cluster did not settle on one leader {when}: {:?}",
+            observer.cluster_status()
+        );
+        found.expect("found above")
+    };
     let history = History::new();
     let mut leaders = Vec::new();
     for round in 0..rounds {
-        let mut old = None;
-        assert!(
-            wait_for(|| {
-                old = highest_leader(&observer, &endpoints);
-                old.is_some()
-            }),
-            "no leader before round {round}"
-        );
-        let old = old.expect("found above");
+        let (old, old_term) = settled(&format!("before round {round}"));
         network.set_isolated(old + 1, true);
-        let majority: Vec<String> = (0..NODES)
-            .filter(|&position| position != old)
-            .map(|position| endpoints[position].clone())
-            .collect();
         let mut new = None;
         assert!(
             wait_for(|| {
                 new = (0..NODES).find(|&position| {
-                    position != old && is_leader(&observer, &endpoints[position])
+                    position != old && leads_above(&observer, &endpoints[position], old_term)
                 });
                 new.is_some()
             }),
@@ -444,12 +476,16 @@ fn read_index_is_linearizable_with_check_quorum_off() {
         // Two clients know only the isolated leader; two know only the majority side. Fresh
         // clients each round, so none keeps a leader from an earlier round.
         let pinned = [endpoints[old].clone()];
+        let majority: Vec<String> = (0..NODES)
+            .filter(|&position| position != old)
+            .map(|position| endpoints[position].clone())
+            .collect();
         let clients: Vec<(Client, u32)> = (0..4)
             .map(|k| {
                 let (targets, gets_in_ten) = if k < 2 {
                     (&pinned[..], PINNED_GETS_IN_TEN)
                 } else {
-                    (&majority[..], 4)
+                    (&majority[..], GETS_IN_TEN_DEFAULT)
                 };
                 let client = Client::connect(targets, options.clone()).expect("connect");
                 (client, gets_in_ten)
@@ -471,18 +507,16 @@ fn read_index_is_linearizable_with_check_quorum_off() {
         });
         // The test means something only if the isolated node kept leading: with check-quorum
         // on it would have stepped down within an election timeout.
-        assert!(
-            is_leader(&observer, &endpoints[old]),
+        assert_eq!(
+            role(&observer, &endpoints[old]),
+            RoleKind::Leader,
             "round {round}: isolated n{} stopped leading although check-quorum is off",
             old + 1
         );
         network.set_isolated(old + 1, false);
-        assert!(
-            wait_for(|| !is_leader(&observer, &endpoints[old])),
-            "round {round}: n{} still leads after the partition healed",
-            old + 1
-        );
     }
+    // Healed: the old leader of the last round has heard the newer term.
+    settled("after the last round");
     let operations = history.snapshot();
     let context = format!("seed {seed}, check-quorum off, rounds {leaders:?}");
     let known = assert_linearizable(&operations, &context);
