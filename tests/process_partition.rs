@@ -4,24 +4,77 @@
 //! reach it — a deposed leader that may still believe it leads — and kills and restarts nodes.
 //! Concurrent clients record every operation; the history must be linearizable.
 //!
-//! Needs root and iproute2 (`ip netns`); where namespaces are unavailable the test says so and
-//! skips. Addresses are 10.213.X.0/24 inside namespaces this test creates and deletes itself.
+//! A second test runs the nodes with check-quorum off (the test-only `--check-quorum false`)
+//! and isolates the leader for seconds at a time while clients pinned to it keep reading and
+//! writing, and other clients read and write through the new leader on the majority side: an
+//! old leader that serves a read without a quorum-answered heartbeat round reads stale data.
+//! ReadIndex safety must not lean on check-quorum (which steps such a leader down within an
+//! election timeout and so hides the bug).
+//!
+//! Needs root and iproute2 (`ip netns`); where namespaces are unavailable the tests say so and
+//! skip. Addresses are 10.213.X.0/24 inside namespaces the tests create and delete themselves;
+//! the tests take turns (one network at a time). `KEYVAL_CHAOS_SECONDS` lengthens both
+//! (default 8 s of nemesis, and 12 s of isolated leaders in 4 s rounds).
 
 mod process_support;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientOptions};
 use keyval::raft::RoleKind;
+use keyval::server::protocol::StatusReply;
 use keyval::testkit::linearizability::History;
-use process_support::history::{assert_linearizable, run_recorded_client};
+use keyval::types::Term;
+use process_support::history::{
+    assert_linearizable, run_recorded_client, run_recorded_client_mix, GETS_IN_TEN_DEFAULT,
+};
 use process_support::wait_for;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const NODES: usize = 3;
+
+/// Isolated-leader rounds of the check-quorum-off test: how long the leader is cut off while
+/// the clients run.
+const ISOLATION: Duration = Duration::from_secs(4);
+
+/// Gets in every ten operations of the clients pinned to an isolated leader: mostly reads,
+/// which are what a broken ReadIndex answers wrongly; the writes there time out.
+const PINNED_GETS_IN_TEN: u32 = 7;
+
+/// One network at a time: the tests of this file share address ranges and the machine's two
+/// cores.
+static NETWORK_TURN: Mutex<()> = Mutex::new(());
+
+/// Networks created by this process, so that each gets its own names.
+static NETWORKS_CREATED: AtomicU32 = AtomicU32::new(0);
+
+fn take_network_turn() -> MutexGuard<'static, ()> {
+    // A test that failed while holding the turn poisons it; the next may still run.
+    NETWORK_TURN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+}
+
+fn seed() -> u64 {
+    env_u64("KEYVAL_SEED").unwrap_or_else(rand::random)
+}
+
+fn skipped() {
+    eprintln!(
+        "SKIPPED: network namespaces are unavailable here (needs root and iproute2); \
+         the partition part of the process chaos suite did not run"
+    );
+}
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -47,8 +100,9 @@ struct Network {
 
 impl Network {
     fn create() -> Option<Network> {
-        let tag = std::process::id() % 10_000;
-        let subnet = 20 + std::process::id() % 200;
+        let created = NETWORKS_CREATED.fetch_add(1, Ordering::SeqCst) % 4;
+        let tag = std::process::id() % 1_000 * 4 + created;
+        let subnet = 20 + (std::process::id() % 50 * 4 + created);
         let mut network = Network {
             tag,
             subnet,
@@ -178,10 +232,33 @@ impl Drop for Network {
 struct Nodes {
     children: Vec<Option<Child>>,
     spec: String,
+    /// Flags every node gets besides its id, the cluster and its data directory.
+    extra_args: Vec<String>,
     data: tempfile::TempDir,
 }
 
 impl Nodes {
+    /// Starts every node of `network` with `extra_args`.
+    fn start(network: &Network, extra_args: &[&str]) -> Nodes {
+        let spec = (1..=NODES)
+            .map(|node| {
+                let address = network.address(node);
+                format!("{node}={address}:7380/{address}:7379")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Nodes {
+            children: (0..NODES).map(|_| None).collect(),
+            spec,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            data: tempfile::tempdir().expect("temp dir"),
+        };
+        for node in 1..=NODES {
+            nodes.spawn(network, node);
+        }
+        nodes
+    }
+
     fn spawn(&mut self, network: &Network, node: usize) {
         let namespace = &network.namespaces[node - 1];
         let data_dir = self.data.path().join(format!("n{node}"));
@@ -195,6 +272,7 @@ impl Nodes {
             .args(["--id", &node.to_string(), "--cluster", &self.spec])
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -232,32 +310,14 @@ impl Drop for Nodes {
 
 #[test]
 fn linearizable_across_real_network_partitions() {
+    let _turn = take_network_turn();
     let Some(network) = Network::create() else {
-        eprintln!(
-            "SKIPPED: network namespaces are unavailable here (needs root and iproute2); \
-             the partition part of the process chaos suite did not run"
-        );
+        skipped();
         return;
     };
-    let seed: u64 = std::env::var("KEYVAL_SEED")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(rand::random);
-    let spec = (1..=NODES)
-        .map(|node| {
-            let address = network.address(node);
-            format!("{node}={address}:7380/{address}:7379")
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Nodes {
-        children: (0..NODES).map(|_| None).collect(),
-        spec,
-        data: tempfile::tempdir().expect("temp dir"),
-    };
-    for node in 1..=NODES {
-        nodes.spawn(&network, node);
-    }
+    let seconds = env_u64("KEYVAL_CHAOS_SECONDS").unwrap_or(8);
+    let seed = seed();
+    let mut nodes = Nodes::start(&network, &[]);
     let endpoints: Vec<String> = (1..=NODES)
         .map(|node| format!("{}:7379", network.address(node)))
         .collect();
@@ -285,7 +345,7 @@ fn linearizable_across_real_network_partitions() {
             let (history, stop) = (&history, &stop);
             scope.spawn(move || run_recorded_client(client, history, k as u64 + 1, seed, stop));
         }
-        let until = Instant::now() + Duration::from_secs(8);
+        let until = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < until {
             let victim = match leader(&clients[0]) {
                 Some(position) if rng.random_bool(0.7) => position + 1,
@@ -311,6 +371,157 @@ fn linearizable_across_real_network_partitions() {
     let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
     eprintln!(
         "process partitions: {} operations ({known} known), faults {faults:?}",
+        operations.len()
+    );
+}
+
+/// The position and term of the one leader every node follows: all answer, one leads, and
+/// all are at its term and name it. A healed cluster comes back to this state; it also shows
+/// that the peer connections work again (TCP retransmissions across a link that was down back
+/// off for seconds).
+fn settled_leader(client: &Client, endpoints: &[String]) -> Option<(usize, Term)> {
+    let statuses: Vec<StatusReply> = endpoints
+        .iter()
+        .map(|endpoint| client.status(endpoint).ok())
+        .collect::<Option<_>>()?;
+    let mut leaders = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, status)| status.role == RoleKind::Leader);
+    let (position, leader) = leaders.next()?;
+    let agreed = leaders.next().is_none()
+        && statuses
+            .iter()
+            .all(|status| status.term == leader.term && status.leader == Some(leader.id));
+    agreed.then_some((position, leader.term))
+}
+
+/// Whether `endpoint` leads at a term above `term`.
+fn leads_above(client: &Client, endpoint: &str, term: Term) -> bool {
+    client
+        .status(endpoint)
+        .is_ok_and(|status| status.role == RoleKind::Leader && status.term > term)
+}
+
+/// The role `endpoint` reports, asking until it answers (a status call is one attempt, and a
+/// busy or reconnecting node may miss one).
+fn role(client: &Client, endpoint: &str) -> RoleKind {
+    let mut answer = None;
+    let mut last_error = String::new();
+    let answered = wait_for(|| match client.status(endpoint) {
+        Ok(status) => {
+            answer = Some(status.role);
+            true
+        }
+        Err(error) => {
+            last_error = error.to_string();
+            false
+        }
+    });
+    assert!(answered, "{endpoint} answered no status: {last_error}");
+    answer.expect("answered above")
+}
+
+/// With check-quorum off, an isolated leader keeps leading until it hears a newer term — for
+/// as long as the partition lasts — and clients that know it keep asking it. ReadIndex must
+/// still make it refuse (here: never answer) reads while the majority side commits writes.
+#[test]
+fn read_index_is_linearizable_with_check_quorum_off() {
+    let _turn = take_network_turn();
+    let Some(network) = Network::create() else {
+        skipped();
+        return;
+    };
+    let isolated_seconds = env_u64("KEYVAL_CHAOS_SECONDS").unwrap_or(12);
+    let rounds = (isolated_seconds / ISOLATION.as_secs()).max(1);
+    let seed = seed();
+    let _nodes = Nodes::start(&network, &["--check-quorum", "false"]);
+    let endpoints: Vec<String> = (1..=NODES)
+        .map(|node| format!("{}:7379", network.address(node)))
+        .collect();
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(1),
+        ..ClientOptions::default()
+    };
+    let observer = Client::connect(&endpoints, options.clone()).expect("connect");
+    let settled = |when: &str| {
+        let mut found = None;
+        assert!(
+            wait_for(|| {
+                found = settled_leader(&observer, &endpoints);
+                found.is_some()
+            }),
+            "the cluster did not settle on one leader {when}: {:?}",
+            observer.cluster_status()
+        );
+        found.expect("found above")
+    };
+    let history = History::new();
+    let mut leaders = Vec::new();
+    for round in 0..rounds {
+        let (old, old_term) = settled(&format!("before round {round}"));
+        network.set_isolated(old + 1, true);
+        let mut new = None;
+        assert!(
+            wait_for(|| {
+                new = (0..NODES).find(|&position| {
+                    position != old && leads_above(&observer, &endpoints[position], old_term)
+                });
+                new.is_some()
+            }),
+            "the majority side elected no leader in round {round}"
+        );
+        let new = new.expect("found above");
+        leaders.push(format!("n{} isolated, n{} elected", old + 1, new + 1));
+        // Two clients know only the isolated leader; two know only the majority side. Fresh
+        // clients each round, so none keeps a leader from an earlier round.
+        let pinned = [endpoints[old].clone()];
+        let majority: Vec<String> = (0..NODES)
+            .filter(|&position| position != old)
+            .map(|position| endpoints[position].clone())
+            .collect();
+        let clients: Vec<(Client, u32)> = (0..4)
+            .map(|k| {
+                let (targets, gets_in_ten) = if k < 2 {
+                    (&pinned[..], PINNED_GETS_IN_TEN)
+                } else {
+                    (&majority[..], GETS_IN_TEN_DEFAULT)
+                };
+                let client = Client::connect(targets, options.clone()).expect("connect");
+                (client, gets_in_ten)
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for (k, (client, gets_in_ten)) in clients.iter().enumerate() {
+                let (history, stop) = (&history, &stop);
+                let id = round * 4 + k as u64 + 1;
+                scope.spawn(move || {
+                    run_recorded_client_mix(client, history, id, seed, stop, *gets_in_ten)
+                });
+            }
+            // The length of the isolation, with the clients running; nothing is asserted
+            // after it but what must have held throughout.
+            std::thread::sleep(ISOLATION);
+            stop.store(true, Ordering::SeqCst);
+        });
+        // The test means something only if the isolated node kept leading: with check-quorum
+        // on it would have stepped down within an election timeout.
+        assert_eq!(
+            role(&observer, &endpoints[old]),
+            RoleKind::Leader,
+            "round {round}: isolated n{} stopped leading although check-quorum is off",
+            old + 1
+        );
+        network.set_isolated(old + 1, false);
+    }
+    // Healed: the old leader of the last round has heard the newer term.
+    settled("after the last round");
+    let operations = history.snapshot();
+    let context = format!("seed {seed}, check-quorum off, rounds {leaders:?}");
+    let known = assert_linearizable(&operations, &context);
+    eprintln!(
+        "check-quorum off: {} operations ({known} known), {leaders:?}",
         operations.len()
     );
 }

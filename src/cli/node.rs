@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::kv::KvStore;
@@ -82,6 +82,19 @@ pub struct NodeArgs {
     /// drift).
     #[arg(long, env = "KEYVAL_LEASE_READS")]
     pub lease_reads: bool,
+    /// TEST ONLY, hidden from `--help`: `--check-quorum false` turns check-quorum off, so a
+    /// leader cut off from its peers keeps believing it leads until it hears a newer term.
+    /// The process partition suite uses it to show that ReadIndex reads stay linearizable
+    /// without check-quorum's help. Production runs keep the default (true): it bounds how long
+    /// a deposed leader stalls its clients, and `--lease-reads` requires it.
+    #[arg(
+        long,
+        env = "KEYVAL_CHECK_QUORUM",
+        default_value_t = true,
+        action = ArgAction::Set,
+        hide = true
+    )]
+    pub check_quorum: bool,
     /// Open client connections at most.
     #[arg(long, env = "KEYVAL_MAX_CONNECTIONS", default_value_t = crate::server::CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
@@ -167,10 +180,17 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     if args.tick_ms == 0 {
         bail!("--tick-ms must be at least 1");
     }
+    if args.lease_reads && !args.check_quorum {
+        bail!(
+            "--lease-reads requires check-quorum: a leased leader must step down when it loses \
+             its quorum; drop --check-quorum false (a test-only flag)"
+        );
+    }
     let mut config = Config::new(id);
     config.tick = Duration::from_millis(args.tick_ms);
     config.election_ticks = args.election_ticks;
     config.heartbeat_ticks = args.heartbeat_ticks;
+    config.check_quorum = args.check_quorum;
     config.lease_reads = args.lease_reads;
     config.snapshot_entries = args.snapshot_entries;
     config.snapshot_bytes = args.snapshot_bytes;
@@ -202,6 +222,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     log::set_level(args.log_level);
     let plan = plan(&args)?;
     log::set_node(plan.id);
+    if !plan.config.check_quorum {
+        log::warn(
+            "check-quorum is off (test only): a leader cut off from its peers keeps leading",
+            &[],
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -369,5 +395,27 @@ mod tests {
         assert_eq!(plan_with_snapshots.config.snapshot_entries, 0);
         let error = plan(&args(&["--election-ticks", "4"])).unwrap_err();
         assert!(format!("{error:#}").contains("election_ticks"), "{error:#}");
+    }
+
+    #[test]
+    fn check_quorum_is_on_unless_turned_off_and_lease_reads_need_it() {
+        assert!(plan(&args(&[])).unwrap().config.check_quorum);
+        assert!(
+            plan(&args(&["--check-quorum", "true"]))
+                .unwrap()
+                .config
+                .check_quorum
+        );
+        let off = plan(&args(&["--check-quorum", "false"])).unwrap();
+        assert!(!off.config.check_quorum);
+        assert!(!off.config.lease_reads);
+        assert!(plan(&args(&["--lease-reads"])).unwrap().config.lease_reads);
+        let error = plan(&args(&["--check-quorum", "false", "--lease-reads"])).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--lease-reads requires check-quorum"),
+            "{error}"
+        );
     }
 }

@@ -15,6 +15,10 @@ use rand::{Rng, SeedableRng};
 /// Keys the recording clients use: few, so that operations contend.
 pub const KEYS: u64 = 3;
 
+/// Gets in every ten operations of [`run_recorded_client`]; the rest are puts and
+/// compare-and-swaps, two to one.
+pub const GETS_IN_TEN_DEFAULT: u32 = 4;
+
 /// Runs random get / put / compare-and-swap operations until `stop`, recording each one.
 /// Every error is recorded as an unknown outcome, which lets the operation take effect or not:
 /// always sound.
@@ -25,15 +29,34 @@ pub fn run_recorded_client(
     seed: u64,
     stop: &AtomicBool,
 ) {
+    run_recorded_client_mix(client, history, id, seed, stop, GETS_IN_TEN_DEFAULT);
+}
+
+/// [`run_recorded_client`] with `gets_in_ten` gets in every ten operations (at most 10); the
+/// other operations are puts and compare-and-swaps, two to one.
+pub fn run_recorded_client_mix(
+    client: &Client,
+    history: &History,
+    id: u64,
+    seed: u64,
+    stop: &AtomicBool,
+    gets_in_ten: u32,
+) {
+    assert!(
+        gets_in_ten <= 10,
+        "gets_in_ten is {gets_in_ten}, at most 10"
+    );
+    let compare_and_swaps = (10 - gets_in_ten) / 3;
     let mut rng = StdRng::seed_from_u64(seed ^ id);
     let mut counter: u64 = 0;
     while !stop.load(Ordering::SeqCst) {
         counter += 1;
         let key = format!("k{}", rng.random_range(0..KEYS)).into_bytes();
         let value = format!("c{id}-{counter}").into_bytes();
-        let request = match rng.random_range(0..10) {
-            0..=3 => Request::get(key),
-            4..=7 => Request::put(key, value),
+        let draw = rng.random_range(0..10);
+        let request = match draw {
+            _ if draw < gets_in_ten => Request::get(key),
+            _ if draw < 10 - compare_and_swaps => Request::put(key, value),
             _ => {
                 // Expect a value some client may have written, or the key's absence.
                 let expected = rng.random_bool(0.7).then(|| {
