@@ -459,7 +459,9 @@ fn read_index_is_linearizable_with_check_quorum_off() {
     let history = History::new();
     let mut leaders = Vec::new();
     for round in 0..rounds {
+        let settling = Instant::now();
         let (old, old_term) = settled(&format!("before round {round}"));
+        eprintln!("round {round}: settled in {:?}", settling.elapsed());
         network.set_isolated(old + 1, true);
         let mut new = None;
         assert!(

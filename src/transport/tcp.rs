@@ -112,11 +112,17 @@ pub struct TcpConfig {
     pub write_timeout: Duration,
     /// How long an inbound connection may take to send its handshake.
     pub handshake_timeout: Duration,
+    /// How long sent data may stay unacknowledged by the peer's TCP before the connection is
+    /// dropped and redialled (`TCP_USER_TIMEOUT`, Linux). Without it a connection that lived
+    /// through a partition stays in exponential retransmission backoff and resumes seconds
+    /// after the network heals (measured: 7.9 s); with it the writer redials within
+    /// `backoff_max` of the heal.
+    pub unacknowledged_timeout: Duration,
 }
 
 impl TcpConfig {
     /// A configuration with default timings: backoff 10 ms → 1 s, connect timeout 500 ms,
-    /// write timeout 2 s, handshake timeout 5 s.
+    /// write timeout 2 s, handshake timeout 5 s, unacknowledged-data timeout 1 s.
     pub fn new(
         id: NodeId,
         cluster_id: u64,
@@ -133,6 +139,7 @@ impl TcpConfig {
             connect_timeout: Duration::from_millis(500),
             write_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            unacknowledged_timeout: Duration::from_secs(1),
         }
     }
 
@@ -149,8 +156,11 @@ impl TcpConfig {
         if self.connect_timeout.is_zero()
             || self.write_timeout.is_zero()
             || self.handshake_timeout.is_zero()
+            || self.unacknowledged_timeout.is_zero()
         {
-            return invalid("connect, write and handshake timeouts must be non-zero");
+            return invalid(
+                "connect, write, handshake and unacknowledged timeouts must be non-zero",
+            );
         }
         Ok(())
     }

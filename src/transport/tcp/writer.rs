@@ -266,6 +266,7 @@ impl<M: Serialize> Writer<M> {
             TcpStream::connect_timeout(&address, config.connect_timeout).and_then(|stream| {
                 stream.set_nodelay(true)?;
                 stream.set_write_timeout(Some(config.write_timeout))?;
+                set_unacknowledged_timeout(&stream, config.unacknowledged_timeout)?;
                 let clone = stream.try_clone()?;
                 Ok((stream, clone))
             });
@@ -340,4 +341,17 @@ impl<M: Serialize> Writer<M> {
         self.next_attempt = Some(Instant::now() + delay);
         self.backoff = (self.backoff * 2).min(self.shared.config.backoff_max);
     }
+}
+
+/// Drops the connection once sent data stays unacknowledged this long (see
+/// [`crate::transport::tcp::TcpConfig::unacknowledged_timeout`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_unacknowledged_timeout(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout))
+}
+
+/// Elsewhere the option does not exist; the write timeout remains the backstop.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_unacknowledged_timeout(_stream: &TcpStream, _timeout: Duration) -> std::io::Result<()> {
+    Ok(())
 }
