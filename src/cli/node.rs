@@ -20,7 +20,7 @@ use crate::server::{Server, ServerOptions};
 use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
 use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
-use crate::types::{Membership, NodeId};
+use crate::types::NodeId;
 
 use super::restore::RestoreArgs;
 use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
@@ -245,7 +245,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node = Arc::new(
         Node::start(NodeOptions {
             config: plan.config.clone(),
-            membership: Membership::new(plan.cluster.members.keys().copied()),
+            membership: plan.cluster.membership(),
             storage: Box::new(storage),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
             inbound: inbound_rx,
