@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod bench;
+mod join;
 pub mod kvctl;
 pub mod member;
 pub mod node;
