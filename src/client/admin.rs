@@ -18,7 +18,13 @@ impl Client {
     /// The cluster's configuration as the leader knows it: voters (both halves while a change
     /// is in progress), learners, their addresses, and the leader.
     pub fn members(&self) -> Result<MembersReply, ClientError> {
-        match self.execute(&RequestBody::Members, false).result? {
+        let result = self.execute(&RequestBody::Members, false).result;
+        // Not a read of data: no leader answering in time means the cluster is unavailable.
+        let result = result.map_err(|error| match error {
+            ClientError::Timeout { reason } => ClientError::Unavailable { reason },
+            other => other,
+        });
+        match result? {
             ResponseBody::Members(reply) => Ok(reply),
             other => Err(protocol(&format!(
                 "unexpected answer to a member list: {other:?}"
