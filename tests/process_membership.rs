@@ -397,6 +397,28 @@ fn rejoining_is_harmless_and_transfer_leader_checks_its_target() {
     wait_members(&admin, "still four voters", voters(&[1, 2, 3, 4]));
     assert!(joiner.log_text().contains("not joining again"));
 
+    // --join-as-learner: n5 receives the log but is not promoted.
+    let mut learner = Joiner::new(&cluster, 5, &cluster.endpoints(), free_address());
+    learner.args.push("--join-as-learner".into());
+    let mut learner_node = learner.spawn();
+    wait_members(&admin, "n5 joins as a learner", |membership| {
+        membership.learners.contains(&NodeId(5)) && membership.voters.len() == 4
+    });
+    let learner_client = client(
+        std::slice::from_ref(&learner.client_address),
+        Duration::from_secs(5),
+    );
+    assert!(
+        wait_for(|| learner_client
+            .get_with(b"after".to_vec(), Consistency::Stale)
+            .is_ok_and(|read| read.value.is_some())),
+        "the learner receives the log"
+    );
+    assert!(!learner.log_text().contains("this node is a voter"));
+    run_kvctl(&endpoints, &["member", "remove", "5"]);
+    learner_node.kill();
+    wait_members(&admin, "n5 removed", voters(&[1, 2, 3, 4]));
+
     // Leadership to the joined node, then to a non-member.
     let out = kvctl(&endpoints, &["--json", "transfer-leader", "4"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
