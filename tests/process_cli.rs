@@ -112,3 +112,106 @@ fn environment_twins_configure_the_node_and_the_log_level_filters() {
         "info lines printed at warn level:\n{log}"
     );
 }
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|error| {
+        panic!(
+            "not JSON ({error}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn kvctl_lists_and_changes_members_and_transfers_leadership() {
+    let cluster = process_support::ProcessCluster::start(3);
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client);
+
+    let out = cluster.kvctl(&["member", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for k in 0..3 {
+        assert!(text.contains(&cluster.peer_addresses[k]), "{text}");
+        assert!(text.contains(&cluster.client_addresses[k]), "{text}");
+    }
+    assert_eq!(text.matches("voter").count(), 3, "{text}");
+    let out = cluster.kvctl(&["--json", "member", "list"]);
+    let listed = json_of(&out);
+    assert_eq!(listed["leader"], leader as u64 + 1);
+    assert_eq!(listed["members"].as_array().unwrap().len(), 3);
+    assert_eq!(listed["members"][leader]["leader"], true);
+    assert_eq!(listed["members"][0]["role"], "voter");
+
+    // Hand leadership to a follower, then to a non-member: a clear refusal, exit 1.
+    let target = (leader + 1) % 3 + 1;
+    let out = cluster.kvctl(&["transfer-leader", &target.to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.wait_leader(&client), target - 1);
+    let out = cluster.kvctl(&["transfer-leader", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a voting member"), "{stderr}");
+    let out = cluster.kvctl(&["--json", "member", "remove", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(json_of(&out)["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a member"));
+
+    // A learner (never started: it only receives the log) is added and removed again.
+    let (peer, client_address) = (
+        process_support::free_address(),
+        process_support::free_address(),
+    );
+    let out = cluster.kvctl(&[
+        "--json",
+        "member",
+        "add",
+        "4",
+        "--peer",
+        &peer,
+        "--client",
+        &client_address,
+        "--learner",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    let added = json_of(&out);
+    let learner = added["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|member| member["id"] == 4)
+        .expect("n4 listed")
+        .clone();
+    assert_eq!(learner["role"], "learner");
+    assert_eq!(learner["peer"], peer.as_str());
+    assert_eq!(learner["client"], client_address.as_str());
+    let out = cluster.kvctl(&[
+        "member",
+        "add",
+        "4",
+        "--peer",
+        "127.0.0.1:1",
+        "--client",
+        &client_address,
+        "--learner",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "another address for n4 is refused"
+    );
+    let out = cluster.kvctl(&["member", "remove", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    let out = cluster.kvctl(&["member", "list"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&peer));
+    let out = cluster.kvctl(&["member", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 error (unavailable, rejected, timed out…), 2 usage error,
 //! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`), 5 the write's outcome
-//! is unknown (`Indeterminate`: it may or may not have been applied).
+//! is unknown (`Indeterminate`: it may or may not have been applied; for `member` and
+//! `transfer-leader`: the change may or may not have taken effect).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::server::protocol::Consistency;
 use crate::types::LogIndex;
 
 use super::bench::BenchArgs;
+use super::member::MemberCommand;
 use super::snapshot::SnapshotArgs;
 
 /// Success.
@@ -135,6 +137,14 @@ pub enum Command {
     /// Take a snapshot now on the leader (or --node) and print the index it covers; with
     /// `save FILE`, write a consistent backup for `keyval restore`.
     Snapshot(SnapshotArgs),
+    /// List, add, promote or remove members (one change at a time).
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Hand leadership to voter ID and wait until it leads.
+    TransferLeader {
+        /// The voter to take over.
+        id: u64,
+    },
 }
 
 /// The condition of `cas`: exactly one.
@@ -306,6 +316,8 @@ pub fn run(args: KvctlArgs) -> i32 {
         }
         Command::Status => status(&client, json),
         Command::Bench(bench) => super::bench::run(&args.endpoints, args.timeout_ms, &bench, json),
+        Command::Member(member) => super::member::run(&client, &member, json),
+        Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Snapshot(snapshot) => super::snapshot::run(
             &client,
             &snapshot,

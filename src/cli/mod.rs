@@ -4,7 +4,9 @@
 
 pub mod backup;
 pub mod bench;
+mod join;
 pub mod kvctl;
+pub mod member;
 pub mod node;
 mod pipeline;
 pub mod restore;
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use crate::types::NodeId;
+use crate::types::{MemberAddress, Membership, NodeId};
 
 /// The default client listen address of a node started without flags.
 pub const CLIENT_LISTEN_DEFAULT: &str = "127.0.0.1:7379";
@@ -95,6 +97,23 @@ impl ClusterSpec {
             return Err("the cluster has no members".into());
         }
         Ok(ClusterSpec { members })
+    }
+
+    /// The configuration of these members as voters, with their addresses: addresses travel
+    /// in configuration entries, so members that join later learn how to reach these.
+    pub fn membership(&self) -> Membership {
+        Membership::with_addresses(
+            self.members
+                .iter()
+                .map(|(id, member)| {
+                    let address = MemberAddress {
+                        peer: member.peer_address.to_string(),
+                        client: member.client_address.clone(),
+                    };
+                    (*id, address)
+                })
+                .collect(),
+        )
     }
 
     /// A cluster of one node.

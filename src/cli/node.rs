@@ -22,6 +22,7 @@ use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
 use crate::types::{Membership, NodeId};
 
+use super::join;
 use super::restore::RestoreArgs;
 use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
 
@@ -43,14 +44,25 @@ pub struct NodeArgs {
     /// Instead of running a node: an operator command.
     #[command(subcommand)]
     pub command: Option<NodeCommand>,
-    /// This node's id (1 or more); must be a member of --cluster.
-    #[arg(long, env = "KEYVAL_ID", default_value_t = 1)]
-    pub id: u64,
+    /// This node's id (1 or more; default 1); must be a member of --cluster. Recorded in the
+    /// data directory at first start: a later start with another id is refused.
+    #[arg(long, env = "KEYVAL_ID")]
+    pub id: Option<u64>,
     /// The initial cluster: ID=PEER_ADDRESS/CLIENT_ADDRESS for every member, comma-separated,
     /// e.g. 1=127.0.0.1:7380/127.0.0.1:7379,2=127.0.0.1:7382/127.0.0.1:7381. Default: this
     /// node alone.
-    #[arg(long, env = "KEYVAL_CLUSTER")]
+    #[arg(long, env = "KEYVAL_CLUSTER", conflicts_with = "join")]
     pub cluster: Option<String>,
+    /// Join a running cluster instead of forming one: the client address(es) of any of its
+    /// members, comma-separated. Needs an explicit --id (never one of a removed node that may
+    /// still run), --peer-listen and --client-listen (the addresses the cluster is told). An
+    /// empty data directory asks to be added as a learner and then promoted to voter once
+    /// caught up; a data directory with state starts from it.
+    #[arg(long, env = "KEYVAL_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// With --join: stay a learner (receive the log, never vote).
+    #[arg(long, env = "KEYVAL_JOIN_AS_LEARNER", requires = "join")]
+    pub join_as_learner: bool,
     /// Where to listen for peers. Default: this node's peer address in --cluster, else
     /// 127.0.0.1:7380.
     #[arg(long, env = "KEYVAL_PEER_LISTEN")]
@@ -140,10 +152,27 @@ struct Plan {
 }
 
 fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
-    if args.id == 0 {
+    let id = NodeId(args.id.unwrap_or(1));
+    if id.0 == 0 {
         bail!("--id 0 is invalid: node ids start at 1");
     }
-    let id = NodeId(args.id);
+    if !args.join.is_empty() {
+        let missing: Vec<&str> = [
+            ("--id", args.id.is_none()),
+            ("--peer-listen", args.peer_listen.is_none()),
+            ("--client-listen", args.client_listen.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, missing)| missing.then_some(flag))
+        .collect();
+        if !missing.is_empty() {
+            bail!(
+                "--join needs {}: a joining node must say which id it is (never reuse the id of \
+                 a removed node that may still run) and where the cluster reaches it",
+                missing.join(", ")
+            );
+        }
+    }
     let cluster = match &args.cluster {
         Some(spec) => {
             ClusterSpec::parse(spec).map_err(|error| anyhow::anyhow!("--cluster: {error}"))?
@@ -162,7 +191,7 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
         let ids: Vec<u64> = cluster.members.keys().map(|id| id.0).collect();
         bail!(
             "--id {} is not a member of --cluster (members: {ids:?})",
-            args.id
+            id.0
         );
     };
     let peer_listen = match &args.peer_listen {
@@ -245,7 +274,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-    let storage = FileStorage::open(
+    let mut storage = FileStorage::open(
         &args.data_dir,
         FileOptions {
             fsync,
@@ -253,11 +282,22 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    let peers: BTreeMap<NodeId, SocketAddr> = plan
-        .cluster
-        .members
+    join::check_node_id(&mut storage, plan.id)?;
+    let membership = initial_membership(&args, &plan, &storage, &stop)?;
+    let peers: BTreeMap<NodeId, SocketAddr> = membership
+        .addresses
         .iter()
-        .map(|(id, member)| (*id, member.peer_address))
+        .filter(|(id, address)| **id != plan.id && !address.peer.is_empty())
+        .filter_map(|(id, address)| match resolve(&address.peer) {
+            Ok(resolved) => Some((*id, resolved)),
+            Err(error) => {
+                log::warn(
+                    "cannot resolve a member's peer address",
+                    &[("member", id), ("error", &error)],
+                );
+                None
+            }
+        })
         .collect();
     let (inbound_tx, inbound_rx) = inbound_channel();
     let transport = Arc::new(
@@ -271,7 +311,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node = Arc::new(
         Node::start(NodeOptions {
             config: plan.config.clone(),
-            membership: Membership::new(plan.cluster.members.keys().copied()),
+            membership: membership.clone(),
             storage: Box::new(storage),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
             inbound: inbound_rx,
@@ -281,11 +321,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .context("starting the node")?,
     );
     let mut server_options = ServerOptions::new(plan.client_listen);
-    server_options.client_addresses = plan
-        .cluster
-        .members
+    server_options.client_addresses = membership
+        .addresses
         .iter()
-        .map(|(id, member)| (*id, member.client_address.clone()))
+        .filter(|(_, address)| !address.client.is_empty())
+        .map(|(id, address)| (*id, address.client.clone()))
         .collect();
     server_options.connections_max = args.max_connections;
     server_options.inflight_per_connection_max = args.max_inflight;
@@ -300,11 +340,23 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             ("data_dir", &args.data_dir.display()),
         ],
     );
+    let promotion = if !args.join.is_empty() && !args.join_as_learner {
+        Some(join::spawn_promotion(
+            args.join.clone(),
+            plan.id,
+            Arc::clone(&stop),
+        )?)
+    } else {
+        None
+    };
     watch_until_stopped(&node, &stop);
     log::info(
         "stopping: no new clients, finishing requests in flight",
         &[],
     );
+    if let Some(promotion) = promotion {
+        let _ = promotion.join();
+    }
     server.shutdown();
     // A leader hands over before it goes, so the cluster does not wait an election timeout
     // for a new one (thesis §3.10).
@@ -320,11 +372,82 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs role and leader changes until `stop` is set.
+/// The configuration the node starts from (its stored log and snapshot, if any, override it):
+/// the `--cluster` for a node of a new cluster; for `--join` with an empty data directory, the
+/// configuration the cluster answers when asked to add this node as a learner; for `--join`
+/// with state, this node as a learner (so it never campaigns on its own say-so) with the
+/// addresses the cluster reports, if it answers.
+fn initial_membership(
+    args: &NodeArgs,
+    plan: &Plan,
+    storage: &FileStorage,
+    stop: &AtomicBool,
+) -> anyhow::Result<Membership> {
+    let own = plan.cluster.membership();
+    if args.join.is_empty() {
+        return Ok(own);
+    }
+    let address = own.addresses.get(&plan.id).cloned().unwrap_or_default();
+    if storage.is_empty() {
+        return join::join_as_learner(&args.join, plan.id, &address, stop);
+    }
+    log::info(
+        "the data directory has state: starting from it, not joining again",
+        &[("data_dir", &args.data_dir.display())],
+    );
+    let mut membership = Membership {
+        learners: [plan.id].into(),
+        ..Membership::default()
+    };
+    if let Some(known) = join::known_members(&args.join) {
+        membership.addresses = known.addresses;
+    }
+    membership.addresses.insert(plan.id, address);
+    Ok(membership)
+}
+
+/// How this node stands in `membership`, for the log.
+fn standing(membership: &Membership, id: NodeId) -> &'static str {
+    if membership.is_voter(id) {
+        "voter"
+    } else if membership.learners.contains(&id) {
+        "learner"
+    } else {
+        "not a member"
+    }
+}
+
+/// Logs role, leader and configuration changes until `stop` is set.
 fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) {
     let mut last: Option<(RoleKind, Option<NodeId>, u64)> = None;
+    let mut last_membership: Option<Membership> = None;
     while !stop.load(Ordering::SeqCst) {
         let status = node.status();
+        if last_membership.as_ref() != Some(&status.membership) {
+            let membership = &status.membership;
+            let ids = |set: &std::collections::BTreeSet<NodeId>| {
+                set.iter().map(|id| id.0).collect::<Vec<u64>>()
+            };
+            let fields: [(&str, &dyn std::fmt::Display); 4] = [
+                ("this_node", &standing(membership, status.id)),
+                ("voters", &log::Debugged(&ids(&membership.voters))),
+                (
+                    "outgoing",
+                    &log::Debugged(&ids(&membership.voters_outgoing)),
+                ),
+                ("learners", &log::Debugged(&ids(&membership.learners))),
+            ];
+            if membership.contains(status.id) {
+                log::info("configuration", &fields);
+            } else {
+                log::warn(
+                    "this node is not a member of the configuration it knows: removed from \
+                     the cluster (it stays out of elections), or still catching up after a join",
+                    &fields,
+                );
+            }
+            last_membership = Some(status.membership.clone());
+        }
         let now = (status.role, status.leader, status.term.0);
         if last != Some(now) {
             let leader = status
@@ -417,5 +540,43 @@ mod tests {
                 .contains("--lease-reads requires check-quorum"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_join_needs_an_explicit_id_and_listen_addresses() {
+        let error = plan(&args(&[
+            "--join",
+            "127.0.0.1:7379",
+            "--peer-listen",
+            "127.0.0.1:1",
+        ]))
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("--id"), "{message}");
+        assert!(message.contains("--client-listen"), "{message}");
+        assert!(!message.contains("--peer-listen,"), "{message}");
+        let joining = args(&[
+            "--join",
+            "127.0.0.1:7379,127.0.0.1:7381",
+            "--id",
+            "4",
+            "--peer-listen",
+            "127.0.0.1:1",
+            "--client-listen",
+            "127.0.0.1:2",
+        ]);
+        assert_eq!(joining.join.len(), 2);
+        let plan = plan(&joining).unwrap();
+        assert_eq!(plan.id, NodeId(4));
+        assert_eq!(plan.client_listen.to_string(), "127.0.0.1:2");
+        let conflict = NodeArgs::try_parse_from([
+            "keyval",
+            "--join",
+            "127.0.0.1:7379",
+            "--cluster",
+            "1=127.0.0.1:1/127.0.0.1:2",
+        ]);
+        assert!(conflict.is_err(), "--join and --cluster exclude each other");
+        assert!(NodeArgs::try_parse_from(["keyval", "--join-as-learner"]).is_err());
     }
 }

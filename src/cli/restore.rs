@@ -2,11 +2,11 @@
 //! (like `etcdutl snapshot restore`).
 //!
 //! The backup is verified first. The data directory gets one snapshot at the backup's index
-//! and term whose membership is the **new** cluster's voters (from `--cluster`), an empty log
-//! continuing after it, and a hard state at the backup's term with no vote — so the new
-//! cluster's first election is at a later term than every entry the snapshot covers. Restore
-//! every node of the new cluster from the same file, then start them with the same
-//! `--cluster`: they elect a leader and serve the data.
+//! and term whose membership is the **new** cluster's voters with their addresses (from
+//! `--cluster`), an empty log continuing after it, and a hard state at the backup's term with
+//! no vote — so the new cluster's first election is at a later term than every entry the
+//! snapshot covers. Restore every node of the new cluster from the same file, then start them
+//! with the same `--cluster`: they elect a leader and serve the data.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ use clap::Args;
 use crate::raft::SnapshotData;
 use crate::storage::file::{FileOptions, FileStorage};
 use crate::storage::Storage;
-use crate::types::{HardState, Membership, NodeId, SnapshotMeta};
+use crate::types::{HardState, NodeId, SnapshotMeta};
 
 use super::backup::read_backup_file;
 use super::ClusterSpec;
@@ -85,7 +85,7 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<RestoreReport> {
     check_empty(&args.data_dir)?;
     let meta = SnapshotMeta {
         last: backup.meta.last,
-        membership: Membership::new(cluster.members.keys().copied()),
+        membership: cluster.membership(),
     };
     seed(&args.data_dir, &meta, &backup)
         .with_context(|| format!("seeding data directory {}", args.data_dir.display()))?;
@@ -150,7 +150,7 @@ mod tests {
 
     use super::*;
     use crate::cli::backup::write_backup_file;
-    use crate::types::{EntryId, LogIndex, Term};
+    use crate::types::{EntryId, LogIndex, Membership, Term};
 
     const CLUSTER: &str = "4=127.0.0.1:1/127.0.0.1:2,5=127.0.0.1:3/127.0.0.1:4";
 
@@ -184,10 +184,12 @@ mod tests {
         assert_eq!(report.meta.last, EntryId::new(Term(3), LogIndex(77)));
         let mut storage = FileStorage::open(&data_dir, FileOptions::default()).unwrap();
         let recovered = storage.recover().unwrap();
-        assert_eq!(
-            recovered.snapshot.unwrap().membership,
-            Membership::new([NodeId(4), NodeId(5)])
-        );
+        let membership = recovered.snapshot.unwrap().membership;
+        assert_eq!(membership.voters, [NodeId(4), NodeId(5)].into());
+        assert!(membership.learners.is_empty());
+        // Addresses travel with the configuration, for members that join later.
+        let cluster = ClusterSpec::parse(CLUSTER).unwrap();
+        assert_eq!(membership, cluster.membership());
         assert_eq!(recovered.hard_state.term, Term(3));
         assert_eq!(storage.first_index(), LogIndex(78));
     }

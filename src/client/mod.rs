@@ -25,6 +25,7 @@
 //! # Ok::<(), keyval::client::ClientError>(())
 //! ```
 
+mod admin;
 mod connection;
 mod snapshot;
 
@@ -498,9 +499,13 @@ impl Client {
                                         }
                                     }
                                     // Answers to snapshot requests, which do not come here.
+                                    // ... and refusals of membership changes and
+                                    // transfers, which are final.
                                     error @ (ServerError::NoSnapshot
                                     | ServerError::SnapshotMoved { .. }
-                                    | ServerError::SnapshotOffset { .. }) => {
+                                    | ServerError::SnapshotOffset { .. }
+                                    | ServerError::Refused { .. }
+                                    | ServerError::TransferFailed { .. }) => {
                                         return Executed {
                                             result: Err(ClientError::Server(error)),
                                             ambiguous,

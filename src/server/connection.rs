@@ -30,7 +30,7 @@ use super::protocol::{
 };
 use super::responder::{self, Event, PendingKind, PendingTable};
 use super::snapshot::SnapshotPin;
-use super::{Shared, POLL_INTERVAL, REQUEST_TIMEOUT_MAX};
+use super::{admin, Shared, POLL_INTERVAL, REQUEST_TIMEOUT_MAX};
 
 /// Spawns the reader and writer threads of one accepted connection.
 pub(super) fn spawn(
@@ -82,6 +82,7 @@ pub(super) fn spawn(
         next_tag: 1,
         writes: Vec::new(),
         snapshot_pin: SnapshotPin::default(),
+        number,
     };
     let reader = std::thread::Builder::new()
         .name(format!("{id}-client-read-{number}"))
@@ -116,6 +117,8 @@ struct Reader {
     writes: Vec<(Vec<u8>, u64)>,
     /// The snapshot this connection is downloading, if any.
     snapshot_pin: SnapshotPin,
+    /// The connection's number, for the names of its threads.
+    number: u64,
 }
 
 impl Reader {
@@ -265,6 +268,28 @@ impl Reader {
                     .chunk(|| node.latest_snapshot(), last, offset)
                     .map(ResponseBody::SnapshotChunk);
                 self.respond(request_id, result)
+            }
+            RequestBody::Members => {
+                let result = admin::members(&self.shared);
+                self.respond(request_id, result)
+            }
+            body @ (RequestBody::AddMember { .. }
+            | RequestBody::PromoteMember { .. }
+            | RequestBody::RemoveMember { .. }
+            | RequestBody::TransferLeader { .. }) => {
+                // Earlier writes of this connection go first.
+                self.flush_writes()?;
+                match admin::spawn(
+                    &self.shared,
+                    &self.events,
+                    request_id,
+                    deadline,
+                    body,
+                    self.number,
+                ) {
+                    Ok(()) => Ok(()),
+                    Err(refusal) => self.respond(request_id, Err(refusal)),
+                }
             }
         }
     }

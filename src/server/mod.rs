@@ -12,6 +12,10 @@
 //!                                  drains everything ready, encodes responses into one
 //!                                  buffer, writes it with one call; a write still unknown at
 //!                                  its deadline is answered `Indeterminate`
+//!
+//!  membership changes and leadership transfers block until they commit (up to the request's
+//!  deadline): the reader hands each to a short-lived [n1-client-admin-K] thread, which
+//!  answers through the same writer; at most `ADMIN_REQUESTS_MAX` run at once per server
 //! ```
 //!
 //! Bad input (garbage, a truncated frame, an oversized length prefix) closes only that
@@ -19,6 +23,7 @@
 //! connection finish the requests it has in flight (each bounded by its deadline), closes
 //! them and joins every thread.
 
+mod admin;
 mod connection;
 pub mod protocol;
 mod responder;
@@ -140,17 +145,29 @@ pub(crate) struct Shared {
     connections_refused: AtomicU64,
     pub(crate) connections_closed_bad_input: AtomicU64,
     pub(crate) requests: AtomicU64,
+    /// Admin requests (membership changes, transfers) being served now, each on its own
+    /// thread; at most [`admin::ADMIN_REQUESTS_MAX`].
+    pub(crate) admin_in_flight: AtomicUsize,
     /// Threads of every connection, joined at shutdown; finished ones are reaped on accept.
     connection_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
-    /// The client address of `id`, if known.
+    /// The client address of `id`, if known: the live configuration's (addresses travel in
+    /// configuration entries, so a member that joined later is known), else the static one
+    /// from the options.
     pub(crate) fn client_address(&self, id: NodeId) -> Option<String> {
         if id == self.node.id() {
             return Some(self.advertised.clone());
         }
-        self.options.client_addresses.get(&id).cloned()
+        let live = self
+            .node
+            .members()
+            .addresses
+            .remove(&id)
+            .map(|address| address.client)
+            .filter(|client| !client.is_empty());
+        live.or_else(|| self.options.client_addresses.get(&id).cloned())
     }
 }
 
@@ -211,6 +228,7 @@ impl Server {
             connections_refused: AtomicU64::new(0),
             connections_closed_bad_input: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            admin_in_flight: AtomicUsize::new(0),
             connection_threads: Mutex::new(Vec::new()),
         });
         let listener_shared = Arc::clone(&shared);

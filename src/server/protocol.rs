@@ -22,7 +22,7 @@ use crate::error::CodecError;
 use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
-use crate::types::{EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, SnapshotMeta, Term};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,6 +65,37 @@ pub enum RequestBody {
         last: Option<EntryId>,
         /// The first byte wanted.
         offset: u64,
+    },
+    /// The cluster's configuration as the leader knows it (`kvctl member list`). Served by
+    /// the leader; other nodes redirect.
+    Members,
+    /// Adds member `id` as a learner and, with `voter`, promotes it once it has caught up
+    /// (`kvctl member add`, `keyval --join`). Idempotent: adding a member that is already
+    /// there at the same addresses succeeds. Served by the leader; may take until the
+    /// request's deadline (the change must commit, and a new voter must catch up first).
+    AddMember {
+        /// The new member's id: never reuse the id of a removed node that may still run.
+        id: NodeId,
+        /// Where it listens for peers and for clients.
+        address: MemberAddress,
+        /// Promote it to voter once caught up (else it stays a learner).
+        voter: bool,
+    },
+    /// Promotes learner `id` to voter once it has caught up (`kvctl member promote`).
+    /// Promoting a voter succeeds.
+    PromoteMember {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Removes member `id`, voter or learner, the leader included (`kvctl member remove`).
+    RemoveMember {
+        /// The member.
+        id: NodeId,
+    },
+    /// Hands leadership to voter `target` and waits until it leads (`kvctl transfer-leader`).
+    TransferLeader {
+        /// The voter to take over.
+        target: NodeId,
     },
 }
 
@@ -160,6 +191,19 @@ impl std::fmt::Debug for SnapshotChunkReply {
     }
 }
 
+/// The cluster's configuration, the answer to [`RequestBody::Members`] and to every
+/// membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// The node that answered (the leader, when it answered as one).
+    pub node: NodeId,
+    /// The leader as far as that node knows.
+    pub leader: Option<NodeId>,
+    /// The configuration: voters (both halves while joint), learners and their addresses.
+    /// After a change, the configuration the change ended in (committed).
+    pub membership: Membership,
+}
+
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResponseBody {
@@ -174,6 +218,13 @@ pub enum ResponseBody {
     SnapshotRequested(SnapshotRequested),
     /// A chunk of the latest snapshot.
     SnapshotChunk(SnapshotChunkReply),
+    /// The configuration (after a change: the committed configuration it ended in).
+    Members(MembersReply),
+    /// Leadership moved to `leader`.
+    LeaderTransferred {
+        /// The new leader.
+        leader: NodeId,
+    },
 }
 
 /// Why a request was not served. Each variant says whether a write may have been applied.
@@ -243,12 +294,58 @@ pub enum ServerError {
         /// The snapshot's size.
         total: u64,
     },
+    /// A membership change or leadership transfer was refused: it makes no sense against
+    /// the current configuration (a member added twice at another address, a non-member
+    /// removed, a transfer to a non-voter), or it would leave the new configuration without
+    /// a healthy quorum. **Nothing was changed**; do not retry as is.
+    #[error("refused, nothing was changed: {reason}")]
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A leadership transfer did not complete before its deadline and was abandoned.
+    /// Leadership may nevertheless have moved meanwhile: look at the cluster's status.
+    #[error("leadership transfer failed: {reason}")]
+    TransferFailed {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ServerError {
     /// Whether a write refused with this error may nevertheless have been applied.
     pub fn is_indeterminate(&self) -> bool {
         matches!(self, ServerError::Indeterminate { .. })
+    }
+}
+
+/// The longest member address (`host:port`) a membership request may carry.
+pub const MEMBER_ADDRESS_BYTES_MAX: usize = 255;
+
+/// Checks an address a client asks to add: non-empty `host:port` with a numeric port, at
+/// most [`MEMBER_ADDRESS_BYTES_MAX`] bytes, no whitespace or control characters. Host names
+/// are not resolved here (the members resolve them).
+pub fn validate_member_address(what: &str, address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Err(format!("the {what} address is empty"));
+    }
+    if address.len() > MEMBER_ADDRESS_BYTES_MAX {
+        return Err(format!(
+            "the {what} address is {} bytes long; at most {MEMBER_ADDRESS_BYTES_MAX}",
+            address.len()
+        ));
+    }
+    if address
+        .chars()
+        .any(|character| character.is_whitespace() || character.is_control())
+    {
+        return Err(format!(
+            "the {what} address {address:?} holds whitespace or control characters"
+        ));
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("the {what} address {address:?} is not host:port")),
     }
 }
 

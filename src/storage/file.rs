@@ -4,6 +4,7 @@
 //! ```text
 //! <dir>/LOCK                              held (flock) while a FileStorage is open
 //! <dir>/state                             hard state + compaction point, replaced atomically
+//! <dir>/node-id                           the node's id as decimal text, replaced atomically
 //! <dir>/wal/<first index, 20 digits>.seg  log segments, rolled at segment_bytes_max
 //! <dir>/snapshot/<term>-<index>.snap      the latest snapshot
 //! ```
@@ -37,11 +38,14 @@ use crate::codec::{self, RecordRead};
 use crate::error::StorageError;
 use crate::limits::RECORD_BYTES_MAX;
 use crate::storage::{Recovered, Storage};
-use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta};
 
 use self::format::{StateRecord, SEGMENT_HEADER_BYTES};
 use self::io::{DirectoryLock, FileSystem, RealFileSystem};
 use self::segment::Segment;
+
+/// The file in the data directory that records which node the directory belongs to.
+pub const NODE_ID_FILE_NAME: &str = "node-id";
 
 /// The smallest `segment_bytes_max` accepted: a header and a few small records.
 pub const SEGMENT_BYTES_MIN: u64 = 256;
@@ -206,6 +210,49 @@ impl FileStorage {
     /// The number of segment files holding the log.
     pub fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+
+    /// Whether the directory holds no state at all: no term or vote, no snapshot, no entry
+    /// (a node that has never run, or a node about to join a cluster).
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.last_index() == LogIndex(0)
+            && self.pending_hard_state.unwrap_or(self.state.hard_state) == HardState::default()
+    }
+
+    /// The node id recorded in the directory's `node-id` file, if any (see
+    /// [`record_node_id`](FileStorage::record_node_id)). A file that does not hold a node id is
+    /// reported as corrupt.
+    pub fn node_id(&self) -> Result<Option<NodeId>, StorageError> {
+        let path = self.dir.join(NODE_ID_FILE_NAME);
+        let bytes = match self.file_system.read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(FileStorage::io_error("read", &path, source)),
+        };
+        let corrupt = |reason: String| StorageError::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| corrupt("the node-id file is not text".into()))?;
+        match text.trim().parse::<u64>() {
+            Ok(id) if id > 0 => Ok(Some(NodeId(id))),
+            _ => Err(corrupt(format!(
+                "the node-id file holds {:?}, not a node id",
+                text.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Records `id` as the identity of the node this directory belongs to, atomically and
+    /// durably (temporary file, fsync, rename, directory fsync), so that a later start with
+    /// another id can be refused.
+    pub fn record_node_id(&mut self, id: NodeId) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let (path, dir) = (self.dir.join(NODE_ID_FILE_NAME), self.dir.clone());
+        self.write_atomically(&path, "tmp", &dir, format!("{}\n", id.0).as_bytes())
     }
 
     fn check_poisoned(&self) -> Result<(), StorageError> {

@@ -155,6 +155,50 @@ impl TestCluster {
         self.client_addresses[&NodeId(position as u64 + 1)].clone()
     }
 
+    /// Starts a node `id` that joins the running cluster: its transport first (the address the
+    /// cluster is told), then `join` — which asks the cluster to add it and returns the
+    /// configuration to start from — then the node, knowing every running node's peer address,
+    /// and its server at `client_address`. Returns its position.
+    pub fn start_joiner(
+        &mut self,
+        id: NodeId,
+        client_address: String,
+        join: impl FnOnce(SocketAddr) -> Membership,
+    ) -> usize {
+        let (inbound_tx, inbound) = inbound_channel();
+        let config = TcpConfig::new(id, 7, "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
+        let transport = Arc::new(TcpTransport::<Message>::start(config, inbound_tx).unwrap());
+        for running in self.nodes.iter().flatten() {
+            transport
+                .set_peer_address(running.node.id(), running.transport.local_addr())
+                .unwrap();
+        }
+        let membership = join(transport.local_addr());
+        let node = Arc::new(
+            Node::start(NodeOptions {
+                config: Config::new(id),
+                membership,
+                storage: Box::new(MemStorage::new()),
+                transport: Arc::clone(&transport) as Arc<dyn Transport>,
+                inbound,
+                state_machine: KvStore::new(),
+                seed: id.0,
+            })
+            .unwrap(),
+        );
+        let mut options = ServerOptions::new(client_address.parse().unwrap());
+        options.client_addresses = self.client_addresses.clone();
+        options.client_addresses.insert(id, client_address.clone());
+        let server = Server::start(Arc::clone(&node), options).unwrap();
+        self.client_addresses.insert(id, client_address);
+        self.nodes.push(Some(Running {
+            node,
+            server,
+            transport,
+        }));
+        self.nodes.len() - 1
+    }
+
     /// Stops the node at `position` (server first, then node and transport).
     pub fn stop(&mut self, position: usize) {
         if let Some(mut running) = self.nodes[position].take() {
