@@ -27,6 +27,29 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ FRAME_BYTES_MAX as usize }>()
 }
 
+/// Deserializes a `String` through `deserialize_str` (use with `#[serde(deserialize_with)]` on
+/// string fields of values that arrive from the network or disk). bincode's borrowing decoder
+/// then checks the claimed length against the bytes actually present and the string is copied
+/// at its real size; `String`'s own impl asks for an owned string, which bincode allocates from
+/// the claimed length first (fuzzing: 4 MiB from a 45-byte message).
+pub fn deserialize_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    struct StrVisitor;
+    impl serde::de::Visitor<'_> for StrVisitor {
+        type Value = String;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<String, E> {
+            Ok(value.to_owned())
+        }
+    }
+    deserializer.deserialize_str(StrVisitor)
+}
+
 /// Encodes `value`.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|error| CodecError::Encode {

@@ -96,8 +96,10 @@ impl fmt::Display for EntryId {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberAddress {
     /// Where the member listens for peers, `host:port`.
+    #[serde(deserialize_with = "crate::codec::deserialize_string")]
     pub peer: String,
     /// Where the member listens for clients, `host:port`.
+    #[serde(deserialize_with = "crate::codec::deserialize_string")]
     pub client: String,
 }
 

@@ -1331,3 +1331,51 @@ fn kv_snapshot_allocation_is_bounded_by_its_input() {
         snapshot.len()
     );
 }
+
+#[test]
+fn member_address_allocation_is_bounded_by_its_input() {
+    // An AppendEntries carrying a configuration whose member's peer address claims 4 MiB but
+    // holds a few bytes (a claim near FRAME_BYTES_MAX trips bincode's limit instead).
+    let membership = Membership {
+        voters: [NodeId(1)].into(),
+        addresses: [(
+            NodeId(1),
+            MemberAddress {
+                peer: "\u{7f}".into(),
+                client: "c".into(),
+            },
+        )]
+        .into(),
+        ..Membership::default()
+    };
+    let message = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(1),
+        body: MessageBody::AppendEntries {
+            prev: EntryId::default(),
+            entries: vec![Entry {
+                id: EntryId::new(Term(1), LogIndex(1)),
+                payload: EntryPayload::Membership(membership),
+            }],
+            leader_commit: LogIndex(0),
+        },
+    };
+    let valid = codec::encode(&message).unwrap();
+    // The peer string is encoded as [1, 0x7f]: its length byte goes, a u32 varint claim comes.
+    let at = valid
+        .windows(2)
+        .position(|pair| pair == [1, 0x7f])
+        .expect("the peer address is in the encoding");
+    let mut bytes = valid[..at].to_vec();
+    bytes.push(252);
+    bytes.extend_from_slice(&4_198_401u32.to_le_bytes());
+    bytes.extend_from_slice(&valid[at + 1..]);
+    let (decoded, largest) = largest_allocation(|| codec::decode::<Message>(&bytes));
+    assert!(decoded.is_err());
+    assert!(
+        largest <= allocation_bound(bytes.len()),
+        "{largest} bytes allocated for {} bytes of input",
+        bytes.len()
+    );
+}
