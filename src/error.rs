@@ -163,9 +163,10 @@ pub enum ProposeError {
     /// retry only with a request id the state machine deduplicates.
     #[error("timed out; the proposal may still commit")]
     Timeout,
-    /// The outcome is unknown: the node installed a snapshot from the leader that covers the
-    /// entry's index, so it cannot tell whether its entry or another one committed there.
-    #[error("outcome unknown: a snapshot covered the proposal's index")]
+    /// The outcome is unknown and this node cannot learn it: it installed a snapshot from the
+    /// leader that covers the entry's index (so it cannot tell whether its entry or another one
+    /// committed there), or it was removed from the cluster and hears no more of the log.
+    #[error("outcome unknown: a snapshot covered the proposal's index, or this node was removed")]
     Indeterminate,
     /// The node shut down before the outcome was known; the entry may still commit.
     #[error("node is shutting down; the proposal may still commit")]

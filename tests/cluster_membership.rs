@@ -286,3 +286,54 @@ fn a_restarted_learner_and_repeated_adds_are_harmless() {
     let acknowledged: Vec<Vec<u8>> = (0..50u32).map(|k| k.to_le_bytes().to_vec()).collect();
     assert_settled(&cluster, &acknowledged);
 }
+
+#[test]
+fn a_leader_that_removes_itself_answers_every_waiting_proposal() {
+    let cluster = cluster(3, StorageKind::Memory);
+    let leader = cluster.wait_for_leader(WAIT);
+    let node = cluster.node(leader).unwrap();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let outcomes = std::thread::scope(|scope| {
+        let proposers: Vec<_> = (0..16)
+            .map(|client| {
+                let (node, done) = (&node, &done);
+                scope.spawn(move || {
+                    let mut outcomes = Vec::new();
+                    for k in 0..200 {
+                        let command = format!("p{client}-{k}").into_bytes();
+                        // A deadline far beyond the test's: every outcome must come sooner.
+                        let outcome = node.propose(command, Instant::now() + 2 * WAIT);
+                        let refused = matches!(
+                            outcome,
+                            Err(keyval::ProposeError::NotLeader { .. })
+                                | Err(keyval::ProposeError::Busy { .. })
+                        );
+                        outcomes.push(outcome);
+                        done.fetch_add(1, Ordering::SeqCst);
+                        if refused {
+                            break;
+                        }
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        // Remove it while the proposers are in full flow.
+        assert!(cluster.wait_for(WAIT, |_| done.load(Ordering::SeqCst) >= 100));
+        node.remove_member(leader, Instant::now() + WAIT).unwrap();
+        proposers
+            .into_iter()
+            .flat_map(|proposer| proposer.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    // Committed, dropped, refused, or unknown (a removed node cannot learn more) — never
+    // left waiting until the deadline.
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| !matches!(outcome, Err(keyval::ProposeError::Timeout))),
+        "a proposal waited until its deadline (seed {})",
+        cluster.seed()
+    );
+    assert!(outcomes.iter().any(|outcome| outcome.is_ok()));
+}

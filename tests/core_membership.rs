@@ -619,3 +619,23 @@ fn a_leader_crash_at_every_step_of_a_change_leaves_one_configuration() {
         crash_leader_during_change(step, 100 + step as u64);
     }
 }
+
+#[test]
+fn a_learner_never_heard_from_is_not_promoted_even_in_a_young_cluster() {
+    let mut network = CoreNetwork::new(3, 17);
+    network.elect(N1);
+    // N4 is added but never started: the log is tiny, yet N4 is not caught up.
+    network.change(N1, &[learner(N4)]).unwrap();
+    settle(&mut network);
+    let refused = network
+        .node(N1)
+        .propose_membership(&[MemberChange::Promote(N4)]);
+    assert!(
+        matches!(refused, Err(MembershipError::NotCaughtUp { id: N4, .. })),
+        "{refused:?}"
+    );
+    // Once it runs and answers, it is.
+    network.add_node(N4);
+    settle(&mut network);
+    network.change(N1, &[MemberChange::Promote(N4)]).unwrap();
+}

@@ -191,6 +191,13 @@ impl<M> Shared<M> {
                 waiters.complete_reads(ready.read_states, applied);
             }
         }
+        // A node removed from the cluster hears nothing more about entries past its commit
+        // index (a leader that removed itself appended some): their proposers learn now that
+        // the outcome is unknown, instead of at their deadlines.
+        if !core.raft.is_leader() && !core.raft.membership().contains(self.id) {
+            let committed = core.raft.log().committed();
+            self.waiters.lock().complete_unknowable_after(committed);
+        }
     }
 
     fn is_serving(&self) -> bool {

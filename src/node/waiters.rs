@@ -92,6 +92,18 @@ impl Waiters {
         }
     }
 
+    /// This node can no longer learn what happens after `index` (it was removed from the
+    /// cluster): proposals waiting beyond it may or may not commit.
+    pub(super) fn complete_unknowable_after(&mut self, index: LogIndex) {
+        while let Some(entry) = self.proposals.last_entry() {
+            if *entry.key() <= index {
+                break;
+            }
+            let (_, waiter) = entry.remove();
+            waiter.complete(Err(ProposeError::Indeterminate));
+        }
+    }
+
     /// A snapshot from the leader now covers everything through `index`: proposals waiting
     /// there cannot learn whether their entry or another one committed.
     pub(super) fn complete_covered_by_snapshot(&mut self, index: LogIndex) {

@@ -259,17 +259,23 @@ impl Raft {
     /// that is far behind would stall commits while it catches up.
     fn check_caught_up(&self, id: NodeId) -> Result<(), MembershipError> {
         let last = self.log.last_index();
-        let matched = match &self.role {
+        // Only a learner that answered recently and is replicating (it acknowledged an append
+        // that matched) counts as caught up: one never heard from may not even be running.
+        let replicating = match &self.role {
             Role::Leader(leader) => leader.progress.get(&id).and_then(|progress| {
-                (progress.state == ProgressState::Replicate).then_some(progress.matched)
+                (progress.state == ProgressState::Replicate && self.is_healthy(id))
+                    .then_some(progress.matched)
             }),
             _ => None,
+        };
+        match replicating {
+            Some(matched) if matched.0 + self.config.promote_lag_entries >= last.0 => Ok(()),
+            other => Err(MembershipError::NotCaughtUp {
+                id,
+                matched: other.unwrap_or_default(),
+                last,
+            }),
         }
-        .unwrap_or_default();
-        if matched.0 + self.config.promote_lag_entries < last.0 {
-            return Err(MembershipError::NotCaughtUp { id, matched, last });
-        }
-        Ok(())
     }
 
     /// Refuses a configuration that could not reach a quorum with the members heard from
