@@ -1,11 +1,12 @@
-//! Process-level chaos: three real `keyval` processes (fsync on) serve concurrent clients while
-//! a nemesis kills nodes with SIGKILL and restarts them, and freezes the leader with SIGSTOP
-//! and thaws it with SIGCONT. Every client operation is recorded with its real invocation and
+//! Process-level chaos: three, and five, real `keyval` processes (fsync on) serve concurrent
+//! clients while a nemesis kills nodes with SIGKILL and restarts them, and freezes nodes with
+//! SIGSTOP and thaws them with SIGCONT (with five nodes, sometimes two at once: still a
+//! majority up). Every client operation is recorded with its real invocation and
 //! completion times (unknown outcomes as unknown), the history must be linearizable, and every
 //! key's final value must be readable after the nemesis stops.
 //!
 //! `KEYVAL_CHAOS_SECONDS` lengthens the run (default 6 s in CI). Network partitions between
-//! processes (network namespaces) are not part of this suite yet.
+//! processes are in `process_partition.rs`.
 
 mod process_support;
 
@@ -30,6 +31,15 @@ fn signal(cluster: &ProcessCluster, position: usize, signal: &str) {
 
 #[test]
 fn linearizable_while_real_processes_are_killed_and_paused() {
+    chaos(3);
+}
+
+#[test]
+fn linearizable_while_five_real_processes_are_killed_and_paused() {
+    chaos(5);
+}
+
+fn chaos(nodes: usize) {
     let seconds: u64 = std::env::var("KEYVAL_CHAOS_SECONDS")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -38,7 +48,7 @@ fn linearizable_while_real_processes_are_killed_and_paused() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(rand::random);
-    let mut cluster = ProcessCluster::start(3);
+    let mut cluster = ProcessCluster::start(nodes);
     let options = ClientOptions {
         request_timeout: Duration::from_secs(2),
         ..ClientOptions::default()
@@ -58,17 +68,32 @@ fn linearizable_while_real_processes_are_killed_and_paused() {
         }
         let until = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < until {
-            let victim = rng.random_range(0..3);
-            if rng.random_bool(0.5) {
-                faults.push(format!("kill -9 n{}", victim + 1));
-                cluster.nodes[victim].kill();
-                std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
-                cluster.restart(victim);
+            // A minority at a time: one node of three, one or two of five.
+            let count = if nodes >= 5 && rng.random_bool(0.5) {
+                2
             } else {
-                faults.push(format!("pause n{}", victim + 1));
-                signal(&cluster, victim, "-STOP");
+                1
+            };
+            let first = rng.random_range(0..nodes);
+            let victims: Vec<usize> = (0..count).map(|k| (first + k) % nodes).collect();
+            if rng.random_bool(0.5) {
+                for &victim in &victims {
+                    faults.push(format!("kill -9 n{}", victim + 1));
+                    cluster.nodes[victim].kill();
+                }
+                std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
+                for &victim in &victims {
+                    cluster.restart(victim);
+                }
+            } else {
+                for &victim in &victims {
+                    faults.push(format!("pause n{}", victim + 1));
+                    signal(&cluster, victim, "-STOP");
+                }
                 std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
-                signal(&cluster, victim, "-CONT");
+                for &victim in &victims {
+                    signal(&cluster, victim, "-CONT");
+                }
             }
             // Pacing the nemesis between faults; nothing is asserted after it.
             std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
@@ -89,7 +114,8 @@ fn linearizable_while_real_processes_are_killed_and_paused() {
     let operations = history.snapshot();
     let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
     eprintln!(
-        "process chaos: {} operations ({known} with known outcome), faults: {faults:?}",
+        "process chaos, {nodes} nodes: {} operations ({known} with known outcome), faults: \
+         {faults:?}",
         operations.len()
     );
 }
