@@ -35,6 +35,7 @@ use process_support::wait_for;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Nodes in the check-quorum-off test.
 const NODES: usize = 3;
 
 /// Isolated-leader rounds of the check-quorum-off test: how long the leader is cut off while
@@ -93,22 +94,25 @@ fn ip_in(namespace: &str, args: &[&str]) -> bool {
 
 /// Three namespaces wired as described in the module docs; deleted on drop.
 struct Network {
+    /// Nodes in the cluster.
+    size: usize,
     tag: u32,
     subnet: u32,
     namespaces: Vec<String>,
 }
 
 impl Network {
-    fn create() -> Option<Network> {
+    fn create(size: usize) -> Option<Network> {
         let created = NETWORKS_CREATED.fetch_add(1, Ordering::SeqCst) % 4;
         let tag = std::process::id() % 1_000 * 4 + created;
         let subnet = 20 + (std::process::id() % 50 * 4 + created);
         let mut network = Network {
+            size,
             tag,
             subnet,
             namespaces: Vec::new(),
         };
-        for node in 1..=NODES {
+        for node in 1..=size {
             let namespace = format!("kv{tag}n{node}");
             if !ip(&["netns", "add", &namespace]) {
                 return None;
@@ -122,7 +126,7 @@ impl Network {
             }
         }
         // Client links: the test's namespace to each node.
-        for node in 1..=NODES {
+        for node in 1..=size {
             let (outside, inside) = (format!("kv{tag}r{node}"), format!("kv{tag}h{node}"));
             let namespace = network.namespaces[node - 1].clone();
             let ours = format!("10.213.{subnet}.254/32");
@@ -154,8 +158,8 @@ impl Network {
             }
         }
         // Peer links: one per pair.
-        for a in 1..=NODES {
-            for b in a + 1..=NODES {
+        for a in 1..=size {
+            for b in a + 1..=size {
                 let (end_a, end_b) = (network.peer_link(a, b), network.peer_link(b, a));
                 let (space_a, space_b) = (
                     network.namespaces[a - 1].clone(),
@@ -207,7 +211,7 @@ impl Network {
     /// down flushes the routes through it, so restoring adds them again.
     fn set_isolated(&self, node: usize, isolated: bool) {
         let state = if isolated { "down" } else { "up" };
-        for other in (1..=NODES).filter(|&other| other != node) {
+        for other in (1..=self.size).filter(|&other| other != node) {
             for (from, to) in [(node, other), (other, node)] {
                 let link = self.peer_link(from, to);
                 let namespace = &self.namespaces[from - 1];
@@ -240,7 +244,7 @@ struct Nodes {
 impl Nodes {
     /// Starts every node of `network` with `extra_args`.
     fn start(network: &Network, extra_args: &[&str]) -> Nodes {
-        let spec = (1..=NODES)
+        let spec = (1..=network.size)
             .map(|node| {
                 let address = network.address(node);
                 format!("{node}={address}:7380/{address}:7379")
@@ -248,12 +252,12 @@ impl Nodes {
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Nodes {
-            children: (0..NODES).map(|_| None).collect(),
+            children: (0..network.size).map(|_| None).collect(),
             spec,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             data: tempfile::tempdir().expect("temp dir"),
         };
-        for node in 1..=NODES {
+        for node in 1..=network.size {
             nodes.spawn(network, node);
         }
         nodes
@@ -291,11 +295,11 @@ impl Nodes {
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for node in 1..=NODES {
+        for node in 1..=self.children.len() {
             self.kill(node);
         }
         if std::thread::panicking() {
-            for node in 1..=NODES {
+            for node in 1..=self.children.len() {
                 let path = self.data.path().join(format!("n{node}.log"));
                 let log = std::fs::read_to_string(&path).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
@@ -310,15 +314,26 @@ impl Drop for Nodes {
 
 #[test]
 fn linearizable_across_real_network_partitions() {
+    partitions(3);
+}
+
+#[test]
+fn linearizable_across_real_network_partitions_of_five_nodes() {
+    partitions(5);
+}
+
+/// `size` nodes; the nemesis cuts a minority off (one node of three, one or two of five; the
+/// leader most often) or kills and restarts one.
+fn partitions(size: usize) {
     let _turn = take_network_turn();
-    let Some(network) = Network::create() else {
+    let Some(network) = Network::create(size) else {
         skipped();
         return;
     };
     let seconds = env_u64("KEYVAL_CHAOS_SECONDS").unwrap_or(8);
     let seed = seed();
     let mut nodes = Nodes::start(&network, &[]);
-    let endpoints: Vec<String> = (1..=NODES)
+    let endpoints: Vec<String> = (1..=size)
         .map(|node| format!("{}:7379", network.address(node)))
         .collect();
     let options = ClientOptions {
@@ -349,13 +364,22 @@ fn linearizable_across_real_network_partitions() {
         while Instant::now() < until {
             let victim = match leader(&clients[0]) {
                 Some(position) if rng.random_bool(0.7) => position + 1,
-                _ => rng.random_range(1..=NODES),
+                _ => rng.random_range(1..=size),
             };
             if rng.random_bool(0.75) {
-                faults.push(format!("isolate n{victim}"));
-                network.set_isolated(victim, true);
+                // With five nodes, sometimes a second node is cut off too (each on its own).
+                let mut victims = vec![victim];
+                if size >= 5 && rng.random_bool(0.5) {
+                    victims.push(victim % size + 1);
+                }
+                for &victim in &victims {
+                    faults.push(format!("isolate n{victim}"));
+                    network.set_isolated(victim, true);
+                }
                 std::thread::sleep(Duration::from_millis(rng.random_range(400..1200)));
-                network.set_isolated(victim, false);
+                for &victim in &victims {
+                    network.set_isolated(victim, false);
+                }
             } else {
                 faults.push(format!("kill -9 n{victim}"));
                 nodes.kill(victim);
@@ -370,7 +394,7 @@ fn linearizable_across_real_network_partitions() {
     let operations = history.snapshot();
     let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
     eprintln!(
-        "process partitions: {} operations ({known} known), faults {faults:?}",
+        "process partitions, {size} nodes: {} operations ({known} known), faults {faults:?}",
         operations.len()
     );
 }
@@ -428,7 +452,7 @@ fn role(client: &Client, endpoint: &str) -> RoleKind {
 #[test]
 fn read_index_is_linearizable_with_check_quorum_off() {
     let _turn = take_network_turn();
-    let Some(network) = Network::create() else {
+    let Some(network) = Network::create(NODES) else {
         skipped();
         return;
     };
