@@ -619,3 +619,42 @@ fn a_leader_crash_at_every_step_of_a_change_leaves_one_configuration() {
         crash_leader_during_change(step, 100 + step as u64);
     }
 }
+
+/// Thesis §4.1: a server grants its vote to a candidate that is not in its latest
+/// configuration, since that vote may be needed to keep the cluster available. Here N4 was
+/// promoted while N3 was cut off, so N3 still knows N4 as a learner; then the leader fails
+/// with one more entry on N4 only. N2 cannot win (N4's log is ahead), and N4 needs N3's vote:
+/// if N3 ignores N4 as a non-member, the three live nodes never elect a leader.
+/// (Found by the simulation, seed 42, with a joiner that knew no configuration at all.)
+#[test]
+fn a_voter_that_others_do_not_know_yet_can_win_their_votes() {
+    let mut network = CoreNetwork::new(3, 16);
+    network.elect(N1);
+    network.propose(N1, b"a").unwrap();
+    network.add_node(N4);
+    network.change(N1, &[learner(N4)]).unwrap();
+    settle(&mut network);
+    network.cut(N1, N3);
+    network.cut(N3, N1);
+    network.change(N1, &[MemberChange::Promote(N4)]).unwrap();
+    settle(&mut network);
+    assert_eq!(network.node(N1).membership().voters, ids(&[1, 2, 3, 4]));
+    assert!(!network.node(N1).membership_change_pending());
+    assert!(network.node(N3).membership().learners.contains(&N4));
+    // One more entry reaches N4 only, then the leader is gone for good.
+    network.cut(N1, N2);
+    network.propose(N1, b"b").unwrap();
+    network.heal();
+    network.isolate(N1);
+    network.run(300);
+    let leaders: Vec<NodeId> = network
+        .leaders()
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|&id| id != N1)
+        .collect();
+    assert_eq!(leaders, vec![N4], "the live voters elected no leader");
+    network.propose(N4, b"c").unwrap();
+    settle(&mut network);
+    assert_eq!(network.node(N3).membership().voters, ids(&[1, 2, 3, 4]));
+}

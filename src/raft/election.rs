@@ -251,11 +251,18 @@ impl Raft {
             return malformed("log index beyond the limit");
         }
         match &message.body {
-            MessageBody::RequestVote { last_log, .. } => {
+            MessageBody::RequestVote {
+                last_log, transfer, ..
+            } => {
                 if last_log.term > message.term {
                     return malformed("candidate's last term is ahead of its term");
                 }
-                if !self.membership.is_voter(from) {
+                // Thesis §4.1: a vote goes to a candidate outside our latest configuration too
+                // (a voter added by an entry we have not received may need it to win; a node
+                // that joined empty knows no voters at all). Removed servers cannot disrupt:
+                // a leader that is active makes us ignore them, and pre-vote stops them. Only
+                // a transfer campaign, which skips that check, must come from a voter we know.
+                if *transfer && !self.membership.is_voter(from) {
                     return Err(StepError::NotAMember { from });
                 }
             }
