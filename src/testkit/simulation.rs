@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::raft::{InstalledSnapshot, MemberChange, Message, Raft, SnapshotData};
+use crate::raft::{InstalledSnapshot, MemberChange, Message, MessageBody, Raft, SnapshotData};
 use crate::storage::mem::{MemDisk, MemStorage};
 use crate::storage::Storage;
 use crate::types::{
@@ -340,21 +340,8 @@ impl Simulation {
             return Ok(());
         }
         let ready = raft.take_ready();
-        for entry in &ready.entries {
-            if let EntryPayload::Command(command) = &entry.payload {
-                match self.commands.get(&entry.id) {
-                    Some(seen) if seen != command => {
-                        return Err(self.fail(format!("two commands with id {}", entry.id)));
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.commands.insert(entry.id, command.clone());
-                    }
-                }
-            }
-        }
         for message in ready.messages {
-            self.send(message);
+            self.send(message)?;
         }
         if let Some(installed) = &ready.snapshot {
             self.check_installed_snapshot(id, &installed.snapshot)?;
@@ -444,15 +431,39 @@ impl Simulation {
         self.report.snapshots += 1;
     }
 
-    fn send(&mut self, message: Message) {
+    /// Entries become visible when they leave a node or reach its disk; an entry that was
+    /// only ever in the memory of a node that crashed never existed. Entries with one id must
+    /// carry one command.
+    fn record_commands(&mut self, entries: &[Entry]) -> Result<(), SimulationFailure> {
+        for entry in entries {
+            if let EntryPayload::Command(command) = &entry.payload {
+                match self.commands.get(&entry.id) {
+                    Some(seen) if seen != command => {
+                        return Err(self.fail(format!("two commands with id {}", entry.id)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.commands.insert(entry.id, command.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, message: Message) -> Result<(), SimulationFailure> {
+        if let MessageBody::AppendEntries { entries, .. } = &message.body {
+            self.record_commands(entries)?;
+        }
         if self.rng.random_bool(self.options.loss) {
-            return;
+            return Ok(());
         }
         let delay = self.rng.random_range(0..=self.options.delay_ticks_max);
         self.network.push(InFlight {
             deliver_at: self.now + delay,
             message,
         });
+        Ok(())
     }
 
     fn check_apply(&mut self, id: NodeId, entry: &Entry) -> Result<(), SimulationFailure> {
@@ -527,8 +538,9 @@ impl Simulation {
         if let (Some(raft), Some(last)) = (node.raft.as_mut(), persist.entries.last()) {
             raft.on_persisted(last.id);
         }
+        self.record_commands(&persist.entries)?;
         for message in persist.messages {
-            self.send(message);
+            self.send(message)?;
         }
         self.drain_ready(id)
     }

@@ -160,6 +160,16 @@ impl Simulation {
             };
             changes.extend(change);
         }
+        // A former member's id comes back only once no other node could still count it as a
+        // voter (see `may_reuse`).
+        changes.retain(|change| {
+            let adds = matches!(
+                change,
+                MemberChange::AddLearner { .. } | MemberChange::AddVoter { .. }
+            );
+            let id = change.id();
+            !adds || membership.contains(id) || !self.nodes[&id].ever_member || self.may_reuse(id)
+        });
         if changes.is_empty() {
             return Ok(());
         }
@@ -205,6 +215,24 @@ impl Simulation {
             }
         }
         self.drain_ready(leader)
+    }
+
+    /// Whether the id of former member `id` may be given to a new, empty node: only once every
+    /// other node that ever ran is up, holds a committed configuration, and does not count `id`
+    /// as a voter. A fresh disk alone is not enough: a removed node that missed its removal
+    /// still counts `id` in its stale configuration, and the empty newcomer — which grants
+    /// votes to candidates outside its configuration, as it must (thesis §4.1) — would give it
+    /// the vote the old `id` had refused (seed 1342: a removed node with a stale log won a
+    /// term that way and lacked committed entries).
+    fn may_reuse(&self, id: NodeId) -> bool {
+        self.nodes
+            .iter()
+            .filter(|(&other, node)| other != id && node.started)
+            .all(|(_, node)| {
+                node.raft.as_ref().is_some_and(|raft| {
+                    !raft.membership().is_voter(id) && !raft.membership_change_pending()
+                })
+            })
     }
 
     /// Makes sure a node about to be added runs: started empty (knowing no configuration) if it
