@@ -163,8 +163,9 @@ struct SimNode {
     /// ...and later one that does not (its removal), at this index (kept across restarts:
     /// the removal is committed).
     removed_applied: Option<LogIndex>,
-    /// The configuration check's progress: (configuration index, log checked through).
-    config_scanned: Option<(LogIndex, EntryId)>,
+    /// The configuration check's progress: (configuration index, log checked through, log
+    /// start).
+    config_scanned: Option<(LogIndex, EntryId, EntryId)>,
 }
 
 struct InFlight {
@@ -727,33 +728,39 @@ impl Simulation {
         Ok(())
     }
 
+    /// A node picked at random among those that exist: ever started (initial or joined).
+    /// Faults and work go only to them.
+    fn random_started(&mut self) -> NodeId {
+        let started = self.nodes.values().filter(|node| node.started).count();
+        let pick = self.rng.random_range(0..started);
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.started)
+            .nth(pick)
+            .map(|(&id, _)| id)
+            .expect("a started node")
+    }
+
     fn run(mut self) -> Result<SimulationReport, SimulationFailure> {
         for _ in 0..self.options.steps {
             self.step += 1;
-            // Faults and work go to nodes that exist: ever started (joined or initial).
-            let ids: Vec<NodeId> = self
-                .nodes
-                .iter()
-                .filter(|(_, node)| node.started)
-                .map(|(&id, _)| id)
-                .collect();
             let roll: f64 = self.rng.random();
             if roll < 0.15 {
                 self.tick_all()?;
             } else if roll < 0.55 {
                 self.deliver()?;
             } else if roll < 0.80 {
-                let id = ids[self.rng.random_range(0..ids.len())];
+                let id = self.random_started();
                 if self.nodes[&id].raft.is_some() {
                     self.complete_persist(id)?;
                 }
             } else if roll < 0.92 {
                 self.propose()?;
             } else if self.rng.random_bool(self.options.snapshot * 12.0) {
-                let id = ids[self.rng.random_range(0..ids.len())];
+                let id = self.random_started();
                 self.take_snapshot(id);
             } else if self.rng.random_bool(self.options.crash * 12.0) {
-                let id = ids[self.rng.random_range(0..ids.len())];
+                let id = self.random_started();
                 if self.nodes[&id].raft.is_some() {
                     self.crash(id);
                 } else if self.nodes[&id].started {

@@ -52,16 +52,20 @@ fn refusal(error: &MembershipError) -> &'static str {
 }
 
 /// Checks that a core's configuration is the latest one its log holds, else the one its
-/// snapshot carries, else the one it booted with. `scanned` remembers how far the log was
-/// found free of later configurations, so that each entry is looked at about once.
+/// snapshot carries, else the one it booted with. `scanned` remembers the configuration's
+/// index, how far the log was found free of later configurations and where the log started,
+/// so that each entry is looked at about once and an unchanged log is not looked at again.
 fn check_configuration(
     id: NodeId,
     raft: &Raft,
     bootstrap: &Membership,
-    scanned: &mut Option<(LogIndex, EntryId)>,
+    scanned: &mut Option<(LogIndex, EntryId, EntryId)>,
 ) -> Result<(), String> {
     let log = raft.log();
     let index = raft.membership_index();
+    if *scanned == Some((index, log.last_id(), log.snapshot())) {
+        return Ok(());
+    }
     let carried = if index == LogIndex(0) {
         raft.snapshot()
             .map_or(bootstrap, |snapshot| &snapshot.meta.membership)
@@ -84,7 +88,7 @@ fn check_configuration(
         ));
     }
     let from = match *scanned {
-        Some((at, through)) if at == index && log.matches(through) => through.index.next(),
+        Some((at, through, _)) if at == index && log.matches(through) => through.index.next(),
         _ => index.next().max(log.first_index()),
     };
     for later in from.0..=log.last_index().0 {
@@ -98,7 +102,7 @@ fn check_configuration(
             ));
         }
     }
-    *scanned = Some((index, log.last_id()));
+    *scanned = Some((index, log.last_id(), log.snapshot()));
     Ok(())
 }
 
