@@ -67,7 +67,7 @@ impl Default for SimulationOptions {
     fn default() -> Self {
         SimulationOptions {
             nodes: 5,
-            pool: 7,
+            pool: 8,
             membership: 0.08,
             steps: 6000,
             loss: 0.05,
@@ -109,8 +109,7 @@ pub struct SimulationReport {
     pub membership_refused: BTreeMap<&'static str, u64>,
     /// Learners made voters by a committed change.
     pub learners_promoted: u64,
-    /// Nodes started empty to join (first starts and restarts of removed nodes on a fresh
-    /// disk).
+    /// Nodes started empty to join.
     pub joins: u64,
     /// Members of the final configuration.
     pub final_members: u64,
@@ -153,8 +152,7 @@ struct SimNode {
     bootstrap: Membership,
     /// An incarnation exists (the node was started at least once on its current disk).
     started: bool,
-    /// The node was in a configuration some leader appended: it gets a fresh disk before it is
-    /// added again (its id must not come back with its old state).
+    /// The node was in a configuration some leader appended: its id is never added again.
     ever_member: bool,
     /// The configuration as of `applied` (what a snapshot at `applied` carries).
     applied_membership: Membership,
@@ -915,14 +913,14 @@ impl Simulation {
 
 impl SimulationOptions {
     /// The fault profile a seed runs under: even seeds start with three voters out of a pool
-    /// of five and run longer with more crashes and partitions (the profile that finds Figure
+    /// of six and run longer with more crashes and partitions (the profile that finds Figure
     /// 8-style bugs most often, measured by mutation), odd seeds start with five voters out of
-    /// a pool of seven under the defaults.
+    /// a pool of eight under the defaults.
     pub fn for_seed(seed: u64) -> SimulationOptions {
         if seed.is_multiple_of(2) {
             SimulationOptions {
                 nodes: 3,
-                pool: 5,
+                pool: 6,
                 steps: 20_000,
                 crash: 0.004,
                 partition: 0.006,

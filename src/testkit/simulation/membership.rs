@@ -1,8 +1,11 @@
 //! Membership changes in the simulation: the leader is asked, at random steps, to add
 //! learners, promote them, add voters directly, remove voters or learners (itself included),
 //! or several of these at once; refusals are normal and counted. A node joins empty, knowing
-//! no configuration; a node that was a member before is given a fresh, empty disk before it is
-//! added again (its id must never come back with its old state).
+//! no configuration. An id is never added again once it was a member, not even on a fresh
+//! disk: the committed history (logs, snapshots) still names it a voter in old configurations,
+//! and a newcomer replaying that history — or a removed node that missed its removal — would
+//! give the old voting rights to the new node (seeds 1342 and 40742). A removed machine that
+//! comes back takes a new id from the pool.
 //!
 //! Checked: every node's configuration is the latest one its log holds (else its snapshot's,
 //! else its bootstrap) — a configuration left in force after its entry was truncated breaks
@@ -11,11 +14,10 @@
 
 use rand::Rng;
 
-use super::{SimNode, Simulation, SimulationFailure};
+use super::{Simulation, SimulationFailure};
 use crate::error::MembershipError;
 use crate::raft::{MemberChange, Raft};
-use crate::storage::mem::MemDisk;
-use crate::types::{EntryId, EntryPayload, LogIndex, Membership, NodeId, Term};
+use crate::types::{EntryId, EntryPayload, LogIndex, Membership, NodeId};
 
 /// Probability that one request carries several changes.
 const COMBINED_PROBABILITY: f64 = 0.15;
@@ -128,8 +130,7 @@ impl Simulation {
         };
         let raft = self.nodes[&leader].raft.as_ref().expect("alive leader");
         let membership = raft.membership().clone();
-        // Only a leader that would accept a change may lead to a node being wiped: a node
-        // outside a committed, simple configuration is needed by no quorum.
+        // Nodes are started for a change only when the leader would accept one.
         let accepting = !raft.membership_change_pending() && raft.committed_in_current_term();
         let outsiders: Vec<NodeId> = self
             .nodes
@@ -164,15 +165,14 @@ impl Simulation {
             };
             changes.extend(change);
         }
-        // A former member's id comes back only once no other node could still count it as a
-        // voter (see `may_reuse`).
+        // Ids are never reused (see the module docs).
         changes.retain(|change| {
             let adds = matches!(
                 change,
                 MemberChange::AddLearner { .. } | MemberChange::AddVoter { .. }
             );
             let id = change.id();
-            !adds || membership.contains(id) || !self.nodes[&id].ever_member || self.may_reuse(id)
+            !adds || membership.contains(id) || !self.nodes[&id].ever_member
         });
         if changes.is_empty() {
             return Ok(());
@@ -221,31 +221,9 @@ impl Simulation {
         self.drain_ready(leader)
     }
 
-    /// Whether the id of former member `id` may be given to a new, empty node: only once every
-    /// other node that ever ran is up, holds a committed configuration, and does not count `id`
-    /// as a voter. A fresh disk alone is not enough: a removed node that missed its removal
-    /// still counts `id` in its stale configuration, and the empty newcomer — which grants
-    /// votes to candidates outside its configuration, as it must (thesis §4.1) — would give it
-    /// the vote the old `id` had refused (seed 1342: a removed node with a stale log won a
-    /// term that way and lacked committed entries).
-    fn may_reuse(&self, id: NodeId) -> bool {
-        self.nodes
-            .iter()
-            .filter(|(&other, node)| other != id && node.started)
-            .all(|(_, node)| {
-                node.raft.as_ref().is_some_and(|raft| {
-                    !raft.membership().is_voter(id) && !raft.membership_change_pending()
-                })
-            })
-    }
-
     /// Makes sure a node about to be added runs: started empty (knowing no configuration) if it
-    /// never ran, and on a fresh, empty disk if it was a member before.
+    /// never ran.
     fn prepare_joiner(&mut self, id: NodeId) {
-        let node = &self.nodes[&id];
-        if node.ever_member {
-            self.wipe(id);
-        }
         let node = &self.nodes[&id];
         if node.raft.is_none() {
             if !node.started {
@@ -255,38 +233,11 @@ impl Simulation {
         }
     }
 
-    /// Replaces a node's disk with a fresh one: a new incarnation that knows nothing. Messages
-    /// to and from the old incarnation are dropped with it.
-    fn wipe(&mut self, id: NodeId) {
-        self.network
-            .retain(|flight| flight.message.from != id && flight.message.to != id);
-        let node = self.nodes.get_mut(&id).expect("pool node");
-        let disk = MemDisk::new();
-        *node = SimNode {
-            raft: None,
-            storage: disk.open(),
-            disk,
-            pending: Default::default(),
-            applied: LogIndex(0),
-            applied_ids: Vec::new(),
-            committed: LogIndex(0),
-            max_term: Term(0),
-            restarts: node.restarts,
-            bootstrap: Membership::default(),
-            started: false,
-            ever_member: false,
-            applied_membership: Membership::default(),
-            member_applied: false,
-            removed_applied: None,
-            config_scanned: None,
-        };
-    }
-
     /// The node's applied configuration changed: note whether it is a member, or was removed.
     pub(super) fn note_applied_membership(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         let applied = node.applied;
-        // Never cleared: a node that applied its removal joins again only on a fresh disk.
+        // Never cleared: a node that applied its removal is never added again.
         if node.applied_membership.contains(id) {
             node.member_applied = true;
         } else if node.member_applied && node.removed_applied.is_none() {
