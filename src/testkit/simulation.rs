@@ -7,14 +7,17 @@
 //! partitions (symmetric and one-way), crash and restart. Nodes take snapshots at random and
 //! compact their logs with a random margin, so leaders stream snapshots to followers that fell
 //! behind; a snapshot carries the ids of the entries it reflects, and each install is checked
-//! against everything applied anywhere.
+//! against everything applied anywhere. Membership changes (see `membership`): nodes join
+//! empty from a pool of ids, learners are added and promoted, voters added and removed, under
+//! all of the above faults.
 //!
 //! Checked after every step: at most one leader per term; entries with the same index and
 //! term carry the same command; a committed entry never changes; a new leader holds every
 //! entry committed before it; no two nodes apply different entries at an index; term never
 //! decreases (also across restarts), commit and applied never decrease within a life. Checked
 //! periodically: log matching over whole logs. At the end, a liveness phase heals everything
-//! and requires every acknowledged proposal to be applied on every node.
+//! and requires a configuration that is not joint, held by all of its members, and every
+//! acknowledged proposal applied on each of them.
 //!
 //! Any failure names the seed; `run(seed)` replays it exactly.
 
