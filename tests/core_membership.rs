@@ -639,3 +639,116 @@ fn a_learner_never_heard_from_is_not_promoted_even_in_a_young_cluster() {
     settle(&mut network);
     network.change(N1, &[MemberChange::Promote(N4)]).unwrap();
 }
+
+/// Thesis §4.1: a server grants its vote to a candidate that is not in its latest
+/// configuration, since that vote may be needed to keep the cluster available. Here N4 was
+/// promoted while N3 was cut off, so N3 still knows N4 as a learner; then the leader fails
+/// with one more entry on N4 only. N2 cannot win (N4's log is ahead), and N4 needs N3's vote:
+/// if N3 ignores N4 as a non-member, the three live nodes never elect a leader.
+/// (Found by the simulation, seed 42, with a joiner that knew no configuration at all.)
+#[test]
+fn a_voter_that_others_do_not_know_yet_can_win_their_votes() {
+    let mut network = CoreNetwork::new(3, 16);
+    network.elect(N1);
+    network.propose(N1, b"a").unwrap();
+    network.add_node(N4);
+    network.change(N1, &[learner(N4)]).unwrap();
+    settle(&mut network);
+    network.cut(N1, N3);
+    network.cut(N3, N1);
+    network.change(N1, &[MemberChange::Promote(N4)]).unwrap();
+    settle(&mut network);
+    assert_eq!(network.node(N1).membership().voters, ids(&[1, 2, 3, 4]));
+    assert!(!network.node(N1).membership_change_pending());
+    assert!(network.node(N3).membership().learners.contains(&N4));
+    // One more entry reaches N4 only, then the leader is gone for good.
+    network.cut(N1, N2);
+    network.propose(N1, b"b").unwrap();
+    network.heal();
+    network.isolate(N1);
+    network.run(300);
+    let leaders: Vec<NodeId> = network
+        .leaders()
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|&id| id != N1)
+        .collect();
+    assert_eq!(leaders, vec![N4], "the live voters elected no leader");
+    network.propose(N4, b"c").unwrap();
+    settle(&mut network);
+    assert_eq!(network.node(N3).membership().voters, ids(&[1, 2, 3, 4]));
+}
+
+/// Thesis §4.2.2: a server that is not part of its latest configuration still starts elections
+/// while that configuration is uncommitted, since it may be needed to commit it. Here the
+/// leader of {1, 2} removed itself: C(old,new) committed, then it appended C(new) = {2} and was
+/// cut off before N2 received it. N2, still joint, needs N1's vote, which N1 refuses (its log is
+/// longer); if N1 will not campaign because C(new) leaves it out, nobody ever leads.
+/// (Found by the simulation, seed 10680.)
+#[test]
+fn a_server_removed_by_an_uncommitted_configuration_still_campaigns() {
+    let mut network = CoreNetwork::new(2, 17);
+    network.elect(N1);
+    network.propose(N1, b"a").unwrap();
+    network
+        .node(N1)
+        .propose_membership(&[MemberChange::Remove(N1)])
+        .unwrap();
+    network.process_ready(N1);
+    while network.node(N1).membership().is_joint() {
+        assert!(
+            network.deliver_one(),
+            "the joint configuration did not commit"
+        );
+        network.process_ready(N1);
+    }
+    network.isolate(N1);
+    network.stabilize();
+    assert!(network.node(N2).membership().is_joint());
+    assert_eq!(network.node(N1).membership().voters, ids(&[2]));
+    network.run(100);
+    network.heal();
+    network.run(300);
+    let leaders: Vec<NodeId> = network.leaders().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(leaders, vec![N2], "nobody leads the configuration {{2}}");
+    let membership = agreed_membership(&mut network, &[N1, N2]);
+    assert_eq!(membership.voters, ids(&[2]));
+    assert!(!membership.is_joint());
+}
+
+/// Raft §5.2 with one voter: a node that elects itself alone must not send entries of its new
+/// term before that term is durable. Otherwise a crash before the sync lets it lead the same
+/// term again after restarting and send different entries under the same ids: a follower
+/// that kept the first ones matches the second leader's log by id while holding other
+/// commands, and applies them. (Found by the simulation, seed 10680: a cluster shrunk to a
+/// single voter with a learner.)
+#[test]
+fn a_single_voter_sends_entries_of_its_term_only_once_the_term_is_durable() {
+    let mut network = CoreNetwork::new(1, 18);
+    network.elect(N1);
+    network.propose(N1, b"a").unwrap();
+    network.add_node(N2);
+    network.change(N1, &[learner(N2)]).unwrap();
+    settle(&mut network);
+    network.crash_and_restart(N1);
+    // It elects itself and accepts a command; what may be sent at once reaches the learner,
+    // then the node crashes before anything of the Ready is durable.
+    network.node(N1).start_election();
+    assert_eq!(network.node(N1).role(), RoleKind::Leader);
+    network.node(N1).propose(b"lost".to_vec()).unwrap();
+    let ready = network.node(N1).take_ready();
+    for message in ready.messages {
+        let _ = network.node(N2).step(message);
+    }
+    network.process_ready(N2);
+    network.crash_and_restart(N1);
+    network.elect(N1);
+    network.propose(N1, b"kept").unwrap();
+    settle(&mut network);
+    assert_eq!(network.applied_commands(N1).last().unwrap(), b"kept");
+    assert_eq!(
+        network.applied_commands(N2),
+        network.applied_commands(N1),
+        "the learner applied what the leader never committed"
+    );
+}

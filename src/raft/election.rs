@@ -91,9 +91,12 @@ impl Raft {
         }
     }
 
-    /// Whether this node may become leader: only voters campaign.
+    /// Whether this node may become leader: voters campaign, and so does a node that an
+    /// uncommitted configuration leaves out while it votes in the committed one (thesis
+    /// §4.2.2: it may be needed to commit the change; its own vote counts only where it is a
+    /// voter, and once it knows the change committed it stops).
     fn is_promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        self.configs.may_vote(self.id, self.log.committed())
     }
 
     /// Check-quorum (thesis §6.2): a leader that has not heard from a quorum within an
@@ -251,11 +254,18 @@ impl Raft {
             return malformed("log index beyond the limit");
         }
         match &message.body {
-            MessageBody::RequestVote { last_log, .. } => {
+            MessageBody::RequestVote {
+                last_log, transfer, ..
+            } => {
                 if last_log.term > message.term {
                     return malformed("candidate's last term is ahead of its term");
                 }
-                if !self.membership.is_voter(from) {
+                // Thesis §4.1: a vote goes to a candidate outside our latest configuration too
+                // (a voter added by an entry we have not received may need it to win; a node
+                // that joined empty knows no voters at all). Removed servers cannot disrupt:
+                // a leader that is active makes us ignore them, and pre-vote stops them. Only
+                // a transfer campaign, which skips that check, must come from a voter we know.
+                if *transfer && !self.membership.is_voter(from) {
                     return Err(StepError::NotAMember { from });
                 }
             }
@@ -387,6 +397,9 @@ impl Raft {
                 self.campaign(false, transfer);
             } else {
                 self.become_leader();
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.term_durable = false;
+                }
             }
             return;
         }
@@ -475,6 +488,7 @@ impl Raft {
             uncommitted_bytes: 0,
             transfer: None,
             config_committed_at: None,
+            term_durable: true,
         }));
         self.election_elapsed = 0;
         // Raft §8: commit an entry of our own term before anything else counts.

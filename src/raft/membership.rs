@@ -84,6 +84,21 @@ impl ConfigHistory {
         self.entries.last().map_or(LogIndex(0), |(id, _)| id.index)
     }
 
+    /// Whether `id` votes in the latest configuration or in one the log may still fall back
+    /// to: each configuration back to the latest committed one (`committed` is the commit
+    /// index).
+    pub(crate) fn may_vote(&self, id: NodeId, committed: LogIndex) -> bool {
+        for (entry, membership) in self.entries.iter().rev() {
+            if membership.is_voter(id) {
+                return true;
+            }
+            if entry.index <= committed {
+                return false;
+            }
+        }
+        self.base.is_voter(id)
+    }
+
     /// Records the configurations among `entries`, just appended to the log.
     pub(crate) fn record(&mut self, entries: &[Entry]) {
         for entry in entries {

@@ -116,6 +116,12 @@ struct LeaderState {
     /// The tick at which this leader saw the latest configuration committed (removed members
     /// are replicated to for a grace period after it, so they learn of their removal).
     config_committed_at: Option<u64>,
+    /// Whether this leader's term is known durable. A leader elected by other voters is (they
+    /// were asked only after the sync); one that elected itself alone is not until an entry of
+    /// its term is persisted, and until then everything it sends waits for the sync: after a
+    /// crash before it, the node would lead the same term again and give other entries the
+    /// ids it already sent.
+    term_durable: bool,
 }
 
 /// A node's role, owning the data that only that role has.
@@ -468,6 +474,12 @@ impl Raft {
 
     /// Storage reports that every entry up to `last` is durable.
     pub fn on_persisted(&mut self, last: EntryId) {
+        let term = self.term;
+        if let Role::Leader(leader) = &mut self.role {
+            if last.term == term && self.log.matches(last) {
+                leader.term_durable = true;
+            }
+        }
         if self.log.on_persisted(last) && self.is_leader() {
             self.maybe_commit();
         }
@@ -508,13 +520,18 @@ impl Raft {
         } else {
             None
         };
+        let mut messages = std::mem::take(&mut self.messages);
+        let mut persisted_messages = std::mem::take(&mut self.persisted_messages);
+        if matches!(&self.role, Role::Leader(leader) if !leader.term_durable) {
+            persisted_messages.append(&mut messages);
+        }
         Ready {
             membership,
             hard_state,
             snapshot: self.installed_snapshot.take(),
             entries: self.log.take_unpersisted(),
-            messages: std::mem::take(&mut self.messages),
-            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            messages,
+            persisted_messages,
             committed: self
                 .log
                 .take_committed(limits::COMMITTED_BYTES_PER_READY_MAX),

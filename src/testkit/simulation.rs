@@ -7,14 +7,17 @@
 //! partitions (symmetric and one-way), crash and restart. Nodes take snapshots at random and
 //! compact their logs with a random margin, so leaders stream snapshots to followers that fell
 //! behind; a snapshot carries the ids of the entries it reflects, and each install is checked
-//! against everything applied anywhere.
+//! against everything applied anywhere. Membership changes (see `membership`): nodes join
+//! empty from a pool of ids, learners are added and promoted, voters added and removed, under
+//! all of the above faults.
 //!
 //! Checked after every step: at most one leader per term; entries with the same index and
 //! term carry the same command; a committed entry never changes; a new leader holds every
 //! entry committed before it; no two nodes apply different entries at an index; term never
 //! decreases (also across restarts), commit and applied never decrease within a life. Checked
 //! periodically: log matching over whole logs. At the end, a liveness phase heals everything
-//! and requires every acknowledged proposal to be applied on every node.
+//! and requires a configuration that is not joint, held by all of its members, and every
+//! acknowledged proposal applied on each of them.
 //!
 //! Any failure names the seed; `run(seed)` replays it exactly.
 
@@ -23,21 +26,28 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::Config;
 use std::sync::Arc;
 
-use crate::raft::{InstalledSnapshot, Message, Raft, SnapshotData};
+use crate::config::Config;
+use crate::raft::{InstalledSnapshot, MemberChange, Message, MessageBody, Raft, SnapshotData};
 use crate::storage::mem::{MemDisk, MemStorage};
 use crate::storage::Storage;
 use crate::types::{
     Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term,
 };
 
+mod membership;
+
 /// The knobs of one simulation run.
 #[derive(Clone, Debug)]
 pub struct SimulationOptions {
-    /// Cluster size.
+    /// Initial cluster size: nodes 1..=nodes are the first voters.
     pub nodes: u64,
+    /// Node ids 1..=pool may be members; the ones beyond the initial cluster join (and leave)
+    /// through membership changes.
+    pub pool: u64,
+    /// Per step probability of asking the leader for a membership change.
+    pub membership: f64,
     /// Random steps in the fault phase.
     pub steps: u64,
     /// Probability that a message is lost.
@@ -60,6 +70,8 @@ impl Default for SimulationOptions {
     fn default() -> Self {
         SimulationOptions {
             nodes: 5,
+            pool: 8,
+            membership: 0.08,
             steps: 6000,
             loss: 0.05,
             duplication: 0.02,
@@ -91,6 +103,19 @@ pub struct SimulationReport {
     pub snapshot_installs: u64,
     /// Messages delivered.
     pub delivered: u64,
+    /// Membership change requests the leader accepted (appended).
+    pub membership_proposed: u64,
+    /// Accepted membership change requests whose entry committed.
+    pub membership_committed: u64,
+    /// Membership change requests refused, by reason (busy, not caught up, would lose quorum,
+    /// invalid, not leader).
+    pub membership_refused: BTreeMap<&'static str, u64>,
+    /// Learners made voters by a committed change.
+    pub learners_promoted: u64,
+    /// Nodes started empty to join.
+    pub joins: u64,
+    /// Members of the final configuration.
+    pub final_members: u64,
 }
 
 /// A violated property, with everything needed to replay it.
@@ -125,6 +150,23 @@ struct SimNode {
     committed: LogIndex,
     max_term: Term,
     restarts: u64,
+    /// The configuration this node starts from when its disk holds none: the initial voters'
+    /// for the first cluster, none for a node that joins.
+    bootstrap: Membership,
+    /// An incarnation exists (the node was started at least once on its current disk).
+    started: bool,
+    /// The node was in a configuration some leader appended: its id is never added again.
+    ever_member: bool,
+    /// The configuration as of `applied` (what a snapshot at `applied` carries).
+    applied_membership: Membership,
+    /// In this life the node applied a configuration that contains it...
+    member_applied: bool,
+    /// ...and later one that does not (its removal), at this index (kept across restarts:
+    /// the removal is committed).
+    removed_applied: Option<LogIndex>,
+    /// The configuration check's progress: (configuration index, log checked through, log
+    /// start).
+    config_scanned: Option<(LogIndex, EntryId, EntryId)>,
 }
 
 struct InFlight {
@@ -139,7 +181,6 @@ struct Simulation {
     now: u64,
     step: u64,
     nodes: BTreeMap<NodeId, SimNode>,
-    membership: Membership,
     network: Vec<InFlight>,
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Global knowledge the invariants are checked against.
@@ -151,6 +192,8 @@ struct Simulation {
     proposed: BTreeMap<EntryId, NodeId>,
     acknowledged: BTreeSet<EntryId>,
     next_command: u64,
+    /// Accepted membership change requests, by the entry that starts them.
+    membership_requests: BTreeMap<EntryId, Vec<MemberChange>>,
     report: SimulationReport,
 }
 
@@ -168,13 +211,14 @@ fn config(id: NodeId) -> Config {
 impl Simulation {
     fn new(seed: u64, options: SimulationOptions) -> Simulation {
         let ids: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let pool: Vec<NodeId> = (1..=options.pool.max(options.nodes)).map(NodeId).collect();
+        let initial = Membership::new(ids.iter().copied());
         let mut simulation = Simulation {
             seed,
             rng: StdRng::seed_from_u64(seed),
             now: 0,
             step: 0,
             nodes: BTreeMap::new(),
-            membership: Membership::new(ids.iter().copied()),
             network: Vec::new(),
             cut: BTreeSet::new(),
             leaders_by_term: BTreeMap::new(),
@@ -184,13 +228,20 @@ impl Simulation {
             proposed: BTreeMap::new(),
             acknowledged: BTreeSet::new(),
             next_command: 0,
+            membership_requests: BTreeMap::new(),
             report: SimulationReport {
                 seed,
                 ..SimulationReport::default()
             },
             options,
         };
-        for id in ids {
+        for id in pool {
+            let member = ids.contains(&id);
+            let bootstrap = if member {
+                initial.clone()
+            } else {
+                Membership::default()
+            };
             let disk = MemDisk::new();
             let storage = disk.open();
             simulation.nodes.insert(
@@ -205,9 +256,18 @@ impl Simulation {
                     committed: LogIndex(0),
                     max_term: Term(0),
                     restarts: 0,
+                    applied_membership: bootstrap.clone(),
+                    bootstrap,
+                    started: false,
+                    ever_member: member,
+                    member_applied: false,
+                    removed_applied: None,
+                    config_scanned: None,
                 },
             );
-            simulation.start(id);
+            if member {
+                simulation.start(id);
+            }
         }
         simulation
     }
@@ -222,8 +282,9 @@ impl Simulation {
 
     fn start(&mut self, id: NodeId) {
         let seed = self.seed;
-        let membership = self.membership.clone();
         let node = self.nodes.get_mut(&id).expect("known node");
+        let membership = node.bootstrap.clone();
+        node.started = true;
         node.storage = node.disk.open();
         let recovered = node.storage.recover().expect("in-memory recovery");
         let snapshot = node.storage.load_snapshot().expect("in-memory snapshot");
@@ -235,14 +296,20 @@ impl Simulation {
         node.applied = LogIndex(0);
         node.applied_ids.clear();
         node.committed = LogIndex(0);
+        node.applied_membership = node.bootstrap.clone();
+        node.config_scanned = None;
         if let Some((meta, data)) = snapshot {
             // The state machine restarts from the snapshot.
+            node.applied_membership = meta.membership.clone();
             node.applied_ids = crate::codec::decode(&data).expect("own snapshot decodes");
             node.applied = meta.last.index;
             node.committed = meta.last.index;
             let index = meta.last.index;
             raft.compact(SnapshotData::new(meta, Arc::new(data)), index);
         }
+        // Application starts over from the snapshot (or the start): a removal is a
+        // configuration without the node applied after one with it, within one life.
+        node.member_applied = node.applied_membership.contains(id);
         node.raft = Some(raft);
     }
 
@@ -275,21 +342,8 @@ impl Simulation {
             return Ok(());
         }
         let ready = raft.take_ready();
-        for entry in &ready.entries {
-            if let EntryPayload::Command(command) = &entry.payload {
-                match self.commands.get(&entry.id) {
-                    Some(seen) if seen != command => {
-                        return Err(self.fail(format!("two commands with id {}", entry.id)));
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.commands.insert(entry.id, command.clone());
-                    }
-                }
-            }
-        }
         for message in ready.messages {
-            self.send(message);
+            self.send(message)?;
         }
         if let Some(installed) = &ready.snapshot {
             self.check_installed_snapshot(id, &installed.snapshot)?;
@@ -342,6 +396,8 @@ impl Simulation {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.applied_ids = ids;
         node.applied = snapshot.meta.last.index;
+        node.applied_membership = snapshot.meta.membership.clone();
+        self.note_applied_membership(id);
         self.report.snapshot_installs += 1;
         Ok(())
     }
@@ -361,9 +417,11 @@ impl Simulation {
         if applied <= raft.log().snapshot().index {
             return;
         }
+        // The configuration as of the snapshot's last entry, not the latest one in the log:
+        // that one may not be committed, and may yet be rolled back.
         let meta = SnapshotMeta {
             last: EntryId::new(term, applied),
-            membership: raft.membership().clone(),
+            membership: node.applied_membership.clone(),
         };
         let data = crate::codec::encode(&node.applied_ids).expect("encodable");
         node.storage
@@ -375,15 +433,39 @@ impl Simulation {
         self.report.snapshots += 1;
     }
 
-    fn send(&mut self, message: Message) {
+    /// Entries become visible when they leave a node or reach its disk; an entry that was
+    /// only ever in the memory of a node that crashed never existed. Entries with one id must
+    /// carry one command.
+    fn record_commands(&mut self, entries: &[Entry]) -> Result<(), SimulationFailure> {
+        for entry in entries {
+            if let EntryPayload::Command(command) = &entry.payload {
+                match self.commands.get(&entry.id) {
+                    Some(seen) if seen != command => {
+                        return Err(self.fail(format!("two commands with id {}", entry.id)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.commands.insert(entry.id, command.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, message: Message) -> Result<(), SimulationFailure> {
+        if let MessageBody::AppendEntries { entries, .. } = &message.body {
+            self.record_commands(entries)?;
+        }
         if self.rng.random_bool(self.options.loss) {
-            return;
+            return Ok(());
         }
         let delay = self.rng.random_range(0..=self.options.delay_ticks_max);
         self.network.push(InFlight {
             deliver_at: self.now + delay,
             message,
         });
+        Ok(())
     }
 
     fn check_apply(&mut self, id: NodeId, entry: &Entry) -> Result<(), SimulationFailure> {
@@ -408,6 +490,12 @@ impl Simulation {
         }
         if self.proposed.get(&entry.id) == Some(&id) {
             self.acknowledged.insert(entry.id);
+        }
+        if let EntryPayload::Membership(membership) = &entry.payload {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            node.applied_membership = membership.clone();
+            self.note_applied_membership(id);
+            self.note_committed_request(entry.id);
         }
         Ok(())
     }
@@ -452,8 +540,9 @@ impl Simulation {
         if let (Some(raft), Some(last)) = (node.raft.as_mut(), persist.entries.last()) {
             raft.on_persisted(last.id);
         }
+        self.record_commands(&persist.entries)?;
         for message in persist.messages {
-            self.send(message);
+            self.send(message)?;
         }
         self.drain_ready(id)
     }
@@ -640,8 +729,20 @@ impl Simulation {
         Ok(())
     }
 
+    /// A node picked at random among those that exist: ever started (initial or joined).
+    /// Faults and work go only to them.
+    fn random_started(&mut self) -> NodeId {
+        let started = self.nodes.values().filter(|node| node.started).count();
+        let pick = self.rng.random_range(0..started);
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.started)
+            .nth(pick)
+            .map(|(&id, _)| id)
+            .expect("a started node")
+    }
+
     fn run(mut self) -> Result<SimulationReport, SimulationFailure> {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for _ in 0..self.options.steps {
             self.step += 1;
             let roll: f64 = self.rng.random();
@@ -650,26 +751,29 @@ impl Simulation {
             } else if roll < 0.55 {
                 self.deliver()?;
             } else if roll < 0.80 {
-                let id = ids[self.rng.random_range(0..ids.len())];
+                let id = self.random_started();
                 if self.nodes[&id].raft.is_some() {
                     self.complete_persist(id)?;
                 }
             } else if roll < 0.92 {
                 self.propose()?;
             } else if self.rng.random_bool(self.options.snapshot * 12.0) {
-                let id = ids[self.rng.random_range(0..ids.len())];
+                let id = self.random_started();
                 self.take_snapshot(id);
             } else if self.rng.random_bool(self.options.crash * 12.0) {
-                let id = ids[self.rng.random_range(0..ids.len())];
+                let id = self.random_started();
                 if self.nodes[&id].raft.is_some() {
                     self.crash(id);
-                } else {
+                } else if self.nodes[&id].started {
                     self.start(id);
                 }
             } else if self.rng.random_bool(self.options.partition * 12.0) {
                 self.change_partition();
+            } else if self.rng.random_bool(self.options.membership * 12.0) {
+                self.change_membership()?;
             }
             self.check()?;
+            self.check_memberships()?;
             if self.step.is_multiple_of(100) {
                 self.check_log_matching()?;
             }
@@ -685,13 +789,19 @@ impl Simulation {
         })
     }
 
-    /// Heal everything and require progress: a leader, and every acknowledged proposal
-    /// applied on every node.
+    /// Heal everything, restart every node that ever ran (no membership changes are asked
+    /// for any more), and require progress: a leader, a configuration that is not joint held by
+    /// every one of its members, and every acknowledged proposal applied on each of them.
     fn liveness(mut self) -> Result<SimulationReport, SimulationFailure> {
         self.cut.clear();
         self.options.loss = 0.0;
         self.options.duplication = 0.0;
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.started)
+            .map(|(&id, _)| id)
+            .collect();
         for &id in &ids {
             if self.nodes[&id].raft.is_none() {
                 self.start(id);
@@ -714,6 +824,7 @@ impl Simulation {
                 }
             }
             self.check()?;
+            self.check_memberships()?;
             if !final_proposed {
                 if let Some(&leader) = ids.iter().find(|&&id| {
                     self.nodes[&id]
@@ -734,14 +845,20 @@ impl Simulation {
                     self.drain_ready(leader)?;
                 }
             }
-            let everyone_applied = self
-                .acknowledged
-                .iter()
-                .all(|entry| ids.iter().all(|id| self.nodes[id].applied >= entry.index));
+            let Some(members) = self.settled_configuration() else {
+                continue;
+            };
+            let everyone_applied = self.acknowledged.iter().all(|entry| {
+                members
+                    .iter()
+                    .all(|id| self.nodes[id].applied >= entry.index)
+            });
             let final_acknowledged = self.final_acknowledged();
             if final_proposed && final_acknowledged && everyone_applied {
                 self.check_log_matching()?;
+                self.check_no_outsider_leads(&members)?;
                 self.report.acknowledged = self.acknowledged.len() as u64;
+                self.report.final_members = members.len() as u64;
                 return Ok(self.report);
             }
         }
@@ -753,7 +870,7 @@ impl Simulation {
                     let status = raft.status();
                     format!(
                         "{id}: {:?} {} leader {:?} commit {} persisted {} last {} applied {} \
-                         pending persists {}",
+                         pending persists {} config {}",
                         status.role,
                         status.term,
                         status.leader,
@@ -761,7 +878,8 @@ impl Simulation {
                         status.persisted,
                         raft.log().last_id(),
                         node.applied,
-                        node.pending.len()
+                        node.pending.len(),
+                        membership::describe(raft.membership())
                     )
                 }
                 None => format!("{id}: down"),
@@ -787,8 +905,8 @@ impl Simulation {
             }))
             .collect();
         Err(self.fail(format!(
-            "liveness: after healing, {} acknowledged proposals were not applied everywhere \
-             within {} ticks (final proposed: {final_proposed}); nodes: [{}]",
+            "liveness: after healing, {} acknowledged proposals were not applied on every member \
+             of an agreed configuration that is not joint within {} ticks (final proposed: {final_proposed}); nodes: [{}]",
             self.acknowledged.len(),
             self.options.liveness_ticks,
             states.join("; ")
@@ -797,13 +915,15 @@ impl Simulation {
 }
 
 impl SimulationOptions {
-    /// The fault profile a seed runs under: even seeds run three nodes for longer with more
-    /// crashes and partitions (the profile that finds Figure 8-style bugs most often, measured
-    /// by mutation), odd seeds five nodes with the defaults.
+    /// The fault profile a seed runs under: even seeds start with three voters out of a pool
+    /// of six and run longer with more crashes and partitions (the profile that finds Figure
+    /// 8-style bugs most often, measured by mutation), odd seeds start with five voters out of
+    /// a pool of eight under the defaults.
     pub fn for_seed(seed: u64) -> SimulationOptions {
         if seed.is_multiple_of(2) {
             SimulationOptions {
                 nodes: 3,
+                pool: 6,
                 steps: 20_000,
                 crash: 0.004,
                 partition: 0.006,
