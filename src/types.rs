@@ -117,6 +117,10 @@ pub struct Membership {
     pub learners: BTreeSet<NodeId>,
     /// How to reach members, where known (clusters built in one process need none).
     pub addresses: BTreeMap<NodeId, MemberAddress>,
+    /// Ids removed from the cluster. They are never given to a new member: logs and snapshots
+    /// anywhere may still name such an id a voter, so a newcomer under it could lend a vote
+    /// that belongs to an old configuration (found by the simulation).
+    pub retired: BTreeSet<NodeId>,
 }
 
 impl Membership {
@@ -127,6 +131,7 @@ impl Membership {
             voters_outgoing: BTreeSet::new(),
             learners: BTreeSet::new(),
             addresses: BTreeMap::new(),
+            retired: BTreeSet::new(),
         }
     }
 
@@ -208,7 +213,7 @@ impl Entry {
                     .values()
                     .map(|address| address.peer.len() + address.client.len())
                     .sum();
-                (8 * membership.members().len() + addresses) as u64
+                (8 * (membership.members().len() + membership.retired.len()) + addresses) as u64
             }
         };
         ENTRY_OVERHEAD_BYTES + payload

@@ -279,12 +279,13 @@ fn membership() -> impl Strategy<Value = Membership> {
     let address = ("[a-z0-9.:]{0,12}", "[a-z0-9.:]{0,12}")
         .prop_map(|(peer, client)| MemberAddress { peer, client });
     let addresses = prop::collection::btree_map(node_id(), address, 0..3);
-    (node_set(), node_set(), node_set(), addresses).prop_map(
-        |(voters, voters_outgoing, learners, addresses)| Membership {
+    (node_set(), node_set(), node_set(), addresses, node_set()).prop_map(
+        |(voters, voters_outgoing, learners, addresses, retired)| Membership {
             voters,
             voters_outgoing,
             learners,
             addresses,
+            retired,
         },
     )
 }

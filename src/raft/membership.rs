@@ -185,6 +185,7 @@ impl Raft {
                     addresses.extend(target.addresses.clone());
                     addresses
                 },
+                retired: target.retired.clone(),
             }
         };
         self.check_healthy_quorum(&next)?;
@@ -222,6 +223,16 @@ impl Raft {
             }
             if !seen.insert(id) {
                 return invalid(format!("{id} appears twice in one change"));
+            }
+            let adding = matches!(
+                change,
+                MemberChange::AddLearner { .. } | MemberChange::AddVoter { .. }
+            );
+            if adding && current.retired.contains(&id) {
+                return invalid(format!(
+                    "{id} was removed from the cluster and ids are never reused (an old log or \
+                     snapshot may still count it as a voter): give the new node a new id"
+                ));
             }
             match change {
                 MemberChange::AddLearner { address, .. } => {
@@ -261,6 +272,7 @@ impl Raft {
                     next.voters.remove(&id);
                     next.learners.remove(&id);
                     next.addresses.remove(&id);
+                    next.retired.insert(id);
                 }
             }
         }
@@ -400,6 +412,7 @@ impl Raft {
                     .filter(|(id, _)| members.contains(id))
                     .map(|(id, address)| (*id, address.clone()))
                     .collect(),
+                retired: joint.retired.clone(),
             };
             self.append_membership(final_config);
             return;

@@ -109,6 +109,7 @@ mod tests {
             voters_outgoing: ids(&[3, 4, 5]),
             learners: BTreeSet::new(),
             addresses: BTreeMap::new(),
+            retired: BTreeSet::new(),
         };
         let matched: BTreeMap<u64, u64> = [(1, 9), (2, 9), (3, 9), (4, 1), (5, 1)].into();
         assert_eq!(
@@ -137,6 +138,7 @@ mod tests {
             voters_outgoing: ids(&[4, 5, 6]),
             learners: BTreeSet::new(),
             addresses: BTreeMap::new(),
+            retired: BTreeSet::new(),
         };
         assert_eq!(joint.vote_result(|id| Some(id.0 <= 3)), VoteResult::Lost);
         assert_eq!(
