@@ -665,14 +665,20 @@ fn check_core(core: &Raft, before: &keyval::raft::Status) -> Result<(), TestCase
 /// generated), or a tick.
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver { message: Message, readdress: bool },
+    Deliver {
+        message: Box<Message>,
+        readdress: bool,
+    },
     Tick,
 }
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         6 => (message(), prop::bool::weighted(0.9))
-            .prop_map(|(message, readdress)| Event::Deliver { message, readdress }),
+            .prop_map(|(message, readdress)| Event::Deliver {
+                message: Box::new(message),
+                readdress
+            }),
         1 => Just(Event::Tick),
     ]
 }
@@ -693,7 +699,7 @@ proptest! {
                     if readdress {
                         message.to = core.id();
                     }
-                    let _ = core.step(message);
+                    let _ = core.step(*message);
                 }
                 Event::Tick => core.tick(),
             }
