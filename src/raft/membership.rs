@@ -99,6 +99,16 @@ impl ConfigHistory {
         self.base.is_voter(id)
     }
 
+    /// The configuration in force at `index` (the latest one at or before it), for a snapshot
+    /// taken there. `index` must not precede the log's start.
+    pub(crate) fn at(&self, index: LogIndex) -> &Membership {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(id, _)| id.index <= index)
+            .map_or(&self.base, |(_, membership)| membership)
+    }
+
     /// Records the configurations among `entries`, just appended to the log.
     pub(crate) fn record(&mut self, entries: &[Entry]) {
         for entry in entries {
@@ -196,6 +206,13 @@ impl Raft {
     /// committed.
     pub fn membership_change_pending(&self) -> bool {
         self.membership.is_joint() || self.configs.latest_index() > self.log.committed()
+    }
+
+    /// The configuration in force at `index` — what a snapshot taken there must carry (the
+    /// latest configuration may be later and uncommitted). `None` when `index` precedes the
+    /// log's start (compacted).
+    pub fn membership_at(&self, index: LogIndex) -> Option<Membership> {
+        (index >= self.log.snapshot().index).then(|| self.configs.at(index).clone())
     }
 
     /// The index of the entry carrying the configuration in force (0 when it came from a

@@ -253,7 +253,11 @@ impl CoreNetwork {
             .expect("applied entry is held");
         let meta = crate::types::SnapshotMeta {
             last: crate::types::EntryId::new(term, last_index),
-            membership: node.raft.membership().clone(),
+            // As of the snapshot's last entry: the latest configuration may be uncommitted.
+            membership: node
+                .raft
+                .membership_at(last_index)
+                .expect("the applied index is in the log"),
         };
         node.storage
             .save_snapshot(&meta, &data)
