@@ -57,6 +57,20 @@ struct Slot<M: StateMachine> {
     joined: bool,
 }
 
+impl<M: StateMachine> Slot<M> {
+    /// A node that has not run yet, with empty storage.
+    fn new(joined: bool) -> Slot<M> {
+        Slot {
+            node: None,
+            disk: MemDisk::new(),
+            faulty_disk: FaultyFileSystem::new(),
+            record: Arc::new(Mutex::new(AppliedRecord::default())),
+            restarts: 0,
+            joined,
+        }
+    }
+}
+
 /// Settings for a [`Cluster`].
 pub struct ClusterBuilder<M: StateMachine> {
     size: u64,
@@ -102,17 +116,7 @@ impl<M: StateMachine> ClusterBuilder<M> {
             files_root: tempfile_root(),
         };
         for id in ids {
-            cluster.slots.lock().insert(
-                id,
-                Slot {
-                    node: None,
-                    disk: MemDisk::new(),
-                    faulty_disk: FaultyFileSystem::new(),
-                    record: Arc::new(Mutex::new(AppliedRecord::default())),
-                    restarts: 0,
-                    joined: false,
-                },
-            );
+            cluster.slots.lock().insert(id, Slot::new(false));
             cluster.restart(id);
         }
         cluster
@@ -212,17 +216,7 @@ impl<M: StateMachine> Cluster<M> {
         {
             let mut slots = self.slots.lock();
             assert!(!slots.contains_key(&id), "{id} exists");
-            slots.insert(
-                id,
-                Slot {
-                    node: None,
-                    disk: MemDisk::new(),
-                    faulty_disk: FaultyFileSystem::new(),
-                    record: Arc::new(Mutex::new(AppliedRecord::default())),
-                    restarts: 0,
-                    joined: true,
-                },
-            );
+            slots.insert(id, Slot::new(true));
             self.ids.lock().push(id);
         }
         self.restart(id);
