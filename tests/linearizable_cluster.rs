@@ -130,7 +130,13 @@ fn read(
 fn run(storage: StorageKind, check_quorum: bool, nemesis: fn(&Cluster<KvStore>, &mut StdRng)) {
     let cluster = Cluster::builder(5, |_| KvStore::new())
         .storage(storage)
-        .configure(move |config| config.check_quorum = check_quorum)
+        .configure(move |config| {
+            config.check_quorum = check_quorum;
+            // Snapshots every hundred entries with a short margin, so that histories span
+            // compactions, and restarted or new nodes catch up by snapshot.
+            config.snapshot_entries = 100;
+            config.snapshot_margin_entries = 20;
+        })
         .build();
     let seed = cluster.seed();
     cluster.wait_for_leader(Duration::from_secs(20));
@@ -150,6 +156,13 @@ fn run(storage: StorageKind, check_quorum: bool, nemesis: fn(&Cluster<KvStore>, 
         cluster.set_unreliable(false);
         stop.store(true, Ordering::SeqCst);
     });
+    let snapshots = cluster
+        .ids()
+        .into_iter()
+        .filter_map(|id| cluster.node(id))
+        .filter(|node| node.latest_snapshot().is_some())
+        .count();
+    assert!(snapshots > 0, "no node took a snapshot (seed {seed})");
     let operations = history.snapshot();
     let known = operations
         .iter()
