@@ -796,3 +796,45 @@ fn a_removed_id_is_never_added_again() {
         Err(MembershipError::Invalid { .. })
     ));
 }
+
+/// Votes from non-voters (a learner, a stranger) never count toward a candidate's quorum.
+#[test]
+fn votes_from_non_voters_are_not_counted() {
+    let mut network = CoreNetwork::new(3, 20);
+    network.elect(N1);
+    network.add_node(N4);
+    network.change(N1, &[learner(N4)]).unwrap();
+    settle(&mut network);
+    // N2 campaigns cut off from the other voters; only non-voters "answer".
+    network.isolate(N2);
+    network.run(100);
+    assert_ne!(network.node(N2).role(), RoleKind::Leader);
+    for _ in 0..3 {
+        let term = network.node(N2).term();
+        let role = network.node(N2).role();
+        let pre_vote = role == RoleKind::PreCandidate;
+        for from in [N4, NodeId(9)] {
+            let vote = keyval::raft::Message {
+                from,
+                to: N2,
+                term: if pre_vote {
+                    keyval::Term(term.0 + 1)
+                } else {
+                    term
+                },
+                body: MessageBody::RequestVoteResponse {
+                    pre_vote,
+                    granted: true,
+                },
+            };
+            let _ = network.node(N2).step(vote);
+            network.process_ready(N2);
+        }
+        assert_ne!(
+            network.node(N2).role(),
+            RoleKind::Leader,
+            "non-voters elected {N2}"
+        );
+        network.run(20);
+    }
+}
