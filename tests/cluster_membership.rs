@@ -83,6 +83,14 @@ impl<'a> Writers<'a> {
                     }
                 });
             }
+            // If the scenario panics, the writers must still stop, or the scope never ends.
+            struct StopOnDrop<'s>(&'s AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _stop_writers = StopOnDrop(&self.stop);
             scenario();
             // Some writes after the change, so the new configuration is exercised.
             let before = self.acknowledged.lock().unwrap().len();

@@ -749,8 +749,10 @@ impl<M: StateMachine> Node<M> {
         self.retry_while_busy(&[MemberChange::Remove(id)], deadline)
     }
 
-    /// Runs a change, retrying while the leader is busy with another one or the learner to
-    /// promote is catching up; returns the last refusal when the deadline passes.
+    /// Runs a change, retrying while the leader is busy with another one, the learner to
+    /// promote is catching up, or a member the new configuration needs has not been heard from
+    /// lately (a slow moment, or a node still starting); returns the last refusal when the
+    /// deadline passes.
     fn retry_while_busy(
         &self,
         changes: &[MemberChange],
@@ -759,7 +761,9 @@ impl<M: StateMachine> Node<M> {
         loop {
             match self.change_membership(changes, deadline) {
                 Err(
-                    error @ (MembershipError::Busy { .. } | MembershipError::NotCaughtUp { .. }),
+                    error @ (MembershipError::Busy { .. }
+                    | MembershipError::NotCaughtUp { .. }
+                    | MembershipError::WouldLoseQuorum { .. }),
                 ) => {
                     if Instant::now() + self.tick >= deadline {
                         return Err(error);
