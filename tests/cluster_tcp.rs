@@ -1,16 +1,16 @@
 //! Threaded node runtimes over the real std-TCP peer transport on loopback: election,
 //! replication, and failover when the leader is shut down.
 
-use std::collections::BTreeMap;
+mod server_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyval::node::{Node, NodeOptions};
-use keyval::raft::{Message, RoleKind};
+use keyval::raft::RoleKind;
 use keyval::storage::mem::MemStorage;
 use keyval::testkit::CommandLog;
-use keyval::transport::tcp::{TcpConfig, TcpTransport};
-use keyval::transport::{inbound_channel, Transport};
+use keyval::transport::Transport;
 use keyval::{Config, Membership, NodeId};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,24 +30,7 @@ fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
 fn three_nodes_over_tcp_elect_replicate_and_fail_over() {
     let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let membership = Membership::new(ids.iter().copied());
-    let mut transports = Vec::new();
-    let mut receivers = Vec::new();
-    for &id in &ids {
-        let (inbound_tx, inbound_rx) = inbound_channel();
-        let config = TcpConfig::new(id, 7, "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
-        let transport = Arc::new(TcpTransport::<Message>::start(config, inbound_tx).unwrap());
-        transports.push(transport);
-        receivers.push(inbound_rx);
-    }
-    for transport in &transports {
-        for (k, other) in transports.iter().enumerate() {
-            if !Arc::ptr_eq(transport, other) {
-                transport
-                    .set_peer_address(ids[k], other.local_addr())
-                    .unwrap();
-            }
-        }
-    }
+    let (transports, receivers) = server_support::tcp_mesh(&ids);
     let mut nodes: Vec<Option<Node<CommandLog>>> = Vec::new();
     for (k, inbound) in receivers.into_iter().enumerate() {
         let transport: Arc<dyn Transport> = transports[k].clone();

@@ -7,14 +7,39 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use keyval::kv::KvStore;
 use keyval::node::{Node, NodeOptions};
 use keyval::raft::{Message, RoleKind};
 use keyval::server::{Server, ServerOptions};
 use keyval::storage::mem::MemStorage;
 use keyval::transport::tcp::{TcpConfig, TcpTransport};
-use keyval::transport::{inbound_channel, Transport};
+use keyval::transport::{inbound_channel, Inbound, Transport};
 use keyval::{Config, Membership, NodeId};
+
+/// One TCP transport per id on 127.0.0.1 (a free port each), every one knowing every other's
+/// address, with the receiving ends of their inbound queues in the same order.
+pub fn tcp_mesh(ids: &[NodeId]) -> (Vec<Arc<TcpTransport<Message>>>, Vec<Receiver<Inbound>>) {
+    let mut transports = Vec::new();
+    let mut receivers = Vec::new();
+    for &id in ids {
+        let (inbound_tx, inbound_rx) = inbound_channel();
+        let config = TcpConfig::new(id, 7, "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
+        let transport = Arc::new(TcpTransport::<Message>::start(config, inbound_tx).unwrap());
+        transports.push(transport);
+        receivers.push(inbound_rx);
+    }
+    for transport in &transports {
+        for (k, other) in transports.iter().enumerate() {
+            if !Arc::ptr_eq(transport, other) {
+                transport
+                    .set_peer_address(ids[k], other.local_addr())
+                    .unwrap();
+            }
+        }
+    }
+    (transports, receivers)
+}
 
 /// How long a test waits for a condition.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -70,24 +95,7 @@ impl TestCluster {
             .iter()
             .map(|id| (*id, free_address().to_string()))
             .collect();
-        let mut transports = Vec::new();
-        let mut receivers = Vec::new();
-        for &id in &ids {
-            let (inbound_tx, inbound_rx) = inbound_channel();
-            let config = TcpConfig::new(id, 7, "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
-            let transport = Arc::new(TcpTransport::<Message>::start(config, inbound_tx).unwrap());
-            transports.push(transport);
-            receivers.push(inbound_rx);
-        }
-        for transport in &transports {
-            for (k, other) in transports.iter().enumerate() {
-                if !Arc::ptr_eq(transport, other) {
-                    transport
-                        .set_peer_address(ids[k], other.local_addr())
-                        .unwrap();
-                }
-            }
-        }
+        let (transports, receivers) = tcp_mesh(&ids);
         let mut nodes = Vec::new();
         for (k, inbound) in receivers.into_iter().enumerate() {
             let transport: Arc<dyn Transport> = transports[k].clone();
