@@ -412,25 +412,13 @@ impl Raft {
             return;
         }
         if self.membership.is_joint() {
-            let joint = &self.membership;
-            let members: BTreeSet<NodeId> = joint
-                .voters
-                .iter()
-                .chain(joint.learners.iter())
-                .copied()
-                .collect();
-            let final_config = Membership {
-                voters: joint.voters.clone(),
+            // C(new): the joint configuration without its outgoing half (and their addresses).
+            let mut final_config = Membership {
                 voters_outgoing: BTreeSet::new(),
-                learners: joint.learners.clone(),
-                addresses: joint
-                    .addresses
-                    .iter()
-                    .filter(|(id, _)| members.contains(id))
-                    .map(|(id, address)| (*id, address.clone()))
-                    .collect(),
-                retired: joint.retired.clone(),
+                ..self.membership.clone()
             };
+            let members = final_config.members();
+            final_config.addresses.retain(|id, _| members.contains(id));
             self.append_membership(final_config);
             return;
         }

@@ -102,12 +102,6 @@ const IDLE_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// Completions handled per wake before writing, so a flood cannot starve the socket.
 const DRAIN_BATCH_MAX: usize = 4096;
 
-/// How often a writer whose requests wait without news checks that its node is still a
-/// member. A leader that removed itself hears nothing more about the entries it appended, so
-/// its waiting writes would otherwise sit until their deadlines; answered `Indeterminate`
-/// early, the client retries them (same session) with the new leader and learns the outcome.
-const MEMBERSHIP_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 struct Responder<'a> {
     shared: &'a Shared,
     channels: Channels,
@@ -153,22 +147,17 @@ impl Responder<'_> {
             &self.channels.events
         };
         let now = Instant::now();
-        let (wake_at, waiting) = {
+        let wake_at = {
             let mut table = self.channels.pending.lock();
-            let waiting = !table.requests.is_empty();
-            let mut wake_at = table
+            let wake_at = table
                 .deadlines
                 .first()
                 .map(|(deadline, _)| *deadline)
                 .unwrap_or(now + IDLE_WAKE_INTERVAL);
-            if waiting {
-                wake_at = wake_at.min(now + MEMBERSHIP_CHECK_INTERVAL);
-            }
             table.writer_wakes_at = Some(wake_at);
-            (wake_at, waiting)
+            wake_at
         };
         let timeout = wake_at.saturating_duration_since(now);
-        let mut quiet = false;
         crossbeam_channel::select! {
             recv(events) -> event => match event {
                 Ok(event) => self.on_event(event),
@@ -184,10 +173,7 @@ impl Responder<'_> {
                     self.on_read(completion);
                 }
             },
-            default(timeout) => quiet = true,
-        }
-        if quiet && waiting {
-            self.answer_if_removed();
+            default(timeout) => {},
         }
         for _ in 0..DRAIN_BATCH_MAX {
             let mut progressed = false;
@@ -286,43 +272,6 @@ impl Responder<'_> {
             })),
         };
         self.respond(pending.request_id, result);
-    }
-
-    /// If this node is no longer a member (a leader that removed itself), answers every
-    /// waiting request now: its writes may still commit through the other members
-    /// (`Indeterminate`; the client's retry with the same session learns the outcome from the
-    /// new leader), its reads are redirected.
-    fn answer_if_removed(&mut self) {
-        let node = &self.shared.node;
-        if node.members().contains(node.id()) {
-            return;
-        }
-        let waiting: Vec<Pending> = {
-            let mut table = self.channels.pending.lock();
-            table.deadlines.clear();
-            table.requests.drain().map(|(_, pending)| pending).collect()
-        };
-        if waiting.is_empty() {
-            return;
-        }
-        log::info(
-            "this node is no longer a member: answering its waiting requests",
-            &[("requests", &waiting.len())],
-        );
-        for pending in waiting {
-            let error = match pending.kind {
-                PendingKind::Write => ServerError::Indeterminate {
-                    reason: "this node was removed from the cluster; the write may still \
-                             commit through the other members"
-                        .into(),
-                },
-                PendingKind::Read(_) => ServerError::NotLeader {
-                    leader_id: None,
-                    leader_client_address: None,
-                },
-            };
-            self.respond(pending.request_id, Err(error));
-        }
     }
 
     /// Answers every request whose deadline has passed.
