@@ -11,12 +11,11 @@
 mod process_support;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyval::client::{Client, ClientOptions};
-use keyval::testkit::linearizability::{ClientId, History, Outcome, Request, Response};
-use process_support::history::{assert_linearizable, run_recorded_client, KEYS};
+use keyval::testkit::linearizability::{ClientId, Outcome, Request, Response};
+use process_support::history::{assert_linearizable, record_while, KEYS};
 use process_support::ProcessCluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,48 +56,38 @@ fn chaos(nodes: usize) {
         .map(|_| Client::connect(&cluster.client_addresses, options.clone()).expect("connect"))
         .collect();
     cluster.wait_leader(&clients[0]);
-    let history = History::new();
-    let stop = AtomicBool::new(false);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
-    std::thread::scope(|scope| {
-        for (k, client) in clients.iter().enumerate() {
-            let (history, stop) = (&history, &stop);
-            scope.spawn(move || run_recorded_client(client, history, k as u64 + 1, seed, stop));
-        }
-        let until = Instant::now() + Duration::from_secs(seconds);
-        while Instant::now() < until {
-            // A minority at a time: one node of three, one or two of five.
-            let count = if nodes >= 5 && rng.random_bool(0.5) {
-                2
-            } else {
-                1
-            };
-            let first = rng.random_range(0..nodes);
-            let victims: Vec<usize> = (0..count).map(|k| (first + k) % nodes).collect();
-            if rng.random_bool(0.5) {
-                for &victim in &victims {
-                    faults.push(format!("kill -9 n{}", victim + 1));
-                    cluster.nodes[victim].kill();
-                }
-                std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
-                for &victim in &victims {
-                    cluster.restart(victim);
-                }
-            } else {
-                for &victim in &victims {
-                    faults.push(format!("pause n{}", victim + 1));
-                    signal(&cluster, victim, "-STOP");
-                }
-                std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
-                for &victim in &victims {
-                    signal(&cluster, victim, "-CONT");
-                }
+    let history = record_while(&clients, seed, seconds, || {
+        // A minority at a time: one node of three, one or two of five.
+        let count = if nodes >= 5 && rng.random_bool(0.5) {
+            2
+        } else {
+            1
+        };
+        let first = rng.random_range(0..nodes);
+        let victims: Vec<usize> = (0..count).map(|k| (first + k) % nodes).collect();
+        if rng.random_bool(0.5) {
+            for &victim in &victims {
+                faults.push(format!("kill -9 n{}", victim + 1));
+                cluster.nodes[victim].kill();
             }
-            // Pacing the nemesis between faults; nothing is asserted after it.
-            std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
+            std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
+            for &victim in &victims {
+                cluster.restart(victim);
+            }
+        } else {
+            for &victim in &victims {
+                faults.push(format!("pause n{}", victim + 1));
+                signal(&cluster, victim, "-STOP");
+            }
+            std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+            for &victim in &victims {
+                signal(&cluster, victim, "-CONT");
+            }
         }
-        stop.store(true, Ordering::SeqCst);
+        // Pacing the nemesis between faults; nothing is asserted after it.
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
     });
     // Healed: every key's final value is read (and checked with the rest of the history).
     cluster.wait_leader(&clients[0]);

@@ -29,7 +29,7 @@ use keyval::server::protocol::StatusReply;
 use keyval::testkit::linearizability::History;
 use keyval::types::Term;
 use process_support::history::{
-    assert_linearizable, run_recorded_client, run_recorded_client_mix, GETS_IN_TEN_DEFAULT,
+    assert_linearizable, record_while, run_recorded_client_mix, GETS_IN_TEN_DEFAULT,
 };
 use process_support::wait_for;
 use rand::rngs::StdRng;
@@ -351,45 +351,35 @@ fn partitions(size: usize) {
         })
     };
     assert!(wait_for(|| leader(&clients[0]).is_some()), "no leader");
-    let history = History::new();
-    let stop = AtomicBool::new(false);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
-    std::thread::scope(|scope| {
-        for (k, client) in clients.iter().enumerate() {
-            let (history, stop) = (&history, &stop);
-            scope.spawn(move || run_recorded_client(client, history, k as u64 + 1, seed, stop));
-        }
-        let until = Instant::now() + Duration::from_secs(seconds);
-        while Instant::now() < until {
-            let victim = match leader(&clients[0]) {
-                Some(position) if rng.random_bool(0.7) => position + 1,
-                _ => rng.random_range(1..=size),
-            };
-            if rng.random_bool(0.75) {
-                // With five nodes, sometimes a second node is cut off too (each on its own).
-                let mut victims = vec![victim];
-                if size >= 5 && rng.random_bool(0.5) {
-                    victims.push(victim % size + 1);
-                }
-                for &victim in &victims {
-                    faults.push(format!("isolate n{victim}"));
-                    network.set_isolated(victim, true);
-                }
-                std::thread::sleep(Duration::from_millis(rng.random_range(400..1200)));
-                for &victim in &victims {
-                    network.set_isolated(victim, false);
-                }
-            } else {
-                faults.push(format!("kill -9 n{victim}"));
-                nodes.kill(victim);
-                std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
-                nodes.spawn(&network, victim);
+    let history = record_while(&clients, seed, seconds, || {
+        let victim = match leader(&clients[0]) {
+            Some(position) if rng.random_bool(0.7) => position + 1,
+            _ => rng.random_range(1..=size),
+        };
+        if rng.random_bool(0.75) {
+            // With five nodes, sometimes a second node is cut off too (each on its own).
+            let mut victims = vec![victim];
+            if size >= 5 && rng.random_bool(0.5) {
+                victims.push(victim % size + 1);
             }
-            // Pacing the nemesis between faults; nothing is asserted after it.
-            std::thread::sleep(Duration::from_millis(rng.random_range(200..500)));
+            for &victim in &victims {
+                faults.push(format!("isolate n{victim}"));
+                network.set_isolated(victim, true);
+            }
+            std::thread::sleep(Duration::from_millis(rng.random_range(400..1200)));
+            for &victim in &victims {
+                network.set_isolated(victim, false);
+            }
+        } else {
+            faults.push(format!("kill -9 n{victim}"));
+            nodes.kill(victim);
+            std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
+            nodes.spawn(&network, victim);
         }
-        stop.store(true, Ordering::SeqCst);
+        // Pacing the nemesis between faults; nothing is asserted after it.
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..500)));
     });
     let operations = history.snapshot();
     let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));

@@ -19,6 +19,30 @@ pub const KEYS: u64 = 3;
 /// compare-and-swaps, two to one.
 pub const GETS_IN_TEN_DEFAULT: u32 = 4;
 
+/// Runs one recording client per entry of `clients` (ids 1, 2, …) while `nemesis` is called
+/// again and again for `seconds`, then stops them and returns the history.
+pub fn record_while(
+    clients: &[Client],
+    seed: u64,
+    seconds: u64,
+    mut nemesis: impl FnMut(),
+) -> History {
+    let history = History::new();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for (k, client) in clients.iter().enumerate() {
+            let (history, stop) = (&history, &stop);
+            scope.spawn(move || run_recorded_client(client, history, k as u64 + 1, seed, stop));
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while std::time::Instant::now() < until {
+            nemesis();
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    history
+}
+
 /// Runs random get / put / compare-and-swap operations until `stop`, recording each one.
 /// Every error is recorded as an unknown outcome, which lets the operation take effect or not:
 /// always sound.
