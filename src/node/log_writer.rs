@@ -39,47 +39,47 @@ pub(super) fn run<M>(
         if let Some(membership) = members_update {
             shared.transport.update_members(&membership);
         }
-        let mut outcome = Ok(None);
         if !batch.is_empty() {
-            outcome = persist_batch(storage.as_mut(), batch, &mut saved_snapshot);
-        }
-        let outcome = outcome.and_then(|released| {
-            let local = match local_snapshot {
-                Some(local) => save_local_snapshot(storage.as_mut(), local, &mut saved_snapshot)?,
-                None => None,
-            };
-            Ok((released, local))
-        });
-        let (released, local) = match outcome {
-            Ok(done) => done,
-            // The harness crashed this instance: its successor owns the disk now.
-            Err(StorageError::Crashed) => return,
-            Err(error) => {
-                shared.fail(error.to_string());
+            let released = persist_batch(storage.as_mut(), batch, &mut saved_snapshot);
+            let Some((messages, last_entry)) = check(shared, released) else {
                 return;
-            }
-        };
-        if !shared.is_serving() {
-            return;
-        }
-        let mut last_entry = None;
-        if let Some((messages, last)) = released {
+            };
+            // Acks and commit progress go out before any local snapshot is written: they
+            // depend only on this batch's sync.
             for message in messages {
                 shared.transport.send(message);
             }
-            last_entry = last;
+            if let Some(last) = last_entry {
+                let mut core = shared.core.lock();
+                core.raft.on_persisted(last);
+                shared.route(&mut core);
+            }
         }
-        if last_entry.is_none() && local.is_none() {
-            continue;
+        if let Some(local) = local_snapshot {
+            let saved = save_local_snapshot(storage.as_mut(), local, &mut saved_snapshot);
+            let Some(saved) = check(shared, saved) else {
+                return;
+            };
+            if let Some(local) = saved {
+                let mut core = shared.core.lock();
+                core.raft.compact(local.snapshot, local.compact_through);
+                shared.route(&mut core);
+            }
         }
-        let mut core = shared.core.lock();
-        if let Some(last) = last_entry {
-            core.raft.on_persisted(last);
+    }
+}
+
+/// The value of a storage step, or `None` when the log writer must stop: storage failed (the
+/// node stops serving), the harness crashed this instance (its successor owns the disk), or
+/// the node is shutting down.
+fn check<M, T>(shared: &Shared<M>, outcome: Result<T, StorageError>) -> Option<T> {
+    match outcome {
+        Ok(value) if shared.is_serving() => Some(value),
+        Ok(_) | Err(StorageError::Crashed) => None,
+        Err(error) => {
+            shared.fail(error.to_string());
+            None
         }
-        if let Some(local) = local {
-            core.raft.compact(local.snapshot, local.compact_through);
-        }
-        shared.route(&mut core);
     }
 }
 
@@ -91,7 +91,7 @@ fn persist_batch(
     storage: &mut dyn Storage,
     batch: Vec<PersistRequest>,
     saved_snapshot: &mut LogIndex,
-) -> Result<Option<Released>, StorageError> {
+) -> Result<Released, StorageError> {
     let mut last_entry = None;
     let mut messages = Vec::new();
     for request in batch {
@@ -116,7 +116,7 @@ fn persist_batch(
         messages.extend(request.messages);
     }
     storage.sync()?;
-    Ok(Some((messages, last_entry)))
+    Ok((messages, last_entry))
 }
 
 /// Makes a local snapshot durable, then compacts the stored log behind it. Returns it for

@@ -11,41 +11,34 @@ use crate::raft::quorum::VoteResult;
 use crate::raft::{LeaderState, Raft, ReadState, Role, StepError};
 use crate::types::{Entry, EntryId, EntryPayload, NodeId, Term};
 
-/// Every log index a message carries, for the bound check at the door.
-fn message_indexes(body: &MessageBody) -> impl Iterator<Item = crate::types::LogIndex> + '_ {
-    let mut indexes = Vec::new();
+/// The largest log index a message carries, for the bound check at the door (no allocation:
+/// this runs for every message).
+fn largest_index(body: &MessageBody) -> crate::types::LogIndex {
+    use crate::types::LogIndex;
     match body {
-        MessageBody::RequestVote { last_log, .. } => indexes.push(last_log.index),
+        MessageBody::RequestVote { last_log, .. } => last_log.index,
         MessageBody::AppendEntries {
             prev,
             entries,
             leader_commit,
         } => {
-            indexes.push(prev.index);
-            indexes.push(*leader_commit);
             // Entries are contiguous after prev (checked next): bound the last one.
-            let last = prev.index.0.saturating_add(entries.len() as u64);
-            indexes.push(crate::types::LogIndex(last));
-            indexes.extend(entries.last().map(|entry| entry.index()));
+            let last = LogIndex(prev.index.0.saturating_add(entries.len() as u64));
+            let last_entry = entries.last().map_or(LogIndex(0), |entry| entry.index());
+            prev.index.max(*leader_commit).max(last).max(last_entry)
         }
-        MessageBody::AppendEntriesResponse(AppendResponse::Success { matched }) => {
-            indexes.push(matched.index)
-        }
+        MessageBody::AppendEntriesResponse(AppendResponse::Success { matched }) => matched.index,
         MessageBody::AppendEntriesResponse(AppendResponse::Reject {
             rejected_prev,
             hint,
-        }) => {
-            indexes.push(*rejected_prev);
-            indexes.push(hint.index);
-        }
-        MessageBody::Heartbeat { commit, .. } => indexes.push(*commit),
-        MessageBody::InstallSnapshot { meta, .. } => indexes.push(meta.last.index),
-        MessageBody::InstallSnapshotResponse { last, .. } => indexes.push(last.index),
+        }) => (*rejected_prev).max(hint.index),
+        MessageBody::Heartbeat { commit, .. } => *commit,
+        MessageBody::InstallSnapshot { meta, .. } => meta.last.index,
+        MessageBody::InstallSnapshotResponse { last, .. } => last.index,
         MessageBody::RequestVoteResponse { .. }
         | MessageBody::HeartbeatResponse { .. }
-        | MessageBody::TimeoutNow => {}
+        | MessageBody::TimeoutNow => LogIndex(0),
     }
-    indexes.into_iter()
 }
 
 impl Raft {
@@ -250,7 +243,7 @@ impl Raft {
         if message.term.0 > limits::TERM_MAX {
             return malformed("term beyond the limit");
         }
-        if message_indexes(&message.body).any(|index| index.0 > limits::INDEX_MAX) {
+        if largest_index(&message.body).0 > limits::INDEX_MAX {
             return malformed("log index beyond the limit");
         }
         match &message.body {

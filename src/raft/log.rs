@@ -143,13 +143,20 @@ impl RaftLog {
 
     /// Entries from `from` on, at most `bytes_max` bytes but at least one entry.
     pub fn entries_from(&self, from: LogIndex, bytes_max: u64) -> Vec<Entry> {
-        if from <= self.snapshot.index || from > self.last_index() {
+        self.entries_between(from, self.last_index(), bytes_max)
+    }
+
+    /// Entries from `from` through `to`, at most `bytes_max` bytes but at least one entry.
+    fn entries_between(&self, from: LogIndex, to: LogIndex, bytes_max: u64) -> Vec<Entry> {
+        let to = to.min(self.last_index());
+        if from <= self.snapshot.index || from > to {
             return Vec::new();
         }
         let start = (from.0 - self.snapshot.index.0 - 1) as usize;
+        let end = (to.0 - self.snapshot.index.0) as usize;
         let mut bytes = 0;
         let mut out = Vec::new();
-        for entry in &self.entries[start..] {
+        for entry in &self.entries[start..end] {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > bytes_max {
                 break;
@@ -320,8 +327,8 @@ impl RaftLog {
         if until <= self.applied_handed {
             return Vec::new();
         }
-        let mut out = self.entries_from(self.applied_handed.next(), bytes_max);
-        out.retain(|entry| entry.index() <= until);
+        // Only the committed range is copied (not the uncommitted tail, to drop it after).
+        let out = self.entries_between(self.applied_handed.next(), until, bytes_max);
         if let Some(last) = out.last() {
             self.applied_handed = last.index();
         }
