@@ -355,6 +355,43 @@ fn pipelined_requests_on_one_connection_all_complete() {
     assert_eq!(seen.len(), 200);
 }
 
+/// More pipelined writes in one buffer than the connection may have in flight: the reader must
+/// propose the writes it collected before it waits for a permit, or their permits never come
+/// back and every one of them expires unproposed (`Indeterminate`).
+#[test]
+fn pipelined_writes_beyond_the_in_flight_limit_all_commit() {
+    let cluster = TestCluster::start_with(1, false, |options| {
+        options.inflight_per_connection_max = 4;
+    });
+    cluster.wait_leader();
+    let mut stream = TcpStream::connect(cluster.address(0)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    for request_id in 0..100u64 {
+        let body = RequestBody::Write(Command::put(format!("k{request_id}").into_bytes(), vec![1]));
+        write_frame(
+            &RequestFrame {
+                request_id,
+                timeout_ms: 5000,
+                body,
+            },
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    stream.write_all(&bytes).unwrap();
+    let mut frames = FrameReader::new();
+    for _ in 0..100 {
+        let frame: ResponseFrame = frames.read_frame(&mut stream).unwrap();
+        match &frame.result {
+            Ok(ResponseBody::Written(Response::Written { .. })) => {}
+            other => panic!("request {} failed: {other:?}", frame.request_id),
+        }
+    }
+}
+
 #[test]
 fn shutdown_answers_requests_in_flight_then_closes() {
     let mut cluster = TestCluster::start(1, false);

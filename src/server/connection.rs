@@ -202,7 +202,16 @@ impl Reader {
 
     /// Takes a permit and serves or submits one request.
     fn handle(&mut self, frame: RequestFrame) -> Result<(), WriterGone> {
-        self.permits.send(()).map_err(|_| WriterGone)?;
+        match self.permits.try_send(()) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(())) => {
+                // Every permit is held, some by writes collected here and not yet proposed:
+                // submit them before waiting, or their permits would never come back.
+                self.flush_writes()?;
+                self.permits.send(()).map_err(|_| WriterGone)?;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(())) => return Err(WriterGone),
+        }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = match frame.timeout_ms {
             0 => self.shared.options.request_timeout_default,
@@ -212,8 +221,7 @@ impl Reader {
         let request_id = frame.request_id;
         match frame.body {
             RequestBody::Write(command) => {
-                let encoded = command.validate().and_then(|()| command.encode());
-                let bytes = match encoded {
+                let bytes = match command.encode() {
                     Ok(bytes) => bytes,
                     Err(error) => {
                         return self.respond(request_id, Err(ServerError::Invalid(error)))

@@ -107,6 +107,11 @@ struct Responder<'a> {
     channels: Channels,
     out: Vec<u8>,
     reader_done: bool,
+    /// A completion channel with no sender left (the reader is gone and nothing of that kind
+    /// is in flight) stays disconnected for good: it is no longer selected on, or `select!`
+    /// would return at once, forever.
+    proposals_closed: bool,
+    reads_closed: bool,
 }
 
 pub(super) fn run(shared: &Shared, mut stream: TcpStream, remote: &str, channels: Channels) {
@@ -115,6 +120,8 @@ pub(super) fn run(shared: &Shared, mut stream: TcpStream, remote: &str, channels
         channels,
         out: Vec::with_capacity(64 * 1024),
         reader_done: false,
+        proposals_closed: false,
+        reads_closed: false,
     };
     loop {
         responder.wait_and_drain();
@@ -140,11 +147,25 @@ pub(super) fn run(shared: &Shared, mut stream: TcpStream, remote: &str, channels
 impl Responder<'_> {
     /// Waits for anything (or the nearest deadline), then handles everything ready.
     fn wait_and_drain(&mut self) {
-        let never = crossbeam_channel::never();
+        let (never_events, never_proposals, never_reads) = (
+            crossbeam_channel::never(),
+            crossbeam_channel::never(),
+            crossbeam_channel::never(),
+        );
         let events = if self.reader_done {
-            &never
+            &never_events
         } else {
             &self.channels.events
+        };
+        let proposals = if self.proposals_closed {
+            &never_proposals
+        } else {
+            &self.channels.proposals
+        };
+        let reads = if self.reads_closed {
+            &never_reads
+        } else {
+            &self.channels.reads
         };
         let now = Instant::now();
         let wake_at = {
@@ -163,15 +184,13 @@ impl Responder<'_> {
                 Ok(event) => self.on_event(event),
                 Err(_) => self.reader_done = true,
             },
-            recv(self.channels.proposals) -> completion => {
-                if let Ok(completion) = completion {
-                    self.on_proposal(completion);
-                }
+            recv(proposals) -> completion => match completion {
+                Ok(completion) => self.on_proposal(completion),
+                Err(_) => self.proposals_closed = true,
             },
-            recv(self.channels.reads) -> completion => {
-                if let Ok(completion) = completion {
-                    self.on_read(completion);
-                }
+            recv(reads) -> completion => match completion {
+                Ok(completion) => self.on_read(completion),
+                Err(_) => self.reads_closed = true,
             },
             default(timeout) => {},
         }

@@ -89,6 +89,15 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `size` nodes; `lease_reads` turns lease reads on.
     pub fn start(size: u64, lease_reads: bool) -> TestCluster {
+        TestCluster::start_with(size, lease_reads, |_| {})
+    }
+
+    /// [`start`](TestCluster::start), with `configure` adjusting each server's options.
+    pub fn start_with(
+        size: u64,
+        lease_reads: bool,
+        configure: impl Fn(&mut ServerOptions),
+    ) -> TestCluster {
         let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
         let membership = Membership::new(ids.iter().copied());
         let client_addresses: BTreeMap<NodeId, String> = ids
@@ -115,6 +124,7 @@ impl TestCluster {
             );
             let mut options = ServerOptions::new(client_addresses[&ids[k]].parse().unwrap());
             options.client_addresses = client_addresses.clone();
+            configure(&mut options);
             let server = Server::start(Arc::clone(&node), options).unwrap();
             nodes.push(Some(Running {
                 node,
