@@ -32,20 +32,53 @@ use super::responder::{self, Event, PendingKind, PendingTable};
 use super::snapshot::SnapshotPin;
 use super::{admin, Shared, POLL_INTERVAL, REQUEST_TIMEOUT_MAX};
 
-/// Spawns the reader and writer threads of one accepted connection.
+/// Spawns the reader and writer threads of one accepted connection. The connection counts as
+/// closed once the writer ends (it calls `connection_closed`); if it fails before the writer
+/// starts, it counts as closed here — either way exactly once.
 pub(super) fn spawn(
     shared: Arc<Shared>,
     stream: TcpStream,
     remote: String,
     number: u64,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let closed_here = Arc::clone(&shared);
+    spawn_threads(shared, stream, remote, number)
+        .inspect_err(|error| {
+            if !error.writer_ran {
+                super::connection_closed(&closed_here);
+            }
+        })
+        .map_err(|error| error.source)
+}
+
+/// Why the threads of a connection could not start, and whether its writer ran (and so
+/// already counted the connection closed).
+struct SpawnError {
+    source: std::io::Error,
+    writer_ran: bool,
+}
+
+fn spawn_threads(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: String,
+    number: u64,
+) -> Result<Vec<JoinHandle<()>>, SpawnError> {
+    let before_writer = |source| SpawnError {
+        source,
+        writer_ran: false,
+    };
     let id = shared.node.id();
     let inflight_max = shared.options.inflight_per_connection_max;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(POLL_INTERVAL))?;
-    let write_stream = stream.try_clone()?;
+    stream.set_nodelay(true).map_err(before_writer)?;
+    stream
+        .set_read_timeout(Some(POLL_INTERVAL))
+        .map_err(before_writer)?;
+    let write_stream = stream.try_clone().map_err(before_writer)?;
     // A client that stops reading must not pin the writer (and shutdown) forever.
-    write_stream.set_write_timeout(Some(shared.options.write_timeout))?;
+    write_stream
+        .set_write_timeout(Some(shared.options.write_timeout))
+        .map_err(before_writer)?;
     let (events_tx, events_rx) = crossbeam_channel::bounded(inflight_max);
     let pending = Arc::new(Mutex::new(PendingTable::default()));
     let (permits_tx, permits_rx) = crossbeam_channel::bounded(inflight_max);
@@ -70,7 +103,8 @@ pub(super) fn spawn(
                     permits: permits_rx,
                 },
             )
-        })?;
+        })
+        .map_err(before_writer)?;
     let reader = Reader {
         shared,
         pending,
@@ -89,10 +123,13 @@ pub(super) fn spawn(
         .spawn(move || reader.run(stream));
     match reader {
         Ok(reader) => Ok(vec![reader, writer]),
-        Err(error) => {
+        Err(source) => {
             // The writer ends once its events sender (dropped with the closure) is gone.
             let _ = writer.join();
-            Err(error)
+            Err(SpawnError {
+                source,
+                writer_ran: true,
+            })
         }
     }
 }

@@ -337,7 +337,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
         ) {
             Ok(threads) => shared.connection_threads.lock().extend(threads),
             Err(error) => {
-                shared.connections_open.fetch_sub(1, Ordering::SeqCst);
+                // `connection::spawn` counted the connection closed.
                 log::error(
                     "cannot start client connection threads",
                     &[("remote", &remote), ("error", &error)],
