@@ -50,12 +50,6 @@ pub const INBOUND_QUEUE_CAPACITY: usize = 8192;
 /// Capacity of each per-peer outbound queue (batches of messages).
 pub const PEER_QUEUE_CAPACITY: usize = 4096;
 
-/// Capacity of the log writer's queue of persist requests.
-pub const PERSIST_QUEUE_CAPACITY: usize = 4096;
-
-/// Capacity of the applier's queue of committed batches.
-pub const APPLY_QUEUE_CAPACITY: usize = 4096;
-
 /// The largest election timeout, in ticks, a configuration may ask for.
 pub const ELECTION_TICKS_MAX: u64 = 10_000;
 

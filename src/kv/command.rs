@@ -349,25 +349,6 @@ impl ReadRequest {
     }
 }
 
-/// Anything a client asks of the key-value store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    /// A write, proposed to the log.
-    Write(Command),
-    /// A read, served after a read barrier.
-    Read(ReadRequest),
-}
-
-impl Request {
-    /// Checks the request against the limits.
-    pub fn validate(&self) -> Result<(), KvError> {
-        match self {
-            Request::Write(command) => command.validate(),
-            Request::Read(read) => read.validate(),
-        }
-    }
-}
-
 /// Why the store refused a request. Every refusal is deterministic: each replica refuses the
 /// same command with the same error, and a refused write applied nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -645,10 +626,7 @@ mod tests {
         assert!(scan(0).validate().is_err());
         assert!(scan(SCAN_LIMIT_MAX + 1).validate().is_err());
         let get = ReadRequest::Get { key: Vec::new() };
-        assert_eq!(
-            Request::Read(get).validate(),
-            Err(KvError::EmptyKey { operation: None })
-        );
+        assert_eq!(get.validate(), Err(KvError::EmptyKey { operation: None }));
         let wide = ReadRequest::Scan {
             range: KeyRange::starting_at(vec![0; KEY_BYTES_MAX + 2]),
             limit: 1,

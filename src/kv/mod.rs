@@ -58,7 +58,7 @@ mod session;
 mod snapshot;
 mod store;
 
-pub use command::{Command, Expect, KeyRange, KvError, Operation, ReadRequest, Request, SessionId};
+pub use command::{Command, Expect, KeyRange, KvError, Operation, ReadRequest, SessionId};
 pub use response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
 pub use snapshot::SnapshotError;
 pub use store::KvStore;
