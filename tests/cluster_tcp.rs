@@ -4,7 +4,7 @@
 mod server_support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use keyval::node::{Node, NodeOptions};
 use keyval::raft::RoleKind;
@@ -12,19 +12,7 @@ use keyval::storage::mem::MemStorage;
 use keyval::testkit::CommandLog;
 use keyval::transport::Transport;
 use keyval::{Config, Membership, NodeId};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
+use server_support::{wait_for, WAIT};
 
 #[test]
 fn three_nodes_over_tcp_elect_replicate_and_fail_over() {

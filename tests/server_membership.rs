@@ -16,7 +16,7 @@ use keyval::server::protocol::{
 };
 use keyval::{MemberAddress, NodeId};
 
-use server_support::{free_address, wait_for, TestCluster};
+use server_support::{free_address, raw_call, wait_for, TestCluster};
 
 fn client(endpoints: &[String], timeout: Duration) -> Client {
     let options = ClientOptions {
@@ -247,24 +247,4 @@ fn a_slow_change_does_not_hold_up_the_connections_other_requests() {
     assert!(members.learners.contains(&NodeId(7)));
     assert!(!members.is_voter(NodeId(7)));
     admin.remove_member(NodeId(7)).unwrap();
-}
-
-/// Sends one raw request and reads one response.
-fn raw_call(address: &str, body: RequestBody, timeout_ms: u64) -> ResponseFrame {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut out = Vec::new();
-    write_frame(
-        &RequestFrame {
-            request_id: 1,
-            timeout_ms,
-            body,
-        },
-        &mut out,
-    )
-    .unwrap();
-    stream.write_all(&out).unwrap();
-    FrameReader::new().read_frame(&mut stream).unwrap()
 }

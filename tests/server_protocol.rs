@@ -18,30 +18,10 @@ use keyval::server::protocol::{
 };
 use keyval::NodeId;
 
-use server_support::{wait_for, TestCluster};
+use server_support::{raw_call, wait_for, TestCluster};
 
 fn client(endpoints: &[String]) -> Client {
     Client::connect(endpoints, ClientOptions::default()).expect("connect")
-}
-
-/// Sends one raw request and reads one response.
-fn raw_call(address: &str, body: RequestBody) -> ResponseFrame {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut bytes = Vec::new();
-    write_frame(
-        &RequestFrame {
-            request_id: 42,
-            timeout_ms: 2000,
-            body,
-        },
-        &mut bytes,
-    )
-    .unwrap();
-    stream.write_all(&bytes).unwrap();
-    FrameReader::new().read_frame(&mut stream).unwrap()
 }
 
 /// Whether the server closes a connection after `bytes` (reads until end of stream).
@@ -185,6 +165,7 @@ fn follower_redirects_and_serves_stale_reads() {
     let frame = raw_call(
         &follower_address,
         RequestBody::Write(Command::put(b"k".to_vec(), b"v".to_vec())),
+        2000,
     );
     assert_eq!(frame.request_id, 42);
     match frame.result {
@@ -213,7 +194,7 @@ fn follower_redirects_and_serves_stale_reads() {
     }));
 
     // Status over the raw protocol.
-    let status = raw_call(&cluster.address(leader), RequestBody::Status);
+    let status = raw_call(&cluster.address(leader), RequestBody::Status, 2000);
     let Ok(ResponseBody::Status(status)) = status.result else {
         panic!("expected a status");
     };
@@ -246,6 +227,7 @@ fn limits_are_rejected_with_clear_errors() {
     let frame = raw_call(
         &address,
         RequestBody::Write(Command::put(b"k".to_vec(), big_value)),
+        2000,
     );
     assert!(matches!(
         frame.result,
@@ -257,6 +239,7 @@ fn limits_are_rejected_with_clear_errors() {
             request: keyval::kv::ReadRequest::Get { key: long_key },
             consistency: Consistency::Linearizable,
         },
+        2000,
     );
     assert!(matches!(
         frame.result,

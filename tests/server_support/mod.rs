@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,9 @@ use crossbeam_channel::Receiver;
 use keyval::kv::KvStore;
 use keyval::node::{Node, NodeOptions};
 use keyval::raft::{Message, RoleKind};
+use keyval::server::protocol::{
+    write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame,
+};
 use keyval::server::{Server, ServerOptions};
 use keyval::storage::mem::MemStorage;
 use keyval::transport::tcp::{TcpConfig, TcpTransport};
@@ -39,6 +43,27 @@ pub fn tcp_mesh(ids: &[NodeId]) -> (Vec<Arc<TcpTransport<Message>>>, Vec<Receive
         }
     }
     (transports, receivers)
+}
+
+/// Sends one raw request (id 42) with the given timeout on a new connection and reads one
+/// response.
+pub fn raw_call(address: &str, body: RequestBody, timeout_ms: u64) -> ResponseFrame {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    write_frame(
+        &RequestFrame {
+            request_id: 42,
+            timeout_ms,
+            body,
+        },
+        &mut bytes,
+    )
+    .unwrap();
+    stream.write_all(&bytes).unwrap();
+    FrameReader::new().read_frame(&mut stream).unwrap()
 }
 
 /// How long a test waits for a condition.
