@@ -438,13 +438,19 @@ fn rejoining_is_harmless_and_transfer_leader_checks_its_target() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     wait_members(&admin, "n4 removed", voters(&[1, 2, 3]));
     assert_eq!(node.terminate(), Some(0));
+    // The log file is shared with the process just stopped, which may have said it already:
+    // only a new line counts for the restarted one.
+    let said_before = joiner
+        .log_text()
+        .matches("not a member of the configuration")
+        .count();
     let _node = joiner.spawn();
     assert!(
         wait_for(|| joiner
             .log_text()
             .matches("not a member of the configuration")
             .count()
-            >= 1),
+            > said_before),
         "the removed node says it is not a member"
     );
     let term = |client: &Client| {
@@ -455,10 +461,14 @@ fn rejoining_is_harmless_and_transfer_leader_checks_its_target() {
             .term
     };
     let before = term(&bootstrap);
-    for k in 0..50 {
+    // Write for at least a second (several election timeouts of the removed node) and 50 puts.
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut k = 0;
+    while k < 50 || Instant::now() < until {
         bootstrap
             .put(format!("undisturbed/{k}").into_bytes(), vec![1])
             .unwrap();
+        k += 1;
     }
     assert_eq!(
         term(&bootstrap),
