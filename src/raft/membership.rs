@@ -109,8 +109,10 @@ impl ConfigHistory {
             .map_or(&self.base, |(_, membership)| membership)
     }
 
-    /// Records the configurations among `entries`, just appended to the log.
-    pub(crate) fn record(&mut self, entries: &[Entry]) {
+    /// Records the configurations among `entries`, just appended to the log. Returns whether
+    /// any was new.
+    pub(crate) fn record(&mut self, entries: &[Entry]) -> bool {
+        let before = self.entries.len();
         for entry in entries {
             if let EntryPayload::Membership(membership) = &entry.payload {
                 let newer = self
@@ -122,13 +124,17 @@ impl ConfigHistory {
                 }
             }
         }
+        self.entries.len() != before
     }
 
-    /// Forgets configurations whose entries the log no longer holds (a truncation).
-    pub(crate) fn forget_truncated(&mut self, log: &RaftLog) {
+    /// Forgets configurations whose entries the log no longer holds (a truncation). Returns
+    /// whether any was forgotten.
+    pub(crate) fn forget_truncated(&mut self, log: &RaftLog) -> bool {
+        let before = self.entries.len();
         let snapshot = log.snapshot().index;
         self.entries
             .retain(|(id, _)| id.index <= snapshot || log.matches(*id));
+        self.entries.len() != before
     }
 
     /// The log was compacted through `through`: configurations at or before it become the base.
@@ -382,6 +388,7 @@ impl Raft {
             return;
         }
         self.membership = latest.clone();
+        self.membership_version += 1;
         let next = self.log.last_index().next();
         let (messages_max, bytes_max) = (
             self.config.inflight_messages_max,

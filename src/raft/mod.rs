@@ -150,8 +150,10 @@ pub struct Raft {
     /// The configuration in force: always `configs.latest()`.
     membership: Membership,
     configs: membership::ConfigHistory,
-    /// The configuration last handed out in a Ready.
-    membership_handed: Membership,
+    /// Counts changes of `membership`; compared with the count last handed out in a Ready
+    /// (cheaper than comparing configurations on every step).
+    membership_version: u64,
+    membership_version_handed: u64,
     election_elapsed: u64,
     randomized_election_timeout: u64,
     /// Ticks since this core was created.
@@ -226,7 +228,8 @@ impl Raft {
             vote: recovered.hard_state.vote,
             role: Role::Follower { leader: None },
             log: RaftLog::new(snapshot, entries),
-            membership_handed: membership.clone(),
+            membership_version: 0,
+            membership_version_handed: 0,
             membership,
             configs,
             election_elapsed: 0,
@@ -501,7 +504,7 @@ impl Raft {
             || !self.persisted_messages.is_empty()
             || !self.read_states.is_empty()
             || self.installed_snapshot.is_some()
-            || self.membership != self.membership_handed
+            || self.membership_version != self.membership_version_handed
     }
 
     /// Takes the work accumulated since the last call. See [`Ready`] for what to do with it.
@@ -514,8 +517,8 @@ impl Raft {
         } else {
             None
         };
-        let membership = if self.membership != self.membership_handed {
-            self.membership_handed = self.membership.clone();
+        let membership = if self.membership_version != self.membership_version_handed {
+            self.membership_version_handed = self.membership_version;
             Some(self.membership.clone())
         } else {
             None

@@ -340,9 +340,11 @@ impl Raft {
         let body = match self.log.maybe_append(prev, entries, leader_commit) {
             Ok(last) => {
                 // A truncation may have removed a configuration; appended ones take effect.
-                self.configs.forget_truncated(&self.log);
-                self.configs.record(entries);
-                self.membership_changed();
+                let forgotten = self.configs.forget_truncated(&self.log);
+                let recorded = self.configs.record(entries);
+                if forgotten || recorded {
+                    self.membership_changed();
+                }
                 let term = self.log.term(last).unwrap_or_default();
                 AppendResponse::Success {
                     matched: EntryId::new(term, last),
