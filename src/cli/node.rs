@@ -284,25 +284,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
     join::check_node_id(&mut storage, plan.id)?;
     let membership = initial_membership(&args, &plan, &storage, &stop)?;
-    let peers: BTreeMap<NodeId, SocketAddr> = membership
-        .addresses
-        .iter()
-        .filter(|(id, address)| **id != plan.id && !address.peer.is_empty())
-        .filter_map(|(id, address)| match resolve(&address.peer) {
-            Ok(resolved) => Some((*id, resolved)),
-            Err(error) => {
-                log::warn(
-                    "cannot resolve a member's peer address",
-                    &[("member", id), ("error", &error)],
-                );
-                None
-            }
-        })
-        .collect();
+    // Peers come from the configuration: `Node::start` hands the one it recovers (or this
+    // initial one) to `Transport::update_members`, which resolves every member's address.
     let (inbound_tx, inbound_rx) = inbound_channel();
     let transport = Arc::new(
         TcpTransport::<Message>::start(
-            TcpConfig::new(plan.id, args.cluster_id, plan.peer_listen, peers),
+            TcpConfig::new(plan.id, args.cluster_id, plan.peer_listen, BTreeMap::new()),
             inbound_tx,
         )
         .with_context(|| format!("starting the peer transport on {}", plan.peer_listen))?,

@@ -46,11 +46,12 @@ impl Transport for tcp::TcpTransport<Message> {
                 continue;
             }
             use std::net::ToSocketAddrs;
+            // A literal `ip:port` resolves without a lookup.
             let resolved = address
                 .peer
-                .parse::<std::net::SocketAddr>()
+                .to_socket_addrs()
                 .ok()
-                .or_else(|| address.peer.to_socket_addrs().ok()?.next());
+                .and_then(|mut resolved| resolved.next());
             let Some(resolved) = resolved else {
                 crate::log::warn(
                     "cannot resolve a member's peer address",
