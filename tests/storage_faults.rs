@@ -478,3 +478,74 @@ fn a_crash_at_any_step_of_recovery_itself_is_recoverable() {
         }
     }
 }
+
+/// Installing a snapshot from the leader saves it, then resets the log behind it: two durable
+/// steps. A crash at any file operation of the pair must leave a node that can append after
+/// the snapshot and keeps what it appended across the next restart (PITFALLS #18).
+#[test]
+fn a_crash_at_any_step_of_installing_a_snapshot_never_wedges_or_forgets_entries() {
+    // (stored log, snapshot's last entry): a log that ends before the snapshot, and a log that
+    // holds the snapshot's index with an older term.
+    let cases = [
+        ((1..=5).map(|index| entry(1, index, 20)).collect::<Vec<_>>(), (2, 10)),
+        ((1..=12).map(|index| entry(1, index, 20)).collect(), (2, 10)),
+    ];
+    for (old_log, (snapshot_term, snapshot_index)) in cases {
+        let meta = keyval::types::SnapshotMeta {
+            last: EntryId::new(Term(snapshot_term), LogIndex(snapshot_index)),
+            membership: keyval::Membership::new([NodeId(1)]),
+        };
+        let after: Vec<Entry> = (snapshot_index + 1..=snapshot_index + 3)
+            .map(|index| entry(snapshot_term, index, 20))
+            .collect();
+        let steps = crash_at_every_step(
+            |storage| {
+                storage.append(&old_log).unwrap();
+                storage.sync().unwrap();
+            },
+            |storage| keyval::storage::install_snapshot(storage, &meta, b"snapshot", false),
+            |step, storage| {
+                let recovered = keyval::storage::recover_consistent(storage)
+                    .unwrap_or_else(|error| panic!("step {step}: {error}"));
+                if recovered.snapshot.is_none() {
+                    // The crash came before the snapshot was durable: the old log is intact
+                    // and the leader will send the snapshot again.
+                    assert_eq!(recovered.entries, old_log, "step {step}");
+                    return;
+                }
+                assert_eq!(recovered.snapshot.as_ref(), Some(&meta), "step {step}");
+                // The node acknowledges entries after the snapshot...
+                storage
+                    .append(&after)
+                    .unwrap_or_else(|error| panic!("step {step}: append after the snapshot: {error}"));
+                storage.sync().unwrap();
+            },
+        );
+        assert!(steps >= 3, "installing took only {steps} file mutations");
+        // ...and still holds them after the next ordinary restart, whichever step crashed.
+        for step in 0..=steps {
+            let disk = FaultyFileSystem::new();
+            let mut storage = open(&disk, options()).unwrap();
+            storage.append(&old_log).unwrap();
+            storage.sync().unwrap();
+            disk.cut_power_after(step);
+            let finished =
+                keyval::storage::install_snapshot(&mut storage, &meta, b"snapshot", false).is_ok();
+            let mut storage = reopen_after_crash(&disk, storage);
+            let recovered = keyval::storage::recover_consistent(&mut storage).unwrap();
+            if recovered.snapshot.is_none() {
+                assert!(!finished);
+                continue;
+            }
+            storage.append(&after).unwrap();
+            storage.sync().unwrap();
+            let mut storage = reopen_after_crash(&disk, storage);
+            let recovered = keyval::storage::recover_consistent(&mut storage).unwrap();
+            assert_eq!(recovered.snapshot.as_ref(), Some(&meta), "step {step}");
+            assert_eq!(
+                recovered.entries, after,
+                "step {step}: entries acknowledged after the snapshot were lost"
+            );
+        }
+    }
+}

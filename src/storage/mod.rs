@@ -9,7 +9,7 @@ pub mod file;
 pub mod mem;
 
 use crate::error::StorageError;
-use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+use crate::types::{Entry, EntryId, HardState, LogIndex, SnapshotMeta};
 
 /// Everything durable that a node starts from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,4 +66,71 @@ pub trait Storage: Send + 'static {
 
     /// Reads the latest snapshot, verified.
     fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError>;
+}
+
+/// Reads back the durable state and makes the log agree with the snapshot, durably, before
+/// anything is written on top of it. Every node start goes through here.
+///
+/// Installing a snapshot from the leader is two durable steps: save the snapshot, then reset
+/// the log behind it ([`install_snapshot`]). A crash between them leaves the new snapshot beside
+/// the old log: a log that ends before the snapshot (the first append after it would be a
+/// gap: the node could never make progress again), or one whose entry at the snapshot's index
+/// has another term (stale entries that a later restart would find and clear, taking with them
+/// whatever was acknowledged on top). Both mean the log is not a continuation of the
+/// snapshot, so it is reset after the snapshot's last entry — the step the crash interrupted.
+/// A log that holds the snapshot's last entry (same index and term) is kept: that is the
+/// compaction margin, or a snapshot taken locally whose compaction was interrupted.
+pub fn recover_consistent(storage: &mut dyn Storage) -> Result<Recovered, StorageError> {
+    let mut recovered = storage.recover()?;
+    let Some(meta) = recovered.snapshot.as_ref() else {
+        return Ok(recovered);
+    };
+    let last = meta.last;
+    if recovered
+        .entries
+        .first()
+        .is_some_and(|first| first.index() > last.index.next())
+    {
+        return Err(StorageError::Misuse {
+            reason: format!(
+                "the log starts at {} but the snapshot ends at {}: entries in between are lost",
+                recovered.entries[0].index(),
+                last.index
+            ),
+        });
+    }
+    let continues_snapshot = match recovered.entries.last() {
+        // An empty log: make sure it continues right after the snapshot.
+        None => false,
+        Some(tail) if tail.index() < last.index => false,
+        Some(_) => recovered
+            .entries
+            .iter()
+            .find(|entry| entry.index() == last.index)
+            .is_none_or(|entry| entry.id == last),
+    };
+    if !continues_snapshot {
+        storage.reset_log(last.index)?;
+        recovered.entries.clear();
+    }
+    Ok(recovered)
+}
+
+/// Installs a snapshot received from the leader: saves it durably, then either compacts the
+/// log behind it (`keep_suffix`: the log holds the snapshot's last entry, so what follows is
+/// still valid) or discards the whole log and continues it after the snapshot. A crash between
+/// the two steps is repaired by [`recover_consistent`] at the next start.
+pub fn install_snapshot(
+    storage: &mut dyn Storage,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    keep_suffix: bool,
+) -> Result<(), StorageError> {
+    let last: EntryId = meta.last;
+    storage.save_snapshot(meta, data)?;
+    if keep_suffix {
+        storage.compact(last.index)
+    } else {
+        storage.reset_log(last.index)
+    }
 }
