@@ -1,33 +1,22 @@
 //! The `applier` thread: applies committed entries (and snapshots from the leader) in order,
-//! answers their proposers and waiting reads, and takes snapshots by policy.
+//! answers their proposers and waiting reads, and takes snapshots by policy. What applying
+//! and snapshotting mean is the shared driver's ([`super::driver::ApplierState`]); this
+//! thread decides when, and whom to answer.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use crossbeam_channel::{select, Receiver};
 
-use crate::node::{ApplyItem, LocalSnapshot, Shared};
-use crate::raft::SnapshotData;
+use crate::node::driver::{Applied, ApplierState};
+use crate::node::Shared;
 use crate::state_machine::StateMachine;
-use crate::types::{EntryId, EntryPayload, LogIndex, Membership, SnapshotMeta};
-
-/// Where the applier starts: what the restored state machine already reflects.
-pub(super) struct ApplierStart {
-    pub(super) last_applied: EntryId,
-    pub(super) membership: Membership,
-}
 
 pub(super) fn run<M: StateMachine>(
     shared: &Shared<M>,
-    start: ApplierStart,
+    mut applier: ApplierState,
     wake: &Receiver<()>,
     shutdown: &Receiver<()>,
 ) {
-    let mut last_applied = start.last_applied;
-    let mut membership = start.membership;
-    let mut last_snapshot = last_applied.index;
-    // Bytes of commands applied since the last snapshot (the byte threshold of the policy).
-    let mut applied_bytes: u64 = 0;
     loop {
         select! {
             recv(wake) -> _ => {}
@@ -40,41 +29,19 @@ pub(super) fn run<M: StateMachine>(
             {
                 let mut state_machine = shared.state_machine.lock();
                 for item in items {
-                    match item {
-                        ApplyItem::Entry(entry) => {
-                            let output = match &entry.payload {
-                                EntryPayload::Command(command) => {
-                                    applied_bytes += command.len() as u64;
-                                    Some(state_machine.apply(entry.id, command))
-                                }
-                                EntryPayload::Membership(latest) => {
-                                    membership = latest.clone();
-                                    None
-                                }
-                                EntryPayload::Noop => None,
-                            };
-                            last_applied = entry.id;
-                            outputs.push((entry.id, output));
-                        }
-                        ApplyItem::Snapshot(snapshot) => {
-                            if let Err(error) = state_machine.restore(&snapshot.data) {
-                                drop(state_machine);
-                                shared.fail(format!(
-                                    "restoring the snapshot at {} failed: {error}",
-                                    snapshot.meta.last
-                                ));
-                                return;
-                            }
-                            last_applied = snapshot.meta.last;
-                            membership = snapshot.meta.membership.clone();
-                            last_snapshot = last_applied.index;
-                            applied_bytes = 0;
-                            restored = Some(last_applied.index);
+                    match applier.apply(&mut *state_machine, item) {
+                        Ok(Applied::Entry { id, output }) => outputs.push((id, output)),
+                        Ok(Applied::Snapshot { last }) => restored = Some(last.index),
+                        Err(reason) => {
+                            drop(state_machine);
+                            shared.fail(reason);
+                            return;
                         }
                     }
                 }
             }
-            *shared.applied.lock() = last_applied.index;
+            let last_applied = applier.last_applied().index;
+            *shared.applied.lock() = last_applied;
             shared.applied_changed.notify_all();
             let mut waiters = shared.waiters.lock();
             for (id, output) in outputs {
@@ -83,17 +50,9 @@ pub(super) fn run<M: StateMachine>(
             if let Some(index) = restored {
                 waiters.complete_covered_by_snapshot(index);
             }
-            waiters.complete_applied(last_applied.index);
+            waiters.complete_applied(last_applied);
         }
-        if maybe_take_snapshot(
-            shared,
-            last_applied,
-            &membership,
-            &mut last_snapshot,
-            applied_bytes,
-        ) {
-            applied_bytes = 0;
-        }
+        maybe_take_snapshot(shared, &mut applier);
     }
 }
 
@@ -102,40 +61,19 @@ pub(super) fn run<M: StateMachine>(
 ///
 /// The state machine is serialized under its lock: writes keep committing meanwhile (the log
 /// writer and the core are not involved), while applying and reads wait for it.
-fn maybe_take_snapshot<M: StateMachine>(
-    shared: &Shared<M>,
-    last_applied: EntryId,
-    membership: &Membership,
-    last_snapshot: &mut LogIndex,
-    applied_bytes: u64,
-) -> bool {
+fn maybe_take_snapshot<M: StateMachine>(shared: &Shared<M>, applier: &mut ApplierState) {
     let requested = shared.snapshot_requested.load(Ordering::SeqCst);
-    let due_by_entries = shared.snapshot_entries > 0
-        && last_applied.index.0 >= last_snapshot.0 + shared.snapshot_entries;
-    let due_by_bytes = shared.snapshot_bytes > 0 && applied_bytes >= shared.snapshot_bytes;
-    if !(requested || due_by_entries || due_by_bytes) || last_applied.index == LogIndex(0) {
-        return false;
+    if !applier.snapshot_due(&shared.snapshot_policy, requested) {
+        return;
     }
     if shared.core.lock().local_snapshot.is_some() {
-        return false; // the previous one is still being written; try after the next apply
+        return; // the previous one is still being written; try after the next apply
     }
     shared.snapshot_requested.store(false, Ordering::SeqCst);
-    let data = shared.state_machine.lock().snapshot();
-    let meta = SnapshotMeta {
-        last: last_applied,
-        membership: membership.clone(),
-    };
-    let compact_through = LogIndex(
-        last_applied
-            .index
-            .0
-            .saturating_sub(shared.snapshot_margin_entries),
+    let local = applier.take_snapshot(
+        &mut *shared.state_machine.lock(),
+        shared.snapshot_policy.margin_entries,
     );
-    shared.core.lock().local_snapshot = Some(LocalSnapshot {
-        snapshot: SnapshotData::new(meta, Arc::new(data)),
-        compact_through,
-    });
+    shared.core.lock().local_snapshot = Some(local);
     let _ = shared.persist_wake.try_send(());
-    *last_snapshot = last_applied.index;
-    true
 }

@@ -18,6 +18,7 @@
 //! everything queued at once, which is what makes group commit and batched apply happen.
 
 mod applier;
+pub(crate) mod driver;
 mod inbound;
 mod log_writer;
 mod ticker;
@@ -33,12 +34,13 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::error::{MembershipError, ProposeError, ReadError, StorageError, TransferError};
-use crate::raft::{InstalledSnapshot, MemberChange, Message, Raft, Ready, RoleKind, SnapshotData};
+use crate::raft::{MemberChange, Raft, RoleKind, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
-use crate::types::{Entry, EntryId, HardState, LogIndex, MemberAddress, Membership, NodeId, Term};
+use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, Term};
 
+use driver::{ApplyItem, LocalSnapshot, PersistRequest, SnapshotPolicy};
 use waiters::Waiters;
 pub use waiters::{Completion, ProposalCompletion, ReadCompletion};
 
@@ -87,31 +89,6 @@ pub enum StartError {
     },
 }
 
-/// One persist request: a Ready's durable part and the messages that wait for it.
-#[derive(Debug)]
-struct PersistRequest {
-    hard_state: Option<HardState>,
-    snapshot: Option<InstalledSnapshot>,
-    entries: Vec<Entry>,
-    messages: Vec<Message>,
-}
-
-/// Work for the applier, in log order.
-#[derive(Debug)]
-enum ApplyItem {
-    Entry(Entry),
-    /// A snapshot from the leader: replace the state machine's state.
-    Snapshot(SnapshotData),
-}
-
-/// A snapshot the applier took, for the log writer to make durable before the log is
-/// compacted behind it.
-#[derive(Debug)]
-struct LocalSnapshot {
-    snapshot: SnapshotData,
-    compact_through: LogIndex,
-}
-
 /// The core and its outboxes. Guarded by one mutex, held only to step the core and route its
 /// Ready onto the outboxes and the transport — never across I/O or a blocking send.
 struct Core {
@@ -141,9 +118,7 @@ struct Shared<M> {
     /// An operator asked for a snapshot now.
     snapshot_requested: AtomicBool,
     /// Snapshot policy, from the configuration.
-    snapshot_entries: u64,
-    snapshot_bytes: u64,
-    snapshot_margin_entries: u64,
+    snapshot_policy: SnapshotPolicy,
     /// Set when storage failed: the node stops serving.
     failed: Mutex<Option<String>>,
     stopped: AtomicBool,
@@ -155,40 +130,28 @@ impl<M> Shared<M> {
     /// pushes onto queues.
     fn route(&self, core: &mut Core) {
         while core.raft.has_ready() {
-            let ready: Ready = core.raft.take_ready();
-            let needs_persist = ready.needs_persist();
-            if let Some(membership) = ready.membership {
+            let routed = driver::split(core.raft.take_ready());
+            if let Some(membership) = routed.membership {
                 core.members_update = Some(membership);
                 let _ = self.persist_wake.try_send(());
             }
-            for message in ready.messages {
+            for message in routed.messages {
                 self.transport.send(message);
             }
-            if let Some(installed) = &ready.snapshot {
-                core.apply_outbox
-                    .push(ApplyItem::Snapshot(installed.snapshot.clone()));
-                let _ = self.apply_wake.try_send(());
-            }
-            if needs_persist {
-                core.persist_outbox.push(PersistRequest {
-                    hard_state: ready.hard_state,
-                    snapshot: ready.snapshot,
-                    entries: ready.entries,
-                    messages: ready.persisted_messages,
-                });
+            if let Some(request) = routed.persist {
+                core.persist_outbox.push(request);
                 let _ = self.persist_wake.try_send(());
             }
-            if !ready.committed.is_empty() {
-                core.apply_outbox
-                    .extend(ready.committed.into_iter().map(ApplyItem::Entry));
+            if !routed.apply.is_empty() {
+                core.apply_outbox.extend(routed.apply);
                 let _ = self.apply_wake.try_send(());
             }
-            if !ready.read_states.is_empty() {
+            if !routed.read_states.is_empty() {
                 let mut waiters = self.waiters.lock();
                 // Read under the waiters lock: the applier publishes `applied` before it
                 // takes this lock to release waiting reads, so no read is left behind.
                 let applied = *self.applied.lock();
-                waiters.complete_reads(ready.read_states, applied);
+                waiters.complete_reads(routed.read_states, applied);
             }
         }
         // A node removed from the cluster hears nothing more about entries past its commit
@@ -274,31 +237,23 @@ impl<M: StateMachine> Node<M> {
         config.validate()?;
         let id = config.id;
         let tick = config.tick;
-        let snapshot_entries = config.snapshot_entries;
-        let snapshot_bytes = config.snapshot_bytes;
-        let snapshot_margin_entries = config.snapshot_margin_entries;
-        let recovered = storage.recover()?;
-        let mut snapshot = None;
-        if recovered.snapshot.is_some() {
-            if let Some((meta, data)) = storage.load_snapshot()? {
-                state_machine
-                    .restore(&data)
-                    .map_err(|error| StartError::Restore {
-                        reason: error.to_string(),
-                    })?;
-                snapshot = Some(SnapshotData::new(meta, Arc::new(data)));
-            }
-        }
-        let mut raft = Raft::new(config, recovered, membership, seed)?;
-        let mut applied = LogIndex(0);
-        let mut last_applied = EntryId::default();
-        if let Some(snapshot) = snapshot {
-            applied = snapshot.meta.last.index;
-            last_applied = snapshot.meta.last;
-            raft.compact(snapshot, applied);
-        }
-        let applied_membership = raft.membership().clone();
-        transport.update_members(&applied_membership);
+        let snapshot_policy = SnapshotPolicy {
+            entries: config.snapshot_entries,
+            bytes: config.snapshot_bytes,
+            margin_entries: config.snapshot_margin_entries,
+        };
+        let driver::Recovery {
+            raft,
+            applier,
+            persister,
+        } = driver::recover(
+            config,
+            storage.as_mut(),
+            membership,
+            &mut state_machine,
+            seed,
+        )?;
+        transport.update_members(raft.membership());
         let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
@@ -312,7 +267,7 @@ impl<M: StateMachine> Node<M> {
                 members_update: None,
             }),
             state_machine: Mutex::new(state_machine),
-            applied: Mutex::new(applied),
+            applied: Mutex::new(applier.last_applied().index),
             applied_changed: Condvar::new(),
             waiters: Mutex::new(Waiters::default()),
             transport,
@@ -320,9 +275,7 @@ impl<M: StateMachine> Node<M> {
             apply_wake,
             next_read_context: AtomicU64::new(1),
             snapshot_requested: AtomicBool::new(false),
-            snapshot_entries,
-            snapshot_bytes,
-            snapshot_margin_entries,
+            snapshot_policy,
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
@@ -346,16 +299,12 @@ impl<M: StateMachine> Node<M> {
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(
                 "log-writer",
-                Box::new(move || log_writer::run(&s, storage, &persist_wake_rx, &r)),
+                Box::new(move || log_writer::run(&s, storage, persister, &persist_wake_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
-            let start = applier::ApplierStart {
-                last_applied,
-                membership: applied_membership,
-            };
             threads.push(spawn(
                 "applier",
-                Box::new(move || applier::run(&s, start, &apply_wake_rx, &r)),
+                Box::new(move || applier::run(&s, applier, &apply_wake_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(
