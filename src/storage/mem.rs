@@ -90,6 +90,9 @@ struct DiskInner {
     generation: u64,
     /// Fault injection: the next sync fails.
     fail_next_sync: bool,
+    /// Fault injection: the power goes out instead of the durable operation (sync, compact,
+    /// reset, snapshot save) that follows this many more.
+    power_cut_after: Option<u64>,
 }
 
 /// The "disk" behind one node's in-memory storage. Cheap to clone; clones share the disk.
@@ -121,6 +124,19 @@ impl MemDisk {
     /// Makes the next sync of the live instance fail (and latch), as a failed fsync would.
     pub fn fail_next_sync(&self) {
         self.inner.lock().fail_next_sync = true;
+    }
+
+    /// The power goes out instead of the durable operation (a sync, compaction, log reset or
+    /// snapshot save) that follows `operations` more successful ones: the live instance dies
+    /// there ([`StorageError::Crashed`]) with only the operations before it durable — a crash
+    /// at an exact step. Disarmed by [`restore_power`](MemDisk::restore_power) or by firing.
+    pub fn cut_power_after(&self, operations: u64) {
+        self.inner.lock().power_cut_after = Some(operations);
+    }
+
+    /// Disarms [`cut_power_after`](MemDisk::cut_power_after).
+    pub fn restore_power(&self) {
+        self.inner.lock().power_cut_after = None;
     }
 
     /// The durable hard state.
@@ -168,6 +184,16 @@ impl MemStorage {
         let mut inner = self.disk.inner.lock();
         if inner.generation != self.generation {
             return Err(StorageError::Crashed);
+        }
+        match inner.power_cut_after {
+            Some(0) => {
+                // The power goes out: this instance is dead and this operation never happened.
+                inner.power_cut_after = None;
+                inner.generation += 1;
+                return Err(StorageError::Crashed);
+            }
+            Some(remaining) => inner.power_cut_after = Some(remaining - 1),
+            None => {}
         }
         Ok(change(&mut inner))
     }

@@ -6,10 +6,27 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::Config;
+use crate::node::driver::{self, ApplyItem, LocalSnapshot, Persister};
 use crate::raft::{Message, Raft, ReadState};
+use crate::state_machine::{RestoreError, StateMachine};
 use crate::storage::mem::{MemDisk, MemStorage};
 use crate::storage::Storage;
-use crate::types::{Entry, EntryPayload, LogIndex, Membership, NodeId};
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId};
+
+/// The core tests have no state machine: snapshots carry whatever bytes the test gives.
+struct Opaque;
+
+impl StateMachine for Opaque {
+    fn apply(&mut self, _id: EntryId, _command: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn snapshot(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _data: &[u8]) -> Result<(), RestoreError> {
+        Ok(())
+    }
+}
 
 /// One node of a [`CoreNetwork`].
 #[derive(Debug)]
@@ -18,6 +35,8 @@ pub struct CoreNode {
     pub raft: Raft,
     disk: MemDisk,
     storage: MemStorage,
+    /// The shared driver's log-writer state.
+    persister: Persister,
     /// Every committed entry handed to this node's applier, in order, across restarts.
     pub applied: Vec<Entry>,
     /// Read states received.
@@ -74,10 +93,6 @@ impl CoreNetwork {
 
     fn open_node(&mut self, id: NodeId, disk: MemDisk) -> CoreNode {
         let mut storage = disk.open();
-        let recovered = match storage.recover() {
-            Ok(recovered) => recovered,
-            Err(error) => panic!("{id}: in-memory recovery failed: {error}"),
-        };
         self.restarts += 1;
         let seed = self.seed ^ (id.0 << 32) ^ self.restarts;
         let bootstrap = if self.joined.contains(&id) {
@@ -85,14 +100,19 @@ impl CoreNetwork {
         } else {
             self.membership.clone()
         };
-        let raft = match Raft::new((self.make_config)(id), recovered, bootstrap, seed) {
-            Ok(raft) => raft,
-            Err(error) => panic!("{id}: invalid test configuration: {error}"),
-        };
+        let recovery = driver::recover(
+            (self.make_config)(id),
+            &mut storage,
+            bootstrap,
+            &mut Opaque,
+            seed,
+        )
+        .unwrap_or_else(|error| panic!("{id}: recovery failed: {error}"));
         CoreNode {
-            raft,
+            raft: recovery.raft,
             disk,
             storage,
+            persister: recovery.persister,
             applied: Vec::new(),
             read_states: Vec::new(),
             installed_snapshots: Vec::new(),
@@ -139,43 +159,34 @@ impl CoreNetwork {
         }
     }
 
-    /// Handles `id`'s Ready the way the runtime does: persist and sync, report persistence,
-    /// then queue its messages and record committed entries and read states.
+    /// Handles `id`'s Ready with the runtime's driver, all at once: persist and sync, report
+    /// persistence, then queue its messages and record committed entries and read states.
     pub fn process_ready(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("no such node");
         if !node.raft.has_ready() {
             return;
         }
-        let ready = node.raft.take_ready();
-        if ready.needs_persist() {
-            if let Some(hard_state) = ready.hard_state {
-                node.storage
-                    .save_hard_state(hard_state)
-                    .expect("save hard state");
+        let routed = driver::split(node.raft.take_ready());
+        self.in_flight.extend(routed.messages);
+        if let Some(request) = routed.persist {
+            if let Some(installed) = &request.snapshot {
+                node.installed_snapshots.push(installed.snapshot.meta.last);
             }
-            if let Some(installed) = &ready.snapshot {
-                let snapshot = &installed.snapshot;
-                let index = snapshot.meta.last.index;
-                node.storage
-                    .save_snapshot(&snapshot.meta, &snapshot.data)
-                    .expect("save snapshot");
-                if installed.keep_suffix {
-                    node.storage.compact(index).expect("compact");
-                } else {
-                    node.storage.reset_log(index).expect("reset log");
-                }
-                node.installed_snapshots.push(snapshot.meta.last);
+            let released = node
+                .persister
+                .persist_batch(&mut node.storage, vec![request])
+                .unwrap_or_else(|error| panic!("{id}: persist: {error}"));
+            if let Some(last) = released.last_entry {
+                node.raft.on_persisted(last);
             }
-            node.storage.append(&ready.entries).expect("append");
-            node.storage.sync().expect("sync");
-            if let Some(last) = ready.entries.last() {
-                node.raft.on_persisted(last.id);
-            }
+            self.in_flight.extend(released.messages);
         }
-        self.in_flight.extend(ready.messages);
-        self.in_flight.extend(ready.persisted_messages);
-        node.applied.extend(ready.committed);
-        node.read_states.extend(ready.read_states);
+        node.applied
+            .extend(routed.apply.into_iter().filter_map(|item| match item {
+                ApplyItem::Entry(entry) => Some(entry),
+                ApplyItem::Snapshot(_) => None,
+            }));
+        node.read_states.extend(routed.read_states);
     }
 
     /// Delivers one message if its link is up. Returns false when nothing is in flight.
@@ -259,13 +270,17 @@ impl CoreNetwork {
                 .membership_at(last_index)
                 .expect("the applied index is in the log"),
         };
-        node.storage
-            .save_snapshot(&meta, &data)
-            .expect("save snapshot");
-        let through = compact_through.min(last_index);
-        node.storage.compact(through).expect("compact");
-        let snapshot = crate::raft::SnapshotData::new(meta, std::sync::Arc::new(data));
-        node.raft.compact(snapshot, through);
+        let local = LocalSnapshot {
+            snapshot: crate::raft::SnapshotData::new(meta, std::sync::Arc::new(data)),
+            compact_through: compact_through.min(last_index),
+        };
+        let saved = node
+            .persister
+            .save_local_snapshot(&mut node.storage, local)
+            .unwrap_or_else(|error| panic!("{id}: saving a snapshot: {error}"));
+        if let Some(local) = saved {
+            node.raft.compact(local.snapshot, local.compact_through);
+        }
     }
 
     /// Drops every message on the directed link `from -> to`.

@@ -26,15 +26,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use std::sync::Arc;
-
 use crate::config::Config;
-use crate::raft::{InstalledSnapshot, MemberChange, Message, MessageBody, Raft, SnapshotData};
+use crate::error::StorageError;
+use crate::node::driver::{self, Applied, ApplierState, ApplyItem, LocalSnapshot, Persister};
+use crate::raft::{MemberChange, Message, MessageBody, Raft, SnapshotData};
+use crate::state_machine::{RestoreError, StateMachine};
 use crate::storage::mem::{MemDisk, MemStorage};
-use crate::storage::Storage;
-use crate::types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term,
-};
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId, Term};
 
 mod membership;
 
@@ -64,6 +62,9 @@ pub struct SimulationOptions {
     pub liveness_ticks: u64,
     /// Per step probability of a node taking a snapshot and compacting its log.
     pub snapshot: f64,
+    /// Probability that the power goes out at a random storage operation while a node's log
+    /// writer completes a persist or a local snapshot (a crash between two durable steps).
+    pub power_cut: f64,
 }
 
 impl Default for SimulationOptions {
@@ -80,6 +81,7 @@ impl Default for SimulationOptions {
             partition: 0.003,
             liveness_ticks: 3000,
             snapshot: 0.003,
+            power_cut: 0.01,
         }
     }
 }
@@ -97,6 +99,9 @@ pub struct SimulationReport {
     pub elections: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Of those, crashes in the middle of a persist (the power went out at a storage
+    /// operation).
+    pub power_cuts: u64,
     /// Local snapshots taken (and logs compacted).
     pub snapshots: u64,
     /// Snapshots streamed from a leader and installed by a follower.
@@ -132,21 +137,43 @@ pub struct SimulationFailure {
     pub violation: String,
 }
 
-struct PendingPersist {
-    hard_state: Option<HardState>,
-    snapshot: Option<InstalledSnapshot>,
-    entries: Vec<Entry>,
-    messages: Vec<Message>,
+/// Work queued for a node's log writer, completed in order at later random steps: the
+/// runtime's persist outbox and local-snapshot slot.
+enum Pending {
+    Persist(driver::PersistRequest),
+    LocalSnapshot(LocalSnapshot),
+}
+
+/// The simulated state machine: the ids of the commands it applied, in order (what its
+/// snapshots carry, so every install can be checked against everything applied anywhere).
+#[derive(Default)]
+struct AppliedIds(Vec<EntryId>);
+
+impl StateMachine for AppliedIds {
+    fn apply(&mut self, id: EntryId, _command: &[u8]) -> Vec<u8> {
+        self.0.push(id);
+        Vec::new()
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        crate::codec::encode(&self.0).expect("entry ids encode")
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), RestoreError> {
+        self.0 = crate::codec::decode(data)?;
+        Ok(())
+    }
 }
 
 struct SimNode {
     raft: Option<Raft>,
     disk: MemDisk,
     storage: MemStorage,
-    pending: VecDeque<PendingPersist>,
-    applied: LogIndex,
-    /// Every entry this node's state machine reflects, in order (what its snapshots carry).
-    applied_ids: Vec<EntryId>,
+    pending: VecDeque<Pending>,
+    /// The shared driver's log writer and applier state, as the runtime keeps them.
+    persister: Persister,
+    applier: ApplierState,
+    state_machine: AppliedIds,
     committed: LogIndex,
     max_term: Term,
     restarts: u64,
@@ -157,8 +184,6 @@ struct SimNode {
     started: bool,
     /// The node was in a configuration some leader appended: its id is never added again.
     ever_member: bool,
-    /// The configuration as of `applied` (what a snapshot at `applied` carries).
-    applied_membership: Membership,
     /// In this life the node applied a configuration that contains it...
     member_applied: bool,
     /// ...and later one that does not (its removal), at this index (kept across restarts:
@@ -251,12 +276,12 @@ impl Simulation {
                     disk,
                     storage,
                     pending: VecDeque::new(),
-                    applied: LogIndex(0),
-                    applied_ids: Vec::new(),
+                    persister: Persister::new(LogIndex(0)),
+                    applier: ApplierState::new(EntryId::default(), bootstrap.clone()),
+                    state_machine: AppliedIds::default(),
                     committed: LogIndex(0),
                     max_term: Term(0),
                     restarts: 0,
-                    applied_membership: bootstrap.clone(),
                     bootstrap,
                     started: false,
                     ever_member: member,
@@ -280,37 +305,32 @@ impl Simulation {
         }
     }
 
+    /// Starts (or restarts) a node from its disk through the runtime's recovery.
     fn start(&mut self, id: NodeId) {
         let seed = self.seed;
         let node = self.nodes.get_mut(&id).expect("known node");
-        let membership = node.bootstrap.clone();
         node.started = true;
         node.storage = node.disk.open();
-        let recovered = node.storage.recover().expect("in-memory recovery");
-        let snapshot = node.storage.load_snapshot().expect("in-memory snapshot");
         node.restarts += 1;
         let node_seed = seed ^ id.0.rotate_left(20) ^ node.restarts.rotate_left(40);
-        let mut raft =
-            Raft::new(config(id), recovered, membership, node_seed).expect("valid config");
+        node.state_machine = AppliedIds::default();
+        let recovery = driver::recover(
+            config(id),
+            &mut node.storage,
+            node.bootstrap.clone(),
+            &mut node.state_machine,
+            node_seed,
+        )
+        .unwrap_or_else(|error| panic!("{id}: in-memory recovery failed: {error}"));
         node.pending.clear();
-        node.applied = LogIndex(0);
-        node.applied_ids.clear();
-        node.committed = LogIndex(0);
-        node.applied_membership = node.bootstrap.clone();
+        node.persister = recovery.persister;
+        node.applier = recovery.applier;
+        node.committed = node.applier.last_applied().index;
         node.config_scanned = None;
-        if let Some((meta, data)) = snapshot {
-            // The state machine restarts from the snapshot.
-            node.applied_membership = meta.membership.clone();
-            node.applied_ids = crate::codec::decode(&data).expect("own snapshot decodes");
-            node.applied = meta.last.index;
-            node.committed = meta.last.index;
-            let index = meta.last.index;
-            raft.compact(SnapshotData::new(meta, Arc::new(data)), index);
-        }
         // Application starts over from the snapshot (or the start): a removal is a
         // configuration without the node applied after one with it, within one life.
-        node.member_applied = node.applied_membership.contains(id);
-        node.raft = Some(raft);
+        node.member_applied = node.applier.membership().contains(id);
+        node.raft = Some(recovery.raft);
     }
 
     fn crash(&mut self, id: NodeId) {
@@ -332,8 +352,9 @@ impl Simulation {
             .collect()
     }
 
-    /// Moves a node's Ready into the world: messages onto the network, durable work onto
-    /// its persist queue, committed entries through the checks.
+    /// Moves a node's Ready into the world through the shared driver: messages onto the
+    /// network, durable work onto its persist queue, committed entries and installed
+    /// snapshots through the checks into its state machine.
     fn drain_ready(&mut self, id: NodeId) -> Result<(), SimulationFailure> {
         let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) else {
             return Ok(());
@@ -341,34 +362,47 @@ impl Simulation {
         if !raft.has_ready() {
             return Ok(());
         }
-        let ready = raft.take_ready();
-        for message in ready.messages {
+        let routed = driver::split(raft.take_ready());
+        for message in routed.messages {
             self.send(message)?;
         }
-        if let Some(installed) = &ready.snapshot {
-            self.check_installed_snapshot(id, &installed.snapshot)?;
-        }
-        if ready.hard_state.is_some()
-            || ready.snapshot.is_some()
-            || !ready.entries.is_empty()
-            || !ready.persisted_messages.is_empty()
-        {
+        if let Some(request) = routed.persist {
             let node = self.nodes.get_mut(&id).expect("known node");
-            node.pending.push_back(PendingPersist {
-                hard_state: ready.hard_state,
-                snapshot: ready.snapshot,
-                entries: ready.entries,
-                messages: ready.persisted_messages,
-            });
+            node.pending.push_back(Pending::Persist(request));
         }
-        for entry in ready.committed {
-            self.check_apply(id, &entry)?;
+        for item in routed.apply {
+            let mut configuration = false;
+            match &item {
+                ApplyItem::Snapshot(snapshot) => self.check_installed_snapshot(id, snapshot)?,
+                ApplyItem::Entry(entry) => {
+                    self.check_apply(id, entry)?;
+                    configuration = matches!(entry.payload, EntryPayload::Membership(_));
+                }
+            }
+            let node = self.nodes.get_mut(&id).expect("known node");
+            let applied = node.applier.apply(&mut node.state_machine, item);
+            match applied {
+                Ok(Applied::Snapshot { .. }) => {
+                    self.note_applied_membership(id);
+                    self.report.snapshot_installs += 1;
+                }
+                Ok(Applied::Entry { id: entry, .. }) => {
+                    if self.proposed.get(&entry) == Some(&id) {
+                        self.acknowledged.insert(entry);
+                    }
+                    if configuration {
+                        self.note_applied_membership(id);
+                        self.note_committed_request(entry);
+                    }
+                }
+                Err(reason) => return Err(self.fail(format!("{id}: {reason}"))),
+            }
         }
         Ok(())
     }
 
-    /// A snapshot from the leader replaces the node's state: what it carries must agree with
-    /// everything applied anywhere (state-machine safety across snapshots).
+    /// A snapshot from the leader is about to replace the node's state: what it carries must
+    /// agree with everything applied anywhere (state-machine safety across snapshots).
     fn check_installed_snapshot(
         &mut self,
         id: NodeId,
@@ -377,8 +411,9 @@ impl Simulation {
         let Ok(ids) = crate::codec::decode::<Vec<EntryId>>(&snapshot.data) else {
             return Err(self.fail(format!("{id} installed an undecodable snapshot")));
         };
-        if ids.last().map_or(LogIndex(0), |last| last.index) != snapshot.meta.last.index
-            && !ids.is_empty()
+        if ids
+            .last()
+            .is_some_and(|last| last.index > snapshot.meta.last.index)
         {
             return Err(self.fail(format!(
                 "{id}: snapshot contents disagree with its metadata"
@@ -393,44 +428,24 @@ impl Simulation {
                 }
             }
         }
-        let node = self.nodes.get_mut(&id).expect("known node");
-        node.applied_ids = ids;
-        node.applied = snapshot.meta.last.index;
-        node.applied_membership = snapshot.meta.membership.clone();
-        self.note_applied_membership(id);
-        self.report.snapshot_installs += 1;
         Ok(())
     }
 
-    /// A node snapshots its state machine at its applied index and compacts its log, keeping
-    /// a random margin.
+    /// A node snapshots its state machine at its applied index, as the runtime's applier does,
+    /// with a random compaction margin; its log writer makes it durable and compacts the log
+    /// at a later step.
     fn take_snapshot(&mut self, id: NodeId) {
         let margin = self.rng.random_range(0..8);
         let node = self.nodes.get_mut(&id).expect("known node");
-        let Some(raft) = node.raft.as_mut() else {
+        let Some(raft) = node.raft.as_ref() else {
             return;
         };
-        let applied = node.applied;
-        let Some(term) = raft.log().term(applied) else {
-            return;
-        };
-        if applied <= raft.log().snapshot().index {
+        let applied = node.applier.last_applied().index;
+        if applied == LogIndex(0) || applied <= raft.log().snapshot().index {
             return;
         }
-        // The configuration as of the snapshot's last entry, not the latest one in the log:
-        // that one may not be committed, and may yet be rolled back.
-        let meta = SnapshotMeta {
-            last: EntryId::new(term, applied),
-            membership: node.applied_membership.clone(),
-        };
-        let data = crate::codec::encode(&node.applied_ids).expect("encodable");
-        node.storage
-            .save_snapshot(&meta, &data)
-            .expect("mem storage");
-        let through = LogIndex(applied.0.saturating_sub(margin));
-        node.storage.compact(through).expect("mem storage");
-        raft.compact(SnapshotData::new(meta, Arc::new(data)), through);
-        self.report.snapshots += 1;
+        let local = node.applier.take_snapshot(&mut node.state_machine, margin);
+        node.pending.push_back(Pending::LocalSnapshot(local));
     }
 
     /// Entries become visible when they leave a node or reach its disk; an entry that was
@@ -468,14 +483,13 @@ impl Simulation {
         Ok(())
     }
 
+    /// An entry is about to be applied on `id`: in order, and the same entry every node
+    /// applies at that index.
     fn check_apply(&mut self, id: NodeId, entry: &Entry) -> Result<(), SimulationFailure> {
-        let applied = self.nodes[&id].applied;
+        let applied = self.nodes[&id].applier.last_applied().index;
         if entry.index() != applied.next() {
             return Err(self.fail(format!("{id} applied {} after {applied}", entry.index())));
         }
-        let node = self.nodes.get_mut(&id).expect("known node");
-        node.applied = entry.index();
-        node.applied_ids.push(entry.id);
         match self.applied.get(&entry.index()) {
             Some(other) if *other != entry.id => {
                 return Err(self.fail(format!(
@@ -488,61 +502,71 @@ impl Simulation {
                 self.applied.insert(entry.index(), entry.id);
             }
         }
-        if self.proposed.get(&entry.id) == Some(&id) {
-            self.acknowledged.insert(entry.id);
-        }
-        if let EntryPayload::Membership(membership) = &entry.payload {
-            let node = self.nodes.get_mut(&id).expect("known node");
-            node.applied_membership = membership.clone();
-            self.note_applied_membership(id);
-            self.note_committed_request(entry.id);
-        }
         Ok(())
     }
 
-    /// Completes the oldest pending persist of `id`: write, sync, release messages, report.
+    /// Completes the oldest pending persist of `id` through the shared driver: write, sync,
+    /// release messages, report — or save a local snapshot and compact. Now and then the
+    /// power goes out at a random storage operation inside it (between saving a received
+    /// snapshot and resetting the log, say), and the node crashes there.
     fn complete_persist(&mut self, id: NodeId) -> Result<(), SimulationFailure> {
+        let power_cut = self
+            .rng
+            .random_bool(self.options.power_cut)
+            .then(|| self.rng.random_range(0..4));
         let node = self.nodes.get_mut(&id).expect("known node");
-        let Some(persist) = node.pending.pop_front() else {
+        let Some(pending) = node.pending.pop_front() else {
             return Ok(());
         };
-        let durable_term = node.disk.durable_hard_state().term;
-        if let Some(hard_state) = persist.hard_state {
-            if hard_state.term < durable_term {
-                let violation = format!(
-                    "{id} durable term would go back from {durable_term} to {}",
-                    hard_state.term
-                );
-                return Err(self.fail(violation));
-            }
-            node.storage
-                .save_hard_state(hard_state)
-                .expect("mem storage");
+        if let Some(operations) = power_cut {
+            node.disk.cut_power_after(operations);
         }
-        if let Some(installed) = persist.snapshot {
-            let snapshot = installed.snapshot;
-            let index = snapshot.meta.last.index;
-            // Never replace a newer local snapshot with an older received one.
-            let saved = node.storage.load_snapshot().expect("mem storage");
-            if saved.is_none_or(|(meta, _)| meta.last.index < index) {
-                node.storage
-                    .save_snapshot(&snapshot.meta, &snapshot.data)
-                    .expect("mem storage");
+        let outcome = match pending {
+            Pending::Persist(request) => {
+                let durable_term = node.disk.durable_hard_state().term;
+                if let Some(hard_state) = request.hard_state {
+                    if hard_state.term < durable_term {
+                        let violation = format!(
+                            "{id} durable term would go back from {durable_term} to {}",
+                            hard_state.term
+                        );
+                        return Err(self.fail(violation));
+                    }
+                }
+                let entries = request.entries.clone();
+                node.persister
+                    .persist_batch(&mut node.storage, vec![request])
+                    .map(|released| Some((released, entries)))
             }
-            if installed.keep_suffix {
-                node.storage.compact(index).expect("mem storage");
-            } else {
-                node.storage.reset_log(index).expect("mem storage");
+            Pending::LocalSnapshot(local) => node
+                .persister
+                .save_local_snapshot(&mut node.storage, local)
+                .map(|saved| {
+                    if let (Some(local), Some(raft)) = (saved, node.raft.as_mut()) {
+                        raft.compact(local.snapshot, local.compact_through);
+                        self.report.snapshots += 1;
+                    }
+                    None
+                }),
+        };
+        node.disk.restore_power();
+        match outcome {
+            Ok(Some((released, entries))) => {
+                if let (Some(raft), Some(last)) = (node.raft.as_mut(), released.last_entry) {
+                    raft.on_persisted(last);
+                }
+                self.record_commands(&entries)?;
+                for message in released.messages {
+                    self.send(message)?;
+                }
             }
-        }
-        node.storage.append(&persist.entries).expect("mem storage");
-        node.storage.sync().expect("mem storage");
-        if let (Some(raft), Some(last)) = (node.raft.as_mut(), persist.entries.last()) {
-            raft.on_persisted(last.id);
-        }
-        self.record_commands(&persist.entries)?;
-        for message in persist.messages {
-            self.send(message)?;
+            Ok(None) => {}
+            Err(StorageError::Crashed) => {
+                self.report.power_cuts += 1;
+                self.crash(id);
+                return Ok(());
+            }
+            Err(error) => return Err(self.fail(format!("{id}: in-memory storage: {error}"))),
         }
         self.drain_ready(id)
     }
@@ -796,6 +820,7 @@ impl Simulation {
         self.cut.clear();
         self.options.loss = 0.0;
         self.options.duplication = 0.0;
+        self.options.power_cut = 0.0;
         let ids: Vec<NodeId> = self
             .nodes
             .iter()
@@ -851,7 +876,7 @@ impl Simulation {
             let everyone_applied = self.acknowledged.iter().all(|entry| {
                 members
                     .iter()
-                    .all(|id| self.nodes[id].applied >= entry.index)
+                    .all(|id| self.nodes[id].applier.last_applied().index >= entry.index)
             });
             let final_acknowledged = self.final_acknowledged();
             if final_proposed && final_acknowledged && everyone_applied {
@@ -877,7 +902,7 @@ impl Simulation {
                         status.committed,
                         status.persisted,
                         raft.log().last_id(),
-                        node.applied,
+                        node.applier.last_applied().index,
                         node.pending.len(),
                         membership::describe(raft.membership())
                     )

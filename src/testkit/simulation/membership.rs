@@ -236,9 +236,9 @@ impl Simulation {
     /// The node's applied configuration changed: note whether it is a member, or was removed.
     pub(super) fn note_applied_membership(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let applied = node.applied;
+        let applied = node.applier.last_applied().index;
         // Never cleared: a node that applied its removal is never added again.
-        if node.applied_membership.contains(id) {
+        if node.applier.membership().contains(id) {
             node.member_applied = true;
         } else if node.member_applied && node.removed_applied.is_none() {
             node.removed_applied = Some(applied);
