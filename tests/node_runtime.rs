@@ -1,6 +1,8 @@
-//! How a node starts from what its storage holds: the runtime must seed its state exactly as
-//! the simulation does (through the shared driver), or what it does next — snapshots, the
-//! configuration it stamps on them — diverges from what the simulation checks.
+//! The threaded runtime at its edges, one `Node` at a time with the test playing its peers:
+//! how it starts from what its storage holds (it must seed its state exactly as the
+//! simulation does, through the shared driver, or what it does next — snapshots, the
+//! configuration it stamps on them — diverges from what the simulation checks), and how it
+//! stops when its storage fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,4 +117,46 @@ fn a_snapshot_after_a_restart_carries_the_configuration_at_its_index() {
         snapshot.meta.membership, bootstrap,
         "the snapshot at index 1 carries a configuration that was only appended at index 2"
     );
+}
+
+/// Issue #11 item 8 (PITFALLS #25): after a failed fsync the node stops serving and says so —
+/// it no longer reports itself leader (clients and operators would keep sending it work) and
+/// every later proposal and read fails with the reason.
+#[test]
+fn a_node_whose_storage_failed_stops_acting_on_its_role() {
+    let disk = MemDisk::new();
+    let (_inbound_tx, inbound) = keyval::transport::inbound_channel();
+    let node = Node::start(NodeOptions {
+        config: Config::new(NodeId(1)),
+        membership: Membership::new([NodeId(1)]),
+        storage: Box::new(disk.open()),
+        transport: Arc::new(Nowhere),
+        inbound,
+        state_machine: Counter::default(),
+        seed: 3,
+    })
+    .expect("node starts");
+    wait_for("a leader", || {
+        node.status().role == keyval::raft::RoleKind::Leader
+    });
+    let deadline = || Instant::now() + Duration::from_secs(30);
+    node.propose(b"before".to_vec(), deadline())
+        .expect("a write before the failure commits");
+    disk.fail_next_sync();
+    let error = node
+        .propose(b"lost".to_vec(), deadline())
+        .expect_err("a write whose sync failed is not acknowledged");
+    assert!(
+        matches!(error, keyval::ProposeError::Storage { .. }),
+        "{error:?}"
+    );
+    let status = node.status();
+    assert!(status.failed);
+    assert_eq!(status.role, keyval::raft::RoleKind::Follower, "{status:?}");
+    assert_eq!(status.leader, None, "{status:?}");
+    assert!(node
+        .failure()
+        .is_some_and(|reason| reason.contains("injected")));
+    assert!(node.read_barrier(deadline()).is_err());
+    assert!(node.propose(b"after".to_vec(), deadline()).is_err());
 }

@@ -336,16 +336,24 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    watch_until_stopped(&node, &stop);
-    log::info(
-        "stopping: no new clients, finishing requests in flight",
-        &[],
-    );
+    let failure = watch_until_stopped(&node, &stop);
+    if let Some(reason) = &failure {
+        log::error(
+            "storage failed: the node stopped serving and exits; check the disk, then restart \
+             it (recovery keeps everything that was synced)",
+            &[("error", reason)],
+        );
+    } else {
+        log::info(
+            "stopping: no new clients, finishing requests in flight",
+            &[],
+        );
+    }
     if let Some(promotion) = promotion {
         let _ = promotion.join();
     }
     server.shutdown();
-    // A leader hands over before it goes, so the cluster does not wait an election timeout
+    // A leader hands over before it goes (a failed node no longer leads: nothing to do), so the cluster does not wait an election timeout
     // for a new one (thesis §3.10).
     let handover = Duration::from_millis(args.tick_ms.saturating_mul(args.election_ticks) * 2);
     match node.hand_over_leadership(Instant::now() + handover) {
@@ -355,6 +363,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     node.shutdown();
     drop(transport);
+    if let Some(reason) = failure {
+        anyhow::bail!("storage failed: {reason}");
+    }
     log::info("stopped", &[]);
     Ok(())
 }
@@ -404,8 +415,9 @@ fn standing(membership: &Membership, id: NodeId) -> &'static str {
     }
 }
 
-/// Logs role, leader and configuration changes until `stop` is set.
-fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) {
+/// Logs role, leader and configuration changes until `stop` is set or storage fails; returns
+/// the failure.
+fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) -> Option<String> {
     let mut last: Option<(RoleKind, Option<NodeId>, u64)> = None;
     let mut last_membership: Option<Membership> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -451,11 +463,12 @@ fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) {
             );
             last = Some(now);
         }
-        if status.failed {
-            log::error("storage failed; the node has stopped serving", &[]);
+        if let Some(reason) = node.failure() {
+            return Some(reason);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    None
 }
 
 #[cfg(test)]

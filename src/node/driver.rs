@@ -23,9 +23,7 @@ use crate::error::StorageError;
 use crate::raft::{InstalledSnapshot, Message, Raft, ReadState, Ready, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::{self, Storage};
-use crate::types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, SnapshotMeta,
-};
+use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, SnapshotMeta};
 
 use super::StartError;
 

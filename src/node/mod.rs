@@ -502,20 +502,33 @@ impl<M: StateMachine> Node<M> {
         (applied, read(&state_machine))
     }
 
-    /// The node's current status.
+    /// Why the node stopped serving, if its storage failed. A failed node answers nothing
+    /// (proposals and reads fail with the reason), reports itself as a follower that knows no
+    /// leader, and stays silent to its peers; restart it once the disk is fixed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().clone()
+    }
+
+    /// The node's current status. A node whose storage failed reports `failed`, the role
+    /// `Follower` and no leader: it no longer acts on its role.
     pub fn status(&self) -> NodeStatus {
         let status = self.shared.core.lock().raft.status();
+        let failed = self.shared.failed.lock().is_some();
         NodeStatus {
             id: status.id,
-            role: status.role,
+            role: if failed {
+                RoleKind::Follower
+            } else {
+                status.role
+            },
             term: status.term,
-            leader: status.leader,
+            leader: if failed { None } else { status.leader },
             committed: status.committed,
             applied: *self.shared.applied.lock(),
             last_index: status.last_index,
             persisted: status.persisted,
             membership: status.membership,
-            failed: self.shared.failed.lock().is_some(),
+            failed,
         }
     }
 

@@ -47,9 +47,16 @@ type ProposalWaiter = Waiter<Result<Vec<u8>, ProposeError>>;
 type ReadWaiter = Waiter<Result<LogIndex, ReadError>>;
 
 /// Waiting proposals by log index, reads by context and then by the index they wait for.
+///
+/// Contract: every proposal added gets exactly one completion — its output when its entry is
+/// applied, `Dropped` only when another entry is applied at its index (so it can never commit),
+/// `Indeterminate` when this node can no longer learn the outcome, or the node's failure or
+/// shutdown — unless its caller removes it first (a deadline).
 #[derive(Default)]
 pub(super) struct Waiters {
-    proposals: BTreeMap<LogIndex, (Term, ProposalWaiter)>,
+    /// Several proposals can wait at one index: entries this node proposed in different terms,
+    /// the older overwritten in its own log but possibly still committed through another node.
+    proposals: BTreeMap<LogIndex, Vec<(Term, ProposalWaiter)>>,
     reads: HashMap<u64, ReadWaiter>,
     reads_awaiting_apply: BTreeMap<LogIndex, Vec<ReadWaiter>>,
 }
@@ -61,34 +68,38 @@ impl Waiters {
         tag: u64,
         sender: Sender<ProposalCompletion>,
     ) {
-        let waiter = Waiter { tag, sender };
-        // An earlier waiter at this index belongs to an entry that was overwritten.
-        if let Some((_, earlier)) = self.proposals.insert(id.index, (id.term, waiter)) {
-            earlier.complete(Err(ProposeError::Dropped));
-        }
+        // An earlier waiter at this index belongs to an entry that was overwritten in this
+        // node's log. It may still commit (another node may hold it and win an election), so
+        // it keeps waiting until some entry at this index is applied.
+        self.proposals
+            .entry(id.index)
+            .or_default()
+            .push((id.term, Waiter { tag, sender }));
     }
 
     pub(super) fn remove_proposal(&mut self, id: EntryId) {
-        if self
-            .proposals
-            .get(&id.index)
-            .is_some_and(|(term, _)| *term == id.term)
-        {
-            self.proposals.remove(&id.index);
+        if let Some(waiting) = self.proposals.get_mut(&id.index) {
+            waiting.retain(|(term, _)| *term != id.term);
+            if waiting.is_empty() {
+                self.proposals.remove(&id.index);
+            }
         }
     }
 
-    /// The entry `id` was applied with `output` (None for entries without a response). The
+    /// The entry `id` was applied with `output` (None for entries without a response). A
     /// waiter at that index gets the output if its entry is the one applied, else `Dropped`:
-    /// another leader's entry took the index, so the waiter's entry will never commit.
+    /// another entry committed at the index, so the waiter's entry never will.
     pub(super) fn complete_proposal(&mut self, id: EntryId, output: Option<Vec<u8>>) {
-        let Some((term, waiter)) = self.proposals.remove(&id.index) else {
+        let Some(waiting) = self.proposals.remove(&id.index) else {
             return;
         };
-        if term == id.term {
-            waiter.complete(Ok(output.unwrap_or_default()));
-        } else {
-            waiter.complete(Err(ProposeError::Dropped));
+        let mut output = output;
+        for (term, waiter) in waiting {
+            if term == id.term {
+                waiter.complete(Ok(output.take().unwrap_or_default()));
+            } else {
+                waiter.complete(Err(ProposeError::Dropped));
+            }
         }
     }
 
@@ -99,8 +110,9 @@ impl Waiters {
             if *entry.key() <= index {
                 break;
             }
-            let (_, waiter) = entry.remove();
-            waiter.complete(Err(ProposeError::Indeterminate));
+            for (_, waiter) in entry.remove() {
+                waiter.complete(Err(ProposeError::Indeterminate));
+            }
         }
     }
 
@@ -111,8 +123,9 @@ impl Waiters {
             if *entry.key() > index {
                 break;
             }
-            let (_, waiter) = entry.remove();
-            waiter.complete(Err(ProposeError::Indeterminate));
+            for (_, waiter) in entry.remove() {
+                waiter.complete(Err(ProposeError::Indeterminate));
+            }
         }
     }
 
@@ -157,18 +170,22 @@ impl Waiters {
 
     /// Storage failed: every waiter learns it.
     pub(super) fn fail_all(&mut self, reason: &str) {
-        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
-            waiter.complete(Err(ProposeError::Storage {
-                reason: reason.to_string(),
-            }));
+        for (_, waiting) in std::mem::take(&mut self.proposals) {
+            for (_, waiter) in waiting {
+                waiter.complete(Err(ProposeError::Storage {
+                    reason: reason.to_string(),
+                }));
+            }
         }
         self.fail_reads();
     }
 
     /// The node is shutting down: outcomes are unknown.
     pub(super) fn shut_down(&mut self) {
-        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
-            waiter.complete(Err(ProposeError::Shutdown));
+        for (_, waiting) in std::mem::take(&mut self.proposals) {
+            for (_, waiter) in waiting {
+                waiter.complete(Err(ProposeError::Shutdown));
+            }
         }
         self.fail_reads();
     }
@@ -182,5 +199,46 @@ impl Waiters {
                 waiter.complete(Err(ReadError::Shutdown));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(term: u64, index: u64) -> EntryId {
+        EntryId::new(Term(term), LogIndex(index))
+    }
+
+    /// Issue #11 item 8: a proposal whose entry this node's own log overwrote may still
+    /// commit through another node; it is `Dropped` only once another entry is applied there.
+    #[test]
+    fn an_overwritten_proposal_is_dropped_only_when_another_entry_commits_there() {
+        let (sender, receiver) = crossbeam_channel::bounded(4);
+        let mut waiters = Waiters::default();
+        waiters.add_proposal(id(1, 5), 1, sender.clone());
+        // This node, leader again in term 3, proposes at the same index.
+        waiters.add_proposal(id(3, 5), 2, sender);
+        assert!(
+            receiver.try_recv().is_err(),
+            "a proposal was answered before anything was applied at its index"
+        );
+        // The term-1 entry committed after all (through another node).
+        waiters.complete_proposal(id(1, 5), Some(b"ok".to_vec()));
+        let mut completions: Vec<_> = receiver.try_iter().collect();
+        completions.sort_by_key(|completion| completion.tag);
+        assert_eq!(
+            completions,
+            vec![
+                Completion {
+                    tag: 1,
+                    outcome: Ok(b"ok".to_vec())
+                },
+                Completion {
+                    tag: 2,
+                    outcome: Err(ProposeError::Dropped)
+                },
+            ]
+        );
     }
 }

@@ -416,6 +416,12 @@ impl Reader {
     }
 
     fn read_stale(&self, request: &ReadRequest) -> Result<ResponseBody, ServerError> {
+        // A failed node's state may be arbitrarily old and will not catch up: refuse.
+        if let Some(reason) = self.shared.node.failure() {
+            return Err(ServerError::Unavailable {
+                reason: format!("storage failed: {reason}"),
+            });
+        }
         let committed = self.shared.node.status().committed;
         let (applied, response) = self.shared.node.read_local(|kv| kv.read(request));
         let response = response.map_err(ServerError::Invalid)?;
