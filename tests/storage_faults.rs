@@ -487,7 +487,10 @@ fn a_crash_at_any_step_of_installing_a_snapshot_never_wedges_or_forgets_entries(
     // (stored log, snapshot's last entry): a log that ends before the snapshot, and a log that
     // holds the snapshot's index with an older term.
     let cases = [
-        ((1..=5).map(|index| entry(1, index, 20)).collect::<Vec<_>>(), (2, 10)),
+        (
+            (1..=5).map(|index| entry(1, index, 20)).collect::<Vec<_>>(),
+            (2, 10),
+        ),
         ((1..=12).map(|index| entry(1, index, 20)).collect(), (2, 10)),
     ];
     for (old_log, (snapshot_term, snapshot_index)) in cases {
@@ -515,9 +518,9 @@ fn a_crash_at_any_step_of_installing_a_snapshot_never_wedges_or_forgets_entries(
                 }
                 assert_eq!(recovered.snapshot.as_ref(), Some(&meta), "step {step}");
                 // The node acknowledges entries after the snapshot...
-                storage
-                    .append(&after)
-                    .unwrap_or_else(|error| panic!("step {step}: append after the snapshot: {error}"));
+                storage.append(&after).unwrap_or_else(|error| {
+                    panic!("step {step}: append after the snapshot: {error}")
+                });
                 storage.sync().unwrap();
             },
         );
