@@ -123,6 +123,35 @@ pub struct Membership {
     pub retired: BTreeSet<NodeId>,
 }
 
+/// One line: `voters [1,2,3]`, then ` outgoing [..]` while joint, ` learners [..]` if any, and
+/// the members' addresses if known (` at 1=PEER/CLIENT ..`).
+impl fmt::Display for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |ids: &BTreeSet<NodeId>| {
+            ids.iter()
+                .map(|id| id.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        write!(f, "voters [{}]", list(&self.voters))?;
+        if self.is_joint() {
+            write!(f, " outgoing [{}]", list(&self.voters_outgoing))?;
+        }
+        if !self.learners.is_empty() {
+            write!(f, " learners [{}]", list(&self.learners))?;
+        }
+        if !self.addresses.is_empty() {
+            let addresses: Vec<String> = self
+                .addresses
+                .iter()
+                .map(|(id, address)| format!("{}={}/{}", id.0, address.peer, address.client))
+                .collect();
+            write!(f, " at {}", addresses.join(","))?;
+        }
+        Ok(())
+    }
+}
+
 impl Membership {
     /// A simple configuration of voters only.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Membership {
@@ -150,6 +179,20 @@ impl Membership {
         all.extend(self.voters_outgoing.iter().copied());
         all.extend(self.learners.iter().copied());
         all
+    }
+
+    /// Whether the configuration names no member at all (a node that joins knows none).
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty() && self.voters_outgoing.is_empty() && self.learners.is_empty()
+    }
+
+    /// Whether two configurations name the same members in the same roles at the same
+    /// addresses (what a cluster is started with; the ids retired since do not count).
+    pub fn same_members(&self, other: &Membership) -> bool {
+        self.voters == other.voters
+            && self.voters_outgoing == other.voters_outgoing
+            && self.learners == other.learners
+            && self.addresses == other.addresses
     }
 
     /// Whether `id` votes in either half of the configuration.

@@ -160,3 +160,44 @@ fn a_node_whose_storage_failed_stops_acting_on_its_role() {
     assert!(node.read_barrier(deadline()).is_err());
     assert!(node.propose(b"after".to_vec(), deadline()).is_err());
 }
+
+/// Issue #11 item 5: the bootstrap configuration is recorded at the first start. A later
+/// start with another one is refused before anything runs; an empty one uses the recorded.
+#[test]
+fn a_restart_with_another_bootstrap_configuration_is_refused() {
+    let three = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+    let disk = MemDisk::new();
+    let start = |membership: Membership| {
+        let (_inbound_tx, inbound) = keyval::transport::inbound_channel();
+        let mut config = Config::new(NodeId(1));
+        config.election_ticks = 1_000;
+        Node::start(NodeOptions {
+            config,
+            membership,
+            storage: Box::new(disk.open()),
+            transport: Arc::new(Nowhere),
+            inbound,
+            state_machine: Counter::default(),
+            seed: 5,
+        })
+    };
+    let node = start(three.clone()).expect("first start");
+    node.shutdown();
+    drop(node);
+    match start(Membership::new([NodeId(1)])) {
+        Err(keyval::node::StartError::BootstrapConflict(conflict)) => {
+            assert_eq!(conflict.recorded, three);
+            assert_eq!(conflict.given, Membership::new([NodeId(1)]));
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(node) => panic!(
+            "started with a one-voter configuration on a three-voter cluster's data: {:?}",
+            node.members()
+        ),
+    }
+    let node = start(Membership::default()).expect("an empty configuration uses the recorded");
+    assert_eq!(node.members(), three);
+    node.shutdown();
+    drop(node);
+    start(three).expect("the recorded configuration again");
+}

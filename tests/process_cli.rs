@@ -215,3 +215,126 @@ fn kvctl_lists_and_changes_members_and_transfers_leadership() {
     let out = cluster.kvctl(&["member", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Runs `keyval` with `args` and waits (up to a generous deadline) for it to exit by itself;
+/// returns its exit code and log. A node that keeps running is killed and reported as `None`.
+fn run_until_exit(args: Vec<String>, log: std::path::PathBuf) -> (Option<i32>, String) {
+    let mut node = NodeProcess::spawn(args, log.clone(), None);
+    let mut child = node.child.take().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+/// Issue #11 item 5 (PITFALLS #21): the configuration a cluster is created with, and its
+/// cluster id, are recorded in each data directory at first start. A member restarted
+/// without `--cluster` rejoins its cluster (it used to lead a one-node cluster of its own on
+/// its old data and acknowledge writes); one restarted with another `--cluster` or
+/// `--cluster-id` is refused with a message saying why.
+#[test]
+fn a_member_restarted_with_other_flags_never_forms_a_cluster_of_its_own() {
+    let mut cluster = process_support::ProcessCluster::start(3);
+    let client = cluster.client();
+    client.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let data_dir = cluster.dir.path().join("n1").display().to_string();
+    let log = |name: &str| cluster.dir.path().join(name);
+    cluster.nodes[0].kill();
+
+    // Another cluster: refused.
+    let other = format!(
+        "1={}/{}",
+        cluster.peer_addresses[0], cluster.client_addresses[0]
+    );
+    let (code, output) = run_until_exit(
+        vec![
+            "--id".into(),
+            "1".into(),
+            "--cluster".into(),
+            other,
+            "--data-dir".into(),
+            data_dir.clone(),
+        ],
+        log("other-cluster.log"),
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "a conflicting --cluster was accepted:\n{output}"
+    );
+    assert!(
+        output.contains("records that its cluster was created as"),
+        "{output}"
+    );
+    // Another cluster id: refused.
+    let (code, output) = run_until_exit(
+        vec![
+            "--id".into(),
+            "1".into(),
+            "--cluster".into(),
+            cluster.spec.clone(),
+            "--cluster-id".into(),
+            "9".into(),
+            "--data-dir".into(),
+            data_dir.clone(),
+        ],
+        log("other-id.log"),
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "a conflicting --cluster-id was accepted:\n{output}"
+    );
+    assert!(output.contains("belongs to cluster 1"), "{output}");
+
+    // No --cluster at all: the recorded configuration, at the recorded addresses.
+    cluster.nodes[0] = NodeProcess::spawn(
+        vec!["--id".into(), "1".into(), "--data-dir".into(), data_dir],
+        log("no-cluster.log"),
+        None,
+    );
+    let address = cluster.client_addresses[0].clone();
+    assert!(
+        process_support::wait_for(|| client
+            .status(&address)
+            .is_ok_and(|status| status.leader.is_some_and(|leader| leader.0 != 1)
+                || (status.role == keyval::raft::RoleKind::Leader && status.term.0 > 1))),
+        "the restarted member did not rejoin its cluster at its recorded address"
+    );
+    assert!(cluster_has_one_leader(&cluster));
+    // Its writes reach the whole cluster: it is a member of the old one, not a new one.
+    client.put(b"k2".to_vec(), b"v2".to_vec()).unwrap();
+    for address in &cluster.client_addresses {
+        let node =
+            Client::connect(std::slice::from_ref(address), ClientOptions::default()).unwrap();
+        assert!(process_support::wait_for(|| node
+            .get_with(b"k2".to_vec(), keyval::server::protocol::Consistency::Stale)
+            .is_ok_and(|read| read
+                .value
+                .is_some_and(|value| value.value == b"v2"))));
+    }
+}
+
+/// Whether exactly one node of the cluster says it leads.
+fn cluster_has_one_leader(cluster: &process_support::ProcessCluster) -> bool {
+    let client = cluster.client();
+    cluster
+        .client_addresses
+        .iter()
+        .filter(|address| {
+            client
+                .status(address)
+                .is_ok_and(|status| status.role == keyval::raft::RoleKind::Leader)
+        })
+        .count()
+        == 1
+}

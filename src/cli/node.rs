@@ -18,6 +18,7 @@ use crate::node::{Node, NodeOptions};
 use crate::raft::{Message, RoleKind};
 use crate::server::{Server, ServerOptions};
 use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
+use crate::storage::Storage;
 use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
 use crate::types::{Membership, NodeId};
@@ -50,7 +51,8 @@ pub struct NodeArgs {
     pub id: Option<u64>,
     /// The initial cluster: ID=PEER_ADDRESS/CLIENT_ADDRESS for every member, comma-separated,
     /// e.g. 1=127.0.0.1:7380/127.0.0.1:7379,2=127.0.0.1:7382/127.0.0.1:7381. Default: this
-    /// node alone.
+    /// node alone. Recorded in the data directory at first start; later starts may leave it
+    /// out (the recorded one is used) and refuse a different one.
     #[arg(long, env = "KEYVAL_CLUSTER", conflicts_with = "join")]
     pub cluster: Option<String>,
     /// Join a running cluster instead of forming one: the client address(es) of any of its
@@ -71,9 +73,11 @@ pub struct NodeArgs {
     /// 127.0.0.1:7379.
     #[arg(long, env = "KEYVAL_CLIENT_LISTEN")]
     pub client_listen: Option<String>,
-    /// Cluster id; nodes of different clusters refuse each other's connections.
-    #[arg(long, env = "KEYVAL_CLUSTER_ID", default_value_t = 1)]
-    pub cluster_id: u64,
+    /// Cluster id; nodes of different clusters refuse each other's connections. Recorded in
+    /// the data directory at first start (default 1); a later start with another one is
+    /// refused.
+    #[arg(long, env = "KEYVAL_CLUSTER_ID")]
+    pub cluster_id: Option<u64>,
     /// Data directory (log segments, hard state, snapshots); locked while the node runs.
     #[arg(long, env = "KEYVAL_DATA_DIR", default_value = "./keyval-data")]
     pub data_dir: PathBuf,
@@ -149,6 +153,28 @@ struct Plan {
     peer_listen: SocketAddr,
     client_listen: SocketAddr,
     config: Config,
+}
+
+impl Plan {
+    /// A restart without `--cluster`: listen where the recorded configuration says this node
+    /// is reached, unless `--peer-listen` / `--client-listen` say otherwise.
+    fn use_recorded(&mut self, args: &NodeArgs, recorded: &Membership) -> anyhow::Result<()> {
+        if args.cluster.is_some() || !args.join.is_empty() {
+            return Ok(());
+        }
+        let Some(address) = recorded.addresses.get(&self.id) else {
+            return Ok(());
+        };
+        if args.peer_listen.is_none() && !address.peer.is_empty() {
+            self.peer_listen = resolve(&address.peer)
+                .map_err(|error| anyhow::anyhow!("recorded peer address: {error}"))?;
+        }
+        if args.client_listen.is_none() && !address.client.is_empty() {
+            self.client_listen = resolve(&address.client)
+                .map_err(|error| anyhow::anyhow!("recorded client address: {error}"))?;
+        }
+        Ok(())
+    }
 }
 
 fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
@@ -249,7 +275,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         return super::restore::run(restore);
     }
     log::set_level(args.log_level);
-    let plan = plan(&args)?;
+    let mut plan = plan(&args)?;
     log::set_node(plan.id);
     if !plan.config.check_quorum {
         log::warn(
@@ -283,13 +309,31 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
     join::check_node_id(&mut storage, plan.id)?;
-    let membership = initial_membership(&args, &plan, &storage, &stop)?;
+    let cluster_id = check_cluster_id(&mut storage, args.cluster_id)?;
+    let recorded = storage
+        .load_bootstrap()
+        .with_context(|| format!("reading data directory {}", args.data_dir.display()))?;
+    if let Some(recorded) = &recorded {
+        plan.use_recorded(&args, recorded)?;
+    }
+    let membership = if recorded.is_some() && args.cluster.is_none() {
+        // Started before: the recorded configuration (and the log's) rule.
+        if !args.join.is_empty() {
+            log::info(
+                "the data directory has state: starting from it, not joining again",
+                &[("data_dir", &args.data_dir.display())],
+            );
+        }
+        Membership::default()
+    } else {
+        initial_membership(&args, &plan, &storage, &stop)?
+    };
     // Peers come from the configuration: `Node::start` hands the one it recovers (or this
     // initial one) to `Transport::update_members`, which resolves every member's address.
     let (inbound_tx, inbound_rx) = inbound_channel();
     let transport = Arc::new(
         TcpTransport::<Message>::start(
-            TcpConfig::new(plan.id, args.cluster_id, plan.peer_listen, BTreeMap::new()),
+            TcpConfig::new(plan.id, cluster_id, plan.peer_listen, BTreeMap::new()),
             inbound_tx,
         )
         .with_context(|| format!("starting the peer transport on {}", plan.peer_listen))?,
@@ -308,7 +352,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .context("starting the node")?,
     );
     let mut server_options = ServerOptions::new(plan.client_listen);
-    server_options.client_addresses = membership
+    server_options.client_addresses = node
+        .members()
         .addresses
         .iter()
         .filter(|(_, address)| !address.client.is_empty())
@@ -323,7 +368,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         &[
             ("peer_listen", &transport.local_addr()),
             ("client_listen", &server.local_addr()),
-            ("cluster", &plan.cluster),
+            ("cluster", &node.members()),
             ("data_dir", &args.data_dir.display()),
         ],
     );
@@ -370,6 +415,33 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks `--cluster-id` against the one the data directory records, recording it (or the
+/// default, 1) at first start; returns the cluster id to use.
+fn check_cluster_id(storage: &mut FileStorage, given: Option<u64>) -> anyhow::Result<u64> {
+    let dir = storage.dir().display().to_string();
+    let recorded = storage
+        .cluster_id()
+        .with_context(|| format!("reading the cluster id of data directory {dir}"))?;
+    match (recorded, given) {
+        (Some(recorded), Some(given)) if recorded != given => bail!(
+            "data directory {dir} belongs to cluster {recorded} (its cluster-id file), not to \
+             --cluster-id {given}: a cluster's id never changes; start it with --cluster-id \
+             {recorded} or none, or give this node an empty data directory"
+        ),
+        (Some(recorded), _) => Ok(recorded),
+        (None, given) => {
+            let id = given.unwrap_or(1);
+            if id == 0 {
+                bail!("--cluster-id 0 is invalid: cluster ids start at 1");
+            }
+            storage
+                .record_cluster_id(id)
+                .with_context(|| format!("recording cluster id {id} in data directory {dir}"))?;
+            Ok(id)
+        }
+    }
+}
+
 /// The configuration the node starts from (its stored log and snapshot, if any, override it):
 /// the `--cluster` for a node of a new cluster; for `--join` with an empty data directory, the
 /// configuration the cluster answers when asked to add this node as a learner; for `--join`
@@ -389,6 +461,7 @@ fn initial_membership(
     if storage.is_empty() {
         return join::join_as_learner(&args.join, plan.id, &address, stop);
     }
+    // A data directory from before the bootstrap configuration was recorded.
     log::info(
         "the data directory has state: starting from it, not joining again",
         &[("data_dir", &args.data_dir.display())],

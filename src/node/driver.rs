@@ -96,19 +96,29 @@ pub(crate) struct Recovery {
 }
 
 /// Recovers a node: reads storage back (reconciling the log with the snapshot, durably:
-/// [`storage::recover_consistent`]), restores the snapshot into `state_machine`, builds the
-/// core, and seeds the applier with what the restored state reflects — the snapshot's last
-/// entry and **its** configuration, or nothing and `bootstrap` — never the newest
-/// configuration in the log, which may be uncommitted and later truncated (a local snapshot
-/// stamped with it would resurrect it).
+/// [`storage::recover_consistent`]), settles the bootstrap configuration (recorded at the
+/// first start, used and enforced at every later one), restores the snapshot into
+/// `state_machine`, builds the core, and seeds the applier with what the restored state
+/// reflects — the snapshot's last entry and **its** configuration, or nothing and the
+/// bootstrap — never the newest configuration in the log, which may be uncommitted and later
+/// truncated (a local snapshot stamped with it would resurrect it).
 pub(crate) fn recover<M: StateMachine>(
     config: Config,
     storage: &mut dyn Storage,
-    bootstrap: Membership,
+    given: Membership,
     state_machine: &mut M,
     seed: u64,
 ) -> Result<Recovery, StartError> {
     let recovered = storage::recover_consistent(storage)?;
+    let recorded = storage.load_bootstrap()?;
+    let bootstrap = match &recorded {
+        Some(recorded) => recorded.clone(),
+        None if given.is_empty() => given.clone(),
+        None => {
+            storage.save_bootstrap(&given)?;
+            given.clone()
+        }
+    };
     let mut snapshot = None;
     if recovered.snapshot.is_some() {
         if let Some((meta, data)) = storage.load_snapshot()? {
@@ -121,6 +131,18 @@ pub(crate) fn recover<M: StateMachine>(
         }
     }
     let mut raft = Raft::new(config, recovered, bootstrap.clone(), seed)?;
+    if let Some(recorded) = recorded {
+        let current = raft.membership();
+        if !given.is_empty() && !given.same_members(&recorded) && !given.same_members(current) {
+            return Err(StartError::BootstrapConflict(Box::new(
+                super::BootstrapConflict {
+                    recorded,
+                    current: current.clone(),
+                    given,
+                },
+            )));
+        }
+    }
     let (applier, persister) = match snapshot {
         Some(snapshot) => {
             let last = snapshot.meta.last;

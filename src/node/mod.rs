@@ -48,7 +48,11 @@ pub use waiters::{Completion, ProposalCompletion, ReadCompletion};
 pub struct NodeOptions<M: StateMachine> {
     /// Timing, batching and safety settings; `config.id` is the node's id.
     pub config: Config,
-    /// The configuration of a new cluster (ignored once the log or a snapshot has one).
+    /// The configuration of a new cluster. Recorded in storage at the first start
+    /// ([`Storage::save_bootstrap`]); later starts use the recorded one and refuse a different
+    /// one ([`StartError::BootstrapConflict`]) unless it is the configuration in force now.
+    /// Empty (`Membership::default()`): use what storage recorded, or know no configuration
+    /// (a node that joins an existing cluster learns it from the leader).
     pub membership: Membership,
     /// Durable storage.
     pub storage: Box<dyn Storage>,
@@ -78,6 +82,10 @@ pub enum StartError {
         /// What the state machine said.
         reason: String,
     },
+    /// The node was told to start a cluster other than the one its storage records (a
+    /// restart with different flags): nothing was started.
+    #[error("{0}")]
+    BootstrapConflict(Box<BootstrapConflict>),
     /// A thread could not be spawned.
     #[error("spawning thread {name}: {source}")]
     Spawn {
@@ -87,6 +95,23 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The configurations behind a [`StartError::BootstrapConflict`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this node's storage records that its cluster was created as {recorded} (and is now \
+     {current}), but it was started with {given}; start it with the recorded configuration \
+     or none (the recorded one is used), or give it an empty data directory to make it a new \
+     node"
+)]
+pub struct BootstrapConflict {
+    /// What the storage recorded at the first start.
+    pub recorded: Membership,
+    /// The configuration in force now (from the log or snapshot).
+    pub current: Membership,
+    /// What this start was given.
+    pub given: Membership,
 }
 
 /// The core and its outboxes. Guarded by one mutex, held only to step the core and route its

@@ -38,7 +38,7 @@ use crate::codec::{self, RecordRead};
 use crate::error::StorageError;
 use crate::limits::RECORD_BYTES_MAX;
 use crate::storage::{Recovered, Storage};
-use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta};
+use crate::types::{Entry, HardState, LogIndex, Membership, NodeId, SnapshotMeta};
 
 use self::format::{StateRecord, SEGMENT_HEADER_BYTES};
 use self::io::{DirectoryLock, FileSystem, RealFileSystem};
@@ -46,6 +46,12 @@ use self::segment::Segment;
 
 /// The file in the data directory that records which node the directory belongs to.
 pub const NODE_ID_FILE_NAME: &str = "node-id";
+/// The file in the data directory that records the cluster id (see
+/// [`FileStorage::record_cluster_id`]).
+pub const CLUSTER_ID_FILE_NAME: &str = "cluster-id";
+/// The file in the data directory that records the configuration the cluster was created
+/// with ([`Storage::save_bootstrap`]): one checksummed record.
+pub const BOOTSTRAP_FILE_NAME: &str = "bootstrap";
 
 /// The smallest `segment_bytes_max` accepted: a header and a few small records.
 pub const SEGMENT_BYTES_MIN: u64 = 256;
@@ -224,7 +230,32 @@ impl FileStorage {
     /// [`record_node_id`](FileStorage::record_node_id)). A file that does not hold a node id is
     /// reported as corrupt.
     pub fn node_id(&self) -> Result<Option<NodeId>, StorageError> {
-        let path = self.dir.join(NODE_ID_FILE_NAME);
+        Ok(self
+            .read_id_file(NODE_ID_FILE_NAME, "a node id")?
+            .map(NodeId))
+    }
+
+    /// Records `id` as the identity of the node this directory belongs to, atomically and
+    /// durably (temporary file, fsync, rename, directory fsync), so that a later start with
+    /// another id can be refused.
+    pub fn record_node_id(&mut self, id: NodeId) -> Result<(), StorageError> {
+        self.record_id_file(NODE_ID_FILE_NAME, id.0)
+    }
+
+    /// The cluster id recorded in the directory's `cluster-id` file, if any.
+    pub fn cluster_id(&self) -> Result<Option<u64>, StorageError> {
+        self.read_id_file(CLUSTER_ID_FILE_NAME, "a cluster id")
+    }
+
+    /// Records the id of the cluster this directory's node belongs to, atomically and durably,
+    /// so that a later start with another cluster id can be refused.
+    pub fn record_cluster_id(&mut self, id: u64) -> Result<(), StorageError> {
+        self.record_id_file(CLUSTER_ID_FILE_NAME, id)
+    }
+
+    /// Reads a file holding one positive decimal number.
+    fn read_id_file(&self, name: &str, what: &str) -> Result<Option<u64>, StorageError> {
+        let path = self.dir.join(name);
         let bytes = match self.file_system.read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -236,23 +267,20 @@ impl FileStorage {
             reason,
         };
         let text = std::str::from_utf8(&bytes)
-            .map_err(|_| corrupt("the node-id file is not text".into()))?;
+            .map_err(|_| corrupt(format!("the {name} file is not text")))?;
         match text.trim().parse::<u64>() {
-            Ok(id) if id > 0 => Ok(Some(NodeId(id))),
+            Ok(id) if id > 0 => Ok(Some(id)),
             _ => Err(corrupt(format!(
-                "the node-id file holds {:?}, not a node id",
+                "the {name} file holds {:?}, not {what}",
                 text.chars().take(40).collect::<String>()
             ))),
         }
     }
 
-    /// Records `id` as the identity of the node this directory belongs to, atomically and
-    /// durably (temporary file, fsync, rename, directory fsync), so that a later start with
-    /// another id can be refused.
-    pub fn record_node_id(&mut self, id: NodeId) -> Result<(), StorageError> {
+    fn record_id_file(&mut self, name: &str, id: u64) -> Result<(), StorageError> {
         self.check_poisoned()?;
-        let (path, dir) = (self.dir.join(NODE_ID_FILE_NAME), self.dir.clone());
-        self.write_atomically(&path, "tmp", &dir, format!("{}\n", id.0).as_bytes())
+        let (path, dir) = (self.dir.join(name), self.dir.clone());
+        self.write_atomically(&path, "tmp", &dir, format!("{id}\n").as_bytes())
     }
 
     fn check_poisoned(&self) -> Result<(), StorageError> {
@@ -702,6 +730,44 @@ impl Storage for FileStorage {
         }
         self.snapshot = Some((meta.clone(), path));
         Ok(())
+    }
+
+    fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError> {
+        self.check_poisoned()?;
+        let path = self.dir.join(BOOTSTRAP_FILE_NAME);
+        let bytes = match self.file_system.read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(FileStorage::io_error("read", &path, source)),
+        };
+        let corrupt = |reason: String| StorageError::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            reason,
+        };
+        match codec::read_record(&bytes, RECORD_BYTES_MAX) {
+            Ok(RecordRead::Complete { payload, consumed }) if consumed == bytes.len() => {
+                codec::decode(payload)
+                    .map(Some)
+                    .map_err(|error| corrupt(format!("the bootstrap configuration: {error}")))
+            }
+            Ok(_) => Err(corrupt(
+                "the bootstrap file is truncated or has trailing bytes".into(),
+            )),
+            Err(error) => Err(corrupt(format!("the bootstrap file: {error}"))),
+        }
+    }
+
+    fn save_bootstrap(&mut self, membership: &Membership) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let mut bytes = Vec::new();
+        codec::write_value_record(membership, &mut bytes).map_err(|error| {
+            StorageError::Misuse {
+                reason: format!("cannot encode the bootstrap configuration: {error}"),
+            }
+        })?;
+        let (path, dir) = (self.dir.join(BOOTSTRAP_FILE_NAME), self.dir.clone());
+        self.write_atomically(&path, "tmp", &dir, &bytes)
     }
 
     fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::error::StorageError;
 use crate::storage::{Recovered, Storage};
-use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+use crate::types::{Entry, HardState, LogIndex, Membership, SnapshotMeta};
 
 /// The state as it would be on disk.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +23,8 @@ struct MemState {
     /// Invariant: `entries[k].index == offset + 1 + k`.
     offset: LogIndex,
     entries: Vec<Entry>,
+    /// The recorded bootstrap configuration.
+    bootstrap: Option<Membership>,
 }
 
 impl MemState {
@@ -300,6 +302,18 @@ impl Storage for MemStorage {
     fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
         self.check_poisoned()?;
         Ok(self.volatile.snapshot.clone())
+    }
+
+    fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError> {
+        self.check_poisoned()?;
+        Ok(self.volatile.bootstrap.clone())
+    }
+
+    fn save_bootstrap(&mut self, membership: &Membership) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.volatile.bootstrap = Some(membership.clone());
+        let bootstrap = self.volatile.bootstrap.clone();
+        self.with_live_disk(|inner| inner.durable.bootstrap = bootstrap)
     }
 }
 

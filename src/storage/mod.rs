@@ -9,7 +9,7 @@ pub mod file;
 pub mod mem;
 
 use crate::error::StorageError;
-use crate::types::{Entry, EntryId, HardState, LogIndex, SnapshotMeta};
+use crate::types::{Entry, EntryId, HardState, LogIndex, Membership, SnapshotMeta};
 
 /// Everything durable that a node starts from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +66,15 @@ pub trait Storage: Send + 'static {
 
     /// Reads the latest snapshot, verified.
     fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError>;
+
+    /// The configuration this node's cluster was created with, as recorded at its first start
+    /// ([`save_bootstrap`](Storage::save_bootstrap)); `None` if none was recorded.
+    fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError>;
+
+    /// Records the configuration a new cluster starts from, durably on return. Recorded once,
+    /// at a node's first start: later starts use it instead of whatever they are told, so a
+    /// member restarted with other flags cannot form a cluster of its own on its old data.
+    fn save_bootstrap(&mut self, membership: &Membership) -> Result<(), StorageError>;
 }
 
 /// Reads back the durable state and makes the log agree with the snapshot, durably, before

@@ -24,22 +24,9 @@ const COMBINED_PROBABILITY: f64 = 0.15;
 /// The most changes in one request.
 const COMBINED_CHANGES_MAX: usize = 3;
 
-/// A configuration in one line: voters, the outgoing voters while joint, learners.
+/// A configuration in one line.
 pub(super) fn describe(membership: &Membership) -> String {
-    let list = |ids: &std::collections::BTreeSet<NodeId>| {
-        ids.iter()
-            .map(|id| id.0.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let mut text = format!("voters [{}]", list(&membership.voters));
-    if membership.is_joint() {
-        text += &format!(" outgoing [{}]", list(&membership.voters_outgoing));
-    }
-    if !membership.learners.is_empty() {
-        text += &format!(" learners [{}]", list(&membership.learners));
-    }
-    text
+    membership.to_string()
 }
 
 fn refusal(error: &MembershipError) -> &'static str {
