@@ -128,6 +128,16 @@ struct Core {
 }
 
 /// State shared by the node's threads and its handle.
+///
+/// **Lock order**: `core` → `waiters` → `applied`, and `state_machine` → `applied`. Never take
+/// `core` or `waiters` while holding `state_machine` or `applied` (the applier releases the
+/// state machine before it publishes `applied` and answers waiters). `core` is held only to
+/// step the core and route its Ready onto queues — never across I/O or a blocking send.
+///
+/// **Completion contract**: every proposal and read handed to `waiters` gets exactly one
+/// completion (see [`Waiters`]); a completion is never dropped: the applier answers applied
+/// entries, `route` answers what a removed node can no longer learn, a snapshot install
+/// answers what it covers, a storage failure ([`Shared::fail`]) and shutdown answer the rest.
 struct Shared<M> {
     id: NodeId,
     core: Mutex<Core>,
