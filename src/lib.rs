@@ -2,6 +2,7 @@
 //! library with its storage and transport included.
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod codec;
