@@ -201,3 +201,77 @@ fn a_restart_with_another_bootstrap_configuration_is_refused() {
     drop(node);
     start(three).expect("the recorded configuration again");
 }
+
+/// A state machine whose snapshots serialize only when the test lets them.
+struct SlowToSerialize {
+    applied: u64,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl StateMachine for SlowToSerialize {
+    fn apply(&mut self, _id: EntryId, _command: &[u8]) -> Vec<u8> {
+        self.applied += 1;
+        Vec::new()
+    }
+    fn snapshot(&mut self) -> Vec<u8> {
+        self.applied.to_le_bytes().to_vec()
+    }
+    fn snapshot_writer(&mut self) -> keyval::state_machine::SnapshotWriter {
+        let frozen = self.applied;
+        let release = self.release.clone();
+        Box::new(move || {
+            let _ = release.recv_timeout(Duration::from_secs(60));
+            frozen.to_le_bytes().to_vec()
+        })
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), keyval::state_machine::RestoreError> {
+        let bytes: [u8; 8] = data.try_into().map_err(|_| "not a counter")?;
+        self.applied = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+/// Issue #12: serializing a snapshot never stops the applier. While a snapshot's
+/// serialization is held up, writes keep committing and applying; the snapshot lands once it
+/// is released, carrying the state as it was frozen.
+#[test]
+fn writes_apply_while_a_snapshot_is_being_serialized() {
+    let (release_tx, release) = crossbeam_channel::bounded(1);
+    let (_inbound_tx, inbound) = keyval::transport::inbound_channel();
+    let node = Node::start(NodeOptions {
+        config: Config::new(NodeId(1)),
+        membership: Membership::new([NodeId(1)]),
+        storage: Box::new(MemDisk::new().open()),
+        transport: Arc::new(Nowhere),
+        inbound,
+        state_machine: SlowToSerialize {
+            applied: 0,
+            release,
+        },
+        seed: 9,
+    })
+    .expect("node starts");
+    wait_for("a leader", || {
+        node.status().role == keyval::raft::RoleKind::Leader
+    });
+    let deadline = || Instant::now() + Duration::from_secs(30);
+    node.propose(b"one".to_vec(), deadline()).unwrap();
+    node.request_snapshot();
+    // The snapshot is frozen at the next apply and then waits in serialization.
+    node.propose(b"two".to_vec(), deadline()).unwrap();
+    for k in 0..20 {
+        node.propose(format!("more-{k}").into_bytes(), deadline())
+            .expect("a write applies while a snapshot serializes");
+    }
+    assert!(node.latest_snapshot().is_none());
+    assert_eq!(node.with_state_machine(|state| state.applied), 22);
+    release_tx.send(()).unwrap();
+    wait_for("the snapshot", || node.latest_snapshot().is_some());
+    let snapshot = node.latest_snapshot().unwrap();
+    let frozen = u64::from_le_bytes(snapshot.data[..8].try_into().unwrap());
+    assert!(
+        (1..=2).contains(&frozen),
+        "the snapshot holds {frozen} commands, not the state at the request"
+    );
+    assert!(snapshot.meta.last.index < node.status().applied);
+}

@@ -50,12 +50,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         dir: "src/storage",
-        forbidden: &[
-            "crate::raft",
-            "Message",
-            "RoleKind",
-            "crate::transport",
-        ],
+        forbidden: &["crate::raft", "Message", "RoleKind", "crate::transport"],
         why: "storage knows entries, hard state and snapshots, never messages or roles",
     },
     Rule {

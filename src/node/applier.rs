@@ -56,24 +56,28 @@ pub(super) fn run<M: StateMachine>(
     }
 }
 
-/// Takes a snapshot when the policy says so (or an operator asked), and hands it to the log
-/// writer, which makes it durable and then compacts the log behind it.
+/// Freezes the state machine for a snapshot when the policy says so (or an operator asked),
+/// and hands it to the snapshot thread, which serializes it; the log writer then makes it
+/// durable and compacts the log behind it.
 ///
-/// The state machine is serialized under its lock: writes keep committing meanwhile (the log
-/// writer and the core are not involved), while applying and reads wait for it.
+/// Only the freeze holds the state machine's lock ([`StateMachine::snapshot_writer`]: O(1)
+/// for a copy-on-write state such as the key-value store's), so applying and reads do not wait
+/// for serialization.
 fn maybe_take_snapshot<M: StateMachine>(shared: &Shared<M>, applier: &mut ApplierState) {
     let requested = shared.snapshot_requested.load(Ordering::SeqCst);
     if !applier.snapshot_due(&shared.snapshot_policy, requested) {
         return;
     }
-    if shared.core.lock().local_snapshot.is_some() {
+    if shared.snapshot_in_flight.swap(true, Ordering::SeqCst) {
         return; // the previous one is still being written; try after the next apply
     }
     shared.snapshot_requested.store(false, Ordering::SeqCst);
-    let local = applier.take_snapshot(
+    let pending = applier.take_snapshot(
         &mut *shared.state_machine.lock(),
         shared.snapshot_policy.margin_entries,
     );
-    shared.core.lock().local_snapshot = Some(local);
-    let _ = shared.persist_wake.try_send(());
+    if shared.snapshot_tx.try_send(pending).is_err() {
+        // The snapshot thread is gone (shutting down).
+        shared.snapshot_in_flight.store(false, Ordering::SeqCst);
+    }
 }

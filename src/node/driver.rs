@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::StorageError;
 use crate::raft::{InstalledSnapshot, Message, Raft, ReadState, Ready, SnapshotData};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{SnapshotWriter, StateMachine};
 use crate::storage::{self, Storage};
 use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, SnapshotMeta};
 
@@ -376,23 +376,52 @@ impl ApplierState {
         requested || due_by_entries || due_by_bytes
     }
 
-    /// Serializes the state machine as of the last applied entry, stamped with the
-    /// configuration in force there, keeping `margin_entries` of log behind it.
+    /// Freezes the state machine as of the last applied entry, stamped with the configuration
+    /// in force there, keeping `margin_entries` of log behind it. The returned snapshot is
+    /// serialized by [`PendingSnapshot::write`], which may run on another thread.
     pub(crate) fn take_snapshot<M: StateMachine>(
         &mut self,
         state_machine: &mut M,
         margin_entries: u64,
-    ) -> LocalSnapshot {
-        let data = state_machine.snapshot();
+    ) -> PendingSnapshot {
+        let writer = state_machine.snapshot_writer();
         let meta = SnapshotMeta {
             last: self.last_applied,
             membership: self.membership.clone(),
         };
         self.last_snapshot = self.last_applied.index;
         self.applied_bytes = 0;
-        LocalSnapshot {
-            snapshot: SnapshotData::new(meta, Arc::new(data)),
+        PendingSnapshot {
+            writer,
+            meta,
             compact_through: LogIndex(self.last_applied.index.0.saturating_sub(margin_entries)),
+        }
+    }
+}
+
+/// A frozen state machine and what its snapshot will say, not serialized yet.
+pub(crate) struct PendingSnapshot {
+    writer: SnapshotWriter,
+    meta: SnapshotMeta,
+    compact_through: LogIndex,
+}
+
+impl std::fmt::Debug for PendingSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSnapshot")
+            .field("meta", &self.meta)
+            .field("compact_through", &self.compact_through)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingSnapshot {
+    /// Serializes it: the slow part, off the applier's path.
+    pub(crate) fn write(self) -> LocalSnapshot {
+        let data = (self.writer)();
+        LocalSnapshot {
+            snapshot: SnapshotData::new(self.meta, Arc::new(data)),
+            compact_through: self.compact_through,
         }
     }
 }

@@ -60,6 +60,7 @@ pub(super) fn run<M>(
                 core.raft.compact(local.snapshot, local.compact_through);
                 shared.route(&mut core);
             }
+            super::snapshotter::done(shared);
         }
     }
 }

@@ -21,6 +21,7 @@ mod applier;
 pub(crate) mod driver;
 mod inbound;
 mod log_writer;
+mod snapshotter;
 mod ticker;
 mod waiters;
 
@@ -40,7 +41,7 @@ use crate::storage::Storage;
 use crate::transport::Transport;
 use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, Term};
 
-use driver::{ApplyItem, LocalSnapshot, PersistRequest, SnapshotPolicy};
+use driver::{ApplyItem, LocalSnapshot, PendingSnapshot, PersistRequest, SnapshotPolicy};
 use waiters::Waiters;
 pub use waiters::{Completion, ProposalCompletion, ReadCompletion};
 
@@ -152,6 +153,10 @@ struct Shared<M> {
     next_read_context: AtomicU64,
     /// An operator asked for a snapshot now.
     snapshot_requested: AtomicBool,
+    /// Frozen states for the snapshot thread to serialize (at most one in flight).
+    snapshot_tx: Sender<PendingSnapshot>,
+    /// A snapshot is being serialized or saved; set by the applier, cleared by the log writer.
+    snapshot_in_flight: AtomicBool,
     /// Snapshot policy, from the configuration.
     snapshot_policy: SnapshotPolicy,
     /// Set when storage failed: the node stops serving.
@@ -291,6 +296,7 @@ impl<M: StateMachine> Node<M> {
         transport.update_members(raft.membership());
         let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
+        let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(1);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
         let shared = Arc::new(Shared {
             id,
@@ -310,6 +316,8 @@ impl<M: StateMachine> Node<M> {
             apply_wake,
             next_read_context: AtomicU64::new(1),
             snapshot_requested: AtomicBool::new(false),
+            snapshot_tx,
+            snapshot_in_flight: AtomicBool::new(false),
             snapshot_policy,
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
@@ -340,6 +348,11 @@ impl<M: StateMachine> Node<M> {
             threads.push(spawn(
                 "applier",
                 Box::new(move || applier::run(&s, applier, &apply_wake_rx, &r)),
+            )?);
+            let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
+            threads.push(spawn(
+                "snapshot",
+                Box::new(move || snapshotter::run(&s, &snapshot_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(

@@ -444,7 +444,10 @@ impl Simulation {
         if applied == LogIndex(0) || applied <= raft.log().snapshot().index {
             return;
         }
-        let local = node.applier.take_snapshot(&mut node.state_machine, margin);
+        let local = node
+            .applier
+            .take_snapshot(&mut node.state_machine, margin)
+            .write();
         node.pending.push_back(Pending::LocalSnapshot(local));
     }
 
