@@ -116,6 +116,22 @@ pub struct NodeArgs {
     /// Deadline of client requests that do not carry one, in milliseconds.
     #[arg(long, env = "KEYVAL_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// Close a client connection that sent nothing and had nothing in flight for this many
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "KEYVAL_CLIENT_IDLE_TIMEOUT_MS",
+        default_value_t = crate::server::IDLE_TIMEOUT_DEFAULT.as_millis() as u64
+    )]
+    pub client_idle_timeout_ms: u64,
+    /// Close a client connection whose request frame is not whole this many milliseconds
+    /// after its first byte arrived.
+    #[arg(
+        long,
+        env = "KEYVAL_CLIENT_FRAME_TIMEOUT_MS",
+        default_value_t = crate::server::FRAME_TIMEOUT_DEFAULT.as_millis() as u64
+    )]
+    pub client_frame_timeout_ms: u64,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
@@ -233,6 +249,9 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             crate::server::REQUEST_TIMEOUT_MAX.as_millis()
         );
     }
+    if args.client_idle_timeout_ms == 0 || args.client_frame_timeout_ms == 0 {
+        bail!("--client-idle-timeout-ms and --client-frame-timeout-ms must be at least 1");
+    }
     Ok(Plan {
         id,
         cluster,
@@ -317,6 +336,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     server_options.connections_max = args.max_connections;
     server_options.inflight_per_connection_max = args.max_inflight;
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
+    server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
+    server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
     let mut server = Server::start(Arc::clone(&node), server_options)?;
     log::info(
         "node started",

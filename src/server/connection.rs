@@ -24,6 +24,7 @@ use crate::log;
 use crate::node::{ProposalCompletion, ReadCompletion};
 use crate::types::NodeId;
 
+use super::deadlines::{ConnectionDeadlines, Expired};
 use super::protocol::{
     Consistency, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame, ResponseBody,
     ResponseFrame, ServerError, SnapshotRequested, StatusReply,
@@ -137,6 +138,26 @@ fn spawn_threads(
 /// The writer has gone away; stop reading.
 struct WriterGone;
 
+/// Why the reader closes its connection.
+enum Close {
+    /// Garbage, a truncated frame, an oversized length prefix, a payload that is not a request.
+    BadInput(FrameError),
+    /// Idle too long, or a frame too slow to arrive.
+    Expired(Expired),
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::BadInput(error) => write!(formatter, "bad input: {error}"),
+            Close::Expired(expired) => expired.fmt(formatter),
+            Close::Io(error) => write!(formatter, "read failed: {error}"),
+        }
+    }
+}
+
 struct Reader {
     shared: Arc<Shared>,
     /// Requests submitted and not yet answered (shared with the writer).
@@ -161,6 +182,9 @@ struct Reader {
 impl Reader {
     fn run(mut self, mut stream: TcpStream) {
         let mut frames = FrameReader::new();
+        let options = &self.shared.options;
+        let mut deadlines =
+            ConnectionDeadlines::new(Instant::now(), options.idle_timeout, options.frame_timeout);
         let reason = loop {
             // Serve every whole frame buffered before reading more.
             match frames.next_buffered::<RequestFrame>() {
@@ -175,36 +199,48 @@ impl Reader {
                         break None;
                     }
                 }
-                Err(error) => break Some(error),
+                Err(error) => break Some(Close::BadInput(error)),
             }
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break None;
             }
+            let now = Instant::now();
+            // A permit is held by every request not yet answered.
+            deadlines.observe(now, frames.has_partial(), !self.permits.is_empty());
+            if let Some(expired) = deadlines.expired(now) {
+                break Some(Close::Expired(expired));
+            }
             match frames.fill(&mut stream) {
-                Ok(true) => {}
+                Ok(true) => deadlines.received(Instant::now()),
                 Ok(false) if frames.has_partial() => {
-                    break Some(FrameError::Truncated {
+                    break Some(Close::BadInput(FrameError::Truncated {
                         buffered: frames.buffered(),
-                    });
+                    }));
                 }
                 Ok(false) => break None,
                 Err(error)
                     if matches!(
                         error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => break Some(FrameError::Io(error)),
+                Err(error) => break Some(Close::Io(error)),
             }
         };
         // Writes decoded before the connection ended were received whole: submit them.
         let _ = self.flush_writes();
         if let Some(reason) = reason {
-            let bad_input = !matches!(reason, FrameError::Io(_));
-            if bad_input {
-                self.shared
-                    .connections_closed_bad_input
-                    .fetch_add(1, Ordering::Relaxed);
+            let counter = match &reason {
+                Close::BadInput(_) => Some(&self.shared.connections_closed_bad_input),
+                Close::Expired(Expired::Idle { .. }) => Some(&self.shared.connections_closed_idle),
+                Close::Expired(Expired::SlowFrame { .. }) => {
+                    Some(&self.shared.connections_closed_slow)
+                }
+                Close::Io(_) => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             log::info(
                 "closing client connection",

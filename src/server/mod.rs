@@ -22,9 +22,21 @@
 //! connection, with a logged reason. [`Server::shutdown`] stops accepting, lets every
 //! connection finish the requests it has in flight (each bounded by its deadline), closes
 //! them and joins every thread.
+//!
+//! A connection cannot hold resources by sending nothing, or too little:
+//!
+//! | what | bound | then |
+//! |---|---|---|
+//! | connections | [`ServerOptions::connections_max`] | more are closed at once |
+//! | idle: nothing received, nothing in flight | [`ServerOptions::idle_timeout`] | closed |
+//! | a frame begun and not whole | [`ServerOptions::frame_timeout`] | closed |
+//!
+//! The deadlines (`server/deadlines.rs`) are plain values that take the time as an argument;
+//! nothing in them depends on a connection owning threads.
 
 mod admin;
 mod connection;
+mod deadlines;
 pub mod protocol;
 mod responder;
 mod snapshot;
@@ -58,6 +70,15 @@ pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// The longest time any request may take, whatever the client asks.
 pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
+/// Default time after which a connection with nothing in flight that sent nothing is closed.
+/// Idle connections would otherwise hold the connection slots for good: `connections_max`
+/// of them lock every other client out.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Default time a frame may take to arrive whole once its first byte arrived (a 16 MiB frame
+/// at 1 MB/s takes 16 s). A slow-loris sender is closed at this deadline.
+pub const FRAME_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
 /// How often blocked reader threads look at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -79,6 +100,11 @@ pub struct ServerOptions {
     /// How long one write of responses may block before the connection is dropped (a client
     /// that stops reading must not pin a thread, or shutdown, forever).
     pub write_timeout: Duration,
+    /// A connection that sent nothing and had nothing in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or its connection is
+    /// closed.
+    pub frame_timeout: Duration,
 }
 
 impl ServerOptions {
@@ -91,6 +117,8 @@ impl ServerOptions {
             inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX_DEFAULT,
             request_timeout_default: REQUEST_TIMEOUT_DEFAULT,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            frame_timeout: FRAME_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -128,6 +156,10 @@ pub struct ServerStats {
     pub connections_refused: u64,
     /// Connections closed because of bad input.
     pub connections_closed_bad_input: u64,
+    /// Connections closed after the idle timeout.
+    pub connections_closed_idle: u64,
+    /// Connections closed because a frame did not arrive whole within the frame timeout.
+    pub connections_closed_slow: u64,
     /// Connections open now.
     pub connections_open: usize,
     /// Requests received.
@@ -144,6 +176,8 @@ pub(crate) struct Shared {
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
     pub(crate) connections_closed_bad_input: AtomicU64,
+    pub(crate) connections_closed_idle: AtomicU64,
+    pub(crate) connections_closed_slow: AtomicU64,
     pub(crate) requests: AtomicU64,
     /// Admin requests (membership changes, transfers) being served now, each on its own
     /// thread; at most [`admin::ADMIN_REQUESTS_MAX`].
@@ -201,6 +235,11 @@ impl Server {
                 reason: format!("request_timeout_default must be in (0, {REQUEST_TIMEOUT_MAX:?}]"),
             });
         }
+        if options.idle_timeout.is_zero() || options.frame_timeout.is_zero() {
+            return Err(ServerStartError::Invalid {
+                reason: "idle_timeout and frame_timeout must be longer than zero".into(),
+            });
+        }
         let listener =
             TcpListener::bind(options.listen).map_err(|source| ServerStartError::Bind {
                 address: options.listen,
@@ -227,6 +266,8 @@ impl Server {
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_closed_bad_input: AtomicU64::new(0),
+            connections_closed_idle: AtomicU64::new(0),
+            connections_closed_slow: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             admin_in_flight: AtomicUsize::new(0),
             connection_threads: Mutex::new(Vec::new()),
@@ -261,6 +302,8 @@ impl Server {
                 .shared
                 .connections_closed_bad_input
                 .load(Ordering::Relaxed),
+            connections_closed_idle: self.shared.connections_closed_idle.load(Ordering::Relaxed),
+            connections_closed_slow: self.shared.connections_closed_slow.load(Ordering::Relaxed),
             connections_open: self.shared.connections_open.load(Ordering::Relaxed),
             requests: self.shared.requests.load(Ordering::Relaxed),
         }
