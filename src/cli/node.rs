@@ -132,6 +132,14 @@ pub struct NodeArgs {
         default_value_t = crate::server::FRAME_TIMEOUT_DEFAULT.as_millis() as u64
     )]
     pub client_frame_timeout_ms: u64,
+    /// Bytes all client connections together may hold for request frames larger than a
+    /// connection's 64 KiB read buffer while they arrive; a frame that does not fit waits.
+    #[arg(
+        long,
+        env = "KEYVAL_CLIENT_BUFFER_BYTES_MAX",
+        default_value_t = crate::server::REQUEST_BUFFER_BYTES_MAX_DEFAULT
+    )]
+    pub client_buffer_bytes_max: u64,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
@@ -252,6 +260,12 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     if args.client_idle_timeout_ms == 0 || args.client_frame_timeout_ms == 0 {
         bail!("--client-idle-timeout-ms and --client-frame-timeout-ms must be at least 1");
     }
+    if args.client_buffer_bytes_max < crate::server::REQUEST_BUFFER_BYTES_MIN {
+        bail!(
+            "--client-buffer-bytes-max must be at least {} (one maximal frame)",
+            crate::server::REQUEST_BUFFER_BYTES_MIN
+        );
+    }
     Ok(Plan {
         id,
         cluster,
@@ -338,6 +352,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
     server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
+    server_options.request_buffer_bytes_max = args.client_buffer_bytes_max;
     let mut server = Server::start(Arc::clone(&node), server_options)?;
     log::info(
         "node started",

@@ -26,8 +26,8 @@ use crate::types::NodeId;
 
 use super::deadlines::{ConnectionDeadlines, Expired};
 use super::protocol::{
-    Consistency, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame, ResponseBody,
-    ResponseFrame, ServerError, SnapshotRequested, StatusReply,
+    Consistency, Filled, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame,
+    ResponseBody, ResponseFrame, ServerError, SnapshotRequested, StatusReply,
 };
 use super::responder::{self, Event, PendingKind, PendingTable};
 use super::snapshot::SnapshotPin;
@@ -181,7 +181,8 @@ struct Reader {
 
 impl Reader {
     fn run(mut self, mut stream: TcpStream) {
-        let mut frames = FrameReader::new();
+        let budget = Arc::clone(&self.shared.request_buffer);
+        let mut frames = FrameReader::with_budget(Arc::clone(&budget));
         let options = &self.shared.options;
         let mut deadlines =
             ConnectionDeadlines::new(Instant::now(), options.idle_timeout, options.frame_timeout);
@@ -211,23 +212,34 @@ impl Reader {
                 break Some(Close::Expired(expired));
             }
             match frames.fill(&mut stream) {
-                Ok(true) => deadlines.received(Instant::now()),
-                Ok(false) if frames.has_partial() => {
+                Ok(Filled::Bytes) => deadlines.received(Instant::now()),
+                Ok(Filled::End) if frames.has_partial() => {
                     break Some(Close::BadInput(FrameError::Truncated {
                         buffered: frames.buffered(),
                     }));
                 }
-                Ok(false) => break None,
-                Err(error)
+                Ok(Filled::End) => break None,
+                // Stop reading (TCP slows the client) until room is released; the frame's
+                // deadline keeps running.
+                Ok(Filled::WaitingForBudget { bytes }) => {
+                    let until_deadline = deadlines
+                        .next_deadline()
+                        .saturating_duration_since(Instant::now());
+                    budget.wait_for_room(bytes, POLL_INTERVAL.min(until_deadline));
+                }
+                Err(FrameError::Io(error))
                     if matches!(
                         error.kind(),
                         std::io::ErrorKind::WouldBlock
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(error) => break Some(Close::Io(error)),
+                Err(FrameError::Io(error)) => break Some(Close::Io(error)),
+                Err(error) => break Some(Close::BadInput(error)),
             }
         };
+        // Return the frame's reservation now, not when the writer is done.
+        drop(frames);
         // Writes decoded before the connection ended were received whole: submit them.
         let _ = self.flush_writes();
         if let Some(reason) = reason {

@@ -9,7 +9,7 @@
 //!
 //! Pure bookkeeping over instants the caller passes in (no clock, no thread): the
 //! thread-per-connection reader asks after every read or read timeout; an event loop can keep
-//! one per connection the same way.
+//! one per connection and arm a timer at [`ConnectionDeadlines::next_deadline`].
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,15 @@ impl ConnectionDeadlines {
             }
         }
     }
+
+    /// The next instant at which [`expired`](ConnectionDeadlines::expired) may answer, unless
+    /// something is observed before.
+    pub(crate) fn next_deadline(&self) -> Instant {
+        match self.frame_started_at {
+            Some(started) => started + self.frame_timeout,
+            None => self.busy_at + self.idle_timeout,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +132,7 @@ mod tests {
         // A request in flight until 20 keeps it busy.
         deadlines.observe(at(20), false, true);
         assert_eq!(deadlines.expired(at(29)), None);
+        assert_eq!(deadlines.next_deadline(), at(30));
         assert!(deadlines.expired(at(30)).is_some());
     }
 
@@ -137,6 +147,7 @@ mod tests {
         deadlines.received(at(2));
         deadlines.observe(at(2), true, false);
         assert_eq!(deadlines.expired(at(3)), None);
+        assert_eq!(deadlines.next_deadline(), at(4));
         assert_eq!(
             deadlines.expired(at(4)),
             Some(Expired::SlowFrame {

@@ -30,11 +30,13 @@
 //! | connections | [`ServerOptions::connections_max`] | more are closed at once |
 //! | idle: nothing received, nothing in flight | [`ServerOptions::idle_timeout`] | closed |
 //! | a frame begun and not whole | [`ServerOptions::frame_timeout`] | closed |
+//! | bytes of frames larger than a connection's 64 KiB read buffer, all connections | [`ServerOptions::request_buffer_bytes_max`] ([`budget`]) | the frame waits, unread, until room is released or its frame deadline passes |
 //!
-//! The deadlines (`server/deadlines.rs`) are plain values that take the time as an argument;
-//! nothing in them depends on a connection owning threads.
+//! The deadlines (`server/deadlines.rs`) and the budget are plain values that take the time as an
+//! argument or return a reservation; nothing in them depends on a connection owning threads.
 
 mod admin;
+pub mod budget;
 mod connection;
 mod deadlines;
 pub mod protocol;
@@ -50,10 +52,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::codec::RECORD_HEADER_BYTES;
 use crate::kv::KvStore;
+use crate::limits::FRAME_BYTES_MAX;
 use crate::log;
 use crate::node::Node;
 use crate::types::NodeId;
+
+use budget::ByteBudget;
 
 /// Default bound on open client connections per node.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
@@ -78,6 +84,16 @@ pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// Default time a frame may take to arrive whole once its first byte arrived (a 16 MiB frame
 /// at 1 MB/s takes 16 s). A slow-loris sender is closed at this deadline.
 pub const FRAME_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Default cap on the bytes all connections together hold for frames larger than a
+/// connection's read buffer, while they arrive ([`budget`]): eight maximal frames.
+pub const REQUEST_BUFFER_BYTES_MAX_DEFAULT: u64 = 8 * REQUEST_BUFFER_BYTES_MIN;
+
+/// The smallest request-buffer budget: one maximal frame with its header, so that every valid
+/// frame can be received.
+pub const REQUEST_BUFFER_BYTES_MIN: u64 = FRAME_BYTES_MAX + RECORD_HEADER_BYTES as u64;
+
+const _: () = assert!(REQUEST_BUFFER_BYTES_MAX_DEFAULT >= REQUEST_BUFFER_BYTES_MIN);
 
 /// How often blocked reader threads look at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -105,6 +121,11 @@ pub struct ServerOptions {
     /// A frame must arrive whole within this long of its first byte, or its connection is
     /// closed.
     pub frame_timeout: Duration,
+    /// Bytes all connections together may hold for frames larger than their read buffer
+    /// while those arrive; a frame that does not fit waits (the connection stops reading)
+    /// until room is released or its frame deadline passes. At least
+    /// [`REQUEST_BUFFER_BYTES_MIN`].
+    pub request_buffer_bytes_max: u64,
 }
 
 impl ServerOptions {
@@ -119,6 +140,7 @@ impl ServerOptions {
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             frame_timeout: FRAME_TIMEOUT_DEFAULT,
+            request_buffer_bytes_max: REQUEST_BUFFER_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -164,6 +186,13 @@ pub struct ServerStats {
     pub connections_open: usize,
     /// Requests received.
     pub requests: u64,
+    /// Bytes of the request-buffer budget reserved now (frames being received that are
+    /// larger than a connection's read buffer).
+    pub request_buffer_bytes: u64,
+    /// The most bytes of the budget ever reserved at once; never above the budget.
+    pub request_buffer_bytes_max: u64,
+    /// Frames that had to wait for room in the budget.
+    pub request_buffer_waits: u64,
 }
 
 /// State shared by the server's threads.
@@ -179,6 +208,8 @@ pub(crate) struct Shared {
     pub(crate) connections_closed_idle: AtomicU64,
     pub(crate) connections_closed_slow: AtomicU64,
     pub(crate) requests: AtomicU64,
+    /// Caps the bytes held by frames being received (see [`budget`]).
+    pub(crate) request_buffer: Arc<ByteBudget>,
     /// Admin requests (membership changes, transfers) being served now, each on its own
     /// thread; at most [`admin::ADMIN_REQUESTS_MAX`].
     pub(crate) admin_in_flight: AtomicUsize,
@@ -240,6 +271,16 @@ impl Server {
                 reason: "idle_timeout and frame_timeout must be longer than zero".into(),
             });
         }
+        if options.request_buffer_bytes_max < REQUEST_BUFFER_BYTES_MIN {
+            return Err(ServerStartError::Invalid {
+                reason: format!(
+                    "request_buffer_bytes_max must be at least {REQUEST_BUFFER_BYTES_MIN} (one \
+                     maximal frame), not {}",
+                    options.request_buffer_bytes_max
+                ),
+            });
+        }
+        let request_buffer_bytes_max = options.request_buffer_bytes_max;
         let listener =
             TcpListener::bind(options.listen).map_err(|source| ServerStartError::Bind {
                 address: options.listen,
@@ -269,6 +310,7 @@ impl Server {
             connections_closed_idle: AtomicU64::new(0),
             connections_closed_slow: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            request_buffer: Arc::new(ByteBudget::new(request_buffer_bytes_max)),
             admin_in_flight: AtomicUsize::new(0),
             connection_threads: Mutex::new(Vec::new()),
         });
@@ -306,6 +348,9 @@ impl Server {
             connections_closed_slow: self.shared.connections_closed_slow.load(Ordering::Relaxed),
             connections_open: self.shared.connections_open.load(Ordering::Relaxed),
             requests: self.shared.requests.load(Ordering::Relaxed),
+            request_buffer_bytes: self.shared.request_buffer.reserved(),
+            request_buffer_bytes_max: self.shared.request_buffer.reserved_max(),
+            request_buffer_waits: self.shared.request_buffer.waits(),
         }
     }
 
