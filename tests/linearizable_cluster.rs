@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use keyval::kv::{Command, Expect, KvStore, Response as KvResponse};
 use keyval::testkit::linearizability::{
-    check, CheckResult, ClientId, History, Outcome, Request, Response,
+    assert_no_violation, ClientId, History, Outcome, Request, Response,
 };
 use keyval::testkit::{Cluster, StorageKind};
 use keyval::NodeId;
@@ -172,13 +172,8 @@ fn run(storage: StorageKind, check_quorum: bool, nemesis: fn(&Cluster<KvStore>, 
         known > 50,
         "too few operations completed: {known} (seed {seed})"
     );
-    match check(&operations) {
-        CheckResult::Linearizable => {}
-        other => panic!(
-            "history of {} operations is not linearizable (seed {seed}): {other:?}",
-            operations.len()
-        ),
-    }
+    // A history the checker cannot decide is announced, not failed (docs/testing.md).
+    assert_no_violation(&operations, &format!("seed {seed}"));
 }
 
 fn partitions(cluster: &Cluster<KvStore>, rng: &mut StdRng) {
