@@ -8,6 +8,12 @@
 //! the writer's planned wake-up (one futex wake per request saved under load). Stale reads,
 //! status requests and refusals are answered at once through the same writer. Lease reads
 //! wait (briefly, bounded by the request's deadline) for the lease's read point to apply.
+//!
+//! Between frames the reader judges the connection's time ([`ConnectionDeadlines`]): it closes
+//! a connection idle past the idle timeout, or one whose frame is not whole by the frame
+//! deadline. A frame larger than the read buffer is read only under a reservation from the
+//! server's request-buffer budget ([`super::budget`]); while none is to be had, the reader
+//! waits instead of reading.
 
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
