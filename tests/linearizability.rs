@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyval::testkit::linearizability::{
-    check, check_with_options, check_with_statistics, validate, CheckOptions, CheckResult,
-    ClientId, Explanation, History, HistoryError, Operation, Outcome, Request, Response,
+    assert_no_violation, assert_no_violation_with, check, check_with_budgets, check_with_options,
+    check_with_statistics, validate, BudgetSpent, CheckOptions, CheckResult, ClientId, Explanation,
+    History, HistoryError, Operation, Outcome, Request, Response,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -761,25 +762,29 @@ fn exponential_history(writes: u64) -> Vec<Operation> {
 }
 
 #[test]
-fn step_limit_ends_the_search_with_timed_out() {
+fn step_limit_ends_the_search_undecided_not_violated() {
     let options = CheckOptions {
         time_limit: None,
         step_limit: Some(10_000),
     };
-    match check_with_options(&exponential_history(40), &options) {
-        CheckResult::TimedOut {
+    let result = check_with_options(&exponential_history(40), &options);
+    assert!(!result.is_violation() && result.is_undecided(), "{result}");
+    match result {
+        CheckResult::Undecided {
             unchecked_keys,
             steps,
+            spent,
         } => {
             assert_eq!(unchecked_keys, vec![b"x".to_vec()]);
             assert_eq!(steps, 10_000);
+            assert_eq!(spent, BudgetSpent::Steps);
         }
-        other => panic!("expected a timeout, got {other}"),
+        other => panic!("expected undecided, got {other}"),
     }
 }
 
 #[test]
-fn time_limit_ends_the_search_with_timed_out() {
+fn time_limit_ends_the_search_undecided_not_violated() {
     let options = CheckOptions {
         time_limit: Some(Duration::from_millis(100)),
         step_limit: None,
@@ -787,11 +792,68 @@ fn time_limit_ends_the_search_with_timed_out() {
     let started = Instant::now();
     let result = check_with_options(&exponential_history(40), &options);
     assert!(
-        matches!(result, CheckResult::TimedOut { .. }),
-        "expected a timeout, got {result}"
+        matches!(
+            result,
+            CheckResult::Undecided {
+                spent: BudgetSpent::Time,
+                ..
+            }
+        ),
+        "expected undecided, got {result}"
     );
+    assert!(result
+        .to_string()
+        .starts_with("undecided (not a violation)"));
     // Generous: the point is that it returns, not how promptly on a loaded machine.
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_bigger_budget_decides_what_a_smaller_one_left_undecided_and_finds_the_violation() {
+    // Refuting the read takes 163,841 steps.
+    let mut operations = exponential_history(14);
+    operations.push(put(50, "a", "1", 0, 10));
+    operations.push(get(51, "a", Some("1"), 20, 30));
+    let small = CheckOptions {
+        time_limit: None,
+        step_limit: Some(10_000),
+    };
+    let large = CheckOptions {
+        time_limit: None,
+        step_limit: Some(1_000_000),
+    };
+    assert!(check_with_options(&operations, &small).is_undecided());
+    let (result, statistics) = check_with_budgets(&operations, &[small, large]);
+    match result {
+        CheckResult::NotLinearizable { key, .. } => assert_eq!(key, b"x"),
+        other => panic!("expected the violation on x, got {other}"),
+    }
+    // "a" was decided under the small budget and not searched again: 2 keys, then 1.
+    assert_eq!(statistics.keys_searched, 3);
+}
+
+#[test]
+fn assert_no_violation_accepts_undecided_and_panics_on_a_violation() {
+    let tiny = [CheckOptions {
+        time_limit: None,
+        step_limit: Some(1_000),
+    }];
+    let checked =
+        assert_no_violation_with(&exponential_history(14), &tiny, "expected by this test");
+    assert!(checked.result.is_undecided(), "{}", checked.result);
+    let saved = checked.saved.expect("an undecided history is saved");
+    let reloaded: Vec<Operation> = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(reloaded, exponential_history(14));
+    std::fs::remove_file(saved).unwrap();
+
+    let linearizable = [put(1, "x", "1", 0, 10), get(2, "x", Some("1"), 20, 30)];
+    assert!(assert_no_violation(&linearizable, "a test")
+        .result
+        .is_linearizable());
+    let stale = [put(1, "x", "1", 0, 10), get(2, "x", None, 20, 30)];
+    let panic = std::panic::catch_unwind(|| assert_no_violation(&stale, "seed 7")).unwrap_err();
+    let message = panic.downcast::<String>().unwrap();
+    assert!(message.contains("not linearizable (seed 7)"), "{message}");
 }
 
 #[test]
@@ -968,7 +1030,7 @@ fn performance_of_large_histories() {
         let verdict = |result: &CheckResult| match result {
             CheckResult::Linearizable => "linearizable",
             CheckResult::NotLinearizable { .. } => "rejected",
-            CheckResult::TimedOut { .. } => "timed out",
+            CheckResult::Undecided { .. } => "undecided",
         };
         eprintln!(
             "{clients} clients, {keys} keys, {:.0}% unknown: {} in {:?} ({} steps, {} configurations); \

@@ -63,6 +63,11 @@ fn wrong_flags_exit_non_zero_with_a_message() {
         ),
         (vec!["--id", "0"], "ids start at 1"),
         (vec!["--election-ticks", "3"], "election_ticks"),
+        (vec!["--client-idle-timeout-ms", "0"], "at least 1"),
+        (
+            vec!["--client-buffer-bytes-max", "1024"],
+            "one maximal frame",
+        ),
     ] {
         let out = keyval(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -120,6 +120,30 @@ pub struct NodeArgs {
     /// Deadline of client requests that do not carry one, in milliseconds.
     #[arg(long, env = "KEYVAL_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// Close a client connection that sent nothing and had nothing in flight for this many
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "KEYVAL_CLIENT_IDLE_TIMEOUT_MS",
+        default_value_t = crate::server::IDLE_TIMEOUT_DEFAULT.as_millis() as u64
+    )]
+    pub client_idle_timeout_ms: u64,
+    /// Close a client connection whose request frame is not whole this many milliseconds
+    /// after its first byte arrived.
+    #[arg(
+        long,
+        env = "KEYVAL_CLIENT_FRAME_TIMEOUT_MS",
+        default_value_t = crate::server::FRAME_TIMEOUT_DEFAULT.as_millis() as u64
+    )]
+    pub client_frame_timeout_ms: u64,
+    /// Bytes all client connections together may hold for request frames larger than a
+    /// connection's 64 KiB read buffer while they arrive; a frame that does not fit waits.
+    #[arg(
+        long,
+        env = "KEYVAL_CLIENT_BUFFER_BYTES_MAX",
+        default_value_t = crate::server::REQUEST_BUFFER_BYTES_MAX_DEFAULT
+    )]
+    pub client_buffer_bytes_max: u64,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
@@ -259,6 +283,15 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             crate::server::REQUEST_TIMEOUT_MAX.as_millis()
         );
     }
+    if args.client_idle_timeout_ms == 0 || args.client_frame_timeout_ms == 0 {
+        bail!("--client-idle-timeout-ms and --client-frame-timeout-ms must be at least 1");
+    }
+    if args.client_buffer_bytes_max < crate::server::REQUEST_BUFFER_BYTES_MIN {
+        bail!(
+            "--client-buffer-bytes-max must be at least {} (one maximal frame)",
+            crate::server::REQUEST_BUFFER_BYTES_MIN
+        );
+    }
     Ok(Plan {
         id,
         cluster,
@@ -362,6 +395,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     server_options.connections_max = args.max_connections;
     server_options.inflight_per_connection_max = args.max_inflight;
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
+    server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
+    server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
+    server_options.request_buffer_bytes_max = args.client_buffer_bytes_max;
     let mut server = Server::start(Arc::clone(&node), server_options)?;
     log::info(
         "node started",

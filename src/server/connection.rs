@@ -8,6 +8,12 @@
 //! the writer's planned wake-up (one futex wake per request saved under load). Stale reads,
 //! status requests and refusals are answered at once through the same writer. Lease reads
 //! wait (briefly, bounded by the request's deadline) for the lease's read point to apply.
+//!
+//! Between frames the reader judges the connection's time ([`ConnectionDeadlines`]): it closes
+//! a connection idle past the idle timeout, or one whose frame is not whole by the frame
+//! deadline. A frame larger than the read buffer is read only under a reservation from the
+//! server's request-buffer budget ([`super::budget`]); while none is to be had, the reader
+//! waits instead of reading.
 
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -24,9 +30,10 @@ use crate::log;
 use crate::node::{ProposalCompletion, ReadCompletion};
 use crate::types::NodeId;
 
+use super::deadlines::{ConnectionDeadlines, Expired};
 use super::protocol::{
-    Consistency, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame, ResponseBody,
-    ResponseFrame, ServerError, SnapshotRequested, StatusReply,
+    Consistency, Filled, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame,
+    ResponseBody, ResponseFrame, ServerError, SnapshotRequested, StatusReply,
 };
 use super::responder::{self, Event, PendingKind, PendingTable};
 use super::snapshot::SnapshotPin;
@@ -137,6 +144,26 @@ fn spawn_threads(
 /// The writer has gone away; stop reading.
 struct WriterGone;
 
+/// Why the reader closes its connection.
+enum Close {
+    /// Garbage, a truncated frame, an oversized length prefix, a payload that is not a request.
+    BadInput(FrameError),
+    /// Idle too long, or a frame too slow to arrive.
+    Expired(Expired),
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::BadInput(error) => write!(formatter, "bad input: {error}"),
+            Close::Expired(expired) => expired.fmt(formatter),
+            Close::Io(error) => write!(formatter, "read failed: {error}"),
+        }
+    }
+}
+
 struct Reader {
     shared: Arc<Shared>,
     /// Requests submitted and not yet answered (shared with the writer).
@@ -160,7 +187,11 @@ struct Reader {
 
 impl Reader {
     fn run(mut self, mut stream: TcpStream) {
-        let mut frames = FrameReader::new();
+        let budget = Arc::clone(&self.shared.request_buffer);
+        let mut frames = FrameReader::with_budget(Arc::clone(&budget));
+        let options = &self.shared.options;
+        let mut deadlines =
+            ConnectionDeadlines::new(Instant::now(), options.idle_timeout, options.frame_timeout);
         let reason = loop {
             // Serve every whole frame buffered before reading more.
             match frames.next_buffered::<RequestFrame>() {
@@ -175,36 +206,59 @@ impl Reader {
                         break None;
                     }
                 }
-                Err(error) => break Some(error),
+                Err(error) => break Some(Close::BadInput(error)),
             }
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break None;
             }
+            let now = Instant::now();
+            // A permit is held by every request not yet answered.
+            deadlines.observe(now, frames.has_partial(), !self.permits.is_empty());
+            if let Some(expired) = deadlines.expired(now) {
+                break Some(Close::Expired(expired));
+            }
             match frames.fill(&mut stream) {
-                Ok(true) => {}
-                Ok(false) if frames.has_partial() => {
-                    break Some(FrameError::Truncated {
+                Ok(Filled::Bytes) => deadlines.received(Instant::now()),
+                Ok(Filled::End) if frames.has_partial() => {
+                    break Some(Close::BadInput(FrameError::Truncated {
                         buffered: frames.buffered(),
-                    });
+                    }));
                 }
-                Ok(false) => break None,
-                Err(error)
+                Ok(Filled::End) => break None,
+                // Stop reading (TCP slows the client) until room is released; the frame's
+                // deadline keeps running.
+                Ok(Filled::WaitingForBudget { bytes }) => {
+                    let until_deadline = deadlines
+                        .next_deadline()
+                        .saturating_duration_since(Instant::now());
+                    budget.wait_for_room(bytes, POLL_INTERVAL.min(until_deadline));
+                }
+                Err(FrameError::Io(error))
                     if matches!(
                         error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => break Some(FrameError::Io(error)),
+                Err(FrameError::Io(error)) => break Some(Close::Io(error)),
+                Err(error) => break Some(Close::BadInput(error)),
             }
         };
+        // Return the frame's reservation now, not when the writer is done.
+        drop(frames);
         // Writes decoded before the connection ended were received whole: submit them.
         let _ = self.flush_writes();
         if let Some(reason) = reason {
-            let bad_input = !matches!(reason, FrameError::Io(_));
-            if bad_input {
-                self.shared
-                    .connections_closed_bad_input
-                    .fetch_add(1, Ordering::Relaxed);
+            let counter = match &reason {
+                Close::BadInput(_) => Some(&self.shared.connections_closed_bad_input),
+                Close::Expired(Expired::Idle { .. }) => Some(&self.shared.connections_closed_idle),
+                Close::Expired(Expired::SlowFrame { .. }) => {
+                    Some(&self.shared.connections_closed_slow)
+                }
+                Close::Io(_) => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             log::info(
                 "closing client connection",

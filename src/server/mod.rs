@@ -22,9 +22,23 @@
 //! connection, with a logged reason. [`Server::shutdown`] stops accepting, lets every
 //! connection finish the requests it has in flight (each bounded by its deadline), closes
 //! them and joins every thread.
+//!
+//! A connection cannot hold resources by sending nothing, or too little:
+//!
+//! | what | bound | then |
+//! |---|---|---|
+//! | connections | [`ServerOptions::connections_max`] | more are closed at once |
+//! | idle: nothing received, nothing in flight | [`ServerOptions::idle_timeout`] | closed |
+//! | a frame begun and not whole | [`ServerOptions::frame_timeout`] | closed |
+//! | bytes of frames larger than a connection's 64 KiB read buffer, all connections | [`ServerOptions::request_buffer_bytes_max`] ([`budget`]) | the frame waits, unread, until room is released or its frame deadline passes |
+//!
+//! The deadlines (`server/deadlines.rs`) and the budget are plain values that take the time as an
+//! argument or return a reservation; nothing in them depends on a connection owning threads.
 
 mod admin;
+pub mod budget;
 mod connection;
+mod deadlines;
 pub mod protocol;
 mod responder;
 mod snapshot;
@@ -38,10 +52,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::codec::RECORD_HEADER_BYTES;
 use crate::kv::KvStore;
+use crate::limits::FRAME_BYTES_MAX;
 use crate::log;
 use crate::node::Node;
 use crate::types::NodeId;
+
+use budget::ByteBudget;
 
 /// Default bound on open client connections per node.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
@@ -57,6 +75,25 @@ pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The longest time any request may take, whatever the client asks.
 pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// Default time after which a connection with nothing in flight that sent nothing is closed.
+/// Idle connections would otherwise hold the connection slots for good: `connections_max`
+/// of them lock every other client out.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Default time a frame may take to arrive whole once its first byte arrived (a 16 MiB frame
+/// at 1 MB/s takes 16 s). A slow-loris sender is closed at this deadline.
+pub const FRAME_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Default cap on the bytes all connections together hold for frames larger than a
+/// connection's read buffer, while they arrive ([`budget`]): eight maximal frames.
+pub const REQUEST_BUFFER_BYTES_MAX_DEFAULT: u64 = 8 * REQUEST_BUFFER_BYTES_MIN;
+
+/// The smallest request-buffer budget: one maximal frame with its header, so that every valid
+/// frame can be received.
+pub const REQUEST_BUFFER_BYTES_MIN: u64 = FRAME_BYTES_MAX + RECORD_HEADER_BYTES as u64;
+
+const _: () = assert!(REQUEST_BUFFER_BYTES_MAX_DEFAULT >= REQUEST_BUFFER_BYTES_MIN);
 
 /// How often blocked reader threads look at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -79,6 +116,16 @@ pub struct ServerOptions {
     /// How long one write of responses may block before the connection is dropped (a client
     /// that stops reading must not pin a thread, or shutdown, forever).
     pub write_timeout: Duration,
+    /// A connection that sent nothing and had nothing in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or its connection is
+    /// closed.
+    pub frame_timeout: Duration,
+    /// Bytes all connections together may hold for frames larger than their read buffer
+    /// while those arrive; a frame that does not fit waits (the connection stops reading)
+    /// until room is released or its frame deadline passes. At least
+    /// [`REQUEST_BUFFER_BYTES_MIN`].
+    pub request_buffer_bytes_max: u64,
 }
 
 impl ServerOptions {
@@ -91,6 +138,9 @@ impl ServerOptions {
             inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX_DEFAULT,
             request_timeout_default: REQUEST_TIMEOUT_DEFAULT,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            frame_timeout: FRAME_TIMEOUT_DEFAULT,
+            request_buffer_bytes_max: REQUEST_BUFFER_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -128,10 +178,21 @@ pub struct ServerStats {
     pub connections_refused: u64,
     /// Connections closed because of bad input.
     pub connections_closed_bad_input: u64,
+    /// Connections closed after the idle timeout.
+    pub connections_closed_idle: u64,
+    /// Connections closed because a frame did not arrive whole within the frame timeout.
+    pub connections_closed_slow: u64,
     /// Connections open now.
     pub connections_open: usize,
     /// Requests received.
     pub requests: u64,
+    /// Bytes of the request-buffer budget reserved now (frames being received that are
+    /// larger than a connection's read buffer).
+    pub request_buffer_bytes: u64,
+    /// The most bytes of the budget ever reserved at once; never above the budget.
+    pub request_buffer_bytes_max: u64,
+    /// Frames that had to wait for room in the budget.
+    pub request_buffer_waits: u64,
 }
 
 /// State shared by the server's threads.
@@ -144,7 +205,11 @@ pub(crate) struct Shared {
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
     pub(crate) connections_closed_bad_input: AtomicU64,
+    pub(crate) connections_closed_idle: AtomicU64,
+    pub(crate) connections_closed_slow: AtomicU64,
     pub(crate) requests: AtomicU64,
+    /// Caps the bytes held by frames being received (see [`budget`]).
+    pub(crate) request_buffer: Arc<ByteBudget>,
     /// Admin requests (membership changes, transfers) being served now, each on its own
     /// thread; at most [`admin::ADMIN_REQUESTS_MAX`].
     pub(crate) admin_in_flight: AtomicUsize,
@@ -201,6 +266,21 @@ impl Server {
                 reason: format!("request_timeout_default must be in (0, {REQUEST_TIMEOUT_MAX:?}]"),
             });
         }
+        if options.idle_timeout.is_zero() || options.frame_timeout.is_zero() {
+            return Err(ServerStartError::Invalid {
+                reason: "idle_timeout and frame_timeout must be longer than zero".into(),
+            });
+        }
+        if options.request_buffer_bytes_max < REQUEST_BUFFER_BYTES_MIN {
+            return Err(ServerStartError::Invalid {
+                reason: format!(
+                    "request_buffer_bytes_max must be at least {REQUEST_BUFFER_BYTES_MIN} (one \
+                     maximal frame), not {}",
+                    options.request_buffer_bytes_max
+                ),
+            });
+        }
+        let request_buffer_bytes_max = options.request_buffer_bytes_max;
         let listener =
             TcpListener::bind(options.listen).map_err(|source| ServerStartError::Bind {
                 address: options.listen,
@@ -227,7 +307,10 @@ impl Server {
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_closed_bad_input: AtomicU64::new(0),
+            connections_closed_idle: AtomicU64::new(0),
+            connections_closed_slow: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            request_buffer: Arc::new(ByteBudget::new(request_buffer_bytes_max)),
             admin_in_flight: AtomicUsize::new(0),
             connection_threads: Mutex::new(Vec::new()),
         });
@@ -261,8 +344,13 @@ impl Server {
                 .shared
                 .connections_closed_bad_input
                 .load(Ordering::Relaxed),
+            connections_closed_idle: self.shared.connections_closed_idle.load(Ordering::Relaxed),
+            connections_closed_slow: self.shared.connections_closed_slow.load(Ordering::Relaxed),
             connections_open: self.shared.connections_open.load(Ordering::Relaxed),
             requests: self.shared.requests.load(Ordering::Relaxed),
+            request_buffer_bytes: self.shared.request_buffer.reserved(),
+            request_buffer_bytes_max: self.shared.request_buffer.reserved_max(),
+            request_buffer_waits: self.shared.request_buffer.waits(),
         }
     }
 

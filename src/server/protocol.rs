@@ -14,6 +14,8 @@
 //! ```
 
 use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,7 @@ use crate::error::CodecError;
 use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
+use crate::server::budget::{ByteBudget, Reservation};
 use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, SnapshotMeta, Term};
 
 /// How fresh a read must be.
@@ -398,24 +401,61 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// The reader's buffer size; it grows (doubling) only while a larger frame is being read,
-/// and shrinks back once that frame is consumed.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The reader's buffer size; it grows only while a larger frame is being read (to exactly
+/// that frame's length), and shrinks back once that frame is consumed.
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long [`FrameReader::read_frame`] waits for budget room before it tries again.
+const BUDGET_WAIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What one [`FrameReader::fill`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// Bytes arrived.
+    Bytes,
+    /// The stream ended.
+    End,
+    /// Nothing was read: the frame being received is larger than the read buffer, and the
+    /// reader's [`ByteBudget`] cannot cover it now. Try again once room is released
+    /// ([`ByteBudget::wait_for_room`]).
+    WaitingForBudget {
+        /// The room the frame needs: its length with its header.
+        bytes: u64,
+    },
+}
 
 /// Splits a byte stream into frames, refusing lengths above [`FRAME_BYTES_MAX`] before
 /// allocating for them. The buffer is zeroed once, not per read.
+///
+/// With a budget ([`FrameReader::with_budget`]), the buffer grows past its base size only for
+/// a frame whose whole length is reserved first, and gives the reservation back once that
+/// frame is consumed, or when the reader is dropped.
 #[derive(Default)]
 pub struct FrameReader {
     buffer: Vec<u8>,
     /// Unconsumed bytes are `buffer[start..end]`.
     start: usize,
     end: usize,
+    budget: Option<Arc<ByteBudget>>,
+    /// Invariant (with a budget): `buffer.len() <= READ_BUFFER_BYTES`, or this reservation
+    /// covers exactly `buffer.len()` bytes.
+    reservation: Option<Reservation>,
+    /// Whether the frame being received has already been counted as waiting for the budget.
+    counted_wait: bool,
 }
 
 impl FrameReader {
     /// An empty reader.
     pub fn new() -> FrameReader {
         FrameReader::default()
+    }
+
+    /// An empty reader whose frames larger than its read buffer must fit in `budget`.
+    pub fn with_budget(budget: Arc<ByteBudget>) -> FrameReader {
+        FrameReader {
+            budget: Some(budget),
+            ..FrameReader::default()
+        }
     }
 
     /// Returns the next frame already buffered, without reading.
@@ -430,10 +470,12 @@ impl FrameReader {
                     self.start = 0;
                     self.end = 0;
                     if self.buffer.len() > READ_BUFFER_BYTES {
-                        // A large frame passed: give the memory back.
+                        // A large frame passed: give the memory and its reservation back.
                         self.buffer = vec![0; READ_BUFFER_BYTES];
+                        self.reservation = None;
                     }
                 }
+                self.check_invariants();
                 Ok(Some(value))
             }
             RecordRead::Incomplete { .. } => Ok(None),
@@ -450,9 +492,10 @@ impl FrameReader {
         self.end - self.start
     }
 
-    /// Reads once from `source` into the buffer. `Ok(false)` means end of stream. Timeouts
-    /// (`WouldBlock`, `TimedOut`) are returned as errors for the caller to judge.
-    pub fn fill(&mut self, source: &mut impl Read) -> std::io::Result<bool> {
+    /// Reads once from `source` into the buffer; take every whole frame
+    /// ([`next_buffered`](FrameReader::next_buffered)) before. Timeouts (`WouldBlock`,
+    /// `TimedOut`) are returned as [`FrameError::Io`] for the caller to judge.
+    pub fn fill(&mut self, source: &mut impl Read) -> Result<Filled, FrameError> {
         if self.end == self.buffer.len() {
             if self.start > 0 {
                 self.buffer.copy_within(self.start..self.end, 0);
@@ -460,17 +503,62 @@ impl FrameReader {
                 self.start = 0;
             }
             if self.end == self.buffer.len() {
-                // Full of one partial frame, whose length `read_record` already accepted.
-                let grown = (self.buffer.len() * 2).max(READ_BUFFER_BYTES);
-                self.buffer.resize(grown, 0);
+                if let Some(waiting) = self.grow()? {
+                    return Ok(waiting);
+                }
             }
         }
         let read = source.read(&mut self.buffer[self.end..])?;
         self.end += read;
-        Ok(read > 0)
+        Ok(if read > 0 { Filled::Bytes } else { Filled::End })
     }
 
-    /// Reads until one whole frame is available (blocking on `source`) and decodes it.
+    /// Grows a full buffer: to the base size, or to the length of the one partial frame it
+    /// holds (whose length prefix [`codec::read_record`] checks against the limit), reserved
+    /// first when there is a budget. Returns [`Filled::WaitingForBudget`] if it cannot be.
+    fn grow(&mut self) -> Result<Option<Filled>, FrameError> {
+        let length = self.buffer.len();
+        let target = if length < READ_BUFFER_BYTES {
+            READ_BUFFER_BYTES
+        } else {
+            match codec::read_record(&self.buffer[..self.end], FRAME_BYTES_MAX)? {
+                RecordRead::Incomplete {
+                    needed: Some(needed),
+                } if needed > length => needed,
+                // Not expected: whole frames are taken before reading more.
+                _ => 2 * length,
+            }
+        };
+        if target > READ_BUFFER_BYTES {
+            if let Some(budget) = &self.budget {
+                match budget.try_reserve(target as u64) {
+                    // Replacing the reservation gives back the one for the old size.
+                    Some(reservation) => {
+                        self.reservation = Some(reservation);
+                        self.counted_wait = false;
+                    }
+                    None => {
+                        if !self.counted_wait {
+                            self.counted_wait = true;
+                            budget.count_wait();
+                        }
+                        return Ok(Some(Filled::WaitingForBudget {
+                            bytes: target as u64,
+                        }));
+                    }
+                }
+            }
+        }
+        // A zeroed allocation: pages are touched only as bytes arrive, not at once.
+        let mut grown = vec![0u8; target];
+        grown[..self.end].copy_from_slice(&self.buffer[..self.end]);
+        self.buffer = grown;
+        self.check_invariants();
+        Ok(None)
+    }
+
+    /// Reads until one whole frame is available (blocking on `source`, and on the budget if
+    /// the reader has one) and decodes it.
     pub fn read_frame<T: serde::de::DeserializeOwned>(
         &mut self,
         source: &mut impl Read,
@@ -479,16 +567,36 @@ impl FrameReader {
             if let Some(frame) = self.next_buffered()? {
                 return Ok(frame);
             }
-            if !self.fill(source)? {
-                return Err(if self.has_partial() {
-                    FrameError::Truncated {
-                        buffered: self.buffered(),
+            match self.fill(source)? {
+                Filled::Bytes => {}
+                Filled::End => {
+                    return Err(if self.has_partial() {
+                        FrameError::Truncated {
+                            buffered: self.buffered(),
+                        }
+                    } else {
+                        FrameError::Closed
+                    })
+                }
+                Filled::WaitingForBudget { bytes } => {
+                    if let Some(budget) = &self.budget {
+                        budget.wait_for_room(bytes, BUDGET_WAIT_INTERVAL);
                     }
-                } else {
-                    FrameError::Closed
-                });
+                }
             }
         }
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.budget.is_none()
+                || self.buffer.len() <= READ_BUFFER_BYTES
+                || self.reservation.as_ref().map(Reservation::bytes)
+                    == Some(self.buffer.len() as u64),
+            "a buffer of {} bytes is not covered by its reservation {:?}",
+            self.buffer.len(),
+            self.reservation
+        );
     }
 }
 
@@ -524,6 +632,51 @@ mod tests {
             reader.read_frame::<RequestFrame>(&mut source),
             Err(FrameError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_budgeted_reader_reserves_a_large_frame_before_growing_and_returns_it() {
+        let mut bytes = Vec::new();
+        let large = RequestFrame {
+            request_id: 1,
+            timeout_ms: 1,
+            body: RequestBody::Write(Command::put(b"k".to_vec(), vec![1; 3 * READ_BUFFER_BYTES])),
+        };
+        write_frame(&large, &mut bytes).unwrap();
+        let frame_total = bytes.len() as u64;
+        let budget = Arc::new(ByteBudget::new(frame_total + 10));
+        let mut first = FrameReader::with_budget(Arc::clone(&budget));
+        let mut second = FrameReader::with_budget(Arc::clone(&budget));
+        let (mut first_source, mut second_source) = (bytes.as_slice(), bytes.as_slice());
+        // Both fill their base buffer; the first to need more reserves the whole frame.
+        assert_eq!(first.fill(&mut first_source).unwrap(), Filled::Bytes);
+        assert_eq!(second.fill(&mut second_source).unwrap(), Filled::Bytes);
+        assert_eq!(first.fill(&mut first_source).unwrap(), Filled::Bytes);
+        assert_eq!(budget.reserved(), frame_total);
+        assert_eq!(
+            second.fill(&mut second_source).unwrap(),
+            Filled::WaitingForBudget { bytes: frame_total }
+        );
+        assert_eq!(
+            second.buffered(),
+            READ_BUFFER_BYTES,
+            "nothing more was read"
+        );
+        assert_eq!(budget.waits(), 1);
+        let frame: RequestFrame = first.read_frame(&mut first_source).unwrap();
+        assert_eq!(frame, large);
+        assert_eq!(budget.reserved(), 0, "returned once the frame is consumed");
+        let frame: RequestFrame = second.read_frame(&mut second_source).unwrap();
+        assert_eq!(frame, large);
+        assert_eq!(budget.waits(), 1, "one wait counted per frame");
+        // A reader dropped mid-frame returns its reservation.
+        let mut dropped = FrameReader::with_budget(Arc::clone(&budget));
+        let mut source = &bytes[..bytes.len() - 1];
+        assert!(dropped.read_frame::<RequestFrame>(&mut source).is_err());
+        assert_eq!(budget.reserved(), frame_total);
+        drop(dropped);
+        assert_eq!(budget.reserved(), 0);
+        assert_eq!(budget.reserved_max(), frame_total);
     }
 
     #[test]
