@@ -27,6 +27,9 @@ fn client(cluster: &Cluster<KvStore>, history: &History, id: u64, seed: u64, sto
     // Like a real client, keep talking to the leader it knows until that node refuses: this
     // is how a client reaches a deposed leader that still believes it leads.
     let mut believed_leader = None;
+    let Some(session) = register(cluster, stop) else {
+        return;
+    };
     let mut sequence = 0;
     let mut counter = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -53,12 +56,18 @@ fn client(cluster: &Cluster<KvStore>, history: &History, id: u64, seed: u64, sto
             Request::Get { key } => read(cluster, &mut believed_leader, &key, timeout),
             Request::Put { key, value } => {
                 sequence += 1;
-                write(cluster, Command::put(key, value), id, sequence, timeout)
-                    .map(|_| Outcome::Ok(Response::Put))
+                write(
+                    cluster,
+                    Command::put(key, value),
+                    session,
+                    sequence,
+                    timeout,
+                )
+                .map(|_| Outcome::Ok(Response::Put))
             }
             Request::Delete { key } => {
                 sequence += 1;
-                write(cluster, Command::delete(key), id, sequence, timeout)
+                write(cluster, Command::delete(key), session, sequence, timeout)
                     .map(|_| Outcome::Ok(Response::Delete))
             }
             Request::CompareAndSwap { key, expected, new } => {
@@ -70,7 +79,7 @@ fn client(cluster: &Cluster<KvStore>, history: &History, id: u64, seed: u64, sto
                 write(
                     cluster,
                     Command::cas(key, expect, Some(new)),
-                    id,
+                    session,
                     sequence,
                     timeout,
                 )
@@ -82,6 +91,20 @@ fn client(cluster: &Cluster<KvStore>, history: &History, id: u64, seed: u64, sto
             None => history.unknown(pending),
         }
     }
+}
+
+/// Registers a client's exactly-once session, retrying through the nemesis; `None` if the
+/// test stops first.
+fn register(cluster: &Cluster<KvStore>, stop: &AtomicBool) -> Option<u64> {
+    let bytes = Command::register_session().encode().ok()?;
+    while !stop.load(Ordering::SeqCst) {
+        let response = cluster.propose(&bytes, Duration::from_millis(500)).ok();
+        let decoded = response.and_then(|response| KvResponse::decode(&response).ok());
+        if let Some(KvResponse::SessionRegistered { client_id }) = decoded {
+            return Some(client_id);
+        }
+    }
+    None
 }
 
 /// A write through the log with an exactly-once session. `Some(true)` applied, `Some(false)`
@@ -98,7 +121,7 @@ fn write(
     match KvResponse::decode(&response).ok()? {
         KvResponse::Written { .. } => Some(true),
         KvResponse::ComparisonFailed { .. } => Some(false),
-        KvResponse::Rejected(_) => None,
+        KvResponse::Rejected(_) | KvResponse::SessionRegistered { .. } => None,
     }
 }
 

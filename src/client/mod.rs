@@ -3,17 +3,26 @@
 //!
 //! # Exactly-once writes
 //!
-//! Every write carries a session `(client_id, sequence)`: `client_id` is random, `sequence`
-//! starts at 1 and grows by one per write. A write is retried — after `NotLeader`, a broken
-//! connection, a busy or failing node — **with the same session**, so the cluster applies it
-//! once however many attempts reach it (a duplicate gets the cached response). When an
-//! attempt may have reached the cluster and no later attempt learns the outcome before the
-//! deadline, the call returns [`ClientError::Indeterminate`]: never a guessed success or
-//! failure.
+//! Every write carries a session `(client_id, sequence)`. The client registers a session
+//! through the log before its first write ([`Command::register_session`]; the cluster
+//! answers with the `client_id`, Raft thesis §6.3), and `sequence` starts at 1 and grows by
+//! one per write. A write is retried — after `NotLeader`, a broken connection, a busy or
+//! failing node — **with the same session**, so the cluster applies it once however many
+//! attempts reach it (a duplicate gets the cached response). When an attempt may have
+//! reached the cluster and no later attempt learns the outcome before the deadline, the call
+//! returns [`ClientError::Indeterminate`]: never a guessed success or failure.
+//!
+//! The cluster keeps a bounded number of sessions and evicts the least recently used. A
+//! write of an evicted session is refused (`SessionExpired`), never applied: if no earlier
+//! attempt of that write may have been applied, the client registers a new session and
+//! sends it again as a new write; otherwise an attempt may have been applied before the
+//! eviction, the outcome cannot be learned any more, and the write is
+//! [`ClientError::Indeterminate`]. Either way later writes use a fresh session.
 //!
 //! A `Client` is cheap to clone and may be used from many threads at once: clones share
 //! connections (one per node, multiplexed), and each write in flight uses a session of its
 //! own from a small pool, because the store only accepts a client's sequences in order.
+//! Sessions are registered lazily, when a write finds the pool empty.
 //!
 //! ```no_run
 //! use keyval::client::{Client, ClientOptions};
@@ -109,21 +118,12 @@ pub enum CasOutcome {
     },
 }
 
-/// An exactly-once write session: one write in flight at a time.
+/// An exactly-once write session, registered with the cluster: one write in flight at a
+/// time.
 #[derive(Clone, Copy, Debug)]
 struct Session {
     client_id: u64,
     next_sequence: u64,
-}
-
-impl Session {
-    fn new() -> Session {
-        Session {
-            // 0 is avoided only for readability of logs; any value is valid.
-            client_id: rand::rng().random_range(1..=u64::MAX),
-            next_sequence: 1,
-        }
-    }
 }
 
 /// What `execute` learned besides the result: whether an attempt may have been applied
@@ -330,7 +330,11 @@ impl Client {
     /// (`Written` or `ComparisonFailed`; a rejection is an error).
     fn write(&self, command: Command) -> Result<Response, ClientError> {
         command.validate().map_err(ClientError::Rejected)?;
-        let mut session = self.take_session();
+        let deadline = self.deadline();
+        let mut session = match self.inner.sessions.lock().pop() {
+            Some(session) => session,
+            None => self.register_session(deadline)?,
+        };
         // At most one restart under a new session, and only when nothing could have applied.
         for _ in 0..2 {
             let body = RequestBody::Write(
@@ -338,26 +342,30 @@ impl Client {
                     .clone()
                     .with_session(session.client_id, session.next_sequence),
             );
-            let executed = self.execute(&body, true);
+            let executed = self.execute(&body, true, deadline);
             match executed.result {
                 Ok(ResponseBody::Written(Response::Rejected(
                     error @ (KvError::SessionExpired { .. } | KvError::StaleSequence { .. }),
                 ))) => {
                     if executed.ambiguous {
-                        // An earlier attempt may have applied and its session is gone: the
-                        // outcome cannot be learned. Never re-send it under a new session.
+                        // An earlier attempt may have applied before the session was evicted
+                        // (or overtaken): the outcome cannot be learned. Never re-send it
+                        // under a new session. The session is dropped; later writes register
+                        // another.
                         return Err(ClientError::Indeterminate {
                             reason: error.to_string(),
                         });
                     }
                     // Not applied, and no earlier attempt: a new session makes it a new write.
-                    session = Session::new();
+                    session = self.register_session(deadline)?;
                 }
                 Ok(ResponseBody::Written(Response::Rejected(error))) => {
                     self.return_session(session);
                     return Err(ClientError::Rejected(error));
                 }
-                Ok(ResponseBody::Written(response)) => {
+                Ok(ResponseBody::Written(
+                    response @ (Response::Written { .. } | Response::ComparisonFailed { .. }),
+                )) => {
                     self.return_session(session);
                     return Ok(response);
                 }
@@ -381,12 +389,39 @@ impl Client {
         })
     }
 
+    /// Registers a new session through the log, by `deadline`. A registration whose answer
+    /// is lost is simply sent again: an unused session has no effect but a slot in the
+    /// cluster's table, until it is evicted. Fails only with errors that mean the write
+    /// waiting for the session was not sent.
+    fn register_session(&self, deadline: Instant) -> Result<Session, ClientError> {
+        let body = RequestBody::Write(Command::register_session());
+        let unavailable = |reason: String| ClientError::Unavailable {
+            reason: format!("registering a session: {reason}"),
+        };
+        match self.execute(&body, false, deadline).result {
+            Ok(ResponseBody::Written(Response::SessionRegistered { client_id })) => Ok(Session {
+                client_id,
+                next_sequence: 1,
+            }),
+            Ok(other) => Err(protocol(&format!(
+                "unexpected answer to a session registration: {other:?}"
+            ))),
+            Err(
+                ClientError::Timeout { reason }
+                | ClientError::Unavailable { reason }
+                | ClientError::Indeterminate { reason },
+            ) => Err(unavailable(reason)),
+            Err(error) => Err(unavailable(error.to_string())),
+        }
+    }
+
     fn read(
         &self,
         request: ReadRequest,
         consistency: Consistency,
     ) -> Result<ReadReply, ClientError> {
         request.validate().map_err(ClientError::Rejected)?;
+        let deadline = self.deadline();
         match self
             .execute(
                 &RequestBody::Read {
@@ -394,6 +429,7 @@ impl Client {
                     consistency,
                 },
                 false,
+                deadline,
             )
             .result?
         {
@@ -403,11 +439,10 @@ impl Client {
     }
 
     /// Sends `body` to the leader (or whichever node answers), following redirects and
-    /// retrying with backoff until the deadline. The same `body` (hence the same session) is
+    /// retrying with backoff until `deadline`. The same `body` (hence the same session) is
     /// sent on every attempt.
-    fn execute(&self, body: &RequestBody, write: bool) -> Executed {
+    fn execute(&self, body: &RequestBody, write: bool, deadline: Instant) -> Executed {
         let options = &self.inner.options;
-        let deadline = Instant::now() + options.request_timeout;
         let mut ambiguous = false;
         let mut last_error = String::from("no attempt finished");
         let mut backoff = options.backoff_min;
@@ -571,12 +606,9 @@ impl Client {
         }
     }
 
-    fn take_session(&self) -> Session {
-        self.inner
-            .sessions
-            .lock()
-            .pop()
-            .unwrap_or_else(Session::new)
+    /// The deadline of a call starting now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.options.request_timeout
     }
 
     fn return_session(&self, mut session: Session) {
