@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientError, ClientOptions};
 use keyval::kv::{Command, Response, SESSIONS_MAX};
@@ -247,6 +247,61 @@ fn the_client_carries_on_across_a_leader_failover() {
         assert_eq!(value.value, k.to_le_bytes());
     }
     assert_ne!(client.leader(), Some(cluster.address(leader)));
+}
+
+/// A "frozen" node: a listener that accepts connections and never answers, like a
+/// SIGSTOPped process whose kernel still completes TCP handshakes. Returns its address; the
+/// accepted connections stay open as long as the test runs.
+fn start_frozen_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            held.push(stream);
+        }
+    });
+    address
+}
+
+/// Issue item 6 (PITFALLS #23): an endpoint that accepts and never answers, listed first,
+/// must not hold a write for its whole deadline while a healthy node is listed second —
+/// neither for a client made with `Client::new` (as `kvctl` makes it), whose first write goes
+/// to the first endpoint, nor for one made with `Client::connect`.
+#[test]
+fn a_frozen_endpoint_listed_first_does_not_hold_a_write() {
+    let cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let frozen = start_frozen_endpoint();
+    let endpoints = [frozen, cluster.address(0)];
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let started = Instant::now();
+    let client = Client::new(&endpoints, options.clone()).unwrap();
+    let metadata = client.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(metadata.version, 1);
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the write took {elapsed:?} of its 10 s deadline"
+    );
+    // Later writes go straight to the node that answered.
+    let started = Instant::now();
+    client.put(b"k".to_vec(), b"w".to_vec()).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // `connect` checks that a node answers, not that a connection opens.
+    let started = Instant::now();
+    let client = Client::connect(&endpoints, options).unwrap();
+    client.put(b"k".to_vec(), b"x".to_vec()).unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "connect and a write took {elapsed:?}"
+    );
 }
 
 #[test]

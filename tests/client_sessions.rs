@@ -68,6 +68,11 @@ fn serve(mut stream: TcpStream, seen: &Seen, script: &dyn Fn(usize, &Command) ->
     let mut frames = FrameReader::new();
     while let Ok(frame) = frames.read_frame::<RequestFrame>(&mut stream) {
         let RequestBody::Write(command) = frame.body else {
+            // Not a write (the status request `Client::connect` sends): alive, but no help.
+            let busy = ServerError::Busy {
+                reason: "a fake server".into(),
+            };
+            reply(&mut stream, frame.request_id, Err(busy));
             continue;
         };
         if command.is_registration() {
