@@ -1149,8 +1149,12 @@ fn command() -> impl Strategy<Value = Command> {
         prop::option::of((0u64..4, 0u64..4)),
         prop::collection::vec(operation(), 0..4),
         any::<bool>(),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(session, operations, return_previous)| {
+        .prop_map(|(session, operations, return_previous, register)| {
+            if register {
+                return Command::register_session();
+            }
             let mut command = Command::batch(operations);
             command.return_previous = return_previous;
             match session {
@@ -1160,10 +1164,13 @@ fn command() -> impl Strategy<Value = Command> {
         })
 }
 
-/// A store with a few keys and sessions, so that commands meet existing state.
+/// A store with a few keys and sessions (clients 1 and 2, registered at indexes 1 and 2), so
+/// that commands meet existing state.
 fn populated_store() -> KvStore {
     let mut store = KvStore::new();
     let commands = [
+        Command::register_session(),
+        Command::register_session(),
         Command::put(vec![0], b"zero".to_vec()),
         Command::put(vec![1], b"one".to_vec()).with_session(1, 1),
         Command::put(vec![2, 2], vec![7; 40]).with_session(2, 1),
@@ -1303,7 +1310,8 @@ fn kv_snapshot_header_announcing_u64_max_keys_is_refused_without_allocating() {
 
 #[test]
 fn kv_command_allocation_is_bounded_by_its_input() {
-    // Command { session: None, operations: [Delete { key: <claims FRAME_BYTES_MAX - 64> }] }
+    // Command { session: CommandSession::None, operations: [Delete { key: <claims
+    // FRAME_BYTES_MAX - 64> }] }
     let claimed = FRAME_BYTES_MAX - 64;
     let mut bytes = vec![0, 1, 1, 252];
     bytes.extend_from_slice(&(claimed as u32).to_le_bytes());

@@ -2,15 +2,17 @@
 //! simple reference model (copy the map, apply in order, keep the copy only if every comparison
 //! held), snapshot→restore yields an equal store that keeps answering identically, and no input
 //! bytes — command or snapshot — make it panic. Method: proptest with a small key and value
-//! space so that comparisons often succeed, sessions repeat and keys collide.
+//! space so that comparisons often succeed, sessions repeat and keys collide. Sessions are
+//! registered by generated registrations; a session write names one of three slots, resolved
+//! when applied to the client id of that registration (or to a client never registered).
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
 use keyval::kv::{
-    Command, Expect, KeyRange, KvError, KvStore, Metadata, Operation, Response, Versioned,
-    WriteOutcome,
+    Command, CommandSession, Expect, KeyRange, KvError, KvStore, Metadata, Operation, Response,
+    SessionId, Versioned, WriteOutcome,
 };
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
@@ -28,13 +30,40 @@ enum Payload {
     Garbage(Vec<u8>),
 }
 
+/// A session slot no registration filled resolves to a client id above every index used.
+const NEVER_REGISTERED: u64 = 1 << 40;
+
+/// Resolves a generated command's session slot to the client id of the slot-th registration
+/// in `registered`.
+fn resolve(command: &Command, registered: &[u64]) -> Command {
+    let mut command = command.clone();
+    if let CommandSession::Session(session) = &mut command.session {
+        let slot = session.client_id;
+        session.client_id = registered
+            .get(slot as usize)
+            .copied()
+            .unwrap_or(NEVER_REGISTERED + slot);
+    }
+    command
+}
+
 impl Payload {
-    fn bytes(&self) -> Vec<u8> {
+    /// The entry's bytes, given the client ids registered so far.
+    fn bytes(&self, registered: &[u64]) -> Vec<u8> {
         match self {
             // Some generated commands are invalid on purpose: encode them without validation.
-            Payload::Command(command) => keyval::codec::encode(command).unwrap(),
+            Payload::Command(command) => {
+                keyval::codec::encode(&resolve(command, registered)).unwrap()
+            }
             Payload::Garbage(bytes) => bytes.clone(),
         }
+    }
+}
+
+/// Notes the client id of a registration's answer.
+fn note_registration(answer: &[u8], registered: &mut Vec<u64>) {
+    if let Ok(Response::SessionRegistered { client_id }) = Response::decode(answer) {
+        registered.push(client_id);
     }
 }
 
@@ -70,24 +99,34 @@ fn operation() -> impl Strategy<Value = Operation> {
     ]
 }
 
+/// A command whose session, if it has one, names a slot (0 to 2) rather than a client id.
 fn command() -> impl Strategy<Value = Command> {
-    let session = prop::option::of((0u64..3, 0u64..5));
+    let session = prop_oneof![
+        3 => Just(CommandSession::None),
+        2 => Just(CommandSession::Register),
+        5 => (0u64..3, 0u64..5).prop_map(|(slot, sequence)| CommandSession::Session(SessionId {
+            client_id: slot,
+            sequence,
+        })),
+    ];
     (
         prop::collection::vec(operation(), 0..4),
         session,
         any::<bool>(),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(operations, session, return_previous)| {
-            let command = Command {
-                session: None,
-                operations,
-                return_previous,
-            };
-            match session {
-                Some((client_id, sequence)) => command.with_session(client_id, sequence),
-                None => command,
-            }
-        })
+        .prop_map(
+            |(operations, session, return_previous, loaded_registration)| {
+                if session == CommandSession::Register && !loaded_registration {
+                    return Command::register_session();
+                }
+                Command {
+                    session,
+                    operations,
+                    return_previous,
+                }
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -102,25 +141,34 @@ fn steps(count: usize) -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step(), 0..count)
 }
 
-/// Applies `steps` after `index`, returning each response's bytes and the last index.
-fn run(store: &mut KvStore, index: u64, steps: &[Step]) -> (Vec<Vec<u8>>, u64) {
+/// Applies `steps` after `index` with the client ids `registered` so far (noting new ones),
+/// returning each response's bytes and the last index.
+fn run(
+    store: &mut KvStore,
+    index: u64,
+    steps: &[Step],
+    registered: &mut Vec<u64>,
+) -> (Vec<Vec<u8>>, u64) {
     let mut index = index;
     let mut responses = Vec::new();
     for step in steps {
         index += step.gap;
         let id = EntryId::new(Term(1), LogIndex(index));
-        responses.push(store.apply(id, &step.payload.bytes()));
+        let answer = store.apply(id, &step.payload.bytes(registered));
+        note_registration(&answer, registered);
+        responses.push(answer);
     }
     (responses, index)
 }
 
-/// The reference: no undo log, no byte budgets (the values here are tiny), no eviction (three
-/// clients).
+/// The reference: no undo log, no byte budgets (the values here are tiny), no eviction (at
+/// most a few dozen sessions).
 #[derive(Default)]
 struct Model {
     data: BTreeMap<Vec<u8>, Versioned>,
     revision: LogIndex,
-    sessions: BTreeMap<u64, (u64, Response)>,
+    /// Per registered client: the latest applied sequence (0: none yet) and its answer.
+    sessions: BTreeMap<u64, (u64, Option<Response>)>,
 }
 
 impl Model {
@@ -128,12 +176,17 @@ impl Model {
         if let Err(error) = command.validate() {
             return Response::Rejected(error);
         }
-        let Some(session) = command.session else {
-            return self.apply_operations(index, command);
+        let session = match command.session {
+            CommandSession::None => return self.apply_operations(index, command),
+            CommandSession::Register => {
+                self.sessions.insert(index.0, (0, None));
+                return Response::SessionRegistered { client_id: index.0 };
+            }
+            CommandSession::Session(session) => session,
         };
         let (client_id, sequence) = (session.client_id, session.sequence);
         match self.sessions.get(&client_id) {
-            None if sequence != 1 => Response::Rejected(KvError::SessionExpired {
+            None => Response::Rejected(KvError::SessionExpired {
                 client_id,
                 sequence,
             }),
@@ -142,11 +195,11 @@ impl Model {
                 sequence,
                 latest: *latest,
             }),
-            Some((latest, cached)) if sequence == *latest => cached.clone(),
+            Some((latest, Some(cached))) if sequence == *latest => cached.clone(),
             _ => {
                 let response = self.apply_operations(index, command);
                 self.sessions
-                    .insert(client_id, (sequence, response.clone()));
+                    .insert(client_id, (sequence, Some(response.clone())));
                 response
             }
         }
@@ -233,17 +286,22 @@ proptest! {
         let mut store = KvStore::new();
         let mut model = Model::default();
         let mut index = 0;
+        let mut registered = Vec::new();
         for step in &steps {
             index += step.gap;
             let id = EntryId::new(Term(1), LogIndex(index));
-            let response = Response::decode(&store.apply(id, &step.payload.bytes())).unwrap();
+            let bytes = step.payload.bytes(&registered);
+            let answer = store.apply(id, &bytes);
+            note_registration(&answer, &mut registered);
+            let response = Response::decode(&answer).unwrap();
             match &step.payload {
                 Payload::Command(command) => {
-                    prop_assert_eq!(&response, &model.apply(LogIndex(index), command));
+                    let command = resolve(command, &registered);
+                    prop_assert_eq!(&response, &model.apply(LogIndex(index), &command));
                 }
                 Payload::Garbage(_) => {
                     // Random bytes could, rarely, spell a valid command; then the model follows.
-                    if let Ok(command) = Command::decode(&step.payload.bytes()) {
+                    if let Ok(command) = Command::decode(&bytes) {
                         prop_assert_eq!(&response, &model.apply(LogIndex(index), &command));
                     } else {
                         let malformed =
@@ -267,18 +325,19 @@ proptest! {
         after in steps(20),
     ) {
         let mut original = KvStore::new();
-        let (_, index) = run(&mut original, 0, &before);
+        let mut registered = Vec::new();
+        let (_, index) = run(&mut original, 0, &before, &mut registered);
         let bytes = original.snapshot();
 
         // The target holds other state first: restore must replace all of it.
         let mut restored = KvStore::new();
-        run(&mut restored, 0, &unrelated);
+        run(&mut restored, 0, &unrelated, &mut Vec::new());
         restored.restore(&bytes).unwrap();
         prop_assert_eq!(&restored, &original);
         prop_assert_eq!(restored.snapshot(), bytes);
 
-        let (original_responses, _) = run(&mut original, index, &after);
-        let (restored_responses, _) = run(&mut restored, index, &after);
+        let (original_responses, _) = run(&mut original, index, &after, &mut registered.clone());
+        let (restored_responses, _) = run(&mut restored, index, &after, &mut registered);
         prop_assert_eq!(original_responses, restored_responses);
         prop_assert_eq!(&restored, &original);
         restored.check_invariants();
@@ -337,7 +396,7 @@ proptest! {
         mask in 1u8..,
     ) {
         let mut original = KvStore::new();
-        run(&mut original, 0, &steps);
+        run(&mut original, 0, &steps, &mut Vec::new());
         let mut bytes = original.snapshot();
         let flip = position.index(bytes.len());
         bytes[flip] ^= mask;

@@ -1,7 +1,8 @@
 //! Snapshots of the key-value state machine: a snapshot restores to an equal store (data,
 //! sessions, revision), and every kind of damage — truncation, flipped bits, trailing bytes,
 //! foreign data, well-framed records that break an invariant — is refused with an error that
-//! leaves the store untouched. Method: hand-built stores and hand-built snapshot records.
+//! leaves the store untouched; a version 1 snapshot (before sessions were registered) still
+//! restores. Method: hand-built stores and hand-built snapshot records.
 
 use keyval::codec;
 use keyval::kv::{Command, KvStore, Metadata, Response, SnapshotError, Versioned};
@@ -14,22 +15,33 @@ fn apply(store: &mut KvStore, index: u64, command: &Command) -> Vec<u8> {
     store.apply(EntryId::new(Term(1), LogIndex(index)), &bytes)
 }
 
-/// A store with several keys, a deleted key, and two client sessions.
+/// Registers a session at `index`; returns its client id.
+fn register(store: &mut KvStore, index: u64) -> u64 {
+    match Response::decode(&apply(store, index, &Command::register_session())).unwrap() {
+        Response::SessionRegistered { client_id } => client_id,
+        other => panic!("registration answered {other:?}"),
+    }
+}
+
+/// A store with several keys, a deleted key, a client session that wrote twice and one
+/// registered that has not written yet.
 fn populated() -> KvStore {
     let mut store = KvStore::new();
     apply(&mut store, 1, &Command::put(b"a".to_vec(), b"1".to_vec()));
     apply(&mut store, 2, &Command::put(b"b".to_vec(), vec![0xAB; 300]));
+    assert_eq!(register(&mut store, 3), 3);
     apply(
         &mut store,
         4,
-        &Command::put(b"a".to_vec(), b"2".to_vec()).with_session(10, 1),
+        &Command::put(b"a".to_vec(), b"2".to_vec()).with_session(3, 1),
     );
     apply(
         &mut store,
         5,
-        &Command::put(b"c".to_vec(), b"3".to_vec()).with_session(11, 1),
+        &Command::put(b"c".to_vec(), b"3".to_vec()).with_session(3, 2),
     );
     apply(&mut store, 6, &Command::delete(b"c".to_vec()));
+    assert_eq!(register(&mut store, 7), 7);
     apply(&mut store, 8, &Command::delete(b"zzz".to_vec()));
     store
 }
@@ -116,13 +128,26 @@ fn round_trip_restores_an_equal_store() {
     assert_eq!(restored.snapshot(), bytes, "snapshots are canonical");
     restored.check_invariants();
 
-    // Sessions came along: a duplicate is answered from the cache on both.
-    let duplicate = Command::put(b"a".to_vec(), b"2".to_vec()).with_session(10, 1);
+    // Sessions came along: a duplicate is answered from the cache on both, and the session
+    // registered without a write yet takes its first one.
+    assert_eq!(restored.session_sequence(3), Some(2));
+    assert_eq!(restored.session_sequence(7), Some(0));
+    let duplicate = Command::put(b"c".to_vec(), b"3".to_vec()).with_session(3, 2);
     assert_eq!(
         apply(&mut original, 9, &duplicate),
         apply(&mut restored, 9, &duplicate)
     );
-    assert_eq!(restored.get(b"a").unwrap().metadata.version, 2);
+    assert_eq!(
+        restored.get(b"c"),
+        None,
+        "the duplicate was not applied again"
+    );
+    let first = Command::put(b"d".to_vec(), b"4".to_vec()).with_session(7, 1);
+    assert_eq!(
+        apply(&mut original, 10, &first),
+        apply(&mut restored, 10, &first)
+    );
+    assert_eq!(restored.get(b"d").unwrap().metadata.version, 1);
     assert_eq!(restored, original);
 }
 
@@ -169,13 +194,16 @@ fn foreign_data_and_unknown_versions_are_refused() {
         restore_fails(&store, &header(0x1234_5678, 1, 0, 0, 0, 0)),
         SnapshotError::NotASnapshot { found: 0x1234_5678 }
     ));
-    assert!(matches!(
-        restore_fails(&store, &header(MAGIC, 2, 0, 0, 0, 0)),
-        SnapshotError::UnknownVersion {
-            found: 2,
-            supported: 1
-        }
-    ));
+    for version in [0, 3] {
+        assert!(matches!(
+            restore_fails(&store, &header(MAGIC, version, 0, 0, 0, 0)),
+            SnapshotError::UnknownVersion {
+                found,
+                supported: 2,
+                oldest: 1,
+            } if found == version
+        ));
+    }
     assert!(matches!(
         restore_fails(&store, b"definitely not a snapshot"),
         SnapshotError::Record { record: 0, .. } | SnapshotError::Truncated { record: 0 }
@@ -187,9 +215,38 @@ fn foreign_data_and_unknown_versions_are_refused() {
     ));
     // A minimal valid snapshot, to show the hand-built records match the real layout.
     let mut target = store.clone();
-    target.restore(&header(MAGIC, 1, 5, 0, 0, 0)).unwrap();
+    target.restore(&header(MAGIC, 2, 5, 0, 0, 0)).unwrap();
     assert_eq!(target.applied_index(), LogIndex(5));
     assert!(target.is_empty());
+    assert_eq!(target.clone().snapshot(), header(MAGIC, 2, 5, 0, 0, 0));
+}
+
+/// Version 1 was written before sessions were registered: its sessions restore and carry on.
+#[test]
+fn a_version_1_snapshot_restores_with_its_sessions() {
+    let response = Response::Written {
+        revision: LogIndex(4),
+        outcomes: Vec::new(),
+    }
+    .encode();
+    let mut bytes = header(MAGIC, 1, 9, 4, 1, 1);
+    key_record(b"a", metadata(4, 4, 1), &mut bytes);
+    session_record(0xDEAD_BEEF_0000, 5, response.clone(), 4, &mut bytes);
+    let mut store = KvStore::new();
+    store.restore(&bytes).unwrap();
+    store.check_invariants();
+    assert_eq!(store.session_sequence(0xDEAD_BEEF_0000), Some(5));
+    // The duplicate is answered from the cache, the next sequence applies.
+    let duplicate = Command::put(b"a".to_vec(), b"x".to_vec()).with_session(0xDEAD_BEEF_0000, 5);
+    assert_eq!(apply(&mut store, 10, &duplicate), response);
+    let next = Command::put(b"a".to_vec(), b"y".to_vec()).with_session(0xDEAD_BEEF_0000, 6);
+    apply(&mut store, 11, &next);
+    assert_eq!(store.get(b"a").unwrap().value, b"y");
+    assert_eq!(store.get(b"a").unwrap().metadata.version, 2);
+    // Written again, it is version 2.
+    let mut header_only = store.snapshot();
+    header_only.truncate(header(MAGIC, 2, 11, 11, 1, 1).len());
+    assert_eq!(header_only, header(MAGIC, 2, 11, 11, 1, 1));
 }
 
 #[test]
@@ -229,9 +286,23 @@ fn well_framed_records_that_break_invariants_are_refused() {
     target.restore(&good_session).unwrap();
     assert_eq!(target.session_sequence(3), Some(1));
 
+    // Version 1 had no sessions without a write.
     let mut sequence_zero = header(MAGIC, 1, 9, 0, 0, 1);
-    session_record(3, 0, response.clone(), 4, &mut sequence_zero);
+    session_record(3, 0, Vec::new(), 4, &mut sequence_zero);
     invalid(sequence_zero);
+
+    // Version 2 has them (registered, nothing written), always without a cached response.
+    let mut registered = header(MAGIC, 2, 9, 0, 0, 1);
+    session_record(3, 0, Vec::new(), 4, &mut registered);
+    let mut target = store.clone();
+    target.restore(&registered).unwrap();
+    assert_eq!(target.session_sequence(3), Some(0));
+    let mut registered_with_response = header(MAGIC, 2, 9, 0, 0, 1);
+    session_record(3, 0, response.clone(), 4, &mut registered_with_response);
+    invalid(registered_with_response);
+    let mut written_without_response = header(MAGIC, 2, 9, 0, 0, 1);
+    session_record(3, 1, Vec::new(), 4, &mut written_without_response);
+    invalid(written_without_response);
 
     let mut used_in_future = header(MAGIC, 1, 9, 0, 0, 1);
     session_record(3, 1, response.clone(), 10, &mut used_in_future);

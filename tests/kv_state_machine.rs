@@ -415,15 +415,24 @@ fn read_requests_validate_then_serve() {
     ));
 }
 
+/// Registers a session at `index`; returns its client id.
+fn register(store: &mut KvStore, index: u64) -> u64 {
+    match apply(store, index, &Command::register_session()) {
+        Response::SessionRegistered { client_id } => client_id,
+        other => panic!("registration answered {other:?}"),
+    }
+}
+
 #[test]
 fn duplicate_write_returns_the_cached_response_without_reapplying() {
     let mut store = KvStore::new();
-    let first = put("a", "1").with_session(42, 1);
+    let client = register(&mut store, 1);
+    let first = put("a", "1").with_session(client, 1);
     let bytes = first.encode().unwrap();
-    let answer = store.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+    let answer = store.apply(EntryId::new(Term(1), LogIndex(2)), &bytes);
     // Someone else changes `a` in between.
-    apply(&mut store, 2, &put("a", "2"));
-    let again = store.apply(EntryId::new(Term(2), LogIndex(3)), &bytes);
+    apply(&mut store, 3, &put("a", "2"));
+    let again = store.apply(EntryId::new(Term(2), LogIndex(4)), &bytes);
     assert_eq!(answer, again, "the very same response bytes");
     assert_eq!(
         value_of(&store, "a"),
@@ -431,15 +440,15 @@ fn duplicate_write_returns_the_cached_response_without_reapplying() {
         "not applied twice"
     );
     assert_eq!(store.get(b"a").unwrap().metadata.version, 2);
-    assert_eq!(store.session_sequence(42), Some(1));
+    assert_eq!(store.session_sequence(client), Some(1));
 
     // A later sequence applies; then the older one is stale.
-    let second = put("a", "3").with_session(42, 5);
-    assert!(apply(&mut store, 4, &second).is_written());
+    let second = put("a", "3").with_session(client, 5);
+    assert!(apply(&mut store, 5, &second).is_written());
     assert_eq!(
-        apply(&mut store, 5, &first),
+        apply(&mut store, 6, &first),
         Response::Rejected(KvError::StaleSequence {
-            client_id: 42,
+            client_id: client,
             sequence: 1,
             latest: 5
         })
@@ -451,76 +460,93 @@ fn duplicate_write_returns_the_cached_response_without_reapplying() {
 #[test]
 fn failed_comparisons_are_cached_too() {
     let mut store = KvStore::new();
-    let command = cas("a", Expect::Value(b"1".to_vec()), Some("2")).with_session(1, 1);
-    let failed = apply(&mut store, 1, &command);
+    let client = register(&mut store, 1);
+    let command = cas("a", Expect::Value(b"1".to_vec()), Some("2")).with_session(client, 1);
+    let failed = apply(&mut store, 2, &command);
     assert!(matches!(failed, Response::ComparisonFailed { .. }));
-    apply(&mut store, 2, &put("a", "1"));
+    apply(&mut store, 3, &put("a", "1"));
     // The retry must not succeed now: it is the same write, already answered.
-    assert_eq!(apply(&mut store, 3, &command), failed);
+    assert_eq!(apply(&mut store, 4, &command), failed);
     assert_eq!(value_of(&store, "a"), Some(b"1".to_vec()));
 }
 
 #[test]
-fn unknown_clients_start_at_sequence_one() {
+fn sessions_are_registered_through_the_log() {
     let mut store = KvStore::new();
-    assert_eq!(
-        apply(&mut store, 1, &put("a", "1").with_session(7, 3)),
-        Response::Rejected(KvError::SessionExpired {
-            client_id: 7,
-            sequence: 3
-        })
-    );
+    // An unknown client is refused whatever its sequence, 1 included.
+    for (index, sequence) in [(1, 1), (2, 3)] {
+        assert_eq!(
+            apply(&mut store, index, &put("a", "1").with_session(7, sequence)),
+            Response::Rejected(KvError::SessionExpired {
+                client_id: 7,
+                sequence
+            })
+        );
+    }
     assert_eq!(store.get(b"a"), None);
     assert_eq!(store.session_count(), 0);
     let invalid = codec::encode(&put("a", "1").with_session(7, 0)).unwrap();
     assert_eq!(
-        apply_bytes(&mut store, 2, &invalid),
+        apply_bytes(&mut store, 3, &invalid),
         Response::Rejected(KvError::InvalidSequence { client_id: 7 })
     );
+    // The client id is the registration's index; registering changes no data.
+    let revision = store.revision();
+    assert_eq!(register(&mut store, 9), 9);
+    assert_eq!(store.session_sequence(9), Some(0));
+    assert_eq!(store.revision(), revision);
+    assert!(apply(&mut store, 10, &put("a", "1").with_session(9, 1)).is_written());
+    assert_eq!(store.session_sequence(9), Some(1));
+    // A registration carrying operations is refused and registers nothing.
+    let mut loaded = Command::register_session();
+    loaded.operations.push(put_operation("a", "2"));
+    assert_eq!(
+        apply_bytes(&mut store, 11, &codec::encode(&loaded).unwrap()),
+        Response::Rejected(KvError::InvalidRegistration)
+    );
+    assert_eq!(store.session_count(), 1);
+    store.check_invariants();
 }
 
-/// Applies one write for each of `clients`, starting at `index`, and returns the next index.
-fn touch_clients(store: &mut KvStore, clients: std::ops::Range<u64>, index: u64) -> u64 {
+/// Registers `count` sessions from `index` on, each followed by one write; returns their client
+/// ids, oldest first, and the next index.
+fn sessions_with_one_write(store: &mut KvStore, count: usize, index: u64) -> (Vec<u64>, u64) {
     let mut index = index;
-    for client in clients {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client = register(store, index);
         let command = put("k", "v").with_session(client, 1);
-        assert!(apply(store, index, &command).is_written());
-        index += 1;
+        assert!(apply(store, index + 1, &command).is_written());
+        clients.push(client);
+        index += 2;
     }
-    index
+    (clients, index)
 }
 
 #[test]
 fn session_eviction_is_least_recently_used_and_deterministic() {
     let mut store = KvStore::new();
-    let mut index = touch_clients(&mut store, 0..SESSIONS_MAX as u64, 1);
+    let (clients, mut index) = sessions_with_one_write(&mut store, SESSIONS_MAX, 1);
     assert_eq!(store.session_count(), SESSIONS_MAX);
-    // Client 0 retries, which counts as a use: client 1 is now the least recently used.
-    let retry = put("k", "v").with_session(0, 1);
+    // The first client retries, which counts as a use: the second is now the least recently
+    // used.
+    let retry = put("k", "v").with_session(clients[0], 1);
     assert!(apply(&mut store, index, &retry).is_written());
     index += 1;
     let mut replica = store.clone();
-    index = touch_clients(
-        &mut store,
-        SESSIONS_MAX as u64..SESSIONS_MAX as u64 + 2,
-        index,
-    );
-    touch_clients(
-        &mut replica,
-        SESSIONS_MAX as u64..SESSIONS_MAX as u64 + 2,
-        index - 2,
-    );
+    sessions_with_one_write(&mut store, 2, index);
+    let (_, index) = sessions_with_one_write(&mut replica, 2, index);
     assert_eq!(store, replica, "replicas evict the same sessions");
     assert_eq!(store.session_count(), SESSIONS_MAX);
-    assert_eq!(store.session_sequence(0), Some(1));
-    assert_eq!(store.session_sequence(1), None);
-    assert_eq!(store.session_sequence(2), None);
-    assert_eq!(store.session_sequence(3), Some(1));
-    // An evicted client's retry is refused rather than applied a second time.
-    let evicted = put("k", "v").with_session(1, 2);
+    assert_eq!(store.session_sequence(clients[0]), Some(1));
+    assert_eq!(store.session_sequence(clients[1]), None);
+    assert_eq!(store.session_sequence(clients[2]), None);
+    assert_eq!(store.session_sequence(clients[3]), Some(1));
+    // An evicted client's next write is refused rather than taken for a new session.
+    let evicted = put("k", "v").with_session(clients[1], 2);
     assert!(matches!(
         apply(&mut store, index, &evicted),
-        Response::Rejected(KvError::SessionExpired { client_id: 1, .. })
+        Response::Rejected(KvError::SessionExpired { .. })
     ));
     store.check_invariants();
 }
@@ -581,4 +607,37 @@ fn applying_out_of_order_is_a_programmer_error() {
     let mut store = KvStore::new();
     apply(&mut store, 5, &put("a", "1"));
     apply(&mut store, 5, &put("a", "2"));
+}
+
+/// Issue item 4 (PITFALLS #22): a session's first write is applied, its answer is lost, the
+/// session is evicted, and the retry of the same (client, sequence) arrives. The store must
+/// refuse it: applying it would apply the write twice.
+#[test]
+fn a_first_write_retried_after_its_session_was_evicted_is_not_applied_again() {
+    let mut store = KvStore::new();
+    let client = register(&mut store, 1);
+    let first = put("once", "v").with_session(client, 1);
+    assert!(apply(&mut store, 2, &first).is_written());
+    // Other clients' sessions push this one out of the session table.
+    let (_, index) = sessions_with_one_write(&mut store, SESSIONS_MAX, 3);
+    assert_eq!(
+        store.session_sequence(client),
+        None,
+        "the session was evicted"
+    );
+    let retry = apply(&mut store, index, &first);
+    assert!(
+        matches!(
+            retry,
+            Response::Rejected(KvError::SessionExpired { client_id, sequence: 1 })
+                if client_id == client
+        ),
+        "the retry was answered {retry:?}"
+    );
+    assert_eq!(
+        store.get(b"once").unwrap().metadata.version,
+        1,
+        "the first write was applied twice"
+    );
+    store.check_invariants();
 }

@@ -56,6 +56,9 @@ fn client(
     // Like a real client, keep talking to the leader it knows until that node refuses: this
     // is how a client reaches a deposed leader that still believes it leads.
     let mut believed_leader = None;
+    let Some(session) = register(cluster, stop) else {
+        return;
+    };
     let mut sequence = 0;
     let mut counter = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -82,12 +85,18 @@ fn client(
             Request::Get { key } => read(cluster, &mut believed_leader, &key, timeout),
             Request::Put { key, value } => {
                 sequence += 1;
-                write(cluster, Command::put(key, value), id, sequence, timeout)
-                    .map(|_| Outcome::Ok(Response::Put))
+                write(
+                    cluster,
+                    Command::put(key, value),
+                    session,
+                    sequence,
+                    timeout,
+                )
+                .map(|_| Outcome::Ok(Response::Put))
             }
             Request::Delete { key } => {
                 sequence += 1;
-                write(cluster, Command::delete(key), id, sequence, timeout)
+                write(cluster, Command::delete(key), session, sequence, timeout)
                     .map(|_| Outcome::Ok(Response::Delete))
             }
             Request::CompareAndSwap { key, expected, new } => {
@@ -99,7 +108,7 @@ fn client(
                 write(
                     cluster,
                     Command::cas(key, expect, Some(new)),
-                    id,
+                    session,
                     sequence,
                     timeout,
                 )
@@ -116,6 +125,20 @@ fn client(
     }
 }
 
+/// Registers a client's exactly-once session, retrying through the nemesis; `None` if the
+/// test stops first.
+fn register(cluster: &Cluster<KvStore>, stop: &AtomicBool) -> Option<u64> {
+    let bytes = Command::register_session().encode().ok()?;
+    while !stop.load(Ordering::SeqCst) {
+        let response = cluster.propose(&bytes, Duration::from_millis(500)).ok();
+        let decoded = response.and_then(|response| KvResponse::decode(&response).ok());
+        if let Some(KvResponse::SessionRegistered { client_id }) = decoded {
+            return Some(client_id);
+        }
+    }
+    None
+}
+
 /// A write through the log with an exactly-once session. `Some(true)` applied, `Some(false)`
 /// a compare-and-swap that did not hold, `None` unknown.
 fn write(
@@ -130,7 +153,7 @@ fn write(
     match KvResponse::decode(&response).ok()? {
         KvResponse::Written { .. } => Some(true),
         KvResponse::ComparisonFailed { .. } => Some(false),
-        KvResponse::Rejected(_) => None,
+        KvResponse::Rejected(_) | KvResponse::SessionRegistered { .. } => None,
     }
 }
 

@@ -2,27 +2,30 @@
 //! one thread that keeps its share of the clients' requests in flight on the raw protocol.
 //!
 //! Each simulated client has one request in flight at a time and its own exactly-once
-//! session (a random client id, sequences from 1), so the cluster does the same work as for
-//! real clients; the benchmark just does not spend a thread per client. When a response
-//! arrives its latency is recorded and that client's next request is queued; all queued
-//! requests leave in one write once the buffered responses are handled.
+//! session (registered before the measurement starts, sequences from 1), so the cluster does
+//! the same work as for real clients; the benchmark just does not spend a thread per client.
+//! When a response arrives its latency is recorded and that client's next request is queued;
+//! all queued requests leave in one write once the buffered responses are handled.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use crate::kv::{Command, ReadRequest, Response};
 use crate::server::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
 };
 
-use super::bench::{micros_since, next_request, BenchArgs, BenchReport, Tally};
+use super::bench::{micros_since, next_request, BenchArgs, BenchReport, Tally, Workload};
 
 /// How long a connection waits for any response before giving up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Session registrations sent at once before their answers are read: below the server's
+/// default in-flight limit per connection, so the server never stops reading while the
+/// answers wait in our receive buffer.
+const REGISTRATIONS_IN_FLIGHT_MAX: usize = 256;
 
 /// One simulated client's session.
 struct SimulatedClient {
@@ -39,10 +42,19 @@ pub(super) fn measure(
 ) -> Result<BenchReport, String> {
     let connections = connections.min(args.clients).max(1);
     let consistency = args.consistency.into();
+    let client_ids = match args.workload {
+        Workload::Get => Vec::new(), // reads only: no sessions
+        Workload::Put | Workload::Mixed => register_sessions(leader, args.clients)?,
+    };
+    // Spread the clients over the connections as evenly as possible.
+    let shares: Vec<usize> = (0..connections)
+        .map(|worker| args.clients / connections + usize::from(worker < args.clients % connections))
+        .collect();
     super::bench::drive(args, connections, |worker, tally| {
-        // Spread the clients over the connections as evenly as possible.
-        let clients = args.clients / connections + usize::from(worker < args.clients % connections);
-        match run_connection(leader, args, value, clients, consistency, tally) {
+        let clients = shares[worker];
+        let first: usize = shares[..worker].iter().sum();
+        let ids = client_ids.get(first..first + clients).unwrap_or(&[]);
+        match run_connection(leader, args, value, clients, ids, consistency, tally) {
             Ok(latencies) => latencies,
             Err(error) => {
                 tally.record(Err(error));
@@ -52,23 +64,66 @@ pub(super) fn measure(
     })
 }
 
+/// Opens a connection to `leader` for the benchmark's raw requests.
+fn open(leader: &str) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(leader).map_err(|error| format!("{leader}: {error}"))?;
+    stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(Some(RESPONSE_TIMEOUT)))
+        .map_err(|error| error.to_string())?;
+    Ok(stream)
+}
+
+/// Registers `count` sessions on `leader` (outside the measurement), a batch of them in
+/// flight at a time; returns their client ids.
+fn register_sessions(leader: &str, count: usize) -> Result<Vec<u64>, String> {
+    let mut stream = open(leader)?;
+    let mut frames = FrameReader::new();
+    let mut client_ids = Vec::with_capacity(count);
+    let mut out = Vec::new();
+    while client_ids.len() < count {
+        let batch = (count - client_ids.len()).min(REGISTRATIONS_IN_FLIGHT_MAX);
+        for request_id in 0..batch as u64 {
+            let frame = RequestFrame {
+                request_id,
+                timeout_ms: RESPONSE_TIMEOUT.as_millis() as u64,
+                body: RequestBody::Write(Command::register_session()),
+            };
+            write_frame(&frame, &mut out).map_err(|error| error.to_string())?;
+        }
+        stream.write_all(&out).map_err(|error| error.to_string())?;
+        out.clear();
+        for _ in 0..batch {
+            let frame = frames
+                .read_frame::<ResponseFrame>(&mut stream)
+                .map_err(|error| error.to_string())?;
+            match frame.result {
+                Ok(ResponseBody::Written(Response::SessionRegistered { client_id })) => {
+                    client_ids.push(client_id);
+                }
+                Ok(other) => return Err(format!("unexpected answer to a registration: {other:?}")),
+                Err(error) => return Err(format!("registering a session: {error}")),
+            }
+        }
+    }
+    Ok(client_ids)
+}
+
 fn run_connection(
     leader: &str,
     args: &BenchArgs,
     value: &[u8],
     clients: usize,
+    client_ids: &[u64],
     consistency: crate::server::protocol::Consistency,
     tally: &Tally,
 ) -> Result<Vec<u32>, String> {
-    let mut stream = TcpStream::connect(leader).map_err(|error| format!("{leader}: {error}"))?;
-    stream
-        .set_nodelay(true)
-        .and_then(|()| stream.set_read_timeout(Some(RESPONSE_TIMEOUT)))
-        .map_err(|error| error.to_string())?;
+    let mut stream = open(leader)?;
     let mut random = rand::rng();
+    // Clients without a registered session (a read-only workload) never write.
     let mut sessions: Vec<SimulatedClient> = (0..clients)
-        .map(|_| SimulatedClient {
-            client_id: random.random_range(1..=u64::MAX),
+        .map(|client| SimulatedClient {
+            client_id: client_ids.get(client).copied().unwrap_or(0),
             next_sequence: 1,
         })
         .collect();

@@ -18,7 +18,8 @@ impl Client {
     /// The cluster's configuration as the leader knows it: voters (both halves while a change
     /// is in progress), learners, their addresses, and the leader.
     pub fn members(&self) -> Result<MembersReply, ClientError> {
-        let result = self.execute(&RequestBody::Members, false).result;
+        let deadline = self.deadline();
+        let result = self.execute(&RequestBody::Members, false, deadline).result;
         // Not a read of data: no leader answering in time means the cluster is unavailable.
         let result = result.map_err(|error| match error {
             ClientError::Timeout { reason } => ClientError::Unavailable { reason },
@@ -60,7 +61,8 @@ impl Client {
     /// A target that leads already succeeds at once.
     pub fn transfer_leader(&self, target: NodeId) -> Result<NodeId, ClientError> {
         // Like a write: an attempt whose answer was lost may have moved leadership.
-        let executed = self.execute(&RequestBody::TransferLeader { target }, true);
+        let body = RequestBody::TransferLeader { target };
+        let executed = self.execute(&body, true, self.deadline());
         match executed.result? {
             ResponseBody::LeaderTransferred { leader } => {
                 // Writes go to the new leader from now on.
@@ -74,7 +76,7 @@ impl Client {
     }
 
     fn change(&self, body: RequestBody) -> Result<MembersReply, ClientError> {
-        let executed = self.execute(&body, true);
+        let executed = self.execute(&body, true, self.deadline());
         match executed.result {
             Ok(ResponseBody::Members(reply)) => Ok(reply),
             Ok(other) => Err(protocol(&format!(

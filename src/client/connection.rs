@@ -225,3 +225,63 @@ impl Drop for Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::server::protocol::{FrameReader, ServerError};
+
+    fn busy(reason: &str) -> ResponseFrame {
+        ResponseFrame {
+            request_id: 0,
+            result: Err(ServerError::Busy {
+                reason: reason.to_string(),
+            }),
+        }
+    }
+
+    /// A caller that gave up is not answered later with someone else's response, nor is the
+    /// next caller answered with the late response to the abandoned request.
+    #[test]
+    fn a_late_answer_to_an_abandoned_request_goes_to_no_one_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut frames = FrameReader::new();
+            let first: RequestFrame = frames.read_frame(&mut stream).unwrap();
+            // The second request arrives only after the first caller gave up.
+            let second: RequestFrame = frames.read_frame(&mut stream).unwrap();
+            let mut bytes = Vec::new();
+            for (request, reason) in [(&first, "late answer to the first"), (&second, "second")] {
+                let frame = ResponseFrame {
+                    request_id: request.request_id,
+                    ..busy(reason)
+                };
+                write_frame(&frame, &mut bytes).unwrap();
+            }
+            stream.write_all(&bytes).unwrap();
+            // Hold the connection until the client closes it.
+            let _ = frames.read_frame::<RequestFrame>(&mut stream);
+        });
+        let timeout = Duration::from_secs(10);
+        let connection = Connection::open(&address, timeout, timeout).unwrap();
+        let abandoned = connection.call(
+            &RequestBody::Status,
+            timeout,
+            Instant::now() + Duration::from_millis(50),
+        );
+        assert!(
+            matches!(abandoned, Err(CallError::TimedOut)),
+            "{abandoned:?}"
+        );
+        let answered = connection
+            .call(&RequestBody::Status, timeout, Instant::now() + timeout)
+            .unwrap();
+        assert_eq!(answered.result, busy("second").result);
+        drop(connection);
+        server.join().unwrap();
+    }
+}

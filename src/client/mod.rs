@@ -3,17 +3,31 @@
 //!
 //! # Exactly-once writes
 //!
-//! Every write carries a session `(client_id, sequence)`: `client_id` is random, `sequence`
-//! starts at 1 and grows by one per write. A write is retried — after `NotLeader`, a broken
-//! connection, a busy or failing node — **with the same session**, so the cluster applies it
-//! once however many attempts reach it (a duplicate gets the cached response). When an
-//! attempt may have reached the cluster and no later attempt learns the outcome before the
-//! deadline, the call returns [`ClientError::Indeterminate`]: never a guessed success or
-//! failure.
+//! Every write carries a session `(client_id, sequence)`. The client registers a session
+//! through the log before its first write ([`Command::register_session`]; the cluster
+//! answers with the `client_id`, Raft thesis §6.3), and `sequence` starts at 1 and grows by
+//! one per write. A write is retried — after `NotLeader`, a broken connection, a busy or
+//! failing node — **with the same session**, so the cluster applies it once however many
+//! attempts reach it (a duplicate gets the cached response). When an attempt may have
+//! reached the cluster and no later attempt learns the outcome before the deadline, the call
+//! returns [`ClientError::Indeterminate`]: never a guessed success or failure.
+//!
+//! Each attempt at one node is bounded by [`ClientOptions::attempt_timeout`]: a node that
+//! does not answer in time (a frozen process still accepts connections) is left for another
+//! with the same session, so a write resumes soon after its leader freezes, and the whole
+//! `request_timeout` is spent only when no node can serve it.
+//!
+//! The cluster keeps a bounded number of sessions and evicts the least recently used. A
+//! write of an evicted session is refused (`SessionExpired`), never applied: if no earlier
+//! attempt of that write may have been applied, the client registers a new session and
+//! sends it again as a new write; otherwise an attempt may have been applied before the
+//! eviction, the outcome cannot be learned any more, and the write is
+//! [`ClientError::Indeterminate`]. Either way later writes use a fresh session.
 //!
 //! A `Client` is cheap to clone and may be used from many threads at once: clones share
 //! connections (one per node, multiplexed), and each write in flight uses a session of its
 //! own from a small pool, because the store only accepts a client's sequences in order.
+//! Sessions are registered lazily, when a write finds the pool empty.
 //!
 //! ```no_run
 //! use keyval::client::{Client, ClientOptions};
@@ -27,15 +41,15 @@
 
 mod admin;
 mod connection;
+mod retry;
 mod snapshot;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rand::Rng;
 
 use crate::kv::{
     Command, Expect, KeyRange, KvError, Metadata, Operation, ReadRequest, ReadResponse, Response,
@@ -48,18 +62,30 @@ use crate::types::{LogIndex, NodeId};
 
 use connection::{CallError, Connection};
 
-/// How long a client waits for a server's answer beyond the time it gave the server.
-const RESPONSE_GRACE: Duration = Duration::from_millis(500);
-
-/// Redirects followed back to back before the client backs off (leaders in flux).
-const REDIRECTS_BEFORE_BACKOFF: u32 = 3;
-
 /// How a [`Client`] behaves.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// How long one call may take, retries included (default 5 s).
     pub request_timeout: Duration,
-    /// How long one connection attempt may take (default 1 s).
+    /// How long one attempt — one request to one node — may go unanswered before the client
+    /// gives up on that node: it closes the connection, forgets the node as leader, passes
+    /// over it for as long again, and sends the same request (same session and sequence) to
+    /// another node. Default 1 s.
+    ///
+    /// A node is given 3/4 of it as its own deadline, so a live node answers (if only with
+    /// "outcome unknown") before the client gives up, and only an unresponsive one — a
+    /// frozen process, whose kernel still accepts connections, or a node cut off from the
+    /// client's answers — runs it out. Keep it well above the cluster's election timeout
+    /// (150–300 ms by default): by the time a frozen leader is given up, its followers have
+    /// noticed and usually elected another, so the next node answers or names the new
+    /// leader rather than the frozen one. Keep it above the commit latency of a healthy but
+    /// busy leader too; a large snapshot can hold acknowledgements back for about a second,
+    /// which costs a redundant retry (never a wrong answer). With the default, a client
+    /// resumes about 1–1.5 s after its leader freezes. Membership changes and leadership
+    /// transfers are not bounded by it: they may use the whole `request_timeout`.
+    pub attempt_timeout: Duration,
+    /// How long opening one connection may take, at most the attempt's time left (default
+    /// 1 s).
     pub connect_timeout: Duration,
     /// First retry delay; it doubles, with jitter, up to `backoff_max` (default 10 ms).
     pub backoff_min: Duration,
@@ -73,6 +99,7 @@ impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
@@ -109,28 +136,12 @@ pub enum CasOutcome {
     },
 }
 
-/// An exactly-once write session: one write in flight at a time.
+/// An exactly-once write session, registered with the cluster: one write in flight at a
+/// time.
 #[derive(Clone, Copy, Debug)]
 struct Session {
     client_id: u64,
     next_sequence: u64,
-}
-
-impl Session {
-    fn new() -> Session {
-        Session {
-            // 0 is avoided only for readability of logs; any value is valid.
-            client_id: rand::rng().random_range(1..=u64::MAX),
-            next_sequence: 1,
-        }
-    }
-}
-
-/// What `execute` learned besides the result: whether an attempt may have been applied
-/// without us learning its outcome.
-struct Executed {
-    result: Result<ResponseBody, ClientError>,
-    ambiguous: bool,
 }
 
 struct Inner {
@@ -139,6 +150,8 @@ struct Inner {
     /// The address that last answered as leader.
     leader: Mutex<Option<String>>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
+    /// Addresses whose last attempt went unanswered, and until when they are passed over.
+    suspects: Mutex<HashMap<String, Instant>>,
     /// Sessions not in use, each ready for its next sequence.
     sessions: Mutex<Vec<Session>>,
     next_endpoint: AtomicUsize,
@@ -152,24 +165,37 @@ pub struct Client {
 
 impl Client {
     /// Creates a client for the cluster behind `endpoints` (`host:port` client addresses;
-    /// any subset of the nodes) and checks that one of them answers.
+    /// any subset of the nodes) and checks that one of them answers a status request within
+    /// an `attempt_timeout` (an open TCP connection proves nothing: a frozen process's kernel
+    /// still accepts it), trying them in turn until `request_timeout`. A node that says it
+    /// leads becomes the first one asked.
     pub fn connect<S: AsRef<str>>(
         endpoints: &[S],
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         let client = Client::new(endpoints, options)?;
-        let deadline = Instant::now() + client.inner.options.request_timeout;
-        let mut last_error = String::new();
-        while Instant::now() < deadline {
+        let deadline = client.deadline();
+        loop {
             for endpoint in &client.inner.endpoints {
-                match client.connection(endpoint) {
-                    Ok(_) => return Ok(client),
-                    Err(error) => last_error = format!("{endpoint}: {error}"),
+                match client.status(endpoint) {
+                    Ok(status) => {
+                        if status.role == crate::raft::RoleKind::Leader {
+                            *client.inner.leader.lock() = Some(endpoint.clone());
+                        }
+                        return Ok(client);
+                    }
+                    // An error answer is an answer: the node is alive.
+                    Err(ClientError::Server(_)) => return Ok(client),
+                    Err(error) if Instant::now() >= deadline => {
+                        return Err(ClientError::Unavailable {
+                            reason: format!("{endpoint}: {error}"),
+                        });
+                    }
+                    Err(_) => {}
                 }
             }
             std::thread::sleep(client.inner.options.backoff_min);
         }
-        Err(ClientError::Unavailable { reason: last_error })
     }
 
     /// Creates a client without contacting the cluster (connections open on first use).
@@ -191,6 +217,7 @@ impl Client {
                 options,
                 leader: Mutex::new(None),
                 connections: Mutex::new(HashMap::new()),
+                suspects: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
                 next_endpoint: AtomicUsize::new(0),
             }),
@@ -289,27 +316,38 @@ impl Client {
         }
     }
 
-    /// The status of the node at `endpoint` (one attempt, no redirect).
+    /// The status of the node at `endpoint` (one attempt of at most `attempt_timeout`, no
+    /// redirect).
     pub fn status(&self, endpoint: &str) -> Result<StatusReply, ClientError> {
-        match self.call_one(endpoint, &RequestBody::Status)? {
+        let options = &self.inner.options;
+        let timeout = options.attempt_timeout.min(options.request_timeout);
+        match self.call_one(endpoint, &RequestBody::Status, timeout)? {
             ResponseBody::Status(status) => Ok(status),
             other => Err(protocol(&format!("unexpected answer to status: {other:?}"))),
         }
     }
 
-    /// Sends `body` to the node at `endpoint`: one attempt, no redirect, no retry.
-    fn call_one(&self, endpoint: &str, body: &RequestBody) -> Result<ResponseBody, ClientError> {
-        let deadline = Instant::now() + self.inner.options.request_timeout;
-        let connection = self
-            .connection(endpoint)
-            .map_err(|error| ClientError::Unavailable {
-                reason: format!("{endpoint}: {error}"),
-            })?;
-        let timeout = self.inner.options.request_timeout;
-        match connection.call(body, timeout, deadline) {
+    /// Sends `body` to the node at `endpoint` and waits up to `timeout` for the answer: one
+    /// attempt, no redirect, no retry. The node is given 3/4 of `timeout`.
+    fn call_one(
+        &self,
+        endpoint: &str,
+        body: &RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let connection =
+            self.connection(endpoint, deadline)
+                .map_err(|error| ClientError::Unavailable {
+                    reason: format!("{endpoint}: {error}"),
+                })?;
+        match connection.call(body, retry::server_share(timeout), deadline) {
             Ok(frame) => frame.result.map_err(ClientError::Server),
             Err(error) => {
-                self.drop_connection(endpoint);
+                if matches!(error, CallError::TimedOut) {
+                    self.suspect(endpoint);
+                }
+                self.drop_connection(endpoint, &connection);
                 Err(ClientError::Unavailable {
                     reason: format!("{endpoint}: {error:?}"),
                 })
@@ -330,7 +368,11 @@ impl Client {
     /// (`Written` or `ComparisonFailed`; a rejection is an error).
     fn write(&self, command: Command) -> Result<Response, ClientError> {
         command.validate().map_err(ClientError::Rejected)?;
-        let mut session = self.take_session();
+        let deadline = self.deadline();
+        let mut session = match self.inner.sessions.lock().pop() {
+            Some(session) => session,
+            None => self.register_session(deadline)?,
+        };
         // At most one restart under a new session, and only when nothing could have applied.
         for _ in 0..2 {
             let body = RequestBody::Write(
@@ -338,26 +380,30 @@ impl Client {
                     .clone()
                     .with_session(session.client_id, session.next_sequence),
             );
-            let executed = self.execute(&body, true);
+            let executed = self.execute(&body, true, deadline);
             match executed.result {
                 Ok(ResponseBody::Written(Response::Rejected(
                     error @ (KvError::SessionExpired { .. } | KvError::StaleSequence { .. }),
                 ))) => {
                     if executed.ambiguous {
-                        // An earlier attempt may have applied and its session is gone: the
-                        // outcome cannot be learned. Never re-send it under a new session.
+                        // An earlier attempt may have applied before the session was evicted
+                        // (or overtaken): the outcome cannot be learned. Never re-send it
+                        // under a new session. The session is dropped; later writes register
+                        // another.
                         return Err(ClientError::Indeterminate {
                             reason: error.to_string(),
                         });
                     }
                     // Not applied, and no earlier attempt: a new session makes it a new write.
-                    session = Session::new();
+                    session = self.register_session(deadline)?;
                 }
                 Ok(ResponseBody::Written(Response::Rejected(error))) => {
                     self.return_session(session);
                     return Err(ClientError::Rejected(error));
                 }
-                Ok(ResponseBody::Written(response)) => {
+                Ok(ResponseBody::Written(
+                    response @ (Response::Written { .. } | Response::ComparisonFailed { .. }),
+                )) => {
                     self.return_session(session);
                     return Ok(response);
                 }
@@ -381,12 +427,39 @@ impl Client {
         })
     }
 
+    /// Registers a new session through the log, by `deadline`. A registration whose answer
+    /// is lost is simply sent again: an unused session has no effect but a slot in the
+    /// cluster's table, until it is evicted. Fails only with errors that mean the write
+    /// waiting for the session was not sent.
+    fn register_session(&self, deadline: Instant) -> Result<Session, ClientError> {
+        let body = RequestBody::Write(Command::register_session());
+        let unavailable = |reason: String| ClientError::Unavailable {
+            reason: format!("registering a session: {reason}"),
+        };
+        match self.execute(&body, false, deadline).result {
+            Ok(ResponseBody::Written(Response::SessionRegistered { client_id })) => Ok(Session {
+                client_id,
+                next_sequence: 1,
+            }),
+            Ok(other) => Err(protocol(&format!(
+                "unexpected answer to a session registration: {other:?}"
+            ))),
+            Err(
+                ClientError::Timeout { reason }
+                | ClientError::Unavailable { reason }
+                | ClientError::Indeterminate { reason },
+            ) => Err(unavailable(reason)),
+            Err(error) => Err(unavailable(error.to_string())),
+        }
+    }
+
     fn read(
         &self,
         request: ReadRequest,
         consistency: Consistency,
     ) -> Result<ReadReply, ClientError> {
         request.validate().map_err(ClientError::Rejected)?;
+        let deadline = self.deadline();
         match self
             .execute(
                 &RequestBody::Read {
@@ -394,6 +467,7 @@ impl Client {
                     consistency,
                 },
                 false,
+                deadline,
             )
             .result?
         {
@@ -402,181 +476,9 @@ impl Client {
         }
     }
 
-    /// Sends `body` to the leader (or whichever node answers), following redirects and
-    /// retrying with backoff until the deadline. The same `body` (hence the same session) is
-    /// sent on every attempt.
-    fn execute(&self, body: &RequestBody, write: bool) -> Executed {
-        let options = &self.inner.options;
-        let deadline = Instant::now() + options.request_timeout;
-        let mut ambiguous = false;
-        let mut last_error = String::from("no attempt finished");
-        let mut backoff = options.backoff_min;
-        let mut redirects = 0;
-        let mut target = self.leader().unwrap_or_else(|| self.next_endpoint());
-        let stale_read = matches!(
-            body,
-            RequestBody::Read {
-                consistency: Consistency::Stale,
-                ..
-            }
-        );
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                let reason = format!("deadline passed; last error: {last_error}");
-                let error = if ambiguous {
-                    ClientError::Indeterminate { reason }
-                } else if write {
-                    ClientError::Unavailable { reason }
-                } else {
-                    ClientError::Timeout { reason }
-                };
-                return Executed {
-                    result: Err(error),
-                    ambiguous,
-                };
-            }
-            let mut retry_elsewhere = false;
-            match self.connection(&target) {
-                Err(error) => {
-                    last_error = format!("connecting to {target}: {error}");
-                    retry_elsewhere = true;
-                }
-                Ok(connection) => {
-                    let server_timeout = deadline - now;
-                    match connection.call(body, server_timeout, deadline + RESPONSE_GRACE) {
-                        Err(CallError::Failed { sent, reason }) => {
-                            ambiguous |= write && sent;
-                            last_error = format!("{target}: {reason}");
-                            self.drop_connection(&target);
-                            retry_elsewhere = true;
-                        }
-                        Err(CallError::TimedOut) => {
-                            ambiguous |= write;
-                            last_error = format!("{target}: no response");
-                        }
-                        Ok(frame) => match frame.result {
-                            Ok(response) => {
-                                if !stale_read {
-                                    *self.inner.leader.lock() = Some(target);
-                                }
-                                return Executed {
-                                    result: Ok(response),
-                                    ambiguous,
-                                };
-                            }
-                            Err(error) => {
-                                last_error = format!("{target}: {error}");
-                                match error {
-                                    ServerError::NotLeader {
-                                        leader_client_address: Some(address),
-                                        ..
-                                    } if address != target => {
-                                        target = address;
-                                        redirects += 1;
-                                        if redirects <= REDIRECTS_BEFORE_BACKOFF {
-                                            continue;
-                                        }
-                                    }
-                                    ServerError::NotLeader { .. }
-                                    | ServerError::Unavailable { .. } => {
-                                        retry_elsewhere = true;
-                                    }
-                                    ServerError::Indeterminate { .. } => ambiguous = true,
-                                    ServerError::Busy { .. }
-                                    | ServerError::Dropped
-                                    | ServerError::ReadTimeout => {}
-                                    ServerError::Invalid(error) => {
-                                        return Executed {
-                                            result: Err(ClientError::Rejected(error)),
-                                            ambiguous,
-                                        }
-                                    }
-                                    ServerError::NoLease => {
-                                        return Executed {
-                                            result: Err(ClientError::NoLease),
-                                            ambiguous,
-                                        }
-                                    }
-                                    // Answers to snapshot requests, which do not come here.
-                                    // ... and refusals of membership changes and
-                                    // transfers, which are final.
-                                    error @ (ServerError::NoSnapshot
-                                    | ServerError::SnapshotMoved { .. }
-                                    | ServerError::SnapshotOffset { .. }
-                                    | ServerError::Refused { .. }
-                                    | ServerError::TransferFailed { .. }) => {
-                                        return Executed {
-                                            result: Err(ClientError::Server(error)),
-                                            ambiguous,
-                                        }
-                                    }
-                                }
-                            }
-                        },
-                    }
-                }
-            }
-            if retry_elsewhere {
-                let mut leader = self.inner.leader.lock();
-                if leader.as_deref() == Some(target.as_str()) {
-                    *leader = None;
-                }
-                drop(leader);
-                target = self.next_endpoint();
-            }
-            redirects = 0;
-            let jitter = rand::rng().random_range(0.5..1.0);
-            let pause = backoff
-                .mul_f64(jitter)
-                .min(deadline.saturating_duration_since(Instant::now()));
-            std::thread::sleep(pause);
-            backoff = (backoff * 2).min(options.backoff_max);
-        }
-    }
-
-    fn next_endpoint(&self) -> String {
-        let endpoints = &self.inner.endpoints;
-        let index = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
-        endpoints[index % endpoints.len()].clone()
-    }
-
-    /// An open connection to `address`, opening one if needed (outside the map's lock).
-    fn connection(&self, address: &str) -> std::io::Result<Arc<Connection>> {
-        if let Some(connection) = self.inner.connections.lock().get(address) {
-            if !connection.is_broken() {
-                return Ok(Arc::clone(connection));
-            }
-        }
-        let options = &self.inner.options;
-        let opened = Arc::new(Connection::open(
-            address,
-            options.connect_timeout,
-            options.request_timeout,
-        )?);
-        let mut connections = self.inner.connections.lock();
-        match connections.get(address) {
-            Some(existing) if !existing.is_broken() => Ok(Arc::clone(existing)),
-            _ => {
-                connections.insert(address.to_string(), Arc::clone(&opened));
-                Ok(opened)
-            }
-        }
-    }
-
-    fn drop_connection(&self, address: &str) {
-        let removed = self.inner.connections.lock().remove(address);
-        if let Some(connection) = removed {
-            connection.close();
-        }
-    }
-
-    fn take_session(&self) -> Session {
-        self.inner
-            .sessions
-            .lock()
-            .pop()
-            .unwrap_or_else(Session::new)
+    /// The deadline of a call starting now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.options.request_timeout
     }
 
     fn return_session(&self, mut session: Session) {

@@ -64,7 +64,11 @@ impl Client {
     /// Asks the node at `endpoint` to take a snapshot now (one attempt). The snapshot is
     /// taken in the background; see [`Client::take_snapshot_and_wait`].
     pub fn take_snapshot(&self, endpoint: &str) -> Result<SnapshotRequested, ClientError> {
-        match self.call_one(endpoint, &RequestBody::TakeSnapshot)? {
+        match self.call_one(
+            endpoint,
+            &RequestBody::TakeSnapshot,
+            self.inner.options.request_timeout,
+        )? {
             ResponseBody::SnapshotRequested(requested) => Ok(requested),
             other => Err(protocol(&format!(
                 "unexpected answer to a snapshot request: {other:?}"
@@ -113,7 +117,11 @@ impl Client {
         last: Option<EntryId>,
         offset: u64,
     ) -> Result<SnapshotChunkReply, ClientError> {
-        match self.call_one(endpoint, &RequestBody::SnapshotChunk { last, offset })? {
+        match self.call_one(
+            endpoint,
+            &RequestBody::SnapshotChunk { last, offset },
+            self.inner.options.request_timeout,
+        )? {
             ResponseBody::SnapshotChunk(chunk) => Ok(chunk),
             other => Err(protocol(&format!(
                 "unexpected answer to a snapshot chunk request: {other:?}"

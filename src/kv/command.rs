@@ -16,7 +16,8 @@ use super::{
 /// Identifies one write of one client for exactly-once application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionId {
-    /// The client, chosen by the client (at random, so that clients do not collide).
+    /// The client: the id the store gave its session when it applied the client's
+    /// [`Command::register_session`] (the log index of that entry).
     pub client_id: u64,
     /// The client's write counter: starts at 1 and increases with every new write. A retry
     /// reuses the sequence of the write it retries.
@@ -119,11 +120,32 @@ impl Operation {
     }
 }
 
+/// How a [`Command`] relates to the client session table; see the
+/// [module docs](crate::kv#exactly-once-writes).
+///
+/// Encoded as the first field of a command: `None` as byte 0 and `Session` as byte 1 followed
+/// by the [`SessionId`] — exactly the bytes of the `Option<SessionId>` this field was before
+/// registration existed, so entries written by earlier builds decode unchanged — and
+/// `Register` as byte 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandSession {
+    /// No session: the operations apply every time the command is committed, so a retry may
+    /// apply them again.
+    None,
+    /// One write of a registered session: applied at most once. The store refuses it with
+    /// [`KvError::SessionExpired`] if it does not hold the session.
+    Session(SessionId),
+    /// Registers a new session and carries no operations. Answered with
+    /// [`Response::SessionRegistered`](super::Response::SessionRegistered).
+    Register,
+}
+
 /// A write: what a client proposes and every replica applies at the same log index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
-    /// Present for exactly-once application; see the [module docs](crate::kv).
-    pub session: Option<SessionId>,
+    /// Exactly-once application, or the registration of a session; see the
+    /// [module docs](crate::kv#exactly-once-writes).
+    pub session: CommandSession,
     /// The operations, applied in order in one log entry, all or none.
     pub operations: Vec<Operation>,
     /// Whether the response carries each key's previous value.
@@ -134,7 +156,7 @@ impl Command {
     /// An atomic batch of `operations`, without a session.
     pub fn batch(operations: Vec<Operation>) -> Command {
         Command {
-            session: None,
+            session: CommandSession::None,
             operations,
             return_previous: false,
         }
@@ -155,13 +177,40 @@ impl Command {
         Command::batch(vec![Operation::Cas { key, expect, value }])
     }
 
-    /// The same command, applied at most once for `(client_id, sequence)`.
+    /// Registers a new session. The store answers with
+    /// [`Response::SessionRegistered`](super::Response::SessionRegistered) carrying the
+    /// session's client id; its writes then go out with [`Command::with_session`], sequences
+    /// from 1. Registering has no other effect, so a registration whose answer was lost may
+    /// simply be sent again (the unused session is evicted in time).
+    pub fn register_session() -> Command {
+        Command {
+            session: CommandSession::Register,
+            operations: Vec::new(),
+            return_previous: false,
+        }
+    }
+
+    /// The same command, applied at most once for `(client_id, sequence)` of a registered
+    /// session.
     pub fn with_session(mut self, client_id: u64, sequence: u64) -> Command {
-        self.session = Some(SessionId {
+        self.session = CommandSession::Session(SessionId {
             client_id,
             sequence,
         });
         self
+    }
+
+    /// The session write this command is, if it is one.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self.session {
+            CommandSession::Session(id) => Some(id),
+            CommandSession::None | CommandSession::Register => None,
+        }
+    }
+
+    /// Whether this command registers a session.
+    pub fn is_registration(&self) -> bool {
+        self.session == CommandSession::Register
     }
 
     /// The same command, asking for previous values in the response.
@@ -179,12 +228,19 @@ impl Command {
     /// so a command that fails here would be rejected there; checking before proposing saves a
     /// trip through the log and gives the caller the same error.
     pub fn validate(&self) -> Result<(), KvError> {
-        if let Some(session) = self.session {
-            if session.sequence == 0 {
+        match self.session {
+            CommandSession::Session(session) if session.sequence == 0 => {
                 return Err(KvError::InvalidSequence {
                     client_id: session.client_id,
                 });
             }
+            CommandSession::Register => {
+                if !self.operations.is_empty() || self.return_previous {
+                    return Err(KvError::InvalidRegistration);
+                }
+                return Ok(());
+            }
+            CommandSession::None | CommandSession::Session(_) => {}
         }
         if self.operations.is_empty() {
             return Err(KvError::EmptyBatch);
@@ -439,10 +495,12 @@ pub enum KvError {
         /// The client's latest applied sequence.
         latest: u64,
     },
-    /// The store has no session for this client and the sequence is not 1: the session was
-    /// evicted (or never existed). Not applied now; if this was a retry, whether the earlier
-    /// attempt applied is unknown. Continue under a new client id starting at sequence 1.
-    #[error("client {client_id}: no session for sequence {sequence} (evicted or never started)")]
+    /// The store holds no session for this client: it was evicted, or never registered. Not
+    /// applied now; if this was a retry, whether an earlier attempt applied (before the
+    /// eviction) is unknown. Register a new session for later writes.
+    #[error(
+        "client {client_id}: no session for sequence {sequence} (evicted or never registered)"
+    )]
     SessionExpired {
         /// The client.
         client_id: u64,
@@ -457,6 +515,10 @@ pub enum KvError {
         /// The largest allowed.
         max: usize,
     },
+    /// A session registration carries operations or asks for previous values; it must carry
+    /// nothing.
+    #[error("a session registration carries no operations")]
+    InvalidRegistration,
 }
 
 impl KvError {
@@ -582,6 +644,65 @@ mod tests {
             Command::batch(vec![ok]).with_session(9, 0).validate(),
             Err(KvError::InvalidSequence { client_id: 9 })
         );
+    }
+
+    /// The layout of a command before sessions were registered (`session` was an option).
+    #[derive(Serialize)]
+    struct CommandBeforeRegistration {
+        session: Option<SessionId>,
+        operations: Vec<Operation>,
+        return_previous: bool,
+    }
+
+    #[test]
+    fn commands_encoded_before_registration_existed_decode_unchanged() {
+        let operations = vec![Operation::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }];
+        let session = SessionId {
+            client_id: u64::MAX,
+            sequence: 7,
+        };
+        for (old_session, session) in [
+            (None, CommandSession::None),
+            (Some(session), CommandSession::Session(session)),
+        ] {
+            let old = CommandBeforeRegistration {
+                session: old_session,
+                operations: operations.clone(),
+                return_previous: true,
+            };
+            let bytes = codec::encode(&old).unwrap();
+            let command = Command::decode(&bytes).unwrap();
+            assert_eq!(command.session, session);
+            assert_eq!(command.operations, operations);
+            assert!(command.return_previous);
+            assert_eq!(
+                codec::encode(&command).unwrap(),
+                bytes,
+                "same bytes both ways"
+            );
+        }
+        // A registration starts with a byte no earlier command could start with.
+        let registration = Command::register_session().encode().unwrap();
+        assert_eq!(registration[0], 2);
+    }
+
+    #[test]
+    fn a_registration_carries_nothing() {
+        let registration = Command::register_session();
+        assert_eq!(registration.validate(), Ok(()));
+        assert!(registration.is_registration());
+        assert_eq!(registration.session_id(), None);
+        let mut with_operation = registration.clone();
+        with_operation
+            .operations
+            .push(Operation::Delete { key: b"k".to_vec() });
+        assert_eq!(with_operation.validate(), Err(KvError::InvalidRegistration));
+        let mut with_previous = registration;
+        with_previous.return_previous = true;
+        assert_eq!(with_previous.validate(), Err(KvError::InvalidRegistration));
     }
 
     #[test]

@@ -12,22 +12,30 @@
 //!
 //! # Exactly-once writes
 //!
-//! A command may carry a [`SessionId`] `(client_id, sequence)`. Per client the store remembers
-//! the highest applied sequence and its encoded response:
+//! A client first registers a session through the log ([`Command::register_session`], Raft
+//! thesis §6.3); the store answers [`Response::SessionRegistered`] with the session's client
+//! id, which is the log index of the registration, so every replica gives the same id and no
+//! two sessions ever share one. Each write then carries a [`SessionId`] `(client_id,
+//! sequence)`, sequences from 1 up. Per session the store remembers the highest applied
+//! sequence and its encoded response:
 //!
 //! - the same sequence again returns the cached response without applying anything;
 //! - an older sequence is rejected with [`KvError::StaleSequence`];
 //! - a newer sequence is applied and becomes the cached one (gaps are allowed);
-//! - a client the store does not know must start with sequence 1; any other sequence is
-//!   rejected with [`KvError::SessionExpired`], because the store cannot tell a new client from
-//!   one whose session was evicted (Raft thesis §6.3). Start a new session under a new client id.
+//! - a write from a client the store holds no session for is rejected with
+//!   [`KvError::SessionExpired`], whatever its sequence: the session was evicted or never
+//!   registered. An unknown client is never taken for a new one — that would apply the retry
+//!   of a first write twice once its session had been evicted. If the refused write was a
+//!   retry, an earlier attempt may have been applied before the eviction: its outcome is
+//!   unknown. Register a new session for later writes.
 //!
 //! At most [`SESSIONS_MAX`] sessions holding at most [`SESSION_CACHE_BYTES_MAX`] bytes of cached
-//! responses are kept; beyond that the session used least recently (by log index) is evicted.
-//! Eviction depends only on the applied log, so all replicas agree. Sessions are carried in
-//! snapshots. A client that keeps several writes in flight under one client id may see
-//! [`KvError::StaleSequence`] for an earlier one that a leader change reordered behind a later
-//! one; that error means "not applied now, earlier outcome unknown", never a guess.
+//! responses are kept; beyond that the session used least recently (by log index; registering
+//! counts as a use) is evicted. Eviction depends only on the applied log, so all replicas
+//! agree. Sessions are carried in snapshots. A client that keeps several writes in flight
+//! under one client id may see [`KvError::StaleSequence`] for an earlier one that a leader
+//! change reordered behind a later one; that error means "not applied now, earlier outcome
+//! unknown", never a guess.
 //!
 //! # Limits
 //!
@@ -58,7 +66,9 @@ mod session;
 mod snapshot;
 mod store;
 
-pub use command::{Command, Expect, KeyRange, KvError, Operation, ReadRequest, SessionId};
+pub use command::{
+    Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest, SessionId,
+};
 pub use response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
 pub use snapshot::SnapshotError;
 pub use store::KvStore;

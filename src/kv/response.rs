@@ -95,6 +95,12 @@ pub enum Response {
     },
     /// The command was refused; nothing was applied.
     Rejected(KvError),
+    /// A [`Command::register_session`](super::Command::register_session) was applied: the new
+    /// session's client id, for its writes' [`SessionId`](super::SessionId)s.
+    SessionRegistered {
+        /// The new session's client id: the log index of the registration.
+        client_id: u64,
+    },
 }
 
 impl Response {
@@ -201,7 +207,10 @@ mod tests {
         let rejected = Response::Rejected(KvError::Malformed {
             reason: "x".repeat(ERROR_REASON_BYTES_MAX),
         });
-        for response in [written, failed, rejected] {
+        let registered = Response::SessionRegistered {
+            client_id: u64::MAX,
+        };
+        for response in [written, failed, rejected, registered] {
             let bytes = response.encode();
             assert!(bytes.len() <= RESPONSE_BYTES_MAX, "{} bytes", bytes.len());
             assert_eq!(Response::decode(&bytes).unwrap(), response);

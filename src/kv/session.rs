@@ -1,8 +1,14 @@
-//! Client sessions for exactly-once writes: per client, the highest applied sequence and its
-//! encoded response, bounded in count and bytes, evicted least recently used first.
+//! Client sessions for exactly-once writes: per registered client, the highest applied
+//! sequence and its encoded response, bounded in count and bytes, evicted least recently used
+//! first.
 //!
 //! "Recently" is measured in log indexes, never in wall-clock time, so eviction is a pure
 //! function of the applied log and every replica evicts the same sessions.
+//!
+//! A session exists only once registered through the log (Raft thesis §6.3): a write from a
+//! client the table does not hold is refused, whatever its sequence. Were an unknown client
+//! at sequence 1 taken for a new one, the retry of a first write whose session was evicted
+//! meanwhile would be applied a second time.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +21,11 @@ use super::{SESSIONS_MAX, SESSION_CACHE_BYTES_MAX};
 /// One client's session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Session {
-    /// The highest sequence applied for this client. Invariant: at least 1.
+    /// The highest sequence applied for this client; 0 for a session registered that has
+    /// applied no write yet.
     pub(crate) sequence: u64,
-    /// The encoded response to that sequence, returned again to a duplicate.
+    /// The encoded response to that sequence, returned again to a duplicate. Invariant: empty
+    /// exactly when `sequence` is 0.
     #[serde(with = "super::bytes")]
     pub(crate) response: Vec<u8>,
     /// The index of the last entry that used the session. Invariant: unique among sessions.
@@ -27,7 +35,7 @@ pub(crate) struct Session {
 /// What the session table says about an incoming `(client, sequence)`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum SessionCheck {
-    /// Newer than anything applied for the client (or the client's first write): apply it.
+    /// Newer than anything applied for the client: apply it.
     Apply,
     /// Already applied: here is the cached response.
     Duplicate(Vec<u8>),
@@ -36,7 +44,7 @@ pub(crate) enum SessionCheck {
         /// The client's latest applied sequence.
         latest: u64,
     },
-    /// Unknown client with a sequence other than 1.
+    /// No session for the client: evicted, or never registered.
     Expired,
 }
 
@@ -78,12 +86,9 @@ impl Sessions {
     /// Classifies `(client_id, sequence)`. A duplicate counts as a use at `index`, so a client
     /// that keeps retrying keeps its session.
     pub(crate) fn check(&mut self, client_id: u64, sequence: u64, index: LogIndex) -> SessionCheck {
+        debug_assert!(sequence >= 1, "sequence 0 passed validation");
         let Some(session) = self.by_client.get_mut(&client_id) else {
-            return if sequence == 1 {
-                SessionCheck::Apply
-            } else {
-                SessionCheck::Expired
-            };
+            return SessionCheck::Expired;
         };
         if sequence > session.sequence {
             return SessionCheck::Apply;
@@ -98,6 +103,24 @@ impl Sessions {
         self.by_last_used.remove(&previous_use);
         self.by_last_used.insert(index, client_id);
         SessionCheck::Duplicate(response)
+    }
+
+    /// Registers a session at `index`, which becomes its client id, then evicts the least
+    /// recently used sessions until the table is within its bounds. Returns the client id.
+    ///
+    /// Ids given this way are log indexes, hence unique. A session restored from a snapshot of
+    /// a build that let clients pick random ids may hold the same id; it is replaced, which to
+    /// its client looks like an eviction (its next write is refused, never applied twice).
+    pub(crate) fn register(&mut self, index: LogIndex) -> u64 {
+        let client_id = index.0;
+        let session = Session {
+            sequence: 0,
+            response: Vec::new(),
+            last_used: index,
+        };
+        self.insert(client_id, session);
+        self.evict(SESSIONS_MAX, SESSION_CACHE_BYTES_MAX);
+        client_id
     }
 
     /// Records `response` as the answer to `(client_id, sequence)` applied at `index`, then
@@ -159,7 +182,13 @@ impl Sessions {
         assert_eq!(self.by_client.len(), self.by_last_used.len());
         let mut bytes = 0;
         for (client_id, session) in &self.by_client {
-            assert!(session.sequence >= 1, "client {client_id}: sequence 0");
+            assert_eq!(
+                session.sequence == 0,
+                session.response.is_empty(),
+                "client {client_id}: sequence {} with {} bytes of response",
+                session.sequence,
+                session.response.len()
+            );
             assert!(
                 session.last_used <= applied,
                 "client {client_id}: used in the future"
@@ -185,39 +214,69 @@ mod tests {
     }
 
     #[test]
-    fn new_client_must_start_at_one() {
+    fn only_registered_clients_are_known() {
         let mut sessions = Sessions::default();
+        assert_eq!(sessions.check(7, 1, LogIndex(1)), SessionCheck::Expired);
         assert_eq!(sessions.check(7, 2, LogIndex(1)), SessionCheck::Expired);
-        assert_eq!(sessions.check(7, 1, LogIndex(1)), SessionCheck::Apply);
+        assert_eq!(sessions.register(LogIndex(7)), 7, "the id is the index");
+        assert_eq!(sessions.sequence(7), Some(0));
+        sessions.check_invariants(LogIndex(7));
+        assert_eq!(sessions.check(7, 1, LogIndex(8)), SessionCheck::Apply);
+        // Sequences may skip: a write that failed definitely leaves a gap.
+        assert_eq!(sessions.check(7, 3, LogIndex(8)), SessionCheck::Apply);
+    }
+
+    #[test]
+    fn registering_over_an_existing_id_replaces_that_session() {
+        let mut sessions = Sessions::default();
+        sessions.register(LogIndex(1));
+        recorded(&mut sessions, 1, 4, 2);
+        // Only a session restored from an older build (random ids) can hold a future index.
+        sessions.insert(
+            9,
+            Session {
+                sequence: 3,
+                response: vec![1],
+                last_used: LogIndex(3),
+            },
+        );
+        assert_eq!(sessions.register(LogIndex(9)), 9);
+        assert_eq!(sessions.sequence(9), Some(0));
+        assert_eq!(sessions.len(), 2);
+        sessions.check_invariants(LogIndex(9));
     }
 
     #[test]
     fn duplicate_stale_and_newer() {
         let mut sessions = Sessions::default();
-        recorded(&mut sessions, 7, 1, 1);
-        recorded(&mut sessions, 7, 5, 2);
+        let client = sessions.register(LogIndex(1));
+        recorded(&mut sessions, client, 1, 2);
+        recorded(&mut sessions, client, 5, 3);
         assert_eq!(
-            sessions.check(7, 5, LogIndex(3)),
-            SessionCheck::Duplicate(vec![2; 3])
+            sessions.check(client, 5, LogIndex(4)),
+            SessionCheck::Duplicate(vec![3; 3])
         );
         assert_eq!(
-            sessions.check(7, 4, LogIndex(4)),
+            sessions.check(client, 4, LogIndex(5)),
             SessionCheck::Stale { latest: 5 }
         );
-        assert_eq!(sessions.check(7, 6, LogIndex(5)), SessionCheck::Apply);
-        sessions.check_invariants(LogIndex(5));
+        assert_eq!(sessions.check(client, 6, LogIndex(6)), SessionCheck::Apply);
+        sessions.check_invariants(LogIndex(6));
         assert_eq!(sessions.len(), 1);
     }
 
     #[test]
     fn eviction_takes_the_least_recently_used() {
         let mut sessions = Sessions::default();
-        recorded(&mut sessions, 1, 1, 1);
-        recorded(&mut sessions, 2, 1, 2);
-        recorded(&mut sessions, 3, 1, 3);
+        for index in 1..=3 {
+            sessions.register(LogIndex(index));
+        }
+        recorded(&mut sessions, 1, 1, 4);
+        recorded(&mut sessions, 2, 1, 5);
+        recorded(&mut sessions, 3, 1, 6);
         // A duplicate from client 1 makes client 2 the least recently used.
         assert!(matches!(
-            sessions.check(1, 1, LogIndex(4)),
+            sessions.check(1, 1, LogIndex(7)),
             SessionCheck::Duplicate(_)
         ));
         sessions.evict(2, usize::MAX);
@@ -227,6 +286,11 @@ mod tests {
         sessions.evict(2, 3);
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions.sequence(1), Some(1));
-        sessions.check_invariants(LogIndex(4));
+        sessions.check_invariants(LogIndex(7));
+        // A registration is a use too, and counts against the bound like any session.
+        sessions.register(LogIndex(8));
+        sessions.evict(1, usize::MAX);
+        assert_eq!(sessions.sequence(1), None);
+        assert_eq!(sessions.sequence(8), Some(0));
     }
 }

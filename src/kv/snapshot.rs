@@ -13,6 +13,17 @@
 //!
 //! Nothing may follow the last session record. Restore builds a new store and replaces the old
 //! one only when the whole snapshot checked out, so a bad snapshot leaves the store untouched.
+//!
+//! Format versions (the records are laid out the same in both):
+//!
+//! | version | written by | sessions |
+//! |---|---|---|
+//! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) |
+//! | 2 | this build | a session registered that has applied no write yet has sequence 0 and an empty response |
+//!
+//! This build reads both; a version 1 snapshot's sessions carry on as registered ones. A build
+//! that reads only version 1 refuses a version 2 snapshot as an unknown version rather than
+//! misreading its new sessions.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +39,11 @@ use super::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX, VALUE_BYTES_MAX};
 /// Identifies a keyval kv snapshot: "kvsn".
 const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
 
-/// The snapshot format this build writes and reads.
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The snapshot format this build writes.
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+
+/// The oldest snapshot format this build reads (see the module docs for the differences).
+const SNAPSHOT_FORMAT_VERSION_MIN: u32 = 1;
 
 /// The largest record a snapshot holds: a session with a maximal cached response, with room
 /// for the record's own fields.
@@ -59,12 +73,14 @@ pub enum SnapshotError {
         found: u32,
     },
     /// The snapshot was written in a format this build does not read.
-    #[error("snapshot format version {found}; this build reads version {supported}")]
+    #[error("snapshot format version {found}; this build reads versions {oldest} to {supported}")]
     UnknownVersion {
         /// The version found.
         found: u32,
-        /// The version this build reads.
+        /// The newest version this build reads (and the one it writes).
         supported: u32,
+        /// The oldest version this build reads.
+        oldest: u32,
     },
     /// A record is damaged or cut short.
     #[error("snapshot record {record}: {source}")]
@@ -128,10 +144,12 @@ impl KvStore {
                 found: header.magic,
             });
         }
-        if header.format_version != SNAPSHOT_FORMAT_VERSION {
+        if !(SNAPSHOT_FORMAT_VERSION_MIN..=SNAPSHOT_FORMAT_VERSION).contains(&header.format_version)
+        {
             return Err(SnapshotError::UnknownVersion {
                 found: header.format_version,
                 supported: SNAPSHOT_FORMAT_VERSION,
+                oldest: SNAPSHOT_FORMAT_VERSION_MIN,
             });
         }
         if header.revision > header.applied {
@@ -157,7 +175,7 @@ impl KvStore {
             if last_client.is_some_and(|last| client_id <= last) {
                 return Err(reader.invalid("sessions out of client order"));
             }
-            check_session(&sessions, &session, header.applied)
+            check_session(&sessions, &session, header.applied, header.format_version)
                 .map_err(|reason| reader.invalid(reason))?;
             last_client = Some(client_id);
             sessions.insert(client_id, session);
@@ -203,14 +221,22 @@ fn check_entry(store: &KvStore, key: &[u8], versioned: &Versioned) -> Result<(),
     Ok(())
 }
 
-/// Checks one session record against the sessions restored so far.
+/// Checks one session record of a snapshot in `format_version` against the sessions
+/// restored so far.
 fn check_session(
     sessions: &Sessions,
     session: &Session,
     applied: LogIndex,
+    format_version: u32,
 ) -> Result<(), &'static str> {
     if session.sequence == 0 {
-        return Err("session sequence 0");
+        // Version 1 had no registration: a session existed only once it applied a write.
+        if format_version < 2 {
+            return Err("session sequence 0");
+        }
+        if !session.response.is_empty() {
+            return Err("a session with no write applied caches a response");
+        }
     }
     if session.last_used > applied {
         return Err("session used after the applied index");
@@ -218,7 +244,10 @@ fn check_session(
     if sessions.is_used_at(session.last_used) {
         return Err("two sessions last used at the same index");
     }
-    if session.response.len() > RESPONSE_BYTES_MAX || Response::decode(&session.response).is_err() {
+    if session.sequence > 0
+        && (session.response.len() > RESPONSE_BYTES_MAX
+            || Response::decode(&session.response).is_err())
+    {
         return Err("cached response is not a response");
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::types::{EntryId, LogIndex};
 
-use super::command::{Command, Expect, KeyRange, KvError, Operation, ReadRequest};
+use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
 use super::response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
 use super::session::{SessionCheck, Sessions};
 use super::{
@@ -109,7 +109,8 @@ impl KvStore {
         self.sessions.len()
     }
 
-    /// The latest applied sequence of `client_id`, if the store has its session.
+    /// The latest applied sequence of `client_id`, if the store holds its session (0 for a
+    /// session registered that has applied no write yet).
     pub fn session_sequence(&self, client_id: u64) -> Option<u64> {
         self.sessions.sequence(client_id)
     }
@@ -145,8 +146,13 @@ impl KvStore {
             Ok(command) => command,
             Err(error) => return Response::Rejected(error).encode(),
         };
-        let Some(session) = command.session else {
-            return self.apply_operations(index, command).encode();
+        let session = match command.session {
+            CommandSession::None => return self.apply_operations(index, command).encode(),
+            CommandSession::Register => {
+                let client_id = self.sessions.register(index);
+                return Response::SessionRegistered { client_id }.encode();
+            }
+            CommandSession::Session(session) => session,
         };
         let (client_id, sequence) = (session.client_id, session.sequence);
         match self.sessions.check(client_id, sequence, index) {

@@ -45,7 +45,8 @@ pub enum Consistency {
 /// What a client asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestBody {
-    /// A write, proposed to the log. Carry a session for exactly-once retries.
+    /// A write, proposed to the log. Carry a registered session for exactly-once retries;
+    /// a session is registered by proposing [`Command::register_session`] the same way.
     Write(Command),
     /// A read.
     Read {
