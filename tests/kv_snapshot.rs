@@ -322,3 +322,45 @@ fn well_framed_records_that_break_invariants_are_refused() {
     session_record(3, 1, vec![0xFF; 5], 4, &mut garbage_response);
     invalid(garbage_response);
 }
+
+/// Issue #12: a snapshot freezes the store in O(1) and serializes later. Whatever is applied
+/// between the freeze and the serialization — new keys, overwrites, deletes, session use —
+/// the bytes are the store as it was frozen, and the live store is unaffected by the frozen
+/// copy.
+#[test]
+fn a_frozen_snapshot_serializes_the_state_at_the_freeze() {
+    let mut store = populated();
+    for k in 0..2_000u64 {
+        let key = format!("key-{k:05}").into_bytes();
+        apply(&mut store, 9 + k, &Command::put(key, vec![k as u8; 40]));
+    }
+    let expected = store.snapshot();
+    let at_freeze = store.clone();
+    let writer = store.snapshot_writer();
+    let mut index = 2_009;
+    for k in (0..2_000u64).step_by(3) {
+        let key = format!("key-{k:05}").into_bytes();
+        let command = if k % 2 == 0 {
+            Command::put(key, b"changed".to_vec())
+        } else {
+            Command::delete(key)
+        };
+        apply(&mut store, index, &command);
+        index += 1;
+    }
+    apply(
+        &mut store,
+        index,
+        &Command::put(b"a".to_vec(), b"3".to_vec()).with_session(3, 3),
+    );
+    let written = writer();
+    assert_eq!(written, expected, "the frozen snapshot saw later writes");
+    let mut restored = KvStore::new();
+    restored.restore(&written).unwrap();
+    assert_eq!(restored, at_freeze);
+    assert_ne!(restored, store);
+    assert_eq!(
+        store.get(b"key-00000").map(|versioned| versioned.value),
+        Some(b"changed".to_vec())
+    );
+}

@@ -10,7 +10,9 @@
 //! at sequence 1 taken for a new one, the retry of a first write whose session was evicted
 //! meanwhile would be applied a second time.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,10 +55,13 @@ pub(crate) enum SessionCheck {
 /// Invariants: `by_last_used` holds exactly one `(last_used, client_id)` per session;
 /// `cached_bytes` is the sum of the cached responses' lengths; after every `record`,
 /// `len() <= SESSIONS_MAX` and `cached_bytes <= SESSION_CACHE_BYTES_MAX`.
+///
+/// The maps are persistent (O(1) clone, see [`super::KvStore`]'s data); sessions are shared
+/// between clones until one is changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Sessions {
-    by_client: BTreeMap<u64, Session>,
-    by_last_used: BTreeMap<LogIndex, u64>,
+    by_client: OrdMap<u64, Arc<Session>>,
+    by_last_used: OrdMap<LogIndex, u64>,
     cached_bytes: usize,
 }
 
@@ -80,14 +85,16 @@ impl Sessions {
 
     /// Every session in client order, for snapshots.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &Session)> {
-        self.by_client.iter()
+        self.by_client
+            .iter()
+            .map(|(client_id, session)| (client_id, &**session))
     }
 
     /// Classifies `(client_id, sequence)`. A duplicate counts as a use at `index`, so a client
     /// that keeps retrying keeps its session.
     pub(crate) fn check(&mut self, client_id: u64, sequence: u64, index: LogIndex) -> SessionCheck {
         debug_assert!(sequence >= 1, "sequence 0 passed validation");
-        let Some(session) = self.by_client.get_mut(&client_id) else {
+        let Some(session) = self.by_client.get(&client_id) else {
             return SessionCheck::Expired;
         };
         if sequence > session.sequence {
@@ -99,7 +106,10 @@ impl Sessions {
             };
         }
         let response = session.response.clone();
-        let previous_use = std::mem::replace(&mut session.last_used, index);
+        let previous_use = session.last_used;
+        if let Some(session) = self.by_client.get_mut(&client_id) {
+            Arc::make_mut(session).last_used = index;
+        }
         self.by_last_used.remove(&previous_use);
         self.by_last_used.insert(index, client_id);
         SessionCheck::Duplicate(response)
@@ -145,7 +155,7 @@ impl Sessions {
     pub(crate) fn insert(&mut self, client_id: u64, session: Session) {
         let added = session.response.len();
         let used = session.last_used;
-        if let Some(old) = self.by_client.insert(client_id, session) {
+        if let Some(old) = self.by_client.insert(client_id, Arc::new(session)) {
             self.by_last_used.remove(&old.last_used);
             self.cached_bytes -= old.response.len();
         }
@@ -161,9 +171,10 @@ impl Sessions {
     /// `bytes_max` of responses.
     pub(crate) fn evict(&mut self, count_max: usize, bytes_max: usize) {
         while self.by_client.len() > count_max || self.cached_bytes > bytes_max {
-            let Some((_, client_id)) = self.by_last_used.pop_first() else {
+            let Some((last_used, client_id)) = self.by_last_used.get_min().copied() else {
                 break;
             };
+            self.by_last_used.remove(&last_used);
             let session = self
                 .by_client
                 .remove(&client_id)

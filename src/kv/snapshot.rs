@@ -33,7 +33,7 @@ use crate::types::LogIndex;
 
 use super::response::{Response, Versioned};
 use super::session::{Session, Sessions};
-use super::store::KvStore;
+use super::store::{KvStore, Stored};
 use super::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX, VALUE_BYTES_MAX};
 
 /// Identifies a keyval kv snapshot: "kvsn".
@@ -126,8 +126,8 @@ impl KvStore {
         };
         let mut out = Vec::new();
         write_record(&header, &mut out);
-        for entry in &self.data {
-            write_record(&entry, &mut out);
+        for (key, stored) in &self.data {
+            write_record(&EntryRecord(key, VersionedRecord::of(stored)), &mut out);
         }
         for entry in self.sessions.iter() {
             write_record(&entry, &mut out);
@@ -166,7 +166,13 @@ impl KvStore {
         for _ in 0..header.keys {
             let (key, versioned): (Vec<u8>, Versioned) = reader.next()?;
             check_entry(&store, &key, &versioned).map_err(|reason| reader.invalid(reason))?;
-            store.data.insert(key, versioned);
+            store.data.insert(
+                key.into(),
+                Stored {
+                    value: versioned.value.into(),
+                    metadata: versioned.metadata,
+                },
+            );
         }
         let mut sessions = Sessions::default();
         let mut last_client = None;
@@ -205,11 +211,7 @@ fn check_entry(store: &KvStore, key: &[u8], versioned: &Versioned) -> Result<(),
     if versioned.value.len() > VALUE_BYTES_MAX {
         return Err("value longer than VALUE_BYTES_MAX");
     }
-    if store
-        .data
-        .last_key_value()
-        .is_some_and(|(last, _)| key <= last.as_slice())
-    {
+    if store.data.get_max().is_some_and(|(last, _)| key <= &**last) {
         return Err("keys out of order");
     }
     if metadata.version == 0
@@ -289,4 +291,33 @@ impl Reader<'_> {
 /// Appends `value` as one framed snapshot record.
 fn write_record<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     codec::write_value_record(value, out).expect("kv snapshot records always encode");
+}
+
+/// A key and its value as a snapshot record: the same encoding as `(Vec<u8>, Versioned)`, but
+/// written from the store's shared bytes without copying them.
+#[derive(serde::Serialize)]
+struct EntryRecord<'a>(
+    #[serde(serialize_with = "serialize_bytes")] &'a [u8],
+    VersionedRecord<'a>,
+);
+
+/// [`Versioned`]'s encoding, borrowed.
+#[derive(serde::Serialize)]
+struct VersionedRecord<'a> {
+    #[serde(serialize_with = "serialize_bytes")]
+    value: &'a [u8],
+    metadata: super::response::Metadata,
+}
+
+impl<'a> VersionedRecord<'a> {
+    fn of(stored: &'a Stored) -> VersionedRecord<'a> {
+        VersionedRecord {
+            value: &stored.value,
+            metadata: stored.metadata,
+        }
+    }
+}
+
+fn serialize_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    super::bytes::serialize(bytes, serializer)
 }

@@ -1,10 +1,12 @@
 //! The store itself: ordered data with per-key metadata, the session table, and the apply path
 //! that turns committed command bytes into a deterministic response.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
-use crate::state_machine::{RestoreError, StateMachine};
+use imbl::OrdMap;
+
+use crate::state_machine::{RestoreError, SnapshotWriter, StateMachine};
 use crate::types::{EntryId, LogIndex};
 
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
@@ -21,9 +23,11 @@ use super::{
 /// snapshot) compare equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    /// Every key with its value and metadata, in key order.
+    /// Every key with its value and metadata, in key order. A persistent map: cloning it is
+    /// O(1), and a clone shares every node until one side writes (then only the path to the
+    /// change is copied — keys and values are reference-counted, so a copy moves no bytes).
     /// Invariant: each key is valid, each `mod_revision <= revision`.
-    pub(super) data: BTreeMap<Vec<u8>, Versioned>,
+    pub(super) data: OrdMap<Arc<[u8]>, Stored>,
     /// Client sessions for exactly-once writes.
     pub(super) sessions: Sessions,
     /// The index of the last applied command. Invariant: `revision <= applied`.
@@ -32,8 +36,24 @@ pub struct KvStore {
     pub(super) revision: LogIndex,
 }
 
+/// A value as the store holds it: shared bytes, so copying a tree node copies no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) value: Arc<[u8]>,
+    pub(super) metadata: Metadata,
+}
+
+impl Stored {
+    fn to_versioned(&self) -> Versioned {
+        Versioned {
+            value: self.value.to_vec(),
+            metadata: self.metadata,
+        }
+    }
+}
+
 /// A key's state before a batch touched it, to restore if a later operation fails.
-type Undo = Vec<(Vec<u8>, Option<Versioned>)>;
+type Undo = Vec<(Arc<[u8]>, Option<Stored>)>;
 
 impl KvStore {
     /// An empty store that has applied nothing.
@@ -43,7 +63,7 @@ impl KvStore {
 
     /// The value and metadata of `key`, if it exists.
     pub fn get(&self, key: &[u8]) -> Option<Versioned> {
-        self.data.get(key).cloned()
+        self.data.get(key).map(Stored::to_versioned)
     }
 
     /// Up to `limit` keys of `range` in key order (`limit` is capped at [`SCAN_LIMIT_MAX`]), and
@@ -55,14 +75,14 @@ impl KvStore {
         let mut page = ScanPage::default();
         let start = range.start.as_slice();
         let end = match &range.end {
-            // `BTreeMap::range` panics on an inverted range; it is simply empty.
+            // A map's `range` panics on an inverted range; it is simply empty.
             Some(end) if end.as_slice() <= start => return page,
             Some(end) => Bound::Excluded(end.as_slice()),
             None => Bound::Unbounded,
         };
         let mut page_bytes = 0;
-        for (key, versioned) in self.data.range::<[u8], _>((Bound::Included(start), end)) {
-            let entry_bytes = key.len() + versioned.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
+        for (key, stored) in self.data.range::<_, [u8]>((Bound::Included(start), end)) {
+            let entry_bytes = key.len() + stored.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
             let full = page.entries.len() == limit
                 || (!page.entries.is_empty() && page_bytes + entry_bytes > SCAN_RESPONSE_BYTES_MAX);
             if full {
@@ -70,7 +90,7 @@ impl KvStore {
                 break;
             }
             page_bytes += entry_bytes;
-            page.entries.push((key.clone(), versioned.clone()));
+            page.entries.push((key.to_vec(), stored.to_versioned()));
         }
         page
     }
@@ -119,13 +139,13 @@ impl KvStore {
     /// and debug checks, not for every apply.
     pub fn check_invariants(&self) {
         assert!(self.revision <= self.applied, "revision after applied");
-        for (key, versioned) in &self.data {
-            let metadata = versioned.metadata;
+        for (key, stored) in &self.data {
+            let metadata = stored.metadata;
             assert!(
                 !key.is_empty() && key.len() <= KEY_BYTES_MAX,
                 "bad key {key:?}"
             );
-            assert!(versioned.value.len() <= VALUE_BYTES_MAX, "value too large");
+            assert!(stored.value.len() <= VALUE_BYTES_MAX, "value too large");
             assert!(metadata.version >= 1, "key {key:?}: version 0");
             assert!(
                 metadata.create_revision <= metadata.mod_revision
@@ -205,14 +225,19 @@ impl KvStore {
                     (key, value)
                 }
             };
-            let undo_key = may_fail.then(|| key.clone());
+            let key: Arc<[u8]> = key.into();
+            let undo_key = may_fail.then(|| Arc::clone(&key));
             let (previous, current) = match value {
                 Some(value) => {
                     let metadata = match self.data.get(&key) {
                         Some(old) => old.metadata.modified(index),
                         None => Metadata::created(index),
                     };
-                    let previous = self.data.insert(key, Versioned { value, metadata });
+                    let stored = Stored {
+                        value: value.into(),
+                        metadata,
+                    };
+                    let previous = self.data.insert(key, stored);
                     (previous, Some(metadata))
                 }
                 None => (self.data.remove(&key), None),
@@ -224,7 +249,7 @@ impl KvStore {
                 previous_value: None,
             };
             if return_previous {
-                outcome.previous_value = previous.as_ref().map(|versioned| versioned.value.clone());
+                outcome.previous_value = previous.as_ref().map(|stored| stored.value.to_vec());
                 previous_value_bytes += outcome.previous_value.as_ref().map_or(0, Vec::len);
             }
             if let Some(key) = undo_key {
@@ -252,7 +277,7 @@ impl KvStore {
     fn holds(&self, key: &[u8], expect: &Expect) -> bool {
         match (expect, self.data.get(key)) {
             (Expect::Absent, None) => true,
-            (Expect::Value(expected), Some(current)) => current.value == *expected,
+            (Expect::Value(expected), Some(current)) => *current.value == **expected,
             (Expect::ModRevision(revision), Some(current)) => {
                 current.metadata.mod_revision == *revision
             }
@@ -292,6 +317,13 @@ impl StateMachine for KvStore {
 
     fn snapshot(&mut self) -> Vec<u8> {
         self.encode_snapshot()
+    }
+
+    /// O(1): the store's maps are persistent, so the frozen copy shares every node with the
+    /// live store, and applying goes on while another thread serializes the copy.
+    fn snapshot_writer(&mut self) -> SnapshotWriter {
+        let frozen = self.clone();
+        Box::new(move || frozen.encode_snapshot())
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), RestoreError> {
