@@ -514,7 +514,10 @@ impl<M: StateMachine> Node<M> {
     /// A lease read barrier: like [`read_barrier`](Node::read_barrier) without a round trip,
     /// valid only while the leader holds a lease (requires `lease_reads`).
     pub fn lease_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
-        let index = self.shared.core.lock().raft.lease_read()?;
+        let index = {
+            let core = self.shared.core.lock();
+            core.raft.lease_read(core.raft.clock())?
+        };
         self.wait_applied(index, deadline)?;
         Ok(index)
     }

@@ -9,6 +9,7 @@
 //! taking office (§8), pipelined replication with flow control, fast log backtracking,
 //! ReadIndex and leases (thesis §6.4), all through [`Membership`]'s quorum arithmetic.
 
+mod clock;
 mod election;
 pub mod log;
 pub mod membership;
@@ -30,6 +31,7 @@ use crate::limits;
 use crate::storage::Recovered;
 use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
 
+pub use clock::Monotonic;
 pub use log::RaftLog;
 pub use membership::MemberChange;
 pub use message::{AppendResponse, Message, MessageBody};
@@ -158,6 +160,9 @@ pub struct Raft {
     randomized_election_timeout: u64,
     /// Ticks since this core was created.
     now: u64,
+    /// The latest reading of the runtime's monotonic clock (see [`Raft::advance_clock`]).
+    /// Invariant: never decreases.
+    clock: Monotonic,
     rng: StdRng,
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
@@ -235,6 +240,7 @@ impl Raft {
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
             now: 0,
+            clock: Monotonic::default(),
             rng: StdRng::seed_from_u64(seed),
             messages: Vec::new(),
             persisted_messages: Vec::new(),
@@ -247,6 +253,17 @@ impl Raft {
         };
         raft.reset_election_timer();
         Ok(raft)
+    }
+
+    /// Tells the core the time: `now` is a reading of the runtime's monotonic clock. Readings
+    /// older than the latest are ignored.
+    pub fn advance_clock(&mut self, now: Monotonic) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// The latest time the core knows of.
+    pub fn clock(&self) -> Monotonic {
+        self.clock
     }
 
     /// This node's id.
@@ -389,7 +406,10 @@ impl Raft {
     /// A lease read: the index to wait for, if this leader holds a valid lease. Requires
     /// `lease_reads` (and so check-quorum); the lease is a quorum's heartbeat answer no older
     /// than the election timeout minus the drift margin, and it dies with the leadership.
-    pub fn lease_read(&self) -> Result<LogIndex, ReadError> {
+    ///
+    /// `now` is the caller's monotonic clock read at the moment of the read.
+    pub fn lease_read(&self, now: Monotonic) -> Result<LogIndex, ReadError> {
+        let _ = now;
         let Role::Leader(leader) = &self.role else {
             return Err(ReadError::NotLeader {
                 leader_hint: self.leader(),
