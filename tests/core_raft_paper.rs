@@ -542,15 +542,16 @@ fn fast_backtracking_over_hundreds_of_divergent_entries() {
     );
 }
 
+fn with_lease(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.lease_reads = true;
+    config
+}
+
 // Lease reads: valid after a quorum round, void once the leader is cut off long enough.
 #[test]
 fn lease_read_valid_only_while_quorum_is_recent() {
-    fn lease(id: NodeId) -> Config {
-        let mut config = Config::new(id);
-        config.lease_reads = true;
-        config
-    }
-    let mut network = CoreNetwork::with_config(3, 11, lease);
+    let mut network = CoreNetwork::with_config(3, 11, with_lease);
     network.elect(N1);
     for _ in 0..10 {
         network.tick_all();
@@ -563,6 +564,54 @@ fn lease_read_valid_only_while_quorum_is_recent() {
         network.process_ready(N1);
     }
     assert!(lease_read(&mut network, N1).is_err());
+}
+
+// Thesis §6.4.1: the lease runs from the moment the quorum-answered round was sent, for
+// `Config::lease_duration` of the leader's clock — never from when the answers arrived.
+#[test]
+fn lease_lasts_the_lease_duration_from_the_send_time_of_its_round() {
+    let mut network = CoreNetwork::with_config(3, 14, with_lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    let config = with_lease(N1);
+    let lease = u64::try_from(config.lease_duration().as_nanos()).unwrap();
+    let heartbeat = u64::try_from(config.tick.as_nanos()).unwrap() * config.heartbeat_ticks;
+    let now = network.node(N1).clock();
+    // The latest round answered left within the last heartbeat interval...
+    let just_inside = now.plus_nanos(lease - heartbeat);
+    assert!(network.node(N1).lease_read(just_inside).is_ok());
+    // ...and no later than now, so the lease is over `lease` after now, however late the
+    // answers came.
+    assert_eq!(
+        network.node(N1).lease_read(now.plus_nanos(lease)),
+        Err(ReadError::NoLease)
+    );
+}
+
+// PITFALLS #19: a leader paused (SIGSTOP, a VM pause) for an election timeout has not been told
+// the time since — its ticker has not run yet — when a read arrives. The lease is checked
+// against the monotonic clock read at the moment of the read, so the read is refused, whatever
+// the core's own notion of time.
+#[test]
+fn lease_read_after_a_pause_is_refused_before_the_core_sees_a_tick() {
+    let mut network = CoreNetwork::with_config(3, 13, with_lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    let before_pause = network.node(N1).clock();
+    assert!(network.node(N1).lease_read(before_pause).is_ok());
+    let config = with_lease(N1);
+    let pause = config.tick * u32::try_from(config.election_ticks).unwrap();
+    let after_pause = before_pause.plus_nanos(u64::try_from(pause.as_nanos()).unwrap());
+    assert_eq!(
+        network.node(N1).lease_read(after_pause),
+        Err(ReadError::NoLease)
+    );
 }
 
 // Bad input is ignored with a reason, never a panic, and changes nothing.

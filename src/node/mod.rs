@@ -147,6 +147,8 @@ struct Shared<M> {
     /// Set when storage failed: the node stops serving.
     failed: Mutex<Option<String>>,
     stopped: AtomicBool,
+    /// The origin of the monotonic clock readings handed to the core (the node's start).
+    clock_origin: Instant,
 }
 
 impl<M> Shared<M> {
@@ -325,6 +327,7 @@ impl<M: StateMachine> Node<M> {
             snapshot_margin_entries,
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            clock_origin: Instant::now(),
         });
         let node = Node {
             shared: Arc::clone(&shared),
@@ -516,7 +519,9 @@ impl<M: StateMachine> Node<M> {
     pub fn lease_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
         let index = {
             let core = self.shared.core.lock();
-            core.raft.lease_read(core.raft.clock())?
+            // The time of the read, read under the lock: not the last time the core was told.
+            core.raft
+                .lease_read(ticker::clock_reading(self.shared.clock_origin))?
         };
         self.wait_applied(index, deadline)?;
         Ok(index)

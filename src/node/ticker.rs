@@ -1,10 +1,11 @@
-//! The `ticker` thread: drives the core's logical clock.
+//! The `ticker` thread: tells the core the time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
 use crate::node::Shared;
+use crate::raft::Monotonic;
 
 pub(super) fn run<M>(shared: &Shared<M>, tick: Duration, shutdown: &Receiver<()>) {
     let ticks = crossbeam_channel::tick(tick);
@@ -15,10 +16,16 @@ pub(super) fn run<M>(shared: &Shared<M>, tick: Duration, shutdown: &Receiver<()>
                     continue;
                 }
                 let mut core = shared.core.lock();
+                core.raft.advance_clock(clock_reading(shared.clock_origin));
                 core.raft.tick();
                 shared.route(&mut core);
             }
             recv(shutdown) -> _ => return,
         }
     }
+}
+
+/// The monotonic clock as the core sees it: the time since `origin` (the node's start).
+pub(super) fn clock_reading(origin: Instant) -> Monotonic {
+    Monotonic(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }

@@ -8,7 +8,7 @@ use crate::limits;
 use crate::raft::message::{AppendResponse, Message, MessageBody};
 use crate::raft::progress::Progress;
 use crate::raft::quorum::VoteResult;
-use crate::raft::{LeaderState, Raft, ReadState, Role, StepError};
+use crate::raft::{LeaderState, Monotonic, Raft, ReadState, Role, StepError};
 use crate::types::{Entry, EntryId, EntryPayload, NodeId, Term};
 
 /// The largest log index a message carries, for the bound check at the door (no allocation:
@@ -43,9 +43,12 @@ fn largest_index(body: &MessageBody) -> crate::types::LogIndex {
 
 impl Raft {
     /// Advances logical time by one tick: followers and candidates count toward an election,
-    /// leaders toward a heartbeat and a check-quorum.
+    /// leaders toward a heartbeat and a check-quorum. The clock moves to the end of the tick
+    /// if it is behind it (harnesses in virtual time drive the core with `tick` alone).
     pub fn tick(&mut self) {
-        self.now += 1;
+        self.ticks += 1;
+        let tick_end = Monotonic(self.ticks.saturating_mul(self.config.tick_nanos()));
+        self.clock = self.clock.max(tick_end);
         self.election_elapsed += 1;
         if let Role::Leader(leader) = &mut self.role {
             leader.heartbeat_elapsed += 1;
@@ -472,7 +475,7 @@ impl Raft {
             round: 0,
             rounds_sent_at: VecDeque::new(),
             quorum_round: 0,
-            lease_until: 0,
+            lease_expires_at: Monotonic::default(),
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             read_round_needed: false,

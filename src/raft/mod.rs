@@ -97,13 +97,15 @@ struct LeaderState {
     /// Every other member's progress.
     progress: BTreeMap<NodeId, Progress>,
     heartbeat_elapsed: u64,
-    /// The latest heartbeat round broadcast, and the ticks at which recent rounds were sent.
+    /// The latest heartbeat round broadcast, and the clock when recent rounds were sent,
+    /// oldest first. Invariant: consecutive rounds ending at `round`.
     round: u64,
-    rounds_sent_at: VecDeque<(u64, u64)>,
+    rounds_sent_at: VecDeque<(u64, Monotonic)>,
     /// The latest round a quorum has answered.
     quorum_round: u64,
-    /// Lease reads are valid while `now < lease_until` (ticks).
-    lease_until: u64,
+    /// Lease reads are valid while the clock at the read is before this: the send time of the
+    /// latest round a quorum answered plus [`Config::lease_duration`]. Zero when void.
+    lease_expires_at: Monotonic,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its own term (§8).
     reads_awaiting_commit: Vec<u64>,
@@ -124,6 +126,17 @@ struct LeaderState {
     /// crash before it, the node would lead the same term again and give other entries the
     /// ids it already sent.
     term_durable: bool,
+}
+
+impl LeaderState {
+    /// When `round` was sent, if it is still remembered.
+    fn round_sent_at(&self, round: u64) -> Option<Monotonic> {
+        let &(first, _) = self.rounds_sent_at.front()?;
+        let offset = usize::try_from(round.checked_sub(first)?).ok()?;
+        let &(found, sent_at) = self.rounds_sent_at.get(offset)?;
+        debug_assert_eq!(found, round, "rounds are remembered consecutively");
+        Some(sent_at)
+    }
 }
 
 /// A node's role, owning the data that only that role has.
@@ -159,7 +172,7 @@ pub struct Raft {
     election_elapsed: u64,
     randomized_election_timeout: u64,
     /// Ticks since this core was created.
-    now: u64,
+    ticks: u64,
     /// The latest reading of the runtime's monotonic clock (see [`Raft::advance_clock`]).
     /// Invariant: never decreases.
     clock: Monotonic,
@@ -239,7 +252,7 @@ impl Raft {
             configs,
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
-            now: 0,
+            ticks: 0,
             clock: Monotonic::default(),
             rng: StdRng::seed_from_u64(seed),
             messages: Vec::new(),
@@ -407,9 +420,12 @@ impl Raft {
     /// `lease_reads` (and so check-quorum); the lease is a quorum's heartbeat answer no older
     /// than the election timeout minus the drift margin, and it dies with the leadership.
     ///
-    /// `now` is the caller's monotonic clock read at the moment of the read.
+    /// `now` is the caller's monotonic clock read **at the moment of the read** (under the
+    /// same lock as this call): a leader that was paused past its lease refuses even if it has
+    /// not yet been told the time since (its ticker may not have run). An older `now` than the
+    /// core's clock counts as the core's clock.
     pub fn lease_read(&self, now: Monotonic) -> Result<LogIndex, ReadError> {
-        let _ = now;
+        let now = now.max(self.clock);
         let Role::Leader(leader) = &self.role else {
             return Err(ReadError::NotLeader {
                 leader_hint: self.leader(),
@@ -419,7 +435,7 @@ impl Raft {
         // would have run out (PITFALLS #6).
         if !self.config.lease_reads
             || !self.committed_in_current_term()
-            || self.now >= leader.lease_until
+            || now >= leader.lease_expires_at
             || leader.transfer.is_some()
         {
             return Err(ReadError::NoLease);
@@ -442,7 +458,7 @@ impl Raft {
             return Err(TransferError::NotLeader { leader_hint });
         };
         leader.transfer = Some((target, 0));
-        leader.lease_until = 0;
+        leader.lease_expires_at = Monotonic::default();
         self.maybe_send_timeout_now(target);
         if self.transfer_target() == Some(target) {
             self.send_append(target, true);

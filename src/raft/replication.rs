@@ -72,11 +72,12 @@ impl Raft {
         true
     }
 
-    /// Sends a heartbeat round to every member. Each round is remembered with the tick it left
-    /// at, so that a quorum's answer dates the lease and confirms waiting reads.
+    /// Sends a heartbeat round to every member. Each round is remembered with the clock when it
+    /// left — never later than the real send time, as the runtime reads its clock before it
+    /// steps the core — so that a quorum's answer dates the lease and confirms waiting reads.
     pub(super) fn broadcast_heartbeat(&mut self) {
         let term = self.term;
-        let now = self.now;
+        let now = self.clock;
         let committed = self.log.committed();
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -171,7 +172,7 @@ impl Raft {
     }
 
     pub(super) fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) {
-        let now = self.now;
+        let now = self.ticks;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -249,7 +250,7 @@ impl Raft {
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
-        let now = self.now;
+        let now = self.ticks;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -278,10 +279,10 @@ impl Raft {
     }
 
     /// Moves the quorum-confirmed round forward: releases reads that waited on it and extends
-    /// the lease from the tick that round was sent.
+    /// the lease from the time that round was sent.
     fn advance_quorum_round(&mut self) {
         let id = self.id;
-        let lease_ticks = self.config.lease_ticks();
+        let lease_nanos = self.config.lease_nanos();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -300,12 +301,8 @@ impl Raft {
             return;
         }
         leader.quorum_round = quorum_round;
-        if let Some(&(_, sent_at)) = leader
-            .rounds_sent_at
-            .iter()
-            .find(|&&(round, _)| round == quorum_round)
-        {
-            leader.lease_until = leader.lease_until.max(sent_at + lease_ticks);
+        if let Some(sent_at) = leader.round_sent_at(quorum_round) {
+            leader.lease_expires_at = leader.lease_expires_at.max(sent_at.plus_nanos(lease_nanos));
         }
         while let Some(read) = leader.pending_reads.front() {
             if read.round > quorum_round {
