@@ -614,6 +614,24 @@ fn lease_read_after_a_pause_is_refused_before_the_core_sees_a_tick() {
     );
 }
 
+// PITFALLS #19: a pause is seen by the election timers too. Told a time an election timeout
+// or more past the last, the core runs the ticks that elapsed: a follower that heard nothing
+// for two election timeouts campaigns, and a leader steps down (check-quorum), instead of
+// each counting one tick for the whole pause.
+#[test]
+fn a_clock_jump_runs_the_ticks_it_spans() {
+    let mut network = CoreNetwork::new(3, 15);
+    network.elect(N1);
+    let config = Config::new(N1);
+    let two_timeouts = 2 * config.election_ticks * u64::try_from(config.tick.as_nanos()).unwrap();
+    let follower = network.node(N2);
+    follower.advance_clock(follower.clock().plus_nanos(two_timeouts));
+    assert_eq!(network.node(N2).role(), RoleKind::PreCandidate);
+    let leader = network.node(N1);
+    leader.advance_clock(leader.clock().plus_nanos(two_timeouts));
+    assert_eq!(network.node(N1).role(), RoleKind::Follower);
+}
+
 // Bad input is ignored with a reason, never a panic, and changes nothing.
 #[test]
 fn malformed_and_misaddressed_messages_are_ignored() {

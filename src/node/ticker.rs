@@ -1,4 +1,6 @@
-//! The `ticker` thread: tells the core the time.
+//! The `ticker` thread: tells the core the time, once a tick. It reads the monotonic clock
+//! rather than counting wakeups, so a pause (SIGSTOP, a VM pause, a starved thread) is seen
+//! whole: the core runs every tick that elapsed (see `Raft::advance_clock`).
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +18,8 @@ pub(super) fn run<M>(shared: &Shared<M>, tick: Duration, shutdown: &Receiver<()>
                     continue;
                 }
                 let mut core = shared.core.lock();
+                // Wakeups missed during a pause are dropped by the channel; the clock is not.
                 core.raft.advance_clock(clock_reading(shared.clock_origin));
-                core.raft.tick();
                 shared.route(&mut core);
             }
             recv(shutdown) -> _ => return,

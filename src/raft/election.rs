@@ -42,12 +42,19 @@ fn largest_index(body: &MessageBody) -> crate::types::LogIndex {
 }
 
 impl Raft {
-    /// Advances logical time by one tick: followers and candidates count toward an election,
-    /// leaders toward a heartbeat and a check-quorum. The clock moves to the end of the tick
-    /// if it is behind it (harnesses in virtual time drive the core with `tick` alone).
+    /// Advances time by one tick, moving the clock to the end of it: followers and candidates
+    /// count toward an election, leaders toward a heartbeat and a check-quorum. Harnesses in
+    /// virtual time drive the core with `tick` alone; the runtime uses
+    /// [`advance_clock`](Raft::advance_clock) with its monotonic clock instead.
     pub fn tick(&mut self) {
+        let tick_end = Monotonic((self.ticks + 1).saturating_mul(self.config.tick_nanos()));
+        self.run_tick(tick_end, true);
+    }
+
+    /// One tick ending at `tick_end`; `broadcast` is false on the ticks of a catch-up but the
+    /// last, so that a pause does not end in a burst of heartbeat rounds.
+    pub(super) fn run_tick(&mut self, tick_end: Monotonic, broadcast: bool) {
         self.ticks += 1;
-        let tick_end = Monotonic(self.ticks.saturating_mul(self.config.tick_nanos()));
         self.clock = self.clock.max(tick_end);
         self.election_elapsed += 1;
         if let Role::Leader(leader) = &mut self.role {
@@ -66,7 +73,7 @@ impl Raft {
                     return;
                 }
             }
-            if heartbeat_due {
+            if heartbeat_due && broadcast {
                 self.broadcast_heartbeat();
             }
             if !self.membership_change_pending() {

@@ -171,7 +171,7 @@ pub struct Raft {
     membership_version_handed: u64,
     election_elapsed: u64,
     randomized_election_timeout: u64,
-    /// Ticks since this core was created.
+    /// Ticks since this core was created. Invariant: `ticks == clock / tick`.
     ticks: u64,
     /// The latest reading of the runtime's monotonic clock (see [`Raft::advance_clock`]).
     /// Invariant: never decreases.
@@ -268,10 +268,39 @@ impl Raft {
         Ok(raft)
     }
 
-    /// Tells the core the time: `now` is a reading of the runtime's monotonic clock. Readings
-    /// older than the latest are ignored.
+    /// Tells the core the time: `now` is a reading of the runtime's monotonic clock (since the
+    /// node started). Runs one [`tick`](Raft::tick) for every tick boundary passed since the
+    /// last reading, so election timeouts, heartbeats and check-quorum see a pause as long as
+    /// it was; after a very long pause only the last [`catch_up_ticks_max`] are run (a timer
+    /// fires at most once per election timeout anyway) and heartbeats go out once, at the end.
+    /// Readings older than the latest are ignored.
+    ///
+    /// The runtime calls this before every `tick`-like wakeup **and before stepping
+    /// messages**: a follower must date what it hears from a leader no earlier than it heard
+    /// it, or ticks that elapsed before would count after (the lease depends on that silence).
+    ///
+    /// [`catch_up_ticks_max`]: Raft::catch_up_ticks_max
     pub fn advance_clock(&mut self, now: Monotonic) {
-        self.clock = self.clock.max(now);
+        if now <= self.clock {
+            return;
+        }
+        let tick_nanos = self.config.tick_nanos();
+        let due = clock::ticks_due(self.ticks, now, tick_nanos);
+        let run = due.min(self.catch_up_ticks_max());
+        // Ticks beyond the catch-up bound pass uncounted by the timers, and first.
+        self.ticks += due - run;
+        for k in 1..=run {
+            let tick_end = Monotonic((self.ticks + 1).saturating_mul(tick_nanos));
+            self.run_tick(tick_end, k == run);
+        }
+        self.clock = now;
+    }
+
+    /// The most ticks one [`advance_clock`](Raft::advance_clock) runs: two election
+    /// timeouts, enough for a follower's randomized timeout to fire and for a leader's
+    /// check-quorum to look at a whole period with nobody heard.
+    pub fn catch_up_ticks_max(&self) -> u64 {
+        2 * self.config.election_ticks
     }
 
     /// The latest time the core knows of.
@@ -606,6 +635,11 @@ impl Raft {
     pub fn check_invariants(&self) {
         self.log.check_invariants();
         if cfg!(debug_assertions) {
+            debug_assert_eq!(
+                self.ticks,
+                self.clock.0 / self.config.tick_nanos(),
+                "a tick is counted for every tick of the clock"
+            );
             if let Role::Leader(leader) = &self.role {
                 debug_assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
                 for (id, progress) in &leader.progress {
