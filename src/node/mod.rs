@@ -515,10 +515,14 @@ impl<M: StateMachine> Node<M> {
     }
 
     /// A lease read barrier: like [`read_barrier`](Node::read_barrier) without a round trip,
-    /// valid only while the leader holds a lease (requires `lease_reads`).
+    /// valid only while the leader holds a lease (requires `lease_reads`). A node whose storage
+    /// failed, or that is shutting down, holds none (`Shutdown`).
     pub fn lease_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
         let index = {
             let core = self.shared.core.lock();
+            if !self.shared.is_serving() {
+                return Err(ReadError::Shutdown);
+            }
             // The time of the read, read under the lock: not the last time the core was told.
             core.raft
                 .lease_read(ticker::clock_reading(self.shared.clock_origin))?
