@@ -391,6 +391,107 @@ fn check_quorum_follower_ignores_votes_while_leader_active() {
     assert_eq!(network.node(N2).term(), Term(term));
 }
 
+/// What `id` answered to vote requests (pre-vote or not, granted or not), in the order sent.
+fn vote_answers(network: &mut CoreNetwork, id: NodeId) -> Vec<(bool, bool)> {
+    network.process_ready(id);
+    let answers = network
+        .in_flight
+        .iter()
+        .filter(|message| message.from == id)
+        .filter_map(|message| match message.body {
+            MessageBody::RequestVoteResponse { pre_vote, granted } => Some((pre_vote, granted)),
+            _ => None,
+        })
+        .collect();
+    network.in_flight.clear();
+    answers
+}
+
+// Thesis §6.4.1 (leases): a follower that answered the leader's heartbeat and then crashed
+// must not help elect another leader while that leader's lease may still hold. A node that
+// restarts with state grants neither votes nor pre-votes for one election timeout after it
+// starts, as if it had just heard from a leader.
+#[test]
+fn restarted_follower_refuses_votes_for_an_election_timeout() {
+    let mut network = CoreNetwork::new(3, 16);
+    network.elect(N1);
+    network.crash_and_restart(N3);
+    let term = network.node(N3).term().0;
+    let last_log = network.node(N2).log().last_id();
+    let request = |pre_vote: bool| {
+        message(
+            N2,
+            N3,
+            term + 1,
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log,
+                transfer: false,
+            },
+        )
+    };
+    network.node(N3).step(request(true)).unwrap();
+    assert_eq!(vote_answers(&mut network, N3), vec![(true, false)]);
+    assert!(matches!(
+        network.node(N3).step(request(false)),
+        Err(StepError::LeaderActive { from: N2 })
+    ));
+    assert_eq!(network.node(N3).term(), Term(term));
+    // One election timeout later it votes again (here: nobody reached it since).
+    for _ in 0..Config::new(N3).election_ticks {
+        network.node(N3).tick();
+    }
+    network.process_ready(N3);
+    network.in_flight.clear();
+    network.node(N3).step(request(true)).unwrap();
+    assert_eq!(vote_answers(&mut network, N3), vec![(true, true)]);
+}
+
+// A whole cluster restarted at once (a cold start) still elects a leader: every node's
+// silence ends after one election timeout, before the earliest election timer fires.
+#[test]
+fn cold_restart_of_every_node_elects_a_leader() {
+    let mut network = CoreNetwork::new(3, 17);
+    network.elect(N1);
+    network.propose(N1, b"x").unwrap();
+    for id in [N1, N2, N3] {
+        network.crash_and_restart(id);
+    }
+    let election_ticks = Config::new(N1).election_ticks;
+    for _ in 0..3 * election_ticks {
+        network.tick_all();
+        network.stabilize();
+        if !network.leaders().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(network.leaders().len(), 1);
+}
+
+// A leadership transfer campaign is voted for even inside a restarted node's silence: the
+// leader that sent TimeoutNow voided its own lease first (and fences it if the transfer is
+// abandoned), and no other leader's lease can be running, so there is nothing to protect.
+#[test]
+fn restarted_follower_votes_for_a_transfer_campaign() {
+    let mut network = CoreNetwork::new(3, 18);
+    network.elect(N1);
+    network.crash_and_restart(N3);
+    let term = network.node(N3).term().0;
+    let last_log = network.node(N2).log().last_id();
+    let request = message(
+        N2,
+        N3,
+        term + 1,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log,
+            transfer: true,
+        },
+    );
+    network.node(N3).step(request).unwrap();
+    assert_eq!(vote_answers(&mut network, N3), vec![(false, true)]);
+}
+
 // Flow control: a silent follower receives at most the in-flight window of messages.
 #[test]
 fn flow_control_bounds_messages_in_flight() {

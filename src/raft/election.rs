@@ -120,11 +120,17 @@ impl Raft {
         active
     }
 
-    /// Whether this node heard from a live leader within the minimum election timeout. Such a
-    /// node ignores vote requests, so a node that was partitioned away cannot depose a healthy
-    /// leader (thesis §4.2.3), and a lease holder can rely on it.
+    /// Whether this node heard from a live leader within the minimum election timeout — or
+    /// restarted less than an election timeout ago, which counts as having heard from one. Such
+    /// a node refuses pre-votes and (with check-quorum) ignores vote requests, so a node that
+    /// was partitioned away cannot depose a healthy leader (thesis §4.2.3), and a lease holder
+    /// can rely on every node that answered its heartbeat, even one that crashed since.
+    ///
+    /// A leadership-transfer campaign skips this check, also in a restarted node: the leader
+    /// that sent TimeoutNow voided its lease first, and no other lease can be running.
     fn leader_is_active(&self) -> bool {
-        self.leader().is_some() && self.election_elapsed < self.config.election_ticks
+        let heard = self.leader().is_some() && self.election_elapsed < self.config.election_ticks;
+        heard || self.ticks < self.restart_silence_ticks
     }
 
     /// Processes one message from a peer. Messages that are stale, misaddressed or malformed

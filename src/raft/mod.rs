@@ -171,6 +171,11 @@ pub struct Raft {
     membership_version_handed: u64,
     election_elapsed: u64,
     randomized_election_timeout: u64,
+    /// A node that restarts with durable state grants no vote or pre-vote until it has counted
+    /// this many ticks (one election timeout; zero for a node that starts empty), as if it had
+    /// heard from a leader at startup (thesis §6.4.1): it may have answered a leader's
+    /// heartbeat just before it crashed, and that leader's lease may still hold.
+    restart_silence_ticks: u64,
     /// Ticks since this core was created. Invariant: `ticks == clock / tick`.
     ticks: u64,
     /// The latest reading of the runtime's monotonic clock (see [`Raft::advance_clock`]).
@@ -213,6 +218,10 @@ impl Raft {
         // The stored log may overlap the snapshot by the compaction margin: keep only what
         // follows it. An entry at the snapshot's index with another term would mean the rest
         // does not continue the snapshot; drop it all (the leader will resend it).
+        // Anything durable means this node ran before.
+        let restarted = recovered.hard_state != HardState::default()
+            || snapshot.index > LogIndex(0)
+            || !recovered.entries.is_empty();
         let mut entries = recovered.entries;
         if let Some(position) = entries
             .iter()
@@ -252,6 +261,7 @@ impl Raft {
             configs,
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
+            restart_silence_ticks: if restarted { config.election_ticks } else { 0 },
             ticks: 0,
             clock: Monotonic::default(),
             rng: StdRng::seed_from_u64(seed),
