@@ -492,6 +492,56 @@ fn restarted_follower_votes_for_a_transfer_campaign() {
     assert_eq!(vote_answers(&mut network, N3), vec![(false, true)]);
 }
 
+// The lease is void on a configuration change (it was earned under the old quorum); answers
+// to a heartbeat round sent before the change must not bring it back, only a round sent after.
+#[test]
+fn a_voided_lease_is_earned_again_only_by_a_round_sent_after_the_void() {
+    let mut network = CoreNetwork::with_config(3, 20, with_lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    // A heartbeat round leaves and reaches the followers; their answers are held back.
+    for _ in 0..Config::new(N1).heartbeat_ticks {
+        network.node(N1).tick();
+    }
+    network.process_ready(N1);
+    while let Some(message) = network.in_flight.pop_front() {
+        if message.to == N1 {
+            network.in_flight.push_front(message);
+            break;
+        }
+        let to = message.to;
+        let _ = network.node(to).step(message);
+        network.process_ready(to);
+    }
+    let held: Vec<Message> = network.in_flight.drain(..).collect();
+    assert!(held
+        .iter()
+        .all(|message| matches!(message.body, MessageBody::HeartbeatResponse { .. })));
+    assert_eq!(held.len(), 2);
+    network
+        .node(N1)
+        .propose_membership(&[keyval::MemberChange::AddLearner {
+            id: NodeId(4),
+            address: None,
+        }])
+        .unwrap();
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    for message in held {
+        network.node(N1).step(message).unwrap();
+    }
+    network.stabilize();
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    // The next round earns it again.
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    assert!(lease_read(&mut network, N1).is_ok());
+}
+
 // Flow control: a silent follower receives at most the in-flight window of messages.
 #[test]
 fn flow_control_bounds_messages_in_flight() {

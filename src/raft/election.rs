@@ -489,6 +489,7 @@ impl Raft {
             rounds_sent_at: VecDeque::new(),
             quorum_round: 0,
             lease_expires_at: Monotonic::default(),
+            lease_rounds_after: 0,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             read_round_needed: false,

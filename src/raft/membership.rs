@@ -399,7 +399,7 @@ impl Raft {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        leader.lease_expires_at = crate::raft::Monotonic::default();
+        leader.void_lease();
         leader.config_committed_at = None;
         for member in members {
             if member != id {

@@ -106,6 +106,9 @@ struct LeaderState {
     /// Lease reads are valid while the clock at the read is before this: the send time of the
     /// latest round a quorum answered plus [`Config::lease_duration`]. Zero when void.
     lease_expires_at: Monotonic,
+    /// Only rounds after this one can earn a lease (set when the lease is voided, so that a
+    /// round sent before a transfer or a configuration change cannot restore it).
+    lease_rounds_after: u64,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its own term (§8).
     reads_awaiting_commit: Vec<u64>,
@@ -129,6 +132,12 @@ struct LeaderState {
 }
 
 impl LeaderState {
+    /// Voids the lease; only a round sent from now on can earn a new one.
+    fn void_lease(&mut self) {
+        self.lease_expires_at = Monotonic::default();
+        self.lease_rounds_after = self.round;
+    }
+
     /// When `round` was sent, if it is still remembered.
     fn round_sent_at(&self, round: u64) -> Option<Monotonic> {
         let &(first, _) = self.rounds_sent_at.front()?;
@@ -497,7 +506,7 @@ impl Raft {
             return Err(TransferError::NotLeader { leader_hint });
         };
         leader.transfer = Some((target, 0));
-        leader.lease_expires_at = Monotonic::default();
+        leader.void_lease();
         self.maybe_send_timeout_now(target);
         if self.transfer_target() == Some(target) {
             self.send_append(target, true);

@@ -279,7 +279,8 @@ impl Raft {
     }
 
     /// Moves the quorum-confirmed round forward: releases reads that waited on it and extends
-    /// the lease from the time that round was sent.
+    /// the lease from the time that round was sent (if it was sent after the lease was last
+    /// voided).
     fn advance_quorum_round(&mut self) {
         let id = self.id;
         let lease_nanos = self.config.lease_nanos();
@@ -301,8 +302,11 @@ impl Raft {
             return;
         }
         leader.quorum_round = quorum_round;
-        if let Some(sent_at) = leader.round_sent_at(quorum_round) {
-            leader.lease_expires_at = leader.lease_expires_at.max(sent_at.plus_nanos(lease_nanos));
+        if quorum_round > leader.lease_rounds_after {
+            if let Some(sent_at) = leader.round_sent_at(quorum_round) {
+                leader.lease_expires_at =
+                    leader.lease_expires_at.max(sent_at.plus_nanos(lease_nanos));
+            }
         }
         while let Some(read) = leader.pending_reads.front() {
             if read.round > quorum_round {
