@@ -542,6 +542,36 @@ fn a_voided_lease_is_earned_again_only_by_a_round_sent_after_the_void() {
     assert!(lease_read(&mut network, N1).is_ok());
 }
 
+// The silence after a restart protects a lease only if a follower that answered the leader's
+// heartbeat restarts *with* the term it answered in. Heartbeat answers leave before the term
+// they adopted is durable, so a node that started empty could answer, crash, restart empty and
+// vote at once. The leader therefore counts heartbeat answers toward its lease only from
+// followers that acknowledged an append in its term — those answers leave after a sync.
+#[test]
+fn lease_counts_only_followers_that_hold_the_term_durably() {
+    let mut network = CoreNetwork::with_config(3, 19, with_lease);
+    network.isolate(N3);
+    network.elect(N1);
+    network.heal();
+    // N3 hears heartbeats but no appends; N2's heartbeat answers are lost. A quorum (N1, N3)
+    // answered every round, and N1 committed its no-op with N2.
+    network.run_with(20, |message| {
+        let append_to_n3 =
+            message.to == N3 && matches!(message.body, MessageBody::AppendEntries { .. });
+        let heartbeat_answer_of_n2 =
+            message.from == N2 && matches!(message.body, MessageBody::HeartbeatResponse { .. });
+        !append_to_n3 && !heartbeat_answer_of_n2
+    });
+    assert_eq!(network.node(N3).leader(), Some(N1));
+    assert_eq!(network.node(N3).log().last_index(), LogIndex(0));
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    // Once N3 acknowledges an append, its heartbeat answers count.
+    network.run_with(20, |message| {
+        !(message.from == N2 && matches!(message.body, MessageBody::HeartbeatResponse { .. }))
+    });
+    assert!(lease_read(&mut network, N1).is_ok());
+}
+
 // Flow control: a silent follower receives at most the in-flight window of messages.
 #[test]
 fn flow_control_bounds_messages_in_flight() {

@@ -227,7 +227,8 @@ impl Raft {
         // The stored log may overlap the snapshot by the compaction margin: keep only what
         // follows it. An entry at the snapshot's index with another term would mean the rest
         // does not continue the snapshot; drop it all (the leader will resend it).
-        // Anything durable means this node ran before.
+        // Anything durable means this node ran before. (A node that never made its term
+        // durable was never counted toward a lease: see `advance_quorum_round`.)
         let restarted = recovered.hard_state != HardState::default()
             || snapshot.index > LogIndex(0)
             || !recovered.entries.is_empty();

@@ -278,9 +278,12 @@ impl Raft {
         self.advance_quorum_round();
     }
 
-    /// Moves the quorum-confirmed round forward: releases reads that waited on it and extends
-    /// the lease from the time that round was sent (if it was sent after the lease was last
-    /// voided).
+    /// Moves the quorum-confirmed round forward: releases reads that waited on it. Extends the
+    /// lease from the time the latest round answered by a quorum **of followers that hold this
+    /// term durably** was sent: a follower's heartbeat answer leaves before the term it adopted
+    /// is durable, and one that crashed before the sync would restart without the term — as a
+    /// node with empty storage, not silent after its restart (see `Raft::new`). Acknowledging
+    /// an append in this term proves the term durable: those answers leave after a sync.
     fn advance_quorum_round(&mut self) {
         let id = self.id;
         let lease_nanos = self.config.lease_nanos();
@@ -298,16 +301,26 @@ impl Raft {
                     .map_or(0, |progress| progress.round_acked)
             }
         });
-        if quorum_round <= leader.quorum_round {
-            return;
-        }
-        leader.quorum_round = quorum_round;
-        if quorum_round > leader.lease_rounds_after {
-            if let Some(sent_at) = leader.round_sent_at(quorum_round) {
+        let lease_round = self.membership.quorum_value(|voter| {
+            if voter == id {
+                own_round
+            } else {
+                progress
+                    .get(&voter)
+                    .filter(|progress| progress.matched > LogIndex(0))
+                    .map_or(0, |progress| progress.round_acked)
+            }
+        });
+        if lease_round > leader.lease_rounds_after {
+            if let Some(sent_at) = leader.round_sent_at(lease_round) {
                 leader.lease_expires_at =
                     leader.lease_expires_at.max(sent_at.plus_nanos(lease_nanos));
             }
         }
+        if quorum_round <= leader.quorum_round {
+            return;
+        }
+        leader.quorum_round = quorum_round;
         while let Some(read) = leader.pending_reads.front() {
             if read.round > quorum_round {
                 break;
