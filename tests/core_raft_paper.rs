@@ -604,6 +604,68 @@ fn flow_control_bounds_messages_in_flight() {
     );
 }
 
+// Flow control against a slow disk: a follower that answers heartbeats at once but whose append
+// acknowledgements wait for a sync that never ends. Heartbeat answers prove the follower
+// alive, not that appends were lost: they must not open the window, or the follower's persist
+// queue grows without bound. (A lost append is still repaired: the leader sends an empty
+// append from the end of the window, which the follower rejects if it lacks what precedes it —
+// section_5_3_replication_commits_on_majority.)
+#[test]
+fn heartbeat_answers_do_not_open_the_window_to_a_slow_disk() {
+    fn small_window(id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.inflight_messages_max = 4;
+        config
+    }
+    let mut network = CoreNetwork::with_config(3, 21, small_window);
+    network.elect(N1);
+    network.propose(N1, b"warm up").unwrap();
+    let mut appends_with_entries = 0;
+    for k in 0..100u8 {
+        network.node(N1).propose(vec![k]).unwrap();
+        network.process_ready(N1);
+        network.run_with(1, |message| {
+            if message.to == N2 {
+                if let MessageBody::AppendEntries { entries, .. } = &message.body {
+                    appends_with_entries += usize::from(!entries.is_empty());
+                }
+            }
+            // N2's disk never finishes a sync: its append answers never leave.
+            !(message.from == N2 && matches!(message.body, MessageBody::AppendEntriesResponse(_)))
+        });
+    }
+    assert!(
+        appends_with_entries <= 4,
+        "{appends_with_entries} appends with entries > window of 4"
+    );
+    // Replication went on through N3 meanwhile.
+    assert_eq!(network.applied_commands(N1).len(), 101);
+}
+
+// Raft §5.3 under flow control: a window full of appends that were all lost is repaired
+// (the empty append after the window is rejected, and the leader probes back).
+#[test]
+fn a_window_of_lost_appends_is_repaired() {
+    fn small_window(id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.inflight_messages_max = 4;
+        config
+    }
+    let mut network = CoreNetwork::with_config(3, 22, small_window);
+    network.elect(N1);
+    network.propose(N1, b"warm up").unwrap();
+    for k in 0..20u8 {
+        network.node(N1).propose(vec![k]).unwrap();
+        network.process_ready(N1);
+        network.run_with(1, |message| {
+            !(message.to == N2 && matches!(message.body, MessageBody::AppendEntries { .. }))
+        });
+    }
+    assert!(network.node(N1).progress(N2).unwrap().inflights.is_full());
+    network.run(3 * Config::new(N1).heartbeat_ticks);
+    assert_eq!(network.applied_commands(N2).len(), 21);
+}
+
 // Thesis §6.4: a read index is released only after a quorum answers a later heartbeat, and
 // fails when leadership is lost.
 #[test]

@@ -268,14 +268,46 @@ impl Raft {
         }
         // A follower behind the leader may have lost an append: an append from `next`
         // (empty if need be) either carries the missing entries or is rejected, which sends
-        // the follower back to probing. Free one slot if the window is full of lost messages.
+        // the follower back to probing. A heartbeat answer proves the follower alive, not the
+        // window lost — a slow disk holds acknowledgements back while heartbeats are answered
+        // at once — so it never frees a slot: with the window full, the append is an empty
+        // one that takes none.
         if progress.matched < self.log.last_index() {
             if progress.state == ProgressState::Replicate && progress.inflights.is_full() {
-                progress.inflights.free_first();
+                self.send_loss_probe(from);
+            } else {
+                self.send_append(from, true);
             }
-            self.send_append(from, true);
         }
         self.advance_quorum_round();
+    }
+
+    /// Asks a follower whose window is full whether it holds the window's last entry: an empty
+    /// AppendEntries after it, outside flow control. A follower that lost part of the window
+    /// rejects it and the leader probes back from its answer; one that holds it answers after
+    /// its sync, like the appends themselves, so a slow disk is never sent more than the
+    /// window. One per heartbeat answer at most.
+    fn send_loss_probe(&mut self, to: NodeId) {
+        let term = self.term;
+        let committed = self.log.committed();
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let Some(progress) = leader.progress.get(&to) else {
+            return;
+        };
+        let prev_index = progress.next.prev();
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The window's entries were compacted since: only a snapshot can repair a loss.
+            self.start_snapshot_transfer(to);
+            return;
+        };
+        let body = MessageBody::AppendEntries {
+            prev: EntryId::new(prev_term, prev_index),
+            entries: Vec::new(),
+            leader_commit: committed,
+        };
+        self.send(to, term, body);
     }
 
     /// Moves the quorum-confirmed round forward: releases reads that waited on it. Extends the
