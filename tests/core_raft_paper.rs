@@ -875,6 +875,13 @@ fn a_clock_jump_runs_the_ticks_it_spans() {
     assert_eq!(network.node(N1).role(), RoleKind::Follower);
 }
 
+/// A TimeoutNow whose leader's last entry is of `last_term`.
+fn timeout_now(last_term: u64) -> MessageBody {
+    MessageBody::TimeoutNow {
+        last: entry_id(last_term, 1),
+    }
+}
+
 // Bad input is ignored with a reason, never a panic, and changes nothing.
 #[test]
 fn malformed_and_misaddressed_messages_are_ignored() {
@@ -883,8 +890,9 @@ fn malformed_and_misaddressed_messages_are_ignored() {
     let term = network.node(N2).term().0;
     let status = network.node(N2).status();
     let cases = vec![
-        message(N1, NodeId(9), term, MessageBody::TimeoutNow),
-        message(N2, N2, term, MessageBody::TimeoutNow),
+        message(N1, NodeId(9), term, timeout_now(term)),
+        message(N2, N2, term, timeout_now(term)),
+        message(N1, N2, term, timeout_now(term + 1)),
         message(N1, N2, 0, MessageBody::HeartbeatResponse { round: 1 }),
         message(
             NodeId(99),

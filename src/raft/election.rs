@@ -9,7 +9,7 @@ use crate::raft::message::{AppendResponse, Message, MessageBody};
 use crate::raft::progress::Progress;
 use crate::raft::quorum::VoteResult;
 use crate::raft::{LeaderState, Monotonic, Raft, ReadState, Role, StepError};
-use crate::types::{Entry, EntryId, EntryPayload, NodeId, Term};
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Term};
 
 /// The largest log index a message carries, for the bound check at the door (no allocation:
 /// this runs for every message).
@@ -35,9 +35,10 @@ fn largest_index(body: &MessageBody) -> crate::types::LogIndex {
         MessageBody::Heartbeat { commit, .. } => *commit,
         MessageBody::InstallSnapshot { meta, .. } => meta.last.index,
         MessageBody::InstallSnapshotResponse { last, .. } => last.index,
-        MessageBody::RequestVoteResponse { .. }
-        | MessageBody::HeartbeatResponse { .. }
-        | MessageBody::TimeoutNow => LogIndex(0),
+        MessageBody::TimeoutNow { last } => last.index,
+        MessageBody::RequestVoteResponse { .. } | MessageBody::HeartbeatResponse { .. } => {
+            LogIndex(0)
+        }
     }
 }
 
@@ -63,8 +64,12 @@ impl Raft {
                 *elapsed += 1;
                 if *elapsed >= self.config.election_ticks {
                     leader.transfer = None; // abandoned: accept proposals again
+                    self.fence_abandoned_transfer();
                 }
             }
+            let Role::Leader(leader) = &mut self.role else {
+                return;
+            };
             let heartbeat_due = leader.heartbeat_elapsed >= self.config.heartbeat_ticks;
             if self.election_elapsed >= self.config.election_ticks {
                 self.election_elapsed = 0;
@@ -217,8 +222,11 @@ impl Raft {
                 self.handle_heartbeat_response(from, round);
                 Ok(())
             }
-            MessageBody::TimeoutNow => {
-                if self.is_promotable() && !self.is_leader() {
+            MessageBody::TimeoutNow { last } => {
+                // Only for the transfer it was sent for: a leader that abandoned the transfer
+                // appended its fence since, and we either hold it (our log ends past `last`)
+                // or cannot win against the quorum that does.
+                if self.is_promotable() && !self.is_leader() && self.log.last_id() == last {
                     self.campaign(false, true);
                 }
                 Ok(())
@@ -280,6 +288,9 @@ impl Raft {
             }
             MessageBody::InstallSnapshot { meta, .. } if meta.last.term > message.term => {
                 return malformed("snapshot term ahead of the leader's term");
+            }
+            MessageBody::TimeoutNow { last } if last.term > message.term => {
+                return malformed("TimeoutNow's last term is ahead of the leader's term");
             }
             MessageBody::AppendEntries { prev, entries, .. } => {
                 if prev.term > message.term {
@@ -490,6 +501,7 @@ impl Raft {
             quorum_round: 0,
             lease_expires_at: Monotonic::default(),
             lease_rounds_after: 0,
+            lease_fence: LogIndex(0),
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             read_round_needed: false,

@@ -462,7 +462,12 @@ impl Raft {
                 .is_some_and(|progress| progress.matched == last)
         });
         if let Some(successor) = successor {
-            self.send(successor, term, crate::raft::MessageBody::TimeoutNow);
+            let last = self.log.last_id();
+            self.send(
+                successor,
+                term,
+                crate::raft::MessageBody::TimeoutNow { last },
+            );
         }
         self.become_follower(self.term, None);
     }

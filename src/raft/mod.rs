@@ -109,6 +109,9 @@ struct LeaderState {
     /// Only rounds after this one can earn a lease (set when the lease is voided, so that a
     /// round sent before a transfer or a configuration change cannot restore it).
     lease_rounds_after: u64,
+    /// No lease read until the commit index reaches this: the no-op appended when a transfer
+    /// was abandoned (see `fence_abandoned_transfer`).
+    lease_fence: LogIndex,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its own term (§8).
     reads_awaiting_commit: Vec<u64>,
@@ -484,6 +487,7 @@ impl Raft {
         // would have run out (PITFALLS #6).
         if !self.config.lease_reads
             || !self.committed_in_current_term()
+            || self.log.committed() < leader.lease_fence
             || now >= leader.lease_expires_at
             || leader.transfer.is_some()
         {
@@ -550,8 +554,30 @@ impl Raft {
                 .get(&from)
                 .is_some_and(|progress| progress.matched == last);
         if caught_up {
-            self.send(from, term, MessageBody::TimeoutNow);
+            let last = self.log.last_id();
+            self.send(from, term, MessageBody::TimeoutNow { last });
         }
+    }
+
+    /// A transfer was abandoned, but a TimeoutNow sent for it may still arrive and make the
+    /// target campaign with votes that skip the heard-from-a-leader check — while this leader,
+    /// its lease earned again, serves lease reads. Appends a no-op, the fence, and holds lease
+    /// reads back until it commits: a target that holds the fence no longer ends its log at the
+    /// TimeoutNow's `last` and ignores it, and a target that lacks it cannot win, as a quorum
+    /// holds a longer log of the same term (and if it won first, the fence can never commit).
+    fn fence_abandoned_transfer(&mut self) {
+        let fence = Entry {
+            id: EntryId::new(self.term, self.log.last_index().next()),
+            payload: EntryPayload::Noop,
+        };
+        let index = fence.id.index;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.lease_fence = index;
+        leader.append_needed = true;
+        self.log.append_own(fence);
+        self.maybe_commit(); // a single voter commits by itself
     }
 
     /// Whether the leader has committed an entry of its own term: until then its commit index
