@@ -227,14 +227,14 @@ impl Raft {
             .as_ref()
             .map(|meta| meta.membership.clone())
             .unwrap_or(initial_membership);
-        // The stored log may overlap the snapshot by the compaction margin: keep only what
-        // follows it. An entry at the snapshot's index with another term would mean the rest
-        // does not continue the snapshot; drop it all (the leader will resend it).
         // Anything durable means this node ran before. (A node that never made its term
         // durable was never counted toward a lease: see `advance_quorum_round`.)
         let restarted = recovered.hard_state != HardState::default()
             || snapshot.index > LogIndex(0)
             || !recovered.entries.is_empty();
+        // The stored log may overlap the snapshot by the compaction margin: keep only what
+        // follows it. An entry at the snapshot's index with another term would mean the rest
+        // does not continue the snapshot; drop it all (the leader will resend it).
         let mut entries = recovered.entries;
         if let Some(position) = entries
             .iter()
@@ -469,8 +469,11 @@ impl Raft {
     }
 
     /// A lease read: the index to wait for, if this leader holds a valid lease. Requires
-    /// `lease_reads` (and so check-quorum); the lease is a quorum's heartbeat answer no older
-    /// than the election timeout minus the drift margin, and it dies with the leadership.
+    /// `lease_reads` (and so check-quorum); the lease runs [`Config::lease_duration`] from the
+    /// send time of the latest heartbeat round a quorum answered (counting followers that hold
+    /// this term durably), is void during a leadership transfer, after a configuration change
+    /// until a later round is answered, and after an abandoned transfer until its fence
+    /// commits, and it dies with the leadership.
     ///
     /// `now` is the caller's monotonic clock read **at the moment of the read** (under the
     /// same lock as this call): a leader that was paused past its lease refuses even if it has
