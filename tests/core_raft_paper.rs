@@ -572,6 +572,43 @@ fn lease_counts_only_followers_that_hold_the_term_durably() {
     assert!(lease_read(&mut network, N1).is_ok());
 }
 
+// Thesis §4.2.3, and what leases rely on: a follower that heard from its leader within the
+// election timeout votes for nobody — also after a stale message (here a late answer to an old
+// pre-vote, from a node already in a higher term) made it adopt a higher term without a
+// leader, and the candidate of that term then asks in what is now the follower's own term.
+#[test]
+fn a_follower_that_adopted_a_higher_term_from_a_stale_answer_still_refuses_votes() {
+    let mut network = CoreNetwork::new(3, 23);
+    network.elect(N1);
+    let term = network.node(N2).term().0;
+    let late_answer = message(
+        N3,
+        N2,
+        term + 1,
+        MessageBody::RequestVoteResponse {
+            pre_vote: true,
+            granted: false,
+        },
+    );
+    let _ = network.node(N2).step(late_answer);
+    assert_eq!(network.node(N2).term(), Term(term + 1));
+    let request = message(
+        N3,
+        N2,
+        term + 1,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log: entry_id(term + 1, 100),
+            transfer: false,
+        },
+    );
+    assert!(matches!(
+        network.node(N2).step(request),
+        Err(StepError::LeaderActive { from: N3 })
+    ));
+    assert_eq!(vote_answers(&mut network, N2), vec![]);
+}
+
 // Flow control: a silent follower receives at most the in-flight window of messages.
 #[test]
 fn flow_control_bounds_messages_in_flight() {

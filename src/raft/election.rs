@@ -125,17 +125,17 @@ impl Raft {
         active
     }
 
-    /// Whether this node heard from a live leader within the minimum election timeout — or
-    /// restarted less than an election timeout ago, which counts as having heard from one. Such
-    /// a node refuses pre-votes and (with check-quorum) ignores vote requests, so a node that
-    /// was partitioned away cannot depose a healthy leader (thesis §4.2.3), and a lease holder
-    /// can rely on every node that answered its heartbeat, even one that crashed since.
+    /// Whether this node leads, or heard from a leader within the minimum election timeout —
+    /// or restarted less than an election timeout ago, which counts as having heard from one.
+    /// Such a node refuses pre-votes and (with check-quorum) ignores vote requests, so a node
+    /// that was partitioned away cannot depose a healthy leader (thesis §4.2.3), and a lease
+    /// holder can rely on every node that answered its heartbeat, even one that crashed or
+    /// changed its term since.
     ///
     /// A leadership-transfer campaign skips this check, also in a restarted node: the leader
     /// that sent TimeoutNow voided its lease first, and no other lease can be running.
     fn leader_is_active(&self) -> bool {
-        let heard = self.leader().is_some() && self.election_elapsed < self.config.election_ticks;
-        heard || self.ticks < self.restart_silence_ticks
+        self.is_leader() || self.ticks < self.leader_heard_until
     }
 
     /// Processes one message from a peer. Messages that are stale, misaddressed or malformed
@@ -195,8 +195,10 @@ impl Raft {
 
         match message.body {
             MessageBody::RequestVote {
-                pre_vote, last_log, ..
-            } => self.handle_request_vote(from, message.term, pre_vote, last_log),
+                pre_vote,
+                last_log,
+                transfer,
+            } => self.handle_request_vote(from, message.term, pre_vote, last_log, transfer),
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(from, pre_vote, granted);
                 Ok(())
@@ -324,10 +326,12 @@ impl Raft {
             Role::Follower { leader } => {
                 *leader = Some(from);
                 self.election_elapsed = 0;
+                self.leader_heard_until = self.ticks + self.config.election_ticks;
                 Ok(())
             }
             Role::PreCandidate { .. } | Role::Candidate { .. } => {
                 self.become_follower(self.term, Some(from));
+                self.leader_heard_until = self.ticks + self.config.election_ticks;
                 Ok(())
             }
         }
@@ -339,6 +343,7 @@ impl Raft {
         message_term: crate::types::Term,
         pre_vote: bool,
         last_log: EntryId,
+        transfer: bool,
     ) -> Result<(), StepError> {
         let up_to_date = self.log.is_up_to_date(last_log);
         if pre_vote {
@@ -357,6 +362,17 @@ impl Raft {
             return Ok(());
         }
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader().is_none());
+        // In our own term without a leader, and still within the election timeout of hearing
+        // from one: our term moved on a message that named no leader (a stale answer from a
+        // node in a newer term). Ignore the request as a higher term's would be (see `step`).
+        if self.config.check_quorum
+            && !transfer
+            && self.vote.is_none()
+            && self.leader().is_none()
+            && self.leader_is_active()
+        {
+            return Err(StepError::LeaderActive { from });
+        }
         let granted = can_vote && up_to_date;
         if granted {
             self.vote = Some(from);

@@ -183,11 +183,15 @@ pub struct Raft {
     membership_version_handed: u64,
     election_elapsed: u64,
     randomized_election_timeout: u64,
-    /// A node that restarts with durable state grants no vote or pre-vote until it has counted
-    /// this many ticks (one election timeout; zero for a node that starts empty), as if it had
-    /// heard from a leader at startup (thesis §6.4.1): it may have answered a leader's
-    /// heartbeat just before it crashed, and that leader's lease may still hold.
-    restart_silence_ticks: u64,
+    /// While `ticks` is below this, this node counts as having heard from a leader within the
+    /// election timeout and grants no vote or pre-vote (thesis §4.2.3): set one election
+    /// timeout ahead whenever it hears from the leader of its term. Kept by the node whatever
+    /// happens to its role or term meanwhile (a stale message may raise its term and forget
+    /// the leader; the silence a lease relies on must not end with it). A node that restarts
+    /// with durable state starts with it set too, as if it had heard from a leader at startup
+    /// (thesis §6.4.1): it may have answered a heartbeat just before it crashed, and that
+    /// leader's lease may still hold. Zero for a node that starts empty.
+    leader_heard_until: u64,
     /// Ticks since this core was created. Invariant: `ticks == clock / tick`.
     ticks: u64,
     /// The latest reading of the runtime's monotonic clock (see [`Raft::advance_clock`]).
@@ -274,7 +278,7 @@ impl Raft {
             configs,
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
-            restart_silence_ticks: if restarted { config.election_ticks } else { 0 },
+            leader_heard_until: if restarted { config.election_ticks } else { 0 },
             ticks: 0,
             clock: Monotonic::default(),
             rng: StdRng::seed_from_u64(seed),
