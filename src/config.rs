@@ -6,16 +6,19 @@ use crate::error::ConfigError;
 use crate::limits;
 use crate::types::NodeId;
 
+/// The longest tick accepted: keeps every time computation of the core far from overflow.
+pub const TICK_MAX: Duration = Duration::from_secs(60);
+
 /// Everything a node needs to know about timing, batching and safety options.
 ///
-/// Time is measured in ticks in the consensus core; `tick` converts ticks to wall time in the
-/// runtime. Defaults: 10 ms ticks, election timeout randomized in 150–300 ms, heartbeats every
+/// Timeouts are measured in ticks; the core counts a tick for every `tick` of the monotonic
+/// clock readings the runtime hands it, and measures leases on those readings. Defaults: 10 ms ticks, election timeout randomized in 150–300 ms, heartbeats every
 /// 50 ms, pre-vote and check-quorum on.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This node's id.
     pub id: NodeId,
-    /// Wall-clock length of one tick (runtime only; the core counts ticks).
+    /// Length of one tick of the monotonic clock. At most [`TICK_MAX`].
     pub tick: Duration,
     /// Minimum election timeout in ticks; each timeout is drawn from `[election_ticks, 2 *
     /// election_ticks)`.
@@ -29,8 +32,13 @@ pub struct Config {
     pub check_quorum: bool,
     /// Serve lease reads. Requires `check_quorum`.
     pub lease_reads: bool,
-    /// Ticks subtracted from the election timeout to bound clock drift when sizing the lease.
-    pub lease_drift_ticks: u64,
+    /// The bound this deployment promises on clock drift, in parts per million: any node's
+    /// monotonic clock runs at most this much faster or slower than real time. The lease is
+    /// sized by it (see [`Config::lease_duration`]); a clock that drifts more can make a lease
+    /// read stale. Linux's `CLOCK_MONOTONIC` (what `std::time::Instant` reads) is slewed by
+    /// NTP by at most 500 ppm; the default, 50,000 ppm (5 %), leaves room for poorer virtual
+    /// clocks. Must be below 1,000,000.
+    pub lease_clock_drift_ppm: u64,
     /// Bytes of entries per AppendEntries message.
     pub message_entries_bytes_max: u64,
     /// AppendEntries messages in flight per follower.
@@ -64,7 +72,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
-            lease_drift_ticks: 3,
+            lease_clock_drift_ppm: 50_000,
             message_entries_bytes_max: limits::MESSAGE_ENTRIES_BYTES_MAX,
             inflight_messages_max: limits::INFLIGHT_MESSAGES_MAX,
             inflight_bytes_max: limits::INFLIGHT_BYTES_MAX,
@@ -76,9 +84,35 @@ impl Config {
         }
     }
 
-    /// The lease length in ticks: shorter than the minimum election timeout by the drift margin.
-    pub fn lease_ticks(&self) -> u64 {
-        self.election_ticks.saturating_sub(self.lease_drift_ticks)
+    /// How long a leader may serve lease reads after sending a heartbeat round that a quorum
+    /// answered, measured on its monotonic clock from the moment the round was **sent**:
+    ///
+    /// `(election_ticks - 1) · tick · (1 - ρ) / (1 + ρ)`, with ρ = `lease_clock_drift_ppm` / 10⁶.
+    ///
+    /// Why this is safe: a follower that answered the round received it after it was sent, and
+    /// then grants no vote or pre-vote for `election_ticks` of its ticks, which are at least
+    /// `(election_ticks - 1) · tick` of its clock (it may have been just short of a tick
+    /// boundary), so at least `(election_ticks - 1) · tick / (1 + ρ)` of real time. The
+    /// leader's lease, `lease_duration` of its own clock, lasts at most `lease_duration / (1 -
+    /// ρ)` of real time. With the formula above the second never exceeds the first: no other
+    /// leader can be elected while the lease holds. (A restarted node keeps the same silence
+    /// after its start; see `Raft::new`.)
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_nanos(self.lease_nanos())
+    }
+
+    /// [`lease_duration`](Config::lease_duration) in nanoseconds.
+    pub(crate) fn lease_nanos(&self) -> u64 {
+        const PPM: u128 = 1_000_000;
+        let drift = u128::from(self.lease_clock_drift_ppm).min(PPM);
+        let silence = u128::from(self.election_ticks.saturating_sub(1)) * self.tick.as_nanos();
+        let lease = silence * (PPM - drift) / (PPM + drift);
+        u64::try_from(lease).unwrap_or(u64::MAX)
+    }
+
+    /// The length of one tick in nanoseconds (validated to fit).
+    pub(crate) fn tick_nanos(&self) -> u64 {
+        u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Checks the relations the algorithm depends on.
@@ -89,6 +123,9 @@ impl Config {
         }
         if self.tick.is_zero() {
             return invalid("tick must be longer than zero".into());
+        }
+        if self.tick > TICK_MAX {
+            return invalid(format!("tick must be at most {TICK_MAX:?}"));
         }
         if self.heartbeat_ticks == 0 {
             return invalid("heartbeat_ticks must be at least 1".into());
@@ -109,12 +146,20 @@ impl Config {
         if self.lease_reads && !self.check_quorum {
             return invalid("lease_reads requires check_quorum".into());
         }
-        if self.lease_reads && self.lease_ticks() <= self.heartbeat_ticks {
+        if self.lease_clock_drift_ppm >= 1_000_000 {
             return invalid(format!(
-                "lease of {} ticks (election_ticks - lease_drift_ticks) must exceed \
-                 heartbeat_ticks ({})",
-                self.lease_ticks(),
-                self.heartbeat_ticks
+                "lease_clock_drift_ppm ({}) must be below 1,000,000",
+                self.lease_clock_drift_ppm
+            ));
+        }
+        let heartbeat = self
+            .tick
+            .saturating_mul(u32::try_from(self.heartbeat_ticks).unwrap_or(u32::MAX));
+        if self.lease_reads && self.lease_duration() <= heartbeat {
+            return invalid(format!(
+                "a lease of {:?} (election_ticks, tick and lease_clock_drift_ppm) must outlast \
+                 the heartbeat interval ({heartbeat:?}), or it runs out before it is renewed",
+                self.lease_duration()
             ));
         }
         if self.message_entries_bytes_max == 0
@@ -166,6 +211,28 @@ mod tests {
         config.lease_reads = true;
         config.check_quorum = false;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn default_lease_is_the_silence_of_a_follower_shrunk_by_the_drift_bound() {
+        let config = Config::new(NodeId(1));
+        // (15 - 1) · 10 ms · 0.95 / 1.05 = 126.67 ms.
+        assert_eq!(config.lease_duration().as_micros(), 126_666);
+        let mut no_drift = config.clone();
+        no_drift.lease_clock_drift_ppm = 0;
+        assert_eq!(no_drift.lease_duration(), Duration::from_millis(140));
+    }
+
+    #[test]
+    fn rejects_drift_of_a_whole_clock_and_a_lease_shorter_than_a_heartbeat() {
+        let mut config = Config::new(NodeId(1));
+        config.lease_reads = true;
+        config.lease_clock_drift_ppm = 1_000_000;
+        assert!(config.validate().is_err());
+        config.lease_clock_drift_ppm = 600_000; // 140 ms · 0.4 / 1.6 = 35 ms < 50 ms
+        assert!(config.validate().is_err());
+        config.lease_clock_drift_ppm = 100_000;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

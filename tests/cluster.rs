@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keyval::testkit::{Cluster, CommandLog, StorageKind};
-use keyval::{NodeId, ProposeError};
+use keyval::{NodeId, ProposeError, ReadError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -494,4 +494,33 @@ fn leadership_transfers_under_concurrent_writes() {
     let acknowledged = acknowledged.into_inner().unwrap();
     assert!(acknowledged.len() > 10);
     assert_all_applied(&cluster, &acknowledged);
+}
+
+/// PITFALLS #25: a node whose storage failed stops serving, lease reads included. A single
+/// voter with 100 ms ticks holds a lease of 1.27 s from each heartbeat round (every 500 ms), so
+/// at the moment the failure is seen its lease has not run out: only the check that the node
+/// still serves refuses the read. (Before, the lease was also counted in ticks, and the ticker
+/// of a failed node stops: the lease never ran out at all.)
+#[test]
+fn lease_reads_are_refused_once_storage_fails() {
+    let cluster = Cluster::builder(1, |_| CommandLog::default())
+        .configure(|config| {
+            config.lease_reads = true;
+            config.tick = Duration::from_millis(100);
+        })
+        .build();
+    let leader = cluster.wait_for_leader(WAIT);
+    let node = cluster.node(leader).unwrap();
+    let lease_held = cluster.wait_for(WAIT, |_| node.lease_barrier(Instant::now() + WAIT).is_ok());
+    assert!(lease_held, "no lease (seed {})", cluster.seed());
+    cluster.fail_next_sync(leader);
+    // The proposal's sync fails; the proposal itself never commits.
+    let _ = node.propose(b"never durable".to_vec(), Instant::now() + WAIT);
+    assert!(cluster.wait_for(WAIT, |_| node.status().failed));
+    assert_eq!(
+        node.lease_barrier(Instant::now() + WAIT),
+        Err(ReadError::Shutdown),
+        "seed {}",
+        cluster.seed()
+    );
 }

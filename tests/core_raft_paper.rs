@@ -30,6 +30,12 @@ fn entry_id(term: u64, index: u64) -> EntryId {
     EntryId::new(Term(term), LogIndex(index))
 }
 
+/// A lease read on `id` at the time its clock shows (the harness's virtual time).
+fn lease_read(network: &mut CoreNetwork, id: NodeId) -> Result<LogIndex, ReadError> {
+    let raft = network.node(id);
+    raft.lease_read(raft.clock())
+}
+
 // Raft §5.1: a node that sees a higher term adopts it and becomes a follower.
 #[test]
 fn section_5_1_higher_term_turns_leader_into_follower() {
@@ -385,6 +391,224 @@ fn check_quorum_follower_ignores_votes_while_leader_active() {
     assert_eq!(network.node(N2).term(), Term(term));
 }
 
+/// What `id` answered to vote requests (pre-vote or not, granted or not), in the order sent.
+fn vote_answers(network: &mut CoreNetwork, id: NodeId) -> Vec<(bool, bool)> {
+    network.process_ready(id);
+    let answers = network
+        .in_flight
+        .iter()
+        .filter(|message| message.from == id)
+        .filter_map(|message| match message.body {
+            MessageBody::RequestVoteResponse { pre_vote, granted } => Some((pre_vote, granted)),
+            _ => None,
+        })
+        .collect();
+    network.in_flight.clear();
+    answers
+}
+
+// Thesis §6.4.1 (leases): a follower that answered the leader's heartbeat and then crashed
+// must not help elect another leader while that leader's lease may still hold. A node that
+// restarts with state grants neither votes nor pre-votes for one election timeout after it
+// starts, as if it had just heard from a leader.
+#[test]
+fn restarted_follower_refuses_votes_for_an_election_timeout() {
+    let mut network = CoreNetwork::new(3, 16);
+    network.elect(N1);
+    network.crash_and_restart(N3);
+    let term = network.node(N3).term().0;
+    let last_log = network.node(N2).log().last_id();
+    let request = |pre_vote: bool| {
+        message(
+            N2,
+            N3,
+            term + 1,
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log,
+                transfer: false,
+            },
+        )
+    };
+    network.node(N3).step(request(true)).unwrap();
+    assert_eq!(vote_answers(&mut network, N3), vec![(true, false)]);
+    assert!(matches!(
+        network.node(N3).step(request(false)),
+        Err(StepError::LeaderActive { from: N2 })
+    ));
+    assert_eq!(network.node(N3).term(), Term(term));
+    // One election timeout later it votes again (here: nobody reached it since).
+    for _ in 0..Config::new(N3).election_ticks {
+        network.node(N3).tick();
+    }
+    network.process_ready(N3);
+    network.in_flight.clear();
+    network.node(N3).step(request(true)).unwrap();
+    assert_eq!(vote_answers(&mut network, N3), vec![(true, true)]);
+}
+
+// A whole cluster restarted at once (a cold start) still elects a leader: every node's
+// silence ends after one election timeout, before the earliest election timer fires.
+#[test]
+fn cold_restart_of_every_node_elects_a_leader() {
+    let mut network = CoreNetwork::new(3, 17);
+    network.elect(N1);
+    network.propose(N1, b"x").unwrap();
+    for id in [N1, N2, N3] {
+        network.crash_and_restart(id);
+    }
+    let election_ticks = Config::new(N1).election_ticks;
+    for _ in 0..3 * election_ticks {
+        network.tick_all();
+        network.stabilize();
+        if !network.leaders().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(network.leaders().len(), 1);
+}
+
+// A leadership transfer campaign is voted for even inside a restarted node's silence: the
+// leader that sent TimeoutNow voided its own lease first (and fences it if the transfer is
+// abandoned), and no other leader's lease can be running, so there is nothing to protect.
+#[test]
+fn restarted_follower_votes_for_a_transfer_campaign() {
+    let mut network = CoreNetwork::new(3, 18);
+    network.elect(N1);
+    network.crash_and_restart(N3);
+    let term = network.node(N3).term().0;
+    let last_log = network.node(N2).log().last_id();
+    let request = message(
+        N2,
+        N3,
+        term + 1,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log,
+            transfer: true,
+        },
+    );
+    network.node(N3).step(request).unwrap();
+    assert_eq!(vote_answers(&mut network, N3), vec![(false, true)]);
+}
+
+// The lease is void on a configuration change (it was earned under the old quorum); answers
+// to a heartbeat round sent before the change must not bring it back, only a round sent after.
+#[test]
+fn a_voided_lease_is_earned_again_only_by_a_round_sent_after_the_void() {
+    let mut network = CoreNetwork::with_config(3, 20, with_lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    // A heartbeat round leaves and reaches the followers; their answers are held back.
+    for _ in 0..Config::new(N1).heartbeat_ticks {
+        network.node(N1).tick();
+    }
+    network.process_ready(N1);
+    while let Some(message) = network.in_flight.pop_front() {
+        if message.to == N1 {
+            network.in_flight.push_front(message);
+            break;
+        }
+        let to = message.to;
+        let _ = network.node(to).step(message);
+        network.process_ready(to);
+    }
+    let held: Vec<Message> = network.in_flight.drain(..).collect();
+    assert!(held
+        .iter()
+        .all(|message| matches!(message.body, MessageBody::HeartbeatResponse { .. })));
+    assert_eq!(held.len(), 2);
+    network
+        .node(N1)
+        .propose_membership(&[keyval::MemberChange::AddLearner {
+            id: NodeId(4),
+            address: None,
+        }])
+        .unwrap();
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    for message in held {
+        network.node(N1).step(message).unwrap();
+    }
+    network.stabilize();
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    // The next round earns it again.
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    assert!(lease_read(&mut network, N1).is_ok());
+}
+
+// The silence after a restart protects a lease only if a follower that answered the leader's
+// heartbeat restarts *with* the term it answered in. Heartbeat answers leave before the term
+// they adopted is durable, so a node that started empty could answer, crash, restart empty and
+// vote at once. The leader therefore counts heartbeat answers toward its lease only from
+// followers that acknowledged an append in its term — those answers leave after a sync.
+#[test]
+fn lease_counts_only_followers_that_hold_the_term_durably() {
+    let mut network = CoreNetwork::with_config(3, 19, with_lease);
+    network.isolate(N3);
+    network.elect(N1);
+    network.heal();
+    // N3 hears heartbeats but no appends; N2's heartbeat answers are lost. A quorum (N1, N3)
+    // answered every round, and N1 committed its no-op with N2.
+    network.run_with(20, |message| {
+        let append_to_n3 =
+            message.to == N3 && matches!(message.body, MessageBody::AppendEntries { .. });
+        let heartbeat_answer_of_n2 =
+            message.from == N2 && matches!(message.body, MessageBody::HeartbeatResponse { .. });
+        !append_to_n3 && !heartbeat_answer_of_n2
+    });
+    assert_eq!(network.node(N3).leader(), Some(N1));
+    assert_eq!(network.node(N3).log().last_index(), LogIndex(0));
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    // Once N3 acknowledges an append, its heartbeat answers count.
+    network.run_with(20, |message| {
+        !(message.from == N2 && matches!(message.body, MessageBody::HeartbeatResponse { .. }))
+    });
+    assert!(lease_read(&mut network, N1).is_ok());
+}
+
+// Thesis §4.2.3, and what leases rely on: a follower that heard from its leader within the
+// election timeout votes for nobody — also after a stale message (here a late answer to an old
+// pre-vote, from a node already in a higher term) made it adopt a higher term without a
+// leader, and the candidate of that term then asks in what is now the follower's own term.
+#[test]
+fn a_follower_that_adopted_a_higher_term_from_a_stale_answer_still_refuses_votes() {
+    let mut network = CoreNetwork::new(3, 23);
+    network.elect(N1);
+    let term = network.node(N2).term().0;
+    let late_answer = message(
+        N3,
+        N2,
+        term + 1,
+        MessageBody::RequestVoteResponse {
+            pre_vote: true,
+            granted: false,
+        },
+    );
+    let _ = network.node(N2).step(late_answer);
+    assert_eq!(network.node(N2).term(), Term(term + 1));
+    let request = message(
+        N3,
+        N2,
+        term + 1,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log: entry_id(term + 1, 100),
+            transfer: false,
+        },
+    );
+    assert!(matches!(
+        network.node(N2).step(request),
+        Err(StepError::LeaderActive { from: N3 })
+    ));
+    assert_eq!(vote_answers(&mut network, N2), vec![]);
+}
+
 // Flow control: a silent follower receives at most the in-flight window of messages.
 #[test]
 fn flow_control_bounds_messages_in_flight() {
@@ -415,6 +639,68 @@ fn flow_control_bounds_messages_in_flight() {
         sent_to_follower <= 4,
         "sent {sent_to_follower} > window of 4"
     );
+}
+
+// Flow control against a slow disk: a follower that answers heartbeats at once but whose append
+// acknowledgements wait for a sync that never ends. Heartbeat answers prove the follower
+// alive, not that appends were lost: they must not open the window, or the follower's persist
+// queue grows without bound. (A lost append is still repaired: the leader sends an empty
+// append from the end of the window, which the follower rejects if it lacks what precedes it —
+// section_5_3_replication_commits_on_majority.)
+#[test]
+fn heartbeat_answers_do_not_open_the_window_to_a_slow_disk() {
+    fn small_window(id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.inflight_messages_max = 4;
+        config
+    }
+    let mut network = CoreNetwork::with_config(3, 21, small_window);
+    network.elect(N1);
+    network.propose(N1, b"warm up").unwrap();
+    let mut appends_with_entries = 0;
+    for k in 0..100u8 {
+        network.node(N1).propose(vec![k]).unwrap();
+        network.process_ready(N1);
+        network.run_with(1, |message| {
+            if message.to == N2 {
+                if let MessageBody::AppendEntries { entries, .. } = &message.body {
+                    appends_with_entries += usize::from(!entries.is_empty());
+                }
+            }
+            // N2's disk never finishes a sync: its append answers never leave.
+            !(message.from == N2 && matches!(message.body, MessageBody::AppendEntriesResponse(_)))
+        });
+    }
+    assert!(
+        appends_with_entries <= 4,
+        "{appends_with_entries} appends with entries > window of 4"
+    );
+    // Replication went on through N3 meanwhile.
+    assert_eq!(network.applied_commands(N1).len(), 101);
+}
+
+// Raft §5.3 under flow control: a window full of appends that were all lost is repaired
+// (the empty append after the window is rejected, and the leader probes back).
+#[test]
+fn a_window_of_lost_appends_is_repaired() {
+    fn small_window(id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.inflight_messages_max = 4;
+        config
+    }
+    let mut network = CoreNetwork::with_config(3, 22, small_window);
+    network.elect(N1);
+    network.propose(N1, b"warm up").unwrap();
+    for k in 0..20u8 {
+        network.node(N1).propose(vec![k]).unwrap();
+        network.process_ready(N1);
+        network.run_with(1, |message| {
+            !(message.to == N2 && matches!(message.body, MessageBody::AppendEntries { .. }))
+        });
+    }
+    assert!(network.node(N1).progress(N2).unwrap().inflights.is_full());
+    network.run(3 * Config::new(N1).heartbeat_ticks);
+    assert_eq!(network.applied_commands(N2).len(), 21);
 }
 
 // Thesis §6.4: a read index is released only after a quorum answers a later heartbeat, and
@@ -536,27 +822,101 @@ fn fast_backtracking_over_hundreds_of_divergent_entries() {
     );
 }
 
+fn with_lease(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.lease_reads = true;
+    config
+}
+
 // Lease reads: valid after a quorum round, void once the leader is cut off long enough.
 #[test]
 fn lease_read_valid_only_while_quorum_is_recent() {
-    fn lease(id: NodeId) -> Config {
-        let mut config = Config::new(id);
-        config.lease_reads = true;
-        config
-    }
-    let mut network = CoreNetwork::with_config(3, 11, lease);
+    let mut network = CoreNetwork::with_config(3, 11, with_lease);
     network.elect(N1);
     for _ in 0..10 {
         network.tick_all();
         network.stabilize();
     }
-    assert!(network.node(N1).lease_read().is_ok());
+    assert!(lease_read(&mut network, N1).is_ok());
     network.isolate(N1);
     for _ in 0..Config::new(N1).election_ticks {
         network.node(N1).tick();
         network.process_ready(N1);
     }
-    assert!(network.node(N1).lease_read().is_err());
+    assert!(lease_read(&mut network, N1).is_err());
+}
+
+// Thesis §6.4.1: the lease runs from the moment the quorum-answered round was sent, for
+// `Config::lease_duration` of the leader's clock — never from when the answers arrived.
+#[test]
+fn lease_lasts_the_lease_duration_from_the_send_time_of_its_round() {
+    let mut network = CoreNetwork::with_config(3, 14, with_lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    let config = with_lease(N1);
+    let lease = u64::try_from(config.lease_duration().as_nanos()).unwrap();
+    let heartbeat = u64::try_from(config.tick.as_nanos()).unwrap() * config.heartbeat_ticks;
+    let now = network.node(N1).clock();
+    // The latest round answered left within the last heartbeat interval...
+    let just_inside = now.plus_nanos(lease - heartbeat);
+    assert!(network.node(N1).lease_read(just_inside).is_ok());
+    // ...and no later than now, so the lease is over `lease` after now, however late the
+    // answers came.
+    assert_eq!(
+        network.node(N1).lease_read(now.plus_nanos(lease)),
+        Err(ReadError::NoLease)
+    );
+}
+
+// PITFALLS #19: a leader paused (SIGSTOP, a VM pause) for an election timeout has not been told
+// the time since — its ticker has not run yet — when a read arrives. The lease is checked
+// against the monotonic clock read at the moment of the read, so the read is refused, whatever
+// the core's own notion of time.
+#[test]
+fn lease_read_after_a_pause_is_refused_before_the_core_sees_a_tick() {
+    let mut network = CoreNetwork::with_config(3, 13, with_lease);
+    network.elect(N1);
+    for _ in 0..10 {
+        network.tick_all();
+        network.stabilize();
+    }
+    let before_pause = network.node(N1).clock();
+    assert!(network.node(N1).lease_read(before_pause).is_ok());
+    let config = with_lease(N1);
+    let pause = config.tick * u32::try_from(config.election_ticks).unwrap();
+    let after_pause = before_pause.plus_nanos(u64::try_from(pause.as_nanos()).unwrap());
+    assert_eq!(
+        network.node(N1).lease_read(after_pause),
+        Err(ReadError::NoLease)
+    );
+}
+
+// PITFALLS #19: a pause is seen by the election timers too. Told a time an election timeout
+// or more past the last, the core runs the ticks that elapsed: a follower that heard nothing
+// for two election timeouts campaigns, and a leader steps down (check-quorum), instead of
+// each counting one tick for the whole pause.
+#[test]
+fn a_clock_jump_runs_the_ticks_it_spans() {
+    let mut network = CoreNetwork::new(3, 15);
+    network.elect(N1);
+    let config = Config::new(N1);
+    let two_timeouts = 2 * config.election_ticks * u64::try_from(config.tick.as_nanos()).unwrap();
+    let follower = network.node(N2);
+    follower.advance_clock(follower.clock().plus_nanos(two_timeouts));
+    assert_eq!(network.node(N2).role(), RoleKind::PreCandidate);
+    let leader = network.node(N1);
+    leader.advance_clock(leader.clock().plus_nanos(two_timeouts));
+    assert_eq!(network.node(N1).role(), RoleKind::Follower);
+}
+
+/// A TimeoutNow whose leader's last entry is of `last_term`.
+fn timeout_now(last_term: u64) -> MessageBody {
+    MessageBody::TimeoutNow {
+        last: entry_id(last_term, 1),
+    }
 }
 
 // Bad input is ignored with a reason, never a panic, and changes nothing.
@@ -567,8 +927,9 @@ fn malformed_and_misaddressed_messages_are_ignored() {
     let term = network.node(N2).term().0;
     let status = network.node(N2).status();
     let cases = vec![
-        message(N1, NodeId(9), term, MessageBody::TimeoutNow),
-        message(N2, N2, term, MessageBody::TimeoutNow),
+        message(N1, NodeId(9), term, timeout_now(term)),
+        message(N2, N2, term, timeout_now(term)),
+        message(N1, N2, term, timeout_now(term + 1)),
         message(N1, N2, 0, MessageBody::HeartbeatResponse { round: 1 }),
         message(
             NodeId(99),

@@ -4,9 +4,9 @@
 //! abandoned; only voters can be targets.
 
 use keyval::error::TransferError;
-use keyval::raft::{MessageBody, RoleKind};
+use keyval::raft::{Message, MessageBody, RoleKind};
 use keyval::testkit::CoreNetwork;
-use keyval::{Config, NodeId, ProposeError};
+use keyval::{Config, LogIndex, NodeId, ProposeError, ReadError};
 
 const N1: NodeId = NodeId(1);
 const N2: NodeId = NodeId(2);
@@ -16,6 +16,12 @@ fn with_lease(id: NodeId) -> Config {
     let mut config = Config::new(id);
     config.lease_reads = true;
     config
+}
+
+/// A lease read on `id` at the time its clock shows (the harness's virtual time).
+fn lease_read(network: &mut CoreNetwork, id: NodeId) -> Result<LogIndex, ReadError> {
+    let raft = network.node(id);
+    raft.lease_read(raft.clock())
 }
 
 fn settle(network: &mut CoreNetwork) {
@@ -52,7 +58,7 @@ fn transfer_to_a_lagging_follower_catches_it_up_first() {
     network.node(N1).transfer_leadership(N3).unwrap();
     network.process_ready(N1);
     while let Some(message) = network.in_flight.pop_front() {
-        if matches!(message.body, MessageBody::TimeoutNow) {
+        if matches!(message.body, MessageBody::TimeoutNow { .. }) {
             let caught_up =
                 network.node(N3).log().last_index() == network.node(N1).log().last_index();
             timeout_now_sent_when_caught_up = Some(caught_up);
@@ -111,17 +117,81 @@ fn lease_is_void_once_a_transfer_starts() {
     let mut network = CoreNetwork::with_config(3, 35, with_lease);
     network.elect(N1);
     settle(&mut network);
-    assert!(network.node(N1).lease_read().is_ok());
+    assert!(lease_read(&mut network, N1).is_ok());
     network.isolate(N2);
     network.node(N1).transfer_leadership(N2).unwrap();
-    assert!(network.node(N1).lease_read().is_err());
+    assert!(lease_read(&mut network, N1).is_err());
+}
+
+/// Takes the TimeoutNow in flight, holding it back.
+fn hold_timeout_now(network: &mut CoreNetwork) -> Message {
+    let position = network
+        .in_flight
+        .iter()
+        .position(|message| matches!(message.body, MessageBody::TimeoutNow { .. }))
+        .expect("a TimeoutNow in flight");
+    network.in_flight.remove(position).unwrap()
+}
+
+// A TimeoutNow delayed past its transfer's abandonment (same term, same leader) must not start
+// a campaign: transfer campaigns skip the voters' heard-from-a-leader check, so the target
+// could win while the leader, which took its proposals and its lease back, serves lease reads.
+#[test]
+fn a_timeout_now_delayed_past_its_abandoned_transfer_starts_no_campaign() {
+    let mut network = CoreNetwork::with_config(3, 36, with_lease);
+    network.elect(N1);
+    settle(&mut network);
+    network.node(N1).transfer_leadership(N2).unwrap();
+    network.process_ready(N1);
+    // N2 holds the whole log, so a TimeoutNow left at once; it and any later one are delayed
+    // until the transfer is abandoned and the cluster has carried on.
+    let mut delayed = vec![hold_timeout_now(&mut network)];
+    network.run_with(2 * Config::new(N1).election_ticks, |message| {
+        if matches!(message.body, MessageBody::TimeoutNow { .. }) {
+            delayed.push(message.clone());
+            return false;
+        }
+        true
+    });
+    assert_eq!(network.node(N1).transfer_target(), None, "abandoned");
+    assert!(lease_read(&mut network, N1).is_ok());
+    let term = network.node(N2).term();
+    for timeout_now in delayed {
+        let _ = network.node(N2).step(timeout_now);
+    }
+    assert_eq!(network.node(N2).role(), RoleKind::Follower);
+    assert_eq!(network.node(N2).term(), term);
+    network.process_ready(N2);
+    network.stabilize();
+    assert_eq!(network.leaders(), vec![(N1, term)]);
+}
+
+// After an abandoned transfer the lease returns only once the fence (a no-op the leader
+// appends on abandoning) is committed: from then on, a campaign started by a late TimeoutNow
+// cannot win — its target's log lacks the fence that a quorum holds.
+#[test]
+fn lease_returns_after_an_abandoned_transfer_only_once_its_fence_commits() {
+    let mut network = CoreNetwork::with_config(3, 37, with_lease);
+    network.elect(N1);
+    settle(&mut network);
+    network.node(N1).transfer_leadership(N2).unwrap();
+    network.process_ready(N1);
+    let _delayed = hold_timeout_now(&mut network);
+    // Heartbeats flow, appends are lost: the transfer is abandoned, the fence cannot commit.
+    network.run_with(Config::new(N1).election_ticks + 5, |message| {
+        !matches!(message.body, MessageBody::AppendEntries { .. })
+    });
+    assert_eq!(network.node(N1).transfer_target(), None, "abandoned");
+    assert_eq!(lease_read(&mut network, N1), Err(ReadError::NoLease));
+    settle(&mut network);
+    assert!(lease_read(&mut network, N1).is_ok());
 }
 
 /// At most one node may serve lease reads at any moment.
 fn lease_holders(network: &mut CoreNetwork) -> Vec<NodeId> {
     let ids: Vec<NodeId> = network.nodes.keys().copied().collect();
     ids.into_iter()
-        .filter(|&id| network.node(id).lease_read().is_ok())
+        .filter(|&id| lease_read(network, id).is_ok())
         .collect()
 }
 

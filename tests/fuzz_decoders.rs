@@ -332,7 +332,7 @@ fn message_body() -> impl Strategy<Value = MessageBody> {
         1 => (log_index(), any::<u64>())
             .prop_map(|(commit, round)| MessageBody::Heartbeat { commit, round }),
         1 => any::<u64>().prop_map(|round| MessageBody::HeartbeatResponse { round }),
-        1 => Just(MessageBody::TimeoutNow),
+        1 => entry_id().prop_map(|last| MessageBody::TimeoutNow { last }),
         2 => install_snapshot(),
         1 => (entry_id(), chunk_offset()).prop_map(|(last, next_offset)| {
             MessageBody::InstallSnapshotResponse { last, next_offset }
@@ -603,11 +603,12 @@ fn cores_in_every_role() -> Vec<Raft> {
         network.propose(NodeId(1), command).unwrap();
     }
     let term = network.node(NodeId(1)).term();
+    let last = network.node(NodeId(3)).log().last_id();
     let timeout_now = Message {
         from: NodeId(1),
         to: NodeId(3),
         term,
-        body: MessageBody::TimeoutNow,
+        body: MessageBody::TimeoutNow { last },
     };
     network.node(NodeId(3)).step(timeout_now).unwrap();
     network.node(NodeId(4)).start_election();
@@ -760,7 +761,9 @@ fn timeout_now_at_term_u64_max() {
         from: NodeId(1),
         to: NodeId(2),
         term: Term(u64::MAX),
-        body: MessageBody::TimeoutNow,
+        body: MessageBody::TimeoutNow {
+            last: EntryId::default(),
+        },
     });
 }
 

@@ -71,7 +71,7 @@ fn messages() -> Vec<Message> {
                 hint: id(1, 2),
             }),
         ),
-        message(1, 1, MessageBody::TimeoutNow),
+        message(1, 1, MessageBody::TimeoutNow { last: id(1, 3) }),
         message(
             1,
             1,

@@ -83,11 +83,12 @@ fn cores_in_every_role() -> Vec<Raft> {
             .expect("the leader accepts");
     }
     let term = network.node(NodeId(1)).term();
+    let last = network.node(NodeId(3)).log().last_id();
     let timeout_now = Message {
         from: NodeId(1),
         to: NodeId(3),
         term,
-        body: MessageBody::TimeoutNow,
+        body: MessageBody::TimeoutNow { last },
     };
     network
         .node(NodeId(3))

@@ -29,6 +29,9 @@ pub(super) fn run<M>(shared: &Shared<M>, inbound: &Receiver<Inbound>, shutdown: 
             continue;
         }
         let mut core = shared.core.lock();
+        // The time before the step: what is heard from a leader is dated no earlier than heard.
+        core.raft
+            .advance_clock(super::ticker::clock_reading(shared.clock_origin));
         for (sender, message) in batch.drain(..) {
             if sender != message.from {
                 continue; // a peer speaking for another node

@@ -162,6 +162,8 @@ struct Shared<M> {
     /// Set when storage failed: the node stops serving.
     failed: Mutex<Option<String>>,
     stopped: AtomicBool,
+    /// The origin of the monotonic clock readings handed to the core (the node's start).
+    clock_origin: Instant,
 }
 
 impl<M> Shared<M> {
@@ -321,6 +323,7 @@ impl<M: StateMachine> Node<M> {
             snapshot_policy,
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            clock_origin: Instant::now(),
         });
         let node = Node {
             shared: Arc::clone(&shared),
@@ -509,9 +512,18 @@ impl<M: StateMachine> Node<M> {
     }
 
     /// A lease read barrier: like [`read_barrier`](Node::read_barrier) without a round trip,
-    /// valid only while the leader holds a lease (requires `lease_reads`).
+    /// valid only while the leader holds a lease (requires `lease_reads`). A node whose storage
+    /// failed, or that is shutting down, holds none (`Shutdown`).
     pub fn lease_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
-        let index = self.shared.core.lock().raft.lease_read()?;
+        let index = {
+            let core = self.shared.core.lock();
+            if !self.shared.is_serving() {
+                return Err(ReadError::Shutdown);
+            }
+            // The time of the read, read under the lock: not the last time the core was told.
+            core.raft
+                .lease_read(ticker::clock_reading(self.shared.clock_origin))?
+        };
         self.wait_applied(index, deadline)?;
         Ok(index)
     }

@@ -1,10 +1,13 @@
-//! The `ticker` thread: drives the core's logical clock.
+//! The `ticker` thread: tells the core the time, once a tick. It reads the monotonic clock
+//! rather than counting wakeups, so a pause (SIGSTOP, a VM pause, a starved thread) is seen
+//! whole: the core runs every tick that elapsed (see `Raft::advance_clock`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
 use crate::node::Shared;
+use crate::raft::Monotonic;
 
 pub(super) fn run<M>(shared: &Shared<M>, tick: Duration, shutdown: &Receiver<()>) {
     let ticks = crossbeam_channel::tick(tick);
@@ -15,10 +18,16 @@ pub(super) fn run<M>(shared: &Shared<M>, tick: Duration, shutdown: &Receiver<()>
                     continue;
                 }
                 let mut core = shared.core.lock();
-                core.raft.tick();
+                // Wakeups missed during a pause are dropped by the channel; the clock is not.
+                core.raft.advance_clock(clock_reading(shared.clock_origin));
                 shared.route(&mut core);
             }
             recv(shutdown) -> _ => return,
         }
     }
+}
+
+/// The monotonic clock as the core sees it: the time since `origin` (the node's start).
+pub(super) fn clock_reading(origin: Instant) -> Monotonic {
+    Monotonic(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }

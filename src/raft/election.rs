@@ -8,8 +8,8 @@ use crate::limits;
 use crate::raft::message::{AppendResponse, Message, MessageBody};
 use crate::raft::progress::Progress;
 use crate::raft::quorum::VoteResult;
-use crate::raft::{LeaderState, Raft, ReadState, Role, StepError};
-use crate::types::{Entry, EntryId, EntryPayload, NodeId, Term};
+use crate::raft::{LeaderState, Monotonic, Raft, ReadState, Role, StepError};
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Term};
 
 /// The largest log index a message carries, for the bound check at the door (no allocation:
 /// this runs for every message).
@@ -35,17 +35,28 @@ fn largest_index(body: &MessageBody) -> crate::types::LogIndex {
         MessageBody::Heartbeat { commit, .. } => *commit,
         MessageBody::InstallSnapshot { meta, .. } => meta.last.index,
         MessageBody::InstallSnapshotResponse { last, .. } => last.index,
-        MessageBody::RequestVoteResponse { .. }
-        | MessageBody::HeartbeatResponse { .. }
-        | MessageBody::TimeoutNow => LogIndex(0),
+        MessageBody::TimeoutNow { last } => last.index,
+        MessageBody::RequestVoteResponse { .. } | MessageBody::HeartbeatResponse { .. } => {
+            LogIndex(0)
+        }
     }
 }
 
 impl Raft {
-    /// Advances logical time by one tick: followers and candidates count toward an election,
-    /// leaders toward a heartbeat and a check-quorum.
+    /// Advances time by one tick, moving the clock to the end of it: followers and candidates
+    /// count toward an election, leaders toward a heartbeat and a check-quorum. Harnesses in
+    /// virtual time drive the core with `tick` alone; the runtime uses
+    /// [`advance_clock`](Raft::advance_clock) with its monotonic clock instead.
     pub fn tick(&mut self) {
-        self.now += 1;
+        let tick_end = Monotonic((self.ticks + 1).saturating_mul(self.config.tick_nanos()));
+        self.run_tick(tick_end, true);
+    }
+
+    /// One tick ending at `tick_end`; `broadcast` is false on the ticks of a catch-up but the
+    /// last, so that a pause does not end in a burst of heartbeat rounds.
+    pub(super) fn run_tick(&mut self, tick_end: Monotonic, broadcast: bool) {
+        self.ticks += 1;
+        self.clock = self.clock.max(tick_end);
         self.election_elapsed += 1;
         if let Role::Leader(leader) = &mut self.role {
             leader.heartbeat_elapsed += 1;
@@ -53,8 +64,12 @@ impl Raft {
                 *elapsed += 1;
                 if *elapsed >= self.config.election_ticks {
                     leader.transfer = None; // abandoned: accept proposals again
+                    self.fence_abandoned_transfer();
                 }
             }
+            let Role::Leader(leader) = &mut self.role else {
+                return;
+            };
             let heartbeat_due = leader.heartbeat_elapsed >= self.config.heartbeat_ticks;
             if self.election_elapsed >= self.config.election_ticks {
                 self.election_elapsed = 0;
@@ -63,7 +78,7 @@ impl Raft {
                     return;
                 }
             }
-            if heartbeat_due {
+            if heartbeat_due && broadcast {
                 self.broadcast_heartbeat();
             }
             if !self.membership_change_pending() {
@@ -110,11 +125,17 @@ impl Raft {
         active
     }
 
-    /// Whether this node heard from a live leader within the minimum election timeout. Such a
-    /// node ignores vote requests, so a node that was partitioned away cannot depose a healthy
-    /// leader (thesis §4.2.3), and a lease holder can rely on it.
+    /// Whether this node leads, or heard from a leader within the minimum election timeout —
+    /// or restarted less than an election timeout ago, which counts as having heard from one.
+    /// Such a node refuses pre-votes and (with check-quorum) ignores vote requests, so a node
+    /// that was partitioned away cannot depose a healthy leader (thesis §4.2.3), and a lease
+    /// holder can rely on every node that answered its heartbeat, even one that crashed or
+    /// changed its term since.
+    ///
+    /// A leadership-transfer campaign skips this check, also in a restarted node: the leader
+    /// that sent TimeoutNow voided its lease first, and no other lease can be running.
     fn leader_is_active(&self) -> bool {
-        self.leader().is_some() && self.election_elapsed < self.config.election_ticks
+        self.is_leader() || self.ticks < self.leader_heard_until
     }
 
     /// Processes one message from a peer. Messages that are stale, misaddressed or malformed
@@ -174,8 +195,10 @@ impl Raft {
 
         match message.body {
             MessageBody::RequestVote {
-                pre_vote, last_log, ..
-            } => self.handle_request_vote(from, message.term, pre_vote, last_log),
+                pre_vote,
+                last_log,
+                transfer,
+            } => self.handle_request_vote(from, message.term, pre_vote, last_log, transfer),
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(from, pre_vote, granted);
                 Ok(())
@@ -201,8 +224,11 @@ impl Raft {
                 self.handle_heartbeat_response(from, round);
                 Ok(())
             }
-            MessageBody::TimeoutNow => {
-                if self.is_promotable() && !self.is_leader() {
+            MessageBody::TimeoutNow { last } => {
+                // Only for the transfer it was sent for: a leader that abandoned the transfer
+                // appended its fence since, and we either hold it (our log ends past `last`)
+                // or cannot win against the quorum that does.
+                if self.is_promotable() && !self.is_leader() && self.log.last_id() == last {
                     self.campaign(false, true);
                 }
                 Ok(())
@@ -265,6 +291,9 @@ impl Raft {
             MessageBody::InstallSnapshot { meta, .. } if meta.last.term > message.term => {
                 return malformed("snapshot term ahead of the leader's term");
             }
+            MessageBody::TimeoutNow { last } if last.term > message.term => {
+                return malformed("TimeoutNow's last term is ahead of the leader's term");
+            }
             MessageBody::AppendEntries { prev, entries, .. } => {
                 if prev.term > message.term {
                     return malformed("prev term ahead of the leader's term");
@@ -297,10 +326,12 @@ impl Raft {
             Role::Follower { leader } => {
                 *leader = Some(from);
                 self.election_elapsed = 0;
+                self.leader_heard_until = self.ticks + self.config.election_ticks;
                 Ok(())
             }
             Role::PreCandidate { .. } | Role::Candidate { .. } => {
                 self.become_follower(self.term, Some(from));
+                self.leader_heard_until = self.ticks + self.config.election_ticks;
                 Ok(())
             }
         }
@@ -312,6 +343,7 @@ impl Raft {
         message_term: crate::types::Term,
         pre_vote: bool,
         last_log: EntryId,
+        transfer: bool,
     ) -> Result<(), StepError> {
         let up_to_date = self.log.is_up_to_date(last_log);
         if pre_vote {
@@ -330,6 +362,17 @@ impl Raft {
             return Ok(());
         }
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader().is_none());
+        // In our own term without a leader, and still within the election timeout of hearing
+        // from one: our term moved on a message that named no leader (a stale answer from a
+        // node in a newer term). Ignore the request as a higher term's would be (see `step`).
+        if self.config.check_quorum
+            && !transfer
+            && self.vote.is_none()
+            && self.leader().is_none()
+            && self.leader_is_active()
+        {
+            return Err(StepError::LeaderActive { from });
+        }
         let granted = can_vote && up_to_date;
         if granted {
             self.vote = Some(from);
@@ -472,7 +515,9 @@ impl Raft {
             round: 0,
             rounds_sent_at: VecDeque::new(),
             quorum_round: 0,
-            lease_until: 0,
+            lease_expires_at: Monotonic::default(),
+            lease_rounds_after: 0,
+            lease_fence: LogIndex(0),
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             read_round_needed: false,

@@ -359,7 +359,7 @@ impl Raft {
             .progress
             .get(&id)
             .and_then(|progress| progress.heard_at)
-            .is_some_and(|heard| self.now.saturating_sub(heard) < self.config.election_ticks)
+            .is_some_and(|heard| self.ticks.saturating_sub(heard) < self.config.election_ticks)
     }
 
     /// Appends a configuration entry as leader; it takes effect at once.
@@ -399,7 +399,7 @@ impl Raft {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        leader.lease_until = 0;
+        leader.void_lease();
         leader.config_committed_at = None;
         for member in members {
             if member != id {
@@ -440,7 +440,7 @@ impl Raft {
     pub(super) fn forget_removed_members(&mut self) {
         let config_index = self.configs.latest_index();
         let membership = &self.membership;
-        let now = self.now;
+        let now = self.ticks;
         let grace = 2 * self.config.election_ticks;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -462,7 +462,12 @@ impl Raft {
                 .is_some_and(|progress| progress.matched == last)
         });
         if let Some(successor) = successor {
-            self.send(successor, term, crate::raft::MessageBody::TimeoutNow);
+            let last = self.log.last_id();
+            self.send(
+                successor,
+                term,
+                crate::raft::MessageBody::TimeoutNow { last },
+            );
         }
         self.become_follower(self.term, None);
     }

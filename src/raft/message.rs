@@ -61,8 +61,14 @@ pub enum MessageBody {
         /// The round being answered.
         round: u64,
     },
-    /// Leadership transfer: the receiver should campaign now (thesis §3.10).
-    TimeoutNow,
+    /// Leadership transfer: the receiver should campaign now (thesis §3.10) — if its log still
+    /// ends at `last`. A TimeoutNow that arrives after its transfer was abandoned finds the
+    /// receiver past `last` (the leader appends a no-op on abandoning, its fence) and is
+    /// ignored.
+    TimeoutNow {
+        /// The leader's last entry when it sent this; the target held all of it.
+        last: EntryId,
+    },
     /// One chunk of a snapshot the follower needs because the entries it lacks were compacted
     /// away (Raft §7). Chunks go one at a time; each is acknowledged.
     InstallSnapshot {
@@ -119,7 +125,7 @@ impl Message {
             MessageBody::AppendEntriesResponse(_) => "AppendEntriesResponse",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
-            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::TimeoutNow { .. } => "TimeoutNow",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
         }

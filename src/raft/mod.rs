@@ -9,6 +9,7 @@
 //! taking office (§8), pipelined replication with flow control, fast log backtracking,
 //! ReadIndex and leases (thesis §6.4), all through [`Membership`]'s quorum arithmetic.
 
+mod clock;
 mod election;
 pub mod log;
 pub mod membership;
@@ -30,6 +31,7 @@ use crate::limits;
 use crate::storage::Recovered;
 use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
 
+pub use clock::Monotonic;
 pub use log::RaftLog;
 pub use membership::MemberChange;
 pub use message::{AppendResponse, Message, MessageBody};
@@ -95,13 +97,21 @@ struct LeaderState {
     /// Every other member's progress.
     progress: BTreeMap<NodeId, Progress>,
     heartbeat_elapsed: u64,
-    /// The latest heartbeat round broadcast, and the ticks at which recent rounds were sent.
+    /// The latest heartbeat round broadcast, and the clock when recent rounds were sent,
+    /// oldest first. Invariant: consecutive rounds ending at `round`.
     round: u64,
-    rounds_sent_at: VecDeque<(u64, u64)>,
+    rounds_sent_at: VecDeque<(u64, Monotonic)>,
     /// The latest round a quorum has answered.
     quorum_round: u64,
-    /// Lease reads are valid while `now < lease_until` (ticks).
-    lease_until: u64,
+    /// Lease reads are valid while the clock at the read is before this: the send time of the
+    /// latest round a quorum answered plus [`Config::lease_duration`]. Zero when void.
+    lease_expires_at: Monotonic,
+    /// Only rounds after this one can earn a lease (set when the lease is voided, so that a
+    /// round sent before a transfer or a configuration change cannot restore it).
+    lease_rounds_after: u64,
+    /// No lease read until the commit index reaches this: the no-op appended when a transfer
+    /// was abandoned (see `fence_abandoned_transfer`).
+    lease_fence: LogIndex,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its own term (§8).
     reads_awaiting_commit: Vec<u64>,
@@ -122,6 +132,23 @@ struct LeaderState {
     /// crash before it, the node would lead the same term again and give other entries the
     /// ids it already sent.
     term_durable: bool,
+}
+
+impl LeaderState {
+    /// Voids the lease; only a round sent from now on can earn a new one.
+    fn void_lease(&mut self) {
+        self.lease_expires_at = Monotonic::default();
+        self.lease_rounds_after = self.round;
+    }
+
+    /// When `round` was sent, if it is still remembered.
+    fn round_sent_at(&self, round: u64) -> Option<Monotonic> {
+        let &(first, _) = self.rounds_sent_at.front()?;
+        let offset = usize::try_from(round.checked_sub(first)?).ok()?;
+        let &(found, sent_at) = self.rounds_sent_at.get(offset)?;
+        debug_assert_eq!(found, round, "rounds are remembered consecutively");
+        Some(sent_at)
+    }
 }
 
 /// A node's role, owning the data that only that role has.
@@ -156,8 +183,20 @@ pub struct Raft {
     membership_version_handed: u64,
     election_elapsed: u64,
     randomized_election_timeout: u64,
-    /// Ticks since this core was created.
-    now: u64,
+    /// While `ticks` is below this, this node counts as having heard from a leader within the
+    /// election timeout and grants no vote or pre-vote (thesis §4.2.3): set one election
+    /// timeout ahead whenever it hears from the leader of its term. Kept by the node whatever
+    /// happens to its role or term meanwhile (a stale message may raise its term and forget
+    /// the leader; the silence a lease relies on must not end with it). A node that restarts
+    /// with durable state starts with it set too, as if it had heard from a leader at startup
+    /// (thesis §6.4.1): it may have answered a heartbeat just before it crashed, and that
+    /// leader's lease may still hold. Zero for a node that starts empty.
+    leader_heard_until: u64,
+    /// Ticks since this core was created. Invariant: `ticks == clock / tick`.
+    ticks: u64,
+    /// The latest reading of the runtime's monotonic clock (see [`Raft::advance_clock`]).
+    /// Invariant: never decreases.
+    clock: Monotonic,
     rng: StdRng,
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
@@ -192,6 +231,11 @@ impl Raft {
             .as_ref()
             .map(|meta| meta.membership.clone())
             .unwrap_or(initial_membership);
+        // Anything durable means this node ran before. (A node that never made its term
+        // durable was never counted toward a lease: see `advance_quorum_round`.)
+        let restarted = recovered.hard_state != HardState::default()
+            || snapshot.index > LogIndex(0)
+            || !recovered.entries.is_empty();
         // The stored log may overlap the snapshot by the compaction margin: keep only what
         // follows it. An entry at the snapshot's index with another term would mean the rest
         // does not continue the snapshot; drop it all (the leader will resend it).
@@ -234,7 +278,9 @@ impl Raft {
             configs,
             election_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
-            now: 0,
+            leader_heard_until: if restarted { config.election_ticks } else { 0 },
+            ticks: 0,
+            clock: Monotonic::default(),
             rng: StdRng::seed_from_u64(seed),
             messages: Vec::new(),
             persisted_messages: Vec::new(),
@@ -247,6 +293,46 @@ impl Raft {
         };
         raft.reset_election_timer();
         Ok(raft)
+    }
+
+    /// Tells the core the time: `now` is a reading of the runtime's monotonic clock (since the
+    /// node started). Runs one [`tick`](Raft::tick) for every tick boundary passed since the
+    /// last reading, so election timeouts, heartbeats and check-quorum see a pause as long as
+    /// it was; after a very long pause only the last [`catch_up_ticks_max`] are run (a timer
+    /// fires at most once per election timeout anyway) and heartbeats go out once, at the end.
+    /// Readings older than the latest are ignored.
+    ///
+    /// The runtime calls this before every `tick`-like wakeup **and before stepping
+    /// messages**: a follower must date what it hears from a leader no earlier than it heard
+    /// it, or ticks that elapsed before would count after (the lease depends on that silence).
+    ///
+    /// [`catch_up_ticks_max`]: Raft::catch_up_ticks_max
+    pub fn advance_clock(&mut self, now: Monotonic) {
+        if now <= self.clock {
+            return;
+        }
+        let tick_nanos = self.config.tick_nanos();
+        let due = clock::ticks_due(self.ticks, now, tick_nanos);
+        let run = due.min(self.catch_up_ticks_max());
+        // Ticks beyond the catch-up bound pass uncounted by the timers, and first.
+        self.ticks += due - run;
+        for k in 1..=run {
+            let tick_end = Monotonic((self.ticks + 1).saturating_mul(tick_nanos));
+            self.run_tick(tick_end, k == run);
+        }
+        self.clock = now;
+    }
+
+    /// The most ticks one [`advance_clock`](Raft::advance_clock) runs: two election
+    /// timeouts, enough for a follower's randomized timeout to fire and for a leader's
+    /// check-quorum to look at a whole period with nobody heard.
+    pub fn catch_up_ticks_max(&self) -> u64 {
+        2 * self.config.election_ticks
+    }
+
+    /// The latest time the core knows of.
+    pub fn clock(&self) -> Monotonic {
+        self.clock
     }
 
     /// This node's id.
@@ -387,9 +473,18 @@ impl Raft {
     }
 
     /// A lease read: the index to wait for, if this leader holds a valid lease. Requires
-    /// `lease_reads` (and so check-quorum); the lease is a quorum's heartbeat answer no older
-    /// than the election timeout minus the drift margin, and it dies with the leadership.
-    pub fn lease_read(&self) -> Result<LogIndex, ReadError> {
+    /// `lease_reads` (and so check-quorum); the lease runs [`Config::lease_duration`] from the
+    /// send time of the latest heartbeat round a quorum answered (counting followers that hold
+    /// this term durably), is void during a leadership transfer, after a configuration change
+    /// until a later round is answered, and after an abandoned transfer until its fence
+    /// commits, and it dies with the leadership.
+    ///
+    /// `now` is the caller's monotonic clock read **at the moment of the read** (under the
+    /// same lock as this call): a leader that was paused past its lease refuses even if it has
+    /// not yet been told the time since (its ticker may not have run). An older `now` than the
+    /// core's clock counts as the core's clock.
+    pub fn lease_read(&self, now: Monotonic) -> Result<LogIndex, ReadError> {
+        let now = now.max(self.clock);
         let Role::Leader(leader) = &self.role else {
             return Err(ReadError::NotLeader {
                 leader_hint: self.leader(),
@@ -399,7 +494,8 @@ impl Raft {
         // would have run out (PITFALLS #6).
         if !self.config.lease_reads
             || !self.committed_in_current_term()
-            || self.now >= leader.lease_until
+            || self.log.committed() < leader.lease_fence
+            || now >= leader.lease_expires_at
             || leader.transfer.is_some()
         {
             return Err(ReadError::NoLease);
@@ -422,7 +518,7 @@ impl Raft {
             return Err(TransferError::NotLeader { leader_hint });
         };
         leader.transfer = Some((target, 0));
-        leader.lease_until = 0;
+        leader.void_lease();
         self.maybe_send_timeout_now(target);
         if self.transfer_target() == Some(target) {
             self.send_append(target, true);
@@ -465,8 +561,30 @@ impl Raft {
                 .get(&from)
                 .is_some_and(|progress| progress.matched == last);
         if caught_up {
-            self.send(from, term, MessageBody::TimeoutNow);
+            let last = self.log.last_id();
+            self.send(from, term, MessageBody::TimeoutNow { last });
         }
+    }
+
+    /// A transfer was abandoned, but a TimeoutNow sent for it may still arrive and make the
+    /// target campaign with votes that skip the heard-from-a-leader check — while this leader,
+    /// its lease earned again, serves lease reads. Appends a no-op, the fence, and holds lease
+    /// reads back until it commits: a target that holds the fence no longer ends its log at the
+    /// TimeoutNow's `last` and ignores it, and a target that lacks it cannot win, as a quorum
+    /// holds a longer log of the same term (and if it won first, the fence can never commit).
+    fn fence_abandoned_transfer(&mut self) {
+        let fence = Entry {
+            id: EntryId::new(self.term, self.log.last_index().next()),
+            payload: EntryPayload::Noop,
+        };
+        let index = fence.id.index;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.lease_fence = index;
+        leader.append_needed = true;
+        self.log.append_own(fence);
+        self.maybe_commit(); // a single voter commits by itself
     }
 
     /// Whether the leader has committed an entry of its own term: until then its commit index
@@ -570,6 +688,11 @@ impl Raft {
     pub fn check_invariants(&self) {
         self.log.check_invariants();
         if cfg!(debug_assertions) {
+            debug_assert_eq!(
+                self.ticks,
+                self.clock.0 / self.config.tick_nanos(),
+                "a tick is counted for every tick of the clock"
+            );
             if let Role::Leader(leader) = &self.role {
                 debug_assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
                 for (id, progress) in &leader.progress {

@@ -56,13 +56,6 @@ impl Inflights {
         }
     }
 
-    /// Frees the oldest message (presumed lost) so that one more may be sent.
-    pub fn free_first(&mut self) {
-        if let Some((_, bytes)) = self.messages.pop_front() {
-            self.bytes -= bytes;
-        }
-    }
-
     /// Forgets everything in flight.
     pub fn reset(&mut self) {
         self.messages.clear();

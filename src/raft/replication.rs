@@ -72,11 +72,12 @@ impl Raft {
         true
     }
 
-    /// Sends a heartbeat round to every member. Each round is remembered with the tick it left
-    /// at, so that a quorum's answer dates the lease and confirms waiting reads.
+    /// Sends a heartbeat round to every member. Each round is remembered with the clock when it
+    /// left — never later than the real send time, as the runtime reads its clock before it
+    /// steps the core — so that a quorum's answer dates the lease and confirms waiting reads.
     pub(super) fn broadcast_heartbeat(&mut self) {
         let term = self.term;
-        let now = self.now;
+        let now = self.clock;
         let committed = self.log.committed();
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -171,7 +172,7 @@ impl Raft {
     }
 
     pub(super) fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) {
-        let now = self.now;
+        let now = self.ticks;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -249,7 +250,7 @@ impl Raft {
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
-        let now = self.now;
+        let now = self.ticks;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -267,21 +268,57 @@ impl Raft {
         }
         // A follower behind the leader may have lost an append: an append from `next`
         // (empty if need be) either carries the missing entries or is rejected, which sends
-        // the follower back to probing. Free one slot if the window is full of lost messages.
+        // the follower back to probing. A heartbeat answer proves the follower alive, not the
+        // window lost — a slow disk holds acknowledgements back while heartbeats are answered
+        // at once — so it never frees a slot: with the window full, the append is an empty
+        // one that takes none.
         if progress.matched < self.log.last_index() {
             if progress.state == ProgressState::Replicate && progress.inflights.is_full() {
-                progress.inflights.free_first();
+                self.send_loss_probe(from);
+            } else {
+                self.send_append(from, true);
             }
-            self.send_append(from, true);
         }
         self.advance_quorum_round();
     }
 
-    /// Moves the quorum-confirmed round forward: releases reads that waited on it and extends
-    /// the lease from the tick that round was sent.
+    /// Asks a follower whose window is full whether it holds the window's last entry: an empty
+    /// AppendEntries after it, outside flow control. A follower that lost part of the window
+    /// rejects it and the leader probes back from its answer; one that holds it answers after
+    /// its sync, like the appends themselves, so a slow disk is never sent more than the
+    /// window. One per heartbeat answer at most.
+    fn send_loss_probe(&mut self, to: NodeId) {
+        let term = self.term;
+        let committed = self.log.committed();
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let Some(progress) = leader.progress.get(&to) else {
+            return;
+        };
+        let prev_index = progress.next.prev();
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The window's entries were compacted since: only a snapshot can repair a loss.
+            self.start_snapshot_transfer(to);
+            return;
+        };
+        let body = MessageBody::AppendEntries {
+            prev: EntryId::new(prev_term, prev_index),
+            entries: Vec::new(),
+            leader_commit: committed,
+        };
+        self.send(to, term, body);
+    }
+
+    /// Moves the quorum-confirmed round forward: releases reads that waited on it. Extends the
+    /// lease from the time the latest round answered by a quorum **of followers that hold this
+    /// term durably** was sent: a follower's heartbeat answer leaves before the term it adopted
+    /// is durable, and one that crashed before the sync would restart without the term — as a
+    /// node with empty storage, not silent after its restart (see `Raft::new`). Acknowledging
+    /// an append in this term proves the term durable: those answers leave after a sync.
     fn advance_quorum_round(&mut self) {
         let id = self.id;
-        let lease_ticks = self.config.lease_ticks();
+        let lease_nanos = self.config.lease_nanos();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -296,17 +333,26 @@ impl Raft {
                     .map_or(0, |progress| progress.round_acked)
             }
         });
+        let lease_round = self.membership.quorum_value(|voter| {
+            if voter == id {
+                own_round
+            } else {
+                progress
+                    .get(&voter)
+                    .filter(|progress| progress.matched > LogIndex(0))
+                    .map_or(0, |progress| progress.round_acked)
+            }
+        });
+        if lease_round > leader.lease_rounds_after {
+            if let Some(sent_at) = leader.round_sent_at(lease_round) {
+                leader.lease_expires_at =
+                    leader.lease_expires_at.max(sent_at.plus_nanos(lease_nanos));
+            }
+        }
         if quorum_round <= leader.quorum_round {
             return;
         }
         leader.quorum_round = quorum_round;
-        if let Some(&(_, sent_at)) = leader
-            .rounds_sent_at
-            .iter()
-            .find(|&&(round, _)| round == quorum_round)
-        {
-            leader.lease_until = leader.lease_until.max(sent_at + lease_ticks);
-        }
         while let Some(read) = leader.pending_reads.front() {
             if read.round > quorum_round {
                 break;

@@ -163,7 +163,7 @@ impl Raft {
         last: EntryId,
         next_offset: u64,
     ) {
-        let now = self.now;
+        let now = self.ticks;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };

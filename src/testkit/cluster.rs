@@ -398,6 +398,21 @@ impl<M: StateMachine> Cluster<M> {
         }
     }
 
+    /// Makes the next sync of `id`'s storage fail and latch, as a failed fsync would: the node
+    /// stops serving. Crash-faithful memory and faulty files only (a real disk cannot be told
+    /// to fail).
+    pub fn fail_next_sync(&self, id: NodeId) {
+        let slots = self.slots.lock();
+        let Some(slot) = slots.get(&id) else {
+            return;
+        };
+        match self.storage {
+            StorageKind::Memory => slot.disk.fail_next_sync(),
+            StorageKind::FaultyFiles => slot.faulty_disk.fail_next_sync(),
+            StorageKind::RealFiles => panic!("real files cannot be made to fail"),
+        }
+    }
+
     /// Restarts `id` from its durable state (crashing it first if it is running).
     pub fn restart(&self, id: NodeId) {
         self.crash(id);

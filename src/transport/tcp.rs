@@ -60,7 +60,7 @@ use self::writer::{PeerLink, PeerWriter};
 pub const HANDSHAKE_MAGIC: [u8; 8] = *b"KEYVALPR";
 
 /// The peer protocol version this build speaks; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first record a dialer sends on a new connection, checked by the acceptor before any
 /// message is read.
