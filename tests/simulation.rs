@@ -34,6 +34,9 @@ fn simulation_seeds_hold_every_safety_property() {
     let mut changes_committed = 0;
     let mut promoted = 0;
     let mut joins = 0;
+    let mut power_cuts = 0;
+    let mut pauses = 0;
+    let mut lease_steps = 0;
     let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
     for &seed in &seeds {
         match simulation::run(seed) {
@@ -50,6 +53,9 @@ fn simulation_seeds_hold_every_safety_property() {
                 changes_committed += report.membership_committed;
                 promoted += report.learners_promoted;
                 joins += report.joins;
+                power_cuts += report.power_cuts;
+                pauses += report.pauses;
+                lease_steps += report.lease_steps;
                 for (reason, count) in report.membership_refused {
                     *refused.entry(reason).or_default() += count;
                 }
@@ -61,7 +67,9 @@ fn simulation_seeds_hold_every_safety_property() {
         "simulation: {} seeds, {acknowledged} acknowledged proposals, {elections} elections, \
          {crashes} crashes, {snapshots} snapshots, {installs} snapshot installs, membership \
          changes: {changes_proposed} accepted, {changes_committed} committed, {promoted} \
-         learners promoted, {joins} empty nodes joined, refused {refused:?} — no violation",
+         learners promoted, {joins} empty nodes joined, refused {refused:?}; {power_cuts} power \
+         cuts inside a persist, {pauses} pauses, {lease_steps} steps with a lease held — no \
+         violation",
         seeds.len()
     );
     assert!(
@@ -72,6 +80,11 @@ fn simulation_seeds_hold_every_safety_property() {
         assert!(
             changes_committed > seeds.len() as u64 / 4,
             "too few membership changes committed"
+        );
+        assert!(
+            power_cuts > 0 && pauses > 0 && lease_steps > seeds.len() as u64,
+            "the faults and checks did not happen: {power_cuts} power cuts, {pauses} pauses, \
+             {lease_steps} steps with a lease"
         );
     }
 }

@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::error::StorageError;
 use crate::node::driver::{self, Applied, ApplierState, ApplyItem, LocalSnapshot, Persister};
-use crate::raft::{MemberChange, Message, MessageBody, Raft, SnapshotData};
+use crate::raft::{MemberChange, Message, MessageBody, Monotonic, Raft, SnapshotData};
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::storage::mem::{MemDisk, MemStorage};
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId, Term};
@@ -65,6 +65,12 @@ pub struct SimulationOptions {
     /// Probability that the power goes out at a random storage operation while a node's log
     /// writer completes a persist or a local snapshot (a crash between two durable steps).
     pub power_cut: f64,
+    /// Per step probability of pausing a node (a process stopped: SIGSTOP, a VM pause, a long
+    /// GC) for up to `pause_ticks_max` ticks: it neither ticks nor receives nor persists, and
+    /// when it resumes its clock jumps to the present.
+    pub pause: f64,
+    /// The longest pause, in ticks.
+    pub pause_ticks_max: u64,
 }
 
 impl Default for SimulationOptions {
@@ -82,6 +88,8 @@ impl Default for SimulationOptions {
             liveness_ticks: 3000,
             snapshot: 0.003,
             power_cut: 0.01,
+            pause: 0.002,
+            pause_ticks_max: 30,
         }
     }
 }
@@ -102,6 +110,10 @@ pub struct SimulationReport {
     /// Of those, crashes in the middle of a persist (the power went out at a storage
     /// operation).
     pub power_cuts: u64,
+    /// Pauses injected.
+    pub pauses: u64,
+    /// Steps at whose end some node held a lease (the lease check had something to check).
+    pub lease_steps: u64,
     /// Local snapshots taken (and logs compacted).
     pub snapshots: u64,
     /// Snapshots streamed from a leader and installed by a follower.
@@ -174,6 +186,11 @@ struct SimNode {
     persister: Persister,
     applier: ApplierState,
     state_machine: AppliedIds,
+    /// The virtual time (in ticks) at which this incarnation started: its clock reads the
+    /// ticks since then.
+    clock_origin: u64,
+    /// Paused until this virtual time (in ticks).
+    paused_until: Option<u64>,
     committed: LogIndex,
     max_term: Term,
     restarts: u64,
@@ -230,6 +247,8 @@ fn config(id: NodeId) -> Config {
     // Tiny messages: a backlog of old-term entries spans several AppendEntries, which is
     // what exposes a commit of an old-term entry by counting (Figure 8).
     config.message_entries_bytes_max = 64;
+    // Leases are tracked (and checked: at most one holder at any moment); nothing reads.
+    config.lease_reads = true;
     config
 }
 
@@ -279,6 +298,8 @@ impl Simulation {
                     persister: Persister::new(LogIndex(0)),
                     applier: ApplierState::new(EntryId::default(), bootstrap.clone()),
                     state_machine: AppliedIds::default(),
+                    clock_origin: 0,
+                    paused_until: None,
                     committed: LogIndex(0),
                     max_term: Term(0),
                     restarts: 0,
@@ -314,6 +335,8 @@ impl Simulation {
         node.restarts += 1;
         let node_seed = seed ^ id.0.rotate_left(20) ^ node.restarts.rotate_left(40);
         node.state_machine = AppliedIds::default();
+        node.clock_origin = self.now;
+        node.paused_until = None;
         let recovery = driver::recover(
             config(id),
             &mut node.storage,
@@ -350,6 +373,50 @@ impl Simulation {
             .filter(|(_, node)| node.raft.is_some())
             .map(|(&id, _)| id)
             .collect()
+    }
+
+    /// Whether `id` runs and is not paused.
+    fn is_active(&self, id: NodeId) -> bool {
+        let node = &self.nodes[&id];
+        node.raft.is_some() && node.paused_until.is_none()
+    }
+
+    /// What `id`'s monotonic clock reads now: virtual ticks since its start.
+    fn clock_of(&self, id: NodeId) -> Monotonic {
+        let node = &self.nodes[&id];
+        Monotonic((self.now - node.clock_origin) * config(id).tick_nanos())
+    }
+
+    /// Stops `id` for a while, as SIGSTOP does.
+    fn pause(&mut self, id: NodeId) {
+        let ticks = self.rng.random_range(1..=self.options.pause_ticks_max);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.raft.is_some() && node.paused_until.is_none() {
+            node.paused_until = Some(self.now + ticks);
+            self.report.pauses += 1;
+        }
+    }
+
+    /// Resumes the paused nodes whose pause is over. Their clocks jump to the present when
+    /// they next run (`advance_clock`, as the runtime's threads do on waking); the checks run
+    /// before that, so a lease that was still believed in at the moment of resuming is seen.
+    fn resume_due(&mut self) -> Result<(), SimulationFailure> {
+        let due: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.paused_until.is_some_and(|until| until <= self.now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.nodes.get_mut(&id).expect("known node").paused_until = None;
+            self.check()?;
+            let now = self.clock_of(id);
+            if let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) {
+                raft.advance_clock(now);
+            }
+            self.drain_ready(id)?;
+        }
+        Ok(())
     }
 
     /// Moves a node's Ready into the world through the shared driver: messages onto the
@@ -517,6 +584,9 @@ impl Simulation {
             .rng
             .random_bool(self.options.power_cut)
             .then(|| self.rng.random_range(0..4));
+        if !self.is_active(id) {
+            return Ok(());
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         let Some(pending) = node.pending.pop_front() else {
             return Ok(());
@@ -576,7 +646,13 @@ impl Simulation {
 
     fn deliver(&mut self) -> Result<(), SimulationFailure> {
         let ready: Vec<usize> = (0..self.network.len())
-            .filter(|&k| self.network[k].deliver_at <= self.now)
+            .filter(|&k| {
+                self.network[k].deliver_at <= self.now
+                    && self
+                        .nodes
+                        .get(&self.network[k].message.to)
+                        .is_none_or(|node| node.paused_until.is_none())
+            })
             .collect();
         if ready.is_empty() {
             return Ok(());
@@ -601,7 +677,11 @@ impl Simulation {
 
     fn tick_all(&mut self) -> Result<(), SimulationFailure> {
         self.now += 1;
+        self.resume_due()?;
         for id in self.alive() {
+            if !self.is_active(id) {
+                continue;
+            }
             if let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) {
                 raft.tick();
             }
@@ -615,6 +695,9 @@ impl Simulation {
         let Some(&id) = alive.get(self.rng.random_range(0..alive.len().max(1))) else {
             return Ok(());
         };
+        if !self.is_active(id) {
+            return Ok(());
+        }
         let command = format!("c{}", self.next_command).into_bytes();
         self.next_command += 1;
         let Some(raft) = self.nodes.get_mut(&id).and_then(|node| node.raft.as_mut()) else {
@@ -660,6 +743,25 @@ impl Simulation {
     /// Checks the per-step invariants.
     fn check(&mut self) -> Result<(), SimulationFailure> {
         let ids: Vec<NodeId> = self.alive();
+        // Lease safety: at any moment at most one node may serve lease reads (every node's
+        // clock advances with the same virtual time).
+        let holders: Vec<String> = ids
+            .iter()
+            .filter_map(|id| {
+                let node = &self.nodes[id];
+                let raft = node.raft.as_ref()?;
+                raft.lease_read(self.clock_of(*id))
+                    .is_ok()
+                    .then(|| format!("{id} (leader of {})", raft.term()))
+            })
+            .collect();
+        self.report.lease_steps += holders.len().min(1) as u64;
+        if holders.len() > 1 {
+            return Err(self.fail(format!(
+                "lease safety: {} hold a lease at once",
+                holders.join(" and ")
+            )));
+        }
         for id in ids {
             let node = &self.nodes[&id];
             let Some(raft) = node.raft.as_ref() else {
@@ -779,7 +881,7 @@ impl Simulation {
                 self.deliver()?;
             } else if roll < 0.80 {
                 let id = self.random_started();
-                if self.nodes[&id].raft.is_some() {
+                if self.is_active(id) {
                     self.complete_persist(id)?;
                 }
             } else if roll < 0.92 {
@@ -796,6 +898,9 @@ impl Simulation {
                 }
             } else if self.rng.random_bool(self.options.partition * 12.0) {
                 self.change_partition();
+            } else if self.rng.random_bool(self.options.pause * 12.0) {
+                let id = self.random_started();
+                self.pause(id);
             } else if self.rng.random_bool(self.options.membership * 12.0) {
                 self.change_membership()?;
             }
