@@ -5,7 +5,7 @@
 
 use keyval::client::{CasOutcome, Client, ClientError, ClientOptions};
 use keyval::kv::{Expect, KeyRange};
-use keyval::server::protocol::Consistency;
+use keyval::protocol::Consistency;
 
 fn main() -> Result<(), ClientError> {
     let endpoints: Vec<String> = std::env::args().skip(1).collect();

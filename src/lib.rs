@@ -12,6 +12,7 @@ pub mod kv;
 pub mod limits;
 pub mod log;
 pub mod node;
+pub mod protocol;
 pub mod raft;
 pub mod server;
 pub mod state_machine;

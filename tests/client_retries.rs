@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientError, ClientOptions};
 use keyval::kv::{Command, Response, SESSIONS_MAX};
-use keyval::server::protocol::{
+use keyval::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
 };
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use keyval::client::{Client, ClientError, ClientOptions};
 use keyval::kv::{Command, KvError, Metadata, Response, SessionId, WriteOutcome};
-use keyval::server::protocol::{
+use keyval::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame, ServerError,
 };
 use keyval::LogIndex;

@@ -322,7 +322,7 @@ fn a_member_restarted_with_other_flags_never_forms_a_cluster_of_its_own() {
         let node =
             Client::connect(std::slice::from_ref(address), ClientOptions::default()).unwrap();
         assert!(process_support::wait_for(|| node
-            .get_with(b"k2".to_vec(), keyval::server::protocol::Consistency::Stale)
+            .get_with(b"k2".to_vec(), keyval::protocol::Consistency::Stale)
             .is_ok_and(|read| read
                 .value
                 .is_some_and(|value| value.value == b"v2"))));

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use keyval::server::protocol::Consistency;
+use keyval::protocol::Consistency;
 
 use process_support::{wait_for, ProcessCluster};
 

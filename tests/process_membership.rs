@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientOptions};
 use keyval::kv::{KeyRange, SCAN_LIMIT_MAX};
+use keyval::protocol::Consistency;
 use keyval::raft::RoleKind;
-use keyval::server::protocol::Consistency;
 use keyval::NodeId;
 
 use process_support::{free_address, kvctl, wait_for, NodeProcess, ProcessCluster};

@@ -24,8 +24,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientOptions};
+use keyval::protocol::StatusReply;
 use keyval::raft::RoleKind;
-use keyval::server::protocol::StatusReply;
 use keyval::testkit::linearizability::History;
 use keyval::types::Term;
 use process_support::history::{

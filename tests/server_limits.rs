@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use keyval::codec::RECORD_HEADER_BYTES;
 use keyval::kv::Command;
 use keyval::limits::FRAME_BYTES_MAX;
-use keyval::server::protocol::{
+use keyval::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
 };
 use keyval::server::{Server, ServerOptions};

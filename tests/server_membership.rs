@@ -10,10 +10,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use keyval::client::{Client, ClientError, ClientOptions};
-use keyval::raft::RoleKind;
-use keyval::server::protocol::{
+use keyval::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame, ServerError,
 };
+use keyval::raft::RoleKind;
 use keyval::{MemberAddress, NodeId};
 
 use server_support::{free_address, raw_call, wait_for, TestCluster};

@@ -12,7 +12,7 @@ use keyval::client::{CasOutcome, Client, ClientError, ClientOptions};
 use keyval::kv::{
     Command, Expect, KeyRange, KvError, Operation, Response, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
-use keyval::server::protocol::{
+use keyval::protocol::{
     write_frame, Consistency, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
     ServerError,
 };

@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::log;
-use crate::server::protocol::ServerError;
+use crate::protocol::ServerError;
 use crate::storage::file::FileStorage;
 use crate::types::{MemberAddress, Membership, NodeId};
 

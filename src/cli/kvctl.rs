@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::client::{CasOutcome, Client, ClientError, ClientOptions};
 use crate::kv::{Expect, KeyRange, Metadata, Versioned};
-use crate::server::protocol::Consistency;
+use crate::protocol::Consistency;
 use crate::types::LogIndex;
 
 use super::bench::BenchArgs;

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::client::{Client, ClientError};
-use crate::server::protocol::MembersReply;
+use crate::protocol::MembersReply;
 use crate::types::{MemberAddress, Membership, NodeId};
 
 use super::kvctl::{fail, EXIT_OK};

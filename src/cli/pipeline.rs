@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::kv::{Command, ReadRequest, Response};
-use crate::server::protocol::{
+use crate::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
 };
 
@@ -115,7 +115,7 @@ fn run_connection(
     value: &[u8],
     clients: usize,
     client_ids: &[u64],
-    consistency: crate::server::protocol::Consistency,
+    consistency: crate::protocol::Consistency,
     tally: &Tally,
 ) -> Result<Vec<u32>, String> {
     let mut stream = open(leader)?;

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::client::{Client, ClientError};
-use crate::server::protocol::ServerError;
+use crate::protocol::ServerError;
 
 use super::backup::write_backup_file;
 use super::kvctl::{fail, EXIT_ERROR, EXIT_OK};

@@ -9,7 +9,7 @@
 //! unless an earlier attempt of the same call may have reached the leader, in which case it
 //! too is `Indeterminate` (a remove that took effect, retried, is refused as "not a member").
 
-use crate::server::protocol::{MembersReply, RequestBody, ResponseBody, ServerError};
+use crate::protocol::{MembersReply, RequestBody, ResponseBody, ServerError};
 use crate::types::{MemberAddress, NodeId};
 
 use super::{protocol, Client, ClientError};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::server::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
+use crate::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
 
 /// Why a call on a connection failed.
 #[derive(Debug)]
@@ -231,7 +231,7 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
-    use crate::server::protocol::{FrameReader, ServerError};
+    use crate::protocol::{FrameReader, ServerError};
 
     fn busy(reason: &str) -> ResponseFrame {
         ResponseFrame {

@@ -55,7 +55,7 @@ use crate::kv::{
     Command, Expect, KeyRange, KvError, Metadata, Operation, ReadRequest, ReadResponse, Response,
     ScanPage, Versioned,
 };
-use crate::server::protocol::{
+use crate::protocol::{
     Consistency, ReadReply, RequestBody, ResponseBody, ServerError, StatusReply,
 };
 use crate::types::{LogIndex, NodeId};

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::server::protocol::{Consistency, RequestBody, ResponseBody, ServerError};
+use crate::protocol::{Consistency, RequestBody, ResponseBody, ServerError};
 
 use super::connection::{CallError, Connection};
 use super::{Client, ClientError};

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
-use crate::raft::{RoleKind, SnapshotData};
-use crate::server::protocol::{
+use crate::protocol::{
     RequestBody, ResponseBody, ServerError, SnapshotChunkReply, SnapshotRequested,
 };
+use crate::raft::{RoleKind, SnapshotData};
 use crate::types::EntryId;
 
 use super::{protocol, Client, ClientError};

@@ -31,11 +31,11 @@ use crate::error::{MembershipError, TransferError};
 use crate::log;
 use crate::types::NodeId;
 
-use super::protocol::{
-    validate_member_address, MembersReply, RequestBody, ResponseBody, ResponseFrame, ServerError,
-};
 use super::responder::Event;
 use super::Shared;
+use crate::protocol::{
+    validate_member_address, MembersReply, RequestBody, ResponseBody, ResponseFrame, ServerError,
+};
 
 /// Admin requests (membership changes, transfers) served at once per server, at most.
 pub(super) const ADMIN_REQUESTS_MAX: usize = 4;

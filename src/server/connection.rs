@@ -31,13 +31,13 @@ use crate::node::{ProposalCompletion, ReadCompletion};
 use crate::types::NodeId;
 
 use super::deadlines::{ConnectionDeadlines, Expired};
-use super::protocol::{
-    Consistency, Filled, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame,
-    ResponseBody, ResponseFrame, ServerError, SnapshotRequested, StatusReply,
-};
 use super::responder::{self, Event, PendingKind, PendingTable};
 use super::snapshot::SnapshotPin;
 use super::{admin, Shared, POLL_INTERVAL, REQUEST_TIMEOUT_MAX};
+use crate::protocol::{
+    Consistency, Filled, FrameError, FrameReader, ReadReply, RequestBody, RequestFrame,
+    ResponseBody, ResponseFrame, ServerError, SnapshotRequested, StatusReply,
+};
 
 /// Spawns the reader and writer threads of one accepted connection. The connection counts as
 /// closed once the writer ends (it calls `connection_closed`); if it fails before the writer

@@ -36,10 +36,8 @@
 //! argument or return a reservation; nothing in them depends on a connection owning threads.
 
 mod admin;
-pub mod budget;
 mod connection;
 mod deadlines;
-pub mod protocol;
 mod responder;
 mod snapshot;
 
@@ -59,7 +57,7 @@ use crate::log;
 use crate::node::Node;
 use crate::types::NodeId;
 
-use budget::ByteBudget;
+use crate::protocol::budget::ByteBudget;
 
 /// Default bound on open client connections per node.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;

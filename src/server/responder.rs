@@ -21,8 +21,8 @@ use crate::kv::{ReadRequest, Response};
 use crate::log;
 use crate::node::{ProposalCompletion, ReadCompletion};
 
-use super::protocol::{write_frame, ReadReply, ResponseBody, ResponseFrame, ServerError};
 use super::{connection, connection_closed, Shared};
+use crate::protocol::{write_frame, ReadReply, ResponseBody, ResponseFrame, ServerError};
 
 /// What a request waits for in the node.
 pub(super) enum PendingKind {

@@ -17,7 +17,7 @@ use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::raft::SnapshotData;
 use crate::types::EntryId;
 
-use super::protocol::{ServerError, SnapshotChunkReply};
+use crate::protocol::{ServerError, SnapshotChunkReply};
 
 /// The snapshot one connection is downloading.
 #[derive(Default)]

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use keyval::kv::KvStore;
 use keyval::node::{Node, NodeOptions};
+use keyval::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
 use keyval::raft::{Message, RoleKind};
-use keyval::server::protocol::{
-    write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame,
-};
 use keyval::server::{Server, ServerOptions};
 use keyval::storage::mem::MemStorage;
 use keyval::transport::tcp::{TcpConfig, TcpTransport};

@@ -1,5 +1,5 @@
 //! The client protocol: what travels between a [`Client`](crate::client::Client) and a
-//! [`Server`](super::Server), and the framing both ends share.
+//! [`Server`](crate::server::Server), and the framing both ends share.
 //!
 //! Every message is one [`codec`] record — `[len u32][crc32 u32][payload]` — whose payload is
 //! one encoded [`RequestFrame`] (client → server) or [`ResponseFrame`] (server → client), at
@@ -24,8 +24,10 @@ use crate::error::CodecError;
 use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
-use crate::server::budget::{ByteBudget, Reservation};
+pub mod budget;
+
 use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, SnapshotMeta, Term};
+use budget::{ByteBudget, Reservation};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
