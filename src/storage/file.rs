@@ -255,11 +255,8 @@ impl FileStorage {
 
     /// Reads a file holding one positive decimal number.
     fn read_id_file(&self, name: &str, what: &str) -> Result<Option<u64>, StorageError> {
-        let path = self.dir.join(name);
-        let bytes = match self.file_system.read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(FileStorage::io_error("read", &path, source)),
+        let Some((path, bytes)) = self.read_optional_file(name)? else {
+            return Ok(None);
         };
         let corrupt = |reason: String| StorageError::Corrupt {
             file: path.clone(),
@@ -274,6 +271,17 @@ impl FileStorage {
                 "the {name} file holds {:?}, not {what}",
                 text.chars().take(40).collect::<String>()
             ))),
+        }
+    }
+
+    /// The path and bytes of the data directory's file `name`, or `None` if it does not
+    /// exist.
+    fn read_optional_file(&self, name: &str) -> Result<Option<(PathBuf, Vec<u8>)>, StorageError> {
+        let path = self.dir.join(name);
+        match self.file_system.read(&path) {
+            Ok(bytes) => Ok(Some((path, bytes))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(FileStorage::io_error("read", &path, source)),
         }
     }
 
@@ -734,11 +742,8 @@ impl Storage for FileStorage {
 
     fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError> {
         self.check_poisoned()?;
-        let path = self.dir.join(BOOTSTRAP_FILE_NAME);
-        let bytes = match self.file_system.read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(FileStorage::io_error("read", &path, source)),
+        let Some((path, bytes)) = self.read_optional_file(BOOTSTRAP_FILE_NAME)? else {
+            return Ok(None);
         };
         let corrupt = |reason: String| StorageError::Corrupt {
             file: path.clone(),
