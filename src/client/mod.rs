@@ -25,9 +25,12 @@
 //! [`ClientError::Indeterminate`]. Either way later writes use a fresh session.
 //!
 //! A `Client` is cheap to clone and may be used from many threads at once: clones share
-//! connections (one per node, multiplexed), and each write in flight uses a session of its
-//! own from a small pool, because the store only accepts a client's sequences in order.
-//! Sessions are registered lazily, when a write finds the pool empty.
+//! connections, one per node, on which the calls of all threads are pipelined (many requests
+//! in flight, answered in any order; a writer thread sends what the callers queued in one
+//! write, so the server proposes their writes as one batch — see `connection.rs`). Each write
+//! in flight uses a session of its own from a pool, because the store only accepts a
+//! client's sequences in order. Sessions are registered lazily, when a write finds the pool
+//! empty.
 //!
 //! ```no_run
 //! use keyval::client::{Client, ClientOptions};
@@ -343,6 +346,10 @@ impl Client {
                 })?;
         match connection.call(body, retry::server_share(timeout), deadline) {
             Ok(frame) => frame.result.map_err(ClientError::Server),
+            // Not sent; the connection is fine, only full.
+            Err(CallError::Full) => Err(ClientError::Unavailable {
+                reason: format!("{endpoint}: too many requests in flight"),
+            }),
             Err(error) => {
                 if matches!(error, CallError::TimedOut) {
                     self.suspect(endpoint);

@@ -212,6 +212,12 @@ impl Client {
                 self.drop_connection(target, &connection);
                 return Step::Elsewhere { waited: false };
             }
+            Err(CallError::Full) => {
+                // Not sent: this client keeps the connection's limit of requests in flight
+                // busy. Wait for room again.
+                call.last_error = format!("{target}: too many requests in flight");
+                return Step::Again;
+            }
             Err(CallError::TimedOut) => {
                 call.ambiguous |= call.write;
                 let waited = wait_until.saturating_duration_since(now);
@@ -238,7 +244,10 @@ impl Client {
                     }
                 );
                 if !stale_read {
-                    *self.inner.leader.lock() = Some(target.to_string());
+                    let mut leader = self.inner.leader.lock();
+                    if leader.as_deref() != Some(target) {
+                        *leader = Some(target.to_string());
+                    }
                 }
                 return Step::Done(Ok(response));
             }
