@@ -7,7 +7,8 @@
 mod server_support;
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -33,7 +34,14 @@ fn threads_sharing_one_client_pipeline_on_one_connection_and_all_succeed() {
     // Start at the leader, so the calls go to it without a redirect.
     let mut endpoints = vec![cluster.address(leader)];
     endpoints.extend(cluster.endpoints());
-    let client = Client::connect(&endpoints, ClientOptions::default()).expect("connect");
+    // Generous attempts: on a loaded test machine a slow answer must not make the client
+    // give up on the connection and open another.
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&endpoints, options).expect("connect");
     let accepted_before = cluster.nodes[leader]
         .as_ref()
         .unwrap()
@@ -73,57 +81,35 @@ fn threads_sharing_one_client_pipeline_on_one_connection_and_all_succeed() {
     );
 }
 
-/// A scripted server that reads requests on its one connection and answers none of them
-/// until `THREADS` have arrived, then answers all of them in reverse order.
+/// A scripted server that answers nothing on a connection until `THREADS` requests have
+/// arrived on it, then answers all of them in reverse order. (It accepts every connection:
+/// threads that find no connection yet may each open one, and all but one are closed.)
 #[test]
 fn a_shared_client_has_its_threads_requests_in_flight_at_once_answered_out_of_order() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    let server_done = Arc::clone(&done);
     let server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut frames = FrameReader::new();
-        let mut requests = Vec::new();
-        while requests.len() < THREADS {
-            let request: RequestFrame = frames.read_frame(&mut stream).expect("a request");
-            requests.push(request);
+        let mut handlers = Vec::new();
+        for stream in listener.incoming() {
+            if server_done.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = stream.unwrap();
+            handlers.push(std::thread::spawn(move || answer_when_all_arrived(stream)));
         }
-        let mut bytes = Vec::new();
-        for request in requests.iter().rev() {
-            let RequestBody::Read {
-                request: ReadRequest::Get { key },
-                ..
-            } = &request.body
-            else {
-                panic!("unexpected request {:?}", request.body);
-            };
-            // Answer each get with its own key as the value.
-            let response = ResponseFrame {
-                request_id: request.request_id,
-                result: Ok(ResponseBody::Read(ReadReply {
-                    node: NodeId(1),
-                    applied: LogIndex(1),
-                    behind: 0,
-                    response: keyval::kv::ReadResponse::Get(Some(keyval::kv::Versioned {
-                        value: key.clone(),
-                        metadata: keyval::kv::Metadata::created(LogIndex(1)),
-                    })),
-                })),
-            };
-            write_frame(&response, &mut bytes).unwrap();
-        }
-        stream.write_all(&bytes).unwrap();
-        // Hold the connection until the client closes it.
-        let _ = frames.read_frame::<RequestFrame>(&mut stream);
+        handlers
+            .into_iter()
+            .filter_map(|handler| handler.join().ok())
+            .sum::<usize>()
     });
     let options = ClientOptions {
         request_timeout: Duration::from_secs(20),
         attempt_timeout: Duration::from_secs(20),
         ..ClientOptions::default()
     };
-    let client = Client::new(&[address], options).unwrap();
+    let client = Client::new(std::slice::from_ref(&address), options).unwrap();
     std::thread::scope(|scope| {
         for thread in 0..THREADS {
             let client = &client;
@@ -135,5 +121,53 @@ fn a_shared_client_has_its_threads_requests_in_flight_at_once_answered_out_of_or
         }
     });
     drop(client);
-    server.join().unwrap();
+    done.store(true, Ordering::SeqCst);
+    // Wake the accepting thread so it sees `done`.
+    let _ = TcpStream::connect(&address);
+    let answered = server.join().unwrap();
+    assert_eq!(answered, THREADS, "one connection carried every request");
+}
+
+/// Reads requests on `stream` until `THREADS` are in flight, answers them in reverse order,
+/// and returns how many it answered (0 if the client closed the connection first).
+fn answer_when_all_arrived(mut stream: TcpStream) -> usize {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut frames = FrameReader::new();
+    let mut requests = Vec::new();
+    while requests.len() < THREADS {
+        match frames.read_frame::<RequestFrame>(&mut stream) {
+            Ok(request) => requests.push(request),
+            Err(_) => return 0,
+        }
+    }
+    let mut bytes = Vec::new();
+    for request in requests.iter().rev() {
+        let RequestBody::Read {
+            request: ReadRequest::Get { key },
+            ..
+        } = &request.body
+        else {
+            panic!("unexpected request {:?}", request.body);
+        };
+        // Answer each get with its own key as the value.
+        let response = ResponseFrame {
+            request_id: request.request_id,
+            result: Ok(ResponseBody::Read(ReadReply {
+                node: NodeId(1),
+                applied: LogIndex(1),
+                behind: 0,
+                response: keyval::kv::ReadResponse::Get(Some(keyval::kv::Versioned {
+                    value: key.clone(),
+                    metadata: keyval::kv::Metadata::created(LogIndex(1)),
+                })),
+            })),
+        };
+        write_frame(&response, &mut bytes).unwrap();
+    }
+    stream.write_all(&bytes).unwrap();
+    // Hold the connection until the client closes it.
+    let _ = frames.read_frame::<RequestFrame>(&mut stream);
+    requests.len()
 }
