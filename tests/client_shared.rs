@@ -82,8 +82,8 @@ fn threads_sharing_one_client_pipeline_on_one_connection_and_all_succeed() {
 }
 
 /// A scripted server that answers nothing on a connection until `THREADS` requests have
-/// arrived on it, then answers all of them in reverse order. (It accepts every connection:
-/// threads that find no connection yet may each open one, and all but one are closed.)
+/// arrived on it, then answers all of them in reverse order. The threads start together on
+/// a client with no connection yet: one opens it, the others wait for it.
 #[test]
 fn a_shared_client_has_its_threads_requests_in_flight_at_once_answered_out_of_order() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -99,10 +99,12 @@ fn a_shared_client_has_its_threads_requests_in_flight_at_once_answered_out_of_or
             let stream = stream.unwrap();
             handlers.push(std::thread::spawn(move || answer_when_all_arrived(stream)));
         }
-        handlers
+        let connections = handlers.len();
+        let answered: usize = handlers
             .into_iter()
-            .filter_map(|handler| handler.join().ok())
-            .sum::<usize>()
+            .map(|handler| handler.join().unwrap())
+            .sum();
+        (connections, answered)
     });
     let options = ClientOptions {
         request_timeout: Duration::from_secs(20),
@@ -110,10 +112,12 @@ fn a_shared_client_has_its_threads_requests_in_flight_at_once_answered_out_of_or
         ..ClientOptions::default()
     };
     let client = Client::new(std::slice::from_ref(&address), options).unwrap();
+    let start = Barrier::new(THREADS);
     std::thread::scope(|scope| {
         for thread in 0..THREADS {
-            let client = &client;
+            let (client, start) = (&client, &start);
             scope.spawn(move || {
+                start.wait();
                 let key = format!("key{thread}").into_bytes();
                 let read = client.get(key.clone()).expect("get").expect("a value");
                 assert_eq!(read.value, key, "thread {thread} got another's answer");
@@ -124,8 +128,10 @@ fn a_shared_client_has_its_threads_requests_in_flight_at_once_answered_out_of_or
     done.store(true, Ordering::SeqCst);
     // Wake the accepting thread so it sees `done`.
     let _ = TcpStream::connect(&address);
-    let answered = server.join().unwrap();
+    let (connections, answered) = server.join().unwrap();
     assert_eq!(answered, THREADS, "one connection carried every request");
+    // The threads that found no connection waited for the one being opened.
+    assert_eq!(connections, 1, "the threads opened a connection each");
 }
 
 /// Reads requests on `stream` until `THREADS` are in flight, answers them in reverse order,

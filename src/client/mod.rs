@@ -153,6 +153,9 @@ struct Inner {
     /// The address that last answered as leader.
     leader: Mutex<Option<String>>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
+    /// One gate per address, held while a connection to it is being opened, so that the
+    /// threads finding none at once (the first calls, a new leader) open one, not one each.
+    opening: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Addresses whose last attempt went unanswered, and until when they are passed over.
     suspects: Mutex<HashMap<String, Instant>>,
     /// Sessions not in use, each ready for its next sequence.
@@ -220,6 +223,7 @@ impl Client {
                 options,
                 leader: Mutex::new(None),
                 connections: Mutex::new(HashMap::new()),
+                opening: Mutex::new(HashMap::new()),
                 suspects: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
                 next_endpoint: AtomicUsize::new(0),

@@ -335,16 +335,39 @@ impl Client {
     }
 
     /// An open connection to `address`, opening one (by `deadline` at the latest, outside the
-    /// map's lock) if needed.
+    /// map's lock, one thread at a time per address) if needed.
     pub(super) fn connection(
         &self,
         address: &str,
         deadline: Instant,
     ) -> std::io::Result<Arc<Connection>> {
-        if let Some(connection) = self.inner.connections.lock().get(address) {
-            if !connection.is_broken() {
-                return Ok(Arc::clone(connection));
-            }
+        let open_connection = || {
+            self.inner
+                .connections
+                .lock()
+                .get(address)
+                .filter(|connection| !connection.is_broken())
+                .map(Arc::clone)
+        };
+        if let Some(connection) = open_connection() {
+            return Ok(connection);
+        }
+        let gate = Arc::clone(
+            self.inner
+                .opening
+                .lock()
+                .entry(address.to_string())
+                .or_default(),
+        );
+        let Some(_opening) = gate.try_lock_until(deadline) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("another thread is still connecting to {address}"),
+            ));
+        };
+        // Another thread may have opened one while we waited.
+        if let Some(connection) = open_connection() {
+            return Ok(connection);
         }
         let options = &self.inner.options;
         let connect_timeout = options
