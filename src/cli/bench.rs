@@ -48,7 +48,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Connections the clients share (default 1: every connection is multiplexed, and fewer
-    /// connections mean bigger batches per system call on a small machine).
+    /// connections mean bigger batches per system call on a small machine). With `--driver
+    /// threads`, the number of `Client`s the threads share: by default all threads call ONE
+    /// shared `Client`, whose calls pipeline on its connection.
     #[arg(long)]
     pub connections: Option<usize>,
     /// Value size in bytes.

@@ -1,5 +1,20 @@
-//! One multiplexed client connection: many threads send requests over it at once, and one
-//! receiver thread hands each response to the caller waiting for its request id.
+//! One pipelined client connection: many threads have requests in flight on it at once.
+//!
+//! ```text
+//!  caller threads ──frame──► outgoing buffer ──► writer thread ──write──► socket
+//!        ▲                  (short lock; the first frame            │
+//!        │                   into an empty buffer wakes the writer) ▼
+//!        └── waiter (one-shot, by request id) ◄── receiver thread ◄── responses
+//! ```
+//!
+//! A caller registers a [`Waiter`] under its request id, appends its frame to the outgoing
+//! buffer and sleeps on the waiter (no spinning: the machine's cores belong to the servers).
+//! The writer thread sends everything queued in one `write`, so frames from many callers
+//! leave together and the server proposes them as one batch. The receiver thread reads the
+//! responses, takes every whole frame buffered, and completes each caller's waiter, in any
+//! order. At most [`REQUESTS_IN_FLIGHT_MAX`] requests are in flight; more callers wait for
+//! room. A broken connection completes every waiter with the failure (the request may have
+//! been served), so the retry layer treats it as ambiguous and retries elsewhere.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,10 +24,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
+
+/// Requests in flight on one connection at most: the server's default limit per connection
+/// (`INFLIGHT_PER_CONNECTION_MAX_DEFAULT`), past which it would stop reading anyway.
+pub(super) const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Bytes of queued frames above which the writer gives its buffer back to the allocator
+/// after sending it (a large snapshot chunk or batch passed).
+const OUTGOING_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
 /// Why a call on a connection failed.
 #[derive(Debug)]
@@ -21,41 +43,130 @@ pub(super) enum CallError {
     Failed { sent: bool, reason: String },
     /// No response before the deadline (the request may have been served).
     TimedOut,
+    /// [`REQUESTS_IN_FLIGHT_MAX`] requests stayed in flight until the deadline; this one was
+    /// not sent. The connection is fine.
+    Full,
 }
 
-/// Callers waiting for a response, by request id, and whether the connection broke.
-struct Waiting {
-    callers: Mutex<HashMap<u64, Sender<ResponseFrame>>>,
-    broken: AtomicBool,
-    reason: Mutex<String>,
+/// One caller's wait for its response: completed at most once, by the receiver (with the
+/// response) or by a break (with the reason).
+struct Waiter {
+    outcome: Mutex<Option<Result<ResponseFrame, String>>>,
+    ready: Condvar,
 }
 
-impl Waiting {
-    fn fail(&self, reason: String) {
-        *self.reason.lock() = reason;
-        self.broken.store(true, Ordering::SeqCst);
-        // Dropping the senders wakes every caller with `Disconnected`.
-        self.callers.lock().clear();
+impl Waiter {
+    fn new() -> Waiter {
+        Waiter {
+            outcome: Mutex::new(None),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn complete(&self, outcome: Result<ResponseFrame, String>) {
+        *self.outcome.lock() = Some(outcome);
+        self.ready.notify_one();
     }
 }
 
-/// Frames waiting to be written, and whether a caller is writing them now.
+/// Callers waiting for a response, by request id.
+#[derive(Default)]
+struct Waiting {
+    /// Invariant: `callers.len() <= REQUESTS_IN_FLIGHT_MAX`.
+    callers: HashMap<u64, Arc<Waiter>>,
+    /// Why the connection broke, once it has; no caller is added after.
+    broken: Option<String>,
+}
+
+/// Frames waiting for the writer thread.
 #[derive(Default)]
 struct Outgoing {
     buffer: Vec<u8>,
-    writing: bool,
+    /// The connection is closing: the writer stops, queued frames are dropped (their callers
+    /// are failed as possibly sent).
+    closed: bool,
 }
 
-/// A connection to one server address.
+/// What the callers, the writer and the receiver share.
 ///
-/// Writes are combined: a caller appends its frame to `outgoing`; if no other caller is
-/// writing, it writes everything queued (its own frame and any that arrive meanwhile) until
-/// the queue is empty. Under load many frames leave in one `write` call, with no extra thread.
+/// Lock order: `waiting`, then a waiter's `outcome`; `outgoing` is never held with another.
+/// Every caller added to `waiting` gets exactly one outcome, unless it gives up first (a
+/// timeout), in which case it removes itself and a late response goes to no one.
+struct Shared {
+    waiting: Mutex<Waiting>,
+    /// Signalled when a caller leaves `waiting` at the limit, or the connection breaks.
+    room: Condvar,
+    outgoing: Mutex<Outgoing>,
+    /// Signalled when frames arrive in an empty buffer, or the connection closes.
+    frames_queued: Condvar,
+    /// Fast check of `waiting.broken.is_some()`.
+    broken: AtomicBool,
+}
+
+impl Shared {
+    /// Marks the connection broken, stops the writer and fails every waiting caller.
+    fn fail(&self, reason: String) {
+        let callers = {
+            let mut waiting = self.waiting.lock();
+            if waiting.broken.is_none() {
+                waiting.broken = Some(reason.clone());
+            }
+            self.broken.store(true, Ordering::SeqCst);
+            self.room.notify_all();
+            std::mem::take(&mut waiting.callers)
+        };
+        {
+            let mut outgoing = self.outgoing.lock();
+            outgoing.closed = true;
+            outgoing.buffer = Vec::new();
+        }
+        self.frames_queued.notify_all();
+        for waiter in callers.into_values() {
+            waiter.complete(Err(reason.clone()));
+        }
+    }
+
+    /// Why the connection broke (empty if it has not).
+    fn reason(&self) -> String {
+        self.waiting.lock().broken.clone().unwrap_or_default()
+    }
+
+    /// Forgets the caller waiting for `request_id`, if it is still there.
+    fn remove(&self, request_id: u64) {
+        let mut waiting = self.waiting.lock();
+        if waiting.callers.remove(&request_id).is_some()
+            && waiting.callers.len() + 1 == REQUESTS_IN_FLIGHT_MAX
+        {
+            self.room.notify_one();
+        }
+    }
+
+    /// Hands each response to its caller; a response nobody waits for any more is dropped.
+    fn deliver(&self, responses: Vec<ResponseFrame>) {
+        let mut found = Vec::with_capacity(responses.len());
+        {
+            let mut waiting = self.waiting.lock();
+            let was_full = waiting.callers.len() >= REQUESTS_IN_FLIGHT_MAX;
+            for response in responses {
+                if let Some(waiter) = waiting.callers.remove(&response.request_id) {
+                    found.push((waiter, response));
+                }
+            }
+            if was_full && waiting.callers.len() < REQUESTS_IN_FLIGHT_MAX {
+                self.room.notify_all();
+            }
+        }
+        for (waiter, response) in found {
+            waiter.complete(Ok(response));
+        }
+    }
+}
+
+/// A connection to one server address, with its writer and receiver threads.
 pub(super) struct Connection {
     stream: TcpStream,
-    outgoing: Mutex<Outgoing>,
-    waiting: Arc<Waiting>,
-    receiver: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
     next_request_id: AtomicU64,
 }
 
@@ -85,50 +196,45 @@ impl Connection {
         let stream = stream.ok_or(last_error)?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))?;
-        let mut read_stream = stream.try_clone()?;
-        let waiting = Arc::new(Waiting {
-            callers: Mutex::new(HashMap::new()),
-            broken: AtomicBool::new(false),
-            reason: Mutex::new(String::new()),
-        });
-        let receiver_waiting = Arc::clone(&waiting);
-        let receiver = std::thread::Builder::new()
-            // A fixed name: the address may come from a server's redirect.
-            .name("kvclient-recv".to_string())
-            .spawn(move || {
-                let mut frames = FrameReader::new();
-                loop {
-                    match frames.read_frame::<ResponseFrame>(&mut read_stream) {
-                        Ok(frame) => {
-                            let caller = receiver_waiting.callers.lock().remove(&frame.request_id);
-                            if let Some(caller) = caller {
-                                let _ = caller.try_send(frame);
-                            }
-                        }
-                        Err(error) => {
-                            receiver_waiting.fail(error.to_string());
-                            let _ = read_stream.shutdown(Shutdown::Both);
-                            return;
-                        }
-                    }
-                }
-            })?;
-        Ok(Connection {
-            stream,
+        let read_stream = stream.try_clone()?;
+        let write_stream = stream.try_clone()?;
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new(Waiting::default()),
+            room: Condvar::new(),
             outgoing: Mutex::new(Outgoing::default()),
-            waiting,
-            receiver: Some(receiver),
+            frames_queued: Condvar::new(),
+            broken: AtomicBool::new(false),
+        });
+        let mut connection = Connection {
+            stream,
+            shared: Arc::clone(&shared),
+            threads: Vec::with_capacity(2),
             next_request_id: AtomicU64::new(1),
-        })
+        };
+        // Fixed names: the address may come from a server's redirect. On a spawn failure the
+        // connection is dropped, which closes it and joins the thread already started.
+        let receiver_shared = Arc::clone(&shared);
+        connection.threads.push(
+            std::thread::Builder::new()
+                .name("kvclient-recv".to_string())
+                .spawn(move || receive(&receiver_shared, read_stream))?,
+        );
+        connection.threads.push(
+            std::thread::Builder::new()
+                .name("kvclient-send".to_string())
+                .spawn(move || send(&shared, write_stream))?,
+        );
+        Ok(connection)
     }
 
     /// Whether the connection broke.
     pub(super) fn is_broken(&self) -> bool {
-        self.waiting.broken.load(Ordering::SeqCst)
+        self.shared.broken.load(Ordering::SeqCst)
     }
 
     /// Sends `body` and waits until `deadline` for its response. The server is told it may
-    /// work for `server_timeout`.
+    /// work for `server_timeout`. Many threads may call at once; their requests are in
+    /// flight together.
     pub(super) fn call(
         &self,
         body: &RequestBody,
@@ -138,7 +244,7 @@ impl Connection {
         if self.is_broken() {
             return Err(CallError::Failed {
                 sent: false,
-                reason: self.waiting.reason.lock().clone(),
+                reason: self.shared.reason(),
             });
         }
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -147,82 +253,157 @@ impl Connection {
             timeout_ms: (server_timeout.as_millis() as u64).max(1),
             body: body.clone(),
         };
-        let (sender, receiver) = crossbeam_channel::bounded(1);
-        self.waiting.callers.lock().insert(request_id, sender);
-        // A break between the first check and the insert would leave us waiting in vain.
-        if self.is_broken() {
-            self.waiting.callers.lock().remove(&request_id);
-            return Err(CallError::Failed {
-                sent: false,
-                reason: self.waiting.reason.lock().clone(),
-            });
-        }
-        if let Err(error) = self.send(&frame) {
-            self.waiting.callers.lock().remove(&request_id);
-            return Err(error);
-        }
-        match receiver.recv_deadline(deadline) {
-            Ok(frame) => Ok(frame),
-            Err(RecvTimeoutError::Timeout) => {
-                self.waiting.callers.lock().remove(&request_id);
-                Err(CallError::TimedOut)
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(CallError::Failed {
-                sent: true,
-                reason: self.waiting.reason.lock().clone(),
-            }),
-        }
-    }
-
-    /// Queues `frame` and, unless another caller is writing, writes everything queued.
-    fn send(&self, frame: &RequestFrame) -> Result<(), CallError> {
+        let waiter = Arc::new(Waiter::new());
         {
-            let mut outgoing = self.outgoing.lock();
-            write_frame(frame, &mut outgoing.buffer).map_err(|error| CallError::Failed {
-                sent: false,
-                reason: error.to_string(),
-            })?;
-            if outgoing.writing {
-                return Ok(()); // the caller writing now takes our frame along
-            }
-            outgoing.writing = true;
-        }
-        let mut batch = Vec::new();
-        loop {
-            {
-                let mut outgoing = self.outgoing.lock();
-                if outgoing.buffer.is_empty() {
-                    outgoing.writing = false;
-                    return Ok(());
+            let mut waiting = self.shared.waiting.lock();
+            loop {
+                if let Some(reason) = &waiting.broken {
+                    return Err(CallError::Failed {
+                        sent: false,
+                        reason: reason.clone(),
+                    });
                 }
-                std::mem::swap(&mut batch, &mut outgoing.buffer);
+                if waiting.callers.len() < REQUESTS_IN_FLIGHT_MAX {
+                    break;
+                }
+                if self
+                    .shared
+                    .room
+                    .wait_until(&mut waiting, deadline)
+                    .timed_out()
+                {
+                    return Err(CallError::Full);
+                }
             }
-            if let Err(error) = (&self.stream).write_all(&batch) {
-                self.outgoing.lock().writing = false;
-                self.close();
-                // Part of a frame may have gone out: the server may have it.
+            waiting.callers.insert(request_id, Arc::clone(&waiter));
+            debug_assert!(waiting.callers.len() <= REQUESTS_IN_FLIGHT_MAX);
+        }
+        let queued = {
+            let mut outgoing = self.shared.outgoing.lock();
+            let was_empty = outgoing.buffer.is_empty();
+            if outgoing.closed {
+                Err(String::from("connection closed"))
+            } else {
+                match write_frame(&frame, &mut outgoing.buffer) {
+                    Ok(()) => Ok(was_empty),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        };
+        match queued {
+            // The writer sleeps only on an empty buffer: the first frame in wakes it.
+            Ok(true) => {
+                self.shared.frames_queued.notify_one();
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                self.shared.remove(request_id);
                 return Err(CallError::Failed {
-                    sent: true,
-                    reason: error.to_string(),
+                    sent: false,
+                    reason,
                 });
             }
-            batch.clear();
+        }
+        let mut outcome = waiter.outcome.lock();
+        loop {
+            match outcome.take() {
+                Some(Ok(response)) => return Ok(response),
+                Some(Err(reason)) => return Err(CallError::Failed { sent: true, reason }),
+                None => {}
+            }
+            if waiter.ready.wait_until(&mut outcome, deadline).timed_out() {
+                match outcome.take() {
+                    Some(Ok(response)) => return Ok(response),
+                    Some(Err(reason)) => {
+                        return Err(CallError::Failed { sent: true, reason });
+                    }
+                    None => {}
+                }
+                drop(outcome);
+                self.shared.remove(request_id);
+                return Err(CallError::TimedOut);
+            }
         }
     }
 
     /// Closes the socket; waiting callers fail.
     pub(super) fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
-        self.waiting.fail("connection closed".into());
+        self.shared.fail("connection closed".into());
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
-        if let Some(receiver) = self.receiver.take() {
-            let _ = receiver.join();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
+    }
+}
+
+/// The writer thread: sends whatever callers queued, all of it in one write, until the
+/// connection closes or a write fails (which breaks the connection).
+fn send(shared: &Shared, mut stream: TcpStream) {
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut outgoing = shared.outgoing.lock();
+            if outgoing.buffer.is_empty() && !outgoing.closed {
+                while outgoing.buffer.is_empty() && !outgoing.closed {
+                    shared.frames_queued.wait(&mut outgoing);
+                }
+                // Woken by the first frame of a burst: callers just woken by responses are
+                // about to queue theirs. Let them run once, so the burst leaves in one write.
+                drop(outgoing);
+                std::thread::yield_now();
+                outgoing = shared.outgoing.lock();
+            }
+            if outgoing.closed {
+                return;
+            }
+            std::mem::swap(&mut batch, &mut outgoing.buffer);
+        }
+        if let Err(error) = stream.write_all(&batch) {
+            // Part of a frame may have gone out: every waiter's request may have been served.
+            let _ = stream.shutdown(Shutdown::Both);
+            shared.fail(format!("writing: {error}"));
+            return;
+        }
+        batch.clear();
+        if batch.capacity() > OUTGOING_BUFFER_KEEP_BYTES {
+            batch = Vec::new();
+        }
+    }
+}
+
+/// The receiver thread: reads responses and completes their callers, every frame already
+/// buffered at once, until the connection ends.
+fn receive(shared: &Shared, mut stream: TcpStream) {
+    let mut frames = FrameReader::new();
+    loop {
+        let first = match frames.read_frame::<ResponseFrame>(&mut stream) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                shared.fail(error.to_string());
+                return;
+            }
+        };
+        let mut responses = vec![first];
+        loop {
+            match frames.next_buffered::<ResponseFrame>() {
+                Ok(Some(frame)) => responses.push(frame),
+                Ok(None) => break,
+                Err(error) => {
+                    shared.deliver(responses);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    shared.fail(error.to_string());
+                    return;
+                }
+            }
+        }
+        shared.deliver(responses);
     }
 }
 

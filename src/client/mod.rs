@@ -25,9 +25,12 @@
 //! [`ClientError::Indeterminate`]. Either way later writes use a fresh session.
 //!
 //! A `Client` is cheap to clone and may be used from many threads at once: clones share
-//! connections (one per node, multiplexed), and each write in flight uses a session of its
-//! own from a small pool, because the store only accepts a client's sequences in order.
-//! Sessions are registered lazily, when a write finds the pool empty.
+//! connections, one per node, on which the calls of all threads are pipelined (many requests
+//! in flight, answered in any order; a writer thread sends what the callers queued in one
+//! write, so the server proposes their writes as one batch — see `connection.rs`). Each write
+//! in flight uses a session of its own from a pool, because the store only accepts a
+//! client's sequences in order. Sessions are registered lazily, when a write finds the pool
+//! empty.
 //!
 //! ```no_run
 //! use keyval::client::{Client, ClientOptions};
@@ -150,6 +153,9 @@ struct Inner {
     /// The address that last answered as leader.
     leader: Mutex<Option<String>>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
+    /// One gate per address, held while a connection to it is being opened, so that the
+    /// threads finding none at once (the first calls, a new leader) open one, not one each.
+    opening: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Addresses whose last attempt went unanswered, and until when they are passed over.
     suspects: Mutex<HashMap<String, Instant>>,
     /// Sessions not in use, each ready for its next sequence.
@@ -217,6 +223,7 @@ impl Client {
                 options,
                 leader: Mutex::new(None),
                 connections: Mutex::new(HashMap::new()),
+                opening: Mutex::new(HashMap::new()),
                 suspects: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
                 next_endpoint: AtomicUsize::new(0),
@@ -343,6 +350,10 @@ impl Client {
                 })?;
         match connection.call(body, retry::server_share(timeout), deadline) {
             Ok(frame) => frame.result.map_err(ClientError::Server),
+            // Not sent; the connection is fine, only full.
+            Err(CallError::Full) => Err(ClientError::Unavailable {
+                reason: format!("{endpoint}: too many requests in flight"),
+            }),
             Err(error) => {
                 if matches!(error, CallError::TimedOut) {
                     self.suspect(endpoint);

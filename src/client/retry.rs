@@ -212,6 +212,12 @@ impl Client {
                 self.drop_connection(target, &connection);
                 return Step::Elsewhere { waited: false };
             }
+            Err(CallError::Full) => {
+                // Not sent: this client keeps the connection's limit of requests in flight
+                // busy. Wait for room again.
+                call.last_error = format!("{target}: too many requests in flight");
+                return Step::Again;
+            }
             Err(CallError::TimedOut) => {
                 call.ambiguous |= call.write;
                 let waited = wait_until.saturating_duration_since(now);
@@ -238,7 +244,10 @@ impl Client {
                     }
                 );
                 if !stale_read {
-                    *self.inner.leader.lock() = Some(target.to_string());
+                    let mut leader = self.inner.leader.lock();
+                    if leader.as_deref() != Some(target) {
+                        *leader = Some(target.to_string());
+                    }
                 }
                 return Step::Done(Ok(response));
             }
@@ -326,16 +335,39 @@ impl Client {
     }
 
     /// An open connection to `address`, opening one (by `deadline` at the latest, outside the
-    /// map's lock) if needed.
+    /// map's lock, one thread at a time per address) if needed.
     pub(super) fn connection(
         &self,
         address: &str,
         deadline: Instant,
     ) -> std::io::Result<Arc<Connection>> {
-        if let Some(connection) = self.inner.connections.lock().get(address) {
-            if !connection.is_broken() {
-                return Ok(Arc::clone(connection));
-            }
+        let open_connection = || {
+            self.inner
+                .connections
+                .lock()
+                .get(address)
+                .filter(|connection| !connection.is_broken())
+                .map(Arc::clone)
+        };
+        if let Some(connection) = open_connection() {
+            return Ok(connection);
+        }
+        let gate = Arc::clone(
+            self.inner
+                .opening
+                .lock()
+                .entry(address.to_string())
+                .or_default(),
+        );
+        let Some(_opening) = gate.try_lock_until(deadline) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("another thread is still connecting to {address}"),
+            ));
+        };
+        // Another thread may have opened one while we waited.
+        if let Some(connection) = open_connection() {
+            return Ok(connection);
         }
         let options = &self.inner.options;
         let connect_timeout = options

@@ -304,6 +304,10 @@ impl Reader {
             Err(crossbeam_channel::TrySendError::Disconnected(())) => return Err(WriterGone),
         }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        // Every request not yet answered holds a permit, this one included.
+        self.shared
+            .requests_in_flight_max
+            .fetch_max(self.permits.len() as u64, Ordering::Relaxed);
         let timeout = match frame.timeout_ms {
             0 => self.shared.options.request_timeout_default,
             millis => Duration::from_millis(millis).min(REQUEST_TIMEOUT_MAX),

@@ -184,6 +184,9 @@ pub struct ServerStats {
     pub connections_open: usize,
     /// Requests received.
     pub requests: u64,
+    /// The most requests ever in flight at once on one connection (received, not yet
+    /// answered): above 1 only for a client that pipelines.
+    pub requests_in_flight_max: u64,
     /// Bytes of the request-buffer budget reserved now (frames being received that are
     /// larger than a connection's read buffer).
     pub request_buffer_bytes: u64,
@@ -206,6 +209,8 @@ pub(crate) struct Shared {
     pub(crate) connections_closed_idle: AtomicU64,
     pub(crate) connections_closed_slow: AtomicU64,
     pub(crate) requests: AtomicU64,
+    /// See [`ServerStats::requests_in_flight_max`].
+    pub(crate) requests_in_flight_max: AtomicU64,
     /// Caps the bytes held by frames being received (see [`budget`]).
     pub(crate) request_buffer: Arc<ByteBudget>,
     /// Admin requests (membership changes, transfers) being served now, each on its own
@@ -308,6 +313,7 @@ impl Server {
             connections_closed_idle: AtomicU64::new(0),
             connections_closed_slow: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            requests_in_flight_max: AtomicU64::new(0),
             request_buffer: Arc::new(ByteBudget::new(request_buffer_bytes_max)),
             admin_in_flight: AtomicUsize::new(0),
             connection_threads: Mutex::new(Vec::new()),
@@ -346,6 +352,7 @@ impl Server {
             connections_closed_slow: self.shared.connections_closed_slow.load(Ordering::Relaxed),
             connections_open: self.shared.connections_open.load(Ordering::Relaxed),
             requests: self.shared.requests.load(Ordering::Relaxed),
+            requests_in_flight_max: self.shared.requests_in_flight_max.load(Ordering::Relaxed),
             request_buffer_bytes: self.shared.request_buffer.reserved(),
             request_buffer_bytes_max: self.shared.request_buffer.reserved_max(),
             request_buffer_waits: self.shared.request_buffer.waits(),
