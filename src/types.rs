@@ -216,8 +216,9 @@ impl Membership {
 pub enum EntryPayload {
     /// Appended by a new leader to commit an entry of its own term (Raft §8).
     Noop,
-    /// An opaque command for the state machine.
-    Command(Vec<u8>),
+    /// An opaque command for the state machine. Encoded as one block of bytes (the same
+    /// format as a sequence of `u8`, decoded in one copy instead of byte by byte).
+    Command(#[serde(with = "crate::codec::bytes")] Vec<u8>),
     /// A new membership configuration, effective as soon as it is appended.
     Membership(Membership),
 }

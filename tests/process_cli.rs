@@ -343,3 +343,33 @@ fn cluster_has_one_leader(cluster: &process_support::ProcessCluster) -> bool {
         .count()
         == 1
 }
+
+#[test]
+fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
+    let cluster = process_support::ProcessCluster::start(1);
+    cluster.wait_leader(&cluster.client());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.csv");
+    let out = cluster.kvctl(&[
+        "bench",
+        "put",
+        "--clients",
+        "4",
+        "--keys",
+        "100",
+        "--requests",
+        "200",
+        "--trace",
+        path.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let csv = std::fs::read_to_string(&path).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some(keyval::cli::trace::CSV_HEADER));
+    let counted: u64 = lines
+        .map(|row| row.split(',').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    // Every successful request falls in one interval; all 200 succeed unless one errs.
+    assert!((1..=200).contains(&counted), "{csv}");
+}

@@ -296,3 +296,35 @@ fn a_segment_holding_only_its_header_is_removed_and_recreated() {
     let mut storage = open(dir.path());
     assert_eq!(all_entries(&mut storage), entries(1, 1..=400));
 }
+
+/// Open verifies and decodes every entry and keeps them for the first `recover` (one pass over
+/// the log at a restart); a later `recover`, or one after the log changed, reads the segments
+/// back. Both must hand back the same log, compaction point included.
+#[test]
+fn the_first_recover_after_open_and_a_read_back_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = open(dir.path());
+        storage.append(&entries(1, 1..=300)).unwrap();
+        storage.compact(LogIndex(57)).unwrap();
+        storage.sync().unwrap();
+    }
+    let mut storage = open(dir.path());
+    assert!(storage.segment_count() > 5);
+    let expected = entries(1, 58..=300);
+    assert_eq!(all_entries(&mut storage), expected, "kept by open");
+    assert_eq!(all_entries(&mut storage), expected, "read back");
+
+    let mut storage_changed = {
+        drop(storage);
+        open(dir.path())
+    };
+    storage_changed.append(&entries(2, 250..=260)).unwrap();
+    let mut expected_changed = entries(1, 58..=249);
+    expected_changed.extend(entries(2, 250..=260));
+    assert_eq!(all_entries(&mut storage_changed), expected_changed);
+    drop(storage_changed);
+    let mut storage = open(dir.path());
+    storage.compact(LogIndex(100)).unwrap();
+    assert_eq!(all_entries(&mut storage), expected_changed[101 - 58..]);
+}

@@ -5,6 +5,7 @@
 //! in flight. They share `--connections` [`Client`]s (one multiplexed connection per node
 //! each), so the server sees pipelined requests on few connections.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use serde_json::json;
 use crate::client::{Client, ClientOptions};
 
 use super::kvctl::{ConsistencyArg, EXIT_ERROR, EXIT_OK};
+use super::trace::{self, TraceInterval, TraceSample};
 
 /// What the benchmark does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -74,6 +76,13 @@ pub struct BenchArgs {
     /// How clients are driven.
     #[arg(long, value_enum, default_value = "pipelined")]
     pub driver: Driver,
+    /// Write a latency-over-time trace to this CSV file: per interval, the requests completed
+    /// in it and their p50 / p99 / max (pipelined driver only).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// The trace's interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub trace_interval_ms: u64,
 }
 
 /// The measured result.
@@ -87,6 +96,8 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// Latency percentiles in microseconds: p50, p90, p99, p99.9, max.
     pub percentiles_us: [u64; 5],
+    /// Latency over time, one entry per `--trace-interval-ms` (empty without `--trace`).
+    pub trace: Vec<TraceInterval>,
 }
 
 impl BenchReport {
@@ -102,6 +113,10 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
         eprintln!(
             "kvctl bench: --clients and --keys must be at least 1, --read-percent at most 100"
         );
+        return super::kvctl::EXIT_USAGE;
+    }
+    if args.trace.is_some() && (args.driver != Driver::Pipelined || args.trace_interval_ms == 0) {
+        eprintln!("kvctl bench: --trace needs --driver pipelined and --trace-interval-ms >= 1");
         return super::kvctl::EXIT_USAGE;
     }
     let options = ClientOptions {
@@ -148,6 +163,13 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
     match measured {
         Ok(report) => {
             print_report(args, &report, json);
+            if let Some(path) = &args.trace {
+                if let Err(error) = trace::write_csv(path, &report.trace) {
+                    eprintln!("kvctl bench: writing the trace {}: {error}", path.display());
+                    return EXIT_ERROR;
+                }
+                print_trace_summary(path, &report.trace);
+            }
             if report.operations == 0 {
                 EXIT_ERROR
             } else {
@@ -183,6 +205,10 @@ pub(super) struct Tally<'a> {
     errors: AtomicU64,
     issued: AtomicU64,
     first_error: parking_lot::Mutex<Option<String>>,
+    /// When the measurement started: trace samples are timed from here.
+    start: Instant,
+    /// Completed requests for `--trace`, added by each worker when it finishes.
+    trace: parking_lot::Mutex<Vec<TraceSample>>,
 }
 
 impl Tally<'_> {
@@ -195,6 +221,24 @@ impl Tally<'_> {
             Some(limit) => self.issued.fetch_add(1, Ordering::Relaxed) >= limit,
             None => false,
         }
+    }
+
+    /// Whether the run records a latency trace (workers then call [`Tally::add_trace`]).
+    pub(super) fn tracing(&self) -> bool {
+        self.args.trace.is_some()
+    }
+
+    /// A trace sample for a request of `latency_us` that completed just now.
+    pub(super) fn trace_sample(&self, latency_us: u32) -> TraceSample {
+        TraceSample {
+            completed_us: self.start.elapsed().as_micros() as u64,
+            latency_us,
+        }
+    }
+
+    /// Hands over one worker's trace samples.
+    pub(super) fn add_trace(&self, samples: Vec<TraceSample>) {
+        self.trace.lock().extend(samples);
     }
 
     /// Counts one finished request.
@@ -241,8 +285,10 @@ pub(super) fn drive(
         errors: AtomicU64::new(0),
         issued: AtomicU64::new(0),
         first_error: parking_lot::Mutex::new(None),
+        start: Instant::now(),
+        trace: parking_lot::Mutex::new(Vec::new()),
     };
-    let start = Instant::now();
+    let start = tally.start;
     let deadline = start + Duration::from_secs(args.duration_secs);
     let latencies: Vec<Vec<u32>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -301,6 +347,10 @@ pub(super) fn drive(
             percentile(0.999),
             u64::from(all[all.len() - 1]),
         ],
+        trace: match args.trace {
+            Some(_) => trace::bucket(&tally.trace.lock(), args.trace_interval_ms),
+            None => Vec::new(),
+        },
     })
 }
 
@@ -369,6 +419,28 @@ fn print_report(args: &BenchArgs, report: &BenchReport, json: bool) {
             millis(p99),
             millis(p999),
             millis(max)
+        );
+    }
+}
+
+/// Names the trace file and the intervals with the slowest requests (on stderr, next to the
+/// progress lines), so that a look at the node logs at those moments can tell what they were.
+fn print_trace_summary(path: &std::path::Path, intervals: &[TraceInterval]) {
+    eprintln!(
+        "trace: {} intervals written to {}",
+        intervals.len(),
+        path.display()
+    );
+    let mut worst: Vec<&TraceInterval> = intervals.iter().collect();
+    worst.sort_by_key(|interval| std::cmp::Reverse(interval.max_us));
+    for interval in worst.iter().take(5) {
+        eprintln!(
+            "  slowest at {:>7} ms: max {:.3} ms, p99 {:.3} ms, p50 {:.3} ms, {} requests",
+            interval.start_ms,
+            f64::from(interval.max_us) / 1000.0,
+            f64::from(interval.p99_us) / 1000.0,
+            f64::from(interval.p50_us) / 1000.0,
+            interval.count
         );
     }
 }

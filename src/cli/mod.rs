@@ -11,6 +11,7 @@ pub mod node;
 mod pipeline;
 pub mod restore;
 mod snapshot;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::fmt;

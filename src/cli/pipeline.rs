@@ -132,6 +132,7 @@ fn run_connection(
     let mut next_request_id = 0u64;
     let mut out = Vec::with_capacity(64 * 1024);
     let mut latencies = Vec::with_capacity(64 * 1024);
+    let mut trace = Vec::new();
     let mut issue = |client: usize,
                      out: &mut Vec<u8>,
                      in_flight: &mut HashMap<u64, (usize, Instant, bool)>,
@@ -195,6 +196,9 @@ fn run_connection(
             };
             if outcome.is_ok() {
                 latencies.push(micros);
+                if tally.tracing() {
+                    trace.push(tally.trace_sample(micros));
+                }
             }
             tally.record(outcome);
             if !tally.should_stop() {
@@ -202,5 +206,6 @@ fn run_connection(
             }
         }
     }
+    tally.add_trace(trace);
     Ok(latencies)
 }

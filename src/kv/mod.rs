@@ -59,7 +59,6 @@
 //! assert_eq!(versioned.metadata.mod_revision, LogIndex(1));
 //! ```
 
-mod bytes;
 mod command;
 mod response;
 mod session;
@@ -73,6 +72,8 @@ pub use response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteO
 pub use snapshot::SnapshotError;
 pub use store::KvStore;
 
+// The byte-string serde adapter, for `#[serde(with = "super::bytes")]` in the submodules.
+use crate::codec::bytes;
 use crate::limits::{COMMAND_BYTES_MAX, FRAME_BYTES_MAX};
 
 /// The largest key, in bytes. Keys must also be non-empty.

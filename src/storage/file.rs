@@ -158,6 +158,10 @@ pub struct FileStorage {
     cache: VecDeque<Entry>,
     /// Sum of `size_bytes` over `cache`.
     cache_bytes: u64,
+    /// Every entry of the log as open verified and decoded it, kept for the first `recover`
+    /// so that a restart reads and decodes the log once, not twice. Dropped by `recover` and by
+    /// anything that changes the log. Invariant: when `Some`, exactly `first_index..=last_index`.
+    recovered_entries: Option<Vec<Entry>>,
     /// The latest snapshot's metadata and file.
     snapshot: Option<(SnapshotMeta, PathBuf)>,
     report: RecoveryReport,
@@ -526,6 +530,16 @@ impl FileStorage {
                 );
                 assert!(front.index() > self.state.compacted_through);
             }
+            if let Some(entries) = &self.recovered_entries {
+                assert_eq!(
+                    entries.first().map(Entry::index),
+                    (!self.segments.is_empty()).then(|| self.first_index())
+                );
+                assert_eq!(
+                    entries.len() as u64,
+                    self.last_index().next().0 - self.first_index().0
+                );
+            }
         }
     }
 }
@@ -533,7 +547,10 @@ impl FileStorage {
 impl Storage for FileStorage {
     fn recover(&mut self) -> Result<Recovered, StorageError> {
         self.check_poisoned()?;
-        let entries = self.entries(self.first_index(), self.last_index().next())?;
+        let entries = match self.recovered_entries.take() {
+            Some(entries) => entries,
+            None => self.entries(self.first_index(), self.last_index().next())?,
+        };
         Ok(Recovered {
             hard_state: self.pending_hard_state.unwrap_or(self.state.hard_state),
             snapshot: self.snapshot.as_ref().map(|(meta, _)| meta.clone()),
@@ -543,6 +560,7 @@ impl Storage for FileStorage {
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         self.check_poisoned()?;
+        self.recovered_entries = None;
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -670,6 +688,7 @@ impl Storage for FileStorage {
 
     fn compact(&mut self, through: LogIndex) -> Result<(), StorageError> {
         self.check_poisoned()?;
+        self.recovered_entries = None;
         self.sync()?;
         if through <= self.state.compacted_through {
             return Ok(());
@@ -713,6 +732,7 @@ impl Storage for FileStorage {
 
     fn reset_log(&mut self, after: LogIndex) -> Result<(), StorageError> {
         self.check_poisoned()?;
+        self.recovered_entries = None;
         self.sync()?;
         // Everything after `after` goes (durably), then everything up to it.
         self.truncate_suffix(after.next())?;

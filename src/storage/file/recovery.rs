@@ -133,12 +133,13 @@ impl Recovery<'_> {
         })
     }
 
-    /// Scans the segments in `wal_dir` and returns the valid log and its newest entries.
+    /// Scans the segments in `wal_dir` and returns the valid log and all of its entries (the
+    /// scan has verified and decoded every one; the caller keeps them for `recover`).
     fn load_segments(
         &mut self,
         wal_dir: &Path,
         compacted_through: LogIndex,
-    ) -> Result<(Vec<Segment>, VecDeque<Entry>), StorageError> {
+    ) -> Result<(Vec<Segment>, Vec<Entry>), StorageError> {
         let mut named = Vec::new();
         for name in self.list(wal_dir)? {
             if let Some(first) = format::parse_segment_file_name(&name) {
@@ -147,8 +148,7 @@ impl Recovery<'_> {
         }
         named.sort();
         let mut segments: Vec<Segment> = Vec::new();
-        let mut cache: VecDeque<Entry> = VecDeque::new();
-        let mut cache_bytes = 0u64;
+        let mut entries: Vec<Entry> = Vec::new();
         let mut stop: Option<(usize, Truncation, bool)> = None;
         let mut dir_changed = false;
         for (slot, (first, path)) in named.iter().enumerate() {
@@ -188,17 +188,16 @@ impl Recovery<'_> {
                 }
             };
             if let Some(scan) = scan_segment_found {
-                for entry in scan.entries {
-                    if entry.index() <= compacted_through {
-                        continue;
-                    }
-                    cache_bytes += entry.size_bytes();
-                    cache.push_back(entry);
-                    while cache_bytes > self.options.cache_bytes_max && cache.len() > 1 {
-                        if let Some(old) = cache.pop_front() {
-                            cache_bytes -= old.size_bytes();
-                        }
-                    }
+                let compacted = scan
+                    .entries
+                    .partition_point(|entry| entry.index() <= compacted_through);
+                if entries.is_empty() {
+                    // Most segments are whole: take the scan's vector instead of moving its
+                    // entries one by one.
+                    entries = scan.entries;
+                    entries.drain(..compacted);
+                } else {
+                    entries.extend(scan.entries.into_iter().skip(compacted));
                 }
                 if !scan.segment.offsets.is_empty() {
                     segments.push(scan.segment);
@@ -272,6 +271,7 @@ impl Recovery<'_> {
             for segment in std::mem::take(&mut segments) {
                 self.remove(&segment.path)?;
             }
+            entries.clear();
             dir_changed = true;
         }
         // What we recovered may be bytes an earlier process wrote but never synced (it exited
@@ -283,7 +283,7 @@ impl Recovery<'_> {
         if dir_changed || !segments.is_empty() {
             self.sync_dir(wal_dir)?;
         }
-        Ok((segments, cache))
+        Ok((segments, entries))
     }
 }
 
@@ -314,9 +314,18 @@ pub fn open(
     };
     let state = recovery.load_state(dir)?;
     let snapshot = recovery.load_snapshot(&snapshot_dir)?;
-    let (segments, cache) = recovery.load_segments(&wal_dir, state.compacted_through)?;
+    let (segments, entries) = recovery.load_segments(&wal_dir, state.compacted_through)?;
     let mut report = recovery.report;
-    let cache_bytes = cache.iter().map(Entry::size_bytes).sum();
+    // The cache holds copies of the newest entries within its budget (at least one).
+    let mut cache = VecDeque::new();
+    let mut cache_bytes = 0u64;
+    for entry in entries.iter().rev() {
+        if !cache.is_empty() && cache_bytes + entry.size_bytes() > options.cache_bytes_max {
+            break;
+        }
+        cache_bytes += entry.size_bytes();
+        cache.push_front(entry.clone());
+    }
     let mut storage = FileStorage {
         dir: dir.to_path_buf(),
         wal_dir,
@@ -331,6 +340,7 @@ pub fn open(
         wal_dir_unsynced: false,
         cache,
         cache_bytes,
+        recovered_entries: Some(entries),
         snapshot,
         report: RecoveryReport::default(),
         poisoned: None,
