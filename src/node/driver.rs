@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::StorageError;
 use crate::raft::{InstalledSnapshot, Message, Raft, ReadState, Ready, SnapshotData};
 use crate::state_machine::{SnapshotWriter, StateMachine};
-use crate::storage::{self, Storage};
+use crate::storage::{self, StagedSnapshot, Storage};
 use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, SnapshotMeta};
 
 use super::StartError;
@@ -49,6 +49,9 @@ pub(crate) enum ApplyItem {
 pub(crate) struct LocalSnapshot {
     pub(crate) snapshot: SnapshotData,
     pub(crate) compact_through: LogIndex,
+    /// Its bytes already written beside the storage (the runtime's snapshot thread stages
+    /// them), so saving it is a rename; `None`: the log writer writes them.
+    pub(crate) staged: Option<StagedSnapshot>,
 }
 
 /// A Ready split by where each part goes.
@@ -248,10 +251,17 @@ impl Persister {
         local: LocalSnapshot,
     ) -> Result<Option<LocalSnapshot>, StorageError> {
         let index = local.snapshot.meta.last.index;
+        let mut local = local;
         if index <= self.saved_snapshot {
+            if let Some(staged) = local.staged.take() {
+                storage.discard_staged(staged)?;
+            }
             return Ok(None);
         }
-        storage.save_snapshot(&local.snapshot.meta, &local.snapshot.data)?;
+        match local.staged.take() {
+            Some(staged) => storage.commit_snapshot(staged)?,
+            None => storage.save_snapshot(&local.snapshot.meta, &local.snapshot.data)?,
+        }
         self.saved_snapshot = index;
         storage.compact(local.compact_through)?;
         Ok(Some(local))
@@ -422,6 +432,7 @@ impl PendingSnapshot {
         LocalSnapshot {
             snapshot: SnapshotData::new(self.meta, Arc::new(data)),
             compact_through: self.compact_through,
+            staged: None,
         }
     }
 }

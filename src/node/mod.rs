@@ -296,6 +296,7 @@ impl<M: StateMachine> Node<M> {
             seed,
         )?;
         transport.update_members(raft.membership());
+        let stager = storage.snapshot_stager();
         let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(1);
@@ -355,7 +356,7 @@ impl<M: StateMachine> Node<M> {
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(
                 "snapshot",
-                Box::new(move || snapshotter::run(&s, &snapshot_rx, &r)),
+                Box::new(move || snapshotter::run(&s, stager, &snapshot_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(

@@ -1,6 +1,8 @@
 //! The `snapshot` thread: serializes the state machine's frozen state off the applier's path
-//! (STYLE 10: apply and acknowledgements never wait for a snapshot's serialization), then
-//! hands the bytes to the log writer, which saves them and compacts the log behind them.
+//! (STYLE 10: apply and acknowledgements never wait for a snapshot's serialization), writes
+//! and syncs the bytes beside the storage ([`SnapshotStager`]), then hands them to the log
+//! writer, which only renames them into place and compacts the log behind them — so neither
+//! applying nor persisting the log waits for a large snapshot.
 //!
 //! At most one snapshot is in flight: the applier freezes a new one only after the log
 //! writer has finished with the previous one (`Shared::snapshot_in_flight`).
@@ -11,9 +13,11 @@ use crossbeam_channel::{select, Receiver};
 
 use crate::node::driver::PendingSnapshot;
 use crate::node::Shared;
+use crate::storage::SnapshotStager;
 
 pub(super) fn run<M>(
     shared: &Shared<M>,
+    stager: Box<dyn SnapshotStager>,
     pending: &Receiver<PendingSnapshot>,
     shutdown: &Receiver<()>,
 ) {
@@ -25,7 +29,16 @@ pub(super) fn run<M>(
             },
             recv(shutdown) -> _ => return,
         };
-        let local = snapshot.write();
+        let mut local = snapshot.write();
+        // Write and sync the bytes here too, so the log writer only renames the file: a
+        // large snapshot's fsync never holds up the log's.
+        match stager.stage(&local.snapshot.meta, &local.snapshot.data) {
+            Ok(staged) => local.staged = Some(staged),
+            Err(error) => {
+                shared.fail(format!("writing a snapshot: {error}"));
+                return;
+            }
+        }
         if !shared.is_serving() {
             return;
         }

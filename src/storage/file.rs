@@ -278,6 +278,19 @@ impl FileStorage {
         }
     }
 
+    /// The snapshot at `path` (durable) replaces the previous one, which only now may go.
+    fn replace_snapshot(&mut self, meta: &SnapshotMeta, path: PathBuf) -> Result<(), StorageError> {
+        if let Some((_, old_path)) = self.snapshot.take() {
+            if old_path != path {
+                self.mutate("remove", &old_path, |file_system| {
+                    file_system.remove_file(&old_path)
+                })?;
+            }
+        }
+        self.snapshot = Some((meta.clone(), path));
+        Ok(())
+    }
+
     /// The path and bytes of the data directory's file `name`, or `None` if it does not
     /// exist.
     fn read_optional_file(&self, name: &str) -> Result<Option<(PathBuf, Vec<u8>)>, StorageError> {
@@ -748,16 +761,51 @@ impl Storage for FileStorage {
             .join(format::snapshot_file_name(meta.last));
         let snapshot_dir = self.snapshot_dir.clone();
         self.write_atomically(&path, "snap.tmp", &snapshot_dir, &bytes)?;
-        // Only now that the new snapshot is durable may the old one go.
-        if let Some((_, old_path)) = self.snapshot.take() {
-            if old_path != path {
-                self.mutate("remove", &old_path, |file_system| {
-                    file_system.remove_file(&old_path)
-                })?;
+        self.replace_snapshot(meta, path)
+    }
+
+    fn snapshot_stager(&self) -> Box<dyn crate::storage::SnapshotStager> {
+        Box::new(FileStager {
+            file_system: Arc::clone(&self.file_system),
+            snapshot_dir: self.snapshot_dir.clone(),
+            fsync: self.fsync_enabled(),
+        })
+    }
+
+    fn commit_snapshot(
+        &mut self,
+        staged: crate::storage::StagedSnapshot,
+    ) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let temporary = match staged.place {
+            crate::storage::StagedPlace::File(temporary) => temporary,
+            crate::storage::StagedPlace::Memory(data) => {
+                return self.save_snapshot(&staged.meta, &data);
             }
+        };
+        let path = self
+            .snapshot_dir
+            .join(format::snapshot_file_name(staged.meta.last));
+        self.mutate("rename", &temporary, |file_system| {
+            file_system.rename(&temporary, &path)
+        })?;
+        let snapshot_dir = self.snapshot_dir.clone();
+        self.sync_dir(&snapshot_dir)?;
+        self.replace_snapshot(&staged.meta, path)
+    }
+
+    fn discard_staged(
+        &mut self,
+        staged: crate::storage::StagedSnapshot,
+    ) -> Result<(), StorageError> {
+        match staged.place {
+            crate::storage::StagedPlace::File(temporary) => {
+                self.mutate("remove", &temporary, |file_system| {
+                    file_system.remove_file(&temporary)
+                })
+            }
+            crate::storage::StagedPlace::Memory(_) => Ok(()),
         }
-        self.snapshot = Some((meta.clone(), path));
-        Ok(())
     }
 
     fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError> {
@@ -813,5 +861,41 @@ impl Storage for FileStorage {
             });
         }
         Ok(Some((loaded, data)))
+    }
+}
+
+/// Writes snapshots into the snapshot directory's temporary files on the file system the
+/// storage uses, from another thread ([`Storage::snapshot_stager`]).
+struct FileStager {
+    file_system: Arc<dyn FileSystem>,
+    snapshot_dir: PathBuf,
+    fsync: bool,
+}
+
+impl crate::storage::SnapshotStager for FileStager {
+    fn stage(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<crate::storage::StagedSnapshot, StorageError> {
+        let bytes = format::encode_snapshot(meta, data)?;
+        // Its own temporary name: a snapshot received from the leader is saved as
+        // `.snap.tmp` by the log writer meanwhile. Any `.tmp` is removed at open.
+        let temporary = self
+            .snapshot_dir
+            .join(format::snapshot_file_name(meta.last))
+            .with_extension("staged.tmp");
+        self.file_system
+            .write_new(&temporary, &bytes)
+            .map_err(|source| FileStorage::io_error("write", &temporary, source))?;
+        if self.fsync {
+            self.file_system
+                .sync_file(&temporary)
+                .map_err(|source| FileStorage::io_error("fsync", &temporary, source))?;
+        }
+        Ok(crate::storage::StagedSnapshot {
+            meta: meta.clone(),
+            place: crate::storage::StagedPlace::File(temporary),
+        })
     }
 }

@@ -304,6 +304,29 @@ impl Storage for MemStorage {
         Ok(self.volatile.snapshot.clone())
     }
 
+    fn snapshot_stager(&self) -> Box<dyn crate::storage::SnapshotStager> {
+        Box::new(MemStager)
+    }
+
+    fn commit_snapshot(
+        &mut self,
+        staged: crate::storage::StagedSnapshot,
+    ) -> Result<(), StorageError> {
+        match staged.place {
+            crate::storage::StagedPlace::Memory(data) => self.save_snapshot(&staged.meta, &data),
+            crate::storage::StagedPlace::File(path) => Err(StorageError::Misuse {
+                reason: format!("a file staged at {} committed to memory", path.display()),
+            }),
+        }
+    }
+
+    fn discard_staged(
+        &mut self,
+        _staged: crate::storage::StagedSnapshot,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError> {
         self.check_poisoned()?;
         Ok(self.volatile.bootstrap.clone())
@@ -314,6 +337,22 @@ impl Storage for MemStorage {
         self.volatile.bootstrap = Some(membership.clone());
         let bootstrap = self.volatile.bootstrap.clone();
         self.with_live_disk(|inner| inner.durable.bootstrap = bootstrap)
+    }
+}
+
+/// The in-memory storage's stager: keeps the bytes; the commit saves them.
+struct MemStager;
+
+impl crate::storage::SnapshotStager for MemStager {
+    fn stage(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<crate::storage::StagedSnapshot, StorageError> {
+        Ok(crate::storage::StagedSnapshot {
+            meta: meta.clone(),
+            place: crate::storage::StagedPlace::Memory(data.to_vec()),
+        })
     }
 }
 

@@ -67,6 +67,19 @@ pub trait Storage: Send + 'static {
     /// Reads the latest snapshot, verified.
     fn load_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError>;
 
+    /// A handle that writes snapshots durably beside the storage without borrowing it, so the
+    /// slow part of saving a large snapshot (writing and syncing its bytes) runs on another
+    /// thread while this storage keeps appending; [`commit_snapshot`](Storage::commit_snapshot)
+    /// then makes a staged snapshot the snapshot.
+    fn snapshot_stager(&self) -> Box<dyn SnapshotStager>;
+
+    /// Makes a staged snapshot the snapshot, durably on return (like
+    /// [`save_snapshot`](Storage::save_snapshot), but its bytes are already on disk).
+    fn commit_snapshot(&mut self, staged: StagedSnapshot) -> Result<(), StorageError>;
+
+    /// Throws a staged snapshot away (a newer one was saved meanwhile).
+    fn discard_staged(&mut self, staged: StagedSnapshot) -> Result<(), StorageError>;
+
     /// The configuration this node's cluster was created with, as recorded at its first start
     /// ([`save_bootstrap`](Storage::save_bootstrap)); `None` if none was recorded.
     fn load_bootstrap(&mut self) -> Result<Option<Membership>, StorageError>;
@@ -142,4 +155,30 @@ pub fn install_snapshot(
     } else {
         storage.reset_log(last.index)
     }
+}
+
+/// Writes a snapshot's bytes durably where they are not yet the snapshot (a temporary file):
+/// see [`Storage::snapshot_stager`]. A crash leaves at most a temporary file, removed at the
+/// next open.
+pub trait SnapshotStager: Send {
+    /// Writes and syncs `data` for the snapshot `meta`.
+    fn stage(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<StagedSnapshot, StorageError>;
+}
+
+/// A snapshot written by a [`SnapshotStager`], for [`Storage::commit_snapshot`].
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    /// What it covers.
+    pub meta: SnapshotMeta,
+    /// Where its bytes are.
+    pub(crate) place: StagedPlace,
+}
+
+/// Where a staged snapshot's bytes are.
+#[derive(Debug)]
+pub(crate) enum StagedPlace {
+    /// A synced temporary file (file storage).
+    File(std::path::PathBuf),
+    /// In memory (the in-memory storage, whose saves are instant anyway).
+    Memory(Vec<u8>),
 }

@@ -273,6 +273,7 @@ impl CoreNetwork {
         let local = LocalSnapshot {
             snapshot: crate::raft::SnapshotData::new(meta, std::sync::Arc::new(data)),
             compact_through: compact_through.min(last_index),
+            staged: None,
         };
         let saved = node
             .persister
