@@ -459,15 +459,16 @@ pub fn assert_no_violation_with(
     }
 }
 
-/// Writes an undecided history as JSON to the temporary directory, for a longer look
-/// ([`check_with_options`] without limits).
+/// Writes an undecided history to the temporary directory, for a longer look: read it back
+/// with `keyval::codec::decode::<Vec<Operation>>` and check it with [`check_with_options`]
+/// without limits. (The codec, not JSON: the library does not depend on a JSON crate.)
 fn save_history(operations: &[Operation]) -> Result<std::path::PathBuf, String> {
     let path = std::env::temp_dir().join(format!(
-        "keyval-undecided-{}-{:08x}.json",
+        "keyval-undecided-{}-{:08x}.history",
         std::process::id(),
         rand::random::<u32>()
     ));
-    let json = serde_json::to_vec(operations).map_err(|error| error.to_string())?;
-    std::fs::write(&path, json).map_err(|error| error.to_string())?;
+    let bytes = crate::codec::encode(operations).map_err(|error| error.to_string())?;
+    std::fs::write(&path, bytes).map_err(|error| error.to_string())?;
     Ok(path)
 }
