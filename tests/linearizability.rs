@@ -842,7 +842,7 @@ fn assert_no_violation_accepts_undecided_and_panics_on_a_violation() {
         assert_no_violation_with(&exponential_history(14), &tiny, "expected by this test");
     assert!(checked.result.is_undecided(), "{}", checked.result);
     let saved = checked.saved.expect("an undecided history is saved");
-    let reloaded: Vec<Operation> = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    let reloaded: Vec<Operation> = keyval::codec::decode(&std::fs::read(&saved).unwrap()).unwrap();
     assert_eq!(reloaded, exponential_history(14));
     std::fs::remove_file(saved).unwrap();
 
