@@ -100,13 +100,7 @@ fn section_5_2_split_vote_elects_nobody_then_recovers() {
         "2 of 4 votes is not a majority"
     );
     network.heal();
-    for _ in 0..200 {
-        network.tick_all();
-        network.stabilize();
-        if !network.leaders().is_empty() {
-            break;
-        }
-    }
+    network.tick_until_leader(200);
     assert_eq!(network.leaders().len(), 1);
 }
 
@@ -458,13 +452,7 @@ fn cold_restart_of_every_node_elects_a_leader() {
         network.crash_and_restart(id);
     }
     let election_ticks = Config::new(N1).election_ticks;
-    for _ in 0..3 * election_ticks {
-        network.tick_all();
-        network.stabilize();
-        if !network.leaders().is_empty() {
-            break;
-        }
-    }
+    network.tick_until_leader(3 * election_ticks);
     assert_eq!(network.leaders().len(), 1);
 }
 

@@ -237,6 +237,19 @@ impl CoreNetwork {
         }
     }
 
+    /// Rounds of ticking every node and delivering everything, until some node leads or
+    /// `ticks_max` rounds have passed. Returns whether a node leads.
+    pub fn tick_until_leader(&mut self, ticks_max: u64) -> bool {
+        for _ in 0..ticks_max {
+            self.tick_all();
+            self.stabilize();
+            if !self.leaders().is_empty() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Makes `id` campaign and runs the network until it is quiet.
     pub fn elect(&mut self, id: NodeId) {
         self.node(id).start_election();
