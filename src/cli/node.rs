@@ -146,7 +146,7 @@ pub struct NodeArgs {
     pub client_buffer_bytes_max: u64,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
-    #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
     pub snapshot_entries: u64,
     /// Take a snapshot automatically once this many bytes of commands were applied since the
     /// last one (0: no byte threshold); whichever of the two thresholds is reached first.
