@@ -55,6 +55,11 @@ pub struct KvctlArgs {
     /// How long one command may take, retries included, in milliseconds.
     #[arg(long, env = "KEYVAL_TIMEOUT_MS", default_value_t = 5000, global = true)]
     pub timeout_ms: u64,
+    /// How long one attempt on one node may take before kvctl gives up on that node and
+    /// tries another (same request, so a write still applies once), in milliseconds. Default:
+    /// the client's (1000).
+    #[arg(long, env = "KEYVAL_ATTEMPT_TIMEOUT_MS", global = true)]
+    pub attempt_timeout_ms: Option<u64>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -162,12 +167,19 @@ pub struct ExpectArgs {
     pub expect_revision: Option<u64>,
 }
 
+/// The per-attempt timeout `--attempt-timeout-ms` asks for, else `default`.
+fn attempt_timeout(args: &KvctlArgs, default: Duration) -> Duration {
+    args.attempt_timeout_ms
+        .map_or(default, |attempt| Duration::from_millis(attempt.max(1)))
+}
+
 /// Runs kvctl; returns the process exit code.
 pub fn run(args: KvctlArgs) -> i32 {
-    let options = ClientOptions {
+    let mut options = ClientOptions {
         request_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         ..ClientOptions::default()
     };
+    options.attempt_timeout = attempt_timeout(&args, options.attempt_timeout);
     let client = match Client::new(&args.endpoints, options) {
         Ok(client) => client,
         Err(error) => return fail(&error, args.json),
@@ -441,4 +453,23 @@ fn metadata_json(metadata: &Metadata) -> serde_json::Value {
 
 fn versioned_json(versioned: &Versioned) -> serde_json::Value {
     json!({ "value": text(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn attempt_timeout_flag_overrides_the_clients_default() {
+        let default = Duration::from_secs(1);
+        let args = KvctlArgs::try_parse_from(["kvctl", "get", "k"]).unwrap();
+        assert_eq!(attempt_timeout(&args, default), default);
+        let args = KvctlArgs::try_parse_from(["kvctl", "--attempt-timeout-ms", "200", "get", "k"])
+            .unwrap();
+        assert_eq!(attempt_timeout(&args, default), Duration::from_millis(200));
+        assert!(
+            KvctlArgs::try_parse_from(["kvctl", "--attempt-timeout-ms", "x", "get", "k"]).is_err()
+        );
+    }
 }
