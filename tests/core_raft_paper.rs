@@ -26,6 +26,20 @@ fn no_pre_vote(id: NodeId) -> Config {
     config
 }
 
+/// A (not pre-, not transfer) vote request from `from` to `to` at `term`.
+fn vote_request(from: NodeId, to: NodeId, term: u64, last_log: EntryId) -> Message {
+    message(
+        from,
+        to,
+        term,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log,
+            transfer: false,
+        },
+    )
+}
+
 fn entry_id(term: u64, index: u64) -> EntryId {
     EntryId::new(Term(term), LogIndex(index))
 }
@@ -108,18 +122,7 @@ fn section_5_2_split_vote_elects_nobody_then_recovers() {
 #[test]
 fn section_5_2_one_durable_vote_per_term() {
     let mut network = CoreNetwork::with_config(3, 1, no_pre_vote);
-    let request = |from: NodeId| {
-        message(
-            from,
-            N3,
-            2,
-            MessageBody::RequestVote {
-                pre_vote: false,
-                last_log: entry_id(0, 0),
-                transfer: false,
-            },
-        )
-    };
+    let request = |from: NodeId| vote_request(from, N3, 2, entry_id(0, 0));
     network.node(N3).step(request(N1)).unwrap();
     let ready = network.node(N3).take_ready();
     // The grant must wait for the vote to be durable.
@@ -163,16 +166,7 @@ fn candidate_stepping_down_in_same_term_keeps_its_vote() {
     network.node(N1).step(append).unwrap();
     let _ = network.node(N1).take_ready();
     assert_eq!(network.node(N1).status().role, RoleKind::Follower);
-    let request = message(
-        N3,
-        N1,
-        1,
-        MessageBody::RequestVote {
-            pre_vote: false,
-            last_log: entry_id(1, 5),
-            transfer: false,
-        },
-    );
+    let request = vote_request(N3, N1, 1, entry_id(1, 5));
     network.node(N1).step(request).unwrap();
     let ready = network.node(N1).take_ready();
     assert!(ready.hard_state.is_none(), "vote must not change");
@@ -368,16 +362,7 @@ fn check_quorum_follower_ignores_votes_while_leader_active() {
     let mut network = CoreNetwork::new(3, 5);
     network.elect(N1);
     let term = network.node(N2).term().0;
-    let request = message(
-        N3,
-        N2,
-        term + 1,
-        MessageBody::RequestVote {
-            pre_vote: false,
-            last_log: entry_id(term + 1, 100),
-            transfer: false,
-        },
-    );
+    let request = vote_request(N3, N2, term + 1, entry_id(term + 1, 100));
     assert!(matches!(
         network.node(N2).step(request),
         Err(StepError::LeaderActive { .. })
@@ -580,16 +565,7 @@ fn a_follower_that_adopted_a_higher_term_from_a_stale_answer_still_refuses_votes
     );
     let _ = network.node(N2).step(late_answer);
     assert_eq!(network.node(N2).term(), Term(term + 1));
-    let request = message(
-        N3,
-        N2,
-        term + 1,
-        MessageBody::RequestVote {
-            pre_vote: false,
-            last_log: entry_id(term + 1, 100),
-            transfer: false,
-        },
-    );
+    let request = vote_request(N3, N2, term + 1, entry_id(term + 1, 100));
     assert!(matches!(
         network.node(N2).step(request),
         Err(StepError::LeaderActive { from: N3 })
