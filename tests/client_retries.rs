@@ -29,40 +29,7 @@ fn is_applied_write(frame: &ResponseFrame) -> bool {
 /// A proxy in front of `upstream` that drops the first answer to an applied write and cuts
 /// that connection: the write was served, the client never hears of it.
 fn start_lossy_proxy(upstream: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let dropped = Arc::new(AtomicBool::new(false));
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                return;
-            };
-            let (mut client_reader, mut server_writer) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut client_reader, &mut server_writer);
-            });
-            let dropped = Arc::clone(&dropped);
-            std::thread::spawn(move || {
-                let mut server = server;
-                let mut frames = FrameReader::new();
-                while let Ok(frame) = frames.read_frame::<ResponseFrame>(&mut server) {
-                    if is_applied_write(&frame) && !dropped.swap(true, Ordering::SeqCst) {
-                        let _ = client.shutdown(Shutdown::Both);
-                        let _ = server.shutdown(Shutdown::Both);
-                        return;
-                    }
-                    let mut bytes = Vec::new();
-                    write_frame(&frame, &mut bytes).unwrap();
-                    if client.write_all(&bytes).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
+    start_holding_proxy(upstream, Arc::new(AtomicBool::new(true)))
 }
 
 /// A proxy in front of `upstream` that drops the first answer to an applied write and cuts
@@ -74,7 +41,7 @@ fn start_holding_proxy(upstream: String, release: Arc<AtomicBool>) -> String {
     let dropped = Arc::new(AtomicBool::new(false));
     std::thread::spawn(move || {
         for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
+            let Ok(client) = client else { return };
             let (upstream, release, dropped) =
                 (upstream.clone(), Arc::clone(&release), Arc::clone(&dropped));
             std::thread::spawn(move || {
@@ -83,31 +50,37 @@ fn start_holding_proxy(upstream: String, release: Arc<AtomicBool>) -> String {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
-                let Ok(mut server) = TcpStream::connect(&upstream) else {
-                    return;
-                };
-                let (mut client_reader, mut server_writer) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_reader, &mut server_writer);
-                });
-                let mut frames = FrameReader::new();
-                while let Ok(frame) = frames.read_frame::<ResponseFrame>(&mut server) {
-                    if is_applied_write(&frame) && !dropped.swap(true, Ordering::SeqCst) {
-                        let _ = client.shutdown(Shutdown::Both);
-                        let _ = server.shutdown(Shutdown::Both);
-                        return;
-                    }
-                    let mut bytes = Vec::new();
-                    write_frame(&frame, &mut bytes).unwrap();
-                    if client.write_all(&bytes).is_err() {
-                        return;
-                    }
-                }
+                relay_dropping_first_applied_write(client, &upstream, &dropped);
             });
         }
     });
     address
+}
+
+/// Relays one client connection to `upstream`, except that the first answer to an applied
+/// write (across every connection sharing `dropped`) is swallowed and both sides are cut.
+fn relay_dropping_first_applied_write(mut client: TcpStream, upstream: &str, dropped: &AtomicBool) {
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let (mut client_reader, mut server_writer) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_reader, &mut server_writer);
+    });
+    let mut frames = FrameReader::new();
+    while let Ok(frame) = frames.read_frame::<ResponseFrame>(&mut server) {
+        if is_applied_write(&frame) && !dropped.swap(true, Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            return;
+        }
+        let mut bytes = Vec::new();
+        write_frame(&frame, &mut bytes).unwrap();
+        if client.write_all(&bytes).is_err() {
+            return;
+        }
+    }
 }
 
 /// Registers `count` new sessions on the leader at `address` through raw pipelined requests,
