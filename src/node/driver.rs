@@ -72,7 +72,8 @@ pub(crate) struct RoutedReady {
 /// Splits a Ready by destination (the order of work is [`Ready`]'s contract).
 pub(crate) fn split(ready: Ready) -> RoutedReady {
     let needs_persist = ready.needs_persist();
-    let mut apply = Vec::with_capacity(ready.committed.len() + 1);
+    // No allocation for the common Ready that commits nothing.
+    let mut apply = Vec::new();
     if let Some(installed) = &ready.snapshot {
         apply.push(ApplyItem::Snapshot(installed.snapshot.clone()));
     }
