@@ -262,11 +262,7 @@ impl FileStorage {
         let Some((path, bytes)) = self.read_optional_file(name)? else {
             return Ok(None);
         };
-        let corrupt = |reason: String| StorageError::Corrupt {
-            file: path.clone(),
-            offset: 0,
-            reason,
-        };
+        let corrupt = |reason: String| FileStorage::corrupt_file(&path, reason);
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| corrupt(format!("the {name} file is not text")))?;
         match text.trim().parse::<u64>() {
@@ -289,6 +285,15 @@ impl FileStorage {
         }
         self.snapshot = Some((meta.clone(), path));
         Ok(())
+    }
+
+    /// A small file of the data directory does not hold what it should.
+    fn corrupt_file(path: &Path, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason,
+        }
     }
 
     /// The path and bytes of the data directory's file `name`, or `None` if it does not
@@ -813,11 +818,7 @@ impl Storage for FileStorage {
         let Some((path, bytes)) = self.read_optional_file(BOOTSTRAP_FILE_NAME)? else {
             return Ok(None);
         };
-        let corrupt = |reason: String| StorageError::Corrupt {
-            file: path.clone(),
-            offset: 0,
-            reason,
-        };
+        let corrupt = |reason: String| FileStorage::corrupt_file(&path, reason);
         match codec::read_record(&bytes, RECORD_BYTES_MAX) {
             Ok(RecordRead::Complete { payload, consumed }) if consumed == bytes.len() => {
                 codec::decode(payload)
