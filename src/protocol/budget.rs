@@ -28,7 +28,7 @@
 //!
 //! The type knows nothing of threads or sockets: a reservation is a value that returns its
 //! bytes when dropped, so an event loop can hold one per connection the same way. Only
-//! [`ByteBudget::wait_for_room`] blocks, for the thread-per-connection server.
+//! [`ByteBudget::wait_for_room`] blocks, for a blocking reader ([`FrameReader::read_frame`](super::FrameReader::read_frame)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,9 +113,23 @@ impl ByteBudget {
         })
     }
 
-    /// Counts one frame that has to wait for room.
-    pub(crate) fn count_wait(&self) {
-        self.waits.fetch_add(1, Ordering::Relaxed);
+    /// Reserves room for a frame of `bytes`, or counts the frame as waiting for room — once
+    /// per frame: `counted` remembers it (reset once the frame gets its room).
+    pub(crate) fn reserve_for_frame(
+        self: &Arc<Self>,
+        bytes: u64,
+        counted: &mut bool,
+    ) -> Option<Reservation> {
+        let reservation = self.try_reserve(bytes);
+        match reservation {
+            Some(_) => *counted = false,
+            None if !*counted => {
+                *counted = true;
+                self.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+        reservation
     }
 
     /// Blocks until `bytes` would fit or `timeout` passes (it reserves nothing: the caller

@@ -24,7 +24,9 @@ use crate::error::CodecError;
 use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
+mod assembler;
 pub mod budget;
+pub use assembler::FrameAssembler;
 
 use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, SnapshotMeta, Term};
 use budget::{ByteBudget, Reservation};
@@ -534,21 +536,11 @@ impl FrameReader {
         };
         if target > READ_BUFFER_BYTES {
             if let Some(budget) = &self.budget {
-                match budget.try_reserve(target as u64) {
+                let bytes = target as u64;
+                match budget.reserve_for_frame(bytes, &mut self.counted_wait) {
                     // Replacing the reservation gives back the one for the old size.
-                    Some(reservation) => {
-                        self.reservation = Some(reservation);
-                        self.counted_wait = false;
-                    }
-                    None => {
-                        if !self.counted_wait {
-                            self.counted_wait = true;
-                            budget.count_wait();
-                        }
-                        return Ok(Some(Filled::WaitingForBudget {
-                            bytes: target as u64,
-                        }));
-                    }
+                    Some(reservation) => self.reservation = Some(reservation),
+                    None => return Ok(Some(Filled::WaitingForBudget { bytes })),
                 }
             }
         }
