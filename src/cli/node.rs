@@ -114,6 +114,9 @@ pub struct NodeArgs {
     /// Open client connections at most.
     #[arg(long, env = "KEYVAL_MAX_CONNECTIONS", default_value_t = crate::server::CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
+    /// Event-loop threads serving client connections.
+    #[arg(long, env = "KEYVAL_CLIENT_IO_THREADS", default_value_t = crate::server::IO_THREADS_DEFAULT)]
+    pub client_io_threads: usize,
     /// Requests in flight per client connection at most.
     #[arg(long, env = "KEYVAL_MAX_INFLIGHT", default_value_t = crate::server::INFLIGHT_PER_CONNECTION_MAX_DEFAULT)]
     pub max_inflight: usize,
@@ -301,6 +304,26 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     })
 }
 
+/// Raises the soft limit on open files to the hard limit (every client connection is one),
+/// and warns when even that is below the connection limit.
+fn raise_open_files_limit(connections_max: usize) {
+    // Peers, log segments, snapshots and listeners besides the client connections.
+    const OTHER_FILES: u64 = 256;
+    let wanted = connections_max as u64 + OTHER_FILES;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => log::warn(
+            "the open-file limit is below what --max-connections needs: connections beyond it \
+             are refused by the OS",
+            &[("limit", &limit), ("needed", &wanted)],
+        ),
+        Ok(_) => {}
+        Err(error) => log::warn(
+            "cannot read or raise the open-file limit",
+            &[("error", &error)],
+        ),
+    }
+}
+
 /// Runs the operator command given, or else a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
 /// answer what is in flight, stop the node (its log writer syncs what it holds), close.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -394,6 +417,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .collect();
     server_options.connections_max = args.max_connections;
     server_options.inflight_per_connection_max = args.max_inflight;
+    server_options.io_threads = args.client_io_threads;
+    raise_open_files_limit(args.max_connections);
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
     server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);

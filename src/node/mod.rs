@@ -43,7 +43,7 @@ use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, Term};
 
 use driver::{ApplyItem, LocalSnapshot, PendingSnapshot, PersistRequest, SnapshotPolicy};
 use waiters::Waiters;
-pub use waiters::{Completion, ProposalCompletion, ReadCompletion};
+pub use waiters::{Completion, CompletionSender, ProposalCompletion, ReadCompletion, Wake};
 
 /// Everything a node is started from.
 pub struct NodeOptions<M: StateMachine> {
@@ -386,7 +386,7 @@ impl<M: StateMachine> Node<M> {
     /// deduplicates.
     pub fn propose(&self, command: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ProposeError> {
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        let id = self.submit_proposal(command, 0, &sender)?;
+        let id = self.submit_proposal(command, 0, &sender.into())?;
         match receiver.recv_deadline(deadline) {
             Ok(completion) => completion.outcome,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -406,7 +406,7 @@ impl<M: StateMachine> Node<M> {
         &self,
         command: Vec<u8>,
         tag: u64,
-        completions: &Sender<ProposalCompletion>,
+        completions: &CompletionSender<Result<Vec<u8>, ProposeError>>,
     ) -> Result<EntryId, ProposeError> {
         if let Some(error) = self.shared.storage_error() {
             return Err(error);
@@ -432,7 +432,7 @@ impl<M: StateMachine> Node<M> {
     pub fn submit_proposals(
         &self,
         batch: Vec<(Vec<u8>, u64)>,
-        completions: &Sender<ProposalCompletion>,
+        completions: &CompletionSender<Result<Vec<u8>, ProposeError>>,
     ) -> Vec<(u64, Result<EntryId, ProposeError>)> {
         let refusal = self
             .shared
@@ -466,7 +466,7 @@ impl<M: StateMachine> Node<M> {
     /// acknowledged before the call.
     pub fn read_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        let context = self.submit_read(0, &sender)?;
+        let context = self.submit_read(0, &sender.into())?;
         match receiver.recv_deadline(deadline) {
             Ok(completion) => completion.outcome,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -484,7 +484,7 @@ impl<M: StateMachine> Node<M> {
     pub fn submit_read(
         &self,
         tag: u64,
-        completions: &Sender<ReadCompletion>,
+        completions: &CompletionSender<Result<LogIndex, ReadError>>,
     ) -> Result<u64, ReadError> {
         if !self.shared.is_serving() {
             return Err(ReadError::Shutdown);
@@ -516,17 +516,38 @@ impl<M: StateMachine> Node<M> {
     /// valid only while the leader holds a lease (requires `lease_reads`). A node whose storage
     /// failed, or that is shutting down, holds none (`Shutdown`).
     pub fn lease_barrier(&self, deadline: Instant) -> Result<LogIndex, ReadError> {
-        let index = {
-            let core = self.shared.core.lock();
-            if !self.shared.is_serving() {
-                return Err(ReadError::Shutdown);
-            }
-            // The time of the read, read under the lock: not the last time the core was told.
-            core.raft
-                .lease_read(ticker::clock_reading(self.shared.clock_origin))?
-        };
+        let index = self.lease_read_index()?;
         self.wait_applied(index, deadline)?;
         Ok(index)
+    }
+
+    /// The read point of a lease read now, if this node holds a lease.
+    fn lease_read_index(&self) -> Result<LogIndex, ReadError> {
+        let core = self.shared.core.lock();
+        if !self.shared.is_serving() {
+            return Err(ReadError::Shutdown);
+        }
+        // The time of the read, read under the lock: not the last time the core was told.
+        core.raft
+            .lease_read(ticker::clock_reading(self.shared.clock_origin))
+    }
+
+    /// Starts a lease read without waiting: checks the lease now (like
+    /// [`lease_barrier`](Node::lease_barrier)) and, if it holds, a [`ReadCompletion`] carrying
+    /// `tag` arrives on `completions` once the state machine has applied the read point — at
+    /// once if it has already. An error means the lease does not hold (nothing arrives).
+    pub fn submit_lease_read(
+        &self,
+        tag: u64,
+        completions: &CompletionSender<Result<LogIndex, ReadError>>,
+    ) -> Result<(), ReadError> {
+        let index = self.lease_read_index()?;
+        let mut waiters = self.shared.waiters.lock();
+        // Read under the waiters lock: the applier publishes `applied` before it takes this
+        // lock to release waiting reads, so the read is released either here or there.
+        let applied = *self.shared.applied.lock();
+        waiters.add_read_at(index, applied, tag, completions.clone());
+        Ok(())
     }
 
     /// Waits until the state machine has applied `index`.

@@ -1,11 +1,14 @@
 //! Callers waiting for their proposal to apply or their read to be confirmed and applied.
 //!
-//! Every waiter is a (tag, channel) pair supplied by the caller, so one channel can collect
-//! the completions of many requests (a server connection's writer, say) and no thread has to
+//! Every waiter is a (tag, [`CompletionSender`]) pair supplied by the caller, so one channel can
+//! collect the completions of many requests (a server's event loop, say) and no thread has to
 //! block per request. Completions are delivered with `try_send`: the caller sizes its channel
-//! for the requests it keeps in flight.
+//! for the requests it keeps in flight (or uses an unbounded one). A sender may carry a
+//! [`Wake`], called after each delivery, for a thread that waits on something other than the
+//! channel (an event loop blocked in `epoll_wait`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
@@ -29,14 +32,73 @@ pub type ProposalCompletion = Completion<Result<Vec<u8>, ProposeError>>;
 /// after the read point, or why the read cannot be served.
 pub type ReadCompletion = Completion<Result<LogIndex, ReadError>>;
 
+/// Wakes a thread that drains a completion channel but does not block on it.
+///
+/// Called (from the node's threads, under the node's waiter lock) after every completion sent
+/// through a [`CompletionSender`] that carries it: it must be quick and must not block — an
+/// atomic flag and an eventfd write, say.
+pub trait Wake: Send + Sync {
+    /// A completion was sent.
+    fn wake(&self);
+}
+
+/// Where the completions of tagged requests go: a channel, and optionally a [`Wake`] to call
+/// after each one. Made from a plain `Sender` with `From`; cloning is cheap.
+pub struct CompletionSender<T> {
+    sender: Sender<Completion<T>>,
+    wake: Option<Arc<dyn Wake>>,
+}
+
+impl<T> CompletionSender<T> {
+    /// Completions go to `sender`, and `wake` is called after each.
+    pub fn with_wake(sender: Sender<Completion<T>>, wake: Arc<dyn Wake>) -> CompletionSender<T> {
+        CompletionSender {
+            sender,
+            wake: Some(wake),
+        }
+    }
+
+    fn send(&self, completion: Completion<T>) {
+        if self.sender.try_send(completion).is_ok() {
+            if let Some(wake) = &self.wake {
+                wake.wake();
+            }
+        }
+    }
+}
+
+impl<T> Clone for CompletionSender<T> {
+    fn clone(&self) -> CompletionSender<T> {
+        CompletionSender {
+            sender: self.sender.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<T> From<Sender<Completion<T>>> for CompletionSender<T> {
+    fn from(sender: Sender<Completion<T>>) -> CompletionSender<T> {
+        CompletionSender { sender, wake: None }
+    }
+}
+
+impl<T> std::fmt::Debug for CompletionSender<T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CompletionSender")
+            .field("wakes", &self.wake.is_some())
+            .finish()
+    }
+}
+
 struct Waiter<T> {
     tag: u64,
-    sender: Sender<Completion<T>>,
+    sender: CompletionSender<T>,
 }
 
 impl<T> Waiter<T> {
     fn complete(self, outcome: T) {
-        let _ = self.sender.try_send(Completion {
+        self.sender.send(Completion {
             tag: self.tag,
             outcome,
         });
@@ -66,7 +128,7 @@ impl Waiters {
         &mut self,
         id: EntryId,
         tag: u64,
-        sender: Sender<ProposalCompletion>,
+        sender: CompletionSender<Result<Vec<u8>, ProposeError>>,
     ) {
         // An earlier waiter at this index belongs to an entry that was overwritten in this
         // node's log. It may still commit (another node may hold it and win an election), so
@@ -129,8 +191,34 @@ impl Waiters {
         }
     }
 
-    pub(super) fn add_read(&mut self, context: u64, tag: u64, sender: Sender<ReadCompletion>) {
+    pub(super) fn add_read(
+        &mut self,
+        context: u64,
+        tag: u64,
+        sender: CompletionSender<Result<LogIndex, ReadError>>,
+    ) {
         self.reads.insert(context, Waiter { tag, sender });
+    }
+
+    /// A read whose read point `index` is known already (a lease read): completes at once if
+    /// `applied` (read under this lock) has reached it, else once it does. Returns whether it
+    /// completed at once.
+    pub(super) fn add_read_at(
+        &mut self,
+        index: LogIndex,
+        applied: LogIndex,
+        tag: u64,
+        sender: CompletionSender<Result<LogIndex, ReadError>>,
+    ) {
+        let waiter = Waiter { tag, sender };
+        if index <= applied {
+            waiter.complete(Ok(applied));
+        } else {
+            self.reads_awaiting_apply
+                .entry(index)
+                .or_default()
+                .push(waiter);
+        }
     }
 
     pub(super) fn remove_read(&mut self, context: u64) {
@@ -216,9 +304,9 @@ mod tests {
     fn an_overwritten_proposal_is_dropped_only_when_another_entry_commits_there() {
         let (sender, receiver) = crossbeam_channel::bounded(4);
         let mut waiters = Waiters::default();
-        waiters.add_proposal(id(1, 5), 1, sender.clone());
+        waiters.add_proposal(id(1, 5), 1, sender.clone().into());
         // This node, leader again in term 3, proposes at the same index.
-        waiters.add_proposal(id(3, 5), 2, sender);
+        waiters.add_proposal(id(3, 5), 2, sender.into());
         assert!(
             receiver.try_recv().is_err(),
             "a proposal was answered before anything was applied at its index"

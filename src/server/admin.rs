@@ -2,39 +2,36 @@
 //! leadership to another voter (`kvctl member ...`, `kvctl transfer-leader`, `keyval --join`).
 //!
 //! A membership change blocks until it commits — and a new voter must first catch up — so it
-//! may take up to the request's deadline. It must hold neither the connection's reader (the
-//! connection's other requests would wait behind it) nor its writer, so each such request runs
-//! on a short-lived thread of its own, `n1-client-admin-K`, which answers through the
-//! connection's writer like any other request:
+//! may take up to the request's deadline. It must not hold the event loop that serves the
+//! connection (and many others), so each such request runs on a short-lived thread of its
+//! own, `n1-client-admin-K`, which hands its answer back to the loop like a completion:
 //!
 //! ```text
-//!  [n1-client-read-K] ── AddMember ──spawn──► [n1-client-admin-K] node.add_member(.., deadline)
-//!          │                                          │ Event::Respond
+//!  [n1-client-io-L] ── AddMember ──spawn──► [n1-client-admin-K] node.add_member(.., deadline)
+//!          │  (request registered in flight)          │ AdminAnswer { tag, result } + wake
 //!          ▼                                          ▼
-//!  (keeps reading)                           [n1-client-write-K] ── response ──► client
+//!  (keeps serving)                           [n1-client-io-L] ── response ──► client
 //! ```
 //!
 //! A thread per request rather than one long-lived admin thread: changes are rare and the
 //! core runs one at a time anyway, a thread costs nothing at that rate, a slow promotion
 //! cannot hold a transfer up behind it, and no thread idles when nobody asks. At most
-//! [`ADMIN_REQUESTS_MAX`] run at once per server; more are refused `Busy`. The thread holds
-//! the connection's event sender, so the writer stays until it has answered; the thread's
-//! work is bounded by the request's deadline (and ends early if the node stops).
+//! [`ADMIN_REQUESTS_MAX`] run at once per server; more are refused `Busy`. The thread's work
+//! is bounded by the request's deadline (and ends early if the node stops); if its answer
+//! comes after the deadline the loop has answered `Indeterminate` already and drops it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
-
 use crate::error::{MembershipError, TransferError};
 use crate::log;
 use crate::types::NodeId;
 
-use super::responder::Event;
+use super::event_loop::{AdminAnswer, AdminSender};
 use super::Shared;
 use crate::protocol::{
-    validate_member_address, MembersReply, RequestBody, ResponseBody, ResponseFrame, ServerError,
+    validate_member_address, MembersReply, RequestBody, ResponseBody, ServerError,
 };
 
 /// Admin requests (membership changes, transfers) served at once per server, at most.
@@ -53,15 +50,14 @@ pub(super) fn members(shared: &Shared) -> Result<ResponseBody, ServerError> {
     }))
 }
 
-/// Serves an admin request on a thread of its own; the answer goes to `events`. Returns the
-/// refusal to send at once when no thread may (or can) be started.
+/// Serves an admin request on a thread of its own; the answer for `tag` goes to `answers`.
+/// Returns the refusal to send at once when no thread may (or can) be started.
 pub(super) fn spawn(
     shared: &Arc<Shared>,
-    events: &Sender<Event>,
-    request_id: u64,
+    answers: &AdminSender,
+    tag: u64,
     deadline: Instant,
     body: RequestBody,
-    number: u64,
 ) -> Result<(), ServerError> {
     if let Err(refusal) = check_request(&body) {
         return Err(ServerError::Refused { reason: refusal });
@@ -76,19 +72,19 @@ pub(super) fn spawn(
         });
     }
     let thread_shared = Arc::clone(shared);
-    let events = events.clone();
+    let answers = answers.clone();
+    let number = shared.admin_started.fetch_add(1, Ordering::Relaxed) + 1;
     let spawned = std::thread::Builder::new()
         .name(format!("{}-client-admin-{number}", shared.node.id()))
         .spawn(move || {
             let result = serve(&thread_shared, body, deadline);
             thread_shared.admin_in_flight.fetch_sub(1, Ordering::SeqCst);
-            // The writer outlives every holder of an event sender: this send only fails if
-            // the writer died on a broken socket, and then nobody is waiting.
-            let _ = events.send(Event::Respond(ResponseFrame { request_id, result }));
+            // The loop may be gone (the server stopped): then nobody is waiting.
+            answers.send(AdminAnswer { tag, result });
         });
     match spawned {
         Ok(thread) => {
-            let mut threads = shared.connection_threads.lock();
+            let mut threads = shared.admin_threads.lock();
             threads.retain(|thread| !thread.is_finished());
             threads.push(thread);
             Ok(())

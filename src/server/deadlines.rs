@@ -7,9 +7,9 @@
 //!   timeout (a slow-loris sender, or a frame that waited that long for the request-buffer
 //!   budget). The idle timeout does not apply while a frame is partly received.
 //!
-//! Pure bookkeeping over instants the caller passes in (no clock, no thread): the
-//! thread-per-connection reader asks after every read or read timeout; an event loop can keep
-//! one per connection and arm a timer at [`ConnectionDeadlines::next_deadline`].
+//! Pure bookkeeping over instants the caller passes in (no clock, no thread): the event loop
+//! keeps one per connection and arms the connection's timer at
+//! [`ConnectionDeadlines::next_deadline`].
 
 use std::time::{Duration, Instant};
 

@@ -1,44 +1,52 @@
-//! The client-facing TCP server of a key-value node.
+//! The client-facing TCP server of a key-value node: a few event-loop threads, each owning
+//! many non-blocking connections, instead of threads per connection.
 //!
 //! ```text
-//!  [n1-client-listen] accept ──spawns──► per connection:
+//!  [n1-client-accept] accept, count, hand over round-robin ──► [n1-client-io-0..N]
 //!
-//!   socket ──► [n1-client-read-K]  decode frames, validate, submit without blocking:
-//!                 │                  submit_proposal / submit_read (tagged, completions go
-//!                 │                  to this connection's channels); stale/status/snapshot answered
-//!                 │ events           at once; at most `inflight_per_connection_max` requests
-//!                 ▼                  in flight (a permit per request: back-pressure on TCP)
-//!              [n1-client-write-K] waits on events + completions + the nearest deadline,
-//!                                  drains everything ready, encodes responses into one
-//!                                  buffer, writes it with one call; a write still unknown at
-//!                                  its deadline is answered `Indeterminate`
+//!  [n1-client-io-K] (event_loop.rs) one mio::Poll over its connections:
+//!     read frames ─► answer at once (stale reads, status, snapshots, refusals)
+//!                 └► register in flight + submit without blocking (writes batched across
+//!                    the loop's connections, linearizable and lease reads); completions come
+//!                    back through channels that wake the loop
+//!     deadlines  ─► a write still unknown at its deadline is answered `Indeterminate`, a read
+//!                    `ReadTimeout`; idle connections and slow frames are closed
+//!     write      ─► every response ready, one write per connection per iteration
 //!
 //!  membership changes and leadership transfers block until they commit (up to the request's
-//!  deadline): the reader hands each to a short-lived [n1-client-admin-K] thread, which
-//!  answers through the same writer; at most `ADMIN_REQUESTS_MAX` run at once per server
+//!  deadline): the loop hands each to a short-lived [n1-client-admin-K] thread, whose answer
+//!  returns to the loop; at most `ADMIN_REQUESTS_MAX` run at once per server
 //! ```
 //!
+//! A connection is a state machine (`connection.rs`) with no thread of its own, so an idle
+//! connection costs its socket and a few hundred bytes: no read buffer (the loop reads through
+//! one scratch buffer and a connection keeps only a partial frame), no stack.
+//!
 //! Bad input (garbage, a truncated frame, an oversized length prefix) closes only that
-//! connection, with a logged reason. [`Server::shutdown`] stops accepting, lets every
-//! connection finish the requests it has in flight (each bounded by its deadline), closes
-//! them and joins every thread.
+//! connection, with a logged reason, after it has answered what it has in flight.
+//! [`Server::shutdown`] stops accepting, lets every connection finish the requests it has in
+//! flight (each bounded by its deadline), closes them and joins every thread.
 //!
 //! A connection cannot hold resources by sending nothing, or too little:
 //!
 //! | what | bound | then |
 //! |---|---|---|
 //! | connections | [`ServerOptions::connections_max`] | more are closed at once |
+//! | requests in flight per connection | [`ServerOptions::inflight_per_connection_max`] | the connection is not read until one is answered |
+//! | responses unwritten per connection | 1 MiB | the connection is not read until its client takes them |
+//! | a client that takes no responses | [`ServerOptions::write_timeout`] | closed |
 //! | idle: nothing received, nothing in flight | [`ServerOptions::idle_timeout`] | closed |
 //! | a frame begun and not whole | [`ServerOptions::frame_timeout`] | closed |
 //! | bytes of frames larger than a connection's 64 KiB read buffer, all connections | [`ServerOptions::request_buffer_bytes_max`] ([`budget`]) | the frame waits, unread, until room is released or its frame deadline passes |
 //!
 //! The deadlines (`server/deadlines.rs`) and the budget are plain values that take the time as an
-//! argument or return a reservation; nothing in them depends on a connection owning threads.
+//! argument or return a reservation; the loops keep one timer per connection at its next due
+//! instant.
 
 mod admin;
 mod connection;
 mod deadlines;
-mod responder;
+mod event_loop;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -59,8 +67,12 @@ use crate::types::NodeId;
 
 use crate::protocol::budget::ByteBudget;
 
-/// Default bound on open client connections per node.
-pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Default bound on open client connections per node (etcd aims at O(10k) clients per member).
+/// Each open connection takes a file descriptor: the process's limit must allow it.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 16 * 1024;
+
+/// Default number of event-loop threads serving client connections.
+pub const IO_THREADS_DEFAULT: usize = 2;
 
 /// Default bound on requests in flight per connection.
 pub const INFLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1024;
@@ -68,7 +80,8 @@ pub const INFLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1024;
 /// Default time a request may take when the client does not say.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
-/// Default bound on one write of responses to a client that stops reading.
+/// Default time a client may leave its responses unread (its socket taking none) before its
+/// connection is closed.
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The longest time any request may take, whatever the client asks.
@@ -93,8 +106,8 @@ pub const REQUEST_BUFFER_BYTES_MIN: u64 = FRAME_BYTES_MAX + RECORD_HEADER_BYTES 
 
 const _: () = assert!(REQUEST_BUFFER_BYTES_MAX_DEFAULT >= REQUEST_BUFFER_BYTES_MIN);
 
-/// How often blocked reader threads look at the stop flag.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the acceptor pauses after a failed accept (out of file descriptors, say).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// How a [`Server`] is set up.
 #[derive(Clone, Debug)]
@@ -109,10 +122,13 @@ pub struct ServerOptions {
     /// Requests in flight per connection at most; the server stops reading a connection
     /// that has this many, so a client that pipelines more is slowed by TCP, not refused.
     pub inflight_per_connection_max: usize,
+    /// Event-loop threads serving the connections (each owns its share of them).
+    pub io_threads: usize,
     /// Deadline of requests whose `timeout_ms` is 0.
     pub request_timeout_default: Duration,
-    /// How long one write of responses may block before the connection is dropped (a client
-    /// that stops reading must not pin a thread, or shutdown, forever).
+    /// How long a client may leave its responses unread (the socket taking none of them)
+    /// before its connection is dropped: a client that stops reading must not hold memory, or
+    /// shutdown, forever.
     pub write_timeout: Duration,
     /// A connection that sent nothing and had nothing in flight for this long is closed.
     pub idle_timeout: Duration,
@@ -134,6 +150,7 @@ impl ServerOptions {
             client_addresses: BTreeMap::new(),
             connections_max: CONNECTIONS_MAX_DEFAULT,
             inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX_DEFAULT,
+            io_threads: IO_THREADS_DEFAULT,
             request_timeout_default: REQUEST_TIMEOUT_DEFAULT,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
@@ -216,8 +233,10 @@ pub(crate) struct Shared {
     /// Admin requests (membership changes, transfers) being served now, each on its own
     /// thread; at most [`admin::ADMIN_REQUESTS_MAX`].
     pub(crate) admin_in_flight: AtomicUsize,
-    /// Threads of every connection, joined at shutdown; finished ones are reaped on accept.
-    connection_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Admin threads started so far (for their names).
+    pub(crate) admin_started: AtomicU64,
+    /// Admin threads, joined at shutdown; finished ones are reaped when one starts.
+    admin_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -244,6 +263,8 @@ pub struct Server {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     listener_thread: Option<JoinHandle<()>>,
+    loops: Vec<event_loop::LoopHandle>,
+    loop_threads: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -252,9 +273,14 @@ impl Server {
         node: Arc<Node<KvStore>>,
         options: ServerOptions,
     ) -> Result<Server, ServerStartError> {
-        if options.connections_max == 0 || options.inflight_per_connection_max == 0 {
+        if options.connections_max == 0
+            || options.inflight_per_connection_max == 0
+            || options.io_threads == 0
+        {
             return Err(ServerStartError::Invalid {
-                reason: "connections_max and inflight_per_connection_max must be at least 1".into(),
+                reason: "connections_max, inflight_per_connection_max and io_threads must be at \
+                         least 1"
+                    .into(),
             });
         }
         if options.write_timeout.is_zero() {
@@ -316,22 +342,36 @@ impl Server {
             requests_in_flight_max: AtomicU64::new(0),
             request_buffer: Arc::new(ByteBudget::new(request_buffer_bytes_max)),
             admin_in_flight: AtomicUsize::new(0),
-            connection_threads: Mutex::new(Vec::new()),
+            admin_started: AtomicU64::new(0),
+            admin_threads: Mutex::new(Vec::new()),
         });
+        let mut server = Server {
+            shared: Arc::clone(&shared),
+            local_addr,
+            listener_thread: None,
+            loops: Vec::new(),
+            loop_threads: Vec::new(),
+        };
+        for index in 0..shared.options.io_threads {
+            // On failure, dropping `server` stops the loops started so far.
+            let (handle, thread) =
+                event_loop::spawn(Arc::clone(&shared), index).map_err(ServerStartError::Spawn)?;
+            server.loops.push(handle);
+            server.loop_threads.push(thread);
+        }
         let listener_shared = Arc::clone(&shared);
-        let listener_thread = std::thread::Builder::new()
-            .name(format!("{id}-client-listen"))
-            .spawn(move || accept_loop(&listener_shared, listener))
-            .map_err(ServerStartError::Spawn)?;
+        let loops = server.loops.clone();
+        server.listener_thread = Some(
+            std::thread::Builder::new()
+                .name(format!("{id}-client-accept"))
+                .spawn(move || accept_loop(&listener_shared, listener, &loops))
+                .map_err(ServerStartError::Spawn)?,
+        );
         log::info(
             "serving clients",
             &[("listen", &local_addr), ("advertised", &shared.advertised)],
         );
-        Ok(Server {
-            shared,
-            local_addr,
-            listener_thread: Some(listener_thread),
-        })
+        Ok(server)
     }
 
     /// The address the server listens on.
@@ -372,7 +412,14 @@ impl Server {
             let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
             let _ = thread.join();
         }
-        let threads = std::mem::take(&mut *self.shared.connection_threads.lock());
+        // Each loop answers what its connections have in flight, closes them and ends.
+        for handle in &self.loops {
+            handle.wake();
+        }
+        for thread in self.loop_threads.drain(..) {
+            let _ = thread.join();
+        }
+        let threads = std::mem::take(&mut *self.shared.admin_threads.lock());
         for thread in threads {
             let _ = thread.join();
         }
@@ -385,8 +432,8 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
-    let mut connection_number: u64 = 0;
+fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, loops: &[event_loop::LoopHandle]) {
+    let mut accepted: usize = 0;
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
@@ -396,14 +443,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             Err(error) => {
                 log::warn("accepting a client connection failed", &[("error", &error)]);
                 // Out of file descriptors, say: do not spin.
-                std::thread::sleep(POLL_INTERVAL);
+                std::thread::sleep(ACCEPT_RETRY);
                 continue;
             }
         };
-        shared
-            .connection_threads
-            .lock()
-            .retain(|thread| !thread.is_finished());
         let remote = stream
             .peer_addr()
             .map(|address| address.to_string())
@@ -419,28 +462,28 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             );
             continue;
         }
-        connection_number += 1;
+        if let Err(error) = stream
+            .set_nonblocking(true)
+            .and_then(|()| stream.set_nodelay(true))
+        {
+            log::warn(
+                "cannot set up a client connection",
+                &[("remote", &remote), ("error", &error)],
+            );
+            continue;
+        }
         shared.connections_accepted.fetch_add(1, Ordering::Relaxed);
         shared.connections_open.fetch_add(1, Ordering::SeqCst);
-        match connection::spawn(
-            Arc::clone(shared),
-            stream,
-            remote.clone(),
-            connection_number,
-        ) {
-            Ok(threads) => shared.connection_threads.lock().extend(threads),
-            Err(error) => {
-                // `connection::spawn` counted the connection closed.
-                log::error(
-                    "cannot start client connection threads",
-                    &[("remote", &remote), ("error", &error)],
-                );
-            }
+        let target = &loops[accepted % loops.len()];
+        accepted = accepted.wrapping_add(1);
+        if target.hand_over(stream, remote).is_err() {
+            // The loop is gone (it ends only when the server stops).
+            connection_closed(shared);
         }
     }
 }
 
-/// Marks one connection closed (called by its writer thread when it ends).
+/// Marks one connection closed (called by its event loop when it drops it).
 pub(crate) fn connection_closed(shared: &Shared) {
     shared.connections_open.fetch_sub(1, Ordering::SeqCst);
 }

@@ -1,0 +1,211 @@
+//! Serving one request on an event loop: answered at once (stale reads, status, snapshots,
+//! refusals), or registered in flight and submitted to the node without waiting (writes,
+//! linearizable and lease reads), or handed to an admin thread (membership changes,
+//! leadership transfers). Nothing here blocks beyond the node's brief locks.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::error::{ProposeError, ReadError};
+use crate::kv::{KvError, ReadRequest};
+use crate::protocol::{
+    Consistency, ReadReply, RequestBody, RequestFrame, ResponseBody, ServerError,
+    SnapshotRequested, StatusReply,
+};
+use crate::types::NodeId;
+
+use super::super::connection::PendingKind;
+use super::super::{admin, Shared, REQUEST_TIMEOUT_MAX};
+use super::EventLoop;
+
+impl EventLoop {
+    /// Serves or submits one request of connection `key`.
+    pub(super) fn handle(&mut self, key: usize, frame: RequestFrame) {
+        let shared = std::sync::Arc::clone(&self.shared);
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(connection) = self.connections.get(key) {
+            // Every request not yet answered is in flight, this one included.
+            shared
+                .requests_in_flight_max
+                .fetch_max(connection.pending.len() as u64 + 1, Ordering::Relaxed);
+        }
+        let timeout = match frame.timeout_ms {
+            0 => shared.options.request_timeout_default,
+            millis => Duration::from_millis(millis).min(REQUEST_TIMEOUT_MAX),
+        };
+        let deadline = Instant::now() + timeout;
+        let request_id = frame.request_id;
+        match frame.body {
+            RequestBody::Write(command) => match command.encode() {
+                Ok(bytes) => {
+                    let tag = self.register(key, request_id, deadline, PendingKind::Write);
+                    self.writes.push((bytes, tag));
+                }
+                Err(error) => self.respond(key, request_id, Err(ServerError::Invalid(error))),
+            },
+            RequestBody::Read {
+                request,
+                consistency,
+            } => {
+                // This connection's earlier writes go first.
+                self.flush_writes();
+                if let Err(error) = request.validate() {
+                    self.respond(key, request_id, Err(ServerError::Invalid(error)));
+                    return;
+                }
+                match consistency {
+                    Consistency::Linearizable => {
+                        let tag =
+                            self.register(key, request_id, deadline, PendingKind::Read(request));
+                        if let Err(error) = shared.node.submit_read(tag, &self.reads) {
+                            self.fail(tag, read_error(&shared, error));
+                        }
+                    }
+                    Consistency::Lease => {
+                        let tag =
+                            self.register(key, request_id, deadline, PendingKind::Read(request));
+                        if let Err(error) = shared.node.submit_lease_read(tag, &self.reads) {
+                            self.fail(tag, read_error(&shared, error));
+                        }
+                    }
+                    Consistency::Stale => {
+                        let result = read_stale(&shared, &request);
+                        self.respond(key, request_id, result);
+                    }
+                }
+            }
+            RequestBody::Status => {
+                let status = status(&shared);
+                self.respond(key, request_id, Ok(ResponseBody::Status(status)));
+            }
+            RequestBody::TakeSnapshot => {
+                let node = &shared.node;
+                let previous = node.latest_snapshot().map(|snapshot| snapshot.meta.last);
+                let applied = node.status().applied;
+                node.request_snapshot();
+                let requested = SnapshotRequested {
+                    node: node.id(),
+                    applied,
+                    previous,
+                };
+                self.respond(
+                    key,
+                    request_id,
+                    Ok(ResponseBody::SnapshotRequested(requested)),
+                );
+            }
+            RequestBody::SnapshotChunk { last, offset } => {
+                let Some(connection) = self.connections.get_mut(key) else {
+                    return;
+                };
+                let node = &shared.node;
+                let result = connection
+                    .snapshot_pin
+                    .chunk(|| node.latest_snapshot(), last, offset)
+                    .map(ResponseBody::SnapshotChunk);
+                self.respond(key, request_id, result);
+            }
+            RequestBody::Members => {
+                let result = admin::members(&shared);
+                self.respond(key, request_id, result);
+            }
+            body @ (RequestBody::AddMember { .. }
+            | RequestBody::PromoteMember { .. }
+            | RequestBody::RemoveMember { .. }
+            | RequestBody::TransferLeader { .. }) => {
+                // Earlier writes of this connection go first.
+                self.flush_writes();
+                let tag = self.register(key, request_id, deadline, PendingKind::Admin);
+                if let Err(refusal) = admin::spawn(&shared, &self.admin, tag, deadline, body) {
+                    self.fail(tag, refusal);
+                }
+            }
+        }
+    }
+}
+
+fn read_stale(shared: &Shared, request: &ReadRequest) -> Result<ResponseBody, ServerError> {
+    // A failed node's state may be arbitrarily old and will not catch up: refuse.
+    if let Some(reason) = shared.node.failure() {
+        return Err(ServerError::Unavailable {
+            reason: format!("storage failed: {reason}"),
+        });
+    }
+    let committed = shared.node.status().committed;
+    let (applied, response) = shared.node.read_local(|kv| kv.read(request));
+    let response = response.map_err(ServerError::Invalid)?;
+    Ok(ResponseBody::Read(ReadReply {
+        response,
+        node: shared.node.id(),
+        applied,
+        behind: committed.0.saturating_sub(applied.0),
+    }))
+}
+
+fn status(shared: &Shared) -> StatusReply {
+    let status = shared.node.status();
+    StatusReply {
+        id: status.id,
+        role: status.role,
+        term: status.term,
+        leader: status.leader,
+        leader_client_address: status
+            .leader
+            .and_then(|leader| shared.client_address(leader)),
+        committed: status.committed,
+        applied: status.applied,
+        last_index: status.last_index,
+        client_address: shared.advertised.clone(),
+        failed: status.failed,
+        snapshot: shared
+            .node
+            .latest_snapshot()
+            .map(|snapshot| snapshot.meta.last),
+    }
+}
+
+fn not_leader(shared: &Shared, leader_hint: Option<NodeId>) -> ServerError {
+    ServerError::NotLeader {
+        leader_id: leader_hint,
+        leader_client_address: leader_hint.and_then(|leader| shared.client_address(leader)),
+    }
+}
+
+/// Maps a refusal at submission: nothing was appended.
+pub(super) fn submit_error(shared: &Shared, error: ProposeError) -> ServerError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => not_leader(shared, leader_hint),
+        ProposeError::Busy { reason } => ServerError::Busy {
+            reason: reason.to_string(),
+        },
+        ProposeError::TooLarge { bytes, limit } => ServerError::Invalid(KvError::CommandTooLarge {
+            bytes: bytes as usize,
+            limit: limit as usize,
+        }),
+        ProposeError::Shutdown => ServerError::Unavailable {
+            reason: "node is shutting down".into(),
+        },
+        ProposeError::Storage { reason } => ServerError::Unavailable {
+            reason: format!("storage failed: {reason}"),
+        },
+        // Not expected at submission; never guess an outcome.
+        other => ServerError::Indeterminate {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Maps a read failure.
+pub(super) fn read_error(shared: &Shared, error: ReadError) -> ServerError {
+    match error {
+        ReadError::NotLeader { leader_hint } => not_leader(shared, leader_hint),
+        ReadError::Timeout => ServerError::ReadTimeout,
+        ReadError::Busy => ServerError::Busy {
+            reason: "too many pending reads".into(),
+        },
+        ReadError::NoLease => ServerError::NoLease,
+        ReadError::Shutdown => ServerError::Unavailable {
+            reason: "node is shutting down".into(),
+        },
+    }
+}
