@@ -5,6 +5,8 @@
 //! in flight. They share `--connections` [`Client`]s (one multiplexed connection per node
 //! each), so the server sees pipelined requests on few connections.
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::client::{Client, ClientOptions};
+use crate::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
 
 use super::kvctl::{ConsistencyArg, EXIT_ERROR, EXIT_OK};
 use super::trace::{self, TraceInterval, TraceSample};
@@ -83,6 +86,11 @@ pub struct BenchArgs {
     /// The trace's interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub trace_interval_ms: u64,
+    /// Also hold this many idle connections open to the leader during the measurement (each
+    /// answers one status request first), to measure a node serving many clients of which
+    /// few are active. Needs as many file descriptors (`ulimit -n`) here and on the node.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
 }
 
 /// The measured result.
@@ -125,8 +133,13 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
         ..ClientOptions::default()
     };
     let connections = args.connections.unwrap_or(1).max(1);
+    // The pipelined driver opens its own connections; a `Client` each is for the threads.
+    let client_count = match args.driver {
+        Driver::Pipelined => 1,
+        Driver::Threads => connections,
+    };
     let mut clients = Vec::new();
-    for _ in 0..connections {
+    for _ in 0..client_count {
         match Client::connect(endpoints, options.clone()) {
             Ok(client) => clients.push(client),
             Err(error) => {
@@ -153,6 +166,13 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
             }
         });
     }
+    let idle = match open_idle_connections(&clients[0], args.idle_connections) {
+        Ok(idle) => idle,
+        Err(error) => {
+            eprintln!("kvctl bench: {error}");
+            return EXIT_ERROR;
+        }
+    };
     let measured = match args.driver {
         Driver::Pipelined => match find_leader(&clients[0]) {
             Some(leader) => super::pipeline::measure(&leader, args, &value, connections),
@@ -160,6 +180,7 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
         },
         Driver::Threads => measure_with_clients(&clients, args, &value),
     };
+    drop(idle);
     match measured {
         Ok(report) => {
             print_report(args, &report, json);
@@ -181,6 +202,56 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
             EXIT_ERROR
         }
     }
+}
+
+/// Opens `count` connections to the leader, each answering one status request, for the
+/// measurement to run beside them.
+fn open_idle_connections(client: &Client, count: usize) -> Result<Vec<TcpStream>, String> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let leader = find_leader(client).ok_or("no node says it is the leader")?;
+    let began = Instant::now();
+    let mut idle = Vec::with_capacity(count);
+    let mut out = Vec::new();
+    for number in 0..count {
+        let opened = (|| -> Result<TcpStream, String> {
+            let mut stream = TcpStream::connect(&leader).map_err(|error| error.to_string())?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|error| error.to_string())?;
+            out.clear();
+            let request = RequestFrame {
+                request_id: 1,
+                timeout_ms: 0,
+                body: RequestBody::Status,
+            };
+            write_frame(&request, &mut out).map_err(|error| error.to_string())?;
+            stream.write_all(&out).map_err(|error| error.to_string())?;
+            let answer: ResponseFrame = FrameReader::new()
+                .read_frame(&mut stream)
+                .map_err(|error| error.to_string())?;
+            answer
+                .result
+                .map_err(|error| format!("status refused: {error}"))?;
+            Ok(stream)
+        })();
+        match opened {
+            Ok(stream) => idle.push(stream),
+            Err(error) => {
+                return Err(format!(
+                    "idle connection {} of {count} to {leader}: {error} (is `ulimit -n` high \
+                     enough here and on the node?)",
+                    number + 1
+                ))
+            }
+        }
+    }
+    eprintln!(
+        "{count} idle connections open to {leader} in {:.2}s",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(idle)
 }
 
 /// The client address of the node that says it leads, asking every endpoint.
