@@ -18,6 +18,7 @@ pub mod server;
 pub mod state_machine;
 pub mod storage;
 pub mod testkit;
+pub mod tls;
 pub mod transport;
 pub mod types;
 

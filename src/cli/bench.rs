@@ -5,7 +5,7 @@
 //! in flight. They share `--connections` [`Client`]s (one multiplexed connection per node
 //! each), so the server sees pipelined requests on few connections.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,7 +116,7 @@ impl BenchReport {
 }
 
 /// Runs the benchmark and prints its report; returns the exit code.
-pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) -> i32 {
+pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json: bool) -> i32 {
     if args.clients == 0 || args.keys == 0 || args.read_percent > 100 {
         eprintln!(
             "kvctl bench: --clients and --keys must be at least 1, --read-percent at most 100"
@@ -128,10 +128,10 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
         return super::kvctl::EXIT_USAGE;
     }
     let options = ClientOptions {
-        request_timeout: Duration::from_millis(timeout_ms.max(1)),
         read_consistency: args.consistency.into(),
-        ..ClientOptions::default()
+        ..options.clone()
     };
+    let tls = options.tls.as_ref();
     let connections = args.connections.unwrap_or(1).max(1);
     // The pipelined driver opens its own connections; a `Client` each is for the threads.
     let client_count = match args.driver {
@@ -166,7 +166,7 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
             }
         });
     }
-    let idle = match open_idle_connections(&clients[0], args.idle_connections) {
+    let idle = match open_idle_connections(&clients[0], args.idle_connections, tls) {
         Ok(idle) => idle,
         Err(error) => {
             eprintln!("kvctl bench: {error}");
@@ -175,7 +175,7 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
     };
     let measured = match args.driver {
         Driver::Pipelined => match find_leader(&clients[0]) {
-            Some(leader) => super::pipeline::measure(&leader, args, &value, connections),
+            Some(leader) => super::pipeline::measure(&leader, args, &value, connections, tls),
             None => Err("no node says it is the leader".to_string()),
         },
         Driver::Threads => measure_with_clients(&clients, args, &value),
@@ -206,7 +206,11 @@ pub fn run(endpoints: &[String], timeout_ms: u64, args: &BenchArgs, json: bool) 
 
 /// Opens `count` connections to the leader, each answering one status request, for the
 /// measurement to run beside them.
-fn open_idle_connections(client: &Client, count: usize) -> Result<Vec<TcpStream>, String> {
+fn open_idle_connections(
+    client: &Client,
+    count: usize,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<Vec<BenchStream>, String> {
     if count == 0 {
         return Ok(Vec::new());
     }
@@ -215,11 +219,8 @@ fn open_idle_connections(client: &Client, count: usize) -> Result<Vec<TcpStream>
     let mut idle = Vec::with_capacity(count);
     let mut out = Vec::new();
     for number in 0..count {
-        let opened = (|| -> Result<TcpStream, String> {
-            let mut stream = TcpStream::connect(&leader).map_err(|error| error.to_string())?;
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|error| error.to_string())?;
+        let opened = (|| -> Result<BenchStream, String> {
+            let mut stream = BenchStream::open(&leader, tls, Duration::from_secs(10))?;
             out.clear();
             let request = RequestFrame {
                 request_id: 1,
@@ -513,5 +514,59 @@ fn print_trace_summary(path: &std::path::Path, intervals: &[TraceInterval]) {
             f64::from(interval.p50_us) / 1000.0,
             interval.count
         );
+    }
+}
+
+/// A benchmark connection on the raw protocol, over TLS when the nodes speak it.
+pub(super) enum BenchStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl BenchStream {
+    /// Connects to `address`; reads wait at most `read_timeout`.
+    pub(super) fn open(
+        address: &str,
+        tls: Option<&crate::tls::ClientTls>,
+        read_timeout: Duration,
+    ) -> Result<BenchStream, String> {
+        let stream = TcpStream::connect(address).map_err(|error| format!("{address}: {error}"))?;
+        stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(read_timeout)))
+            .map_err(|error| error.to_string())?;
+        Ok(match tls {
+            None => BenchStream::Plain(stream),
+            Some(tls) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                let session = tls.connect(host.trim_matches(|c| c == '[' || c == ']'))?;
+                BenchStream::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+            }
+        })
+    }
+}
+
+impl Read for BenchStream {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BenchStream::Plain(stream) => stream.read(buffer),
+            BenchStream::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for BenchStream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            BenchStream::Plain(stream) => stream.write(bytes),
+            BenchStream::Tls(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            BenchStream::Plain(stream) => stream.flush(),
+            BenchStream::Tls(stream) => stream.flush(),
+        }
     }
 }

@@ -60,6 +60,22 @@ pub struct KvctlArgs {
     /// the client's (1000).
     #[arg(long, env = "KEYVAL_ATTEMPT_TIMEOUT_MS", global = true)]
     pub attempt_timeout_ms: Option<u64>,
+    /// Speak TLS to the nodes, trusting the CA certificates in this PEM file (the nodes'
+    /// certificates must name the endpoints' hosts).
+    #[arg(long, env = "KEYVAL_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for nodes that require client certificates; needs
+    /// --cacert and --key.
+    #[arg(
+        long = "cert",
+        env = "KEYVAL_CERT",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long = "key", env = "KEYVAL_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -173,6 +189,20 @@ fn attempt_timeout(args: &KvctlArgs, default: Duration) -> Duration {
         .map_or(default, |attempt| Duration::from_millis(attempt.max(1)))
 }
 
+/// The TLS configuration `--cacert`, `--cert` and `--key` ask for.
+fn client_tls(args: &KvctlArgs) -> Result<Option<crate::tls::ClientTls>, String> {
+    match (&args.cacert, &args.tls_cert, &args.tls_key) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => Err("--cert and --key need --cacert (the CA to trust)".into()),
+        (Some(ca), cert, key) => {
+            let identity = cert.as_deref().zip(key.as_deref());
+            crate::tls::ClientTls::new(ca, identity)
+                .map(Some)
+                .map_err(|error| error.to_string())
+        }
+    }
+}
+
 /// Runs kvctl; returns the process exit code.
 pub fn run(args: KvctlArgs) -> i32 {
     let mut options = ClientOptions {
@@ -180,7 +210,14 @@ pub fn run(args: KvctlArgs) -> i32 {
         ..ClientOptions::default()
     };
     options.attempt_timeout = attempt_timeout(&args, options.attempt_timeout);
-    let client = match Client::new(&args.endpoints, options) {
+    options.tls = match client_tls(&args) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("kvctl: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let client = match Client::new(&args.endpoints, options.clone()) {
         Ok(client) => client,
         Err(error) => return fail(&error, args.json),
     };
@@ -327,7 +364,7 @@ pub fn run(args: KvctlArgs) -> i32 {
             }
         }
         Command::Status => status(&client, json),
-        Command::Bench(bench) => super::bench::run(&args.endpoints, args.timeout_ms, &bench, json),
+        Command::Bench(bench) => super::bench::run(&args.endpoints, &options, &bench, json),
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Snapshot(snapshot) => super::snapshot::run(

@@ -147,6 +147,20 @@ pub struct NodeArgs {
         default_value_t = crate::server::REQUEST_BUFFER_BYTES_MAX_DEFAULT
     )]
     pub client_buffer_bytes_max: u64,
+    /// Serve clients over TLS with this certificate (PEM; with --key-file). Re-read when the
+    /// file changes, so a certificate can be rotated without a restart.
+    #[arg(long, env = "KEYVAL_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, env = "KEYVAL_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to; clients may then
+    /// present one (required with --client-cert-auth).
+    #[arg(long, env = "KEYVAL_TRUSTED_CA_FILE", requires = "cert_file")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require every client to present a certificate from --trusted-ca-file.
+    #[arg(long, env = "KEYVAL_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
@@ -304,6 +318,25 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     })
 }
 
+/// The client port's TLS, as the flags ask.
+fn server_tls(args: &NodeArgs) -> anyhow::Result<Option<Arc<crate::tls::ServerTls>>> {
+    let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
+        return Ok(None);
+    };
+    let client_auth = match (&args.trusted_ca_file, args.client_cert_auth) {
+        (None, _) => crate::tls::ClientAuth::None,
+        (Some(_), false) => crate::tls::ClientAuth::Optional,
+        (Some(_), true) => crate::tls::ClientAuth::Required,
+    };
+    let tls = crate::tls::ServerTls::new(crate::tls::ServerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        trusted_ca: args.trusted_ca_file.clone(),
+        client_auth,
+    })?;
+    Ok(Some(Arc::new(tls)))
+}
+
 /// Raises the soft limit on open files to the hard limit (every client connection is one),
 /// and warns when even that is below the connection limit.
 fn raise_open_files_limit(connections_max: usize) {
@@ -418,6 +451,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     server_options.connections_max = args.max_connections;
     server_options.inflight_per_connection_max = args.max_inflight;
     server_options.io_threads = args.client_io_threads;
+    server_options.tls = server_tls(&args)?;
     raise_open_files_limit(args.max_connections);
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);

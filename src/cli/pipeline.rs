@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::kv::{Command, ReadRequest, Response};
@@ -17,7 +16,10 @@ use crate::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
 };
 
-use super::bench::{micros_since, next_request, BenchArgs, BenchReport, Tally, Workload};
+use super::bench::{
+    micros_since, next_request, BenchArgs, BenchReport, BenchStream, Tally, Workload,
+};
+use crate::tls::ClientTls;
 
 /// How long a connection waits for any response before giving up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,12 +41,13 @@ pub(super) fn measure(
     args: &BenchArgs,
     value: &[u8],
     connections: usize,
+    tls: Option<&ClientTls>,
 ) -> Result<BenchReport, String> {
     let connections = connections.min(args.clients).max(1);
     let consistency = args.consistency.into();
     let client_ids = match args.workload {
         Workload::Get => Vec::new(), // reads only: no sessions
-        Workload::Put | Workload::Mixed => register_sessions(leader, args.clients)?,
+        Workload::Put | Workload::Mixed => register_sessions(leader, args.clients, tls)?,
     };
     // Spread the clients over the connections as evenly as possible.
     let shares: Vec<usize> = (0..connections)
@@ -54,7 +57,7 @@ pub(super) fn measure(
         let clients = shares[worker];
         let first: usize = shares[..worker].iter().sum();
         let ids = client_ids.get(first..first + clients).unwrap_or(&[]);
-        match run_connection(leader, args, value, clients, ids, consistency, tally) {
+        match run_connection(leader, tls, args, value, clients, ids, consistency, tally) {
             Ok(latencies) => latencies,
             Err(error) => {
                 tally.record(Err(error));
@@ -64,20 +67,14 @@ pub(super) fn measure(
     })
 }
 
-/// Opens a connection to `leader` for the benchmark's raw requests.
-fn open(leader: &str) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(leader).map_err(|error| format!("{leader}: {error}"))?;
-    stream
-        .set_nodelay(true)
-        .and_then(|()| stream.set_read_timeout(Some(RESPONSE_TIMEOUT)))
-        .map_err(|error| error.to_string())?;
-    Ok(stream)
-}
-
 /// Registers `count` sessions on `leader` (outside the measurement), a batch of them in
 /// flight at a time; returns their client ids.
-fn register_sessions(leader: &str, count: usize) -> Result<Vec<u64>, String> {
-    let mut stream = open(leader)?;
+fn register_sessions(
+    leader: &str,
+    count: usize,
+    tls: Option<&ClientTls>,
+) -> Result<Vec<u64>, String> {
+    let mut stream = BenchStream::open(leader, tls, RESPONSE_TIMEOUT)?;
     let mut frames = FrameReader::new();
     let mut client_ids = Vec::with_capacity(count);
     let mut out = Vec::new();
@@ -109,8 +106,10 @@ fn register_sessions(leader: &str, count: usize) -> Result<Vec<u64>, String> {
     Ok(client_ids)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_connection(
     leader: &str,
+    tls: Option<&ClientTls>,
     args: &BenchArgs,
     value: &[u8],
     clients: usize,
@@ -118,7 +117,7 @@ fn run_connection(
     consistency: crate::protocol::Consistency,
     tally: &Tally,
 ) -> Result<Vec<u32>, String> {
-    let mut stream = open(leader)?;
+    let mut stream = BenchStream::open(leader, tls, RESPONSE_TIMEOUT)?;
     let mut random = rand::rng();
     // Clients without a registered session (a read-only workload) never write.
     let mut sessions: Vec<SimulatedClient> = (0..clients)

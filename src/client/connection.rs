@@ -17,7 +17,7 @@
 //! been served), so the retry layer treats it as ambiguous and retries elsewhere.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
+use crate::tls::ClientTls;
 
 /// Requests in flight on one connection at most: the server's default limit per connection
 /// (`INFLIGHT_PER_CONNECTION_MAX_DEFAULT`), past which it would stop reading anyway.
@@ -177,6 +178,7 @@ impl Connection {
         address: &str,
         timeout: Duration,
         write_timeout: Duration,
+        tls: Option<&ClientTls>,
     ) -> std::io::Result<Connection> {
         let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
         let mut last_error = std::io::Error::new(
@@ -198,6 +200,25 @@ impl Connection {
         stream.set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))?;
         let read_stream = stream.try_clone()?;
         let write_stream = stream.try_clone()?;
+        let channel = match tls {
+            None => Channel::Plain(write_stream),
+            Some(tls) => {
+                let mut session = tls
+                    .connect(host_of(address))
+                    .map_err(std::io::Error::other)?;
+                // Our own outgoing buffer is bounded by the requests in flight.
+                session.set_buffer_limit(None);
+                Channel::Tls(Arc::new(TlsChannel {
+                    session: Mutex::new(session),
+                    socket: Mutex::new(write_stream),
+                }))
+            }
+        };
+        let socket = stream.try_clone()?;
+        let receive_channel = match &channel {
+            Channel::Plain(_) => None,
+            Channel::Tls(tls) => Some(Arc::clone(tls)),
+        };
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting::default()),
             room: Condvar::new(),
@@ -217,12 +238,17 @@ impl Connection {
         connection.threads.push(
             std::thread::Builder::new()
                 .name("kvclient-recv".to_string())
-                .spawn(move || receive(&receiver_shared, read_stream))?,
+                .spawn(move || match receive_channel {
+                    None => receive(&receiver_shared, read_stream, socket),
+                    Some(tls) => {
+                        receive(&receiver_shared, TlsReader::new(tls, read_stream), socket)
+                    }
+                })?,
         );
         connection.threads.push(
             std::thread::Builder::new()
                 .name("kvclient-send".to_string())
-                .spawn(move || send(&shared, write_stream))?,
+                .spawn(move || send(&shared, channel))?,
         );
         Ok(connection)
     }
@@ -342,9 +368,134 @@ impl Drop for Connection {
     }
 }
 
+/// The host part of `host:port` (an IPv6 address without its brackets): the name a node's
+/// certificate must carry.
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Where the writer thread sends frames.
+enum Channel {
+    Plain(TcpStream),
+    Tls(Arc<TlsChannel>),
+}
+
+impl Channel {
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Channel::Plain(stream) => stream.write_all(bytes),
+            Channel::Tls(tls) => {
+                tls.session.lock().writer().write_all(bytes)?;
+                tls.flush()
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let stream = match self {
+            Channel::Plain(stream) => stream,
+            Channel::Tls(tls) => &*tls.socket.lock(),
+        };
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A TLS session shared by a connection's writer and receiver threads: either may produce
+/// records (the writer its frames, the receiver the handshake's answers), and records must
+/// reach the socket in the order the session made them, so they are taken from the session
+/// and written under one lock on the socket's sending side.
+struct TlsChannel {
+    session: Mutex<rustls::ClientConnection>,
+    socket: Mutex<TcpStream>,
+}
+
+impl TlsChannel {
+    /// Writes every record the session has to send.
+    fn flush(&self) -> std::io::Result<()> {
+        let mut socket = self.socket.lock();
+        let mut records = Vec::new();
+        loop {
+            records.clear();
+            {
+                let mut session = self.session.lock();
+                if !session.wants_write() {
+                    return Ok(());
+                }
+                session.write_tls(&mut records)?;
+            }
+            socket.write_all(&records)?;
+        }
+    }
+}
+
+/// The plaintext of a [`TlsChannel`], for the receiver thread: reads records from the
+/// socket (blocking, holding no lock), feeds them to the session, answers the handshake.
+struct TlsReader {
+    channel: Arc<TlsChannel>,
+    socket: TcpStream,
+    /// Records read from the socket and not yet taken by the session.
+    records: Vec<u8>,
+    taken: usize,
+}
+
+impl TlsReader {
+    fn new(channel: Arc<TlsChannel>, socket: TcpStream) -> TlsReader {
+        TlsReader {
+            channel,
+            socket,
+            records: Vec::new(),
+            taken: 0,
+        }
+    }
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            {
+                let mut session = self.channel.session.lock();
+                match session.reader().read(buffer) {
+                    Ok(count) => return Ok(count),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Ok(0)
+                    }
+                    Err(error) => return Err(error),
+                }
+                if self.taken < self.records.len() {
+                    let mut rest = &self.records[self.taken..];
+                    let before = rest.len();
+                    session.read_tls(&mut rest)?;
+                    self.taken += before - rest.len();
+                    session.process_new_packets().map_err(|error| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("TLS: {error}"),
+                        )
+                    })?;
+                    drop(session);
+                    // Handshake answers, or frames queued before the handshake completed.
+                    self.channel.flush()?;
+                    // Plaintext may have come of it: take it before reading the socket.
+                    continue;
+                }
+            }
+            self.channel.flush()?;
+            self.records.resize(16 * 1024, 0);
+            self.taken = 0;
+            let read = self.socket.read(&mut self.records)?;
+            self.records.truncate(read);
+            if read == 0 {
+                return Ok(0);
+            }
+        }
+    }
+}
+
 /// The writer thread: sends whatever callers queued, all of it in one write, until the
 /// connection closes or a write fails (which breaks the connection).
-fn send(shared: &Shared, mut stream: TcpStream) {
+fn send(shared: &Shared, mut stream: Channel) {
     let mut batch = Vec::new();
     loop {
         {
@@ -364,9 +515,9 @@ fn send(shared: &Shared, mut stream: TcpStream) {
             }
             std::mem::swap(&mut batch, &mut outgoing.buffer);
         }
-        if let Err(error) = stream.write_all(&batch) {
+        if let Err(error) = stream.send(&batch) {
             // Part of a frame may have gone out: every waiter's request may have been served.
-            let _ = stream.shutdown(Shutdown::Both);
+            stream.shutdown();
             shared.fail(format!("writing: {error}"));
             return;
         }
@@ -379,13 +530,13 @@ fn send(shared: &Shared, mut stream: TcpStream) {
 
 /// The receiver thread: reads responses and completes their callers, every frame already
 /// buffered at once, until the connection ends.
-fn receive(shared: &Shared, mut stream: TcpStream) {
+fn receive(shared: &Shared, mut stream: impl Read, socket: TcpStream) {
     let mut frames = FrameReader::new();
     loop {
         let first = match frames.read_frame::<ResponseFrame>(&mut stream) {
             Ok(frame) => frame,
             Err(error) => {
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = socket.shutdown(Shutdown::Both);
                 shared.fail(error.to_string());
                 return;
             }
@@ -397,7 +548,7 @@ fn receive(shared: &Shared, mut stream: TcpStream) {
                 Ok(None) => break,
                 Err(error) => {
                     shared.deliver(responses);
-                    let _ = stream.shutdown(Shutdown::Both);
+                    let _ = socket.shutdown(Shutdown::Both);
                     shared.fail(error.to_string());
                     return;
                 }
@@ -448,7 +599,7 @@ mod tests {
             let _ = frames.read_frame::<RequestFrame>(&mut stream);
         });
         let timeout = Duration::from_secs(10);
-        let connection = Connection::open(&address, timeout, timeout).unwrap();
+        let connection = Connection::open(&address, timeout, timeout, None).unwrap();
         let abandoned = connection.call(
             &RequestBody::Status,
             timeout,

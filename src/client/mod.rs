@@ -96,6 +96,10 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Consistency of [`Client::get`] and [`Client::scan`] (default linearizable).
     pub read_consistency: Consistency,
+    /// TLS to every node (`None`: plaintext, the default): the CA the nodes' certificates
+    /// chain to, and the client's own certificate for nodes that require one. A node's
+    /// certificate must name the host of its endpoint (a DNS name or IP address).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -107,6 +111,7 @@ impl Default for ClientOptions {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
             read_consistency: Consistency::Linearizable,
+            tls: None,
         }
     }
 }

@@ -375,7 +375,12 @@ impl Client {
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(IO_TIMEOUT_MIN);
         let write_timeout = options.attempt_timeout.max(IO_TIMEOUT_MIN);
-        let opened = Arc::new(Connection::open(address, connect_timeout, write_timeout)?);
+        let opened = Arc::new(Connection::open(
+            address,
+            connect_timeout,
+            write_timeout,
+            options.tls.as_ref(),
+        )?);
         let mut connections = self.inner.connections.lock();
         match connections.get(address) {
             Some(existing) if !existing.is_broken() => Ok(Arc::clone(existing)),

@@ -18,16 +18,19 @@
 //! [`ServerOptions::inflight_per_connection_max`]: super::ServerOptions::inflight_per_connection_max
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 
 use crate::kv::ReadRequest;
 use crate::log;
 use crate::protocol::budget::ByteBudget;
-use crate::protocol::{write_frame, FrameAssembler, ResponseBody, ResponseFrame, ServerError};
+use crate::protocol::{
+    write_frame, Filled, FrameAssembler, FrameError, ResponseBody, ResponseFrame, ServerError,
+};
 
 use super::deadlines::{ConnectionDeadlines, Expired};
 use super::snapshot::SnapshotPin;
@@ -82,6 +85,12 @@ impl std::fmt::Display for Close {
 /// One client connection owned by an event loop.
 pub(super) struct Connection {
     pub(super) stream: TcpStream,
+    /// The TLS session over `stream`, on a TLS port: records in and out of the socket,
+    /// plaintext frames in and out of `frames` and `output`.
+    tls: Option<Box<ServerConnection>>,
+    /// TLS records arrived that gave no plaintext yet (part of a record): counts as a frame
+    /// begun, so a sender trickling a record meets the frame deadline.
+    tls_undecrypted: bool,
     pub(super) remote: String,
     pub(super) frames: FrameAssembler,
     pub(super) deadlines: ConnectionDeadlines,
@@ -117,6 +126,7 @@ pub(super) struct Connection {
 impl Connection {
     pub(super) fn new(
         stream: TcpStream,
+        tls: Option<ServerConnection>,
         remote: String,
         budget: Arc<ByteBudget>,
         now: Instant,
@@ -125,6 +135,8 @@ impl Connection {
     ) -> Connection {
         Connection {
             stream,
+            tls: tls.map(Box::new),
+            tls_undecrypted: false,
             remote,
             frames: FrameAssembler::new(budget),
             deadlines: ConnectionDeadlines::new(now, idle_timeout, frame_timeout),
@@ -207,46 +219,74 @@ impl Connection {
         self.dirty = true;
     }
 
-    /// Writes as much output as the socket takes. A failure marks the connection broken.
+    /// Reads once from the socket (through TLS on a TLS port) into the frame assembler.
+    pub(super) fn read_some(&mut self, scratch: &mut [u8]) -> Result<Filled, FrameError> {
+        match &mut self.tls {
+            None => self.frames.read_from(&mut self.stream, scratch),
+            Some(tls) => self.frames.read_from(
+                &mut TlsSource {
+                    tls,
+                    stream: &mut self.stream,
+                    undecrypted: &mut self.tls_undecrypted,
+                },
+                scratch,
+            ),
+        }
+    }
+
+    /// Whether part of a request is being received: a partial frame, a TLS handshake, or a
+    /// TLS record not yet whole.
+    pub(super) fn receiving(&self) -> bool {
+        self.frames.has_partial()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.is_handshaking() || self.tls_undecrypted)
+    }
+
+    /// Writes as much output as the socket takes (through TLS on a TLS port). A failure marks
+    /// the connection broken.
     pub(super) fn write(&mut self, now: Instant) {
         self.dirty = false;
-        while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
-                Ok(0) => {
-                    self.broken = true;
-                    return;
-                }
-                Ok(count) => {
-                    self.written += count;
-                    self.write_blocked_since = None;
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    self.write_blocked_since.get_or_insert(now);
-                    return;
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    log::debug(
-                        "client connection write failed",
-                        &[("remote", &self.remote), ("error", &error)],
-                    );
-                    self.broken = true;
-                    return;
+        let outcome = match &mut self.tls {
+            None => write_plain(&mut self.stream, &self.output, &mut self.written),
+            Some(tls) => write_tls(tls, &mut self.stream, &self.output, &mut self.written),
+        };
+        match outcome {
+            Ok(Written::All) => {
+                self.output.clear();
+                self.written = 0;
+                self.write_blocked_since = None;
+                if self.output.capacity() > OUTPUT_RETAINED_BYTES_MAX {
+                    self.output = Vec::new();
                 }
             }
-        }
-        self.output.clear();
-        self.written = 0;
-        self.write_blocked_since = None;
-        if self.output.capacity() > OUTPUT_RETAINED_BYTES_MAX {
-            self.output = Vec::new();
+            Ok(Written::Blocked) => {
+                self.writable = false;
+                self.write_blocked_since.get_or_insert(now);
+            }
+            Ok(Written::Waiting) => self.write_blocked_since = None,
+            Err(error) => {
+                log::debug(
+                    "client connection write failed",
+                    &[("remote", &self.remote), ("error", &error)],
+                );
+                self.broken = true;
+            }
         }
     }
 
     /// Whether output is waiting to be written.
     pub(super) fn has_output(&self) -> bool {
-        self.written < self.output.len()
+        self.written < self.output.len() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Says goodbye on a TLS session (best effort) before the socket closes.
+    pub(super) fn close_tls(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.stream);
+        }
     }
 
     /// Whether the connection is done: broken, or draining with nothing left to answer or write.
@@ -278,5 +318,116 @@ impl Connection {
         }
         consider(self.write_blocked_since.map(|since| since + write_timeout));
         due
+    }
+}
+
+/// How far a write got.
+enum Written {
+    /// Everything was written.
+    All,
+    /// The socket takes no more now.
+    Blocked,
+    /// TLS holds the rest until its handshake completes (driven by reading).
+    Waiting,
+}
+
+fn write_plain(
+    stream: &mut TcpStream,
+    output: &[u8],
+    written: &mut usize,
+) -> std::io::Result<Written> {
+    while *written < output.len() {
+        match stream.write(&output[*written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(count) => *written += count,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(Written::Blocked)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Written::All)
+}
+
+/// Hands plaintext to the TLS session (which buffers a bounded amount) and its records to
+/// the socket, until both are drained or the socket is full.
+fn write_tls(
+    tls: &mut ServerConnection,
+    stream: &mut TcpStream,
+    output: &[u8],
+    written: &mut usize,
+) -> std::io::Result<Written> {
+    loop {
+        let mut accepted = 0;
+        if *written < output.len() {
+            accepted = tls.writer().write(&output[*written..])?;
+            *written += accepted;
+        }
+        if tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(Written::Blocked)
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        } else if *written == output.len() {
+            return Ok(Written::All);
+        } else if accepted == 0 {
+            return Ok(Written::Waiting);
+        }
+    }
+}
+
+/// The plaintext of a TLS session over a non-blocking socket, as a `Read`: takes records
+/// from the socket as needed, answers the handshake, and reports `WouldBlock` when the
+/// socket has nothing more.
+struct TlsSource<'a> {
+    tls: &'a mut ServerConnection,
+    stream: &'a mut TcpStream,
+    undecrypted: &'a mut bool,
+}
+
+impl Read for TlsSource<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buffer) {
+                Ok(count) => {
+                    if count > 0 {
+                        *self.undecrypted = false;
+                    }
+                    // 0: the client said close_notify.
+                    return Ok(count);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The socket ended without close_notify: the end of the stream all the same
+                // (a partial frame is reported as truncated by the caller).
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(error) => return Err(error),
+            }
+            match self.tls.read_tls(self.stream) {
+                Ok(0) => return Ok(0),
+                Ok(_) => *self.undecrypted = true,
+                Err(error) => return Err(error),
+            }
+            if let Err(error) = self.tls.process_new_packets() {
+                // Tell the client why (an alert), then give up on the connection.
+                let _ = self.tls.write_tls(self.stream);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("TLS: {error}"),
+                ));
+            }
+            // Handshake messages go out now if the socket takes them; what it does not
+            // take is written when it becomes writable (the connection has output).
+            while self.tls.wants_write() {
+                if self.tls.write_tls(self.stream).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }

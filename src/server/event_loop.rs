@@ -52,6 +52,9 @@ const WAKE_TOKEN: Token = Token(usize::MAX);
 /// The longest a loop sleeps without looking at the stop flag.
 const POLL_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 
+/// How often the TLS files are looked at for a new certificate.
+const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Readiness events taken per wait.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -161,6 +164,8 @@ pub(super) fn spawn(
         scratch: vec![0; SCRATCH_BYTES],
         touched: Vec::new(),
         stopping: false,
+        checks_tls_files: index == 0,
+        tls_checked_at: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("{}-client-io-{index}", shared.node.id()))
@@ -199,6 +204,9 @@ struct EventLoop {
     touched: Vec<usize>,
     /// The server is stopping: no new requests are read.
     stopping: bool,
+    /// This loop looks for changed TLS files (one loop does, about once a second).
+    checks_tls_files: bool,
+    tls_checked_at: Instant,
 }
 
 impl EventLoop {
@@ -236,6 +244,7 @@ impl EventLoop {
             if !self.stopping && self.shared.stopping.load(Ordering::SeqCst) {
                 self.begin_stopping();
             }
+            self.check_tls_files();
             self.accept();
             self.drain_completions();
             self.fire_timers(Instant::now());
@@ -257,6 +266,17 @@ impl EventLoop {
             Some((at, _)) => (at.saturating_duration_since(now) + Duration::from_micros(999))
                 .min(POLL_TIMEOUT_MAX),
             None => POLL_TIMEOUT_MAX,
+        }
+    }
+
+    /// Re-reads the TLS files if they changed (certificate rotation without a restart).
+    fn check_tls_files(&mut self) {
+        let Some(tls) = &self.shared.options.tls else {
+            return;
+        };
+        if self.checks_tls_files && self.tls_checked_at.elapsed() >= TLS_CHECK_INTERVAL {
+            self.tls_checked_at = Instant::now();
+            tls.reload_if_changed();
         }
     }
 
@@ -293,8 +313,24 @@ impl EventLoop {
                 continue;
             }
             let options = &self.shared.options;
+            let tls = match &options.tls {
+                None => None,
+                Some(tls) => match rustls::ServerConnection::new(tls.config()) {
+                    Ok(session) => Some(session),
+                    Err(error) => {
+                        log::error(
+                            "cannot start TLS on a client connection",
+                            &[("remote", &remote), ("error", &error)],
+                        );
+                        let _ = self.poll.registry().deregister(&mut stream);
+                        connection_closed(&self.shared);
+                        continue;
+                    }
+                },
+            };
             let mut connection = Connection::new(
                 stream,
+                tls,
                 remote,
                 Arc::clone(&self.shared.request_buffer),
                 Instant::now(),
@@ -416,10 +452,7 @@ impl EventLoop {
                 break;
             }
             let now = Instant::now();
-            match connection
-                .frames
-                .read_from(&mut connection.stream, &mut self.scratch)
-            {
+            match connection.read_some(&mut self.scratch) {
                 Ok(Filled::Bytes) => connection.deadlines.received(now),
                 Ok(Filled::End) => {
                     let close = connection.frames.has_partial().then(|| {
@@ -441,6 +474,11 @@ impl EventLoop {
                     break;
                 }
                 Err(FrameError::Io(error)) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                // A TLS failure: plaintext on a TLS port, a certificate refused, a bad record.
+                Err(FrameError::Io(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    self.stop_reading(key, Some(Close::BadInput(FrameError::Io(error))));
+                    return;
+                }
                 Err(FrameError::Io(error)) => {
                     self.stop_reading(key, Some(Close::Io(error)));
                     return;
@@ -453,11 +491,10 @@ impl EventLoop {
         }
         if let Some(connection) = self.connections.get_mut(key) {
             let now = Instant::now();
-            connection.deadlines.observe(
-                now,
-                connection.frames.has_partial(),
-                !connection.pending.is_empty(),
-            );
+            let receiving = connection.receiving();
+            connection
+                .deadlines
+                .observe(now, receiving, !connection.pending.is_empty());
         }
     }
 
@@ -588,11 +625,10 @@ impl EventLoop {
             // Read again in this iteration (the connection is touched).
             connection.budget_retry_at = None;
         }
-        connection.deadlines.observe(
-            now,
-            connection.frames.has_partial(),
-            !connection.pending.is_empty(),
-        );
+        let receiving = connection.receiving();
+        connection
+            .deadlines
+            .observe(now, receiving, !connection.pending.is_empty());
         if let Some(expired) = connection.deadlines.expired(now) {
             self.stop_reading(key, Some(Close::Expired(expired)));
         }
@@ -648,6 +684,7 @@ impl EventLoop {
         if let Some(at) = connection.timer {
             self.timers.remove(&(at, key));
         }
+        connection.close_tls();
         let _ = self.poll.registry().deregister(&mut connection.stream);
         let _ = connection.stream.shutdown(std::net::Shutdown::Both);
         connection_closed(&self.shared);

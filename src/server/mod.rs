@@ -135,6 +135,8 @@ pub struct ServerOptions {
     /// A frame must arrive whole within this long of its first byte, or its connection is
     /// closed.
     pub frame_timeout: Duration,
+    /// TLS on the client port (`None`: plaintext). Its files are re-read when they change.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Bytes all connections together may hold for frames larger than their read buffer
     /// while those arrive; a frame that does not fit waits (the connection stops reading)
     /// until room is released or its frame deadline passes. At least
@@ -155,6 +157,7 @@ impl ServerOptions {
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             frame_timeout: FRAME_TIMEOUT_DEFAULT,
+            tls: None,
             request_buffer_bytes_max: REQUEST_BUFFER_BYTES_MAX_DEFAULT,
         }
     }

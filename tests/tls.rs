@@ -1,0 +1,313 @@
+//! TLS on the client port, with real certificates made here (rcgen): clients that trust the
+//! node's CA are served; plaintext, an unknown CA and a missing client certificate are
+//! refused while the node keeps serving; a rotated certificate is taken without a restart
+//! and a broken one is refused, keeping the old. The `keyval` / `kvctl` flags are checked
+//! with real processes.
+
+mod process_support;
+mod server_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyval::client::{Client, ClientOptions};
+use keyval::protocol::RequestBody;
+use keyval::server::ServerOptions;
+use keyval::tls::{ClientAuth, ClientTls, ServerTls, ServerTlsFiles};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use server_support::{wait_for, TestCluster};
+
+/// A certificate authority that signs certificates into PEM files in a directory.
+struct Ca {
+    name: String,
+    params: CertificateParams,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), certificate.pem()).unwrap();
+        Ca {
+            name: name.to_string(),
+            params,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    /// Signs a certificate for `names` (DNS names or IP addresses); returns (cert, key) paths.
+    fn sign(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let params = CertificateParams::new(
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let certificate = params.signed_by(&key, &issuer).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        );
+        // Written beside and renamed: a reader never sees half a file.
+        let temporary = self.dir.join(format!("{file}.tmp"));
+        std::fs::write(&temporary, certificate.pem()).unwrap();
+        std::fs::rename(&temporary, &cert_path).unwrap();
+        std::fs::write(&temporary, key.serialize_pem()).unwrap();
+        std::fs::rename(&temporary, &key_path).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn client(&self, identity: Option<(&Path, &Path)>) -> ClientOptions {
+        ClientOptions {
+            tls: Some(ClientTls::new(&self.cert_path(), identity).expect("client TLS")),
+            request_timeout: Duration::from_secs(4),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+/// A cluster whose servers speak TLS with certificates from `ca`.
+fn tls_cluster(ca: &Arc<Ca>, trusted_clients: Option<&Arc<Ca>>, auth: ClientAuth) -> TestCluster {
+    let (ca, trusted) = (Arc::clone(ca), trusted_clients.cloned());
+    TestCluster::start_with(3, false, move |options: &mut ServerOptions| {
+        let ip = options.listen.ip().to_string();
+        let port = options.listen.port();
+        let (cert, key) = ca.sign(&format!("node-{port}"), &[&ip, "localhost"]);
+        let files = ServerTlsFiles {
+            cert,
+            key,
+            trusted_ca: trusted.as_ref().map(|ca| ca.cert_path()),
+            client_auth: auth,
+        };
+        options.tls = Some(Arc::new(ServerTls::new(files).expect("server TLS")));
+    })
+}
+
+fn must_fail(client: Result<Client, keyval::client::ClientError>) -> String {
+    match client.and_then(|client| client.put(b"k".to_vec(), b"v".to_vec())) {
+        Ok(_) => panic!("a write got through"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn clients_trusting_the_ca_are_served_and_plaintext_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::new(dir.path(), "ca"));
+    let cluster = tls_cluster(&ca, None, ClientAuth::None);
+    let client = Client::connect(&cluster.endpoints(), ca.client(None)).expect("connect");
+    for k in 0..200u32 {
+        client
+            .put(format!("key{k}").into_bytes(), vec![b'v'; 100])
+            .expect("put over TLS");
+    }
+    // Many threads pipelining on the one TLS connection.
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let client = client.clone();
+            scope.spawn(move || {
+                for k in 0..50u32 {
+                    let key = format!("t{thread}-{k}").into_bytes();
+                    client.put(key.clone(), b"x".to_vec()).expect("put");
+                    assert!(client.get(key).expect("get").is_some());
+                }
+            });
+        }
+    });
+    // A large value crosses many TLS records.
+    let large = vec![7u8; 900 * 1024];
+    client
+        .put(b"large".to_vec(), large.clone())
+        .expect("large put");
+    assert_eq!(client.get(b"large".to_vec()).unwrap().unwrap().value, large);
+
+    // Plaintext to a TLS port: the connection is closed as bad input, nothing else is hurt.
+    let leader = cluster.wait_leader();
+    let address = cluster.address(leader);
+    let before = cluster.nodes[leader].as_ref().unwrap().server.stats();
+    let plain =
+        std::panic::catch_unwind(|| server_support::raw_call(&address, RequestBody::Status, 1000));
+    assert!(
+        plain.is_err(),
+        "a plaintext request was answered on a TLS port"
+    );
+    assert!(wait_for(|| {
+        cluster.nodes[leader]
+            .as_ref()
+            .unwrap()
+            .server
+            .stats()
+            .connections_closed_bad_input
+            > before.connections_closed_bad_input
+    }));
+    client
+        .put(b"after".to_vec(), b"plaintext".to_vec())
+        .expect("still serving");
+}
+
+#[test]
+fn an_unknown_ca_or_a_missing_client_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::new(dir.path(), "ca"));
+    let other = Arc::new(Ca::new(dir.path(), "other"));
+    let cluster = tls_cluster(&ca, Some(&ca), ClientAuth::Required);
+    let endpoints = cluster.endpoints();
+
+    // The client does not trust the node's CA.
+    let error = must_fail(Client::connect(&endpoints, other.client(None)));
+    assert!(
+        error.contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    // The node requires a client certificate and gets none, or one from another CA.
+    must_fail(Client::connect(&endpoints, ca.client(None)));
+    let (stranger_cert, stranger_key) = other.sign("stranger", &["client"]);
+    must_fail(Client::connect(
+        &endpoints,
+        ca.client(Some((&stranger_cert, &stranger_key))),
+    ));
+    // A certificate from the trusted CA is served.
+    let (cert, key) = ca.sign("client", &["client"]);
+    let client = Client::connect(&endpoints, ca.client(Some((&cert, &key)))).expect("connect");
+    client.put(b"k".to_vec(), b"v".to_vec()).expect("put");
+}
+
+#[test]
+fn a_rotated_certificate_is_served_without_a_restart_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = Ca::new(dir.path(), "old-ca");
+    let new_ca = Ca::new(dir.path(), "new-ca");
+    let (cert, key) = old_ca.sign("node", &["127.0.0.1", "localhost"]);
+    let tls = Arc::new(
+        ServerTls::new(ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            trusted_ca: None,
+            client_auth: ClientAuth::None,
+        })
+        .unwrap(),
+    );
+    let node_tls = Arc::clone(&tls);
+    let cluster = TestCluster::start_with(1, false, move |options: &mut ServerOptions| {
+        options.listen = "127.0.0.1:0".parse().unwrap();
+        options.client_addresses.clear();
+        options.tls = Some(Arc::clone(&node_tls));
+    });
+    cluster.wait_leader();
+    let address = cluster.nodes[0]
+        .as_ref()
+        .unwrap()
+        .server
+        .local_addr()
+        .to_string();
+    let endpoints = vec![address];
+    let old_client = Client::connect(&endpoints, old_ca.client(None)).expect("old CA");
+    old_client.put(b"before".to_vec(), b"1".to_vec()).unwrap();
+    must_fail(Client::connect(&endpoints, new_ca.client(None)));
+
+    // Rotate: the node picks the new files up by itself while clients keep writing.
+    new_ca.sign("node", &["127.0.0.1", "localhost"]);
+    assert!(
+        wait_for(|| Client::connect(&endpoints, new_ca.client(None))
+            .and_then(|client| client.put(b"rotated".to_vec(), b"2".to_vec()))
+            .is_ok()),
+        "the rotated certificate was never served"
+    );
+    // A connection made before the rotation keeps working.
+    old_client
+        .put(b"old connection".to_vec(), b"3".to_vec())
+        .unwrap();
+
+    // A broken certificate is refused; the current one stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    assert!(!tls.reload(), "a broken certificate was taken");
+    let client = Client::connect(&endpoints, new_ca.client(None)).expect("still the new one");
+    client.put(b"after".to_vec(), b"4".to_vec()).unwrap();
+}
+
+#[test]
+fn keyval_and_kvctl_speak_tls_with_their_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (cert, key) = ca.sign("node", &["127.0.0.1", "localhost"]);
+    let (peer, client) = (free_port(), free_port());
+    let endpoint = format!("127.0.0.1:{client}");
+    let mut node = process_support::NodeProcess::spawn(
+        vec![
+            "--id".into(),
+            "1".into(),
+            "--cluster".into(),
+            format!("1=127.0.0.1:{peer}/{endpoint}"),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--cert-file".into(),
+            cert.display().to_string(),
+            "--key-file".into(),
+            key.display().to_string(),
+        ],
+        dir.path().join("node.log"),
+        None,
+    );
+    let ca_path = ca.cert_path().display().to_string();
+    let kvctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .args(["--endpoints", &endpoint])
+            .args(args)
+            .output()
+            .expect("kvctl")
+    };
+    assert!(
+        process_support::wait_for(|| kvctl(&["--cacert", &ca_path, "put", "k", "v"])
+            .status
+            .success()),
+        "kvctl put over TLS never succeeded"
+    );
+    let got = kvctl(&["--cacert", &ca_path, "get", "k"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");
+    let bench = kvctl(&[
+        "--cacert",
+        &ca_path,
+        "bench",
+        "put",
+        "--clients",
+        "4",
+        "--requests",
+        "200",
+    ]);
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    // Without --cacert kvctl speaks plaintext and fails; a missing CA file is a usage error.
+    assert!(!kvctl(&["--timeout-ms", "2000", "get", "k"])
+        .status
+        .success());
+    let missing = kvctl(&["--cacert", "/nonexistent/ca.pem", "get", "k"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/ca.pem"));
+    node.kill();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
