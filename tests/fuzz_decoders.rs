@@ -22,8 +22,8 @@ use proptest::sample::Index;
 use keyval::codec::{self, RecordRead, RECORD_HEADER_BYTES};
 use keyval::error::CodecError;
 use keyval::kv::{
-    Command, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore, Operation,
-    Response, Txn, TxnOp,
+    Command, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore, LeaseId,
+    Operation, Response, Txn, TxnOp,
 };
 use keyval::limits::{FRAME_BYTES_MAX, RECORD_BYTES_MAX};
 use keyval::raft::{AppendResponse, Message, MessageBody, Raft, RoleKind};
@@ -1169,6 +1169,7 @@ fn txn() -> impl Strategy<Value = Txn> {
         any::<u64>().prop_map(CompareTarget::Version),
         log_index().prop_map(CompareTarget::CreateRevision),
         log_index().prop_map(CompareTarget::ModRevision),
+        prop::option::of(any::<u64>()).prop_map(|lease| CompareTarget::Lease(lease.map(LeaseId))),
     ];
     let compare =
         (small_key(), op, target).prop_map(|(key, op, target)| Compare { key, op, target });
@@ -1178,13 +1179,18 @@ fn txn() -> impl Strategy<Value = Txn> {
     };
     let txn_op = || {
         prop_oneof![
-            (small_key(), value(), any::<bool>()).prop_map(|(key, value, return_previous)| {
-                TxnOp::Put {
+            (
+                small_key(),
+                value(),
+                any::<bool>(),
+                prop::option::of(any::<u64>())
+            )
+                .prop_map(|(key, value, return_previous, lease)| TxnOp::Put {
                     key,
                     value,
                     return_previous,
-                }
-            }),
+                    lease: lease.map(LeaseId),
+                }),
             (small_key(), any::<bool>()).prop_map(|(key, return_previous)| TxnOp::Delete {
                 key,
                 return_previous

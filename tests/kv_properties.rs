@@ -12,8 +12,8 @@ use proptest::prelude::*;
 
 use keyval::kv::{
     Command, CommandSession, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore,
-    Metadata, Operation, Response, ScanPage, SessionId, Txn, TxnOp, TxnOpResponse, TxnResponse,
-    Versioned, WriteOutcome,
+    LeaseId, Metadata, Operation, Response, ScanPage, SessionId, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, Versioned, WriteOutcome,
 };
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
@@ -111,15 +111,22 @@ fn compare() -> impl Strategy<Value = Compare> {
         (0u64..3).prop_map(CompareTarget::Version),
         (0u64..40).prop_map(|revision| CompareTarget::CreateRevision(LogIndex(revision))),
         (0u64..40).prop_map(|revision| CompareTarget::ModRevision(LogIndex(revision))),
+        prop::option::of(0u64..2).prop_map(|lease| CompareTarget::Lease(lease.map(LeaseId))),
     ];
     (key(), op, target).prop_map(|(key, op, target)| Compare { key, op, target })
 }
 
 fn txn_op() -> impl Strategy<Value = TxnOp> {
     prop_oneof![
-        3 => (key(), value(), any::<bool>()).prop_map(|(key, value, return_previous)| {
-            TxnOp::Put { key, value, return_previous }
-        }),
+        3 => (key(), value(), any::<bool>(), prop::option::weighted(0.05, 1u64..3)).prop_map(
+            |(key, value, return_previous, lease)| TxnOp::Put {
+                key,
+                value,
+                return_previous,
+                // No lease exists: a put with one is refused.
+                lease: lease.map(LeaseId),
+            }
+        ),
         1 => (key(), any::<bool>())
             .prop_map(|(key, return_previous)| TxnOp::Delete { key, return_previous }),
         1 => (key_range(), any::<bool>())
@@ -347,6 +354,8 @@ impl Model {
                 (CompareTarget::ModRevision(operand), _) => current
                     .map_or(0, |c| c.metadata.mod_revision.0)
                     .cmp(&operand.0),
+                // No key has a lease: "no lease" is below every lease.
+                (CompareTarget::Lease(operand), _) => None.cmp(operand),
             };
             match compare.op {
                 CompareOp::Equal => ordering.is_eq(),
@@ -362,9 +371,13 @@ impl Model {
         for operation in branch {
             responses.push(match operation {
                 TxnOp::Put {
+                    lease: Some(lease), ..
+                } => return Response::Rejected(KvError::LeaseNotFound { lease: *lease }),
+                TxnOp::Put {
                     key,
                     value,
                     return_previous,
+                    lease: None,
                 } => {
                     let previous = data.get(key).cloned();
                     let current = put(&mut data, index, key, value);

@@ -6,9 +6,9 @@
 
 use keyval::codec;
 use keyval::kv::{
-    Command, Compare, CompareOp, KeyRange, KvError, KvStore, Metadata, Operation, Response, Txn,
-    TxnOp, TxnOpResponse, TxnPart, TxnResponse, Versioned, PREVIOUS_VALUES_BYTES_MAX,
-    TXN_OPERATIONS_MAX, VALUE_BYTES_MAX,
+    Command, Compare, CompareOp, KeyRange, KvError, KvStore, LeaseId, Metadata, Operation,
+    Response, Txn, TxnOp, TxnOpResponse, TxnPart, TxnResponse, Versioned,
+    PREVIOUS_VALUES_BYTES_MAX, TXN_OPERATIONS_MAX, VALUE_BYTES_MAX,
 };
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
@@ -266,6 +266,39 @@ fn every_write_of_a_transaction_shares_one_revision_and_later_ops_see_earlier_on
     assert_eq!(keys, [b"k".as_slice()]);
     assert!(!page.more);
     store.check_invariants();
+}
+
+#[test]
+fn leases_are_reserved_no_key_has_one_and_a_put_with_one_is_refused() {
+    let mut store = store_with_history();
+    for key in ["k", "gone"] {
+        assert!(holds(&store, Compare::lease(key, CompareOp::Equal, None)));
+        assert!(holds(
+            &store,
+            Compare::lease(key, CompareOp::Less, Some(LeaseId(1)))
+        ));
+        assert!(!holds(
+            &store,
+            Compare::lease(key, CompareOp::Greater, None)
+        ));
+    }
+    let before = store.clone();
+    let mut leased = TxnOp::put("held", "1");
+    if let TxnOp::Put { lease, .. } = &mut leased {
+        *lease = Some(LeaseId(7));
+    }
+    let response = apply(
+        &mut store,
+        6,
+        &Command::txn(Txn::new().then([TxnOp::put("first", "1"), leased])),
+    );
+    assert_eq!(
+        response,
+        Response::Rejected(KvError::LeaseNotFound { lease: LeaseId(7) })
+    );
+    assert_eq!(store.get(b"first"), None, "the earlier put was undone");
+    assert_eq!(store.len(), before.len());
+    assert_eq!(store.revision(), before.revision());
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Compares: `TARGET("KEY") OP "OPERAND"` with TARGET one of `value`/`val`, `version`/`ver`/`v`,
-//! `create`/`c`, `mod`/`m`, and OP one of `=`, `!=`, `<`, `>`; numeric operands may be written
+//! `create`/`c`, `mod`/`m`, `lease` (0: no lease), and OP one of `=`, `!=`, `<`, `>`; numeric operands may be written
 //! without quotes. Operations: `put KEY VALUE [--prev-kv]`, `del KEY [END] [--prefix]
 //! [--prev-kv]`, `get KEY [END] [--prefix] [--limit N]`. Arguments are separated by spaces;
 //! an argument with spaces or special bytes is written in double quotes with `\"`, `\\`, `\n`,
@@ -24,8 +24,8 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::kv::{
-    Compare, CompareOp, CompareTarget, KeyRange, Txn, TxnOp, TxnOpResponse, TxnResponse, Versioned,
-    WriteOutcome, SCAN_LIMIT_MAX,
+    Compare, CompareOp, CompareTarget, KeyRange, LeaseId, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Versioned, WriteOutcome, SCAN_LIMIT_MAX,
 };
 use crate::types::LogIndex;
 
@@ -152,10 +152,11 @@ fn parse_compare(line: &str) -> Result<Compare, String> {
         "version" | "ver" | "v" => CompareTarget::Version(number()?),
         "create" | "c" => CompareTarget::CreateRevision(LogIndex(number()?)),
         "mod" | "m" => CompareTarget::ModRevision(LogIndex(number()?)),
-        "lease" => return Err("lease compares are not supported yet".into()),
+        // etcd's lease 0 is "no lease".
+        "lease" => CompareTarget::Lease(Some(number()?).filter(|id| *id != 0).map(LeaseId)),
         other => {
             return Err(format!(
-                "unknown compare target {other:?}: use value, version, create or mod"
+                "unknown compare target {other:?}: use value, version, create, mod or lease"
             ))
         }
     };
@@ -469,6 +470,8 @@ mod tests {
 mod("lock") < "100"
 ver("k") != 0
 c("k") > "3"
+lease("k") = "0"
+lease("k") != 7
 
 put config/version 8 --prev-kv
 put "key with space" "say \"hi\"\n"
@@ -487,6 +490,8 @@ get a b
                 Compare::mod_revision("lock", CompareOp::Less, 100),
                 Compare::version("k", CompareOp::NotEqual, 0),
                 Compare::create_revision("k", CompareOp::Greater, 3),
+                Compare::lease("k", CompareOp::Equal, None),
+                Compare::lease("k", CompareOp::NotEqual, Some(LeaseId(7))),
             ]
         );
         assert_eq!(

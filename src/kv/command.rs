@@ -8,6 +8,7 @@ use crate::error::CodecError;
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::types::LogIndex;
 
+use super::response::LeaseId;
 use super::txn::{Txn, TxnPart};
 use super::{
     BATCH_OPERATIONS_MAX, COMMAND_PAYLOAD_BYTES_MAX, ERROR_REASON_BYTES_MAX, KEY_BYTES_MAX,
@@ -603,6 +604,13 @@ pub enum KvError {
     /// previous values (each transaction operation asks for its own).
     #[error("a transaction must be the only operation of its command")]
     TxnNotAlone,
+    /// A put names a lease the store does not hold (expired, revoked or never granted).
+    /// Until leases exist every lease is unknown. Nothing was applied.
+    #[error("lease {lease:?} not found")]
+    LeaseNotFound {
+        /// The lease named.
+        lease: LeaseId,
+    },
 }
 
 impl KvError {

@@ -1,9 +1,10 @@
 //! The replicated key-value state machine.
 //!
 //! Keys and values are bytes. Writes travel through the Raft log as an encoded [`Command`]: one
-//! or more [`Operation`]s (put, delete, compare-and-swap) applied atomically in one log entry.
-//! Reads never touch the log: after a linearizable read barrier the server calls
-//! [`KvStore::get`], [`KvStore::scan`] or [`KvStore::read`] directly.
+//! or more [`Operation`]s (put, delete, compare-and-swap, range delete) applied atomically in
+//! one log entry, or one transaction ([`Command::txn`]: `if compares then ops else ops`, see
+//! [`Txn`] and `docs/api.md`). Reads never touch the log: after a linearizable read barrier the
+//! server calls [`KvStore::get`], [`KvStore::scan`] or [`KvStore::read`] directly.
 //!
 //! Every key carries etcd-style [`Metadata`]: `create_revision` and `mod_revision` are the log
 //! indexes of the entries that created and last modified it, and `version` counts modifications

@@ -11,7 +11,8 @@ use crate::types::{EntryId, LogIndex};
 
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
 use super::response::{
-    Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned, WriteOutcome,
+    LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,
+    WriteOutcome,
 };
 use super::session::{SessionCheck, Sessions};
 use super::txn::{Txn, TxnOp};
@@ -264,7 +265,7 @@ impl KvStore {
             let undo_key = may_fail.then(|| Arc::clone(&key));
             let (previous, current) = match value {
                 Some(value) => {
-                    let (previous, metadata) = self.put_key(index, key, value);
+                    let (previous, metadata) = self.put_key(index, key, value, None);
                     (previous, Some(metadata))
                 }
                 None => (self.data.remove(&key), None),
@@ -322,9 +323,15 @@ impl KvStore {
                     key,
                     value,
                     return_previous,
+                    lease,
                 } => {
+                    if let Some(lease) = lease {
+                        // No lease exists yet: every lease is unknown.
+                        self.roll_back(undo);
+                        return Response::Rejected(KvError::LeaseNotFound { lease });
+                    }
                     let key: Arc<[u8]> = key.into();
-                    let (previous, current) = self.put_key(index, Arc::clone(&key), value);
+                    let (previous, current) = self.put_key(index, Arc::clone(&key), value, lease);
                     modified = true;
                     let previous_value = previous
                         .as_ref()
@@ -418,17 +425,20 @@ impl KvStore {
         TxnOpResponse::Delete { deleted, previous }
     }
 
-    /// Sets `key` to `value` at `index`; returns what it replaced and the new metadata.
+    /// Sets `key` to `value` at `index`, attached to `lease` (`None`: to no lease); returns
+    /// what it replaced and the new metadata.
     fn put_key(
         &mut self,
         index: LogIndex,
         key: Arc<[u8]>,
         value: Vec<u8>,
+        lease: Option<LeaseId>,
     ) -> (Option<Stored>, Metadata) {
-        let metadata = match self.data.get(&key) {
+        let mut metadata = match self.data.get(&key) {
             Some(old) => old.metadata.modified(index),
             None => Metadata::created(index),
         };
+        metadata.lease = lease;
         let stored = Stored {
             value: value.into(),
             metadata,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::LogIndex;
 
 use super::command::{validate_key, KeyRange, KvError};
-use super::response::Metadata;
+use super::response::{LeaseId, Metadata};
 use super::{SCAN_LIMIT_MAX, TXN_OPERATIONS_MAX, VALUE_BYTES_MAX};
 
 /// How a compare relates a key's current property to its operand: `current <op> operand`.
@@ -42,8 +42,8 @@ impl CompareOp {
 
 /// Which property of a key a compare looks at, with the operand it is compared with.
 ///
-/// New targets (a lease compare, once leases exist) are added at the end, so that commands
-/// already in logs keep their encoding.
+/// New targets are only ever added at the end, so that commands already in logs keep their
+/// encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The value, compared byte-wise (lexicographically). Against an absent key every value
@@ -55,6 +55,9 @@ pub enum CompareTarget {
     CreateRevision(LogIndex),
     /// The revision that last modified the key; 0 for an absent key.
     ModRevision(LogIndex),
+    /// The lease the key is attached to; `None` (etcd's lease 0) for a key without one and for
+    /// an absent key, and `None` orders before every lease. Until leases exist no key has one.
+    Lease(Option<LeaseId>),
 }
 
 /// One condition of a transaction: `target(key) op operand`.
@@ -113,6 +116,16 @@ impl Compare {
         }
     }
 
+    /// `lease(key) op lease`; `None` stands for "no lease" (etcd's 0), which an absent key has
+    /// too.
+    pub fn lease(key: impl Into<Vec<u8>>, op: CompareOp, lease: Option<LeaseId>) -> Compare {
+        Compare {
+            key: key.into(),
+            op,
+            target: CompareTarget::Lease(lease),
+        }
+    }
+
     /// Whether the compare holds for a key whose current state is `current` (`None`:
     /// absent), with etcd's rules for absent keys.
     pub fn holds(&self, current: Option<(&[u8], &Metadata)>) -> bool {
@@ -135,6 +148,9 @@ impl Compare {
             CompareTarget::ModRevision(operand) => metadata
                 .map_or(LogIndex(0), |metadata| metadata.mod_revision)
                 .cmp(operand),
+            CompareTarget::Lease(operand) => {
+                metadata.and_then(|metadata| metadata.lease).cmp(operand)
+            }
         };
         self.op.holds(ordering)
     }
@@ -162,6 +178,10 @@ pub enum TxnOp {
         value: Vec<u8>,
         /// Whether the answer carries the key's previous value.
         return_previous: bool,
+        /// The lease to attach the key to; `None` detaches it from any lease, as a put
+        /// without a lease does in etcd. Reserved: until leases exist, a put with a lease is
+        /// refused with [`KvError::LeaseNotFound`] when applied.
+        lease: Option<LeaseId>,
     },
     /// Removes `key`, if it exists.
     Delete {
@@ -200,6 +220,7 @@ impl TxnOp {
             key: key.into(),
             value: value.into(),
             return_previous: false,
+            lease: None,
         }
     }
 
@@ -437,6 +458,25 @@ mod tests {
         assert!(!Compare::version("k", CompareOp::Greater, 0).holds(None));
         assert!(Compare::create_revision("k", CompareOp::Equal, 0).holds(None));
         assert!(Compare::mod_revision("k", CompareOp::NotEqual, 3).holds(None));
+        assert!(Compare::lease("k", CompareOp::Equal, None).holds(None));
+        assert!(Compare::lease("k", CompareOp::Less, Some(LeaseId(0))).holds(None));
+    }
+
+    #[test]
+    fn lease_compares_order_no_lease_first() {
+        let with = |lease| Metadata {
+            lease,
+            ..Metadata::created(LogIndex(1))
+        };
+        let leased = with(Some(LeaseId(5)));
+        let current = Some((&b"v"[..], &leased));
+        assert!(Compare::lease("k", CompareOp::Equal, Some(LeaseId(5))).holds(current));
+        assert!(Compare::lease("k", CompareOp::Greater, None).holds(current));
+        assert!(Compare::lease("k", CompareOp::Less, Some(LeaseId(6))).holds(current));
+        let plain = with(None);
+        let current = Some((&b"v"[..], &plain));
+        assert!(Compare::lease("k", CompareOp::Equal, None).holds(current));
+        assert!(!Compare::lease("k", CompareOp::NotEqual, None).holds(current));
     }
 
     #[test]
