@@ -1,5 +1,5 @@
-//! The blocking `Client`'s retry contract against real nodes over TCP: a write retried after
-//! its response was lost applies once; a write whose outcome cannot be learned ends
+//! The blocking `Client`'s retry contract against real nodes over TCP: a write (a
+//! transaction too) retried after its response was lost applies once; a write whose outcome cannot be learned ends
 //! `Indeterminate`, never a guess; the client carries on across a leader failover.
 
 mod server_support;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyval::client::{Client, ClientError, ClientOptions};
-use keyval::kv::{Command, Response, SESSIONS_MAX};
+use keyval::kv::{Command, Compare, CompareOp, Response, Txn, TxnOp, SESSIONS_MAX};
 use keyval::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
 };
@@ -22,7 +22,9 @@ use server_support::TestCluster;
 fn is_applied_write(frame: &ResponseFrame) -> bool {
     matches!(
         frame.result,
-        Ok(ResponseBody::Written(Response::Written { .. }))
+        Ok(ResponseBody::Written(
+            Response::Written { .. } | Response::Txn(_)
+        ))
     )
 }
 
@@ -167,6 +169,34 @@ fn a_write_retried_after_a_lost_response_applies_once() {
         client.put(b"once".to_vec(), b"w".to_vec()).unwrap().version,
         2
     );
+}
+
+/// A transaction is a write like any other: retried after its answer was lost, it is
+/// answered from the session cache — the branch it took the first time, not the other one
+/// its compares would pick now.
+#[test]
+fn a_transaction_retried_after_a_lost_response_applies_once() {
+    let cluster = TestCluster::start(1, false);
+    cluster.wait_leader();
+    let proxy = start_lossy_proxy(cluster.address(0));
+    let client = Client::connect(&[proxy], ClientOptions::default()).unwrap();
+    let create = Txn::new()
+        .when([Compare::version("once", CompareOp::Equal, 0)])
+        .then([TxnOp::put("once", "created")])
+        .otherwise([TxnOp::put("once", "applied twice")]);
+    let response = client.txn(create).unwrap();
+    assert!(
+        response.succeeded,
+        "the retry was applied again: {response:?}"
+    );
+    let direct = Client::connect(&[cluster.address(0)], ClientOptions::default()).unwrap();
+    let stored = direct.get(b"once".to_vec()).unwrap().unwrap();
+    assert_eq!(stored.value, b"created");
+    assert_eq!(
+        stored.metadata.version, 1,
+        "the transaction was applied twice"
+    );
+    assert_eq!(stored.metadata.mod_revision, response.revision);
 }
 
 #[test]

@@ -105,6 +105,7 @@ fn written() -> Result<ResponseBody, ServerError> {
             previous: None,
             current: Some(metadata),
             previous_value: None,
+            deleted: 0,
         }],
     }))
 }

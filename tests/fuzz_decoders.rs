@@ -21,7 +21,10 @@ use proptest::sample::Index;
 
 use keyval::codec::{self, RecordRead, RECORD_HEADER_BYTES};
 use keyval::error::CodecError;
-use keyval::kv::{Command, Expect, KvError, KvStore, Operation, Response};
+use keyval::kv::{
+    Command, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore, LeaseId,
+    Operation, Response, Txn, TxnOp,
+};
 use keyval::limits::{FRAME_BYTES_MAX, RECORD_BYTES_MAX};
 use keyval::raft::{AppendResponse, Message, MessageBody, Raft, RoleKind};
 use keyval::storage::file::faulty::FaultyFileSystem;
@@ -1144,7 +1147,72 @@ fn operation() -> impl Strategy<Value = Operation> {
             prop::option::of(value()),
         )
             .prop_map(|(key, expect, value)| Operation::Cas { key, expect, value }),
+        (small_key(), prop::option::of(small_key())).prop_map(|(start, end)| {
+            Operation::DeleteRange {
+                range: KeyRange { start, end },
+            }
+        }),
+        txn().prop_map(Operation::Txn),
     ]
+}
+
+fn txn() -> impl Strategy<Value = Txn> {
+    let value = || prop::collection::vec(any::<u8>(), 0..8);
+    let op = prop::sample::select(vec![
+        CompareOp::Equal,
+        CompareOp::NotEqual,
+        CompareOp::Less,
+        CompareOp::Greater,
+    ]);
+    let target = prop_oneof![
+        value().prop_map(CompareTarget::Value),
+        any::<u64>().prop_map(CompareTarget::Version),
+        log_index().prop_map(CompareTarget::CreateRevision),
+        log_index().prop_map(CompareTarget::ModRevision),
+        prop::option::of(any::<u64>()).prop_map(|lease| CompareTarget::Lease(lease.map(LeaseId))),
+    ];
+    let compare =
+        (small_key(), op, target).prop_map(|(key, op, target)| Compare { key, op, target });
+    let range = || {
+        (small_key(), prop::option::of(small_key()))
+            .prop_map(|(start, end)| KeyRange { start, end })
+    };
+    let txn_op = || {
+        prop_oneof![
+            (
+                small_key(),
+                value(),
+                any::<bool>(),
+                prop::option::of(any::<u64>())
+            )
+                .prop_map(|(key, value, return_previous, lease)| TxnOp::Put {
+                    key,
+                    value,
+                    return_previous,
+                    lease: lease.map(LeaseId),
+                }),
+            (small_key(), any::<bool>()).prop_map(|(key, return_previous)| TxnOp::Delete {
+                key,
+                return_previous
+            }),
+            (range(), any::<bool>()).prop_map(|(range, return_previous)| TxnOp::DeleteRange {
+                range,
+                return_previous
+            }),
+            small_key().prop_map(|key| TxnOp::Get { key }),
+            (range(), 0usize..3).prop_map(|(range, limit)| TxnOp::Range { range, limit }),
+        ]
+    };
+    (
+        prop::collection::vec(compare, 0..3),
+        prop::collection::vec(txn_op(), 0..3),
+        prop::collection::vec(txn_op(), 0..3),
+    )
+        .prop_map(|(compares, then, otherwise)| Txn {
+            compares,
+            then,
+            otherwise,
+        })
 }
 
 fn command() -> impl Strategy<Value = Command> {

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use keyval::kv::{
-    Command, CommandSession, Expect, KeyRange, KvError, KvStore, Metadata, Operation, Response,
-    SessionId, Versioned, WriteOutcome,
+    Command, CommandSession, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore,
+    LeaseId, Metadata, Operation, Response, ScanPage, SessionId, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, Versioned, WriteOutcome,
 };
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
@@ -90,12 +91,74 @@ fn expect() -> impl Strategy<Value = Expect> {
     ]
 }
 
+fn key_range() -> impl Strategy<Value = KeyRange> {
+    prop_oneof![
+        key().prop_map(|prefix| KeyRange::prefix(&prefix)),
+        (key(), key()).prop_map(|(start, end)| KeyRange::between(start, end)),
+        key().prop_map(KeyRange::starting_at),
+    ]
+}
+
+fn compare() -> impl Strategy<Value = Compare> {
+    let op = prop::sample::select(vec![
+        CompareOp::Equal,
+        CompareOp::NotEqual,
+        CompareOp::Less,
+        CompareOp::Greater,
+    ]);
+    let target = prop_oneof![
+        value().prop_map(CompareTarget::Value),
+        (0u64..3).prop_map(CompareTarget::Version),
+        (0u64..40).prop_map(|revision| CompareTarget::CreateRevision(LogIndex(revision))),
+        (0u64..40).prop_map(|revision| CompareTarget::ModRevision(LogIndex(revision))),
+        prop::option::of(0u64..2).prop_map(|lease| CompareTarget::Lease(lease.map(LeaseId))),
+    ];
+    (key(), op, target).prop_map(|(key, op, target)| Compare { key, op, target })
+}
+
+fn txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        3 => (key(), value(), any::<bool>(), prop::option::weighted(0.05, 1u64..3)).prop_map(
+            |(key, value, return_previous, lease)| TxnOp::Put {
+                key,
+                value,
+                return_previous,
+                // No lease exists: a put with one is refused.
+                lease: lease.map(LeaseId),
+            }
+        ),
+        1 => (key(), any::<bool>())
+            .prop_map(|(key, return_previous)| TxnOp::Delete { key, return_previous }),
+        1 => (key_range(), any::<bool>())
+            .prop_map(|(range, return_previous)| TxnOp::DeleteRange { range, return_previous }),
+        2 => key().prop_map(|key| TxnOp::Get { key }),
+        // A limit of 0 is invalid on purpose.
+        2 => (key_range(), 0usize..4).prop_map(|(range, limit)| TxnOp::Range { range, limit }),
+    ]
+}
+
+fn txn() -> impl Strategy<Value = Txn> {
+    (
+        prop::collection::vec(compare(), 0..3),
+        prop::collection::vec(txn_op(), 0..4),
+        prop::collection::vec(txn_op(), 0..3),
+    )
+        .prop_map(|(compares, then, otherwise)| Txn {
+            compares,
+            then,
+            otherwise,
+        })
+}
+
 fn operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
-        3 => (key(), value()).prop_map(|(key, value)| Operation::Put { key, value }),
-        1 => key().prop_map(|key| Operation::Delete { key }),
-        3 => (key(), expect(), prop::option::of(value()))
+        6 => (key(), value()).prop_map(|(key, value)| Operation::Put { key, value }),
+        2 => key().prop_map(|key| Operation::Delete { key }),
+        6 => (key(), expect(), prop::option::of(value()))
             .prop_map(|(key, expect, value)| Operation::Cas { key, expect, value }),
+        1 => key_range().prop_map(|range| Operation::DeleteRange { range }),
+        // Not alone in its command: refused.
+        1 => txn().prop_map(Operation::Txn),
     ]
 }
 
@@ -112,14 +175,19 @@ fn command() -> impl Strategy<Value = Command> {
     (
         prop::collection::vec(operation(), 0..4),
         session,
-        any::<bool>(),
+        prop::bool::weighted(0.3),
         prop::bool::weighted(0.1),
+        prop::option::weighted(0.4, txn()),
     )
         .prop_map(
-            |(operations, session, return_previous, loaded_registration)| {
+            |(operations, session, return_previous, loaded_registration, txn)| {
                 if session == CommandSession::Register && !loaded_registration {
                     return Command::register_session();
                 }
+                let operations = match txn {
+                    Some(txn) => vec![Operation::Txn(txn)],
+                    None => operations,
+                };
                 Command {
                     session,
                     operations,
@@ -206,6 +274,9 @@ impl Model {
     }
 
     fn apply_operations(&mut self, index: LogIndex, command: &Command) -> Response {
+        if let [Operation::Txn(txn)] = command.operations.as_slice() {
+            return self.apply_txn(index, txn);
+        }
         let mut data = self.data.clone();
         let mut outcomes = Vec::new();
         for (position, operation) in command.operations.iter().enumerate() {
@@ -229,44 +300,33 @@ impl Model {
                     }
                     (key, value.as_ref())
                 }
+                Operation::DeleteRange { range } => {
+                    let removed = remove_range(&mut data, range);
+                    outcomes.push(WriteOutcome {
+                        deleted: removed.len() as u64,
+                        ..WriteOutcome::default()
+                    });
+                    continue;
+                }
+                Operation::Txn(_) => unreachable!("validation refuses a transaction in a batch"),
             };
             let previous = data.get(key).cloned();
-            let current = value.map(|value| {
-                let metadata = match &previous {
-                    Some(old) => Metadata {
-                        mod_revision: index,
-                        version: old.metadata.version + 1,
-                        ..old.metadata
-                    },
-                    None => Metadata {
-                        create_revision: index,
-                        mod_revision: index,
-                        version: 1,
-                    },
-                };
-                data.insert(
-                    key.clone(),
-                    Versioned {
-                        value: value.clone(),
-                        metadata,
-                    },
-                );
-                metadata
-            });
+            let current = value.map(|value| put(&mut data, index, key, value));
             if value.is_none() {
                 data.remove(key);
             }
             outcomes.push(WriteOutcome {
                 previous: previous.as_ref().map(|p| p.metadata),
                 current,
+                deleted: u64::from(previous.is_some() && value.is_none()),
                 previous_value: previous
                     .filter(|_| command.return_previous)
                     .map(|p| p.value),
             });
         }
-        let modified = outcomes
-            .iter()
-            .any(|outcome| outcome.previous.is_some() || outcome.current.is_some());
+        let modified = outcomes.iter().any(|outcome| {
+            outcome.previous.is_some() || outcome.current.is_some() || outcome.deleted > 0
+        });
         if modified {
             self.revision = index;
         }
@@ -275,6 +335,154 @@ impl Model {
             revision: self.revision,
             outcomes,
         }
+    }
+
+    /// A transaction, as etcd documents it: compares on the state before, absent keys as all
+    /// zeros with no value; then the branch on a copy, kept whole.
+    fn apply_txn(&mut self, index: LogIndex, txn: &Txn) -> Response {
+        let succeeded = txn.compares.iter().all(|compare| {
+            let current = self.data.get(&compare.key);
+            let ordering = match (&compare.target, current) {
+                (CompareTarget::Value(_), None) => return false,
+                (CompareTarget::Value(operand), Some(current)) => current.value.cmp(operand),
+                (CompareTarget::Version(operand), _) => {
+                    current.map_or(0, |c| c.metadata.version).cmp(operand)
+                }
+                (CompareTarget::CreateRevision(operand), _) => current
+                    .map_or(0, |c| c.metadata.create_revision.0)
+                    .cmp(&operand.0),
+                (CompareTarget::ModRevision(operand), _) => current
+                    .map_or(0, |c| c.metadata.mod_revision.0)
+                    .cmp(&operand.0),
+                // No key has a lease: "no lease" is below every lease.
+                (CompareTarget::Lease(operand), _) => None.cmp(operand),
+            };
+            match compare.op {
+                CompareOp::Equal => ordering.is_eq(),
+                CompareOp::NotEqual => ordering.is_ne(),
+                CompareOp::Less => ordering.is_lt(),
+                CompareOp::Greater => ordering.is_gt(),
+            }
+        });
+        let branch = if succeeded { &txn.then } else { &txn.otherwise };
+        let mut data = self.data.clone();
+        let mut responses = Vec::new();
+        let mut modified = false;
+        for operation in branch {
+            responses.push(match operation {
+                TxnOp::Put {
+                    lease: Some(lease), ..
+                } => return Response::Rejected(KvError::LeaseNotFound { lease: *lease }),
+                TxnOp::Put {
+                    key,
+                    value,
+                    return_previous,
+                    lease: None,
+                } => {
+                    let previous = data.get(key).cloned();
+                    let current = put(&mut data, index, key, value);
+                    modified = true;
+                    TxnOpResponse::Put(WriteOutcome {
+                        previous: previous.as_ref().map(|p| p.metadata),
+                        current: Some(current),
+                        previous_value: previous.filter(|_| *return_previous).map(|p| p.value),
+                        deleted: 0,
+                    })
+                }
+                TxnOp::Delete {
+                    key,
+                    return_previous,
+                } => {
+                    let removed: Vec<_> = data
+                        .remove(key)
+                        .map(|versioned| (key.clone(), versioned))
+                        .into_iter()
+                        .collect();
+                    modified |= !removed.is_empty();
+                    deleted_response(removed, *return_previous)
+                }
+                TxnOp::DeleteRange {
+                    range,
+                    return_previous,
+                } => {
+                    let removed = remove_range(&mut data, range);
+                    modified |= !removed.is_empty();
+                    deleted_response(removed, *return_previous)
+                }
+                TxnOp::Get { key } => TxnOpResponse::Get(data.get(key).cloned()),
+                TxnOp::Range { range, limit } => {
+                    let mut entries: Vec<_> = data
+                        .iter()
+                        .filter(|(key, _)| range.contains(key))
+                        .map(|(key, versioned)| (key.clone(), versioned.clone()))
+                        .collect();
+                    let more = entries.len() > *limit;
+                    entries.truncate(*limit);
+                    TxnOpResponse::Range(ScanPage { entries, more })
+                }
+            });
+        }
+        if modified {
+            self.revision = index;
+        }
+        self.data = data;
+        Response::Txn(TxnResponse {
+            succeeded,
+            revision: self.revision,
+            responses,
+        })
+    }
+}
+
+/// Writes `value` at `index`; returns the key's new metadata.
+fn put(
+    data: &mut BTreeMap<Vec<u8>, Versioned>,
+    index: LogIndex,
+    key: &[u8],
+    value: &[u8],
+) -> Metadata {
+    let metadata = match data.get(key) {
+        Some(old) => Metadata {
+            mod_revision: index,
+            version: old.metadata.version + 1,
+            ..old.metadata
+        },
+        None => Metadata {
+            create_revision: index,
+            mod_revision: index,
+            version: 1,
+            lease: None,
+        },
+    };
+    data.insert(
+        key.to_vec(),
+        Versioned {
+            value: value.to_vec(),
+            metadata,
+        },
+    );
+    metadata
+}
+
+/// Removes every key in `range`; returns them in order.
+fn remove_range(
+    data: &mut BTreeMap<Vec<u8>, Versioned>,
+    range: &KeyRange,
+) -> Vec<(Vec<u8>, Versioned)> {
+    let keys: Vec<_> = data
+        .keys()
+        .filter(|key| range.contains(key))
+        .cloned()
+        .collect();
+    keys.into_iter()
+        .filter_map(|key| data.remove(&key).map(|versioned| (key, versioned)))
+        .collect()
+}
+
+fn deleted_response(removed: Vec<(Vec<u8>, Versioned)>, return_previous: bool) -> TxnOpResponse {
+    TxnOpResponse::Delete {
+        deleted: removed.len() as u64,
+        previous: if return_previous { removed } else { Vec::new() },
     }
 }
 

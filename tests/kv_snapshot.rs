@@ -1,11 +1,14 @@
 //! Snapshots of the key-value state machine: a snapshot restores to an equal store (data,
 //! sessions, revision), and every kind of damage — truncation, flipped bits, trailing bytes,
 //! foreign data, well-framed records that break an invariant — is refused with an error that
-//! leaves the store untouched; a version 1 snapshot (before sessions were registered) still
-//! restores. Method: hand-built stores and hand-built snapshot records.
+//! leaves the store untouched; version 1 (before sessions were registered) and version 2
+//! (before key metadata carried a lease) snapshots still restore, their cached responses
+//! converted. Method: hand-built stores and hand-built snapshot records.
 
 use keyval::codec;
-use keyval::kv::{Command, KvStore, Metadata, Response, SnapshotError, Versioned};
+use keyval::kv::{
+    Command, KvStore, LeaseId, Metadata, Response, SnapshotError, Versioned, WriteOutcome,
+};
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
 const MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
@@ -84,7 +87,20 @@ fn header(
     out
 }
 
+/// A key record of versions 1 and 2: metadata without a lease.
 fn key_record(key: &[u8], metadata: Metadata, out: &mut Vec<u8>) {
+    assert_eq!(metadata.lease, None, "versions 1 and 2 have no leases");
+    let old_metadata = (
+        metadata.create_revision,
+        metadata.mod_revision,
+        metadata.version,
+    );
+    let versioned = (b"v".to_vec(), old_metadata);
+    codec::write_value_record(&(key.to_vec(), versioned), out).unwrap();
+}
+
+/// A key record of version 3.
+fn key_record_v3(key: &[u8], metadata: Metadata, out: &mut Vec<u8>) {
     let versioned = Versioned {
         value: b"v".to_vec(),
         metadata,
@@ -108,6 +124,7 @@ fn metadata(create: u64, modified: u64, version: u64) -> Metadata {
         create_revision: LogIndex(create),
         mod_revision: LogIndex(modified),
         version,
+        lease: None,
     }
 }
 
@@ -194,12 +211,12 @@ fn foreign_data_and_unknown_versions_are_refused() {
         restore_fails(&store, &header(0x1234_5678, 1, 0, 0, 0, 0)),
         SnapshotError::NotASnapshot { found: 0x1234_5678 }
     ));
-    for version in [0, 3] {
+    for version in [0, 4] {
         assert!(matches!(
             restore_fails(&store, &header(MAGIC, version, 0, 0, 0, 0)),
             SnapshotError::UnknownVersion {
                 found,
-                supported: 2,
+                supported: 3,
                 oldest: 1,
             } if found == version
         ));
@@ -215,10 +232,10 @@ fn foreign_data_and_unknown_versions_are_refused() {
     ));
     // A minimal valid snapshot, to show the hand-built records match the real layout.
     let mut target = store.clone();
-    target.restore(&header(MAGIC, 2, 5, 0, 0, 0)).unwrap();
+    target.restore(&header(MAGIC, 3, 5, 0, 0, 0)).unwrap();
     assert_eq!(target.applied_index(), LogIndex(5));
     assert!(target.is_empty());
-    assert_eq!(target.clone().snapshot(), header(MAGIC, 2, 5, 0, 0, 0));
+    assert_eq!(target.clone().snapshot(), header(MAGIC, 3, 5, 0, 0, 0));
 }
 
 /// Version 1 was written before sessions were registered: its sessions restore and carry on.
@@ -243,10 +260,96 @@ fn a_version_1_snapshot_restores_with_its_sessions() {
     apply(&mut store, 11, &next);
     assert_eq!(store.get(b"a").unwrap().value, b"y");
     assert_eq!(store.get(b"a").unwrap().metadata.version, 2);
-    // Written again, it is version 2.
+    // Written again, it is version 3.
     let mut header_only = store.snapshot();
-    header_only.truncate(header(MAGIC, 2, 11, 11, 1, 1).len());
-    assert_eq!(header_only, header(MAGIC, 2, 11, 11, 1, 1));
+    header_only.truncate(header(MAGIC, 3, 11, 11, 1, 1).len());
+    assert_eq!(header_only, header(MAGIC, 3, 11, 11, 1, 1));
+}
+
+/// Version 2 was written before key metadata carried a lease and outcomes a delete count:
+/// its keys restore without a lease, and a cached response is converted, so a duplicate is
+/// answered in the current layout.
+#[test]
+fn a_version_2_snapshot_restores_with_converted_metadata_and_responses() {
+    let old_metadata =
+        |create: u64, modified: u64, version: u64| (LogIndex(create), LogIndex(modified), version);
+    // Response::Written as version 2 laid it out: a put that replaced, then a delete.
+    let old_response = codec::encode(&(
+        0u32, // variant Written
+        LogIndex(6),
+        vec![
+            (
+                Some(old_metadata(2, 4, 2)),
+                Some(old_metadata(2, 6, 3)),
+                Some(b"old".to_vec()),
+            ),
+            (Some(old_metadata(5, 5, 1)), None, None),
+        ],
+    ))
+    .unwrap();
+    let mut bytes = header(MAGIC, 2, 9, 6, 2, 2);
+    key_record(b"a", metadata(2, 6, 3), &mut bytes);
+    key_record(b"b", metadata(3, 3, 1), &mut bytes);
+    session_record(3, 0, Vec::new(), 3, &mut bytes);
+    session_record(7, 4, old_response, 6, &mut bytes);
+    let mut store = KvStore::new();
+    store.restore(&bytes).unwrap();
+    store.check_invariants();
+    let a = store.get(b"a").unwrap();
+    assert_eq!(a.metadata, metadata(2, 6, 3));
+    assert_eq!(a.metadata.lease, None);
+    assert_eq!(store.session_sequence(3), Some(0));
+
+    let duplicate = Command::put(b"a".to_vec(), b"x".to_vec()).with_session(7, 4);
+    let answer = Response::decode(&apply(&mut store, 10, &duplicate)).unwrap();
+    let expected = Response::Written {
+        revision: LogIndex(6),
+        outcomes: vec![
+            WriteOutcome {
+                previous: Some(metadata(2, 4, 2)),
+                current: Some(metadata(2, 6, 3)),
+                previous_value: Some(b"old".to_vec()),
+                deleted: 0,
+            },
+            WriteOutcome {
+                previous: Some(metadata(5, 5, 1)),
+                current: None,
+                previous_value: None,
+                deleted: 1,
+            },
+        ],
+    };
+    assert_eq!(answer, expected);
+    assert_eq!(
+        store.get(b"a").unwrap().value,
+        b"v",
+        "the duplicate applied nothing"
+    );
+
+    // A damaged old response is refused like any other.
+    let mut garbage = header(MAGIC, 2, 9, 0, 0, 1);
+    session_record(7, 4, vec![0, 6, 1, 1, 0xFF], 6, &mut garbage);
+    assert!(matches!(
+        restore_fails(&store, &garbage),
+        SnapshotError::Invalid { .. }
+    ));
+}
+
+/// Version 3 keeps a key's lease.
+#[test]
+fn a_version_3_snapshot_keeps_leases() {
+    let leased = Metadata {
+        lease: Some(LeaseId(42)),
+        ..metadata(1, 2, 2)
+    };
+    let mut bytes = header(MAGIC, 3, 5, 2, 2, 0);
+    key_record_v3(b"a", leased, &mut bytes);
+    key_record_v3(b"b", metadata(2, 2, 1), &mut bytes);
+    let mut store = KvStore::new();
+    store.restore(&bytes).unwrap();
+    assert_eq!(store.get(b"a").unwrap().metadata.lease, Some(LeaseId(42)));
+    assert_eq!(store.get(b"b").unwrap().metadata.lease, None);
+    assert_eq!(store.clone().snapshot(), bytes, "the same bytes both ways");
 }
 
 #[test]

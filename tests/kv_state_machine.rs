@@ -48,6 +48,7 @@ fn metadata(create: u64, modified: u64, version: u64) -> Metadata {
         create_revision: LogIndex(create),
         mod_revision: LogIndex(modified),
         version,
+        lease: None,
     }
 }
 

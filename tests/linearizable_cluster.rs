@@ -152,6 +152,7 @@ fn write(
     let response = cluster.propose(&bytes, timeout).ok()?;
     match KvResponse::decode(&response).ok()? {
         KvResponse::Written { .. } => Some(true),
+        KvResponse::Txn(response) => Some(response.succeeded),
         KvResponse::ComparisonFailed { .. } => Some(false),
         KvResponse::Rejected(_) | KvResponse::SessionRegistered { .. } => None,
     }

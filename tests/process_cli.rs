@@ -1,6 +1,7 @@
 //! The binaries' command lines: `keyval` with no flags runs a working single-node store in
 //! its working directory and stops with exit 0 on SIGTERM; wrong flags and bad cluster specs
-//! exit non-zero with a clear message; kvctl reports usage errors with exit code 2.
+//! exit non-zero with a clear message; kvctl reports usage errors with exit code 2; `kvctl txn`
+//! reads etcdctl's format from stdin or a file, and `get`/`del` take a prefix or a range.
 
 mod process_support;
 
@@ -372,4 +373,84 @@ fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
         .sum();
     // Every successful request falls in one interval; all 200 succeed unless one errs.
     assert!((1..=200).contains(&counted), "{csv}");
+}
+
+/// Runs `kvctl --endpoints <endpoints> <args>` with `input` on its stdin.
+fn kvctl_with_stdin(endpoints: &str, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kvctl");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("kvctl output")
+}
+
+#[test]
+fn kvctl_txn_reads_etcdctl_format_from_stdin_and_files_and_ranges_work() {
+    let cluster = process_support::ProcessCluster::start(1);
+    let client = cluster.client();
+    cluster.wait_leader(&client);
+    let endpoints = cluster.endpoints();
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    // Create-if-absent: the first run takes the lock, the second reads the holder.
+    let lock =
+        "version(\"lock\") = \"0\"\n\nput lock alice\nput config/a 1\nput config/b 2\n\nget lock\n";
+    let out = kvctl_with_stdin(&endpoints, &["txn"], lock);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "SUCCESS\n\nOK\n\nOK\n\nOK\n");
+    let out = kvctl_with_stdin(&endpoints, &["txn"], &lock.replace("alice", "bob"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "FAILURE\n\nalice\n");
+
+    // --json, and a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("txn.txt");
+    std::fs::write(
+        &file,
+        "value(\"lock\") = \"alice\"\nmod(\"lock\") > \"0\"\n\ndel lock --prev-kv\nget --prefix config/\n",
+    )
+    .unwrap();
+    let out = cluster.kvctl(&["--json", "txn", "--file", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["succeeded"], true, "{answer}");
+    assert!(answer["revision"].as_u64().unwrap() > 0);
+    assert_eq!(answer["responses"][0]["delete"]["deleted"], 1);
+    assert_eq!(
+        answer["responses"][0]["delete"]["previous"][0]["value"],
+        "alice"
+    );
+    let entries = answer["responses"][1]["range"]["entries"]
+        .as_array()
+        .unwrap();
+    assert_eq!(entries.len(), 2, "{answer}");
+    assert_eq!(entries[0]["key"], "config/a");
+
+    // A parse error names its line and exits 2, sending nothing.
+    let out = kvctl_with_stdin(&endpoints, &["txn"], "\nput k v\nfrob k\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{out:?}"
+    );
+    assert!(client.get(b"k".to_vec()).unwrap().is_none());
+
+    // get --prefix, del KEY END, del --prefix.
+    let out = cluster.kvctl(&["get", "config/", "--prefix"]);
+    assert_eq!(stdout(&out), "config/a\t1\nconfig/b\t2\n");
+    let out = cluster.kvctl(&["del", "config/a", "config/b"]);
+    assert_eq!(stdout(&out).trim(), "1");
+    let out = cluster.kvctl(&["--json", "del", "config/", "--prefix"]);
+    assert_eq!(stdout(&out).trim(), r#"{"deleted":1}"#);
+    let out = cluster.kvctl(&["get", "config/", "--prefix"]);
+    assert_eq!((out.status.code(), stdout(&out)), (Some(0), String::new()));
 }

@@ -3,7 +3,9 @@
 //! Exit codes: 0 success, 1 error (unavailable, rejected, timed out…), 2 usage error,
 //! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`), 5 the write's outcome
 //! is unknown (`Indeterminate`: it may or may not have been applied; for `member` and
-//! `transfer-leader`: the change may or may not have taken effect).
+//! `transfer-leader`: the change may or may not have taken effect). `txn` exits 0 whichever
+//! branch ran (it prints SUCCESS or FAILURE, as etcdctl does) and 2 when its input does not
+//! parse.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::client::{CasOutcome, Client, ClientError, ClientOptions};
-use crate::kv::{Expect, KeyRange, Metadata, Versioned};
+use crate::kv::{Expect, KeyRange, Metadata, Versioned, SCAN_LIMIT_MAX};
 use crate::protocol::Consistency;
 use crate::types::LogIndex;
 
@@ -112,18 +114,56 @@ pub enum Command {
         /// The value.
         value: String,
     },
-    /// Print KEY's value (exit 3 if it does not exist).
+    /// Print KEY's value (exit 3 if it does not exist); with END or --prefix, every key of
+    /// the range as KEY<tab>VALUE lines (exit 0 even if there is none).
     Get {
-        /// The key.
+        /// The key (with --prefix: the prefix; with END: the first key of the range).
         key: String,
+        /// The end of a range: keys from KEY (inclusive) to END (exclusive).
+        #[arg(conflicts_with = "prefix")]
+        end: Option<String>,
+        /// Every key that starts with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// With END or --prefix: at most this many keys.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=SCAN_LIMIT_MAX as u64))]
+        limit: u64,
         /// Read consistency.
         #[arg(long, value_enum, default_value = "linearizable")]
         consistency: ConsistencyArg,
     },
-    /// Delete KEY.
+    /// Delete KEY; with END or --prefix, every key of the range in one write, printing how
+    /// many were removed.
     Del {
-        /// The key.
+        /// The key (with --prefix: the prefix; with END: the first key of the range).
         key: String,
+        /// The end of a range: keys from KEY (inclusive) to END (exclusive).
+        #[arg(conflicts_with = "prefix")]
+        end: Option<String>,
+        /// Every key that starts with KEY (an empty KEY: every key).
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Run a transaction read from stdin (or --file) in etcdctl's format: compares, a blank
+    /// line, the operations to run if they all hold, a blank line, the operations to run
+    /// otherwise. Prints SUCCESS or FAILURE and each operation's answer; exit 0 either way,
+    /// 2 if the input does not parse.
+    #[command(after_help = "Example (stdin):\n  \
+                            version(\"lock\") = \"0\"\n  \
+                            \n  \
+                            put lock me\n  \
+                            \n  \
+                            get lock\n\n\
+                            Compares: value|version|create|mod(\"KEY\") =|!=|<|> \"OPERAND\".\n\
+                            Operations: put KEY VALUE [--prev-kv]; del KEY [END] [--prefix] \
+                            [--prev-kv]; get KEY [END] [--prefix] [--limit N].")]
+    Txn {
+        /// Read the transaction from this file instead of stdin.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Prompt for each section on stderr (etcdctl txn -i).
+        #[arg(short, long)]
+        interactive: bool,
     },
     /// Compare-and-swap: write NEW (or delete with --delete) only if the condition holds
     /// (exit 4 if it does not).
@@ -230,44 +270,80 @@ pub fn run(args: KvctlArgs) -> i32 {
             }
             Err(error) => fail(&error, json),
         },
-        Command::Get { key, consistency } => {
-            match client.get_with(key.clone().into_bytes(), consistency.into()) {
-                Ok(read) => {
-                    let found = read.value.is_some();
-                    if json {
-                        println!(
-                            "{}",
-                            json!({
-                                "key": key,
-                                "found": found,
-                                "value": read.value.as_ref().map(|versioned| text(&versioned.value)),
-                                "metadata": read.value.as_ref().map(|versioned| metadata_json(&versioned.metadata)),
-                                "node": read.node.0,
-                                "applied": read.applied.0,
-                                "behind": read.behind,
-                            })
+        Command::Get {
+            key,
+            end,
+            prefix,
+            limit,
+            consistency,
+        } if prefix || end.is_some() => {
+            let range = match end {
+                Some(end) => KeyRange::between(key.into_bytes(), end.into_bytes()),
+                None => KeyRange::prefix(key.as_bytes()),
+            };
+            scan(&client, range, limit as usize, consistency, json)
+        }
+        Command::Get {
+            key, consistency, ..
+        } => match client.get_with(key.clone().into_bytes(), consistency.into()) {
+            Ok(read) => {
+                let found = read.value.is_some();
+                if json {
+                    println!(
+                        "{}",
+                        json!({
+                            "key": key,
+                            "found": found,
+                            "value": read.value.as_ref().map(|versioned| text(&versioned.value)),
+                            "metadata": read.value.as_ref().map(|versioned| metadata_json(&versioned.metadata)),
+                            "node": read.node.0,
+                            "applied": read.applied.0,
+                            "behind": read.behind,
+                        })
+                    );
+                } else if let Some(versioned) = &read.value {
+                    println!("{}", text(&versioned.value));
+                    if read.behind > 0 {
+                        eprintln!(
+                            "(stale read from n{}: {} committed entries behind)",
+                            read.node.0, read.behind
                         );
-                    } else if let Some(versioned) = &read.value {
-                        println!("{}", text(&versioned.value));
-                        if read.behind > 0 {
-                            eprintln!(
-                                "(stale read from n{}: {} committed entries behind)",
-                                read.node.0, read.behind
-                            );
-                        }
-                    } else {
-                        eprintln!("(not found)");
                     }
-                    if found {
-                        EXIT_OK
+                } else {
+                    eprintln!("(not found)");
+                }
+                if found {
+                    EXIT_OK
+                } else {
+                    EXIT_NOT_FOUND
+                }
+            }
+            Err(error) => fail(&error, json),
+        },
+        Command::Del { key, end, prefix } if prefix || end.is_some() => {
+            let range = match end {
+                Some(end) => KeyRange::between(key.into_bytes(), end.into_bytes()),
+                None => KeyRange::prefix(key.as_bytes()),
+            };
+            match client.delete_range(range) {
+                Ok(deleted) => {
+                    if json {
+                        println!("{}", json!({ "deleted": deleted }));
                     } else {
-                        EXIT_NOT_FOUND
+                        println!("{deleted}");
                     }
+                    EXIT_OK
                 }
                 Err(error) => fail(&error, json),
             }
         }
-        Command::Del { key } => match client.delete(key.into_bytes()) {
+        Command::Txn { file, interactive } => {
+            match super::txn::input(file.as_deref(), interactive) {
+                Ok(input) => super::txn::run(&client, &input, json),
+                Err(code) => code,
+            }
+        }
+        Command::Del { key, .. } => match client.delete(key.into_bytes()) {
             Ok(existed) => {
                 if json {
                     println!("{}", json!({ "deleted": existed }));
@@ -338,30 +414,7 @@ pub fn run(args: KvctlArgs) -> i32 {
             } else {
                 KeyRange::prefix(prefix.as_bytes())
             };
-            match client.scan_with(range, limit, consistency.into()) {
-                Ok(read) => {
-                    if json {
-                        let entries: Vec<_> = read
-                            .value
-                            .entries
-                            .iter()
-                            .map(|(key, versioned)| {
-                                json!({ "key": text(key), "value": text(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
-                            })
-                            .collect();
-                        println!("{}", json!({ "entries": entries, "more": read.value.more }));
-                    } else {
-                        for (key, versioned) in &read.value.entries {
-                            println!("{}\t{}", text(key), text(&versioned.value));
-                        }
-                        if read.value.more {
-                            eprintln!("(more keys follow; raise --limit)");
-                        }
-                    }
-                    EXIT_OK
-                }
-                Err(error) => fail(&error, json),
-            }
+            scan(&client, range, limit, consistency, json)
         }
         Command::Status => status(&client, json),
         Command::Bench(bench) => super::bench::run(&args.endpoints, &options, &bench, json),
@@ -373,6 +426,40 @@ pub fn run(args: KvctlArgs) -> i32 {
             Duration::from_millis(args.timeout_ms.max(1)),
             json,
         ),
+    }
+}
+
+/// Prints up to `limit` keys of `range` as KEY<tab>VALUE lines (or JSON).
+fn scan(
+    client: &Client,
+    range: KeyRange,
+    limit: usize,
+    consistency: ConsistencyArg,
+    json: bool,
+) -> i32 {
+    match client.scan_with(range, limit, consistency.into()) {
+        Ok(read) => {
+            if json {
+                let entries: Vec<_> = read
+                    .value
+                    .entries
+                    .iter()
+                    .map(|(key, versioned)| {
+                        json!({ "key": text(key), "value": text(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
+                    })
+                    .collect();
+                println!("{}", json!({ "entries": entries, "more": read.value.more }));
+            } else {
+                for (key, versioned) in &read.value.entries {
+                    println!("{}\t{}", text(key), text(&versioned.value));
+                }
+                if read.value.more {
+                    eprintln!("(more keys follow; raise --limit)");
+                }
+            }
+            EXIT_OK
+        }
+        Err(error) => fail(&error, json),
     }
 }
 
@@ -476,15 +563,16 @@ fn print_written(json: bool, metadata: Option<&Metadata>) {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(super) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn metadata_json(metadata: &Metadata) -> serde_json::Value {
+pub(super) fn metadata_json(metadata: &Metadata) -> serde_json::Value {
     json!({
         "create_revision": metadata.create_revision.0,
         "mod_revision": metadata.mod_revision.0,
         "version": metadata.version,
+        "lease": metadata.lease.map(|lease| lease.0),
     })
 }
 
@@ -508,5 +596,40 @@ mod tests {
         assert!(
             KvctlArgs::try_parse_from(["kvctl", "--attempt-timeout-ms", "x", "get", "k"]).is_err()
         );
+    }
+
+    #[test]
+    fn range_flags_of_get_and_del() {
+        let args = KvctlArgs::try_parse_from(["kvctl", "get", "a", "--prefix"]).unwrap();
+        assert!(matches!(
+            args.command,
+            Command::Get {
+                prefix: true,
+                end: None,
+                limit: 1000,
+                ..
+            }
+        ));
+        let args = KvctlArgs::try_parse_from(["kvctl", "del", "a", "c"]).unwrap();
+        assert!(matches!(
+            args.command,
+            Command::Del {
+                prefix: false,
+                end: Some(_),
+                ..
+            }
+        ));
+        assert!(KvctlArgs::try_parse_from(["kvctl", "del", "a", "c", "--prefix"]).is_err());
+        assert!(
+            KvctlArgs::try_parse_from(["kvctl", "get", "a", "--prefix", "--limit", "0"]).is_err()
+        );
+        let args = KvctlArgs::try_parse_from(["kvctl", "txn", "--file", "t.txt"]).unwrap();
+        assert!(matches!(
+            args.command,
+            Command::Txn {
+                file: Some(_),
+                interactive: false
+            }
+        ));
     }
 }

@@ -12,6 +12,7 @@ mod pipeline;
 pub mod restore;
 mod snapshot;
 pub mod trace;
+pub mod txn;
 
 use std::collections::BTreeMap;
 use std::fmt;

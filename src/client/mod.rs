@@ -56,7 +56,7 @@ use parking_lot::Mutex;
 
 use crate::kv::{
     Command, Expect, KeyRange, KvError, Metadata, Operation, ReadRequest, ReadResponse, Response,
-    ScanPage, Versioned,
+    ScanPage, Txn, TxnResponse, Versioned,
 };
 use crate::protocol::{
     Consistency, ReadReply, RequestBody, ResponseBody, ServerError, StatusReply,
@@ -283,6 +283,104 @@ impl Client {
         self.write(Command::batch(operations))
     }
 
+    /// Runs a transaction: if every compare holds, its `then` operations, else its
+    /// `otherwise` ones — atomically, in one log entry, all writes at one revision, exactly
+    /// once however often the client retries it. A compare that does not hold is not an error:
+    /// the answer says which branch ran ([`TxnResponse::succeeded`]) and what each of its
+    /// operations answered. See `docs/api.md` for the compare semantics and limits.
+    ///
+    /// ```no_run
+    /// use keyval::client::{Client, ClientOptions};
+    /// use keyval::kv::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+    ///
+    /// let client = Client::connect(&["127.0.0.1:7379"], ClientOptions::default())?;
+    /// // Take "lock" if nobody holds it; otherwise learn who does.
+    /// let answer = client.txn(
+    ///     Txn::new()
+    ///         .when([Compare::version("lock", CompareOp::Equal, 0)])
+    ///         .then([TxnOp::put("lock", "worker-1")])
+    ///         .otherwise([TxnOp::get("lock")]),
+    /// )?;
+    /// if answer.succeeded {
+    ///     println!("acquired at revision {}", answer.revision.0);
+    /// } else if let Some(TxnOpResponse::Get(Some(holder))) = answer.responses.first() {
+    ///     println!("held by {}", String::from_utf8_lossy(&holder.value));
+    /// }
+    /// # Ok::<(), keyval::client::ClientError>(())
+    /// ```
+    pub fn txn(&self, txn: Txn) -> Result<TxnResponse, ClientError> {
+        match self.write(Command::txn(txn))? {
+            Response::Txn(response) => Ok(response),
+            other => Err(protocol(&format!(
+                "unexpected answer to a transaction: {other:?}"
+            ))),
+        }
+    }
+
+    /// Deletes every key in `range` in one log entry; returns how many were removed.
+    ///
+    /// ```no_run
+    /// use keyval::client::{Client, ClientOptions};
+    /// use keyval::kv::KeyRange;
+    ///
+    /// let client = Client::connect(&["127.0.0.1:7379"], ClientOptions::default())?;
+    /// // Keys from "a" (inclusive) to "c" (exclusive).
+    /// let removed = client.delete_range(KeyRange::between(b"a".to_vec(), b"c".to_vec()))?;
+    /// println!("{removed} keys removed");
+    /// # Ok::<(), keyval::client::ClientError>(())
+    /// ```
+    pub fn delete_range(&self, range: KeyRange) -> Result<u64, ClientError> {
+        match self.write(Command::delete_range(range))? {
+            Response::Written { outcomes, .. } => outcomes
+                .first()
+                .map(|outcome| outcome.deleted)
+                .ok_or_else(|| protocol("a range delete answered with no outcome")),
+            other => Err(protocol(&format!(
+                "unexpected answer to a range delete: {other:?}"
+            ))),
+        }
+    }
+
+    /// Deletes every key that starts with `prefix` in one log entry; returns how many were
+    /// removed. An empty prefix deletes every key.
+    ///
+    /// ```no_run
+    /// use keyval::client::{Client, ClientOptions};
+    ///
+    /// let client = Client::connect(&["127.0.0.1:7379"], ClientOptions::default())?;
+    /// let removed = client.delete_prefix(b"sessions/")?;
+    /// println!("{removed} sessions dropped");
+    /// # Ok::<(), keyval::client::ClientError>(())
+    /// ```
+    pub fn delete_prefix(&self, prefix: &[u8]) -> Result<u64, ClientError> {
+        self.delete_range(KeyRange::prefix(prefix))
+    }
+
+    /// Reads up to `limit` keys that start with `prefix`, in key order, with the default
+    /// consistency. When [`ScanPage::more`] is set, continue from
+    /// `KeyRange::prefix(prefix).after(last_key)` with [`Client::scan`]; each page is
+    /// linearizable on its own, not one snapshot with the others (read a range inside a
+    /// [`Client::txn`] for that, within its response limit).
+    ///
+    /// ```no_run
+    /// use keyval::client::{Client, ClientOptions};
+    ///
+    /// let client = Client::connect(&["127.0.0.1:7379"], ClientOptions::default())?;
+    /// for (key, versioned) in client.get_prefix(b"config/", 100)?.entries {
+    ///     println!("{} = {}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&versioned.value));
+    /// }
+    /// # Ok::<(), keyval::client::ClientError>(())
+    /// ```
+    pub fn get_prefix(&self, prefix: &[u8], limit: usize) -> Result<ScanPage, ClientError> {
+        self.scan(KeyRange::prefix(prefix), limit)
+    }
+
+    /// Reads up to `limit` keys of `range` in key order, with the default consistency: the
+    /// same as [`Client::scan`], under etcd's name.
+    pub fn get_range(&self, range: KeyRange, limit: usize) -> Result<ScanPage, ClientError> {
+        self.scan(range, limit)
+    }
+
     /// Reads `key` with the client's default consistency.
     pub fn get(&self, key: Vec<u8>) -> Result<Option<Versioned>, ClientError> {
         Ok(self
@@ -418,7 +516,9 @@ impl Client {
                     return Err(ClientError::Rejected(error));
                 }
                 Ok(ResponseBody::Written(
-                    response @ (Response::Written { .. } | Response::ComparisonFailed { .. }),
+                    response @ (Response::Written { .. }
+                    | Response::ComparisonFailed { .. }
+                    | Response::Txn(_)),
                 )) => {
                     self.return_session(session);
                     return Ok(response);

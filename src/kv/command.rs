@@ -8,6 +8,8 @@ use crate::error::CodecError;
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::types::LogIndex;
 
+use super::response::LeaseId;
+use super::txn::{Txn, TxnPart};
 use super::{
     BATCH_OPERATIONS_MAX, COMMAND_PAYLOAD_BYTES_MAX, ERROR_REASON_BYTES_MAX, KEY_BYTES_MAX,
     SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
@@ -36,6 +38,9 @@ pub enum Expect {
 }
 
 /// One write operation. Operations of one [`Command`] apply in order, all or none.
+///
+/// New variants are only ever added at the end, so that entries already in logs keep their
+/// encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
     /// Sets `key` to `value`, creating the key if it does not exist.
@@ -66,21 +71,37 @@ pub enum Operation {
         #[serde(with = "super::bytes::option")]
         value: Option<Vec<u8>>,
     },
+    /// Removes every key in `range` (a prefix, say: [`KeyRange::prefix`]). Its outcome counts
+    /// the keys removed in [`WriteOutcome::deleted`](super::WriteOutcome::deleted); it never
+    /// returns previous values (a [`TxnOp::DeleteRange`](super::TxnOp::DeleteRange) can).
+    DeleteRange {
+        /// Which keys.
+        range: KeyRange,
+    },
+    /// A transaction. It must be the only operation of its command and the command must not
+    /// ask for previous values (each [`TxnOp`](super::TxnOp) says whether it wants them); build
+    /// it with [`Command::txn`]. Answered with [`Response::Txn`](super::Response::Txn).
+    Txn(Txn),
 }
 
 impl Operation {
-    /// The key the operation writes.
-    pub fn key(&self) -> &[u8] {
+    /// The single key the operation writes; `None` for a range delete or a transaction.
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
             Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => {
-                key
+                Some(key)
             }
+            Operation::DeleteRange { .. } | Operation::Txn(_) => None,
         }
     }
 
-    /// The key, value and expected-value bytes the operation carries.
+    /// The key, value, expected-value and range-bound bytes the operation carries.
     pub fn payload_bytes(&self) -> usize {
         match self {
+            Operation::DeleteRange { range } => {
+                range.start.len() + range.end.as_ref().map_or(0, Vec::len)
+            }
+            Operation::Txn(txn) => txn.payload_bytes(),
             Operation::Put { key, value } => key.len() + value.len(),
             Operation::Delete { key } => key.len(),
             Operation::Cas { key, expect, value } => {
@@ -96,7 +117,13 @@ impl Operation {
     /// Checks the operation's key and values against the limits; `position` is its place in
     /// its command, for the error.
     fn validate(&self, position: usize) -> Result<(), KvError> {
-        validate_key(self.key(), Some(position))?;
+        match self {
+            Operation::DeleteRange { range } => return range.validate(),
+            Operation::Txn(txn) => return txn.validate(),
+            Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => {
+                validate_key(key, Some(position))?;
+            }
+        }
         let check_value = |value: &[u8]| {
             if value.len() > VALUE_BYTES_MAX {
                 return Err(KvError::ValueTooLarge {
@@ -109,7 +136,7 @@ impl Operation {
         };
         match self {
             Operation::Put { value, .. } => check_value(value),
-            Operation::Delete { .. } => Ok(()),
+            Operation::Delete { .. } | Operation::DeleteRange { .. } | Operation::Txn(_) => Ok(()),
             Operation::Cas { expect, value, .. } => {
                 if let Expect::Value(expected) = expect {
                     check_value(expected)?;
@@ -175,6 +202,41 @@ impl Command {
     /// Sets `key` to `value` (or deletes it when `None`) if `expect` holds.
     pub fn cas(key: Vec<u8>, expect: Expect, value: Option<Vec<u8>>) -> Command {
         Command::batch(vec![Operation::Cas { key, expect, value }])
+    }
+
+    /// A transaction: if every compare holds, run its `then` operations, else its `otherwise`
+    /// ones, atomically in one log entry. Send it [`with_session`](Command::with_session)
+    /// like any write for exactly-once application.
+    ///
+    /// ```
+    /// use keyval::kv::{Command, Compare, CompareOp, KvStore, Response, Txn, TxnOp};
+    /// use keyval::{EntryId, LogIndex, StateMachine, Term};
+    ///
+    /// let mut store = KvStore::new();
+    /// let txn = Txn::new()
+    ///     .when([Compare::version("config", CompareOp::Equal, 0)])
+    ///     .then([TxnOp::put("config", "v1")]);
+    /// let bytes = Command::txn(txn).encode().unwrap();
+    /// let answer = store.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+    /// let Ok(Response::Txn(response)) = Response::decode(&answer) else { panic!() };
+    /// assert!(response.succeeded);
+    /// assert_eq!(response.revision, LogIndex(1));
+    /// ```
+    pub fn txn(txn: Txn) -> Command {
+        Command::batch(vec![Operation::Txn(txn)])
+    }
+
+    /// Deletes every key in `range`.
+    pub fn delete_range(range: KeyRange) -> Command {
+        Command::batch(vec![Operation::DeleteRange { range }])
+    }
+
+    /// The transaction this command carries, if it is one.
+    pub fn as_txn(&self) -> Option<&Txn> {
+        match self.operations.as_slice() {
+            [Operation::Txn(txn)] => Some(txn),
+            _ => None,
+        }
     }
 
     /// Registers a new session. The store answers with
@@ -250,6 +312,13 @@ impl Command {
                 operations: self.operations.len(),
                 limit: BATCH_OPERATIONS_MAX,
             });
+        }
+        let has_txn = self
+            .operations
+            .iter()
+            .any(|operation| matches!(operation, Operation::Txn(_)));
+        if has_txn && (self.operations.len() > 1 || self.return_previous) {
+            return Err(KvError::TxnNotAlone);
         }
         for (position, operation) in self.operations.iter().enumerate() {
             operation.validate(position)?;
@@ -356,7 +425,7 @@ impl KeyRange {
 
     /// Checks the bounds' lengths (a bound may be one byte longer than a key, as
     /// [`KeyRange::after`] makes it).
-    fn validate(&self) -> Result<(), KvError> {
+    pub(super) fn validate(&self) -> Result<(), KvError> {
         let bound_bytes = self.start.len().max(self.end.as_ref().map_or(0, Vec::len));
         if bound_bytes > KEY_BYTES_MAX + 1 {
             return Err(KvError::KeyTooLarge {
@@ -519,6 +588,29 @@ pub enum KvError {
     /// nothing.
     #[error("a session registration carries no operations")]
     InvalidRegistration,
+    /// A list of a transaction (its compares, or a branch's operations) is longer than
+    /// [`TXN_OPERATIONS_MAX`](super::TXN_OPERATIONS_MAX). Nothing was applied; split the
+    /// work, or use fewer compares.
+    #[error("transaction {part}: {count} items exceed the limit of {limit}")]
+    TxnTooLarge {
+        /// Which list.
+        part: TxnPart,
+        /// How many items it holds.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A transaction shares its command with other operations, or the command asks for
+    /// previous values (each transaction operation asks for its own).
+    #[error("a transaction must be the only operation of its command")]
+    TxnNotAlone,
+    /// A put names a lease the store does not hold (expired, revoked or never granted).
+    /// Until leases exist every lease is unknown. Nothing was applied.
+    #[error("lease {lease:?} not found")]
+    LeaseNotFound {
+        /// The lease named.
+        lease: LeaseId,
+    },
 }
 
 impl KvError {
@@ -537,7 +629,7 @@ impl KvError {
 }
 
 /// Checks one key: non-empty and not too long.
-fn validate_key(key: &[u8], operation: Option<usize>) -> Result<(), KvError> {
+pub(super) fn validate_key(key: &[u8], operation: Option<usize>) -> Result<(), KvError> {
     if key.is_empty() {
         return Err(KvError::EmptyKey { operation });
     }

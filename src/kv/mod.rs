@@ -1,9 +1,10 @@
 //! The replicated key-value state machine.
 //!
 //! Keys and values are bytes. Writes travel through the Raft log as an encoded [`Command`]: one
-//! or more [`Operation`]s (put, delete, compare-and-swap) applied atomically in one log entry.
-//! Reads never touch the log: after a linearizable read barrier the server calls
-//! [`KvStore::get`], [`KvStore::scan`] or [`KvStore::read`] directly.
+//! or more [`Operation`]s (put, delete, compare-and-swap, range delete) applied atomically in
+//! one log entry, or one transaction ([`Command::txn`]: `if compares then ops else ops`, see
+//! [`Txn`] and `docs/api.md`). Reads never touch the log: after a linearizable read barrier the
+//! server calls [`KvStore::get`], [`KvStore::scan`] or [`KvStore::read`] directly.
 //!
 //! Every key carries etcd-style [`Metadata`]: `create_revision` and `mod_revision` are the log
 //! indexes of the entries that created and last modified it, and `version` counts modifications
@@ -60,17 +61,23 @@
 //! ```
 
 mod command;
+mod legacy;
 mod response;
 mod session;
 mod snapshot;
 mod store;
+mod txn;
 
 pub use command::{
     Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest, SessionId,
 };
-pub use response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
+pub use response::{
+    LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,
+    WriteOutcome,
+};
 pub use snapshot::SnapshotError;
 pub use store::KvStore;
+pub use txn::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnPart};
 
 // The byte-string serde adapter, for `#[serde(with = "super::bytes")]` in the submodules.
 use crate::codec::bytes;
@@ -85,6 +92,11 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// The most operations one command (one atomic batch) may hold.
 pub const BATCH_OPERATIONS_MAX: usize = 256;
 
+/// The most items in each list of a transaction: its compares, its `then` operations, its
+/// `otherwise` operations (etcd's default `--max-txn-ops`). A longer list is refused with
+/// [`KvError::TxnTooLarge`].
+pub const TXN_OPERATIONS_MAX: usize = 128;
+
 /// The most key, value and expected-value bytes, summed over its operations, one command may
 /// hold. Chosen so that any command that passes [`Command::validate`] encodes within
 /// [`COMMAND_BYTES_MAX`].
@@ -97,16 +109,23 @@ pub const OPERATION_ENCODING_OVERHEAD_BYTES: usize = 64;
 /// An upper bound on the bytes a [`Command`] adds to its encoding beyond its operations.
 pub const COMMAND_ENCODING_OVERHEAD_BYTES: usize = 64;
 
-/// The most bytes of previous values one write may return when it asks for them
-/// ([`Command::return_previous`]). A write that would return more is rejected, unapplied, with
-/// [`KvError::ResponseTooLarge`].
+/// The most bytes of data one write may return: previous values when it asks for them
+/// ([`Command::return_previous`]), and in a transaction everything its operations return
+/// (previous values; keys and values read or deleted, each entry counted with
+/// [`SCAN_ENTRY_OVERHEAD_BYTES`] as a scan counts it). A write that would return more is
+/// rejected, unapplied, with [`KvError::ResponseTooLarge`].
 pub const PREVIOUS_VALUES_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// An upper bound on the bytes one operation's answer ([`WriteOutcome`], [`TxnOpResponse`])
+/// adds to a response beyond the data counted against [`PREVIOUS_VALUES_BYTES_MAX`] (two
+/// metadata of at most 38 bytes each, tags and lengths; the real figure is at most about 95).
+pub const OUTCOME_ENCODING_OVERHEAD_BYTES: usize = 128;
 
 /// An upper bound on the encoded size of any write [`Response`].
 pub const RESPONSE_BYTES_MAX: usize = PREVIOUS_VALUES_BYTES_MAX
     + VALUE_BYTES_MAX
     + KEY_BYTES_MAX
-    + BATCH_OPERATIONS_MAX * OPERATION_ENCODING_OVERHEAD_BYTES
+    + BATCH_OPERATIONS_MAX * OUTCOME_ENCODING_OVERHEAD_BYTES
     + COMMAND_ENCODING_OVERHEAD_BYTES;
 
 /// The most entries one scan returns.
@@ -135,6 +154,16 @@ const _: () = assert!(
         + COMMAND_ENCODING_OVERHEAD_BYTES
         <= COMMAND_BYTES_MAX as usize
 );
+// Any valid transaction encodes within the proposal limit: three lists of at most
+// TXN_OPERATIONS_MAX items, each within OPERATION_ENCODING_OVERHEAD_BYTES of its payload.
+const _: () = assert!(
+    COMMAND_PAYLOAD_BYTES_MAX
+        + 3 * TXN_OPERATIONS_MAX * OPERATION_ENCODING_OVERHEAD_BYTES
+        + 2 * COMMAND_ENCODING_OVERHEAD_BYTES
+        <= COMMAND_BYTES_MAX as usize
+);
+// A transaction's answer is bounded like a batch's.
+const _: () = assert!(TXN_OPERATIONS_MAX <= BATCH_OPERATIONS_MAX);
 // A single maximal compare-and-swap (key, expected value, new value) is a valid command.
 const _: () = assert!(KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX <= COMMAND_PAYLOAD_BYTES_MAX);
 // A batch of maximal keys is a valid command.

@@ -9,6 +9,14 @@ use crate::types::LogIndex;
 
 use super::command::KvError;
 
+/// The id of a lease a key may be attached to.
+///
+/// Reserved for leases with a time to live: no request can attach a key to a lease yet, so
+/// every key's [`Metadata::lease`] is `None` for now. The field exists so that the snapshot
+/// and response formats need not change again when leases arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeaseId(pub u64);
+
 /// A key's history, as etcd keeps it.
 ///
 /// Invariant: `1 <= version`, `create_revision <= mod_revision`, and both are log indexes of
@@ -20,8 +28,12 @@ pub struct Metadata {
     pub create_revision: LogIndex,
     /// The log index of the entry that last modified the key.
     pub mod_revision: LogIndex,
-    /// How many times the key was written since its creation; 1 right after creation.
+    /// How many times the key was written since its creation; 1 right after creation. A
+    /// deleted key has none: created again, it starts over at 1.
     pub version: u64,
+    /// The lease the key is attached to, if any; always `None` until leases exist (see
+    /// [`LeaseId`]).
+    pub lease: Option<LeaseId>,
 }
 
 impl Metadata {
@@ -31,16 +43,19 @@ impl Metadata {
             create_revision: index,
             mod_revision: index,
             version: 1,
+            lease: None,
         }
     }
 
-    /// The metadata after one more write by the entry at `index`.
+    /// The metadata after one more write by the entry at `index`. A write without a lease
+    /// detaches the key from its lease, as a put does in etcd.
     pub fn modified(self, index: LogIndex) -> Metadata {
         debug_assert!(index >= self.mod_revision);
         Metadata {
             create_revision: self.create_revision,
             mod_revision: index,
             version: self.version.saturating_add(1),
+            lease: None,
         }
     }
 }
@@ -66,6 +81,9 @@ pub struct WriteOutcome {
     /// the key existed.
     #[serde(with = "super::bytes::option")]
     pub previous_value: Option<Vec<u8>>,
+    /// How many keys the operation removed: 0 or 1 for a single key, any number for an
+    /// [`Operation::DeleteRange`](super::Operation::DeleteRange).
+    pub deleted: u64,
 }
 
 impl WriteOutcome {
@@ -101,6 +119,9 @@ pub enum Response {
         /// The new session's client id: the log index of the registration.
         client_id: u64,
     },
+    /// A [`Command::txn`](super::Command::txn) was applied: which branch ran and what each of
+    /// its operations answered.
+    Txn(TxnResponse),
 }
 
 impl Response {
@@ -119,6 +140,37 @@ impl Response {
     pub fn is_written(&self) -> bool {
         matches!(self, Response::Written { .. })
     }
+}
+
+/// The answer to a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// Whether every compare held, so that the `then` branch ran (else the `otherwise` one).
+    pub succeeded: bool,
+    /// The store's revision after the transaction: this entry's index if it modified any key,
+    /// else the revision it read at. All writes of one transaction share this one revision.
+    pub revision: LogIndex,
+    /// One answer per operation of the branch that ran, in order.
+    pub responses: Vec<TxnOpResponse>,
+}
+
+/// What one operation of a transaction answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResponse {
+    /// A put: the key's metadata before and after, and its previous value when asked for.
+    Put(WriteOutcome),
+    /// A delete of one key or of a range.
+    Delete {
+        /// How many keys were removed.
+        deleted: u64,
+        /// The removed keys with their last values, in key order, when asked for; else empty.
+        previous: Vec<(Vec<u8>, Versioned)>,
+    },
+    /// A get: the key's value and metadata, if it exists (as left by the earlier operations
+    /// of the transaction).
+    Get(Option<Versioned>),
+    /// A range read, in key order, at most its limit of entries.
+    Range(ScanPage),
 }
 
 /// One page of a scan.
@@ -153,6 +205,7 @@ mod tests {
             create_revision: LogIndex(u64::MAX),
             mod_revision: LogIndex(u64::MAX),
             version: u64::MAX,
+            lease: Some(LeaseId(u64::MAX)),
         }
     }
 
@@ -177,6 +230,7 @@ mod tests {
             previous,
             current,
             previous_value: None,
+            deleted: 0,
         };
         assert!(outcome(existed, None).deleted());
         assert!(!outcome(None, None).deleted());
@@ -191,6 +245,7 @@ mod tests {
                 previous: Some(widest_metadata()),
                 current: Some(widest_metadata()),
                 previous_value: Some(vec![0xFF; share]),
+                deleted: u64::MAX,
             })
             .collect();
         let written = Response::Written {
@@ -211,6 +266,46 @@ mod tests {
             client_id: u64::MAX,
         };
         for response in [written, failed, rejected, registered] {
+            let bytes = response.encode();
+            assert!(bytes.len() <= RESPONSE_BYTES_MAX, "{} bytes", bytes.len());
+            assert_eq!(Response::decode(&bytes).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn the_largest_transaction_answers_stay_within_the_response_limit() {
+        use crate::kv::TXN_OPERATIONS_MAX;
+        let versioned = |value_bytes| Versioned {
+            value: vec![0xFF; value_bytes],
+            metadata: widest_metadata(),
+        };
+        // Every operation's answer at its widest, the data shared out to the budget (each
+        // entry counted with its overhead).
+        let share = PREVIOUS_VALUES_BYTES_MAX / TXN_OPERATIONS_MAX;
+        let value_bytes = share - SCAN_ENTRY_OVERHEAD_BYTES - 1;
+        let kinds = [
+            TxnOpResponse::Put(WriteOutcome {
+                previous: Some(widest_metadata()),
+                current: Some(widest_metadata()),
+                previous_value: Some(vec![0xFF; share]),
+                deleted: u64::MAX,
+            }),
+            TxnOpResponse::Delete {
+                deleted: u64::MAX,
+                previous: vec![(vec![1], versioned(value_bytes))],
+            },
+            TxnOpResponse::Get(Some(versioned(value_bytes + 1))),
+            TxnOpResponse::Range(ScanPage {
+                entries: vec![(vec![1], versioned(value_bytes))],
+                more: true,
+            }),
+        ];
+        for kind in kinds {
+            let response = Response::Txn(TxnResponse {
+                succeeded: true,
+                revision: LogIndex(u64::MAX),
+                responses: vec![kind; TXN_OPERATIONS_MAX],
+            });
             let bytes = response.encode();
             assert!(bytes.len() <= RESPONSE_BYTES_MAX, "{} bytes", bytes.len());
             assert_eq!(Response::decode(&bytes).unwrap(), response);

@@ -14,16 +14,21 @@
 //! Nothing may follow the last session record. Restore builds a new store and replaces the old
 //! one only when the whole snapshot checked out, so a bad snapshot leaves the store untouched.
 //!
-//! Format versions (the records are laid out the same in both):
+//! Format versions (the record sequence is the same in all):
 //!
-//! | version | written by | sessions |
-//! |---|---|---|
-//! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) |
-//! | 2 | this build | a session registered that has applied no write yet has sequence 0 and an empty response |
+//! | version | written by | sessions | key metadata and cached responses |
+//! |---|---|---|---|
+//! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) | `Metadata { create_revision, mod_revision, version }`; `WriteOutcome` without `deleted` |
+//! | 2 | builds before transactions | a session registered that has applied no write yet has sequence 0 and an empty response | as in 1 |
+//! | 3 | this build | as in 2 | `Metadata` ends with `lease: Option<LeaseId>`; `WriteOutcome` ends with `deleted: u64` |
 //!
-//! This build reads both; a version 1 snapshot's sessions carry on as registered ones. A build
-//! that reads only version 1 refuses a version 2 snapshot as an unknown version rather than
-//! misreading its new sessions.
+//! This build reads all three; a version 1 snapshot's sessions carry on as registered ones,
+//! and the key records and cached responses of versions 1 and 2 are converted to the current
+//! layout (see `legacy.rs`; no key has a lease, a cached outcome's `deleted` is 1 exactly when
+//! it removed its key). A converted response may be a few bytes longer, so sessions are
+//! evicted, least recently used first, if the cache would pass its bound. A build that reads
+//! only older versions refuses a newer snapshot as an unknown version rather than misreading
+//! it.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,16 +36,22 @@ use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
 use crate::types::LogIndex;
 
+use super::legacy::{self, VersionedV2};
 use super::response::{Response, Versioned};
 use super::session::{Session, Sessions};
 use super::store::{KvStore, Stored};
-use super::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX, VALUE_BYTES_MAX};
+use super::{
+    KEY_BYTES_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX, SESSION_CACHE_BYTES_MAX, VALUE_BYTES_MAX,
+};
 
 /// Identifies a keyval kv snapshot: "kvsn".
 const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
 
 /// The snapshot format this build writes.
-const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+
+/// The first format whose key metadata carries a lease (see the module docs).
+const SNAPSHOT_FORMAT_VERSION_LEASES: u32 = 3;
 
 /// The oldest snapshot format this build reads (see the module docs for the differences).
 const SNAPSHOT_FORMAT_VERSION_MIN: u32 = 1;
@@ -163,8 +174,14 @@ impl KvStore {
             revision: header.revision,
             ..KvStore::default()
         };
+        let legacy = header.format_version < SNAPSHOT_FORMAT_VERSION_LEASES;
         for _ in 0..header.keys {
-            let (key, versioned): (Vec<u8>, Versioned) = reader.next()?;
+            let (key, versioned): (Vec<u8>, Versioned) = if legacy {
+                let (key, old): (Vec<u8>, VersionedV2) = reader.next()?;
+                (key, old.into())
+            } else {
+                reader.next()?
+            };
             check_entry(&store, &key, &versioned).map_err(|reason| reader.invalid(reason))?;
             store.data.insert(
                 key.into(),
@@ -177,14 +194,23 @@ impl KvStore {
         let mut sessions = Sessions::default();
         let mut last_client = None;
         for _ in 0..header.sessions {
-            let (client_id, session): (u64, Session) = reader.next()?;
+            let (client_id, mut session): (u64, Session) = reader.next()?;
             if last_client.is_some_and(|last| client_id <= last) {
                 return Err(reader.invalid("sessions out of client order"));
+            }
+            if legacy && session.sequence > 0 {
+                session.response = legacy::transcode_response(&session.response)
+                    .map_err(|_| reader.invalid("cached response is not a response"))?;
             }
             check_session(&sessions, &session, header.applied, header.format_version)
                 .map_err(|reason| reader.invalid(reason))?;
             last_client = Some(client_id);
             sessions.insert(client_id, session);
+        }
+        if legacy {
+            // Converted responses may have grown past the bound; the same snapshot converts
+            // the same way on every node, so every node evicts the same sessions.
+            sessions.evict(SESSIONS_MAX, SESSION_CACHE_BYTES_MAX);
         }
         if !sessions.is_within_bounds() {
             return Err(reader.invalid("sessions hold more bytes than SESSION_CACHE_BYTES_MAX"));

@@ -10,8 +10,12 @@ use crate::state_machine::{RestoreError, SnapshotWriter, StateMachine};
 use crate::types::{EntryId, LogIndex};
 
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
-use super::response::{Metadata, ReadResponse, Response, ScanPage, Versioned, WriteOutcome};
+use super::response::{
+    LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,
+    WriteOutcome,
+};
 use super::session::{SessionCheck, Sessions};
+use super::txn::{Txn, TxnOp};
 use super::{
     KEY_BYTES_MAX, PREVIOUS_VALUES_BYTES_MAX, SCAN_ENTRY_OVERHEAD_BYTES, SCAN_LIMIT_MAX,
     SCAN_RESPONSE_BYTES_MAX, VALUE_BYTES_MAX,
@@ -73,15 +77,8 @@ impl KvStore {
     pub fn scan(&self, range: &KeyRange, limit: usize) -> ScanPage {
         let limit = limit.min(SCAN_LIMIT_MAX);
         let mut page = ScanPage::default();
-        let start = range.start.as_slice();
-        let end = match &range.end {
-            // A map's `range` panics on an inverted range; it is simply empty.
-            Some(end) if end.as_slice() <= start => return page,
-            Some(end) => Bound::Excluded(end.as_slice()),
-            None => Bound::Unbounded,
-        };
         let mut page_bytes = 0;
-        for (key, stored) in self.data.range::<_, [u8]>((Bound::Included(start), end)) {
+        for (key, stored) in self.entries_in(range) {
             let entry_bytes = key.len() + stored.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
             let full = page.entries.len() == limit
                 || (!page.entries.is_empty() && page_bytes + entry_bytes > SCAN_RESPONSE_BYTES_MAX);
@@ -93,6 +90,22 @@ impl KvStore {
             page.entries.push((key.to_vec(), stored.to_versioned()));
         }
         page
+    }
+
+    /// Every entry of `range`, in key order.
+    fn entries_in<'a>(
+        &'a self,
+        range: &'a KeyRange,
+    ) -> impl Iterator<Item = (&'a Arc<[u8]>, &'a Stored)> + 'a {
+        let start = range.start.as_slice();
+        let end = match &range.end {
+            // A map's `range` panics on an inverted range; it is simply empty.
+            Some(end) if end.as_slice() <= start => None,
+            Some(end) => Some(Bound::Excluded(end.as_slice())),
+            None => Some(Bound::Unbounded),
+        };
+        end.into_iter()
+            .flat_map(move |end| self.data.range::<_, [u8]>((Bound::Included(start), end)))
     }
 
     /// Validates and serves a read request.
@@ -198,7 +211,13 @@ impl KvStore {
     }
 
     /// Applies a validated command's operations at `index`, all or none.
-    fn apply_operations(&mut self, index: LogIndex, command: Command) -> Response {
+    fn apply_operations(&mut self, index: LogIndex, mut command: Command) -> Response {
+        if command.as_txn().is_some() {
+            let Some(Operation::Txn(txn)) = command.operations.pop() else {
+                unreachable!("as_txn found the transaction")
+            };
+            return self.apply_txn(index, txn);
+        }
         let return_previous = command.return_previous;
         // Undo records are needed only when something after a write can still fail.
         let may_fail = return_previous
@@ -224,20 +243,29 @@ impl KvStore {
                     }
                     (key, value)
                 }
+                Operation::DeleteRange { range } => {
+                    let removed = self.remove_range(&range);
+                    modified |= !removed.is_empty();
+                    outcomes.push(WriteOutcome {
+                        deleted: removed.len() as u64,
+                        ..WriteOutcome::default()
+                    });
+                    if may_fail {
+                        undo.extend(removed.into_iter().map(|(key, stored)| (key, Some(stored))));
+                    }
+                    continue;
+                }
+                Operation::Txn(_) => {
+                    // `validate` refuses a transaction that is not alone in its command.
+                    self.roll_back(undo);
+                    return Response::Rejected(KvError::TxnNotAlone);
+                }
             };
             let key: Arc<[u8]> = key.into();
             let undo_key = may_fail.then(|| Arc::clone(&key));
             let (previous, current) = match value {
                 Some(value) => {
-                    let metadata = match self.data.get(&key) {
-                        Some(old) => old.metadata.modified(index),
-                        None => Metadata::created(index),
-                    };
-                    let stored = Stored {
-                        value: value.into(),
-                        metadata,
-                    };
-                    let previous = self.data.insert(key, stored);
+                    let (previous, metadata) = self.put_key(index, key, value, None);
                     (previous, Some(metadata))
                 }
                 None => (self.data.remove(&key), None),
@@ -247,6 +275,7 @@ impl KvStore {
                 previous: previous.as_ref().map(|versioned| versioned.metadata),
                 current,
                 previous_value: None,
+                deleted: u64::from(previous.is_some() && current.is_none()),
             };
             if return_previous {
                 outcome.previous_value = previous.as_ref().map(|stored| stored.value.to_vec());
@@ -271,6 +300,161 @@ impl KvStore {
             revision: self.revision,
             outcomes,
         }
+    }
+
+    /// Applies a validated transaction at `index`: evaluates its compares against the store
+    /// as it is, then runs the chosen branch in order, all or none (a branch fails only when
+    /// what it returns would exceed [`PREVIOUS_VALUES_BYTES_MAX`]).
+    fn apply_txn(&mut self, index: LogIndex, txn: Txn) -> Response {
+        let succeeded = txn.compares.iter().all(|compare| {
+            let current = self.data.get(compare.key.as_slice());
+            compare.holds(current.map(|stored| (&*stored.value, &stored.metadata)))
+        });
+        let operations = if succeeded { txn.then } else { txn.otherwise };
+        let mut undo = Undo::new();
+        let mut responses = Vec::with_capacity(operations.len());
+        let mut returned_bytes = 0;
+        let mut modified = false;
+        let entry_bytes =
+            |key: &[u8], value: &[u8]| key.len() + value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
+        for operation in operations {
+            let response = match operation {
+                TxnOp::Put {
+                    key,
+                    value,
+                    return_previous,
+                    lease,
+                } => {
+                    if let Some(lease) = lease {
+                        // No lease exists yet: every lease is unknown.
+                        self.roll_back(undo);
+                        return Response::Rejected(KvError::LeaseNotFound { lease });
+                    }
+                    let key: Arc<[u8]> = key.into();
+                    let (previous, current) = self.put_key(index, Arc::clone(&key), value, lease);
+                    modified = true;
+                    let previous_value = previous
+                        .as_ref()
+                        .filter(|_| return_previous)
+                        .map(|stored| stored.value.to_vec());
+                    returned_bytes += previous_value.as_ref().map_or(0, Vec::len);
+                    let outcome = WriteOutcome {
+                        previous: previous.as_ref().map(|stored| stored.metadata),
+                        current: Some(current),
+                        previous_value,
+                        deleted: 0,
+                    };
+                    undo.push((key, previous));
+                    TxnOpResponse::Put(outcome)
+                }
+                TxnOp::Delete {
+                    key,
+                    return_previous,
+                } => {
+                    let removed: Vec<_> = self
+                        .data
+                        .remove_with_key(key.as_slice())
+                        .into_iter()
+                        .collect();
+                    self.removed_response(removed, return_previous, &mut undo, &mut returned_bytes)
+                }
+                TxnOp::DeleteRange {
+                    range,
+                    return_previous,
+                } => {
+                    let removed = self.remove_range(&range);
+                    self.removed_response(removed, return_previous, &mut undo, &mut returned_bytes)
+                }
+                TxnOp::Get { key } => {
+                    let found = self.get(&key);
+                    returned_bytes += found
+                        .as_ref()
+                        .map_or(0, |versioned| entry_bytes(&key, &versioned.value));
+                    TxnOpResponse::Get(found)
+                }
+                TxnOp::Range { range, limit } => {
+                    let page = self.scan(&range, limit);
+                    returned_bytes += page
+                        .entries
+                        .iter()
+                        .map(|(key, versioned)| entry_bytes(key, &versioned.value))
+                        .sum::<usize>();
+                    TxnOpResponse::Range(page)
+                }
+            };
+            if let TxnOpResponse::Delete { deleted, .. } = &response {
+                modified |= *deleted > 0;
+            }
+            responses.push(response);
+            if returned_bytes > PREVIOUS_VALUES_BYTES_MAX {
+                self.roll_back(undo);
+                return Response::Rejected(KvError::ResponseTooLarge {
+                    bytes: returned_bytes,
+                    limit: PREVIOUS_VALUES_BYTES_MAX,
+                });
+            }
+        }
+        if modified {
+            self.revision = index;
+        }
+        Response::Txn(TxnResponse {
+            succeeded,
+            revision: self.revision,
+            responses,
+        })
+    }
+
+    /// The answer of a transaction's delete that removed `removed`, noting them for undo and
+    /// counting what it returns.
+    fn removed_response(
+        &self,
+        removed: Vec<(Arc<[u8]>, Stored)>,
+        return_previous: bool,
+        undo: &mut Undo,
+        returned_bytes: &mut usize,
+    ) -> TxnOpResponse {
+        let deleted = removed.len() as u64;
+        let mut previous = Vec::new();
+        for (key, stored) in removed {
+            if return_previous {
+                *returned_bytes += key.len() + stored.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
+                previous.push((key.to_vec(), stored.to_versioned()));
+            }
+            undo.push((key, Some(stored)));
+        }
+        TxnOpResponse::Delete { deleted, previous }
+    }
+
+    /// Sets `key` to `value` at `index`, attached to `lease` (`None`: to no lease); returns
+    /// what it replaced and the new metadata.
+    fn put_key(
+        &mut self,
+        index: LogIndex,
+        key: Arc<[u8]>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> (Option<Stored>, Metadata) {
+        let mut metadata = match self.data.get(&key) {
+            Some(old) => old.metadata.modified(index),
+            None => Metadata::created(index),
+        };
+        metadata.lease = lease;
+        let stored = Stored {
+            value: value.into(),
+            metadata,
+        };
+        (self.data.insert(key, stored), metadata)
+    }
+
+    /// Removes every key of `range`; returns them with what they held, in key order.
+    fn remove_range(&mut self, range: &KeyRange) -> Vec<(Arc<[u8]>, Stored)> {
+        let keys: Vec<Arc<[u8]>> = self
+            .entries_in(range)
+            .map(|(key, _)| Arc::clone(key))
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| self.data.remove_with_key(&key))
+            .collect()
     }
 
     /// Whether `expect` holds for `key` now.
