@@ -161,6 +161,33 @@ pub struct NodeArgs {
     /// Require every client to present a certificate from --trusted-ca-file.
     #[arg(long, env = "KEYVAL_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
     pub client_cert_auth: bool,
+    /// Listen on non-loopback addresses without TLS (refused otherwise): only on a network
+    /// where everyone who can reach the ports is trusted.
+    #[arg(long, env = "KEYVAL_INSECURE")]
+    pub insecure: bool,
+    /// Mutual TLS between the nodes: this node's peer certificate (PEM; it must name this
+    /// node's peer IP address). Needs --peer-key-file and --peer-trusted-ca-file.
+    #[arg(
+        long,
+        env = "KEYVAL_PEER_CERT_FILE",
+        requires_all = ["peer_key_file", "peer_trusted_ca_file"]
+    )]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, env = "KEYVAL_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA (PEM) every peer's certificate must chain to.
+    #[arg(long, env = "KEYVAL_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Names (common name or DNS SAN) a peer's certificate must carry one of, comma-separated
+    /// (default: any certificate from --peer-trusted-ca-file).
+    #[arg(
+        long,
+        env = "KEYVAL_PEER_CERT_ALLOWED_CN",
+        value_delimiter = ',',
+        requires = "peer_cert_file"
+    )]
+    pub peer_cert_allowed_cn: Vec<String>,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
@@ -318,6 +345,73 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
     })
 }
 
+/// Secure by default: a port reachable beyond this machine must speak TLS, unless the
+/// operator says `--insecure`.
+fn check_exposure(
+    args: &NodeArgs,
+    peer_listen: SocketAddr,
+    client_listen: SocketAddr,
+) -> anyhow::Result<()> {
+    if args.insecure {
+        return Ok(());
+    }
+    let exposed = |address: SocketAddr| !address.ip().is_loopback();
+    if exposed(client_listen) && args.cert_file.is_none() {
+        bail!(
+            "refusing to serve clients on {client_listen} without TLS: anyone who can reach it \
+             could read and write everything. Give --cert-file and --key-file (docs/security.md), \
+             listen on a loopback address, or pass --insecure on a network you trust"
+        );
+    }
+    if exposed(peer_listen) && args.peer_cert_file.is_none() {
+        bail!(
+            "refusing to listen for peers on {peer_listen} without TLS: anyone who can reach it \
+             could speak Raft to the cluster. Give --peer-cert-file, --peer-key-file and \
+             --peer-trusted-ca-file (docs/security.md), listen on a loopback address, or pass \
+             --insecure on a network you trust"
+        );
+    }
+    Ok(())
+}
+
+/// How this node reaches the cluster it joins: over TLS when it serves clients over TLS,
+/// trusting its `--trusted-ca-file` and presenting its own client-port certificate.
+fn join_target(args: &NodeArgs) -> anyhow::Result<join::Target> {
+    let tls = match (&args.cert_file, &args.key_file, &args.trusted_ca_file) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            crate::tls::ClientTls::new(ca, Some((cert, key)))
+                .context("--join over TLS (--trusted-ca-file, --cert-file, --key-file)")?,
+        ),
+        (Some(_), _, None) => anyhow::bail!(
+            "--join with --cert-file needs --trusted-ca-file: the CA of the other nodes' client \
+             certificates"
+        ),
+        _ => None,
+    };
+    Ok(join::Target {
+        endpoints: args.join.clone(),
+        tls,
+    })
+}
+
+/// The peer port's mutual TLS, as the flags ask.
+fn peer_tls(args: &NodeArgs) -> anyhow::Result<Option<Arc<crate::tls::PeerTls>>> {
+    let (Some(cert), Some(key), Some(ca)) = (
+        &args.peer_cert_file,
+        &args.peer_key_file,
+        &args.peer_trusted_ca_file,
+    ) else {
+        return Ok(None);
+    };
+    let tls = crate::tls::PeerTls::new(crate::tls::PeerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        trusted_ca: ca.clone(),
+        allowed_names: args.peer_cert_allowed_cn.clone(),
+    })?;
+    Ok(Some(Arc::new(tls)))
+}
+
 /// The client port's TLS, as the flags ask.
 fn server_tls(args: &NodeArgs) -> anyhow::Result<Option<Arc<crate::tls::ServerTls>>> {
     let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
@@ -419,10 +513,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     // Peers come from the configuration: `Node::start` hands the one it recovers (or this
     // initial one) to `Transport::update_members`, which resolves every member's address.
+    check_exposure(&args, plan.peer_listen, plan.client_listen)?;
     let (inbound_tx, inbound_rx) = inbound_channel();
     let transport = Arc::new(
         TcpTransport::<Message>::start(
-            TcpConfig::new(plan.id, cluster_id, plan.peer_listen, BTreeMap::new()),
+            TcpConfig {
+                tls: peer_tls(&args)?,
+                ..TcpConfig::new(plan.id, cluster_id, plan.peer_listen, BTreeMap::new())
+            },
             inbound_tx,
         )
         .with_context(|| format!("starting the peer transport on {}", plan.peer_listen))?,
@@ -469,7 +567,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     );
     let promotion = if !args.join.is_empty() && !args.join_as_learner {
         Some(join::spawn_promotion(
-            args.join.clone(),
+            &join_target(&args)?,
             plan.id,
             Arc::clone(&stop),
         )?)
@@ -554,7 +652,7 @@ fn initial_membership(
     }
     let address = own.addresses.get(&plan.id).cloned().unwrap_or_default();
     if storage.is_empty() {
-        return join::join_as_learner(&args.join, plan.id, &address, stop);
+        return join::join_as_learner(&join_target(args)?, plan.id, &address, stop);
     }
     // A data directory from before the bootstrap configuration was recorded.
     log::info(
@@ -565,7 +663,7 @@ fn initial_membership(
         learners: [plan.id].into(),
         ..Membership::default()
     };
-    if let Some(known) = join::known_members(&args.join) {
+    if let Some(known) = join::known_members(&join_target(args)?) {
         membership.addresses = known.addresses;
     }
     membership.addresses.insert(plan.id, address);

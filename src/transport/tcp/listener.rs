@@ -29,6 +29,9 @@ const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// defence: shutdown also shuts their sockets down) and the handshake deadline.
 const READ_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often the listener looks for changed peer TLS files.
+const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// At most this many inbound connections are served at once; more are refused. Legitimate
 /// peers hold one each (briefly two while reconnecting).
 const INBOUND_CONNECTIONS_MAX: usize = 128;
@@ -85,11 +88,18 @@ struct AcceptLoop<M> {
 impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
     fn run(mut self) {
         let id = self.shared.config.id;
+        let mut tls_checked_at = std::time::Instant::now();
         while !self.shared.stopping.load(Ordering::SeqCst) {
             match self.listener.accept() {
                 Ok((stream, remote)) => self.admit(stream, remote),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {
                     self.reap_finished();
+                    if let Some(tls) = &self.shared.config.tls {
+                        if tls_checked_at.elapsed() >= TLS_CHECK_INTERVAL {
+                            tls_checked_at = std::time::Instant::now();
+                            tls.reload_if_changed();
+                        }
+                    }
                     thread::sleep(ACCEPT_POLL_INTERVAL);
                 }
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
@@ -132,10 +142,21 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
                 return;
             }
         };
+        let tls = match &self.shared.config.tls {
+            None => None,
+            Some(tls) => match tls.accept() {
+                Ok(session) => Some(Box::new(session)),
+                Err(error) => {
+                    eprintln!("{id}: dropping peer connection from {remote}: {error}");
+                    return;
+                }
+            },
+        };
         let reader = Reader {
             shared: Arc::clone(&self.shared),
             inbound: self.inbound.clone(),
             stream,
+            tls,
             remote,
             buffer: Vec::new(),
             start: 0,
@@ -181,6 +202,8 @@ struct Reader<M> {
     shared: Arc<Shared>,
     inbound: Sender<(NodeId, M)>,
     stream: TcpStream,
+    /// The TLS session over `stream`, on a TLS peer port.
+    tls: Option<Box<rustls::ServerConnection>>,
     remote: SocketAddr,
     /// Bytes `start..filled` are read and not yet consumed; bytes from `filled` on are
     /// (initialised) room for the next read, so reads do not zero memory again and again.
@@ -245,11 +268,15 @@ impl<M: DeserializeOwned> Reader<M> {
                 handshake.from, handshake.cluster_id, config.cluster_id
             )));
         }
-        if !self.shared.known_peers.read().contains(&handshake.from) {
+        let Some(claimed) = self.shared.known_peers.read().get(&handshake.from).copied() else {
             return Err(Ending::Fault(format!(
                 "{} is not a known peer",
                 handshake.from
             )));
+        };
+        if let (Some(tls), Some(session)) = (&config.tls, &self.tls) {
+            tls.check_peer(session.peer_certificates(), Some(claimed.ip()))
+                .map_err(|reason| Ending::Fault(format!("{}: {reason}", handshake.from)))?;
         }
         Ok(handshake.from)
     }
@@ -330,9 +357,13 @@ impl<M: DeserializeOwned> Reader<M> {
                 )));
             }
             let held = self.filled;
-            let result = self
-                .stream
-                .read(&mut self.buffer[held..held + READ_CHUNK_BYTES]);
+            let chunk = &mut self.buffer[held..held + READ_CHUNK_BYTES];
+            let result = match &mut self.tls {
+                None => self.stream.read(chunk),
+                // Takes records (and answers the handshake) as needed; a read timeout
+                // leaves the session as it was, to be resumed.
+                Some(session) => rustls::Stream::new(&mut **session, &mut self.stream).read(chunk),
+            };
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Err(Ending::Stopping);
             }
@@ -353,6 +384,10 @@ impl<M: DeserializeOwned> Reader<M> {
                         error.kind(),
                         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                     ) => {}
+                // Plaintext on a TLS port, a certificate from another CA, an expired one.
+                Err(error) if error.kind() == ErrorKind::InvalidData => {
+                    return Err(Ending::Fault(format!("TLS: {error}")))
+                }
                 Err(error) => return Err(Ending::Lost(format!("read failed: {error}"))),
             }
         }

@@ -119,9 +119,57 @@ where
     spawn_named(name, move || writer.run())
 }
 
+/// An outbound stream: plaintext, or TLS over it.
+enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl PeerStream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            PeerStream::Plain(stream) => stream,
+            PeerStream::Tls(stream) => &stream.sock,
+        }
+    }
+}
+
+impl Write for PeerStream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            PeerStream::Plain(stream) => stream.write(bytes),
+            PeerStream::Tls(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            PeerStream::Plain(stream) => stream.flush(),
+            PeerStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Completes a TLS handshake with the peer at `address` on `stream` (bounded by `timeout`
+/// per read), so that a refusal shows here rather than as a broken first write.
+fn handshake(
+    tls: &crate::tls::PeerTls,
+    stream: TcpStream,
+    address: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<PeerStream> {
+    let session = tls.dial(address.ip()).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(session, stream);
+    stream.sock.set_read_timeout(Some(timeout))?;
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(PeerStream::Tls(Box::new(stream)))
+}
+
 /// An open outbound connection.
 struct Connection {
-    stream: TcpStream,
+    stream: PeerStream,
     address: SocketAddr,
     /// The address generation it was dialled for.
     generation: u64,
@@ -268,6 +316,10 @@ impl<M: Serialize> Writer<M> {
                 stream.set_write_timeout(Some(config.write_timeout))?;
                 set_unacknowledged_timeout(&stream, config.unacknowledged_timeout)?;
                 let clone = stream.try_clone()?;
+                let stream = match &config.tls {
+                    None => PeerStream::Plain(stream),
+                    Some(tls) => handshake(tls, stream, address, config.handshake_timeout)?,
+                };
                 Ok((stream, clone))
             });
         let (stream, clone) = match stream {
@@ -328,7 +380,7 @@ impl<M: Serialize> Writer<M> {
 
     fn close_connection(&mut self) {
         if let Some(connection) = self.connection.take() {
-            let _ = connection.stream.shutdown(Shutdown::Both);
+            let _ = connection.stream.socket().shutdown(Shutdown::Both);
         }
         self.link.stream.lock().take();
     }
