@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::kv::KvStore;
 use crate::log::{self, Level};
 use crate::node::{Node, NodeOptions};
-use crate::raft::{Message, RoleKind};
+use crate::raft::Message;
 use crate::server::{Server, ServerOptions};
 use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
 use crate::storage::Storage;
@@ -24,6 +24,7 @@ use crate::transport::{inbound_channel, Transport};
 use crate::types::{Membership, NodeId};
 
 use super::join;
+use super::logging::{self, LogFormat};
 use super::restore::RestoreArgs;
 use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
 
@@ -172,9 +173,14 @@ pub struct NodeArgs {
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     #[arg(long, env = "KEYVAL_SNAPSHOT_MARGIN_ENTRIES", default_value_t = 1_000)]
     pub snapshot_margin_entries: u64,
-    /// Log level: error, warn, info or debug.
+    /// Log level: error, warn, info, debug or trace. Info: start and stop, elections, leader
+    /// and configuration changes, snapshots; debug adds connections, flow control, compaction.
     #[arg(long, env = "KEYVAL_LOG_LEVEL", default_value = "info")]
     pub log_level: Level,
+    /// Log line format on stderr: text (`ts LEVEL node=n1 msg="..." key=value`) or json (one
+    /// object per line).
+    #[arg(long, env = "KEYVAL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// Operator commands of the `keyval` binary (the node itself runs when none is given).
@@ -361,11 +367,11 @@ fn raise_open_files_limit(connections_max: usize) {
 /// answer what is in flight, stop the node (its log writer syncs what it holds), close.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(NodeCommand::Restore(restore)) = &args.command {
+        logging::install(args.log_level, args.log_format, None);
         return super::restore::run(restore);
     }
-    log::set_level(args.log_level);
     let mut plan = plan(&args)?;
-    log::set_node(plan.id);
+    logging::install(args.log_level, args.log_format, Some(plan.id.to_string()));
     if !plan.config.check_quorum {
         log::warn(
             "check-quorum is off (test only): a leader cut off from its peers keeps leading",
@@ -572,65 +578,10 @@ fn initial_membership(
     Ok(membership)
 }
 
-/// How this node stands in `membership`, for the log.
-fn standing(membership: &Membership, id: NodeId) -> &'static str {
-    if membership.is_voter(id) {
-        "voter"
-    } else if membership.learners.contains(&id) {
-        "learner"
-    } else {
-        "not a member"
-    }
-}
-
-/// Logs role, leader and configuration changes until `stop` is set or storage fails; returns
-/// the failure.
+/// Waits until `stop` is set or storage fails; returns the failure. (The node logs its own
+/// role, leader and configuration changes.)
 fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) -> Option<String> {
-    let mut last: Option<(RoleKind, Option<NodeId>, u64)> = None;
-    let mut last_membership: Option<Membership> = None;
     while !stop.load(Ordering::SeqCst) {
-        let status = node.status();
-        if last_membership.as_ref() != Some(&status.membership) {
-            let membership = &status.membership;
-            let ids = |set: &std::collections::BTreeSet<NodeId>| {
-                set.iter().map(|id| id.0).collect::<Vec<u64>>()
-            };
-            let fields: [(&str, &dyn std::fmt::Display); 4] = [
-                ("this_node", &standing(membership, status.id)),
-                ("voters", &log::Debugged(&ids(&membership.voters))),
-                (
-                    "outgoing",
-                    &log::Debugged(&ids(&membership.voters_outgoing)),
-                ),
-                ("learners", &log::Debugged(&ids(&membership.learners))),
-            ];
-            if membership.contains(status.id) {
-                log::info("configuration", &fields);
-            } else {
-                log::warn(
-                    "this node is not a member of the configuration it knows: removed from \
-                     the cluster (it stays out of elections), or still catching up after a join",
-                    &fields,
-                );
-            }
-            last_membership = Some(status.membership.clone());
-        }
-        let now = (status.role, status.leader, status.term.0);
-        if last != Some(now) {
-            let leader = status
-                .leader
-                .map(|leader| leader.to_string())
-                .unwrap_or_else(|| "none".into());
-            log::info(
-                "role",
-                &[
-                    ("role", &log::Debugged(&status.role)),
-                    ("term", &status.term.0),
-                    ("leader", &leader),
-                ],
-            );
-            last = Some(now);
-        }
         if let Some(reason) = node.failure() {
             return Some(reason);
         }

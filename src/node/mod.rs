@@ -21,6 +21,7 @@ mod applier;
 pub(crate) mod driver;
 mod inbound;
 mod log_writer;
+mod observer;
 mod snapshotter;
 mod ticker;
 mod waiters;
@@ -126,6 +127,8 @@ struct Core {
     /// A new configuration for the log writer to hand the transport (outside the lock: an
     /// address may need resolving).
     members_update: Option<Membership>,
+    /// Role, leader and configuration changes, for the ticker to log outside the lock.
+    observer: observer::Observer,
 }
 
 /// State shared by the node's threads and its handle.
@@ -174,6 +177,7 @@ impl<M> Shared<M> {
         while core.raft.has_ready() {
             let routed = driver::split(core.raft.take_ready());
             if let Some(membership) = routed.membership {
+                core.observer.membership_changed(&membership);
                 core.members_update = Some(membership);
                 let _ = self.persist_wake.try_send(());
             }
@@ -196,6 +200,7 @@ impl<M> Shared<M> {
                 waiters.complete_reads(routed.read_states, applied);
             }
         }
+        core.observer.observe(&core.raft);
         // A node removed from the cluster hears nothing more about entries past its commit
         // index (a leader that removed itself appended some): their proposers learn now that
         // the outcome is unknown, instead of at their deadlines.
@@ -212,7 +217,7 @@ impl<M> Shared<M> {
     /// Storage failed: stop serving (the node falls silent so the cluster moves on) and fail
     /// every waiter.
     fn fail(&self, reason: String) {
-        eprintln!("{}: storage failed, node stops serving: {reason}", self.id);
+        tracing::error!(node = %self.id, reason = %reason, "storage failed, node stops serving");
         *self.failed.lock() = Some(reason.clone());
         self.stopped.store(true, Ordering::SeqCst);
         self.waiters.lock().fail_all(&reason);
@@ -304,6 +309,7 @@ impl<M: StateMachine> Node<M> {
         let shared = Arc::new(Shared {
             id,
             core: Mutex::new(Core {
+                observer: observer::Observer::new(&raft),
                 raft,
                 persist_outbox: Vec::new(),
                 apply_outbox: Vec::new(),

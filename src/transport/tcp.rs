@@ -457,7 +457,7 @@ impl<M> Drop for TcpTransport<M> {
 fn join_logged(id: NodeId, thread: JoinHandle<()>) {
     let name = thread.thread().name().unwrap_or("unnamed").to_string();
     if thread.join().is_err() {
-        eprintln!("{id}: peer transport thread {name} panicked");
+        tracing::error!(node = %id, thread = %name, "a peer transport thread panicked");
     }
 }
 

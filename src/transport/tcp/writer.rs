@@ -201,9 +201,11 @@ impl<M: Serialize> Writer<M> {
             Some(reason) => {
                 self.buffer.truncate(start);
                 add(&self.shared.counters.dropped_unencodable, 1);
-                eprintln!(
-                    "{}: dropping a message to {}: {reason}",
-                    self.shared.config.id, self.peer
+                tracing::warn!(
+                    node = %self.shared.config.id,
+                    peer = self.peer.0,
+                    reason = %reason,
+                    "dropping a message that cannot be sent"
                 );
             }
         }
@@ -234,9 +236,12 @@ impl<M: Serialize> Writer<M> {
             Err(error) => {
                 add(&self.shared.counters.dropped_unreachable, frames);
                 if !self.link.is_stopping() {
-                    eprintln!(
-                        "{}: connection to {} at {} failed: {error}; reconnecting",
-                        self.shared.config.id, self.peer, connection.address
+                    tracing::debug!(
+                        node = %self.shared.config.id,
+                        peer = self.peer.0,
+                        address = %connection.address,
+                        error = %error,
+                        "peer connection failed; reconnecting"
                     );
                 }
                 let lived = connection.opened_at.elapsed();
@@ -275,9 +280,12 @@ impl<M: Serialize> Writer<M> {
             Err(error) => {
                 add(&self.shared.counters.connect_failures, 1);
                 if !self.failing {
-                    eprintln!(
-                        "{}: cannot connect to {} at {address}: {error}; retrying with backoff",
-                        config.id, self.peer
+                    tracing::debug!(
+                        node = %config.id,
+                        peer = self.peer.0,
+                        address = %address,
+                        error = %error,
+                        "cannot connect to a peer; retrying with backoff"
                     );
                 }
                 self.failing = true;
@@ -293,7 +301,12 @@ impl<M: Serialize> Writer<M> {
             *slot = Some(clone);
         }
         if self.failing {
-            eprintln!("{}: connected to {} at {address}", config.id, self.peer);
+            tracing::debug!(
+                node = %config.id,
+                peer = self.peer.0,
+                address = %address,
+                "connected to a peer"
+            );
         }
         self.buffer.clear();
         let handshake = Handshake::new(config.cluster_id, config.id);
