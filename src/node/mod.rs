@@ -36,6 +36,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::error::{MembershipError, ProposeError, ReadError, StorageError, TransferError};
+use crate::metrics::NodeMetrics;
 use crate::raft::{MemberChange, Raft, RoleKind, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
@@ -167,6 +168,8 @@ struct Shared<M> {
     stopped: AtomicBool,
     /// The origin of the monotonic clock readings handed to the core (the node's start).
     clock_origin: Instant,
+    /// What the threads record for `/metrics`.
+    metrics: NodeMetrics,
 }
 
 impl<M> Shared<M> {
@@ -182,6 +185,7 @@ impl<M> Shared<M> {
                 let _ = self.persist_wake.try_send(());
             }
             for message in routed.messages {
+                core.observer.message_sent(&message);
                 self.transport.send(message);
             }
             if let Some(request) = routed.persist {
@@ -306,10 +310,11 @@ impl<M: StateMachine> Node<M> {
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(1);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+        let metrics = NodeMetrics::default();
         let shared = Arc::new(Shared {
             id,
             core: Mutex::new(Core {
-                observer: observer::Observer::new(&raft),
+                observer: observer::Observer::new(&raft, &metrics),
                 raft,
                 persist_outbox: Vec::new(),
                 apply_outbox: Vec::new(),
@@ -319,7 +324,7 @@ impl<M: StateMachine> Node<M> {
             state_machine: Mutex::new(state_machine),
             applied: Mutex::new(applier.last_applied().index),
             applied_changed: Condvar::new(),
-            waiters: Mutex::new(Waiters::default()),
+            waiters: Mutex::new(Waiters::new(metrics.clone())),
             transport,
             persist_wake,
             apply_wake,
@@ -331,6 +336,7 @@ impl<M: StateMachine> Node<M> {
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
             clock_origin: Instant::now(),
+            metrics,
         });
         let node = Node {
             shared: Arc::clone(&shared),
@@ -381,6 +387,16 @@ impl<M: StateMachine> Node<M> {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// What the node's threads record (register it in a metrics registry).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.shared.metrics
+    }
+
+    /// Proposals waiting on this node for their outcome.
+    pub fn proposals_pending(&self) -> usize {
+        self.shared.waiters.lock().proposals_pending()
     }
 
     /// Proposes `command` and waits until it is committed and applied, returning the state

@@ -1,12 +1,16 @@
 //! Watches the core for what an operator wants to hear about — elections, leader changes,
-//! configuration changes — and logs it. The pure core (`crate::raft`) does no I/O, so the
+//! configuration changes, snapshots sent to followers — logs it and counts it. The pure core (`crate::raft`) does no I/O, so the
 //! runtime notices instead: [`Observer::observe`] runs after every routed Ready under the
 //! core lock and only records (cheap comparisons, a push onto a bounded list); the ticker
 //! thread takes the records once a tick and writes them outside the lock (STYLE 10: no I/O
 //! under the core lock).
 
-use crate::raft::{Raft, RoleKind};
-use crate::types::{Membership, NodeId, Term};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::metrics::NodeMetrics;
+use crate::raft::{Message, MessageBody, Raft, RoleKind};
+use crate::types::{EntryId, Membership, NodeId, Term};
 
 /// Changes recorded between two ticks at most; more (a storm of elections within one tick)
 /// are counted and reported as a number.
@@ -25,6 +29,14 @@ pub(super) enum Change {
     },
     /// A new configuration is in force.
     Membership(Membership),
+    /// A snapshot started or finished going out to a follower.
+    SnapshotSend {
+        to: NodeId,
+        last: EntryId,
+        bytes: u64,
+        /// `None`: the first chunk went out; else the time from the first to the last.
+        took: Option<Duration>,
+    },
 }
 
 /// What the runtime last saw of the core, and the changes not yet logged.
@@ -34,11 +46,17 @@ pub(super) struct Observer {
     last: (RoleKind, Term, Option<NodeId>),
     changes: Vec<Change>,
     dropped: u64,
+    /// The last leader known, kept across terms without one, so a leader change is counted
+    /// once (a term with no leader in between does not count a returning leader again).
+    last_leader: Option<NodeId>,
+    /// Snapshots going out, by follower: when the first chunk went.
+    snapshot_sends: HashMap<NodeId, (EntryId, Instant)>,
+    metrics: NodeMetrics,
 }
 
 impl Observer {
     /// Starts from the core as recovered; its configuration is the first change to log.
-    pub(super) fn new(raft: &Raft) -> Observer {
+    pub(super) fn new(raft: &Raft, metrics: &NodeMetrics) -> Observer {
         let mut changes = Vec::new();
         if !raft.membership().voters.is_empty() || !raft.membership().learners.is_empty() {
             changes.push(Change::Membership(raft.membership().clone()));
@@ -48,6 +66,9 @@ impl Observer {
             last: (raft.role(), raft.term(), raft.leader()),
             changes,
             dropped: 0,
+            last_leader: raft.leader(),
+            snapshot_sends: HashMap::new(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -59,12 +80,58 @@ impl Observer {
         }
         let previous_leader = self.last.2;
         self.last = now;
+        if let Some(leader) = now.2 {
+            if self.last_leader != Some(leader) {
+                self.last_leader = Some(leader);
+                self.metrics.leader_changes.inc();
+            }
+        }
         self.record(Change::Role {
             role: now.0,
             term: now.1,
             leader: now.2,
             previous_leader,
         });
+    }
+
+    /// Counts snapshot chunks going out, and records a snapshot's first and last chunk. Call
+    /// for every message sent (only `InstallSnapshot` does anything).
+    pub(super) fn message_sent(&mut self, message: &Message) {
+        let MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            total,
+            data,
+            ..
+        } = &message.body
+        else {
+            return;
+        };
+        self.metrics.snapshot_sent_bytes.inc_by(data.len() as u64);
+        let to = message.to;
+        if *offset == 0 {
+            self.snapshot_sends.insert(to, (meta.last, Instant::now()));
+            self.record(Change::SnapshotSend {
+                to,
+                last: meta.last,
+                bytes: *total,
+                took: None,
+            });
+        }
+        if offset + data.len() as u64 >= *total {
+            if let Some((last, started)) = self.snapshot_sends.remove(&to) {
+                let took = started.elapsed();
+                self.metrics
+                    .snapshot_send_duration
+                    .observe(took.as_secs_f64());
+                self.record(Change::SnapshotSend {
+                    to,
+                    last,
+                    bytes: *total,
+                    took: Some(took),
+                });
+            }
+        }
     }
 
     /// Records a new configuration in force.
@@ -114,6 +181,30 @@ impl Recorded {
                     previous_leader,
                 } => log_role(id, role, term, leader, previous_leader),
                 Change::Membership(membership) => log_membership(id, &membership),
+                Change::SnapshotSend {
+                    to,
+                    last,
+                    bytes,
+                    took: None,
+                } => tracing::info!(
+                    to = to.0,
+                    index = last.index.0,
+                    term = last.term.0,
+                    bytes,
+                    "sending a snapshot to a follower"
+                ),
+                Change::SnapshotSend {
+                    to,
+                    last,
+                    bytes,
+                    took: Some(took),
+                } => tracing::info!(
+                    to = to.0,
+                    index = last.index.0,
+                    bytes,
+                    ms = took.as_millis() as u64,
+                    "snapshot sent to a follower"
+                ),
             }
         }
         if self.dropped > 0 {
