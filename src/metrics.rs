@@ -10,10 +10,12 @@
 //!   ([`Node::status`], transport and server stats, the data directory, `/proc/self`): role,
 //!   term, indexes, keys, bytes on disk, connections, process CPU and memory.
 //!
-//! The owner of a node builds one [`Metrics`] for it and calls [`Metrics::encode`] for the
-//! exposition. Every series and what it
+//! The binary builds one [`Metrics`] per node and serves it over HTTP ([`http`], feature
+//! `metrics-http`); an embedder may call [`Metrics::encode`] itself. Every series and what it
 //! means is listed in `docs/monitoring.md`.
 
+#[cfg(feature = "metrics-http")]
+pub mod http;
 mod process;
 
 use std::fmt::{self, Debug};

@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::kv::KvStore;
 use crate::log::{self, Level};
+use crate::metrics::http::{self, MetricsServer};
+use crate::metrics::{self, Metrics, Sample};
 use crate::node::{Node, NodeOptions};
 use crate::raft::Message;
 use crate::server::{Server, ServerOptions};
@@ -181,6 +184,11 @@ pub struct NodeArgs {
     /// object per line).
     #[arg(long, env = "KEYVAL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Where to serve /metrics (Prometheus), /livez and /readyz over HTTP; `off` (or empty)
+    /// disables it. Default: loopback, at the client port + 1000 (127.0.0.1:8379 for the
+    /// default client port); if that port is taken, the node runs without it and warns.
+    #[arg(long, env = "KEYVAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Operator commands of the `keyval` binary (the node itself runs when none is given).
@@ -192,6 +200,20 @@ pub enum NodeCommand {
     Restore(RestoreArgs),
 }
 
+/// The client port plus this is the default metrics port.
+pub const METRICS_PORT_OFFSET: u16 = 1000;
+
+/// Where the metrics endpoint listens, as the flags say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MetricsListen {
+    /// Not at all (`--metrics-listen off`).
+    Off,
+    /// The default: loopback, client port + 1000; a taken port is a warning.
+    Default(SocketAddr),
+    /// Where `--metrics-listen` says; a failure to bind stops the start.
+    Given(SocketAddr),
+}
+
 /// Everything derived from the flags, checked.
 #[derive(Debug)]
 struct Plan {
@@ -200,6 +222,7 @@ struct Plan {
     peer_listen: SocketAddr,
     client_listen: SocketAddr,
     config: Config,
+    metrics_listen: MetricsListen,
 }
 
 impl Plan {
@@ -219,6 +242,9 @@ impl Plan {
         if args.client_listen.is_none() && !address.client.is_empty() {
             self.client_listen = resolve(&address.client)
                 .map_err(|error| anyhow::anyhow!("recorded client address: {error}"))?;
+            if let MetricsListen::Default(_) = self.metrics_listen {
+                self.metrics_listen = default_metrics_listen(self.client_listen);
+            }
         }
         Ok(())
     }
@@ -315,12 +341,20 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             crate::server::REQUEST_BUFFER_BYTES_MIN
         );
     }
+    let metrics_listen = match args.metrics_listen.as_deref().map(str::trim) {
+        None => default_metrics_listen(client_listen),
+        Some("" | "off") => MetricsListen::Off,
+        Some(address) => MetricsListen::Given(
+            resolve(address).map_err(|error| anyhow::anyhow!("--metrics-listen: {error}"))?,
+        ),
+    };
     Ok(Plan {
         id,
         cluster,
         peer_listen,
         client_listen,
         config,
+        metrics_listen,
     })
 }
 
@@ -360,6 +394,62 @@ fn raise_open_files_limit(connections_max: usize) {
             "cannot read or raise the open-file limit",
             &[("error", &error)],
         ),
+    }
+}
+
+/// Loopback at the client port + [`METRICS_PORT_OFFSET`] (off when that is past 65535).
+fn default_metrics_listen(client_listen: SocketAddr) -> MetricsListen {
+    match client_listen.port().checked_add(METRICS_PORT_OFFSET) {
+        Some(port) => MetricsListen::Default(SocketAddr::from(([127, 0, 0, 1], port))),
+        None => MetricsListen::Off,
+    }
+}
+
+/// Starts the metrics and health endpoint for `node` as `plan` says; `None` when it is off
+/// or its default port is taken (logged).
+fn start_metrics(
+    plan: &Plan,
+    data_dir: &std::path::Path,
+    node: &Arc<Node<KvStore>>,
+    transport: &Arc<TcpTransport<Message>>,
+    server: &Arc<Mutex<Server>>,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let address = match plan.metrics_listen {
+        MetricsListen::Off => return Ok(None),
+        MetricsListen::Default(address) | MetricsListen::Given(address) => address,
+    };
+    let sample = {
+        let (node, transport, server) =
+            (Arc::clone(node), Arc::clone(transport), Arc::clone(server));
+        let data_dir = data_dir.to_path_buf();
+        move || {
+            let mut sample = Sample::of_node(&node, |store: &KvStore| store.len() as u64)
+                .with_data_dir(&data_dir);
+            sample.transport = Some(transport.stats());
+            let stats = server.lock().stats();
+            sample.client_connections_open = Some(stats.connections_open as u64);
+            sample.client_connections_accepted = Some(stats.connections_accepted);
+            sample.client_connections_refused = Some(stats.connections_refused);
+            sample
+        }
+    };
+    let metrics = Arc::new(Metrics::new(node.metrics(), sample));
+    let ready = {
+        let node = Arc::clone(node);
+        Box::new(move || metrics::readiness(&node, http::READY_APPLY_WAIT))
+    };
+    let endpoints = http::Endpoints { metrics, ready };
+    match MetricsServer::start(address, format!("{}-metrics", plan.id), endpoints) {
+        Ok(server) => Ok(Some(server)),
+        Err(error) if matches!(plan.metrics_listen, MetricsListen::Default(_)) => {
+            tracing::warn!(
+                error = %error,
+                "running without the metrics endpoint: its default port is taken; give \
+                 --metrics-listen ADDRESS (or off)"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error).context("--metrics-listen"),
     }
 }
 
@@ -463,12 +553,23 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
     server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
     server_options.request_buffer_bytes_max = args.client_buffer_bytes_max;
-    let mut server = Server::start(Arc::clone(&node), server_options)?;
+    let server = Arc::new(Mutex::new(Server::start(
+        Arc::clone(&node),
+        server_options,
+    )?));
+    let mut metrics_server = start_metrics(&plan, &args.data_dir, &node, &transport, &server)?;
     log::info(
         "node started",
         &[
             ("peer_listen", &transport.local_addr()),
-            ("client_listen", &server.local_addr()),
+            ("client_listen", &server.lock().local_addr()),
+            (
+                "metrics_listen",
+                &metrics_server.as_ref().map_or_else(
+                    || "off".to_string(),
+                    |server| server.local_addr().to_string(),
+                ),
+            ),
             ("cluster", &node.members()),
             ("data_dir", &args.data_dir.display()),
         ],
@@ -498,7 +599,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(promotion) = promotion {
         let _ = promotion.join();
     }
-    server.shutdown();
+    if let Some(metrics_server) = &mut metrics_server {
+        metrics_server.shutdown();
+    }
+    server.lock().shutdown();
     // A leader hands over before it goes (a failed node no longer leads: nothing to do), so the cluster does not wait an election timeout
     // for a new one (thesis §3.10).
     let handover = Duration::from_millis(args.tick_ms.saturating_mul(args.election_ticks) * 2);
@@ -659,6 +763,27 @@ mod tests {
                 .contains("--lease-reads requires check-quorum"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_at_the_client_port_plus_1000() {
+        let default = plan(&args(&["--client-listen", "0.0.0.0:7000"])).unwrap();
+        assert_eq!(
+            default.metrics_listen,
+            MetricsListen::Default("127.0.0.1:8000".parse().unwrap())
+        );
+        for off in ["off", ""] {
+            let plan = plan(&args(&["--metrics-listen", off])).unwrap();
+            assert_eq!(plan.metrics_listen, MetricsListen::Off);
+        }
+        let given = plan(&args(&["--metrics-listen", "127.0.0.1:9100"])).unwrap();
+        assert_eq!(
+            given.metrics_listen,
+            MetricsListen::Given("127.0.0.1:9100".parse().unwrap())
+        );
+        let high = plan(&args(&["--client-listen", "127.0.0.1:65000"])).unwrap();
+        assert_eq!(high.metrics_listen, MetricsListen::Off);
+        assert!(plan(&args(&["--metrics-listen", "nowhere"])).is_err());
     }
 
     #[test]
