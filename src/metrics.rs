@@ -18,6 +18,7 @@
 pub mod http;
 mod process;
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Debug};
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +35,8 @@ use prometheus_client::registry::Registry;
 use crate::node::{Node, NodeStatus};
 use crate::raft::RoleKind;
 use crate::state_machine::StateMachine;
+use crate::transport::tcp::{PeerStats, TransportStats};
+use crate::types::NodeId;
 
 /// The prefix of every keyval series (`keyval_term`, ...). Process series use the standard
 /// `process_*` names every dashboard knows.
@@ -46,6 +49,11 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// disk up to a stalled disk's seconds; etcd uses the same range for its WAL fsync).
 fn duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+}
+
+/// Buckets of round-trip times: 50 µs to ~1.6 s, doubling.
+fn round_trip_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
 /// Buckets of size histograms (entries per batch): 1 to 32768, doubling.
@@ -85,6 +93,13 @@ pub const CLIENT_RESULTS: [&str; 10] = [
 
 /// Label set of one label.
 type Label = [(&'static str, &'static str); 1];
+/// Label set naming a peer by its id.
+type PeerLabel = [(&'static str, String); 1];
+
+/// `{peer="2"}`.
+fn peer_label(peer: NodeId) -> PeerLabel {
+    [("peer", peer.0.to_string())]
+}
 /// Label set of client requests: operation and result.
 type RequestLabels = [(&'static str, &'static str); 2];
 
@@ -102,6 +117,7 @@ pub struct NodeMetrics {
     pub(crate) snapshot_install_duration: Histogram,
     pub(crate) leader_changes: Counter,
     pub(crate) proposals_failed: Family<Label, Counter>,
+    pub(crate) peer_round_trip: Family<PeerLabel, Histogram>,
 }
 
 impl Default for NodeMetrics {
@@ -118,6 +134,7 @@ impl Default for NodeMetrics {
             snapshot_install_duration: duration_buckets(),
             leader_changes: Counter::default(),
             proposals_failed: Family::default(),
+            peer_round_trip: Family::new_with_constructor(round_trip_buckets),
         };
         // Every reason exists from the start, at zero: a rate over a series that appears
         // only with the first failure misses that failure.
@@ -186,12 +203,24 @@ impl NodeMetrics {
             self.leader_changes.clone(),
         );
         registry.register(
+            "peer_round_trip_seconds",
+            "As leader, time from a heartbeat to a peer to its answer, by peer",
+            self.peer_round_trip.clone(),
+        );
+        registry.register(
             "proposals_failed",
             "Proposals appended by this node that ended without a result, by reason (dropped: \
              overwritten; indeterminate: outcome unknowable here; timeout: the caller's \
              deadline; storage; shutdown)",
             self.proposals_failed.clone(),
         );
+    }
+
+    /// A heartbeat to `peer` was answered `round_trip` after it was sent.
+    pub(crate) fn heartbeat_answered(&self, peer: NodeId, round_trip: Duration) {
+        self.peer_round_trip
+            .get_or_create(&peer_label(peer))
+            .observe(seconds(round_trip));
     }
 
     /// A proposal ended without a result for `reason` (one of [`PROPOSAL_FAILURES`]).
@@ -223,7 +252,9 @@ pub struct Sample {
     /// Bytes of snapshot files on disk.
     pub snapshot_bytes: Option<u64>,
     /// Peer transport counters.
-    pub transport: Option<crate::transport::tcp::TransportStats>,
+    pub transport: Option<TransportStats>,
+    /// Peer transport counters by peer.
+    pub peers: Option<BTreeMap<NodeId, PeerStats>>,
     /// Client connections open now.
     pub client_connections_open: Option<u64>,
     /// Client connections accepted since start.
@@ -451,6 +482,9 @@ impl Collector for SampleCollector {
         if let Some(transport) = &sample.transport {
             encode_transport(&mut encoder, transport)?;
         }
+        if let Some(peers) = &sample.peers {
+            encode_peers(&mut encoder, peers)?;
+        }
         Ok(())
     }
 }
@@ -546,10 +580,7 @@ fn encode_status(encoder: &mut DescriptorEncoder, status: &NodeStatus) -> fmt::R
     )
 }
 
-fn encode_transport(
-    encoder: &mut DescriptorEncoder,
-    stats: &crate::transport::tcp::TransportStats,
-) -> fmt::Result {
+fn encode_transport(encoder: &mut DescriptorEncoder, stats: &TransportStats) -> fmt::Result {
     counter(
         encoder,
         "peer_sent_bytes",
@@ -574,12 +605,6 @@ fn encode_transport(
         "Messages received from peers",
         stats.frames_received,
     )?;
-    counter(
-        encoder,
-        "peer_connect_failures",
-        "Failed attempts to connect to a peer",
-        stats.connect_failures,
-    )?;
     let help = "Messages to or from peers dropped, by reason (Raft retransmits)";
     let mut metric =
         encoder.encode_descriptor("peer_dropped_messages", help, None, MetricType::Counter)?;
@@ -593,6 +618,52 @@ fn encode_transport(
         let labels: Label = [("reason", reason)];
         let family = metric.encode_family(&labels)?;
         ConstCounter::new(value).encode(family)?;
+    }
+    Ok(())
+}
+
+fn encode_peers(
+    encoder: &mut DescriptorEncoder,
+    peers: &BTreeMap<NodeId, PeerStats>,
+) -> fmt::Result {
+    /// Name, help, type, and the value of one peer.
+    type PeerSeries = (
+        &'static str,
+        &'static str,
+        MetricType,
+        fn(&PeerStats) -> u64,
+    );
+    let series: [PeerSeries; 3] = [
+        (
+            "peer_send_failures",
+            "Messages to a peer that were not sent (queue full, unreachable, write failed), by peer",
+            MetricType::Counter,
+            |stats| stats.send_failures,
+        ),
+        (
+            "peer_connect_failures",
+            "Failed attempts to connect to a peer, by peer",
+            MetricType::Counter,
+            |stats| stats.connect_failures,
+        ),
+        (
+            "peer_connected",
+            "1 while a connection to the peer is open, by peer",
+            MetricType::Gauge,
+            |stats| u64::from(stats.connected),
+        ),
+    ];
+    for (name, help, metric_type, value) in series {
+        let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+        for (&peer, stats) in peers {
+            let labels = peer_label(peer);
+            let family = metric.encode_family(&labels)?;
+            if metric_type == MetricType::Counter {
+                ConstCounter::new(value(stats)).encode(family)?;
+            } else {
+                ConstGauge::new(int(value(stats))).encode(family)?;
+            }
+        }
     }
     Ok(())
 }

@@ -220,7 +220,38 @@ fn a_three_node_cluster_serves_metrics_and_health_over_http() {
         assert!(scrape.value("process_resident_memory_bytes") > 0.0);
         assert!(scrape.value("process_open_fds") > 0.0);
         assert_eq!(scrape.value("keyval_failed"), 0.0);
+        let connected = scrape
+            .samples
+            .iter()
+            .filter(|(series, value)| {
+                series.starts_with("keyval_peer_connected{") && **value == 1.0
+            })
+            .count();
+        assert!(connected >= 1, "no peer connected:\n{}", scrape.text);
     }
+    // The leader measures each follower's heartbeat round trip.
+    let leader = scrapes
+        .iter()
+        .position(|scrape| scrape.value("keyval_is_leader") == 1.0)
+        .expect("a leader");
+    let mut leader_scrape = None;
+    assert!(
+        wait_for(|| {
+            let scrape = scrape(&cluster.metrics_addresses[leader]);
+            let measured = scrape
+                .samples
+                .iter()
+                .filter(|(series, value)| {
+                    series.starts_with("keyval_peer_round_trip_seconds_count{") && **value > 0.0
+                })
+                .count();
+            leader_scrape = Some(scrape);
+            measured == 2
+        }),
+        "round trips to both followers:\n{}",
+        leader_scrape.map(|scrape| scrape.text).unwrap_or_default()
+    );
+    scrapes.extend(leader_scrape);
     promtool_check_metrics(&scrapes[0].text);
 
     // The docs' dashboard and alert rules name only series that exist.
@@ -239,7 +270,11 @@ fn a_three_node_cluster_serves_metrics_and_health_over_http() {
             .filter_map(|line| line.trim().strip_prefix("expr:"))
             .map(str::to_string),
     );
-    let known = &scrapes[0].names;
+    // Some series appear only on the leader (round trips), so take them from every node.
+    let known: BTreeSet<String> = scrapes
+        .iter()
+        .flat_map(|scrape| scrape.names.iter().cloned())
+        .collect();
     for expression in &expressions {
         let named = series_in(expression);
         assert!(!named.is_empty(), "{expression:?} names no keyval series");

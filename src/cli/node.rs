@@ -426,6 +426,7 @@ fn start_metrics(
             let mut sample = Sample::of_node(&node, |store: &KvStore| store.len() as u64)
                 .with_data_dir(&data_dir);
             sample.transport = Some(transport.stats());
+            sample.peers = Some(transport.peer_stats());
             let stats = server.lock().stats();
             sample.client_connections_open = Some(stats.connections_open as u64);
             sample.client_connections_accepted = Some(stats.connections_accepted);

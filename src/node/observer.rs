@@ -51,6 +51,8 @@ pub(super) struct Observer {
     last_leader: Option<NodeId>,
     /// Snapshots going out, by follower: when the first chunk went.
     snapshot_sends: HashMap<NodeId, (EntryId, Instant)>,
+    /// As leader, the last heartbeat round sent to each peer and when (for round trips).
+    heartbeats: HashMap<NodeId, (u64, Instant)>,
     metrics: NodeMetrics,
 }
 
@@ -68,6 +70,7 @@ impl Observer {
             dropped: 0,
             last_leader: raft.leader(),
             snapshot_sends: HashMap::new(),
+            heartbeats: HashMap::new(),
             metrics: metrics.clone(),
         }
     }
@@ -97,6 +100,10 @@ impl Observer {
     /// Counts snapshot chunks going out, and records a snapshot's first and last chunk. Call
     /// for every message sent (only `InstallSnapshot` does anything).
     pub(super) fn message_sent(&mut self, message: &Message) {
+        if let MessageBody::Heartbeat { round, .. } = &message.body {
+            self.heartbeats.insert(message.to, (*round, Instant::now()));
+            return;
+        }
         let MessageBody::InstallSnapshot {
             meta,
             offset,
@@ -130,6 +137,21 @@ impl Observer {
                     bytes: *total,
                     took: Some(took),
                 });
+            }
+        }
+    }
+
+    /// Measures a heartbeat's round trip when its answer arrives. Call for every message
+    /// received (only `HeartbeatResponse` does anything).
+    pub(super) fn message_received(&mut self, message: &Message) {
+        let MessageBody::HeartbeatResponse { round } = &message.body else {
+            return;
+        };
+        if let Some((sent_round, sent_at)) = self.heartbeats.get(&message.from) {
+            if sent_round == round {
+                self.metrics
+                    .heartbeat_answered(message.from, sent_at.elapsed());
+                self.heartbeats.remove(&message.from);
             }
         }
     }
