@@ -247,6 +247,8 @@ pub struct Sample {
     pub proposals_pending: Option<u64>,
     /// Keys in the store.
     pub store_keys: Option<u64>,
+    /// Bytes of keys and values in the store.
+    pub store_bytes: Option<u64>,
     /// Bytes of log segments on disk.
     pub log_bytes: Option<u64>,
     /// Bytes of snapshot files on disk.
@@ -264,13 +266,16 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The parts of a sample that come from the node: status, pending proposals, keys (for a
-    /// state machine that can count them).
-    pub fn of_node<M: StateMachine>(node: &Node<M>, keys: impl FnOnce(&M) -> u64) -> Sample {
+    /// The parts of a sample that come from the node: status, pending proposals, and the
+    /// store's keys and bytes as `size` counts them (one short hold of the state machine's
+    /// lock: `size` must be O(1)).
+    pub fn of_node<M: StateMachine>(node: &Node<M>, size: impl FnOnce(&M) -> (u64, u64)) -> Sample {
+        let (keys, bytes) = node.with_state_machine(size);
         Sample {
             status: Some(node.status()),
             proposals_pending: Some(node.proposals_pending() as u64),
-            store_keys: Some(node.with_state_machine(keys)),
+            store_keys: Some(keys),
+            store_bytes: Some(bytes),
             ..Sample::default()
         }
     }
@@ -438,6 +443,14 @@ impl Collector for SampleCollector {
         }
         if let Some(keys) = sample.store_keys {
             gauge(&mut encoder, "store_keys", "Keys in the store", int(keys))?;
+        }
+        if let Some(bytes) = sample.store_bytes {
+            gauge(
+                &mut encoder,
+                "store_bytes",
+                "Bytes of keys and values in the store",
+                int(bytes),
+            )?;
         }
         if let Some(bytes) = sample.log_bytes {
             gauge(

@@ -213,6 +213,8 @@ fn a_three_node_cluster_serves_metrics_and_health_over_http() {
         assert!(scrape.value("keyval_last_index") >= scrape.value("keyval_commit_index"));
         assert!(scrape.value("keyval_log_fsync_duration_seconds_count") > 0.0);
         assert!(scrape.value("keyval_log_disk_bytes") > 0.0);
+        // 20 keys of 9 or 10 bytes, each with a 4-byte value.
+        assert!(scrape.value("keyval_store_bytes") >= 20.0 * 13.0);
         assert!(scrape.value("keyval_leader_changes_total") >= 1.0);
         assert!(scrape.value("keyval_peer_sent_messages_total") > 0.0);
         assert!(scrape.value("keyval_client_connections_open") >= 0.0);

@@ -423,8 +423,9 @@ fn start_metrics(
             (Arc::clone(node), Arc::clone(transport), Arc::clone(server));
         let data_dir = data_dir.to_path_buf();
         move || {
-            let mut sample = Sample::of_node(&node, |store: &KvStore| store.len() as u64)
-                .with_data_dir(&data_dir);
+            let mut sample =
+                Sample::of_node(&node, |store: &KvStore| (store.len() as u64, store.bytes()))
+                    .with_data_dir(&data_dir);
             sample.transport = Some(transport.stats());
             sample.peers = Some(transport.peer_stats());
             let stats = server.lock().stats();
