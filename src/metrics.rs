@@ -33,6 +33,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::node::{Node, NodeStatus};
+use crate::protocol::{RequestBody, ServerError};
 use crate::raft::RoleKind;
 use crate::state_machine::StateMachine;
 use crate::transport::tcp::{PeerStats, TransportStats};
@@ -76,20 +77,62 @@ pub const PROPOSAL_FAILURES: [&str; 5] =
 pub const CLIENT_OPERATIONS: [&str; 6] =
     ["write", "read", "status", "snapshot", "members", "admin"];
 
-/// The results of client requests, the `result` label: `ok`, or the protocol's error kinds in
-/// snake case.
-pub const CLIENT_RESULTS: [&str; 10] = [
+/// The results of client requests, the `result` label: `ok`, or the protocol's error kinds
+/// ([`ServerError`]) in snake case.
+pub const CLIENT_RESULTS: [&str; 14] = [
     "ok",
     "not_leader",
     "busy",
     "invalid",
     "dropped",
     "indeterminate",
-    "timeout",
+    "read_timeout",
     "no_lease",
     "unavailable",
+    "no_snapshot",
+    "snapshot_moved",
+    "snapshot_offset",
     "refused",
+    "transfer_failed",
 ];
+
+/// The `op` label of a client request: one of [`CLIENT_OPERATIONS`].
+pub fn request_operation(body: &RequestBody) -> &'static str {
+    match body {
+        RequestBody::Write(_) => "write",
+        RequestBody::Read { .. } => "read",
+        RequestBody::Status => "status",
+        RequestBody::TakeSnapshot | RequestBody::SnapshotChunk { .. } => "snapshot",
+        RequestBody::Members => "members",
+        RequestBody::AddMember { .. }
+        | RequestBody::PromoteMember { .. }
+        | RequestBody::RemoveMember { .. }
+        | RequestBody::TransferLeader { .. } => "admin",
+    }
+}
+
+/// The `result` label of a client request's answer: one of [`CLIENT_RESULTS`]. A write the
+/// state machine answered (a failed comparison included) is `ok`: it was served.
+pub fn request_result<T>(outcome: Result<T, &ServerError>) -> &'static str {
+    let Err(error) = outcome else {
+        return "ok";
+    };
+    match error {
+        ServerError::NotLeader { .. } => "not_leader",
+        ServerError::Busy { .. } => "busy",
+        ServerError::Invalid(_) => "invalid",
+        ServerError::Dropped => "dropped",
+        ServerError::Indeterminate { .. } => "indeterminate",
+        ServerError::ReadTimeout => "read_timeout",
+        ServerError::NoLease => "no_lease",
+        ServerError::Unavailable { .. } => "unavailable",
+        ServerError::NoSnapshot => "no_snapshot",
+        ServerError::SnapshotMoved { .. } => "snapshot_moved",
+        ServerError::SnapshotOffset { .. } => "snapshot_offset",
+        ServerError::Refused { .. } => "refused",
+        ServerError::TransferFailed { .. } => "transfer_failed",
+    }
+}
 
 /// Label set of one label.
 type Label = [(&'static str, &'static str); 1];
@@ -705,6 +748,34 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(!text.contains("keyval_term"), "no status, no term");
+    }
+
+    #[test]
+    fn request_labels_come_from_the_fixed_sets() {
+        let bodies = [
+            RequestBody::Status,
+            RequestBody::Members,
+            RequestBody::TakeSnapshot,
+            RequestBody::PromoteMember {
+                id: crate::types::NodeId(2),
+            },
+        ];
+        for body in &bodies {
+            assert!(CLIENT_OPERATIONS.contains(&request_operation(body)));
+        }
+        assert_eq!(request_result::<()>(Ok(())), "ok");
+        let errors = [
+            ServerError::Dropped,
+            ServerError::ReadTimeout,
+            ServerError::NoLease,
+            ServerError::NoSnapshot,
+            ServerError::Busy {
+                reason: String::new(),
+            },
+        ];
+        for error in &errors {
+            assert!(CLIENT_RESULTS.contains(&request_result::<()>(Err(error))));
+        }
     }
 
     #[test]
