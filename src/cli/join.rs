@@ -101,10 +101,10 @@ pub(super) fn join_as_learner(
     loop {
         match client.add_member(id, address.clone(), false) {
             Ok(reply) => {
-                log::info(
-                    "added to the cluster as a learner",
-                    &[("leader", &log::Debugged(&reply.leader))],
-                );
+                let leader = reply
+                    .leader
+                    .map_or_else(|| "unknown".to_string(), |leader| leader.0.to_string());
+                log::info("added to the cluster as a learner", &[("leader", &leader)]);
                 return Ok(reply.membership);
             }
             Err(ClientError::Server(refusal @ ServerError::Refused { .. })) => {

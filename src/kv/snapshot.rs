@@ -183,13 +183,12 @@ impl KvStore {
                 reader.next()?
             };
             check_entry(&store, &key, &versioned).map_err(|reason| reader.invalid(reason))?;
-            store.data.insert(
-                key.into(),
-                Stored {
-                    value: versioned.value.into(),
-                    metadata: versioned.metadata,
-                },
-            );
+            let stored = Stored {
+                value: versioned.value.into(),
+                metadata: versioned.metadata,
+            };
+            store.bytes += super::store::entry_bytes(&key, &stored);
+            store.data.insert(key.into(), stored);
         }
         let mut sessions = Sessions::default();
         let mut last_client = None;

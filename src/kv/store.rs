@@ -38,6 +38,9 @@ pub struct KvStore {
     pub(super) applied: LogIndex,
     /// The index of the last entry that modified any key.
     pub(super) revision: LogIndex,
+    /// Bytes of keys and values held. Invariant: the sum over `data` of key and value
+    /// lengths (checked by `check_invariants`).
+    pub(super) bytes: u64,
 }
 
 /// A value as the store holds it: shared bytes, so copying a tree node copies no value.
@@ -132,6 +135,11 @@ impl KvStore {
         self.data.len()
     }
 
+    /// Bytes of keys and values held (metadata and sessions not counted).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Whether no key exists.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
@@ -152,6 +160,12 @@ impl KvStore {
     /// and debug checks, not for every apply.
     pub fn check_invariants(&self) {
         assert!(self.revision <= self.applied, "revision after applied");
+        let bytes: u64 = self
+            .data
+            .iter()
+            .map(|(key, stored)| entry_bytes(key, stored))
+            .sum();
+        assert_eq!(self.bytes, bytes, "bytes held do not add up");
         for (key, stored) in &self.data {
             let metadata = stored.metadata;
             assert!(
@@ -268,7 +282,7 @@ impl KvStore {
                     let (previous, metadata) = self.put_key(index, key, value, None);
                     (previous, Some(metadata))
                 }
-                None => (self.data.remove(&key), None),
+                None => (self.remove_key(&key).map(|(_, stored)| stored), None),
             };
             modified |= previous.is_some() || current.is_some();
             let mut outcome = WriteOutcome {
@@ -351,11 +365,7 @@ impl KvStore {
                     key,
                     return_previous,
                 } => {
-                    let removed: Vec<_> = self
-                        .data
-                        .remove_with_key(key.as_slice())
-                        .into_iter()
-                        .collect();
+                    let removed: Vec<_> = self.remove_key(key.as_slice()).into_iter().collect();
                     self.removed_response(removed, return_previous, &mut undo, &mut returned_bytes)
                 }
                 TxnOp::DeleteRange {
@@ -443,7 +453,10 @@ impl KvStore {
             value: value.into(),
             metadata,
         };
-        (self.data.insert(key, stored), metadata)
+        self.bytes += entry_bytes(&key, &stored);
+        let previous = self.data.insert(Arc::clone(&key), stored);
+        self.forget_bytes(&key, previous.as_ref());
+        (previous, metadata)
     }
 
     /// Removes every key of `range`; returns them with what they held, in key order.
@@ -453,8 +466,15 @@ impl KvStore {
             .map(|(key, _)| Arc::clone(key))
             .collect();
         keys.into_iter()
-            .filter_map(|key| self.data.remove_with_key(&key))
+            .filter_map(|key| self.remove_key(&key))
             .collect()
+    }
+
+    /// Removes `key`; returns it with what it held.
+    fn remove_key(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
+        let removed = self.data.remove_with_key(key)?;
+        self.forget_bytes(key, Some(&removed.1));
+        Some(removed)
     }
 
     /// Whether `expect` holds for `key` now.
@@ -472,12 +492,28 @@ impl KvStore {
     /// Restores every key a failed batch touched, newest change first.
     fn roll_back(&mut self, undo: Undo) {
         for (key, previous) in undo.into_iter().rev() {
-            match previous {
-                Some(versioned) => self.data.insert(key, versioned),
+            let replaced = match previous {
+                Some(versioned) => {
+                    self.bytes += entry_bytes(&key, &versioned);
+                    self.data.insert(Arc::clone(&key), versioned)
+                }
                 None => self.data.remove(&key),
             };
+            self.forget_bytes(&key, replaced.as_ref());
         }
     }
+
+    /// A stored entry of `key` left the store: stop counting its bytes.
+    fn forget_bytes(&mut self, key: &[u8], gone: Option<&Stored>) {
+        if let Some(gone) = gone {
+            self.bytes -= entry_bytes(key, gone);
+        }
+    }
+}
+
+/// Bytes of one key and its value.
+pub(super) fn entry_bytes(key: &[u8], stored: &Stored) -> u64 {
+    (key.len() + stored.value.len()) as u64
 }
 
 impl StateMachine for KvStore {

@@ -246,6 +246,19 @@ pub struct TransportStats {
     pub connections_closed_bad_frame: u64,
 }
 
+/// Counters of one peer; from [`TcpTransport::peer_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Messages to the peer that were not sent: its queue was full, it was unreachable, or
+    /// the write failed (Raft retransmits).
+    pub send_failures: u64,
+    /// Failed attempts to connect to the peer.
+    pub connect_failures: u64,
+    /// Whether a connection to the peer is open now.
+    pub connected: bool,
+}
+
 /// The live counters behind [`TransportStats`].
 #[derive(Default)]
 struct Counters {
@@ -371,6 +384,7 @@ where
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 add(&self.shared.counters.dropped_queue_full, 1);
+                add(&writer.link.send_failures, 1);
             }
         }
     }
@@ -437,6 +451,23 @@ where
         self.shared.counters.snapshot()
     }
 
+    /// Counters of each known peer since it became known.
+    pub fn peer_stats(&self) -> BTreeMap<NodeId, PeerStats> {
+        self.writers
+            .read()
+            .iter()
+            .map(|(&id, writer)| {
+                let link = &writer.link;
+                let stats = PeerStats {
+                    send_failures: link.send_failures.load(Ordering::Relaxed),
+                    connect_failures: link.connect_failures.load(Ordering::Relaxed),
+                    connected: link.is_connected(),
+                };
+                (id, stats)
+            })
+            .collect()
+    }
+
     /// Stops every thread the transport spawned and waits for them. Queued messages are
     /// dropped. Dropping the transport does the same. Sockets are shut down to wake blocked
     /// threads, so this takes milliseconds, except that a writer in the middle of dialling an
@@ -475,7 +506,7 @@ impl<M> Drop for TcpTransport<M> {
 fn join_logged(id: NodeId, thread: JoinHandle<()>) {
     let name = thread.thread().name().unwrap_or("unnamed").to_string();
     if thread.join().is_err() {
-        eprintln!("{id}: peer transport thread {name} panicked");
+        tracing::error!(node = %id, thread = %name, "a peer transport thread panicked");
     }
 }
 

@@ -14,7 +14,7 @@ use crate::protocol::{
 };
 use crate::types::NodeId;
 
-use super::super::connection::PendingKind;
+use super::super::connection::{PendingKind, Request};
 use super::super::{admin, Shared, REQUEST_TIMEOUT_MAX};
 use super::EventLoop;
 
@@ -33,15 +33,20 @@ impl EventLoop {
             0 => shared.options.request_timeout_default,
             millis => Duration::from_millis(millis).min(REQUEST_TIMEOUT_MAX),
         };
-        let deadline = Instant::now() + timeout;
-        let request_id = frame.request_id;
+        let arrived = Instant::now();
+        let deadline = arrived + timeout;
+        let asked = Request {
+            id: frame.request_id,
+            operation: crate::metrics::request_operation(&frame.body),
+            arrived,
+        };
         match frame.body {
             RequestBody::Write(command) => match command.encode() {
                 Ok(bytes) => {
-                    let tag = self.register(key, request_id, deadline, PendingKind::Write);
+                    let tag = self.register(key, asked, deadline, PendingKind::Write);
                     self.writes.push((bytes, tag));
                 }
-                Err(error) => self.respond(key, request_id, Err(ServerError::Invalid(error))),
+                Err(error) => self.respond(key, asked, Err(ServerError::Invalid(error))),
             },
             RequestBody::Read {
                 request,
@@ -50,33 +55,31 @@ impl EventLoop {
                 // This connection's earlier writes go first.
                 self.flush_writes();
                 if let Err(error) = request.validate() {
-                    self.respond(key, request_id, Err(ServerError::Invalid(error)));
+                    self.respond(key, asked, Err(ServerError::Invalid(error)));
                     return;
                 }
                 match consistency {
                     Consistency::Linearizable => {
-                        let tag =
-                            self.register(key, request_id, deadline, PendingKind::Read(request));
+                        let tag = self.register(key, asked, deadline, PendingKind::Read(request));
                         if let Err(error) = shared.node.submit_read(tag, &self.reads) {
                             self.fail(tag, read_error(&shared, error));
                         }
                     }
                     Consistency::Lease => {
-                        let tag =
-                            self.register(key, request_id, deadline, PendingKind::Read(request));
+                        let tag = self.register(key, asked, deadline, PendingKind::Read(request));
                         if let Err(error) = shared.node.submit_lease_read(tag, &self.reads) {
                             self.fail(tag, read_error(&shared, error));
                         }
                     }
                     Consistency::Stale => {
                         let result = read_stale(&shared, &request);
-                        self.respond(key, request_id, result);
+                        self.respond(key, asked, result);
                     }
                 }
             }
             RequestBody::Status => {
                 let status = status(&shared);
-                self.respond(key, request_id, Ok(ResponseBody::Status(status)));
+                self.respond(key, asked, Ok(ResponseBody::Status(status)));
             }
             RequestBody::TakeSnapshot => {
                 let node = &shared.node;
@@ -88,11 +91,7 @@ impl EventLoop {
                     applied,
                     previous,
                 };
-                self.respond(
-                    key,
-                    request_id,
-                    Ok(ResponseBody::SnapshotRequested(requested)),
-                );
+                self.respond(key, asked, Ok(ResponseBody::SnapshotRequested(requested)));
             }
             RequestBody::SnapshotChunk { last, offset } => {
                 let Some(connection) = self.connections.get_mut(key) else {
@@ -103,11 +102,11 @@ impl EventLoop {
                     .snapshot_pin
                     .chunk(|| node.latest_snapshot(), last, offset)
                     .map(ResponseBody::SnapshotChunk);
-                self.respond(key, request_id, result);
+                self.respond(key, asked, result);
             }
             RequestBody::Members => {
                 let result = admin::members(&shared);
-                self.respond(key, request_id, result);
+                self.respond(key, asked, result);
             }
             body @ (RequestBody::AddMember { .. }
             | RequestBody::PromoteMember { .. }
@@ -115,7 +114,7 @@ impl EventLoop {
             | RequestBody::TransferLeader { .. }) => {
                 // Earlier writes of this connection go first.
                 self.flush_writes();
-                let tag = self.register(key, request_id, deadline, PendingKind::Admin);
+                let tag = self.register(key, asked, deadline, PendingKind::Admin);
                 if let Err(refusal) = admin::spawn(&shared, &self.admin, tag, deadline, body) {
                     self.fail(tag, refusal);
                 }

@@ -105,7 +105,7 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) => {
                     // Out of file descriptors, say: wait rather than spin.
-                    eprintln!("{id}: accepting a peer connection failed: {error}");
+                    tracing::warn!(node = %id, error = %error, "accepting a peer connection failed");
                     thread::sleep(ACCEPT_POLL_INTERVAL);
                 }
             }
@@ -124,9 +124,11 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
         self.reap_finished();
         if self.connections.len() >= INBOUND_CONNECTIONS_MAX {
             add(&self.shared.counters.connections_rejected, 1);
-            eprintln!(
-                "{id}: refused peer connection from {remote}: \
-                 already serving {INBOUND_CONNECTIONS_MAX} connections"
+            tracing::warn!(
+                node = %id,
+                remote = %remote,
+                limit = INBOUND_CONNECTIONS_MAX,
+                "refused a peer connection: too many connections"
             );
             return;
         }
@@ -138,7 +140,12 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
         let clone = match configured {
             Ok(clone) => clone,
             Err(error) => {
-                eprintln!("{id}: cannot set up peer connection from {remote}: {error}");
+                tracing::warn!(
+                    node = %id,
+                    remote = %remote,
+                    error = %error,
+                    "cannot set up a peer connection"
+                );
                 return;
             }
         };
@@ -147,7 +154,7 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
             Some(tls) => match tls.accept() {
                 Ok(session) => Some(Box::new(session)),
                 Err(error) => {
-                    eprintln!("{id}: dropping peer connection from {remote}: {error}");
+                    tracing::warn!(%remote, %error, "dropping peer connection: cannot start TLS");
                     return;
                 }
             },
@@ -167,7 +174,12 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
                 stream: clone,
                 thread,
             }),
-            Err(error) => eprintln!("{id}: dropping peer connection from {remote}: {error}"),
+            Err(error) => tracing::warn!(
+                node = %id,
+                remote = %remote,
+                error = %error,
+                "dropping a peer connection: cannot start its reader"
+            ),
         }
     }
 
@@ -223,11 +235,21 @@ impl<M: DeserializeOwned> Reader<M> {
             Ok(from) => from,
             Err(Ending::Fault(reason)) => {
                 add(&self.shared.counters.connections_rejected, 1);
-                eprintln!("{id}: refused peer connection from {remote}: {reason}");
+                tracing::warn!(
+                    node = %id,
+                    remote = %remote,
+                    reason = %reason,
+                    "refused a peer connection"
+                );
                 return;
             }
             Err(Ending::Lost(reason)) => {
-                eprintln!("{id}: peer connection from {remote} lost before handshake: {reason}");
+                tracing::debug!(
+                    node = %id,
+                    remote = %remote,
+                    reason = %reason,
+                    "peer connection lost before its handshake"
+                );
                 return;
             }
             Err(Ending::Stopping | Ending::Closed) => return,
@@ -236,11 +258,23 @@ impl<M: DeserializeOwned> Reader<M> {
         match self.serve(from) {
             Ending::Stopping | Ending::Closed => {}
             Ending::Lost(reason) => {
-                eprintln!("{id}: connection from {from} at {remote} lost: {reason}");
+                tracing::debug!(
+                    node = %id,
+                    peer = from.0,
+                    remote = %remote,
+                    reason = %reason,
+                    "peer connection lost"
+                );
             }
             Ending::Fault(reason) => {
                 add(&self.shared.counters.connections_closed_bad_frame, 1);
-                eprintln!("{id}: closing connection from {from} at {remote}: {reason}");
+                tracing::warn!(
+                    node = %id,
+                    peer = from.0,
+                    remote = %remote,
+                    reason = %reason,
+                    "closing a peer connection: bad input"
+                );
             }
         }
         let _ = self.stream.shutdown(Shutdown::Both);

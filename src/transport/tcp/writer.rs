@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +56,10 @@ pub(super) struct PeerLink {
     /// A clone of the writer's current socket, so that `stop` can wake a blocked write.
     /// Invariant: once `stopping` is set under this lock, no new socket is stored.
     stream: Mutex<Option<TcpStream>>,
+    /// Messages to this peer that were not sent (queue full, unreachable, write failed).
+    pub(super) send_failures: AtomicU64,
+    /// Failed attempts to connect to this peer.
+    pub(super) connect_failures: AtomicU64,
 }
 
 impl PeerLink {
@@ -65,7 +69,14 @@ impl PeerLink {
             address: Mutex::new((address, 0)),
             stopping: AtomicBool::new(false),
             stream: Mutex::new(None),
+            send_failures: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the writer holds a connection to the peer now.
+    pub(super) fn is_connected(&self) -> bool {
+        self.stream.lock().is_some()
     }
 
     pub(super) fn address(&self) -> SocketAddr {
@@ -209,6 +220,7 @@ impl<M: Serialize> Writer<M> {
         if self.connection.is_none() && !self.try_connect() {
             let queued = self.receiver.try_iter().take(PEER_QUEUE_CAPACITY).count();
             add(&self.shared.counters.dropped_unreachable, 1 + queued as u64);
+            add(&self.link.send_failures, 1 + queued as u64);
             return;
         }
         let mut frames = 0;
@@ -249,9 +261,11 @@ impl<M: Serialize> Writer<M> {
             Some(reason) => {
                 self.buffer.truncate(start);
                 add(&self.shared.counters.dropped_unencodable, 1);
-                eprintln!(
-                    "{}: dropping a message to {}: {reason}",
-                    self.shared.config.id, self.peer
+                tracing::warn!(
+                    node = %self.shared.config.id,
+                    peer = self.peer.0,
+                    reason = %reason,
+                    "dropping a message that cannot be sent"
                 );
             }
         }
@@ -281,10 +295,14 @@ impl<M: Serialize> Writer<M> {
             }
             Err(error) => {
                 add(&self.shared.counters.dropped_unreachable, frames);
+                add(&self.link.send_failures, frames);
                 if !self.link.is_stopping() {
-                    eprintln!(
-                        "{}: connection to {} at {} failed: {error}; reconnecting",
-                        self.shared.config.id, self.peer, connection.address
+                    tracing::debug!(
+                        node = %self.shared.config.id,
+                        peer = self.peer.0,
+                        address = %connection.address,
+                        error = %error,
+                        "peer connection failed; reconnecting"
                     );
                 }
                 let lived = connection.opened_at.elapsed();
@@ -326,10 +344,14 @@ impl<M: Serialize> Writer<M> {
             Ok(pair) => pair,
             Err(error) => {
                 add(&self.shared.counters.connect_failures, 1);
+                add(&self.link.connect_failures, 1);
                 if !self.failing {
-                    eprintln!(
-                        "{}: cannot connect to {} at {address}: {error}; retrying with backoff",
-                        config.id, self.peer
+                    tracing::debug!(
+                        node = %config.id,
+                        peer = self.peer.0,
+                        address = %address,
+                        error = %error,
+                        "cannot connect to a peer; retrying with backoff"
                     );
                 }
                 self.failing = true;
@@ -345,7 +367,12 @@ impl<M: Serialize> Writer<M> {
             *slot = Some(clone);
         }
         if self.failing {
-            eprintln!("{}: connected to {} at {address}", config.id, self.peer);
+            tracing::debug!(
+                node = %config.id,
+                peer = self.peer.0,
+                address = %address,
+                "connected to a peer"
+            );
         }
         self.buffer.clear();
         let handshake = Handshake::new(config.cluster_id, config.id);
