@@ -328,3 +328,47 @@ fn the_first_recover_after_open_and_a_read_back_agree() {
     storage.compact(LogIndex(100)).unwrap();
     assert_eq!(all_entries(&mut storage), expected_changed[101 - 58..]);
 }
+
+/// With `remove_in_background`, compaction and snapshot saves return before the obsolete
+/// files are unlinked (the log writer must not wait for a 64 MiB unlink), and the files still
+/// go; what the process leaves behind is removed at the next open.
+#[test]
+fn obsolete_files_are_removed_in_the_background_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FileOptions {
+        remove_in_background: true,
+        ..small_options()
+    };
+    let mut storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    storage.append(&entries(1, 1..=300)).unwrap();
+    storage.sync().unwrap();
+    let starts = segment_starts(dir.path());
+    assert!(starts.len() > 3, "{starts:?}");
+    let through = starts[3] - 1;
+    storage.compact(LogIndex(through)).unwrap();
+    let meta = |index| SnapshotMeta {
+        last: EntryId::new(Term(1), LogIndex(index)),
+        membership: Membership::new([NodeId(1)]),
+    };
+    storage.save_snapshot(&meta(10), b"first").unwrap();
+    storage.save_snapshot(&meta(20), b"second").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let segments_gone = segment_starts(dir.path())[0] > through;
+        let snapshots = std::fs::read_dir(dir.path().join("snapshot"))
+            .unwrap()
+            .count();
+        if segments_gone && snapshots == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "obsolete files were never removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(all_entries(&mut storage), entries(1, through + 1..=300));
+    drop(storage);
+    let mut storage = FileStorage::open(dir.path(), options).unwrap();
+    assert_eq!(all_entries(&mut storage), entries(1, through + 1..=300));
+}

@@ -595,6 +595,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         &args.data_dir,
         FileOptions {
             fsync,
+            // The log writer does not wait for unlinking compacted segments (docs/storage.md).
+            remove_in_background: true,
             ..FileOptions::default()
         },
     )

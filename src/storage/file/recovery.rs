@@ -351,11 +351,15 @@ pub fn open(
         snapshot,
         report: RecoveryReport::default(),
         poisoned: None,
+        remover: None,
     };
     report.segments = storage.segments.len();
     report.first_index = storage.first_index();
     report.last_index = storage.last_index();
     storage.report = report;
+    if storage.options.remove_in_background {
+        storage.remover = super::remover::Remover::start(Arc::clone(&storage.file_system));
+    }
     storage.check_invariants();
     Ok(storage)
 }
