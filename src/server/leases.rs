@@ -24,7 +24,7 @@
 //!   lease expires early because of a failover; a lease may live up to one TTL longer.
 //! - A revoke proposed for a lease that is already gone is refused by apply as
 //!   `LeaseNotFound` and changes nothing, so retrying a revoke is safe.
-//! - TTLs shorter than [`LeaseKeeper::ttl_min`] (`ceil(3/2 · election timeout)`, etcd's
+//! - TTLs shorter than the minimum (`ceil(3/2 · election timeout)` in whole seconds, etcd's
 //!   `minTTL`) are raised to it, so an election cannot by itself outlast a lease.
 //!
 //! The keeper's decisions are a plain value ([`LeaseClock`]) driven with the time passed in,
