@@ -124,18 +124,25 @@ fn after_a_leader_failover_a_lease_gets_its_full_ttl_again() {
     let mut cluster = TestCluster::start(3, false);
     let leader = cluster.wait_leader();
     let client = client(&cluster);
-    let ttl = Duration::from_secs(4);
+    let ttl = Duration::from_secs(5);
+    let before_grant = Instant::now();
     let grant = client.lease_grant(ttl.as_secs()).unwrap();
     client
         .put_with_lease(b"failover".to_vec(), b"v".to_vec(), grant.lease)
         .unwrap();
-    // Let most of the TTL run out on the old leader's clock: had the new leader inherited
-    // that deadline, the key would vanish about a second after the failover.
+    // Let half the TTL run out on the old leader's clock: had the new leader inherited that
+    // deadline, the key would vanish about 2.5 s after the failover instead of 5 s.
     std::thread::sleep(Duration::from_millis(2_500));
-    assert!(
-        client.get(b"failover".to_vec()).unwrap().is_some(),
-        "expired before its TTL on the first leader"
-    );
+    let found = client.get(b"failover".to_vec()).unwrap();
+    if found.is_none() {
+        // Only a machine so loaded that this read came after the TTL may see this.
+        assert!(
+            before_grant.elapsed() >= ttl,
+            "expired before its TTL on the first leader"
+        );
+        eprintln!("the machine is too slow for this test: the lease expired before the stop");
+        return;
+    }
     let stopped_at = Instant::now();
     cluster.stop(leader);
     // The new leader's clock starts when it takes office, after the stop: the key lives at
