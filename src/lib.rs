@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod raft;

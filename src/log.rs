@@ -1,19 +1,21 @@
-//! A tiny structured logger for the server and the binaries: one line per event on stderr,
-//! `ts level node=n1 msg="..." key=value`, filtered by a process-wide level.
+//! Log events on the [`tracing`] facade, and the small call-site API older modules use:
+//! `log::info("closing client connection", &[("remote", &remote)])`.
 //!
-//! ```text
-//! 2026-11-22T15:38:31.123Z INFO node=n1 msg="client connection closed" remote=127.0.0.1:5012 reason="bad frame: checksum mismatch"
-//! ```
+//! The library never installs a subscriber: the binaries do (`keyval::cli::logging`, text or
+//! JSON lines on stderr), an embedder plugs in its own, and with none every event costs one
+//! disabled-callsite check. New code may call `tracing::info!` and friends directly, with
+//! values recorded with Display (`leader = %id`), not Debug.
 //!
-//! Deliberately small: no dependency, no allocation when a level is filtered out, and values
-//! that contain spaces or quotes are quoted so a line stays machine-splittable.
+//! This module's functions emit one `tracing` event at target `keyval::log`: the message, and
+//! the fields rendered once as `key=value` pairs (values quoted when they hold spaces, quotes
+//! or `=`) in the field [`FIELDS`], which the binaries' formatter splits back into fields.
 
 use std::fmt::{self, Display, Write as _};
-use std::io::Write as _;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The name of the field that carries the pre-rendered `key=value` pairs of an event logged
+/// through this module.
+pub const FIELDS: &str = "keyval.fields";
 
 /// How important an event is; lower is more important.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,19 +24,23 @@ pub enum Level {
     Error = 1,
     /// Something unusual that the program handled.
     Warn = 2,
-    /// Normal milestones: start, stop, leadership, closed connections.
+    /// Normal milestones: start, stop, elections, leadership, membership, snapshots.
     Info = 3,
-    /// Detail for debugging.
+    /// Detail for debugging: connections, flow control, compaction.
     Debug = 4,
+    /// Everything.
+    Trace = 5,
 }
 
 impl Level {
-    fn name(self) -> &'static str {
+    /// The matching `tracing` level.
+    pub fn to_tracing(self) -> tracing::Level {
         match self {
-            Level::Error => "ERROR",
-            Level::Warn => "WARN",
-            Level::Info => "INFO",
-            Level::Debug => "DEBUG",
+            Level::Error => tracing::Level::ERROR,
+            Level::Warn => tracing::Level::WARN,
+            Level::Info => tracing::Level::INFO,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Trace => tracing::Level::TRACE,
         }
     }
 }
@@ -48,51 +54,38 @@ impl FromStr for Level {
             "warn" | "warning" => Ok(Level::Warn),
             "info" => Ok(Level::Info),
             "debug" => Ok(Level::Debug),
+            "trace" => Ok(Level::Trace),
             other => Err(format!(
-                "unknown log level {other:?}; use error, warn, info or debug"
+                "unknown log level {other:?}; use error, warn, info, debug or trace"
             )),
         }
     }
 }
 
-static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-static NODE: OnceLock<String> = OnceLock::new();
-
-/// Sets the most detailed level that is printed (default `Info`).
-pub fn set_level(level: Level) {
-    LEVEL.store(level as u8, Ordering::Relaxed);
-}
-
-/// Names the node every line is tagged with (`node=n1`); the first call wins.
-pub fn set_node(node: impl Display) {
-    let _ = NODE.set(node.to_string());
-}
-
-/// Whether events at `level` are printed.
+/// Whether the installed subscriber (if any) records events at `level` from this module.
 pub fn enabled(level: Level) -> bool {
-    level as u8 <= LEVEL.load(Ordering::Relaxed)
+    match level {
+        Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        Level::Info => tracing::enabled!(tracing::Level::INFO),
+        Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+    }
 }
 
-/// Prints one event at `level` with `fields` as `key=value` pairs.
+/// Emits one event at `level` with `fields` as `key=value` pairs.
 pub fn event(level: Level, message: &str, fields: &[(&str, &dyn Display)]) {
     if !enabled(level) {
         return;
     }
-    let mut line = String::with_capacity(128);
-    write_timestamp(&mut line, SystemTime::now());
-    let _ = write!(line, " {}", level.name());
-    if let Some(node) = NODE.get() {
-        let _ = write!(line, " node={node}");
+    let fields = Pairs(fields);
+    match level {
+        Level::Error => tracing::error!(keyval.fields = %fields, "{message}"),
+        Level::Warn => tracing::warn!(keyval.fields = %fields, "{message}"),
+        Level::Info => tracing::info!(keyval.fields = %fields, "{message}"),
+        Level::Debug => tracing::debug!(keyval.fields = %fields, "{message}"),
+        Level::Trace => tracing::trace!(keyval.fields = %fields, "{message}"),
     }
-    line.push_str(" msg=");
-    push_value(&mut line, message);
-    for (key, value) in fields {
-        let _ = write!(line, " {key}=");
-        push_value(&mut line, &value.to_string());
-    }
-    line.push('\n');
-    // One write per line so lines from several threads do not interleave.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// [`event`] at `Error`.
@@ -115,8 +108,26 @@ pub fn debug(message: &str, fields: &[(&str, &dyn Display)]) {
     event(Level::Debug, message, fields);
 }
 
+/// Renders fields as `key=value key=value`.
+struct Pairs<'a>(&'a [(&'a str, &'a dyn Display)]);
+
+impl Display for Pairs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = String::new();
+        for (key, value) in self.0 {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(key);
+            line.push('=');
+            push_value(&mut line, &value.to_string());
+        }
+        f.write_str(&line)
+    }
+}
+
 /// Appends `value`, quoted and escaped when it is empty or holds spaces, quotes or `=`.
-fn push_value(line: &mut String, value: &str) {
+pub fn push_value(line: &mut String, value: &str) {
     let plain = !value.is_empty()
         && value
             .chars()
@@ -140,42 +151,68 @@ fn push_value(line: &mut String, value: &str) {
     line.push('"');
 }
 
-/// Appends `time` as RFC 3339 UTC with milliseconds.
-fn write_timestamp(line: &mut String, time: SystemTime) {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
-    let second_of_day = seconds % 86_400;
-    let _ = write!(
-        line,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-        since_epoch.subsec_millis()
-    );
+/// Splits pairs rendered by this module (`key=value key="quoted value"`) back into keys and
+/// values. Malformed input (never produced here) ends the split where it starts.
+pub fn split_pairs(rendered: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = rendered.trim_start();
+    while let Some(equals) = rest.find('=') {
+        let key = rest[..equals].to_string();
+        rest = &rest[equals + 1..];
+        let value;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut text = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((at, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        end = Some(at + 1);
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => text.push('\n'),
+                        Some((_, 'u')) => {
+                            // \u{hex}
+                            let mut hex = String::new();
+                            for (_, c) in chars.by_ref() {
+                                match c {
+                                    '{' => {}
+                                    '}' => break,
+                                    c => hex.push(c),
+                                }
+                            }
+                            if let Some(c) =
+                                u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
+                            {
+                                text.push(c);
+                            }
+                        }
+                        Some((_, c)) => text.push(c),
+                        None => break,
+                    },
+                    c => text.push(c),
+                }
+            }
+            let Some(end) = end else {
+                pairs.push((key, text));
+                break;
+            };
+            value = text;
+            rest = &quoted[end..];
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            value = rest[..end].to_string();
+            rest = &rest[end..];
+        }
+        pairs.push((key, value));
+        rest = rest.trim_start();
+    }
+    pairs
 }
 
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Formats a value with `Debug` for use as a field (`&Debugged(&x)`).
+/// Formats a value with `Debug` for use as a field (`&Debugged(&x)`). Prefer a Display form:
+/// operators read `leader=2`, not `leader=Some(NodeId(2))`.
 pub struct Debugged<'a, T: fmt::Debug>(pub &'a T);
 
 impl<T: fmt::Debug> Display for Debugged<'_, T> {
@@ -189,16 +226,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_are_rfc3339() {
-        let mut line = String::new();
-        write_timestamp(
-            &mut line,
-            UNIX_EPOCH + std::time::Duration::from_millis(1_795_361_911_123),
-        );
-        assert_eq!(line, "2026-11-22T15:38:31.123Z");
-    }
-
-    #[test]
     fn values_with_spaces_are_quoted() {
         let mut line = String::new();
         push_value(&mut line, "bad frame: \"x\"");
@@ -209,8 +236,31 @@ mod tests {
     }
 
     #[test]
+    fn rendered_pairs_split_back() {
+        let tricky = "a \"b\" = c\\d\ne\u{1}";
+        let fields: [(&str, &dyn Display); 4] = [
+            ("remote", &"127.0.0.1:80"),
+            ("reason", &tricky),
+            ("empty", &""),
+            ("count", &3),
+        ];
+        let rendered = Pairs(&fields).to_string();
+        assert_eq!(
+            split_pairs(&rendered),
+            vec![
+                ("remote".to_string(), "127.0.0.1:80".to_string()),
+                ("reason".to_string(), tricky.to_string()),
+                ("empty".to_string(), String::new()),
+                ("count".to_string(), "3".to_string()),
+            ]
+        );
+        assert!(split_pairs("").is_empty());
+    }
+
+    #[test]
     fn levels_parse() {
         assert_eq!("WARN".parse::<Level>(), Ok(Level::Warn));
+        assert_eq!("trace".parse::<Level>(), Ok(Level::Trace));
         assert!("loud".parse::<Level>().is_err());
     }
 }

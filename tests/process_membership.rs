@@ -368,6 +368,14 @@ fn rejoining_is_harmless_and_transfer_leader_checks_its_target() {
     let admin = client(&all, Duration::from_secs(20));
     wait_members(&admin, "n4 joins", voters(&[1, 2, 3, 4]));
     admin.put(b"before".to_vec(), b"restart".to_vec()).unwrap();
+    // A normal join logs no warning (issue 14): replaying configurations from before it was
+    // added, being promoted, connecting to its peers are all routine.
+    let joined_log = joiner.log_text();
+    let warnings: Vec<&str> = joined_log
+        .lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect();
+    assert!(warnings.is_empty(), "a normal join warned:\n{joined_log}");
 
     // Another id on n4's data directory is refused.
     assert_eq!(node.terminate(), Some(0));

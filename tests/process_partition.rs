@@ -276,6 +276,8 @@ impl Nodes {
             .args(["--id", &node.to_string(), "--cluster", &self.spec])
             .arg("--data-dir")
             .arg(&data_dir)
+            // The namespaces' addresses are not loopback; the test network is trusted.
+            .arg("--insecure")
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

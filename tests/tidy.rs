@@ -45,6 +45,7 @@ const RULES: &[Rule] = &[
             "rand::rng()",
             "crate::transport",
             "crate::log",
+            "tracing",
         ],
         why: "the core is a pure state machine: time, randomness and I/O come from its caller",
     },

@@ -311,3 +311,228 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+mod peers {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use keyval::tls::{PeerTls, PeerTlsFiles};
+    use keyval::transport::tcp::{TcpConfig, TcpTransport};
+    use keyval::NodeId;
+
+    use super::{free_port, Ca};
+
+    type Inbound = crossbeam_channel::Receiver<(NodeId, String)>;
+
+    /// A transport for node `id` listening on `address`, knowing `peers`, with `cert`/`key`
+    /// from `ca` checked against `ca_trusted`.
+    fn start(
+        id: u64,
+        address: SocketAddr,
+        peers: &[(u64, SocketAddr)],
+        files: (std::path::PathBuf, std::path::PathBuf),
+        trusted: &Ca,
+        allowed: &[&str],
+    ) -> (TcpTransport<String>, Inbound) {
+        let tls = PeerTls::new(PeerTlsFiles {
+            cert: files.0,
+            key: files.1,
+            trusted_ca: trusted.cert_path(),
+            allowed_names: allowed.iter().map(|name| name.to_string()).collect(),
+        })
+        .expect("peer TLS");
+        let peers: BTreeMap<NodeId, SocketAddr> = peers
+            .iter()
+            .map(|(id, address)| (NodeId(*id), *address))
+            .collect();
+        let mut config = TcpConfig::new(NodeId(id), 7, address, peers);
+        config.tls = Some(Arc::new(tls));
+        config.backoff_max = Duration::from_millis(100);
+        let (sender, receiver) = crossbeam_channel::bounded(1024);
+        (
+            TcpTransport::start(config, sender).expect("start"),
+            receiver,
+        )
+    }
+
+    fn address(ip: &str) -> SocketAddr {
+        format!("{ip}:{}", free_port()).parse().unwrap()
+    }
+
+    /// Sends until `inbound` gets a message from `from`, or gives up after a while.
+    fn delivered(sender: &TcpTransport<String>, to: u64, inbound: &Inbound, from: u64) -> bool {
+        for attempt in 0..100 {
+            sender.send(NodeId(to), format!("hello {attempt}"));
+            if let Ok((who, _)) = inbound.recv_timeout(Duration::from_millis(100)) {
+                assert_eq!(who, NodeId(from));
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn peers_speak_mutual_tls_and_refuse_other_cas_names_and_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "peer-ca");
+        let other = Ca::new(dir.path(), "other-ca");
+        let (a1, a2, a3, a4, a5) = (
+            address("127.0.0.1"),
+            address("127.0.0.2"),
+            address("127.0.0.3"),
+            address("127.0.0.4"),
+            address("127.0.0.5"),
+        );
+        let everyone = [(1, a1), (2, a2), (3, a3), (4, a4), (5, a5)];
+        let one = ca.sign("n1", &["127.0.0.1", "node"]);
+        // Node 2 accepts certificates named "node" only.
+        let (two, two_inbound) = start(
+            2,
+            a2,
+            &everyone,
+            ca.sign("n2", &["127.0.0.2", "node"]),
+            &ca,
+            &["node"],
+        );
+        let (one_transport, _one_inbound) = start(1, a1, &everyone, one.clone(), &ca, &["node"]);
+        assert!(
+            delivered(&one_transport, 2, &two_inbound, 1),
+            "a peer with a good certificate was not heard"
+        );
+
+        // A certificate from another CA.
+        let (stranger, _) = start(
+            3,
+            a3,
+            &everyone,
+            other.sign("n3", &["127.0.0.3", "node"]),
+            &ca,
+            &[],
+        );
+        // A certificate from the CA with a name outside the allow-list.
+        let (outsider, _) = start(
+            4,
+            a4,
+            &everyone,
+            ca.sign("n4", &["127.0.0.4", "intruder"]),
+            &ca,
+            &[],
+        );
+        // Node 1's own certificate, presented by a process claiming to be node 5.
+        let (impostor, _) = start(5, a5, &everyone, one, &ca, &[]);
+        let rejected_before = two.stats().connections_rejected;
+        for _ in 0..20 {
+            stranger.send(NodeId(2), "from 3".into());
+            outsider.send(NodeId(2), "from 4".into());
+            impostor.send(NodeId(2), "from 5".into());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            super::wait_for(|| two.stats().connections_rejected >= rejected_before + 3),
+            "not every bad peer was refused: {:?}",
+            two.stats()
+        );
+        while let Ok((from, message)) = two_inbound.try_recv() {
+            assert_eq!(from, NodeId(1), "a refused peer got {message:?} through");
+        }
+        // The good peer is still heard.
+        assert!(delivered(&one_transport, 2, &two_inbound, 1));
+    }
+}
+
+#[test]
+fn a_three_node_cluster_runs_with_mutual_tls_on_both_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ports
+        .iter()
+        .enumerate()
+        .map(|(k, (peer, client))| format!("{}=127.0.0.1:{peer}/127.0.0.1:{client}", k + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for k in 0..3 {
+        let (cert, key) = ca.sign(&format!("n{k}"), &["127.0.0.1", "keyval-node"]);
+        let path = |p: &PathBuf| p.display().to_string();
+        nodes.push(process_support::NodeProcess::spawn(
+            vec![
+                "--id".into(),
+                (k + 1).to_string(),
+                "--cluster".into(),
+                spec.clone(),
+                "--data-dir".into(),
+                dir.path().join(format!("data{k}")).display().to_string(),
+                "--cert-file".into(),
+                path(&cert),
+                "--key-file".into(),
+                path(&key),
+                "--trusted-ca-file".into(),
+                path(&ca.cert_path()),
+                "--client-cert-auth".into(),
+                "--peer-cert-file".into(),
+                path(&cert),
+                "--peer-key-file".into(),
+                path(&key),
+                "--peer-trusted-ca-file".into(),
+                path(&ca.cert_path()),
+                "--peer-cert-allowed-cn".into(),
+                "keyval-node".into(),
+            ],
+            dir.path().join(format!("n{k}.log")),
+            None,
+        ));
+    }
+    let (cert, key) = ca.sign("app", &["app"]);
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|(_, client)| format!("127.0.0.1:{client}"))
+        .collect();
+    let client = Client::connect(&endpoints, ca.client(Some((&cert, &key)))).expect("connect");
+    assert!(
+        wait_for(|| client.put(b"k".to_vec(), b"over mTLS".to_vec()).is_ok()),
+        "no write committed over mutual TLS"
+    );
+    // Every node applies it: replication went over the TLS peer port.
+    for endpoint in &endpoints {
+        assert!(wait_for(|| {
+            client
+                .get_with(b"k".to_vec(), keyval::protocol::Consistency::Stale)
+                .ok()
+                .and_then(|read| read.value)
+                .is_some()
+                && client
+                    .status(endpoint)
+                    .is_ok_and(|status| status.applied.0 >= 2)
+        }));
+    }
+    drop(nodes);
+}
+
+#[test]
+fn keyval_refuses_an_exposed_port_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keyval"))
+            .args(["--id", "1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--peer-listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--client-listen",
+                &format!("0.0.0.0:{}", free_port()),
+            ])
+            .args(extra)
+            .output()
+            .expect("keyval")
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("without TLS") && said.contains("--insecure"),
+        "{said}"
+    );
+}

@@ -5,5 +5,12 @@ use clap::Parser;
 
 fn main() {
     let args = keyval::cli::kvctl::KvctlArgs::parse();
+    // Results go to stdout and errors to stderr as kvctl prints them; the library's own
+    // events (a warning from a transport, say) come through here, warnings and worse only.
+    keyval::cli::logging::install(
+        keyval::log::Level::Warn,
+        keyval::cli::logging::LogFormat::Text,
+        None,
+    );
     std::process::exit(keyval::cli::kvctl::run(args));
 }

@@ -61,24 +61,34 @@ pub(super) fn check_node_id(storage: &mut FileStorage, id: NodeId) -> anyhow::Re
     }
 }
 
-fn client(endpoints: &[String], timeout: Duration) -> anyhow::Result<Client> {
+/// The cluster a node joins: the client endpoints of `--join`, and the TLS to reach them
+/// (the node's own client-port CA and certificate, when it serves clients over TLS).
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    pub(super) endpoints: Vec<String>,
+    pub(super) tls: Option<crate::tls::ClientTls>,
+}
+
+fn client(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
     let options = ClientOptions {
         request_timeout: timeout,
+        tls: target.tls.clone(),
         ..ClientOptions::default()
     };
-    Client::new(endpoints, options).map_err(|error| anyhow::anyhow!("--join: {error}"))
+    Client::new(&target.endpoints, options).map_err(|error| anyhow::anyhow!("--join: {error}"))
 }
 
 /// Asks the cluster behind `endpoints` to add node `id` at `address` as a learner, retrying
 /// while it is unavailable or busy (up to [`JOIN_TIMEOUT`], or until `stop`). Returns the
 /// configuration to start from.
 pub(super) fn join_as_learner(
-    endpoints: &[String],
+    target: &Target,
     id: NodeId,
     address: &MemberAddress,
     stop: &AtomicBool,
 ) -> anyhow::Result<Membership> {
-    let client = client(endpoints, JOIN_ATTEMPT_TIMEOUT)?;
+    let endpoints = &target.endpoints;
+    let client = client(target, JOIN_ATTEMPT_TIMEOUT)?;
     let deadline = Instant::now() + JOIN_TIMEOUT;
     log::info(
         "joining the cluster",
@@ -91,10 +101,10 @@ pub(super) fn join_as_learner(
     loop {
         match client.add_member(id, address.clone(), false) {
             Ok(reply) => {
-                log::info(
-                    "added to the cluster as a learner",
-                    &[("leader", &log::Debugged(&reply.leader))],
-                );
+                let leader = reply
+                    .leader
+                    .map_or_else(|| "unknown".to_string(), |leader| leader.0.to_string());
+                log::info("added to the cluster as a learner", &[("leader", &leader)]);
                 return Ok(reply.membership);
             }
             Err(ClientError::Server(refusal @ ServerError::Refused { .. })) => {
@@ -116,8 +126,8 @@ pub(super) fn join_as_learner(
 
 /// Asks the cluster, best effort and briefly, for its configuration: a restarted node whose
 /// stored log does not yet hold one learns its peers' addresses from it.
-pub(super) fn known_members(endpoints: &[String]) -> Option<Membership> {
-    let client = client(endpoints, Duration::from_secs(2)).ok()?;
+pub(super) fn known_members(target: &Target) -> Option<Membership> {
+    let client = client(target, Duration::from_secs(2)).ok()?;
     match client.members() {
         Ok(reply) => Some(reply.membership),
         Err(error) => {
@@ -133,11 +143,11 @@ pub(super) fn known_members(endpoints: &[String]) -> Option<Membership> {
 /// Starts the `n{id}-join` thread, which asks the cluster to promote this node to voter
 /// until it succeeds, is refused, or `stop` is set.
 pub(super) fn spawn_promotion(
-    endpoints: Vec<String>,
+    target: &Target,
     id: NodeId,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let client = client(&endpoints, JOIN_ATTEMPT_TIMEOUT)?;
+    let client = client(target, JOIN_ATTEMPT_TIMEOUT)?;
     std::thread::Builder::new()
         .name(format!("{id}-join"))
         .spawn(move || promote(&client, id, &stop))

@@ -7,6 +7,7 @@ pub mod bench;
 mod join;
 pub mod kvctl;
 pub mod lease;
+pub mod logging;
 pub mod member;
 pub mod node;
 mod pipeline;

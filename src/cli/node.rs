@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::kv::KvStore;
 use crate::log::{self, Level};
+use crate::metrics::http::{self, MetricsServer};
+use crate::metrics::{self, Metrics, Sample};
 use crate::node::{Node, NodeOptions};
-use crate::raft::{Message, RoleKind};
+use crate::raft::Message;
 use crate::server::{Server, ServerOptions};
 use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
 use crate::storage::Storage;
@@ -24,6 +27,7 @@ use crate::transport::{inbound_channel, Transport};
 use crate::types::{Membership, NodeId};
 
 use super::join;
+use super::logging::{self, LogFormat};
 use super::restore::RestoreArgs;
 use super::{resolve, ClusterSpec, CLIENT_LISTEN_DEFAULT, PEER_LISTEN_DEFAULT};
 
@@ -161,6 +165,33 @@ pub struct NodeArgs {
     /// Require every client to present a certificate from --trusted-ca-file.
     #[arg(long, env = "KEYVAL_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
     pub client_cert_auth: bool,
+    /// Listen on non-loopback addresses without TLS (refused otherwise): only on a network
+    /// where everyone who can reach the ports is trusted.
+    #[arg(long, env = "KEYVAL_INSECURE")]
+    pub insecure: bool,
+    /// Mutual TLS between the nodes: this node's peer certificate (PEM; it must name this
+    /// node's peer IP address). Needs --peer-key-file and --peer-trusted-ca-file.
+    #[arg(
+        long,
+        env = "KEYVAL_PEER_CERT_FILE",
+        requires_all = ["peer_key_file", "peer_trusted_ca_file"]
+    )]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, env = "KEYVAL_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA (PEM) every peer's certificate must chain to.
+    #[arg(long, env = "KEYVAL_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Names (common name or DNS SAN) a peer's certificate must carry one of, comma-separated
+    /// (default: any certificate from --peer-trusted-ca-file).
+    #[arg(
+        long,
+        env = "KEYVAL_PEER_CERT_ALLOWED_CN",
+        value_delimiter = ',',
+        requires = "peer_cert_file"
+    )]
+    pub peer_cert_allowed_cn: Vec<String>,
     /// Take a snapshot automatically once this many entries were applied since the last one
     /// (0: only when asked, with `kvctl snapshot`).
     #[arg(long, env = "KEYVAL_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
@@ -172,9 +203,19 @@ pub struct NodeArgs {
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     #[arg(long, env = "KEYVAL_SNAPSHOT_MARGIN_ENTRIES", default_value_t = 1_000)]
     pub snapshot_margin_entries: u64,
-    /// Log level: error, warn, info or debug.
+    /// Log level: error, warn, info, debug or trace. Info: start and stop, elections, leader
+    /// and configuration changes, snapshots; debug adds connections, flow control, compaction.
     #[arg(long, env = "KEYVAL_LOG_LEVEL", default_value = "info")]
     pub log_level: Level,
+    /// Log line format on stderr: text (`ts LEVEL node=n1 msg="..." key=value`) or json (one
+    /// object per line).
+    #[arg(long, env = "KEYVAL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Where to serve /metrics (Prometheus), /livez and /readyz over HTTP; `off` (or empty)
+    /// disables it. Default: loopback, at the client port + 1000 (127.0.0.1:8379 for the
+    /// default client port); if that port is taken, the node runs without it and warns.
+    #[arg(long, env = "KEYVAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Operator commands of the `keyval` binary (the node itself runs when none is given).
@@ -186,6 +227,20 @@ pub enum NodeCommand {
     Restore(RestoreArgs),
 }
 
+/// The client port plus this is the default metrics port.
+pub const METRICS_PORT_OFFSET: u16 = 1000;
+
+/// Where the metrics endpoint listens, as the flags say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MetricsListen {
+    /// Not at all (`--metrics-listen off`).
+    Off,
+    /// The default: loopback, client port + 1000; a taken port is a warning.
+    Default(SocketAddr),
+    /// Where `--metrics-listen` says; a failure to bind stops the start.
+    Given(SocketAddr),
+}
+
 /// Everything derived from the flags, checked.
 #[derive(Debug)]
 struct Plan {
@@ -194,6 +249,7 @@ struct Plan {
     peer_listen: SocketAddr,
     client_listen: SocketAddr,
     config: Config,
+    metrics_listen: MetricsListen,
 }
 
 impl Plan {
@@ -213,6 +269,9 @@ impl Plan {
         if args.client_listen.is_none() && !address.client.is_empty() {
             self.client_listen = resolve(&address.client)
                 .map_err(|error| anyhow::anyhow!("recorded client address: {error}"))?;
+            if let MetricsListen::Default(_) = self.metrics_listen {
+                self.metrics_listen = default_metrics_listen(self.client_listen);
+            }
         }
         Ok(())
     }
@@ -309,13 +368,88 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             crate::server::REQUEST_BUFFER_BYTES_MIN
         );
     }
+    let metrics_listen = match args.metrics_listen.as_deref().map(str::trim) {
+        None => default_metrics_listen(client_listen),
+        Some("" | "off") => MetricsListen::Off,
+        Some(address) => MetricsListen::Given(
+            resolve(address).map_err(|error| anyhow::anyhow!("--metrics-listen: {error}"))?,
+        ),
+    };
     Ok(Plan {
         id,
         cluster,
         peer_listen,
         client_listen,
         config,
+        metrics_listen,
     })
+}
+
+/// Secure by default: a port reachable beyond this machine must speak TLS, unless the
+/// operator says `--insecure`.
+fn check_exposure(
+    args: &NodeArgs,
+    peer_listen: SocketAddr,
+    client_listen: SocketAddr,
+) -> anyhow::Result<()> {
+    if args.insecure {
+        return Ok(());
+    }
+    let exposed = |address: SocketAddr| !address.ip().is_loopback();
+    if exposed(client_listen) && args.cert_file.is_none() {
+        bail!(
+            "refusing to serve clients on {client_listen} without TLS: anyone who can reach it \
+             could read and write everything. Give --cert-file and --key-file (docs/security.md), \
+             listen on a loopback address, or pass --insecure on a network you trust"
+        );
+    }
+    if exposed(peer_listen) && args.peer_cert_file.is_none() {
+        bail!(
+            "refusing to listen for peers on {peer_listen} without TLS: anyone who can reach it \
+             could speak Raft to the cluster. Give --peer-cert-file, --peer-key-file and \
+             --peer-trusted-ca-file (docs/security.md), listen on a loopback address, or pass \
+             --insecure on a network you trust"
+        );
+    }
+    Ok(())
+}
+
+/// How this node reaches the cluster it joins: over TLS when it serves clients over TLS,
+/// trusting its `--trusted-ca-file` and presenting its own client-port certificate.
+fn join_target(args: &NodeArgs) -> anyhow::Result<join::Target> {
+    let tls = match (&args.cert_file, &args.key_file, &args.trusted_ca_file) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            crate::tls::ClientTls::new(ca, Some((cert, key)))
+                .context("--join over TLS (--trusted-ca-file, --cert-file, --key-file)")?,
+        ),
+        (Some(_), _, None) => anyhow::bail!(
+            "--join with --cert-file needs --trusted-ca-file: the CA of the other nodes' client \
+             certificates"
+        ),
+        _ => None,
+    };
+    Ok(join::Target {
+        endpoints: args.join.clone(),
+        tls,
+    })
+}
+
+/// The peer port's mutual TLS, as the flags ask.
+fn peer_tls(args: &NodeArgs) -> anyhow::Result<Option<Arc<crate::tls::PeerTls>>> {
+    let (Some(cert), Some(key), Some(ca)) = (
+        &args.peer_cert_file,
+        &args.peer_key_file,
+        &args.peer_trusted_ca_file,
+    ) else {
+        return Ok(None);
+    };
+    let tls = crate::tls::PeerTls::new(crate::tls::PeerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        trusted_ca: ca.clone(),
+        allowed_names: args.peer_cert_allowed_cn.clone(),
+    })?;
+    Ok(Some(Arc::new(tls)))
 }
 
 /// The client port's TLS, as the flags ask.
@@ -357,15 +491,83 @@ fn raise_open_files_limit(connections_max: usize) {
     }
 }
 
+/// Loopback at the client port + [`METRICS_PORT_OFFSET`] (off when that is past 65535).
+fn default_metrics_listen(client_listen: SocketAddr) -> MetricsListen {
+    match client_listen.port().checked_add(METRICS_PORT_OFFSET) {
+        Some(port) => MetricsListen::Default(SocketAddr::from(([127, 0, 0, 1], port))),
+        None => MetricsListen::Off,
+    }
+}
+
+/// The node's metrics: what the node records, and a sample taken at each scrape of the
+/// transport, the data directory and the client server (once `server` holds it).
+fn node_metrics(
+    data_dir: &std::path::Path,
+    node: &Arc<Node<KvStore>>,
+    transport: &Arc<TcpTransport<Message>>,
+    server: &Arc<std::sync::OnceLock<Arc<Mutex<Server>>>>,
+) -> Arc<Metrics> {
+    let sample = {
+        let (node, transport, server) =
+            (Arc::clone(node), Arc::clone(transport), Arc::clone(server));
+        let data_dir = data_dir.to_path_buf();
+        move || {
+            let mut sample =
+                Sample::of_node(&node, |store: &KvStore| (store.len() as u64, store.bytes()))
+                    .with_data_dir(&data_dir);
+            sample.transport = Some(transport.stats());
+            sample.peers = Some(transport.peer_stats());
+            if let Some(server) = server.get() {
+                let stats = server.lock().stats();
+                sample.client_connections_open = Some(stats.connections_open as u64);
+                sample.client_connections_accepted = Some(stats.connections_accepted);
+                sample.client_connections_refused = Some(stats.connections_refused);
+            }
+            sample
+        }
+    };
+    Arc::new(Metrics::new(node.metrics(), sample))
+}
+
+/// Starts the metrics and health endpoint for `node` as `plan` says; `None` when it is off
+/// or its default port is taken (logged).
+fn start_metrics(
+    plan: &Plan,
+    node: &Arc<Node<KvStore>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let address = match plan.metrics_listen {
+        MetricsListen::Off => return Ok(None),
+        MetricsListen::Default(address) | MetricsListen::Given(address) => address,
+    };
+    let ready = {
+        let node = Arc::clone(node);
+        Box::new(move || metrics::readiness(&node, http::READY_APPLY_WAIT))
+    };
+    let endpoints = http::Endpoints { metrics, ready };
+    match MetricsServer::start(address, format!("{}-metrics", plan.id), endpoints) {
+        Ok(server) => Ok(Some(server)),
+        Err(error) if matches!(plan.metrics_listen, MetricsListen::Default(_)) => {
+            tracing::warn!(
+                error = %error,
+                "running without the metrics endpoint: its default port is taken; give \
+                 --metrics-listen ADDRESS (or off)"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error).context("--metrics-listen"),
+    }
+}
+
 /// Runs the operator command given, or else a node until SIGINT or SIGTERM, then stops gracefully: stop accepting clients,
 /// answer what is in flight, stop the node (its log writer syncs what it holds), close.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(NodeCommand::Restore(restore)) = &args.command {
+        logging::install(args.log_level, args.log_format, None);
         return super::restore::run(restore);
     }
-    log::set_level(args.log_level);
     let mut plan = plan(&args)?;
-    log::set_node(plan.id);
+    logging::install(args.log_level, args.log_format, Some(plan.id.to_string()));
     if !plan.config.check_quorum {
         log::warn(
             "check-quorum is off (test only): a leader cut off from its peers keeps leading",
@@ -419,10 +621,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     // Peers come from the configuration: `Node::start` hands the one it recovers (or this
     // initial one) to `Transport::update_members`, which resolves every member's address.
+    check_exposure(&args, plan.peer_listen, plan.client_listen)?;
     let (inbound_tx, inbound_rx) = inbound_channel();
     let transport = Arc::new(
         TcpTransport::<Message>::start(
-            TcpConfig::new(plan.id, cluster_id, plan.peer_listen, BTreeMap::new()),
+            TcpConfig {
+                tls: peer_tls(&args)?,
+                ..TcpConfig::new(plan.id, cluster_id, plan.peer_listen, BTreeMap::new())
+            },
             inbound_tx,
         )
         .with_context(|| format!("starting the peer transport on {}", plan.peer_listen))?,
@@ -457,19 +663,34 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
     server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
     server_options.request_buffer_bytes_max = args.client_buffer_bytes_max;
-    let mut server = Server::start(Arc::clone(&node), server_options)?;
+    let server_slot = Arc::new(std::sync::OnceLock::new());
+    let metrics = node_metrics(&args.data_dir, &node, &transport, &server_slot);
+    server_options.metrics = Some(Arc::clone(&metrics));
+    let server = Arc::new(Mutex::new(Server::start(
+        Arc::clone(&node),
+        server_options,
+    )?));
+    let _ = server_slot.set(Arc::clone(&server));
+    let mut metrics_server = start_metrics(&plan, &node, metrics)?;
     log::info(
         "node started",
         &[
             ("peer_listen", &transport.local_addr()),
-            ("client_listen", &server.local_addr()),
+            ("client_listen", &server.lock().local_addr()),
+            (
+                "metrics_listen",
+                &metrics_server.as_ref().map_or_else(
+                    || "off".to_string(),
+                    |server| server.local_addr().to_string(),
+                ),
+            ),
             ("cluster", &node.members()),
             ("data_dir", &args.data_dir.display()),
         ],
     );
     let promotion = if !args.join.is_empty() && !args.join_as_learner {
         Some(join::spawn_promotion(
-            args.join.clone(),
+            &join_target(&args)?,
             plan.id,
             Arc::clone(&stop),
         )?)
@@ -492,7 +713,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(promotion) = promotion {
         let _ = promotion.join();
     }
-    server.shutdown();
+    if let Some(metrics_server) = &mut metrics_server {
+        metrics_server.shutdown();
+    }
+    server.lock().shutdown();
     // A leader hands over before it goes (a failed node no longer leads: nothing to do), so the cluster does not wait an election timeout
     // for a new one (thesis §3.10).
     let handover = Duration::from_millis(args.tick_ms.saturating_mul(args.election_ticks) * 2);
@@ -554,7 +778,7 @@ fn initial_membership(
     }
     let address = own.addresses.get(&plan.id).cloned().unwrap_or_default();
     if storage.is_empty() {
-        return join::join_as_learner(&args.join, plan.id, &address, stop);
+        return join::join_as_learner(&join_target(args)?, plan.id, &address, stop);
     }
     // A data directory from before the bootstrap configuration was recorded.
     log::info(
@@ -565,72 +789,17 @@ fn initial_membership(
         learners: [plan.id].into(),
         ..Membership::default()
     };
-    if let Some(known) = join::known_members(&args.join) {
+    if let Some(known) = join::known_members(&join_target(args)?) {
         membership.addresses = known.addresses;
     }
     membership.addresses.insert(plan.id, address);
     Ok(membership)
 }
 
-/// How this node stands in `membership`, for the log.
-fn standing(membership: &Membership, id: NodeId) -> &'static str {
-    if membership.is_voter(id) {
-        "voter"
-    } else if membership.learners.contains(&id) {
-        "learner"
-    } else {
-        "not a member"
-    }
-}
-
-/// Logs role, leader and configuration changes until `stop` is set or storage fails; returns
-/// the failure.
+/// Waits until `stop` is set or storage fails; returns the failure. (The node logs its own
+/// role, leader and configuration changes.)
 fn watch_until_stopped(node: &Node<KvStore>, stop: &AtomicBool) -> Option<String> {
-    let mut last: Option<(RoleKind, Option<NodeId>, u64)> = None;
-    let mut last_membership: Option<Membership> = None;
     while !stop.load(Ordering::SeqCst) {
-        let status = node.status();
-        if last_membership.as_ref() != Some(&status.membership) {
-            let membership = &status.membership;
-            let ids = |set: &std::collections::BTreeSet<NodeId>| {
-                set.iter().map(|id| id.0).collect::<Vec<u64>>()
-            };
-            let fields: [(&str, &dyn std::fmt::Display); 4] = [
-                ("this_node", &standing(membership, status.id)),
-                ("voters", &log::Debugged(&ids(&membership.voters))),
-                (
-                    "outgoing",
-                    &log::Debugged(&ids(&membership.voters_outgoing)),
-                ),
-                ("learners", &log::Debugged(&ids(&membership.learners))),
-            ];
-            if membership.contains(status.id) {
-                log::info("configuration", &fields);
-            } else {
-                log::warn(
-                    "this node is not a member of the configuration it knows: removed from \
-                     the cluster (it stays out of elections), or still catching up after a join",
-                    &fields,
-                );
-            }
-            last_membership = Some(status.membership.clone());
-        }
-        let now = (status.role, status.leader, status.term.0);
-        if last != Some(now) {
-            let leader = status
-                .leader
-                .map(|leader| leader.to_string())
-                .unwrap_or_else(|| "none".into());
-            log::info(
-                "role",
-                &[
-                    ("role", &log::Debugged(&status.role)),
-                    ("term", &status.term.0),
-                    ("leader", &leader),
-                ],
-            );
-            last = Some(now);
-        }
         if let Some(reason) = node.failure() {
             return Some(reason);
         }
@@ -708,6 +877,27 @@ mod tests {
                 .contains("--lease-reads requires check-quorum"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_at_the_client_port_plus_1000() {
+        let default = plan(&args(&["--client-listen", "0.0.0.0:7000"])).unwrap();
+        assert_eq!(
+            default.metrics_listen,
+            MetricsListen::Default("127.0.0.1:8000".parse().unwrap())
+        );
+        for off in ["off", ""] {
+            let plan = plan(&args(&["--metrics-listen", off])).unwrap();
+            assert_eq!(plan.metrics_listen, MetricsListen::Off);
+        }
+        let given = plan(&args(&["--metrics-listen", "127.0.0.1:9100"])).unwrap();
+        assert_eq!(
+            given.metrics_listen,
+            MetricsListen::Given("127.0.0.1:9100".parse().unwrap())
+        );
+        let high = plan(&args(&["--client-listen", "127.0.0.1:65000"])).unwrap();
+        assert_eq!(high.metrics_listen, MetricsListen::Off);
+        assert!(plan(&args(&["--metrics-listen", "nowhere"])).is_err());
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct KvStore {
     /// the key (kept by [`KvStore::insert_entry`] and [`KvStore::remove_entry`], the only
     /// writers of `data` besides a revoke).
     pub(super) leases: OrdMap<LeaseId, Lease>,
+    /// Bytes of keys and values held. Invariant: the sum over `data` of key and value
+    /// lengths (checked by `check_invariants`).
+    pub(super) bytes: u64,
 }
 
 /// A lease as the store holds it. Time is not part of it: the leader keeps the deadlines.
@@ -146,6 +149,11 @@ impl KvStore {
         self.data.len()
     }
 
+    /// Bytes of keys and values held (metadata and sessions not counted).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Whether no key exists.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
@@ -191,6 +199,12 @@ impl KvStore {
     /// and debug checks, not for every apply.
     pub fn check_invariants(&self) {
         assert!(self.revision <= self.applied, "revision after applied");
+        let bytes: u64 = self
+            .data
+            .iter()
+            .map(|(key, stored)| entry_bytes(key, stored))
+            .sum();
+        assert_eq!(self.bytes, bytes, "bytes held do not add up");
         for (key, stored) in &self.data {
             let metadata = stored.metadata;
             assert!(
@@ -551,6 +565,7 @@ impl KvStore {
         let mut deleted = 0;
         for key in &entry.keys {
             let removed = self.data.remove(key);
+            self.forget_bytes(key, removed.as_ref());
             debug_assert_eq!(
                 removed.as_ref().and_then(|stored| stored.metadata.lease),
                 Some(lease)
@@ -570,7 +585,9 @@ impl KvStore {
     /// one its new metadata names (which must exist). Returns what it replaced.
     pub(super) fn insert_entry(&mut self, key: Arc<[u8]>, stored: Stored) -> Option<Stored> {
         let lease = stored.metadata.lease;
+        self.bytes += entry_bytes(&key, &stored);
         let previous = self.data.insert(Arc::clone(&key), stored);
+        self.forget_bytes(&key, previous.as_ref());
         if let Some(old) = previous.as_ref().and_then(|stored| stored.metadata.lease) {
             self.detach(old, &key);
         }
@@ -590,6 +607,7 @@ impl KvStore {
     /// Removes `key`, detaching it from its lease; returns it with what it held.
     fn remove_entry(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
         let (key, stored) = self.data.remove_with_key(key)?;
+        self.forget_bytes(&key, Some(&stored));
         if let Some(lease) = stored.metadata.lease {
             self.detach(lease, &key);
         }
@@ -638,6 +656,18 @@ impl KvStore {
             }
         }
     }
+
+    /// A stored entry of `key` left the store: stop counting its bytes.
+    fn forget_bytes(&mut self, key: &[u8], gone: Option<&Stored>) {
+        if let Some(gone) = gone {
+            self.bytes -= entry_bytes(key, gone);
+        }
+    }
+}
+
+/// Bytes of one key and its value.
+pub(super) fn entry_bytes(key: &[u8], stored: &Stored) -> u64 {
+    (key.len() + stored.value.len()) as u64
 }
 
 impl StateMachine for KvStore {

@@ -4,6 +4,7 @@
 //! thread decides when, and whom to answer.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver};
 
@@ -26,12 +27,27 @@ pub(super) fn run<M: StateMachine>(
         if !items.is_empty() {
             let mut outputs = Vec::with_capacity(items.len());
             let mut restored = None;
+            let started = Instant::now();
             {
                 let mut state_machine = shared.state_machine.lock();
                 for item in items {
+                    let snapshot_started = Instant::now();
                     match applier.apply(&mut *state_machine, item) {
                         Ok(Applied::Entry { id, output }) => outputs.push((id, output)),
-                        Ok(Applied::Snapshot { last }) => restored = Some(last.index),
+                        Ok(Applied::Snapshot { last }) => {
+                            let took = snapshot_started.elapsed();
+                            shared
+                                .metrics
+                                .snapshot_install_duration
+                                .observe(took.as_secs_f64());
+                            tracing::info!(
+                                index = last.index.0,
+                                term = last.term.0,
+                                ms = took.as_millis() as u64,
+                                "snapshot from the leader installed"
+                            );
+                            restored = Some(last.index);
+                        }
                         Err(reason) => {
                             drop(state_machine);
                             shared.fail(reason);
@@ -40,6 +56,14 @@ pub(super) fn run<M: StateMachine>(
                     }
                 }
             }
+            shared
+                .metrics
+                .apply_duration
+                .observe(started.elapsed().as_secs_f64());
+            shared
+                .metrics
+                .apply_batch_entries
+                .observe(outputs.len() as f64);
             let last_applied = applier.last_applied().index;
             *shared.applied.lock() = last_applied;
             shared.applied_changed.notify_all();

@@ -36,6 +36,7 @@ pub(super) fn run<M>(shared: &Shared<M>, inbound: &Receiver<Inbound>, shutdown: 
             if sender != message.from {
                 continue; // a peer speaking for another node
             }
+            core.observer.message_received(&message);
             // Ignored messages are normal in Raft (stale terms after an election, say).
             let _ = core.raft.step(message);
         }

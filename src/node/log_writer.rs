@@ -4,6 +4,8 @@
 //! before the log is compacted behind them. The steps themselves are the shared driver's
 //! ([`super::driver::Persister`]); this thread decides only when they run.
 
+use std::time::Instant;
+
 use crossbeam_channel::{select, Receiver};
 
 use crate::error::StorageError;
@@ -35,10 +37,20 @@ pub(super) fn run<M>(
             shared.transport.update_members(&membership);
         }
         if !batch.is_empty() {
+            let entries: usize = batch.iter().map(|request| request.entries.len()).sum();
+            let started = Instant::now();
             let released = persister.persist_batch(storage.as_mut(), batch);
             let Some(released) = check(shared, released) else {
                 return;
             };
+            shared
+                .metrics
+                .log_fsync_duration
+                .observe(started.elapsed().as_secs_f64());
+            shared
+                .metrics
+                .log_fsync_batch_entries
+                .observe(entries as f64);
             // Acks and commit progress go out before any local snapshot is written: they
             // depend only on this batch's sync.
             for message in released.messages {
@@ -56,9 +68,14 @@ pub(super) fn run<M>(
                 return;
             };
             if let Some(local) = saved {
-                let mut core = shared.core.lock();
-                core.raft.compact(local.snapshot, local.compact_through);
-                shared.route(&mut core);
+                let index = local.snapshot.meta.last.index.0;
+                let through = local.compact_through.0;
+                {
+                    let mut core = shared.core.lock();
+                    core.raft.compact(local.snapshot, local.compact_through);
+                    shared.route(&mut core);
+                }
+                tracing::debug!(snapshot = index, through, "log compacted behind a snapshot");
             }
             super::snapshotter::done(shared);
         }

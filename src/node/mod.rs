@@ -21,6 +21,7 @@ mod applier;
 pub(crate) mod driver;
 mod inbound;
 mod log_writer;
+mod observer;
 mod snapshotter;
 mod ticker;
 mod waiters;
@@ -35,6 +36,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::error::{MembershipError, ProposeError, ReadError, StorageError, TransferError};
+use crate::metrics::NodeMetrics;
 use crate::raft::{MemberChange, Raft, RoleKind, SnapshotData};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
@@ -126,6 +128,8 @@ struct Core {
     /// A new configuration for the log writer to hand the transport (outside the lock: an
     /// address may need resolving).
     members_update: Option<Membership>,
+    /// Role, leader and configuration changes, for the ticker to log outside the lock.
+    observer: observer::Observer,
 }
 
 /// State shared by the node's threads and its handle.
@@ -164,6 +168,8 @@ struct Shared<M> {
     stopped: AtomicBool,
     /// The origin of the monotonic clock readings handed to the core (the node's start).
     clock_origin: Instant,
+    /// What the threads record for `/metrics`.
+    metrics: NodeMetrics,
 }
 
 impl<M> Shared<M> {
@@ -174,10 +180,12 @@ impl<M> Shared<M> {
         while core.raft.has_ready() {
             let routed = driver::split(core.raft.take_ready());
             if let Some(membership) = routed.membership {
+                core.observer.membership_changed(&membership);
                 core.members_update = Some(membership);
                 let _ = self.persist_wake.try_send(());
             }
             for message in routed.messages {
+                core.observer.message_sent(&message);
                 self.transport.send(message);
             }
             if let Some(request) = routed.persist {
@@ -196,6 +204,7 @@ impl<M> Shared<M> {
                 waiters.complete_reads(routed.read_states, applied);
             }
         }
+        core.observer.observe(&core.raft);
         // A node removed from the cluster hears nothing more about entries past its commit
         // index (a leader that removed itself appended some): their proposers learn now that
         // the outcome is unknown, instead of at their deadlines.
@@ -212,7 +221,7 @@ impl<M> Shared<M> {
     /// Storage failed: stop serving (the node falls silent so the cluster moves on) and fail
     /// every waiter.
     fn fail(&self, reason: String) {
-        eprintln!("{}: storage failed, node stops serving: {reason}", self.id);
+        tracing::error!(node = %self.id, reason = %reason, "storage failed, node stops serving");
         *self.failed.lock() = Some(reason.clone());
         self.stopped.store(true, Ordering::SeqCst);
         self.waiters.lock().fail_all(&reason);
@@ -306,9 +315,11 @@ impl<M: StateMachine> Node<M> {
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(1);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+        let metrics = NodeMetrics::default();
         let shared = Arc::new(Shared {
             id,
             core: Mutex::new(Core {
+                observer: observer::Observer::new(&raft, &metrics),
                 raft,
                 persist_outbox: Vec::new(),
                 apply_outbox: Vec::new(),
@@ -318,7 +329,7 @@ impl<M: StateMachine> Node<M> {
             state_machine: Mutex::new(state_machine),
             applied: Mutex::new(applier.last_applied().index),
             applied_changed: Condvar::new(),
-            waiters: Mutex::new(Waiters::default()),
+            waiters: Mutex::new(Waiters::new(metrics.clone())),
             transport,
             persist_wake,
             apply_wake,
@@ -330,6 +341,7 @@ impl<M: StateMachine> Node<M> {
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
             clock_origin: Instant::now(),
+            metrics,
         });
         let node = Node {
             shared: Arc::clone(&shared),
@@ -387,6 +399,16 @@ impl<M: StateMachine> Node<M> {
     /// without hearing from a leader before one of them campaigns.
     pub fn election_timeout(&self) -> std::time::Duration {
         self.election_timeout
+    }
+
+    /// What the node's threads record (register it in a metrics registry).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.shared.metrics
+    }
+
+    /// Proposals waiting on this node for their outcome.
+    pub fn proposals_pending(&self) -> usize {
+        self.shared.waiters.lock().proposals_pending()
     }
 
     /// Proposes `command` and waits until it is committed and applied, returning the state

@@ -8,6 +8,7 @@
 //! writer has finished with the previous one (`Shared::snapshot_in_flight`).
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver};
 
@@ -29,6 +30,7 @@ pub(super) fn run<M>(
             },
             recv(shutdown) -> _ => return,
         };
+        let started = Instant::now();
         let mut local = snapshot.write();
         // Write and sync the bytes here too, so the log writer only renames the file: a
         // large snapshot's fsync never holds up the log's.
@@ -42,6 +44,20 @@ pub(super) fn run<M>(
         if !shared.is_serving() {
             return;
         }
+        let took = started.elapsed();
+        let bytes = local.snapshot.data.len() as u64;
+        shared
+            .metrics
+            .snapshot_save_duration
+            .observe(took.as_secs_f64());
+        shared.metrics.snapshot_save_bytes.inc_by(bytes);
+        tracing::info!(
+            index = local.snapshot.meta.last.index.0,
+            term = local.snapshot.meta.last.term.0,
+            bytes,
+            ms = took.as_millis() as u64,
+            "snapshot taken"
+        );
         shared.core.lock().local_snapshot = Some(local);
         let _ = shared.persist_wake.try_send(());
     }

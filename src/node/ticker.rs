@@ -1,6 +1,7 @@
 //! The `ticker` thread: tells the core the time, once a tick. It reads the monotonic clock
 //! rather than counting wakeups, so a pause (SIGSTOP, a VM pause, a starved thread) is seen
-//! whole: the core runs every tick that elapsed (see `Raft::advance_clock`).
+//! whole: the core runs every tick that elapsed (see `Raft::advance_clock`). It also logs the
+//! role, leader and configuration changes the core's observer recorded since the last tick.
 
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,19 @@ pub(super) fn run<M>(shared: &Shared<M>, tick: Duration, shutdown: &Receiver<()>
                 if !shared.is_serving() {
                     continue;
                 }
-                let mut core = shared.core.lock();
-                // Wakeups missed during a pause are dropped by the channel; the clock is not.
-                core.raft.advance_clock(clock_reading(shared.clock_origin));
-                shared.route(&mut core);
+                let changes = {
+                    let mut core = shared.core.lock();
+                    // Wakeups missed during a pause are dropped by the channel; the clock is
+                    // not.
+                    core.raft.advance_clock(clock_reading(shared.clock_origin));
+                    shared.route(&mut core);
+                    core.observer.take()
+                };
+                // Role and configuration changes seen since the last tick, logged outside
+                // the core lock.
+                if let Some(changes) = changes {
+                    changes.log();
+                }
             }
             recv(shutdown) -> _ => return,
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use crate::error::{ProposeError, ReadError};
+use crate::metrics::NodeMetrics;
 use crate::raft::ReadState;
 use crate::types::{EntryId, LogIndex, Term};
 
@@ -116,6 +117,8 @@ type ReadWaiter = Waiter<Result<LogIndex, ReadError>>;
 /// shutdown — unless its caller removes it first (a deadline).
 #[derive(Default)]
 pub(super) struct Waiters {
+    /// Counts proposals that end without a result, by reason.
+    metrics: NodeMetrics,
     /// Several proposals can wait at one index: entries this node proposed in different terms,
     /// the older overwritten in its own log but possibly still committed through another node.
     proposals: BTreeMap<LogIndex, Vec<(Term, ProposalWaiter)>>,
@@ -124,6 +127,18 @@ pub(super) struct Waiters {
 }
 
 impl Waiters {
+    pub(super) fn new(metrics: NodeMetrics) -> Waiters {
+        Waiters {
+            metrics,
+            ..Waiters::default()
+        }
+    }
+
+    /// Proposals waiting for their outcome.
+    pub(super) fn proposals_pending(&self) -> usize {
+        self.proposals.values().map(Vec::len).sum()
+    }
+
     pub(super) fn add_proposal(
         &mut self,
         id: EntryId,
@@ -141,7 +156,12 @@ impl Waiters {
 
     pub(super) fn remove_proposal(&mut self, id: EntryId) {
         if let Some(waiting) = self.proposals.get_mut(&id.index) {
+            let before = waiting.len();
             waiting.retain(|(term, _)| *term != id.term);
+            if waiting.len() < before {
+                // Its caller's deadline passed.
+                self.metrics.proposal_failed("timeout");
+            }
             if waiting.is_empty() {
                 self.proposals.remove(&id.index);
             }
@@ -160,6 +180,7 @@ impl Waiters {
             if term == id.term {
                 waiter.complete(Ok(output.take().unwrap_or_default()));
             } else {
+                self.metrics.proposal_failed("dropped");
                 waiter.complete(Err(ProposeError::Dropped));
             }
         }
@@ -173,6 +194,7 @@ impl Waiters {
                 break;
             }
             for (_, waiter) in entry.remove() {
+                self.metrics.proposal_failed("indeterminate");
                 waiter.complete(Err(ProposeError::Indeterminate));
             }
         }
@@ -186,6 +208,7 @@ impl Waiters {
                 break;
             }
             for (_, waiter) in entry.remove() {
+                self.metrics.proposal_failed("indeterminate");
                 waiter.complete(Err(ProposeError::Indeterminate));
             }
         }
@@ -260,6 +283,7 @@ impl Waiters {
     pub(super) fn fail_all(&mut self, reason: &str) {
         for (_, waiting) in std::mem::take(&mut self.proposals) {
             for (_, waiter) in waiting {
+                self.metrics.proposal_failed("storage");
                 waiter.complete(Err(ProposeError::Storage {
                     reason: reason.to_string(),
                 }));
@@ -272,6 +296,7 @@ impl Waiters {
     pub(super) fn shut_down(&mut self) {
         for (_, waiting) in std::mem::take(&mut self.proposals) {
             for (_, waiter) in waiting {
+                self.metrics.proposal_failed("shutdown");
                 waiter.complete(Err(ProposeError::Shutdown));
             }
         }

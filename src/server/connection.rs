@@ -57,9 +57,18 @@ pub(super) enum PendingKind {
     Lease(super::leases::LeaseRequest),
 }
 
+/// What the server remembers of a request until it is answered: its id, and for the
+/// metrics its kind and when it arrived.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Request {
+    pub(super) id: u64,
+    pub(super) operation: &'static str,
+    pub(super) arrived: Instant,
+}
+
 /// A request submitted and not yet answered.
 pub(super) struct Pending {
-    pub(super) request_id: u64,
+    pub(super) request: Request,
     pub(super) deadline: Instant,
     pub(super) kind: PendingKind,
 }
@@ -171,14 +180,14 @@ impl Connection {
     pub(super) fn register(
         &mut self,
         tag: u64,
-        request_id: u64,
+        request: Request,
         deadline: Instant,
         kind: PendingKind,
     ) {
         self.pending.insert(
             tag,
             Pending {
-                request_id,
+                request,
                 deadline,
                 kind,
             },

@@ -42,7 +42,7 @@ use crate::node::{CompletionSender, ProposalCompletion, ReadCompletion, Wake};
 use crate::protocol::{Filled, FrameError, ReadReply, RequestFrame, ResponseBody, ServerError};
 use crate::types::LogIndex;
 
-use super::connection::{Close, Connection, PendingKind, BUDGET_RETRY};
+use super::connection::{Close, Connection, PendingKind, Request, BUDGET_RETRY};
 use super::deadlines::Expired;
 use super::{connection_closed, Shared};
 
@@ -353,7 +353,7 @@ impl EventLoop {
         }
         while let Ok(answer) = self.admin_rx.try_recv() {
             if let Some((key, pending)) = self.take_pending(answer.tag) {
-                self.respond(key, pending.request_id, answer.result);
+                self.respond(key, pending.request, answer.result);
             }
         }
     }
@@ -366,9 +366,16 @@ impl EventLoop {
     }
 
     /// Encodes a response on connection `key`.
-    fn respond(&mut self, key: usize, request_id: u64, result: Result<ResponseBody, ServerError>) {
+    fn respond(&mut self, key: usize, request: Request, result: Result<ResponseBody, ServerError>) {
+        if let Some(metrics) = &self.shared.options.metrics {
+            metrics.client_request(
+                request.operation,
+                crate::metrics::request_result(result.as_ref()),
+                request.arrived.elapsed(),
+            );
+        }
         if let Some(connection) = self.connections.get_mut(key) {
-            connection.respond(request_id, result);
+            connection.respond(request.id, result);
             self.touched.push(key);
         }
     }
@@ -392,7 +399,7 @@ impl EventLoop {
                 reason: error.to_string(),
             }),
         };
-        self.respond(key, pending.request_id, result);
+        self.respond(key, pending.request, result);
     }
 
     fn on_read(&mut self, completion: ReadCompletion) {
@@ -412,7 +419,7 @@ impl EventLoop {
                     }),
                     Err(error) => Err(requests::read_error(shared, error)),
                 };
-                self.respond(key, pending.request_id, result);
+                self.respond(key, pending.request, result);
                 return;
             }
             PendingKind::Write | PendingKind::Admin => {
@@ -435,7 +442,7 @@ impl EventLoop {
                 .map_err(ServerError::Invalid),
             Err(error) => Err(requests::read_error(shared, error)),
         };
-        self.respond(key, pending.request_id, result);
+        self.respond(key, pending.request, result);
     }
 
     /// Reads connection `key` until it would block or may take no more requests, serving or
@@ -559,7 +566,7 @@ impl EventLoop {
     /// Answers the request under `tag` with `error` at once.
     fn fail(&mut self, tag: u64, error: ServerError) {
         if let Some((key, pending)) = self.take_pending(tag) {
-            self.respond(key, pending.request_id, Err(error));
+            self.respond(key, pending.request, Err(error));
         }
     }
 
@@ -567,14 +574,14 @@ impl EventLoop {
     fn register(
         &mut self,
         key: usize,
-        request_id: u64,
+        request: Request,
         deadline: Instant,
         kind: PendingKind,
     ) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
         if let Some(connection) = self.connections.get_mut(key) {
-            connection.register(tag, request_id, deadline, kind);
+            connection.register(tag, request, deadline, kind);
             self.owners.insert(tag, key);
         }
         tag
@@ -598,13 +605,13 @@ impl EventLoop {
     /// Whatever is due on connection `key` at `now`.
     fn on_timer(&mut self, key: usize, now: Instant) {
         let write_timeout = self.shared.options.write_timeout;
-        loop {
-            let Some(connection) = self.connections.get_mut(key) else {
-                return;
-            };
-            let Some((tag, pending)) = connection.take_expired(now) else {
-                break;
-            };
+        let mut expired = Vec::new();
+        if let Some(connection) = self.connections.get_mut(key) {
+            while let Some((tag, pending)) = connection.take_expired(now) {
+                expired.push((tag, pending));
+            }
+        }
+        for (tag, pending) in expired {
             self.owners.remove(&tag);
             let error = match pending.kind {
                 PendingKind::Write => ServerError::Indeterminate {
@@ -615,7 +622,7 @@ impl EventLoop {
                     reason: "deadline passed before the request's outcome was known".into(),
                 },
             };
-            connection.respond(pending.request_id, Err(error));
+            self.respond(key, pending.request, Err(error));
         }
         let Some(connection) = self.connections.get_mut(key) else {
             return;

@@ -141,6 +141,8 @@ pub struct ServerOptions {
     pub frame_timeout: Duration,
     /// TLS on the client port (`None`: plaintext). Its files are re-read when they change.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Where answered requests are counted, by operation and result, with their latency.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Bytes all connections together may hold for frames larger than their read buffer
     /// while those arrive; a frame that does not fit waits (the connection stops reading)
     /// until room is released or its frame deadline passes. At least
@@ -162,6 +164,7 @@ impl ServerOptions {
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             frame_timeout: FRAME_TIMEOUT_DEFAULT,
             tls: None,
+            metrics: None,
             request_buffer_bytes_max: REQUEST_BUFFER_BYTES_MAX_DEFAULT,
         }
     }

@@ -28,6 +28,17 @@
 //! every other connection serving. The handshake guards against misconfiguration (a node of
 //! another cluster, a stale address), not against an attacker: it is not authentication.
 //!
+//! # TLS
+//!
+//! With [`TcpConfig::tls`] every connection is mutual TLS under the records above: the dialer
+//! checks the acceptor's certificate against the peer CA and the IP address it dialled, and
+//! completes the TLS handshake before its first record; the acceptor requires a certificate
+//! from the same CA and, once the handshake record names the dialer's node id, checks that the
+//! certificate carries an allowed name and that node's configured peer IP address — a
+//! certificate stolen from one node cannot speak for another. Anything else (plaintext, a
+//! certificate from another CA, an expired one, a name outside the allow-list) is refused
+//! with a logged reason, like a bad handshake.
+//!
 //! # Delivery
 //!
 //! Best effort, in order per connection, never blocking the caller: a message is dropped (and
@@ -39,7 +50,7 @@
 mod listener;
 mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -112,6 +123,9 @@ pub struct TcpConfig {
     pub write_timeout: Duration,
     /// How long an inbound connection may take to send its handshake.
     pub handshake_timeout: Duration,
+    /// Mutual TLS between the nodes (`None`: plaintext). The files are re-read when they
+    /// change.
+    pub tls: Option<Arc<crate::tls::PeerTls>>,
     /// How long sent data may stay unacknowledged by the peer's TCP before the connection is
     /// dropped and redialled (`TCP_USER_TIMEOUT`, Linux). Without it a connection that lived
     /// through a partition stays in exponential retransmission backoff and resumes seconds
@@ -140,6 +154,7 @@ impl TcpConfig {
             write_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
             unacknowledged_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 
@@ -231,6 +246,19 @@ pub struct TransportStats {
     pub connections_closed_bad_frame: u64,
 }
 
+/// Counters of one peer; from [`TcpTransport::peer_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Messages to the peer that were not sent: its queue was full, it was unreachable, or
+    /// the write failed (Raft retransmits).
+    pub send_failures: u64,
+    /// Failed attempts to connect to the peer.
+    pub connect_failures: u64,
+    /// Whether a connection to the peer is open now.
+    pub connected: bool,
+}
+
 /// The live counters behind [`TransportStats`].
 #[derive(Default)]
 struct Counters {
@@ -285,7 +313,9 @@ struct Shared {
     counters: Counters,
     /// The ids an inbound handshake may name. Kept apart from the writers so that the
     /// listener does not depend on the message type's queues.
-    known_peers: RwLock<BTreeSet<NodeId>>,
+    /// With each one's peer address: with TLS, an accepted peer's certificate must name the
+    /// address of the node it claims to be.
+    known_peers: RwLock<BTreeMap<NodeId, SocketAddr>>,
 }
 
 /// A running peer transport. See the [module documentation](self) for threads and format.
@@ -322,7 +352,7 @@ where
             .map(|(peer, address)| (*peer, *address))
             .collect();
         let shared = Arc::new(Shared {
-            known_peers: RwLock::new(peers.keys().copied().collect()),
+            known_peers: RwLock::new(peers.clone()),
             config,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
@@ -354,6 +384,7 @@ where
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 add(&self.shared.counters.dropped_queue_full, 1);
+                add(&writer.link.send_failures, 1);
             }
         }
     }
@@ -378,6 +409,7 @@ where
         let mut writers = self.writers.write();
         if let Some(writer) = writers.get(&id) {
             writer.link.set_address(address);
+            self.shared.known_peers.write().insert(id, address);
             return Ok(());
         }
         let (sender, receiver) = crossbeam_channel::bounded(PEER_QUEUE_CAPACITY);
@@ -391,7 +423,7 @@ where
                 thread,
             },
         );
-        self.shared.known_peers.write().insert(id);
+        self.shared.known_peers.write().insert(id, address);
         Ok(())
     }
 
@@ -417,6 +449,23 @@ where
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Counters of each known peer since it became known.
+    pub fn peer_stats(&self) -> BTreeMap<NodeId, PeerStats> {
+        self.writers
+            .read()
+            .iter()
+            .map(|(&id, writer)| {
+                let link = &writer.link;
+                let stats = PeerStats {
+                    send_failures: link.send_failures.load(Ordering::Relaxed),
+                    connect_failures: link.connect_failures.load(Ordering::Relaxed),
+                    connected: link.is_connected(),
+                };
+                (id, stats)
+            })
+            .collect()
     }
 
     /// Stops every thread the transport spawned and waits for them. Queued messages are
@@ -457,7 +506,7 @@ impl<M> Drop for TcpTransport<M> {
 fn join_logged(id: NodeId, thread: JoinHandle<()>) {
     let name = thread.thread().name().unwrap_or("unnamed").to_string();
     if thread.join().is_err() {
-        eprintln!("{id}: peer transport thread {name} panicked");
+        tracing::error!(node = %id, thread = %name, "a peer transport thread panicked");
     }
 }
 

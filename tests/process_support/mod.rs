@@ -133,6 +133,8 @@ pub struct ProcessCluster {
     pub nodes: Vec<NodeProcess>,
     pub client_addresses: Vec<String>,
     pub peer_addresses: Vec<String>,
+    /// Where each node serves /metrics, /livez and /readyz.
+    pub metrics_addresses: Vec<String>,
     pub spec: String,
     pub dir: tempfile::TempDir,
 }
@@ -143,6 +145,7 @@ impl ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let client_addresses: Vec<String> = (0..size).map(|_| free_address()).collect();
         let peer_addresses: Vec<String> = (0..size).map(|_| free_address()).collect();
+        let metrics_addresses: Vec<String> = (0..size).map(|_| free_address()).collect();
         let spec = (0..size)
             .map(|k| format!("{}={}/{}", k + 1, peer_addresses[k], client_addresses[k]))
             .collect::<Vec<_>>()
@@ -151,6 +154,7 @@ impl ProcessCluster {
             nodes: Vec::new(),
             client_addresses,
             peer_addresses,
+            metrics_addresses,
             spec,
             dir,
         };
@@ -170,6 +174,8 @@ impl ProcessCluster {
             self.spec.clone(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
+            "--metrics-listen".to_string(),
+            self.metrics_addresses[position].clone(),
         ];
         let log = self.dir.path().join(format!("n{}.log", position + 1));
         NodeProcess::spawn(args, log, None)
@@ -219,6 +225,36 @@ impl ProcessCluster {
     pub fn kvctl(&self, args: &[&str]) -> Output {
         kvctl(&self.endpoints(), args)
     }
+}
+
+/// `GET http://<address><path>` over a plain TCP connection: the status code and the body,
+/// or why the request failed.
+pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let address: std::net::SocketAddr = address.parse().map_err(|error| format!("{error}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .map_err(|error| format!("connect {address}: {error}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|error| error.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|error| format!("send: {error}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|error| format!("read: {error}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
 }
 
 /// Runs `kvctl --endpoints <endpoints> <args>`.

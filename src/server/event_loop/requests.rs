@@ -14,7 +14,7 @@ use crate::protocol::{
 };
 use crate::types::NodeId;
 
-use super::super::connection::PendingKind;
+use super::super::connection::{PendingKind, Request};
 use super::super::leases::LeaseRequest;
 use super::super::{admin, Shared, REQUEST_TIMEOUT_MAX};
 use super::EventLoop;
@@ -34,17 +34,22 @@ impl EventLoop {
             0 => shared.options.request_timeout_default,
             millis => Duration::from_millis(millis).min(REQUEST_TIMEOUT_MAX),
         };
-        let deadline = Instant::now() + timeout;
-        let request_id = frame.request_id;
+        let arrived = Instant::now();
+        let deadline = arrived + timeout;
+        let asked = Request {
+            id: frame.request_id,
+            operation: crate::metrics::request_operation(&frame.body),
+            arrived,
+        };
         match frame.body {
             RequestBody::Write(mut command) => {
                 raise_lease_ttl(&shared, &mut command);
                 match command.encode() {
                     Ok(bytes) => {
-                        let tag = self.register(key, request_id, deadline, PendingKind::Write);
+                        let tag = self.register(key, asked, deadline, PendingKind::Write);
                         self.writes.push((bytes, tag));
                     }
-                    Err(error) => self.respond(key, request_id, Err(ServerError::Invalid(error))),
+                    Err(error) => self.respond(key, asked, Err(ServerError::Invalid(error))),
                 }
             }
             RequestBody::Read {
@@ -54,33 +59,31 @@ impl EventLoop {
                 // This connection's earlier writes go first.
                 self.flush_writes();
                 if let Err(error) = request.validate() {
-                    self.respond(key, request_id, Err(ServerError::Invalid(error)));
+                    self.respond(key, asked, Err(ServerError::Invalid(error)));
                     return;
                 }
                 match consistency {
                     Consistency::Linearizable => {
-                        let tag =
-                            self.register(key, request_id, deadline, PendingKind::Read(request));
+                        let tag = self.register(key, asked, deadline, PendingKind::Read(request));
                         if let Err(error) = shared.node.submit_read(tag, &self.reads) {
                             self.fail(tag, read_error(&shared, error));
                         }
                     }
                     Consistency::Lease => {
-                        let tag =
-                            self.register(key, request_id, deadline, PendingKind::Read(request));
+                        let tag = self.register(key, asked, deadline, PendingKind::Read(request));
                         if let Err(error) = shared.node.submit_lease_read(tag, &self.reads) {
                             self.fail(tag, read_error(&shared, error));
                         }
                     }
                     Consistency::Stale => {
                         let result = read_stale(&shared, &request);
-                        self.respond(key, request_id, result);
+                        self.respond(key, asked, result);
                     }
                 }
             }
             RequestBody::Status => {
                 let status = status(&shared);
-                self.respond(key, request_id, Ok(ResponseBody::Status(status)));
+                self.respond(key, asked, Ok(ResponseBody::Status(status)));
             }
             RequestBody::TakeSnapshot => {
                 let node = &shared.node;
@@ -92,11 +95,7 @@ impl EventLoop {
                     applied,
                     previous,
                 };
-                self.respond(
-                    key,
-                    request_id,
-                    Ok(ResponseBody::SnapshotRequested(requested)),
-                );
+                self.respond(key, asked, Ok(ResponseBody::SnapshotRequested(requested)));
             }
             RequestBody::SnapshotChunk { last, offset } => {
                 let Some(connection) = self.connections.get_mut(key) else {
@@ -107,11 +106,11 @@ impl EventLoop {
                     .snapshot_pin
                     .chunk(|| node.latest_snapshot(), last, offset)
                     .map(ResponseBody::SnapshotChunk);
-                self.respond(key, request_id, result);
+                self.respond(key, asked, result);
             }
             RequestBody::Members => {
                 let result = admin::members(&shared);
-                self.respond(key, request_id, result);
+                self.respond(key, asked, result);
             }
             body @ (RequestBody::AddMember { .. }
             | RequestBody::PromoteMember { .. }
@@ -119,20 +118,20 @@ impl EventLoop {
             | RequestBody::TransferLeader { .. }) => {
                 // Earlier writes of this connection go first.
                 self.flush_writes();
-                let tag = self.register(key, request_id, deadline, PendingKind::Admin);
+                let tag = self.register(key, asked, deadline, PendingKind::Admin);
                 if let Err(refusal) = admin::spawn(&shared, &self.admin, tag, deadline, body) {
                     self.fail(tag, refusal);
                 }
             }
             RequestBody::LeaseKeepAlive { lease } => {
-                self.lease_request(key, request_id, deadline, LeaseRequest::KeepAlive(lease));
+                self.lease_request(key, asked, deadline, LeaseRequest::KeepAlive(lease));
             }
             RequestBody::LeaseTimeToLive { lease, keys } => {
                 let request = LeaseRequest::TimeToLive(lease, keys);
-                self.lease_request(key, request_id, deadline, request);
+                self.lease_request(key, asked, deadline, request);
             }
             RequestBody::LeaseList => {
-                self.lease_request(key, request_id, deadline, LeaseRequest::List);
+                self.lease_request(key, asked, deadline, LeaseRequest::List);
             }
         }
     }
@@ -145,12 +144,12 @@ impl EventLoop {
     fn lease_request(
         &mut self,
         key: usize,
-        request_id: u64,
+        asked: Request,
         deadline: Instant,
         request: LeaseRequest,
     ) {
         let shared = std::sync::Arc::clone(&self.shared);
-        let tag = self.register(key, request_id, deadline, PendingKind::Lease(request));
+        let tag = self.register(key, asked, deadline, PendingKind::Lease(request));
         if let Err(error) = shared.node.submit_read(tag, &self.reads) {
             self.fail(tag, read_error(&shared, error));
         }

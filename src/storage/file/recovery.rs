@@ -245,18 +245,25 @@ impl Recovery<'_> {
                 self.remove(&path)?;
                 dir_changed = true;
             }
-            eprintln!(
-                "keyval storage: {} {} at byte {}: {}; {} bytes discarded",
-                if torn {
-                    "torn tail in"
-                } else {
-                    "REPAIRED damage in"
-                },
-                truncation.file.display(),
-                truncation.offset,
-                truncation.reason,
-                truncation.bytes_discarded
-            );
+            let file = truncation.file.display();
+            if torn {
+                // A write the crash cut short: expected after a crash, never acknowledged.
+                tracing::info!(
+                    file = %file,
+                    offset = truncation.offset,
+                    reason = %truncation.reason,
+                    bytes_discarded = truncation.bytes_discarded,
+                    "storage recovery: torn tail discarded"
+                );
+            } else {
+                tracing::warn!(
+                    file = %file,
+                    offset = truncation.offset,
+                    reason = %truncation.reason,
+                    bytes_discarded = truncation.bytes_discarded,
+                    "storage recovery: REPAIRED damage"
+                );
+            }
             if torn {
                 self.report.torn_tail = Some(truncation);
             } else {

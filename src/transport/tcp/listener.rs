@@ -29,6 +29,9 @@ const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// defence: shutdown also shuts their sockets down) and the handshake deadline.
 const READ_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often the listener looks for changed peer TLS files.
+const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// At most this many inbound connections are served at once; more are refused. Legitimate
 /// peers hold one each (briefly two while reconnecting).
 const INBOUND_CONNECTIONS_MAX: usize = 128;
@@ -85,17 +88,24 @@ struct AcceptLoop<M> {
 impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
     fn run(mut self) {
         let id = self.shared.config.id;
+        let mut tls_checked_at = std::time::Instant::now();
         while !self.shared.stopping.load(Ordering::SeqCst) {
             match self.listener.accept() {
                 Ok((stream, remote)) => self.admit(stream, remote),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {
                     self.reap_finished();
+                    if let Some(tls) = &self.shared.config.tls {
+                        if tls_checked_at.elapsed() >= TLS_CHECK_INTERVAL {
+                            tls_checked_at = std::time::Instant::now();
+                            tls.reload_if_changed();
+                        }
+                    }
                     thread::sleep(ACCEPT_POLL_INTERVAL);
                 }
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) => {
                     // Out of file descriptors, say: wait rather than spin.
-                    eprintln!("{id}: accepting a peer connection failed: {error}");
+                    tracing::warn!(node = %id, error = %error, "accepting a peer connection failed");
                     thread::sleep(ACCEPT_POLL_INTERVAL);
                 }
             }
@@ -114,9 +124,11 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
         self.reap_finished();
         if self.connections.len() >= INBOUND_CONNECTIONS_MAX {
             add(&self.shared.counters.connections_rejected, 1);
-            eprintln!(
-                "{id}: refused peer connection from {remote}: \
-                 already serving {INBOUND_CONNECTIONS_MAX} connections"
+            tracing::warn!(
+                node = %id,
+                remote = %remote,
+                limit = INBOUND_CONNECTIONS_MAX,
+                "refused a peer connection: too many connections"
             );
             return;
         }
@@ -128,14 +140,30 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
         let clone = match configured {
             Ok(clone) => clone,
             Err(error) => {
-                eprintln!("{id}: cannot set up peer connection from {remote}: {error}");
+                tracing::warn!(
+                    node = %id,
+                    remote = %remote,
+                    error = %error,
+                    "cannot set up a peer connection"
+                );
                 return;
             }
+        };
+        let tls = match &self.shared.config.tls {
+            None => None,
+            Some(tls) => match tls.accept() {
+                Ok(session) => Some(Box::new(session)),
+                Err(error) => {
+                    tracing::warn!(%remote, %error, "dropping peer connection: cannot start TLS");
+                    return;
+                }
+            },
         };
         let reader = Reader {
             shared: Arc::clone(&self.shared),
             inbound: self.inbound.clone(),
             stream,
+            tls,
             remote,
             buffer: Vec::new(),
             start: 0,
@@ -146,7 +174,12 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
                 stream: clone,
                 thread,
             }),
-            Err(error) => eprintln!("{id}: dropping peer connection from {remote}: {error}"),
+            Err(error) => tracing::warn!(
+                node = %id,
+                remote = %remote,
+                error = %error,
+                "dropping a peer connection: cannot start its reader"
+            ),
         }
     }
 
@@ -181,6 +214,8 @@ struct Reader<M> {
     shared: Arc<Shared>,
     inbound: Sender<(NodeId, M)>,
     stream: TcpStream,
+    /// The TLS session over `stream`, on a TLS peer port.
+    tls: Option<Box<rustls::ServerConnection>>,
     remote: SocketAddr,
     /// Bytes `start..filled` are read and not yet consumed; bytes from `filled` on are
     /// (initialised) room for the next read, so reads do not zero memory again and again.
@@ -200,11 +235,21 @@ impl<M: DeserializeOwned> Reader<M> {
             Ok(from) => from,
             Err(Ending::Fault(reason)) => {
                 add(&self.shared.counters.connections_rejected, 1);
-                eprintln!("{id}: refused peer connection from {remote}: {reason}");
+                tracing::warn!(
+                    node = %id,
+                    remote = %remote,
+                    reason = %reason,
+                    "refused a peer connection"
+                );
                 return;
             }
             Err(Ending::Lost(reason)) => {
-                eprintln!("{id}: peer connection from {remote} lost before handshake: {reason}");
+                tracing::debug!(
+                    node = %id,
+                    remote = %remote,
+                    reason = %reason,
+                    "peer connection lost before its handshake"
+                );
                 return;
             }
             Err(Ending::Stopping | Ending::Closed) => return,
@@ -213,11 +258,23 @@ impl<M: DeserializeOwned> Reader<M> {
         match self.serve(from) {
             Ending::Stopping | Ending::Closed => {}
             Ending::Lost(reason) => {
-                eprintln!("{id}: connection from {from} at {remote} lost: {reason}");
+                tracing::debug!(
+                    node = %id,
+                    peer = from.0,
+                    remote = %remote,
+                    reason = %reason,
+                    "peer connection lost"
+                );
             }
             Ending::Fault(reason) => {
                 add(&self.shared.counters.connections_closed_bad_frame, 1);
-                eprintln!("{id}: closing connection from {from} at {remote}: {reason}");
+                tracing::warn!(
+                    node = %id,
+                    peer = from.0,
+                    remote = %remote,
+                    reason = %reason,
+                    "closing a peer connection: bad input"
+                );
             }
         }
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -245,11 +302,15 @@ impl<M: DeserializeOwned> Reader<M> {
                 handshake.from, handshake.cluster_id, config.cluster_id
             )));
         }
-        if !self.shared.known_peers.read().contains(&handshake.from) {
+        let Some(claimed) = self.shared.known_peers.read().get(&handshake.from).copied() else {
             return Err(Ending::Fault(format!(
                 "{} is not a known peer",
                 handshake.from
             )));
+        };
+        if let (Some(tls), Some(session)) = (&config.tls, &self.tls) {
+            tls.check_peer(session.peer_certificates(), Some(claimed.ip()))
+                .map_err(|reason| Ending::Fault(format!("{}: {reason}", handshake.from)))?;
         }
         Ok(handshake.from)
     }
@@ -330,9 +391,13 @@ impl<M: DeserializeOwned> Reader<M> {
                 )));
             }
             let held = self.filled;
-            let result = self
-                .stream
-                .read(&mut self.buffer[held..held + READ_CHUNK_BYTES]);
+            let chunk = &mut self.buffer[held..held + READ_CHUNK_BYTES];
+            let result = match &mut self.tls {
+                None => self.stream.read(chunk),
+                // Takes records (and answers the handshake) as needed; a read timeout
+                // leaves the session as it was, to be resumed.
+                Some(session) => rustls::Stream::new(&mut **session, &mut self.stream).read(chunk),
+            };
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Err(Ending::Stopping);
             }
@@ -353,6 +418,10 @@ impl<M: DeserializeOwned> Reader<M> {
                         error.kind(),
                         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                     ) => {}
+                // Plaintext on a TLS port, a certificate from another CA, an expired one.
+                Err(error) if error.kind() == ErrorKind::InvalidData => {
+                    return Err(Ending::Fault(format!("TLS: {error}")))
+                }
                 Err(error) => return Err(Ending::Lost(format!("read failed: {error}"))),
             }
         }

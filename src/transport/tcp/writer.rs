@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +56,10 @@ pub(super) struct PeerLink {
     /// A clone of the writer's current socket, so that `stop` can wake a blocked write.
     /// Invariant: once `stopping` is set under this lock, no new socket is stored.
     stream: Mutex<Option<TcpStream>>,
+    /// Messages to this peer that were not sent (queue full, unreachable, write failed).
+    pub(super) send_failures: AtomicU64,
+    /// Failed attempts to connect to this peer.
+    pub(super) connect_failures: AtomicU64,
 }
 
 impl PeerLink {
@@ -65,7 +69,14 @@ impl PeerLink {
             address: Mutex::new((address, 0)),
             stopping: AtomicBool::new(false),
             stream: Mutex::new(None),
+            send_failures: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the writer holds a connection to the peer now.
+    pub(super) fn is_connected(&self) -> bool {
+        self.stream.lock().is_some()
     }
 
     pub(super) fn address(&self) -> SocketAddr {
@@ -119,9 +130,57 @@ where
     spawn_named(name, move || writer.run())
 }
 
+/// An outbound stream: plaintext, or TLS over it.
+enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl PeerStream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            PeerStream::Plain(stream) => stream,
+            PeerStream::Tls(stream) => &stream.sock,
+        }
+    }
+}
+
+impl Write for PeerStream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            PeerStream::Plain(stream) => stream.write(bytes),
+            PeerStream::Tls(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            PeerStream::Plain(stream) => stream.flush(),
+            PeerStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Completes a TLS handshake with the peer at `address` on `stream` (bounded by `timeout`
+/// per read), so that a refusal shows here rather than as a broken first write.
+fn handshake(
+    tls: &crate::tls::PeerTls,
+    stream: TcpStream,
+    address: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<PeerStream> {
+    let session = tls.dial(address.ip()).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(session, stream);
+    stream.sock.set_read_timeout(Some(timeout))?;
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(PeerStream::Tls(Box::new(stream)))
+}
+
 /// An open outbound connection.
 struct Connection {
-    stream: TcpStream,
+    stream: PeerStream,
     address: SocketAddr,
     /// The address generation it was dialled for.
     generation: u64,
@@ -161,6 +220,7 @@ impl<M: Serialize> Writer<M> {
         if self.connection.is_none() && !self.try_connect() {
             let queued = self.receiver.try_iter().take(PEER_QUEUE_CAPACITY).count();
             add(&self.shared.counters.dropped_unreachable, 1 + queued as u64);
+            add(&self.link.send_failures, 1 + queued as u64);
             return;
         }
         let mut frames = 0;
@@ -201,9 +261,11 @@ impl<M: Serialize> Writer<M> {
             Some(reason) => {
                 self.buffer.truncate(start);
                 add(&self.shared.counters.dropped_unencodable, 1);
-                eprintln!(
-                    "{}: dropping a message to {}: {reason}",
-                    self.shared.config.id, self.peer
+                tracing::warn!(
+                    node = %self.shared.config.id,
+                    peer = self.peer.0,
+                    reason = %reason,
+                    "dropping a message that cannot be sent"
                 );
             }
         }
@@ -233,10 +295,14 @@ impl<M: Serialize> Writer<M> {
             }
             Err(error) => {
                 add(&self.shared.counters.dropped_unreachable, frames);
+                add(&self.link.send_failures, frames);
                 if !self.link.is_stopping() {
-                    eprintln!(
-                        "{}: connection to {} at {} failed: {error}; reconnecting",
-                        self.shared.config.id, self.peer, connection.address
+                    tracing::debug!(
+                        node = %self.shared.config.id,
+                        peer = self.peer.0,
+                        address = %connection.address,
+                        error = %error,
+                        "peer connection failed; reconnecting"
                     );
                 }
                 let lived = connection.opened_at.elapsed();
@@ -268,16 +334,24 @@ impl<M: Serialize> Writer<M> {
                 stream.set_write_timeout(Some(config.write_timeout))?;
                 set_unacknowledged_timeout(&stream, config.unacknowledged_timeout)?;
                 let clone = stream.try_clone()?;
+                let stream = match &config.tls {
+                    None => PeerStream::Plain(stream),
+                    Some(tls) => handshake(tls, stream, address, config.handshake_timeout)?,
+                };
                 Ok((stream, clone))
             });
         let (stream, clone) = match stream {
             Ok(pair) => pair,
             Err(error) => {
                 add(&self.shared.counters.connect_failures, 1);
+                add(&self.link.connect_failures, 1);
                 if !self.failing {
-                    eprintln!(
-                        "{}: cannot connect to {} at {address}: {error}; retrying with backoff",
-                        config.id, self.peer
+                    tracing::debug!(
+                        node = %config.id,
+                        peer = self.peer.0,
+                        address = %address,
+                        error = %error,
+                        "cannot connect to a peer; retrying with backoff"
                     );
                 }
                 self.failing = true;
@@ -293,7 +367,12 @@ impl<M: Serialize> Writer<M> {
             *slot = Some(clone);
         }
         if self.failing {
-            eprintln!("{}: connected to {} at {address}", config.id, self.peer);
+            tracing::debug!(
+                node = %config.id,
+                peer = self.peer.0,
+                address = %address,
+                "connected to a peer"
+            );
         }
         self.buffer.clear();
         let handshake = Handshake::new(config.cluster_id, config.id);
@@ -328,7 +407,7 @@ impl<M: Serialize> Writer<M> {
 
     fn close_connection(&mut self) {
         if let Some(connection) = self.connection.take() {
-            let _ = connection.stream.shutdown(Shutdown::Both);
+            let _ = connection.stream.socket().shutdown(Shutdown::Both);
         }
         self.link.stream.lock().take();
     }
