@@ -74,8 +74,9 @@ pub const PROPOSAL_FAILURES: [&str; 5] =
 /// The operations of client requests, the `op` label of
 /// `keyval_client_request_duration_seconds` (series for their `ok` result exist from the
 /// start, at zero).
-pub const CLIENT_OPERATIONS: [&str; 6] =
-    ["write", "read", "status", "snapshot", "members", "admin"];
+pub const CLIENT_OPERATIONS: [&str; 7] = [
+    "write", "read", "status", "snapshot", "members", "admin", "lease",
+];
 
 /// The results of client requests, the `result` label: `ok`, or the protocol's error kinds
 /// ([`ServerError`]) in snake case.
@@ -108,6 +109,9 @@ pub fn request_operation(body: &RequestBody) -> &'static str {
         | RequestBody::PromoteMember { .. }
         | RequestBody::RemoveMember { .. }
         | RequestBody::TransferLeader { .. } => "admin",
+        RequestBody::LeaseKeepAlive { .. }
+        | RequestBody::LeaseTimeToLive { .. }
+        | RequestBody::LeaseList => "lease",
     }
 }
 
@@ -756,6 +760,7 @@ mod tests {
             RequestBody::Status,
             RequestBody::Members,
             RequestBody::TakeSnapshot,
+            RequestBody::LeaseList,
             RequestBody::PromoteMember {
                 id: crate::types::NodeId(2),
             },

@@ -1355,14 +1355,11 @@ fn oversized_kv_command_is_refused_before_decoding() {
 
 #[test]
 fn kv_snapshot_header_announcing_u64_max_keys_is_refused_without_allocating() {
-    // A valid snapshot of an empty store, with its key count raised to u64::MAX.
+    // The header of a valid snapshot of an empty store (then its empty lease table, left
+    // out), with its key count raised to u64::MAX.
     let mut header = KvStore::new().snapshot();
     let length = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-    assert_eq!(
-        header.len(),
-        RECORD_HEADER_BYTES + length,
-        "one header record"
-    );
+    header.truncate(RECORD_HEADER_BYTES + length);
     let keys_at = header.len() - 2;
     assert_eq!(&header[keys_at..], &[0, 0], "keys and sessions are 0");
     header.truncate(keys_at);

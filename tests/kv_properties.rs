@@ -309,6 +309,9 @@ impl Model {
                     continue;
                 }
                 Operation::Txn(_) => unreachable!("validation refuses a transaction in a batch"),
+                Operation::PutWithLease { .. }
+                | Operation::LeaseGrant { .. }
+                | Operation::LeaseRevoke { .. } => unreachable!("the model generates no leases"),
             };
             let previous = data.get(key).cloned();
             let current = value.map(|value| put(&mut data, index, key, value));

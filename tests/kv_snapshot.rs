@@ -1,9 +1,9 @@
 //! Snapshots of the key-value state machine: a snapshot restores to an equal store (data,
 //! sessions, revision), and every kind of damage — truncation, flipped bits, trailing bytes,
 //! foreign data, well-framed records that break an invariant — is refused with an error that
-//! leaves the store untouched; version 1 (before sessions were registered) and version 2
-//! (before key metadata carried a lease) snapshots still restore, their cached responses
-//! converted. Method: hand-built stores and hand-built snapshot records.
+//! leaves the store untouched; version 1 (before sessions were registered), version 2
+//! (before key metadata carried a lease) and version 3 (before the lease table) snapshots
+//! still restore, their cached responses converted. Snapshots with leases: kv_leases.rs. Method: hand-built stores and hand-built snapshot records.
 
 use keyval::codec;
 use keyval::kv::{
@@ -211,12 +211,12 @@ fn foreign_data_and_unknown_versions_are_refused() {
         restore_fails(&store, &header(0x1234_5678, 1, 0, 0, 0, 0)),
         SnapshotError::NotASnapshot { found: 0x1234_5678 }
     ));
-    for version in [0, 4] {
+    for version in [0, 5] {
         assert!(matches!(
             restore_fails(&store, &header(MAGIC, version, 0, 0, 0, 0)),
             SnapshotError::UnknownVersion {
                 found,
-                supported: 3,
+                supported: 4,
                 oldest: 1,
             } if found == version
         ));
@@ -235,7 +235,10 @@ fn foreign_data_and_unknown_versions_are_refused() {
     target.restore(&header(MAGIC, 3, 5, 0, 0, 0)).unwrap();
     assert_eq!(target.applied_index(), LogIndex(5));
     assert!(target.is_empty());
-    assert_eq!(target.clone().snapshot(), header(MAGIC, 3, 5, 0, 0, 0));
+    // Written back as version 4: the header, then an empty lease table.
+    let mut version_4 = header(MAGIC, 4, 5, 0, 0, 0);
+    codec::write_value_record(&0u64, &mut version_4).unwrap();
+    assert_eq!(target.clone().snapshot(), version_4);
 }
 
 /// Version 1 was written before sessions were registered: its sessions restore and carry on.
@@ -260,10 +263,10 @@ fn a_version_1_snapshot_restores_with_its_sessions() {
     apply(&mut store, 11, &next);
     assert_eq!(store.get(b"a").unwrap().value, b"y");
     assert_eq!(store.get(b"a").unwrap().metadata.version, 2);
-    // Written again, it is version 3.
+    // Written again, it is version 4.
     let mut header_only = store.snapshot();
-    header_only.truncate(header(MAGIC, 3, 11, 11, 1, 1).len());
-    assert_eq!(header_only, header(MAGIC, 3, 11, 11, 1, 1));
+    header_only.truncate(header(MAGIC, 4, 11, 11, 1, 1).len());
+    assert_eq!(header_only, header(MAGIC, 4, 11, 11, 1, 1));
 }
 
 /// Version 2 was written before key metadata carried a lease and outcomes a delete count:
@@ -335,21 +338,29 @@ fn a_version_2_snapshot_restores_with_converted_metadata_and_responses() {
     ));
 }
 
-/// Version 3 keeps a key's lease.
+/// Version 3 (before leases were granted) restores; it has no lease table, so a key in it
+/// that names a lease is refused.
 #[test]
-fn a_version_3_snapshot_keeps_leases() {
+fn a_version_3_snapshot_restores_without_leases() {
+    let mut bytes = header(MAGIC, 3, 5, 2, 2, 0);
+    key_record_v3(b"a", metadata(1, 2, 2), &mut bytes);
+    key_record_v3(b"b", metadata(2, 2, 1), &mut bytes);
+    let mut store = KvStore::new();
+    store.restore(&bytes).unwrap();
+    assert_eq!(store.get(b"a").unwrap().metadata, metadata(1, 2, 2));
+    assert_eq!(store.get(b"b").unwrap().metadata.lease, None);
+    assert_eq!(store.lease_count(), 0);
+
     let leased = Metadata {
         lease: Some(LeaseId(42)),
         ..metadata(1, 2, 2)
     };
-    let mut bytes = header(MAGIC, 3, 5, 2, 2, 0);
+    let mut bytes = header(MAGIC, 3, 5, 2, 1, 0);
     key_record_v3(b"a", leased, &mut bytes);
-    key_record_v3(b"b", metadata(2, 2, 1), &mut bytes);
-    let mut store = KvStore::new();
-    store.restore(&bytes).unwrap();
-    assert_eq!(store.get(b"a").unwrap().metadata.lease, Some(LeaseId(42)));
-    assert_eq!(store.get(b"b").unwrap().metadata.lease, None);
-    assert_eq!(store.clone().snapshot(), bytes, "the same bytes both ways");
+    match restore_fails(&store, &bytes) {
+        SnapshotError::Invalid { reason, .. } => assert!(reason.contains("lease"), "{reason}"),
+        other => panic!("expected Invalid, got {other}"),
+    }
 }
 
 #[test]

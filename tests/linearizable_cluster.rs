@@ -154,7 +154,10 @@ fn write(
         KvResponse::Written { .. } => Some(true),
         KvResponse::Txn(response) => Some(response.succeeded),
         KvResponse::ComparisonFailed { .. } => Some(false),
-        KvResponse::Rejected(_) | KvResponse::SessionRegistered { .. } => None,
+        KvResponse::LeaseRevoked { .. } => Some(true),
+        KvResponse::Rejected(_)
+        | KvResponse::SessionRegistered { .. }
+        | KvResponse::LeaseGranted { .. } => None,
     }
 }
 

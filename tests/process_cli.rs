@@ -454,3 +454,86 @@ fn kvctl_txn_reads_etcdctl_format_from_stdin_and_files_and_ranges_work() {
     let out = cluster.kvctl(&["get", "config/", "--prefix"]);
     assert_eq!((out.status.code(), stdout(&out)), (Some(0), String::new()));
 }
+
+#[test]
+fn kvctl_grants_attaches_inspects_and_revokes_a_lease() {
+    let cluster = process_support::ProcessCluster::start(1);
+    let client = cluster.client();
+    cluster.wait_leader(&client);
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    let out = cluster.kvctl(&["lease", "grant", "600"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // "lease 1f granted with TTL(600s)", the id in hex as etcdctl prints it.
+    let granted = stdout(&out);
+    let id = granted
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{granted}"))
+        .to_string();
+    assert!(granted.ends_with("granted with TTL(600s)\n"), "{granted}");
+    let lease = keyval::cli::lease::parse_lease_id(&id).unwrap();
+
+    let out = cluster.kvctl(&["put", "session/a", "1", "--lease", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = cluster.kvctl(&[
+        "put",
+        "session/b",
+        "2",
+        "--lease",
+        &format!("0d{}", lease.0),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        client
+            .get(b"session/a".to_vec())
+            .unwrap()
+            .unwrap()
+            .metadata
+            .lease,
+        Some(lease)
+    );
+
+    let out = cluster.kvctl(&["lease", "ttl", &id, "--keys"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line = stdout(&out);
+    assert!(
+        line.starts_with(&format!("lease {id} granted with TTL(600s), remaining(")),
+        "{line}"
+    );
+    assert!(
+        line.contains("attached keys([session/a session/b])"),
+        "{line}"
+    );
+
+    let out = cluster.kvctl(&["lease", "keep-alive", &id, "--once"]);
+    assert_eq!(
+        stdout(&out),
+        format!("lease {id} keepalived with TTL(600)\n")
+    );
+    let out = cluster.kvctl(&["--json", "lease", "list"]);
+    let listed = json_of(&out);
+    assert_eq!(listed["leases"][0]["id"], lease.0, "{listed}");
+
+    let out = cluster.kvctl(&["lease", "revoke", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        format!("lease {id} revoked (2 keys deleted)\n")
+    );
+    assert!(client.get(b"session/a".to_vec()).unwrap().is_none());
+    assert!(client.get(b"session/b".to_vec()).unwrap().is_none());
+
+    // Gone: refused with exit 1; a put on it writes nothing; lease 0 is a usage error.
+    let out = cluster.kvctl(&["lease", "keep-alive", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = cluster.kvctl(&["put", "session/c", "3", "--lease", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    assert!(client.get(b"session/c".to_vec()).unwrap().is_none());
+    let out = cluster.kvctl(&["put", "k", "v", "--lease", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

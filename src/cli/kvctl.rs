@@ -107,12 +107,16 @@ impl From<ConsistencyArg> for Consistency {
 /// The kvctl commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE; with --lease, attached to a lease (deleted when it expires or is
+    /// revoked).
     Put {
         /// The key.
         key: String,
         /// The value.
         value: String,
+        /// The lease to attach the key to (its id as `lease grant` printed it).
+        #[arg(long, value_parser = super::lease::parse_lease_id)]
+        lease: Option<crate::kv::LeaseId>,
     },
     /// Print KEY's value (exit 3 if it does not exist); with END or --prefix, every key of
     /// the range as KEY<tab>VALUE lines (exit 0 even if there is none).
@@ -201,6 +205,9 @@ pub enum Command {
     /// List, add, promote or remove members (one change at a time).
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Grant, revoke, keep alive, inspect and list leases.
+    #[command(subcommand)]
+    Lease(super::lease::LeaseCommand),
     /// Hand leadership to voter ID and wait until it leads.
     TransferLeader {
         /// The voter to take over.
@@ -263,7 +270,10 @@ pub fn run(args: KvctlArgs) -> i32 {
     };
     let json = args.json;
     match args.command {
-        Command::Put { key, value } => match client.put(key.into_bytes(), value.into_bytes()) {
+        Command::Put { key, value, lease } => match match lease {
+            Some(lease) => client.put_with_lease(key.into_bytes(), value.into_bytes(), lease),
+            None => client.put(key.into_bytes(), value.into_bytes()),
+        } {
             Ok(metadata) => {
                 print_written(json, Some(&metadata));
                 EXIT_OK
@@ -420,6 +430,7 @@ pub fn run(args: KvctlArgs) -> i32 {
         Command::Bench(bench) => super::bench::run(&args.endpoints, &options, &bench, json),
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
+        Command::Lease(lease) => super::lease::run(&client, &lease, json),
         Command::Snapshot(snapshot) => super::snapshot::run(
             &client,
             &snapshot,

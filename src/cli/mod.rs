@@ -6,6 +6,7 @@ pub mod backup;
 pub mod bench;
 mod join;
 pub mod kvctl;
+pub mod lease;
 pub mod logging;
 pub mod member;
 pub mod node;

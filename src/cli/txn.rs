@@ -12,7 +12,7 @@
 //!
 //! Compares: `TARGET("KEY") OP "OPERAND"` with TARGET one of `value`/`val`, `version`/`ver`/`v`,
 //! `create`/`c`, `mod`/`m`, `lease` (0: no lease), and OP one of `=`, `!=`, `<`, `>`; numeric operands may be written
-//! without quotes. Operations: `put KEY VALUE [--prev-kv]`, `del KEY [END] [--prefix]
+//! without quotes. Operations: `put KEY VALUE [--prev-kv] [--lease ID]`, `del KEY [END] [--prefix]
 //! [--prev-kv]`, `get KEY [END] [--prefix] [--limit N]`. Arguments are separated by spaces;
 //! an argument with spaces or special bytes is written in double quotes with `\"`, `\\`, `\n`,
 //! `\t` and `\xNN` escapes. Lines starting with `#` are ignored. With `--interactive`, each
@@ -24,8 +24,8 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::kv::{
-    Compare, CompareOp, CompareTarget, KeyRange, LeaseId, Txn, TxnOp, TxnOpResponse, TxnResponse,
-    Versioned, WriteOutcome, SCAN_LIMIT_MAX,
+    Compare, CompareOp, CompareTarget, KeyRange, Txn, TxnOp, TxnOpResponse, TxnResponse, Versioned,
+    WriteOutcome, SCAN_LIMIT_MAX,
 };
 use crate::types::LogIndex;
 
@@ -152,8 +152,15 @@ fn parse_compare(line: &str) -> Result<Compare, String> {
         "version" | "ver" | "v" => CompareTarget::Version(number()?),
         "create" | "c" => CompareTarget::CreateRevision(LogIndex(number()?)),
         "mod" | "m" => CompareTarget::ModRevision(LogIndex(number()?)),
-        // etcd's lease 0 is "no lease".
-        "lease" => CompareTarget::Lease(Some(number()?).filter(|id| *id != 0).map(LeaseId)),
+        // etcd's lease 0 is "no lease"; other ids as kvctl prints them (hex).
+        "lease" => {
+            let operand = String::from_utf8_lossy(&operand).into_owned();
+            if operand.trim() == "0" {
+                CompareTarget::Lease(None)
+            } else {
+                CompareTarget::Lease(Some(super::lease::parse_lease_id(&operand)?))
+            }
+        }
         other => {
             return Err(format!(
                 "unknown compare target {other:?}: use value, version, create, mod or lease"
@@ -173,11 +180,18 @@ fn parse_operation(line: &str) -> Result<TxnOp, String> {
     let mut prefix = false;
     let mut previous = false;
     let mut limit = None;
+    let mut lease = None;
     let mut rest = arguments.iter();
     while let Some(argument) = rest.next() {
         match argument.as_slice() {
             b"--prefix" => prefix = true,
             b"--prev-kv" => previous = true,
+            b"--lease" => {
+                let value = rest.next().ok_or("--lease needs a lease id")?;
+                lease = Some(super::lease::parse_lease_id(&String::from_utf8_lossy(
+                    value,
+                ))?);
+            }
             b"--limit" => {
                 let value = rest.next().ok_or("--limit needs a number")?;
                 let parsed = std::str::from_utf8(value)
@@ -206,11 +220,14 @@ fn parse_operation(line: &str) -> Result<TxnOp, String> {
     match command.as_str() {
         "put" => {
             if prefix || limit.is_some() || positional.len() != 2 {
-                return Err(usage("put KEY VALUE [--prev-kv]"));
+                return Err(usage("put KEY VALUE [--prev-kv] [--lease ID]"));
             }
             let value = positional.pop().unwrap_or_default();
             let key = positional.pop().unwrap_or_default();
-            let operation = TxnOp::put(key, value);
+            let mut operation = TxnOp::put(key, value);
+            if let Some(lease) = lease {
+                operation = operation.with_lease(lease);
+            }
             Ok(if previous {
                 operation.with_previous()
             } else {
@@ -219,7 +236,7 @@ fn parse_operation(line: &str) -> Result<TxnOp, String> {
         }
         "del" | "delete" => {
             let form = "del KEY [END] [--prefix] [--prev-kv]";
-            if limit.is_some() || positional.is_empty() || positional.len() > 2 {
+            if lease.is_some() || limit.is_some() || positional.is_empty() || positional.len() > 2 {
                 return Err(usage(form));
             }
             if prefix && positional.len() == 2 {
@@ -237,7 +254,7 @@ fn parse_operation(line: &str) -> Result<TxnOp, String> {
         }
         "get" => {
             let form = "get KEY [END] [--prefix] [--limit N]";
-            if previous || positional.is_empty() || positional.len() > 2 {
+            if previous || lease.is_some() || positional.is_empty() || positional.len() > 2 {
                 return Err(usage(form));
             }
             if prefix && positional.len() == 2 {
@@ -463,6 +480,7 @@ pub fn response_json(response: &TxnResponse) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::LeaseId;
 
     #[test]
     fn etcdctl_style_input_parses() {
@@ -567,5 +585,23 @@ get a b
             vec![b"put".to_vec(), vec![0, 0xFF], b"tab\there".to_vec()]
         );
         assert!(split_arguments(r#""a"b"#).is_err());
+    }
+
+    #[test]
+    fn lease_ids_are_hex_as_kvctl_prints_them() {
+        assert_eq!(
+            parse_operation("put k v --lease 1f"),
+            Ok(TxnOp::put("k", "v").with_lease(LeaseId(31)))
+        );
+        assert!(parse_operation("del k --lease 1f").is_err());
+        assert!(parse_operation("put k v --lease 0").is_err());
+        assert_eq!(
+            parse_compare("lease(\"k\") = \"1f\""),
+            Ok(Compare::lease("k", CompareOp::Equal, Some(LeaseId(31))))
+        );
+        assert_eq!(
+            parse_compare("lease(\"k\") = 0"),
+            Ok(Compare::lease("k", CompareOp::Equal, None))
+        );
     }
 }

@@ -44,6 +44,7 @@
 
 mod admin;
 mod connection;
+mod lease;
 mod retry;
 mod snapshot;
 
@@ -64,6 +65,7 @@ use crate::protocol::{
 use crate::types::{LogIndex, NodeId};
 
 use connection::{CallError, Connection};
+pub use lease::{LeaseGrant, LeaseKeeper, LeaseKeeperState};
 
 /// How a [`Client`] behaves.
 #[derive(Clone, Debug)]
@@ -518,7 +520,9 @@ impl Client {
                 Ok(ResponseBody::Written(
                     response @ (Response::Written { .. }
                     | Response::ComparisonFailed { .. }
-                    | Response::Txn(_)),
+                    | Response::Txn(_)
+                    | Response::LeaseGranted { .. }
+                    | Response::LeaseRevoked { .. }),
                 )) => {
                     self.return_session(session);
                     return Ok(response);

@@ -97,7 +97,10 @@ fn is_bounded(body: &RequestBody) -> bool {
         | RequestBody::Status
         | RequestBody::Members
         | RequestBody::TakeSnapshot
-        | RequestBody::SnapshotChunk { .. } => true,
+        | RequestBody::SnapshotChunk { .. }
+        | RequestBody::LeaseKeepAlive { .. }
+        | RequestBody::LeaseTimeToLive { .. }
+        | RequestBody::LeaseList => true,
         RequestBody::AddMember { .. }
         | RequestBody::PromoteMember { .. }
         | RequestBody::RemoveMember { .. }

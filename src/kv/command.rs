@@ -12,7 +12,7 @@ use super::response::LeaseId;
 use super::txn::{Txn, TxnPart};
 use super::{
     BATCH_OPERATIONS_MAX, COMMAND_PAYLOAD_BYTES_MAX, ERROR_REASON_BYTES_MAX, KEY_BYTES_MAX,
-    SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    LEASE_TTL_SECONDS_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
 
 /// Identifies one write of one client for exactly-once application.
@@ -82,16 +82,55 @@ pub enum Operation {
     /// ask for previous values (each [`TxnOp`](super::TxnOp) says whether it wants them); build
     /// it with [`Command::txn`]. Answered with [`Response::Txn`](super::Response::Txn).
     Txn(Txn),
+    /// Sets `key` to `value` attached to `lease`: the key is deleted when the lease is revoked
+    /// or expires. Refused with [`KvError::LeaseNotFound`] (the whole command applying
+    /// nothing) when the store holds no such lease. A later put without a lease detaches the
+    /// key again, as in etcd.
+    PutWithLease {
+        /// The key.
+        #[serde(with = "super::bytes")]
+        key: Vec<u8>,
+        /// The new value.
+        #[serde(with = "super::bytes")]
+        value: Vec<u8>,
+        /// The lease to attach the key to.
+        lease: LeaseId,
+    },
+    /// Grants a new lease of `ttl_seconds` (1 to [`LEASE_TTL_SECONDS_MAX`]). The id is the
+    /// index of the entry that applies it, so every replica gives the same one and no id is
+    /// ever 0 or given twice. It must be the only operation of its command; build it with
+    /// [`Command::lease_grant`]. Answered with
+    /// [`Response::LeaseGranted`](super::Response::LeaseGranted).
+    ///
+    /// The store keeps only the TTL; when a lease expires is decided by the leader, which
+    /// proposes a [`Operation::LeaseRevoke`] (see `docs/design.md`, "Leases").
+    LeaseGrant {
+        /// The lease's time to live, in seconds.
+        ttl_seconds: u64,
+    },
+    /// Revokes `lease` and deletes every key attached to it, all in this one entry (one
+    /// revision). It must be the only operation of its command; build it with
+    /// [`Command::lease_revoke`]. Answered with
+    /// [`Response::LeaseRevoked`](super::Response::LeaseRevoked), or refused with
+    /// [`KvError::LeaseNotFound`] when the lease does not exist (any more).
+    LeaseRevoke {
+        /// The lease.
+        lease: LeaseId,
+    },
 }
 
 impl Operation {
     /// The single key the operation writes; `None` for a range delete or a transaction.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => {
-                Some(key)
-            }
-            Operation::DeleteRange { .. } | Operation::Txn(_) => None,
+            Operation::Put { key, .. }
+            | Operation::Delete { key }
+            | Operation::Cas { key, .. }
+            | Operation::PutWithLease { key, .. } => Some(key),
+            Operation::DeleteRange { .. }
+            | Operation::Txn(_)
+            | Operation::LeaseGrant { .. }
+            | Operation::LeaseRevoke { .. } => None,
         }
     }
 
@@ -102,8 +141,11 @@ impl Operation {
                 range.start.len() + range.end.as_ref().map_or(0, Vec::len)
             }
             Operation::Txn(txn) => txn.payload_bytes(),
-            Operation::Put { key, value } => key.len() + value.len(),
+            Operation::Put { key, value } | Operation::PutWithLease { key, value, .. } => {
+                key.len() + value.len()
+            }
             Operation::Delete { key } => key.len(),
+            Operation::LeaseGrant { .. } | Operation::LeaseRevoke { .. } => 0,
             Operation::Cas { key, expect, value } => {
                 let expected = match expect {
                     Expect::Value(bytes) => bytes.len(),
@@ -120,7 +162,20 @@ impl Operation {
         match self {
             Operation::DeleteRange { range } => return range.validate(),
             Operation::Txn(txn) => return txn.validate(),
-            Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => {
+            Operation::LeaseGrant { ttl_seconds } => {
+                if !(1..=LEASE_TTL_SECONDS_MAX).contains(ttl_seconds) {
+                    return Err(KvError::InvalidLeaseTtl {
+                        ttl_seconds: *ttl_seconds,
+                        max: LEASE_TTL_SECONDS_MAX,
+                    });
+                }
+                return Ok(());
+            }
+            Operation::LeaseRevoke { .. } => return Ok(()),
+            Operation::Put { key, .. }
+            | Operation::Delete { key }
+            | Operation::Cas { key, .. }
+            | Operation::PutWithLease { key, .. } => {
                 validate_key(key, Some(position))?;
             }
         }
@@ -135,8 +190,14 @@ impl Operation {
             Ok(())
         };
         match self {
-            Operation::Put { value, .. } => check_value(value),
-            Operation::Delete { .. } | Operation::DeleteRange { .. } | Operation::Txn(_) => Ok(()),
+            Operation::Put { value, .. } | Operation::PutWithLease { value, .. } => {
+                check_value(value)
+            }
+            Operation::Delete { .. }
+            | Operation::DeleteRange { .. }
+            | Operation::Txn(_)
+            | Operation::LeaseGrant { .. }
+            | Operation::LeaseRevoke { .. } => Ok(()),
             Operation::Cas { expect, value, .. } => {
                 if let Expect::Value(expected) = expect {
                     check_value(expected)?;
@@ -224,6 +285,45 @@ impl Command {
     /// ```
     pub fn txn(txn: Txn) -> Command {
         Command::batch(vec![Operation::Txn(txn)])
+    }
+
+    /// Sets `key` to `value` attached to `lease` (see [`Operation::PutWithLease`]).
+    pub fn put_with_lease(key: Vec<u8>, value: Vec<u8>, lease: LeaseId) -> Command {
+        Command::batch(vec![Operation::PutWithLease { key, value, lease }])
+    }
+
+    /// Grants a lease of `ttl_seconds` (see [`Operation::LeaseGrant`]).
+    ///
+    /// ```
+    /// use keyval::kv::{Command, KvStore, LeaseId, Response};
+    /// use keyval::{EntryId, LogIndex, StateMachine, Term};
+    ///
+    /// let mut store = KvStore::new();
+    /// let grant = Command::lease_grant(10).encode().unwrap();
+    /// let answer = store.apply(EntryId::new(Term(1), LogIndex(1)), &grant);
+    /// let Ok(Response::LeaseGranted { lease, .. }) = Response::decode(&answer) else { panic!() };
+    /// assert_eq!(lease, LeaseId(1));
+    /// let put = Command::put_with_lease(b"k".to_vec(), b"v".to_vec(), lease).encode().unwrap();
+    /// store.apply(EntryId::new(Term(1), LogIndex(2)), &put);
+    /// let revoke = Command::lease_revoke(lease).encode().unwrap();
+    /// store.apply(EntryId::new(Term(1), LogIndex(3)), &revoke);
+    /// assert!(store.get(b"k").is_none());
+    /// ```
+    pub fn lease_grant(ttl_seconds: u64) -> Command {
+        Command::batch(vec![Operation::LeaseGrant { ttl_seconds }])
+    }
+
+    /// Revokes `lease`, deleting every key attached to it (see [`Operation::LeaseRevoke`]).
+    pub fn lease_revoke(lease: LeaseId) -> Command {
+        Command::batch(vec![Operation::LeaseRevoke { lease }])
+    }
+
+    /// The lease a command grants (its TTL) if it is a [`Command::lease_grant`].
+    pub fn lease_grant_ttl(&self) -> Option<u64> {
+        match self.operations.as_slice() {
+            [Operation::LeaseGrant { ttl_seconds }] => Some(*ttl_seconds),
+            _ => None,
+        }
     }
 
     /// Deletes every key in `range`.
@@ -319,6 +419,15 @@ impl Command {
             .any(|operation| matches!(operation, Operation::Txn(_)));
         if has_txn && (self.operations.len() > 1 || self.return_previous) {
             return Err(KvError::TxnNotAlone);
+        }
+        let has_lease_operation = self.operations.iter().any(|operation| {
+            matches!(
+                operation,
+                Operation::LeaseGrant { .. } | Operation::LeaseRevoke { .. }
+            )
+        });
+        if has_lease_operation && (self.operations.len() > 1 || self.return_previous) {
+            return Err(KvError::LeaseNotAlone);
         }
         for (position, operation) in self.operations.iter().enumerate() {
             operation.validate(position)?;
@@ -604,12 +713,31 @@ pub enum KvError {
     /// previous values (each transaction operation asks for its own).
     #[error("a transaction must be the only operation of its command")]
     TxnNotAlone,
-    /// A put names a lease the store does not hold (expired, revoked or never granted).
-    /// Until leases exist every lease is unknown. Nothing was applied.
-    #[error("lease {lease:?} not found")]
+    /// A put, a revoke, a keep-alive or a time-to-live request names a lease the store does
+    /// not hold (expired, revoked or never granted). Nothing was applied.
+    #[error("lease {:x} not found", lease.0)]
     LeaseNotFound {
         /// The lease named.
         lease: LeaseId,
+    },
+    /// A lease grant asks for a TTL of 0 or above the limit.
+    #[error("lease TTL of {ttl_seconds} s is outside 1..={max}")]
+    InvalidLeaseTtl {
+        /// The TTL asked for, in seconds.
+        ttl_seconds: u64,
+        /// The largest allowed ([`LEASE_TTL_SECONDS_MAX`]).
+        max: u64,
+    },
+    /// A lease grant or revoke shares its command with other operations, or the command asks
+    /// for previous values.
+    #[error("a lease grant or revoke must be the only operation of its command")]
+    LeaseNotAlone,
+    /// A grant would hold more than [`LEASES_MAX`](super::LEASES_MAX) leases at once.
+    /// Nothing was applied; revoke leases no longer used.
+    #[error("{limit} leases exist already")]
+    TooManyLeases {
+        /// The limit.
+        limit: usize,
     },
 }
 

@@ -11,6 +11,15 @@
 //! since creation. Using log indexes as revisions makes them identical on every replica and
 //! monotonic without any extra counter.
 //!
+//! # Leases
+//!
+//! A lease ([`Command::lease_grant`]) is a TTL that keys can be attached to
+//! ([`Command::put_with_lease`], a transaction put with a lease); revoking it
+//! ([`Command::lease_revoke`]) deletes every attached key in one entry, at one revision. The
+//! store holds each lease's TTL and the keys attached to it, and nothing about time: which
+//! lease expires when is decided by the leader's lease keeper (`server::leases`), which
+//! proposes the revoke. So apply stays deterministic and a follower never expires anything.
+//!
 //! # Exactly-once writes
 //!
 //! A client first registers a session through the log ([`Command::register_session`], Raft
@@ -143,6 +152,14 @@ pub const SESSIONS_MAX: usize = 16 * 1024;
 
 /// The most bytes of cached responses kept over all sessions.
 pub const SESSION_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The longest lease TTL a grant may ask for, in seconds (etcd's `MaxLeaseTTL`). A grant
+/// asking for more, or for 0, is refused with [`KvError::InvalidLeaseTtl`].
+pub const LEASE_TTL_SECONDS_MAX: u64 = 9_000_000_000;
+
+/// The most leases the store holds at once; a grant beyond is refused with
+/// [`KvError::TooManyLeases`].
+pub const LEASES_MAX: usize = 1024 * 1024;
 
 /// The longest reason text a [`KvError::Malformed`] carries.
 pub const ERROR_REASON_BYTES_MAX: usize = 256;

@@ -9,11 +9,8 @@ use crate::types::LogIndex;
 
 use super::command::KvError;
 
-/// The id of a lease a key may be attached to.
-///
-/// Reserved for leases with a time to live: no request can attach a key to a lease yet, so
-/// every key's [`Metadata::lease`] is `None` for now. The field exists so that the snapshot
-/// and response formats need not change again when leases arrive.
+/// The id of a lease a key may be attached to: the log index of the entry that granted it, so
+/// never 0 (etcd's and kvctl's "no lease").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LeaseId(pub u64);
 
@@ -31,8 +28,7 @@ pub struct Metadata {
     /// How many times the key was written since its creation; 1 right after creation. A
     /// deleted key has none: created again, it starts over at 1.
     pub version: u64,
-    /// The lease the key is attached to, if any; always `None` until leases exist (see
-    /// [`LeaseId`]).
+    /// The lease the key is attached to, if any.
     pub lease: Option<LeaseId>,
 }
 
@@ -122,6 +118,21 @@ pub enum Response {
     /// A [`Command::txn`](super::Command::txn) was applied: which branch ran and what each of
     /// its operations answered.
     Txn(TxnResponse),
+    /// A [`Command::lease_grant`](super::Command::lease_grant) was applied.
+    LeaseGranted {
+        /// The new lease: the log index of the grant.
+        lease: LeaseId,
+        /// Its TTL in seconds, as granted.
+        ttl_seconds: u64,
+    },
+    /// A [`Command::lease_revoke`](super::Command::lease_revoke) was applied: the lease is gone
+    /// and so is every key that was attached to it.
+    LeaseRevoked {
+        /// The store's revision after the revoke: this entry's index if it deleted any key.
+        revision: LogIndex,
+        /// How many keys were deleted.
+        deleted: u64,
+    },
 }
 
 impl Response {

@@ -6,6 +6,8 @@
 //! ```text
 //! +---------------------------------------------------------------------------------+
 //! | record: Header { magic, format_version, applied, revision, keys, sessions }      |
+//! | (format 4 on) record: leases: u64                                               |
+//! | `leases` records:    (LeaseId, ttl_seconds)  strictly ascending id order       |
 //! | `keys` records:      (key, Versioned)        strictly ascending key order      |
 //! | `sessions` records:  (client_id, Session)    strictly ascending client order   |
 //! +---------------------------------------------------------------------------------+
@@ -20,9 +22,13 @@
 //! |---|---|---|---|
 //! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) | `Metadata { create_revision, mod_revision, version }`; `WriteOutcome` without `deleted` |
 //! | 2 | builds before transactions | a session registered that has applied no write yet has sequence 0 and an empty response | as in 1 |
-//! | 3 | this build | as in 2 | `Metadata` ends with `lease: Option<LeaseId>`; `WriteOutcome` ends with `deleted: u64` |
+//! | 3 | builds before leases | as in 2 | `Metadata` ends with `lease: Option<LeaseId>`; `WriteOutcome` ends with `deleted: u64` |
+//! | 4 | this build | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
 //!
-//! This build reads all three; a version 1 snapshot's sessions carry on as registered ones,
+//! The lease → keys index is not stored: restore rebuilds it from the keys' metadata. A
+//! version 3 snapshot has no lease table (no key of it can have a lease).
+//!
+//! This build reads all four; a version 1 snapshot's sessions carry on as registered ones,
 //! and the key records and cached responses of versions 1 and 2 are converted to the current
 //! layout (see `legacy.rs`; no key has a lease, a cached outcome's `deleted` is 1 exactly when
 //! it removed its key). A converted response may be a few bytes longer, so sessions are
@@ -37,21 +43,25 @@ use crate::error::CodecError;
 use crate::types::LogIndex;
 
 use super::legacy::{self, VersionedV2};
-use super::response::{Response, Versioned};
+use super::response::{LeaseId, Response, Versioned};
 use super::session::{Session, Sessions};
-use super::store::{KvStore, Stored};
+use super::store::{KvStore, Lease, Stored};
 use super::{
-    KEY_BYTES_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX, SESSION_CACHE_BYTES_MAX, VALUE_BYTES_MAX,
+    KEY_BYTES_MAX, LEASES_MAX, LEASE_TTL_SECONDS_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX,
+    SESSION_CACHE_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// Identifies a keyval kv snapshot: "kvsn".
 const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
 
 /// The snapshot format this build writes.
-const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 /// The first format whose key metadata carries a lease (see the module docs).
 const SNAPSHOT_FORMAT_VERSION_LEASES: u32 = 3;
+
+/// The first format with a lease table.
+const SNAPSHOT_FORMAT_VERSION_LEASE_TABLE: u32 = 4;
 
 /// The oldest snapshot format this build reads (see the module docs for the differences).
 const SNAPSHOT_FORMAT_VERSION_MIN: u32 = 1;
@@ -137,6 +147,10 @@ impl KvStore {
         };
         let mut out = Vec::new();
         write_record(&header, &mut out);
+        write_record(&(self.leases.len() as u64), &mut out);
+        for (id, lease) in &self.leases {
+            write_record(&(*id, lease.ttl_seconds), &mut out);
+        }
         for (key, stored) in &self.data {
             write_record(&EntryRecord(key, VersionedRecord::of(stored)), &mut out);
         }
@@ -174,6 +188,29 @@ impl KvStore {
             revision: header.revision,
             ..KvStore::default()
         };
+        if header.format_version >= SNAPSHOT_FORMAT_VERSION_LEASE_TABLE {
+            let leases: u64 = reader.next()?;
+            if leases > LEASES_MAX as u64 {
+                return Err(reader.invalid("more leases than LEASES_MAX"));
+            }
+            for _ in 0..leases {
+                let (id, ttl_seconds): (LeaseId, u64) = reader.next()?;
+                if id.0 == 0 || id.0 > header.applied.0 {
+                    return Err(reader.invalid("lease id 0 or after the applied index"));
+                }
+                if !(1..=LEASE_TTL_SECONDS_MAX).contains(&ttl_seconds) {
+                    return Err(reader.invalid("lease TTL outside 1..=LEASE_TTL_SECONDS_MAX"));
+                }
+                if store.leases.get_max().is_some_and(|(last, _)| id <= *last) {
+                    return Err(reader.invalid("leases out of id order"));
+                }
+                let lease = Lease {
+                    ttl_seconds,
+                    keys: Default::default(),
+                };
+                store.leases.insert(id, lease);
+            }
+        }
         let legacy = header.format_version < SNAPSHOT_FORMAT_VERSION_LEASES;
         for _ in 0..header.keys {
             let (key, versioned): (Vec<u8>, Versioned) = if legacy {
@@ -183,12 +220,14 @@ impl KvStore {
                 reader.next()?
             };
             check_entry(&store, &key, &versioned).map_err(|reason| reader.invalid(reason))?;
-            let stored = Stored {
-                value: versioned.value.into(),
-                metadata: versioned.metadata,
-            };
-            store.bytes += super::store::entry_bytes(&key, &stored);
-            store.data.insert(key.into(), stored);
+            // Attaches the key to its lease, rebuilding the lease → keys index.
+            store.insert_entry(
+                key.into(),
+                Stored {
+                    value: versioned.value.into(),
+                    metadata: versioned.metadata,
+                },
+            );
         }
         let mut sessions = Sessions::default();
         let mut last_client = None;
@@ -244,6 +283,12 @@ fn check_entry(store: &KvStore, key: &[u8], versioned: &Versioned) -> Result<(),
         || metadata.mod_revision > store.revision
     {
         return Err("key metadata out of order");
+    }
+    if metadata
+        .lease
+        .is_some_and(|lease| !store.leases.contains_key(&lease))
+    {
+        return Err("key attached to a lease the snapshot does not hold");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 
 use crate::state_machine::{RestoreError, SnapshotWriter, StateMachine};
 use crate::types::{EntryId, LogIndex};
@@ -17,8 +17,8 @@ use super::response::{
 use super::session::{SessionCheck, Sessions};
 use super::txn::{Txn, TxnOp};
 use super::{
-    KEY_BYTES_MAX, PREVIOUS_VALUES_BYTES_MAX, SCAN_ENTRY_OVERHEAD_BYTES, SCAN_LIMIT_MAX,
-    SCAN_RESPONSE_BYTES_MAX, VALUE_BYTES_MAX,
+    KEY_BYTES_MAX, LEASES_MAX, LEASE_TTL_SECONDS_MAX, PREVIOUS_VALUES_BYTES_MAX,
+    SCAN_ENTRY_OVERHEAD_BYTES, SCAN_LIMIT_MAX, SCAN_RESPONSE_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// The replicated key-value state machine. See the [module docs](crate::kv).
@@ -38,9 +38,23 @@ pub struct KvStore {
     pub(super) applied: LogIndex,
     /// The index of the last entry that modified any key.
     pub(super) revision: LogIndex,
+    /// Every lease granted and not yet revoked, with the keys attached to it.
+    /// Invariant: a key's `metadata.lease` is `Some(id)` exactly when `leases[id].keys` holds
+    /// the key (kept by [`KvStore::insert_entry`] and [`KvStore::remove_entry`], the only
+    /// writers of `data` besides a revoke).
+    pub(super) leases: OrdMap<LeaseId, Lease>,
     /// Bytes of keys and values held. Invariant: the sum over `data` of key and value
     /// lengths (checked by `check_invariants`).
     pub(super) bytes: u64,
+}
+
+/// A lease as the store holds it. Time is not part of it: the leader keeps the deadlines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Lease {
+    /// The TTL granted, in seconds (1 to [`LEASE_TTL_SECONDS_MAX`]).
+    pub(super) ttl_seconds: u64,
+    /// The keys attached to it.
+    pub(super) keys: OrdSet<Arc<[u8]>>,
 }
 
 /// A value as the store holds it: shared bytes, so copying a tree node copies no value.
@@ -145,6 +159,31 @@ impl KvStore {
         self.data.is_empty()
     }
 
+    /// The TTL (seconds) lease `lease` was granted with, if the store holds it.
+    pub fn lease_ttl(&self, lease: LeaseId) -> Option<u64> {
+        self.leases.get(&lease).map(|entry| entry.ttl_seconds)
+    }
+
+    /// The keys attached to `lease`, in key order, if the store holds it.
+    pub fn lease_keys(&self, lease: LeaseId) -> Option<Vec<Vec<u8>>> {
+        self.leases
+            .get(&lease)
+            .map(|entry| entry.keys.iter().map(|key| key.to_vec()).collect())
+    }
+
+    /// Every lease the store holds with its granted TTL (seconds), in id order.
+    pub fn leases(&self) -> Vec<(LeaseId, u64)> {
+        self.leases
+            .iter()
+            .map(|(id, entry)| (*id, entry.ttl_seconds))
+            .collect()
+    }
+
+    /// How many leases the store holds.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
     /// How many client sessions are kept.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -180,6 +219,26 @@ impl KvStore {
                 "key {key:?}: revisions out of order: {metadata:?}, store at {}",
                 self.revision
             );
+            if let Some(lease) = metadata.lease {
+                let attached = self
+                    .leases
+                    .get(&lease)
+                    .map(|entry| entry.keys.contains(key));
+                assert_eq!(attached, Some(true), "key {key:?}: not in lease {lease:?}");
+            }
+        }
+        assert!(self.leases.len() <= LEASES_MAX, "too many leases");
+        for (id, lease) in &self.leases {
+            assert!(id.0 != 0 && id.0 <= self.applied.0, "lease id {id:?}");
+            assert!(
+                (1..=LEASE_TTL_SECONDS_MAX).contains(&lease.ttl_seconds),
+                "lease {id:?}: ttl {}",
+                lease.ttl_seconds
+            );
+            for key in &lease.keys {
+                let holder = self.data.get(key).and_then(|stored| stored.metadata.lease);
+                assert_eq!(holder, Some(*id), "lease {id:?} lists key {key:?}");
+            }
         }
         self.sessions.check_invariants(self.applied);
     }
@@ -232,20 +291,42 @@ impl KvStore {
             };
             return self.apply_txn(index, txn);
         }
+        match command.operations.as_slice() {
+            [Operation::LeaseGrant { ttl_seconds }] => {
+                return self.grant_lease(index, *ttl_seconds)
+            }
+            [Operation::LeaseRevoke { lease }] => return self.revoke_lease(index, *lease),
+            _ => {}
+        }
         let return_previous = command.return_previous;
         // Undo records are needed only when something after a write can still fail.
         let may_fail = return_previous
-            || command
-                .operations
-                .iter()
-                .any(|operation| matches!(operation, Operation::Cas { .. }));
+            || command.operations.iter().any(|operation| {
+                matches!(
+                    operation,
+                    Operation::Cas { .. } | Operation::PutWithLease { .. }
+                )
+            });
         let mut undo = Undo::new();
         let mut outcomes = Vec::with_capacity(command.operations.len());
         let mut previous_value_bytes = 0;
         let mut modified = false;
         for (position, operation) in command.operations.into_iter().enumerate() {
+            let mut lease = None;
             let (key, value) = match operation {
                 Operation::Put { key, value } => (key, Some(value)),
+                Operation::PutWithLease {
+                    key,
+                    value,
+                    lease: wanted,
+                } => {
+                    if !self.leases.contains_key(&wanted) {
+                        self.roll_back(undo);
+                        return Response::Rejected(KvError::LeaseNotFound { lease: wanted });
+                    }
+                    lease = Some(wanted);
+                    (key, Some(value))
+                }
                 Operation::Delete { key } => (key, None),
                 Operation::Cas { key, expect, value } => {
                     if !self.holds(&key, &expect) {
@@ -274,15 +355,20 @@ impl KvStore {
                     self.roll_back(undo);
                     return Response::Rejected(KvError::TxnNotAlone);
                 }
+                Operation::LeaseGrant { .. } | Operation::LeaseRevoke { .. } => {
+                    // Likewise for lease grants and revokes.
+                    self.roll_back(undo);
+                    return Response::Rejected(KvError::LeaseNotAlone);
+                }
             };
             let key: Arc<[u8]> = key.into();
             let undo_key = may_fail.then(|| Arc::clone(&key));
             let (previous, current) = match value {
                 Some(value) => {
-                    let (previous, metadata) = self.put_key(index, key, value, None);
+                    let (previous, metadata) = self.put_key(index, key, value, lease);
                     (previous, Some(metadata))
                 }
-                None => (self.remove_key(&key).map(|(_, stored)| stored), None),
+                None => (self.remove_entry(&key).map(|(_, stored)| stored), None),
             };
             modified |= previous.is_some() || current.is_some();
             let mut outcome = WriteOutcome {
@@ -339,8 +425,7 @@ impl KvStore {
                     return_previous,
                     lease,
                 } => {
-                    if let Some(lease) = lease {
-                        // No lease exists yet: every lease is unknown.
+                    if let Some(lease) = lease.filter(|lease| !self.leases.contains_key(lease)) {
                         self.roll_back(undo);
                         return Response::Rejected(KvError::LeaseNotFound { lease });
                     }
@@ -365,7 +450,7 @@ impl KvStore {
                     key,
                     return_previous,
                 } => {
-                    let removed: Vec<_> = self.remove_key(key.as_slice()).into_iter().collect();
+                    let removed: Vec<_> = self.remove_entry(&key).into_iter().collect();
                     self.removed_response(removed, return_previous, &mut undo, &mut returned_bytes)
                 }
                 TxnOp::DeleteRange {
@@ -453,10 +538,86 @@ impl KvStore {
             value: value.into(),
             metadata,
         };
+        (self.insert_entry(key, stored), metadata)
+    }
+
+    /// Grants lease `LeaseId(index)` of `ttl_seconds` (validated).
+    fn grant_lease(&mut self, index: LogIndex, ttl_seconds: u64) -> Response {
+        if self.leases.len() >= LEASES_MAX {
+            return Response::Rejected(KvError::TooManyLeases { limit: LEASES_MAX });
+        }
+        // Entry indexes are unique and start at 1: so are lease ids, and none is 0.
+        let lease = LeaseId(index.0);
+        let entry = Lease {
+            ttl_seconds,
+            keys: OrdSet::new(),
+        };
+        let replaced = self.leases.insert(lease, entry);
+        assert!(replaced.is_none(), "kv: lease {lease:?} granted twice");
+        Response::LeaseGranted { lease, ttl_seconds }
+    }
+
+    /// Revokes `lease`: removes it and every key attached to it, at `index`.
+    fn revoke_lease(&mut self, index: LogIndex, lease: LeaseId) -> Response {
+        let Some(entry) = self.leases.remove(&lease) else {
+            return Response::Rejected(KvError::LeaseNotFound { lease });
+        };
+        let mut deleted = 0;
+        for key in &entry.keys {
+            let removed = self.data.remove(key);
+            self.forget_bytes(key, removed.as_ref());
+            debug_assert_eq!(
+                removed.as_ref().and_then(|stored| stored.metadata.lease),
+                Some(lease)
+            );
+            deleted += u64::from(removed.is_some());
+        }
+        if deleted > 0 {
+            self.revision = index;
+        }
+        Response::LeaseRevoked {
+            revision: self.revision,
+            deleted,
+        }
+    }
+
+    /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
+    /// one its new metadata names (which must exist). Returns what it replaced.
+    pub(super) fn insert_entry(&mut self, key: Arc<[u8]>, stored: Stored) -> Option<Stored> {
+        let lease = stored.metadata.lease;
         self.bytes += entry_bytes(&key, &stored);
         let previous = self.data.insert(Arc::clone(&key), stored);
         self.forget_bytes(&key, previous.as_ref());
-        (previous, metadata)
+        if let Some(old) = previous.as_ref().and_then(|stored| stored.metadata.lease) {
+            self.detach(old, &key);
+        }
+        if let Some(lease) = lease {
+            let entry = self.leases.get_mut(&lease);
+            assert!(
+                entry.is_some(),
+                "kv: key attached to unknown lease {lease:?}"
+            );
+            if let Some(entry) = entry {
+                entry.keys.insert(key);
+            }
+        }
+        previous
+    }
+
+    /// Removes `key`, detaching it from its lease; returns it with what it held.
+    fn remove_entry(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
+        let (key, stored) = self.data.remove_with_key(key)?;
+        self.forget_bytes(&key, Some(&stored));
+        if let Some(lease) = stored.metadata.lease {
+            self.detach(lease, &key);
+        }
+        Some((key, stored))
+    }
+
+    fn detach(&mut self, lease: LeaseId, key: &Arc<[u8]>) {
+        if let Some(entry) = self.leases.get_mut(&lease) {
+            entry.keys.remove(key);
+        }
     }
 
     /// Removes every key of `range`; returns them with what they held, in key order.
@@ -466,15 +627,8 @@ impl KvStore {
             .map(|(key, _)| Arc::clone(key))
             .collect();
         keys.into_iter()
-            .filter_map(|key| self.remove_key(&key))
+            .filter_map(|key| self.remove_entry(&key))
             .collect()
-    }
-
-    /// Removes `key`; returns it with what it held.
-    fn remove_key(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
-        let removed = self.data.remove_with_key(key)?;
-        self.forget_bytes(key, Some(&removed.1));
-        Some(removed)
     }
 
     /// Whether `expect` holds for `key` now.
@@ -492,14 +646,14 @@ impl KvStore {
     /// Restores every key a failed batch touched, newest change first.
     fn roll_back(&mut self, undo: Undo) {
         for (key, previous) in undo.into_iter().rev() {
-            let replaced = match previous {
+            match previous {
                 Some(versioned) => {
-                    self.bytes += entry_bytes(&key, &versioned);
-                    self.data.insert(Arc::clone(&key), versioned)
+                    self.insert_entry(key, versioned);
                 }
-                None => self.data.remove(&key),
-            };
-            self.forget_bytes(&key, replaced.as_ref());
+                None => {
+                    self.remove_entry(&key);
+                }
+            }
         }
     }
 

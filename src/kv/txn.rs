@@ -56,7 +56,7 @@ pub enum CompareTarget {
     /// The revision that last modified the key; 0 for an absent key.
     ModRevision(LogIndex),
     /// The lease the key is attached to; `None` (etcd's lease 0) for a key without one and for
-    /// an absent key, and `None` orders before every lease. Until leases exist no key has one.
+    /// an absent key, and `None` orders before every lease.
     Lease(Option<LeaseId>),
 }
 
@@ -179,8 +179,8 @@ pub enum TxnOp {
         /// Whether the answer carries the key's previous value.
         return_previous: bool,
         /// The lease to attach the key to; `None` detaches it from any lease, as a put
-        /// without a lease does in etcd. Reserved: until leases exist, a put with a lease is
-        /// refused with [`KvError::LeaseNotFound`] when applied.
+        /// without a lease does in etcd. A lease the store does not hold is refused with
+        /// [`KvError::LeaseNotFound`] when applied, and the transaction applies nothing.
         lease: Option<LeaseId>,
     },
     /// Removes `key`, if it exists.
@@ -248,6 +248,15 @@ impl TxnOp {
     /// Reads up to `limit` keys of `range`.
     pub fn range(range: KeyRange, limit: usize) -> TxnOp {
         TxnOp::Range { range, limit }
+    }
+
+    /// The same put, attaching its key to `lease` (which must exist when it applies); other
+    /// operations are unchanged.
+    pub fn with_lease(mut self, lease: LeaseId) -> TxnOp {
+        if let TxnOp::Put { lease: slot, .. } = &mut self {
+            *slot = Some(lease);
+        }
+        self
     }
 
     /// The same write, answering with what it replaced or removed; reads are unchanged.

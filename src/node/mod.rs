@@ -268,6 +268,8 @@ pub struct NodeStatus {
 pub struct Node<M: StateMachine> {
     shared: Arc<Shared<M>>,
     tick: std::time::Duration,
+    /// The shortest election timeout: `election_ticks` ticks.
+    election_timeout: std::time::Duration,
     shutdown_tx: Mutex<Option<Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -288,6 +290,9 @@ impl<M: StateMachine> Node<M> {
         config.validate()?;
         let id = config.id;
         let tick = config.tick;
+        let election_timeout = config
+            .tick
+            .saturating_mul(u32::try_from(config.election_ticks).unwrap_or(u32::MAX));
         let snapshot_policy = SnapshotPolicy {
             entries: config.snapshot_entries,
             bytes: config.snapshot_bytes,
@@ -341,6 +346,7 @@ impl<M: StateMachine> Node<M> {
         let node = Node {
             shared: Arc::clone(&shared),
             tick,
+            election_timeout,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             threads: Mutex::new(Vec::new()),
         };
@@ -387,6 +393,12 @@ impl<M: StateMachine> Node<M> {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// The shortest election timeout (`election_ticks` ticks): how long followers wait
+    /// without hearing from a leader before one of them campaigns.
+    pub fn election_timeout(&self) -> std::time::Duration {
+        self.election_timeout
     }
 
     /// What the node's threads record (register it in a metrics registry).

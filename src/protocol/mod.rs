@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
-use crate::kv::{Command, KvError, ReadRequest, ReadResponse, Response};
+use crate::kv::{Command, KvError, LeaseId, ReadRequest, ReadResponse, Response};
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
 mod assembler;
@@ -105,6 +105,27 @@ pub enum RequestBody {
         /// The voter to take over.
         target: NodeId,
     },
+    /// Renews `lease`: the leader gives it its full TTL again from now. Served by the leader
+    /// after a read barrier (so every grant acknowledged before is known); answered with
+    /// [`ResponseBody::LeaseKeptAlive`], or [`ServerError::Invalid`] with
+    /// [`KvError::LeaseNotFound`] for a lease that is gone (revoked, expired, never granted).
+    /// Keep-alives do not go through the log (see `docs/design.md`, "Leases").
+    LeaseKeepAlive {
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// A lease's granted TTL, the time it has left on the leader's clock and, with `keys`,
+    /// the keys attached. Served by the leader like a keep-alive; answered with
+    /// [`ResponseBody::LeaseTimeToLive`].
+    LeaseTimeToLive {
+        /// The lease.
+        lease: LeaseId,
+        /// Whether to list the attached keys.
+        keys: bool,
+    },
+    /// Every lease, in id order. Served by the leader after a read barrier; answered with
+    /// [`ResponseBody::Leases`].
+    LeaseList,
 }
 
 /// One request on the wire.
@@ -233,6 +254,31 @@ pub enum ResponseBody {
         /// The new leader.
         leader: NodeId,
     },
+    /// A lease was renewed.
+    LeaseKeptAlive {
+        /// The lease.
+        lease: LeaseId,
+        /// Its TTL: it expires this long after the renewal unless renewed again.
+        ttl_seconds: u64,
+    },
+    /// A lease's time to live.
+    LeaseTimeToLive(LeaseTimeToLiveReply),
+    /// Every lease, in id order.
+    Leases(Vec<LeaseId>),
+}
+
+/// The answer to [`RequestBody::LeaseTimeToLive`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTimeToLiveReply {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The TTL it was granted (and is renewed to), in seconds.
+    pub granted_ttl_seconds: u64,
+    /// How long it has left on the leader's clock, in milliseconds; 0 once it expired (its
+    /// revoke is then on its way through the log).
+    pub remaining_ms: u64,
+    /// The keys attached, in key order, when asked for; else empty.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// Why a request was not served. Each variant says whether a write may have been applied.

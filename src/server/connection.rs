@@ -53,6 +53,8 @@ pub(super) enum PendingKind {
     Read(ReadRequest),
     /// A membership change or transfer on an admin thread.
     Admin,
+    /// A lease request: a read point's completion, then the lease keeper serves it.
+    Lease(super::leases::LeaseRequest),
 }
 
 /// What the server remembers of a request until it is answered: its id, and for the

@@ -406,11 +406,27 @@ impl EventLoop {
         let Some((key, pending)) = self.take_pending(completion.tag) else {
             return;
         };
-        let PendingKind::Read(request) = &pending.kind else {
-            debug_assert!(false, "a read completion for another request");
-            return;
-        };
         let shared = &self.shared;
+        let request = match &pending.kind {
+            PendingKind::Read(request) => request,
+            PendingKind::Lease(request) => {
+                let result = match completion.outcome {
+                    Ok(_) => shared.leases.serve(request).map_err(|error| match error {
+                        ServerError::NotLeader { leader_id, .. } => {
+                            requests::not_leader(shared, leader_id)
+                        }
+                        other => other,
+                    }),
+                    Err(error) => Err(requests::read_error(shared, error)),
+                };
+                self.respond(key, pending.request, result);
+                return;
+            }
+            PendingKind::Write | PendingKind::Admin => {
+                debug_assert!(false, "a read completion for another request");
+                return;
+            }
+        };
         let result = match completion.outcome {
             Ok(applied) => shared
                 .node
@@ -601,7 +617,7 @@ impl EventLoop {
                 PendingKind::Write => ServerError::Indeterminate {
                     reason: "deadline passed before the write's outcome was known".into(),
                 },
-                PendingKind::Read(_) => ServerError::ReadTimeout,
+                PendingKind::Read(_) | PendingKind::Lease(_) => ServerError::ReadTimeout,
                 PendingKind::Admin => ServerError::Indeterminate {
                     reason: "deadline passed before the request's outcome was known".into(),
                 },

@@ -13,6 +13,9 @@
 //!                    `ReadTimeout`; idle connections and slow frames are closed
 //!     write      ─► every response ready, one write per connection per iteration
 //!
+//!  [n1-leases] the leader's lease keeper (leases.rs): deadlines on the monotonic clock,
+//!  revokes of expired leases through the log; keep-alives reach it after a read barrier
+//!
 //!  membership changes and leadership transfers block until they commit (up to the request's
 //!  deadline): the loop hands each to a short-lived [n1-client-admin-K] thread, whose answer
 //!  returns to the loop; at most `ADMIN_REQUESTS_MAX` run at once per server
@@ -47,6 +50,7 @@ mod admin;
 mod connection;
 mod deadlines;
 mod event_loop;
+pub mod leases;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -243,6 +247,8 @@ pub(crate) struct Shared {
     pub(crate) admin_started: AtomicU64,
     /// Admin threads, joined at shutdown; finished ones are reaped when one starts.
     admin_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The leader's lease clock (driven by the `leases` thread, asked by the event loops).
+    pub(crate) leases: Arc<leases::LeaseKeeper>,
 }
 
 impl Shared {
@@ -271,6 +277,9 @@ pub struct Server {
     listener_thread: Option<JoinHandle<()>>,
     loops: Vec<event_loop::LoopHandle>,
     loop_threads: Vec<JoinHandle<()>>,
+    /// Stops the `leases` thread (by being dropped).
+    leases_stop: Option<crossbeam_channel::Sender<()>>,
+    leases_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -334,7 +343,7 @@ impl Server {
             .cloned()
             .unwrap_or_else(|| local_addr.to_string());
         let shared = Arc::new(Shared {
-            node,
+            node: Arc::clone(&node),
             options,
             advertised,
             stopping: AtomicBool::new(false),
@@ -350,6 +359,7 @@ impl Server {
             admin_in_flight: AtomicUsize::new(0),
             admin_started: AtomicU64::new(0),
             admin_threads: Mutex::new(Vec::new()),
+            leases: Arc::new(leases::LeaseKeeper::new(Arc::clone(&node))),
         });
         let mut server = Server {
             shared: Arc::clone(&shared),
@@ -357,7 +367,15 @@ impl Server {
             listener_thread: None,
             loops: Vec::new(),
             loop_threads: Vec::new(),
+            leases_stop: None,
+            leases_thread: None,
         };
+        let (leases_stop, leases_stop_rx) = crossbeam_channel::bounded(1);
+        server.leases_stop = Some(leases_stop);
+        server.leases_thread = Some(
+            leases::spawn(Arc::clone(&shared.leases), leases_stop_rx)
+                .map_err(ServerStartError::Spawn)?,
+        );
         for index in 0..shared.options.io_threads {
             // On failure, dropping `server` stops the loops started so far.
             let (handle, thread) =
@@ -409,6 +427,11 @@ impl Server {
     /// connections and joins every thread. Idempotent. Shut the node down after this.
     pub fn shutdown(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // The lease keeper stops proposing revokes first.
+        drop(self.leases_stop.take());
+        if let Some(thread) = self.leases_thread.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.listener_thread.take() {
             // Wake the blocking accept with a connection of our own.
             let mut wake = self.local_addr;

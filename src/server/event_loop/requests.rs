@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::error::{ProposeError, ReadError};
-use crate::kv::{KvError, ReadRequest};
+use crate::kv::{Command, KvError, Operation, ReadRequest};
 use crate::protocol::{
     Consistency, ReadReply, RequestBody, RequestFrame, ResponseBody, ServerError,
     SnapshotRequested, StatusReply,
@@ -15,6 +15,7 @@ use crate::protocol::{
 use crate::types::NodeId;
 
 use super::super::connection::{PendingKind, Request};
+use super::super::leases::LeaseRequest;
 use super::super::{admin, Shared, REQUEST_TIMEOUT_MAX};
 use super::EventLoop;
 
@@ -41,13 +42,16 @@ impl EventLoop {
             arrived,
         };
         match frame.body {
-            RequestBody::Write(command) => match command.encode() {
-                Ok(bytes) => {
-                    let tag = self.register(key, asked, deadline, PendingKind::Write);
-                    self.writes.push((bytes, tag));
+            RequestBody::Write(mut command) => {
+                raise_lease_ttl(&shared, &mut command);
+                match command.encode() {
+                    Ok(bytes) => {
+                        let tag = self.register(key, asked, deadline, PendingKind::Write);
+                        self.writes.push((bytes, tag));
+                    }
+                    Err(error) => self.respond(key, asked, Err(ServerError::Invalid(error))),
                 }
-                Err(error) => self.respond(key, asked, Err(ServerError::Invalid(error))),
-            },
+            }
             RequestBody::Read {
                 request,
                 consistency,
@@ -119,6 +123,48 @@ impl EventLoop {
                     self.fail(tag, refusal);
                 }
             }
+            RequestBody::LeaseKeepAlive { lease } => {
+                self.lease_request(key, asked, deadline, LeaseRequest::KeepAlive(lease));
+            }
+            RequestBody::LeaseTimeToLive { lease, keys } => {
+                let request = LeaseRequest::TimeToLive(lease, keys);
+                self.lease_request(key, asked, deadline, request);
+            }
+            RequestBody::LeaseList => {
+                self.lease_request(key, asked, deadline, LeaseRequest::List);
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    /// Lease requests are served by the leader's keeper after a read barrier: the barrier
+    /// confirms leadership, and that every grant acknowledged before this request is applied
+    /// (a new leader may not have applied it yet).
+    fn lease_request(
+        &mut self,
+        key: usize,
+        asked: Request,
+        deadline: Instant,
+        request: LeaseRequest,
+    ) {
+        let shared = std::sync::Arc::clone(&self.shared);
+        let tag = self.register(key, asked, deadline, PendingKind::Lease(request));
+        if let Err(error) = shared.node.submit_read(tag, &self.reads) {
+            self.fail(tag, read_error(&shared, error));
+        }
+    }
+}
+
+/// Raises the TTL of a lease grant to the keeper's minimum (etcd's `minTTL`), so an election
+/// cannot outlast a lease. A TTL of 0 is left for validation to refuse.
+fn raise_lease_ttl(shared: &Shared, command: &mut Command) {
+    let ttl_min = shared.leases.ttl_min_seconds();
+    if let Some(ttl_seconds) = command.lease_grant_ttl() {
+        if ttl_seconds >= 1 && ttl_seconds < ttl_min {
+            if let [Operation::LeaseGrant { ttl_seconds }] = command.operations.as_mut_slice() {
+                *ttl_seconds = ttl_min;
+            }
         }
     }
 }
@@ -163,7 +209,7 @@ fn status(shared: &Shared) -> StatusReply {
     }
 }
 
-fn not_leader(shared: &Shared, leader_hint: Option<NodeId>) -> ServerError {
+pub(super) fn not_leader(shared: &Shared, leader_hint: Option<NodeId>) -> ServerError {
     ServerError::NotLeader {
         leader_id: leader_hint,
         leader_client_address: leader_hint.and_then(|leader| shared.client_address(leader)),
