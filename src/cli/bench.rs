@@ -91,6 +91,9 @@ pub struct BenchArgs {
     /// few are active. Needs as many file descriptors (`ulimit -n`) here and on the node.
     #[arg(long, default_value_t = 0)]
     pub idle_connections: usize,
+    /// Keep the benchmark's keys (under `__bench/`) instead of deleting them at the end.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// The measured result.
@@ -181,6 +184,12 @@ pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json
         Driver::Threads => measure_with_clients(&clients, args, &value),
     };
     drop(idle);
+    if !args.keep {
+        // Leave the cluster as it was: one range delete of the benchmark's keys.
+        if let Err(error) = clients[0].delete_prefix(KEY_PREFIX.as_bytes()) {
+            eprintln!("kvctl bench: could not remove the {KEY_PREFIX} keys: {error}");
+        }
+    }
     match measured {
         Ok(report) => {
             print_report(args, &report, json);
@@ -265,8 +274,11 @@ fn find_leader(client: &Client) -> Option<String> {
         .map(|status| status.client_address)
 }
 
+/// Where the benchmark writes: every key is under this prefix, removed when it ends.
+pub const KEY_PREFIX: &str = "__bench/";
+
 fn key_name(key: u64) -> Vec<u8> {
-    format!("bench/{key:012}").into_bytes()
+    format!("{KEY_PREFIX}{key:012}").into_bytes()
 }
 
 /// Counters shared by the benchmark's workers and its progress line.
