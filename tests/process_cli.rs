@@ -614,11 +614,19 @@ fn kvctl_carries_binary_data_and_endpoint_checks_fail_when_a_node_is_down() {
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("invalid endpoint"));
     // bench writes under __bench/ and removes its keys unless --keep.
     let bench = cluster.kvctl(&["bench", "put", "--clients", "2", "--requests", "50"]);
-    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
     let left = client
         .scan(keyval::kv::KeyRange::prefix(b"__bench/"), 1000)
         .unwrap();
-    assert!(left.entries.is_empty(), "bench left {} keys", left.entries.len());
+    assert!(
+        left.entries.is_empty(),
+        "bench left {} keys",
+        left.entries.len()
+    );
 
     // All up: status and health pass.
     let status = cluster.kvctl(&["endpoint", "status"]);

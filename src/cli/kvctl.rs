@@ -250,7 +250,7 @@ pub enum Command {
         lease: Option<crate::kv::LeaseId>,
     },
     /// Print KEY's value (exit 3 if it does not exist); with END or --prefix, every key of
-    /// the range as KEY<tab>VALUE lines (exit 0 even if there is none).
+    /// the range as `KEY<tab>VALUE` lines (exit 0 even if there is none).
     Get {
         /// The key (with --prefix: the prefix; with END: the first key of the range).
         key: String,
