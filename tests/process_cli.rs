@@ -658,3 +658,81 @@ fn kvctl_carries_binary_data_and_endpoint_checks_fail_when_a_node_is_down() {
     assert_eq!(health.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&health.stdout).contains("is unhealthy"));
 }
+
+/// Issue #14: `--config FILE` (TOML), with flags > KEYVAL_* environment > file > defaults;
+/// `--print-config` says where each value came from; an unknown key is refused with its line.
+#[test]
+fn a_config_file_sets_every_flag_below_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyval.toml");
+    std::fs::write(
+        &file,
+        "# a node's settings\ndata-dir = \"/srv/keyval\"\nsnapshot_entries = 5000\n\
+         tick-ms = 15\nlease-reads = true\nlog-level = \"debug\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--tick-ms",
+            "20",
+        ])
+        .env("KEYVAL_SNAPSHOT_ENTRIES", "777")
+        .output()
+        .expect("keyval");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "data-dir = \"/srv/keyval\"  # file",
+        "snapshot-entries = 777  # environment",
+        "tick-ms = 20  # flag",
+        "lease-reads = true  # file",
+        "log-level = \"debug\"  # file",
+        "election-ticks = 15  # default",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing from:\n{printed}");
+    }
+    // What --print-config prints is itself a valid config file.
+    let echoed = dir.path().join("echoed.toml");
+    std::fs::write(&echoed, printed.as_bytes()).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--config", echoed.to_str().unwrap(), "--print-config"])
+        .output()
+        .expect("keyval");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("snapshot-entries = 777  # file"));
+
+    // The documented example file is a valid configuration.
+    let example = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--print-config", "--config"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/keyval.example.toml"))
+        .output()
+        .expect("keyval");
+    assert!(
+        example.status.success(),
+        "{}",
+        String::from_utf8_lossy(&example.stderr)
+    );
+
+    std::fs::write(&file, "data-dir = \"x\"\n\nsnapshot-entires = 5\n").unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .expect("keyval");
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("unknown key `snapshot-entires` at line 3"),
+        "{said}"
+    );
+}
