@@ -628,6 +628,23 @@ fn kvctl_carries_binary_data_and_endpoint_checks_fail_when_a_node_is_down() {
         left.entries.len()
     );
 
+    // check perf: a short load with a verdict per threshold; the exit code follows it.
+    let perf = cluster.kvctl(&["check", "perf", "--duration-secs", "2"]);
+    let said = String::from_utf8_lossy(&perf.stdout);
+    for check in ["throughput", "p99 latency", "slowest request", "errors"] {
+        assert!(said.contains(check), "{check} missing from:\n{said}");
+    }
+    let verdict = said.lines().last().unwrap_or_default().trim().to_string();
+    assert!(verdict == "PASS" || verdict == "FAIL", "{said}");
+    assert_eq!(
+        perf.status.code(),
+        Some(if verdict == "PASS" { 0 } else { 1 })
+    );
+    let left = client
+        .scan(keyval::kv::KeyRange::prefix(b"__bench/"), 1000)
+        .unwrap();
+    assert!(left.entries.is_empty(), "check perf left its keys");
+
     // All up: status and health pass.
     let status = cluster.kvctl(&["endpoint", "status"]);
     assert!(

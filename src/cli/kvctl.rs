@@ -336,6 +336,9 @@ pub enum Command {
     Status,
     /// Measure throughput and latency (like redis-benchmark).
     Bench(BenchArgs),
+    /// Checks with a verdict: `check perf` (like etcdctl's).
+    #[command(subcommand)]
+    Check(super::check::CheckCommand),
     /// Take a snapshot now on the leader (or --node) and print the index it covers; with
     /// `save FILE`, write a consistent backup for `keyval restore`.
     Snapshot(SnapshotArgs),
@@ -627,6 +630,7 @@ pub fn run(args: KvctlArgs) -> i32 {
             )
         }
         Command::Bench(bench) => super::bench::run(&args.endpoints, &options, &bench, json),
+        Command::Check(check) => super::check::run(&args.endpoints, &options, &check, json),
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Lease(lease) => super::lease::run(&client, &lease, json),
