@@ -461,6 +461,23 @@ fn rejoining_is_harmless_and_transfer_leader_checks_its_target() {
             > said_before),
         "the removed node says it is not a member"
     );
+    // `kvctl endpoint status` shows it as removed.
+    let with_removed = format!("{endpoints},{}", joiner.client_address);
+    assert!(
+        wait_for(|| {
+            let out = kvctl(&with_removed, &["--json", "endpoint", "status"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|rows| {
+                    rows.as_array()?
+                        .iter()
+                        .find(|row| row["id"] == 4)
+                        .map(|row| row["removed"] == true)
+                })
+                .unwrap_or(false)
+        }),
+        "endpoint status does not show the removed node as removed"
+    );
     let term = |client: &Client| {
         let leader = cluster.wait_leader(client);
         client
