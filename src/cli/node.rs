@@ -66,6 +66,13 @@ pub struct NodeArgs {
     /// caught up; a data directory with state starts from it.
     #[arg(long, env = "KEYVAL_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Quorum-loss recovery: make this node, on its existing data directory, the only voter
+    /// of a new cluster that keeps its whole log and snapshot (docs/operations.md,
+    /// "Recovering from quorum loss"); grow it back with `--join`. Only when the other
+    /// members are gone for good: their ids are retired and they must never run again on
+    /// their old data. Remove the flag once the node is up.
+    #[arg(long, env = "KEYVAL_FORCE_NEW_CLUSTER", conflicts_with = "join")]
+    pub force_new_cluster: bool,
     /// With --join: stay a learner (receive the log, never vote).
     #[arg(long, env = "KEYVAL_JOIN_AS_LEARNER", requires = "join")]
     pub join_as_learner: bool,
@@ -313,6 +320,14 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             ClusterSpec::single(id, peer, client.to_string())
         }
     };
+    if args.force_new_cluster && cluster.members.len() > 1 {
+        bail!(
+            "--force-new-cluster makes this node the only member: a --cluster naming {} members \
+             contradicts it; leave --cluster out (the new cluster is this node at its \
+             --peer-listen / --client-listen, or its recorded addresses)",
+            cluster.members.len()
+        );
+    }
     let Some(me) = cluster.members.get(&id) else {
         let ids: Vec<u64> = cluster.members.keys().map(|id| id.0).collect();
         bail!(
@@ -601,8 +616,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    if args.force_new_cluster && storage.is_empty() {
+        bail!(
+            "--force-new-cluster: nothing to recover in data directory {}: it holds no log and \
+             no snapshot. Give it the data directory of a surviving member",
+            args.data_dir.display()
+        );
+    }
     join::check_node_id(&mut storage, plan.id)?;
     let cluster_id = check_cluster_id(&mut storage, args.cluster_id)?;
+    if args.force_new_cluster {
+        force_new_cluster(&args, &plan, &mut storage)?;
+    }
     let recorded = storage
         .load_bootstrap()
         .with_context(|| format!("reading data directory {}", args.data_dir.display()))?;
@@ -733,6 +758,47 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("storage failed: {reason}");
     }
     log::info("stopped", &[]);
+    Ok(())
+}
+
+/// `--force-new-cluster`: rewrites the data directory into a one-member cluster
+/// ([`crate::node::force_new_cluster`]) before the node starts from it.
+fn force_new_cluster(
+    args: &NodeArgs,
+    plan: &Plan,
+    storage: &mut FileStorage,
+) -> anyhow::Result<()> {
+    let options = crate::node::ForceOptions {
+        id: plan.id,
+        peer_address: args
+            .peer_listen
+            .is_some()
+            .then(|| plan.peer_listen.to_string()),
+        client_address: args
+            .client_listen
+            .is_some()
+            .then(|| plan.client_listen.to_string()),
+    };
+    let forced = crate::node::force_new_cluster(storage, &options)
+        .with_context(|| format!("--force-new-cluster on {}", args.data_dir.display()))?;
+    match forced.appended {
+        Some(entry) => log::warn(
+            "forced a new cluster: this node is its only voter and keeps its whole log; the \
+             other members are retired and must never run again on their old data; grow the \
+             cluster back with --join, and remove --force-new-cluster from this node's command",
+            &[
+                ("previous", &forced.previous),
+                ("membership", &forced.membership),
+                ("kept_through", &forced.kept_through),
+                ("configuration_entry", &entry),
+            ],
+        ),
+        None => log::warn(
+            "--force-new-cluster: this node already is the only voter; nothing forced again \
+             (remove the flag)",
+            &[("membership", &forced.membership)],
+        ),
+    }
     Ok(())
 }
 
