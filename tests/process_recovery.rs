@@ -234,9 +234,14 @@ fn a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write_and_grows
         );
     }
 
-    // The survivor restarted with the OLD cluster's flags is refused; without flags it
-    // rejoins the grown cluster, not the old one.
+    // The survivor restarted with the OLD cluster's flags is refused, and so is the forced
+    // start's command left in place (it would drop n4 and n5, still a majority of theirs);
+    // without flags it rejoins the grown cluster, not the old one.
     assert_eq!(cluster.nodes[0].terminate(), Some(0));
+    let (code, stderr) = run_keyval(&forced_args);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("already forced"), "{stderr}");
+    assert!(stderr.contains("remove it"), "{stderr}");
     let mut old_flags = plain.clone();
     old_flags.extend(["--cluster".to_string(), cluster.spec.clone()]);
     let (code, stderr) = run_keyval(&old_flags);

@@ -635,6 +635,7 @@ fn a_crash_at_any_step_of_forcing_a_new_cluster_keeps_the_log_and_a_rerun_finish
         id: NodeId(1),
         peer_address: None,
         client_address: None,
+        forced_before: false,
     };
     // The configuration in force as a restart settles it: the log's newest, else the bootstrap.
     let in_force = |storage: &mut FileStorage| -> (Vec<Entry>, Membership) {

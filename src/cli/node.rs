@@ -17,10 +17,11 @@ use crate::kv::KvStore;
 use crate::log::{self, Level};
 use crate::metrics::http::{self, MetricsServer};
 use crate::metrics::{self, Metrics, Sample};
+use crate::node::ForceError;
 use crate::node::{Node, NodeOptions};
 use crate::raft::Message;
 use crate::server::{Server, ServerOptions};
-use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
+use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy, FORCED_FILE_NAME};
 use crate::storage::Storage;
 use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
@@ -778,21 +779,42 @@ fn force_new_cluster(
             .client_listen
             .is_some()
             .then(|| plan.client_listen.to_string()),
+        forced_before: storage
+            .forced_at()
+            .context("reading the data directory")?
+            .is_some(),
     };
-    let forced = crate::node::force_new_cluster(storage, &options)
-        .with_context(|| format!("--force-new-cluster on {}", args.data_dir.display()))?;
-    match forced.appended {
-        Some(entry) => log::warn(
-            "forced a new cluster: this node is its only voter and keeps its whole log; the \
-             other members are retired and must never run again on their old data; grow the \
-             cluster back with --join, and remove --force-new-cluster from this node's command",
-            &[
-                ("previous", &forced.previous),
-                ("membership", &forced.membership),
-                ("kept_through", &forced.kept_through),
-                ("configuration_entry", &entry),
-            ],
+    let dir = args.data_dir.display();
+    let forced = match crate::node::force_new_cluster(storage, &options) {
+        Ok(forced) => forced,
+        Err(error @ ForceError::ForcedBefore { .. }) => bail!(
+            "--force-new-cluster on {dir}: {error}. The flag was probably left on this node's \
+             command line: remove it. Only if this cluster has lost its quorum for good too, \
+             delete {} and run the command again",
+            args.data_dir.join(FORCED_FILE_NAME).display()
         ),
+        Err(error) => return Err(error).with_context(|| format!("--force-new-cluster on {dir}")),
+    };
+    match forced.appended {
+        Some(entry) => {
+            // After the configuration entry: a crash before this write leaves a directory
+            // that a flag left in place could force once more (the window is this write).
+            storage
+                .record_forced_at(entry.index)
+                .with_context(|| format!("recording the forced start in {dir}"))?;
+            log::warn(
+                "forced a new cluster: this node is its only voter and keeps its whole log; \
+                 the other members are retired and must never run again on their old data; \
+                 grow the cluster back with --join, and remove --force-new-cluster from this \
+                 node's command",
+                &[
+                    ("previous", &forced.previous),
+                    ("membership", &forced.membership),
+                    ("kept_through", &forced.kept_through),
+                    ("configuration_entry", &entry),
+                ],
+            );
+        }
         None => log::warn(
             "--force-new-cluster: this node already is the only voter; nothing forced again \
              (remove the flag)",

@@ -50,6 +50,12 @@ pub struct ForceOptions {
     pub peer_address: Option<String>,
     /// Its client address; `None`: the old one.
     pub client_address: Option<String>,
+    /// This storage was forced into a new cluster before (the binary records it in the data
+    /// directory): refuse ([`ForceError::ForcedBefore`]) rather than force again unless this
+    /// node still is the only voter. Once the new cluster has grown, a flag left on a command
+    /// line would otherwise drop the new members — who may still form a majority of their
+    /// own configuration, and accept writes this node never sees.
+    pub forced_before: bool,
 }
 
 /// What [`force_new_cluster`] found and did.
@@ -87,6 +93,17 @@ pub enum ForceError {
         /// The node asked to survive.
         id: NodeId,
         /// The configuration in force in its storage.
+        membership: Box<Membership>,
+    },
+    /// The storage was forced before and its configuration has changed since (the new
+    /// cluster grew): forcing again is refused ([`ForceOptions::forced_before`]).
+    #[error(
+        "this data was already forced into a new cluster, which has since changed to \
+         {membership}: forcing it again would drop those members, who may still form a \
+         majority and accept writes of their own"
+    )]
+    ForcedBefore {
+        /// The configuration in force now.
         membership: Box<Membership>,
     },
     /// Storage failed; what was done before is described on [`force_new_cluster`].
@@ -158,6 +175,11 @@ pub fn force_new_cluster(
             previous,
             kept_through: last,
             appended: None,
+        });
+    }
+    if options.forced_before {
+        return Err(ForceError::ForcedBefore {
+            membership: Box::new(previous),
         });
     }
     let old_address = previous.addresses.get(&id).cloned().unwrap_or_default();
@@ -232,6 +254,7 @@ mod tests {
             id: NodeId(id),
             peer_address: None,
             client_address: None,
+            forced_before: false,
         }
     }
 
@@ -290,6 +313,40 @@ mod tests {
         assert_eq!(again.appended, None);
         assert_eq!(again.membership, first.membership);
         assert_eq!(storage.recover().unwrap(), before);
+    }
+
+    #[test]
+    fn a_cluster_grown_since_it_was_forced_is_not_forced_again_unless_asked() {
+        let mut storage = survivor();
+        let forced = force_new_cluster(&mut storage, &options(1)).unwrap();
+        let again = ForceOptions {
+            forced_before: true,
+            ..options(1)
+        };
+        // Still alone: harmless.
+        assert_eq!(
+            force_new_cluster(&mut storage, &again).unwrap().appended,
+            None
+        );
+        // n4 joined since.
+        let mut grown = forced.membership.clone();
+        grown.voters.insert(NodeId(4));
+        let next = forced.appended.unwrap().index.next();
+        storage
+            .append(&[Entry {
+                id: EntryId::new(forced.appended.unwrap().term, next),
+                payload: EntryPayload::Membership(grown.clone()),
+            }])
+            .unwrap();
+        storage.sync().unwrap();
+        let before = storage.recover().unwrap();
+        let error = force_new_cluster(&mut storage, &again).unwrap_err();
+        assert!(matches!(error, ForceError::ForcedBefore { .. }), "{error}");
+        assert_eq!(storage.recover().unwrap(), before, "a refusal wrote");
+        // The operator says this cluster lost its quorum too.
+        let forced = force_new_cluster(&mut storage, &options(1)).unwrap();
+        assert_eq!(forced.previous, grown);
+        assert!(forced.membership.retired.contains(&NodeId(4)));
     }
 
     #[test]
