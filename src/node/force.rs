@@ -35,6 +35,12 @@
 //!
 //! The other members' ids are **retired** in the new configuration: they are never added
 //! again, so a new member cannot lend a vote that an old log still counts.
+//!
+//! **Given again.** While this node is still the only voter the operation forces nothing. Once
+//! the new cluster has grown, forcing again would drop members that may still be a majority of
+//! their own configuration; a caller that knows the storage was forced before (the binary keeps
+//! a `forced` file in the data directory) says so in [`ForceOptions::forced_before`] and gets
+//! [`ForceError::ForcedBefore`] instead.
 
 use crate::error::StorageError;
 use crate::storage::{self, Storage};
