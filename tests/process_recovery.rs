@@ -131,20 +131,26 @@ fn a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write_and_grows
     eprintln!("{} of {KEYS} writes acknowledged", acknowledged.len());
     drop(writer);
 
-    // The majority is gone for good; the survivor stops too (as hard as they did).
+    // Forcing while the others still run is refused, and writes nothing.
+    cluster.nodes[0].kill();
+    let n1_dir = cluster.dir.path().join("n1");
+    let metrics = cluster.metrics_addresses[0].clone();
+    let mut forced_args = survivor_args(&n1_dir, &metrics);
+    forced_args.push("--force-new-cluster".into());
+    let (code, stderr) = run_keyval(&forced_args);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("answers at"), "{stderr}");
+    assert!(!n1_dir.join("forced").exists(), "a refused force wrote");
+
+    // The majority is gone for good (the survivor stopped as hard as they did).
     for position in [1, 2] {
         cluster.nodes[position].kill();
         std::fs::remove_dir_all(cluster.dir.path().join(format!("n{}", position + 1)))
             .expect("delete a dead member's data");
     }
-    cluster.nodes[0].kill();
-    let n1_dir = cluster.dir.path().join("n1");
     let n1_client = cluster.client_addresses[0].clone();
-    let metrics = cluster.metrics_addresses[0].clone();
 
     // Forced start, without --cluster: the recorded addresses are kept.
-    let mut forced_args = survivor_args(&n1_dir, &metrics);
-    forced_args.push("--force-new-cluster".into());
     let log = cluster.dir.path().join("n1-forced.log");
     cluster.nodes[0] = NodeProcess::spawn(forced_args.clone(), log.clone(), None);
     let survivor = client(std::slice::from_ref(&n1_client));

@@ -785,6 +785,13 @@ fn force_new_cluster(
             .is_some(),
     };
     let dir = args.data_dir.display();
+    let in_force = crate::node::configuration_in_force(storage)
+        .with_context(|| format!("reading data directory {dir}"))?;
+    let others_in_force = in_force.members().iter().any(|member| *member != plan.id);
+    // A directory forced before whose cluster grew is refused below, whoever answers.
+    if others_in_force && !options.forced_before {
+        check_others_down(args, plan.id, &in_force)?;
+    }
     let forced = match crate::node::force_new_cluster(storage, &options) {
         Ok(forced) => forced,
         Err(error @ ForceError::ForcedBefore { .. }) => bail!(
@@ -820,6 +827,43 @@ fn force_new_cluster(
              (remove the flag)",
             &[("membership", &forced.membership)],
         ),
+    }
+    Ok(())
+}
+
+/// How long `--force-new-cluster` waits for each other member's answer before taking it as down.
+const FORCE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses `--force-new-cluster` while another member of the configuration in force answers
+/// at its client address: then the majority is not gone for good (or another survivor still
+/// runs), and forcing would leave two clusters accepting writes. Best effort: a member this
+/// machine cannot reach looks down.
+fn check_others_down(args: &NodeArgs, id: NodeId, membership: &Membership) -> anyhow::Result<()> {
+    let tls = join_target(args).ok().and_then(|target| target.tls);
+    for (member, address) in &membership.addresses {
+        if *member == id || !membership.contains(*member) || address.client.is_empty() {
+            continue;
+        }
+        let options = crate::client::ClientOptions {
+            request_timeout: FORCE_PROBE_TIMEOUT,
+            attempt_timeout: FORCE_PROBE_TIMEOUT,
+            connect_timeout: FORCE_PROBE_TIMEOUT,
+            tls: tls.clone(),
+            ..crate::client::ClientOptions::default()
+        };
+        let endpoint = std::slice::from_ref(&address.client);
+        let Ok(client) = crate::client::Client::new(endpoint, options) else {
+            continue;
+        };
+        if client.status(&address.client).is_ok() {
+            bail!(
+                "--force-new-cluster refused: member {} answers at {}, so the cluster has not \
+                 lost it for good. Force only when the majority is gone for good, and stop \
+                 every other surviving member first (pick the one with the most data)",
+                member.0,
+                address.client
+            );
+        }
     }
     Ok(())
 }

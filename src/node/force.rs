@@ -128,35 +128,13 @@ pub fn force_new_cluster(
     options: &ForceOptions,
 ) -> Result<ForcedCluster, ForceError> {
     let id = options.id;
-    let recovered = storage::recover_consistent(storage)?;
-    let bootstrap = storage.load_bootstrap()?;
-    let snapshot_last = recovered.snapshot.as_ref().map(|meta| meta.last);
-    let last = recovered
-        .entries
-        .last()
-        .map(|entry| entry.id)
-        .or(snapshot_last)
-        .ok_or(ForceError::NothingToRecover)?;
-    // The configuration in force: the newest in the log after the snapshot, else the
-    // snapshot's, else the one the cluster was created with (as `Raft::new` settles it).
-    let from_log = recovered
-        .entries
-        .iter()
-        .rev()
-        .filter(|entry| snapshot_last.is_none_or(|snapshot| entry.index() > snapshot.index))
-        .find_map(|entry| match &entry.payload {
-            EntryPayload::Membership(membership) => Some(membership.clone()),
-            _ => None,
-        });
-    let previous = from_log
-        .or_else(|| {
-            recovered
-                .snapshot
-                .as_ref()
-                .map(|meta| meta.membership.clone())
-        })
-        .or(bootstrap.clone())
-        .unwrap_or_default();
+    let InForce {
+        recovered,
+        bootstrap,
+        last,
+        membership: previous,
+    } = read_in_force(storage)?;
+    let last = last.ok_or(ForceError::NothingToRecover)?;
     if !previous.contains(id) {
         return Err(ForceError::NotAMember {
             id,
@@ -228,6 +206,60 @@ pub fn force_new_cluster(
         membership,
         kept_through: last,
         appended: Some(entry.id),
+    })
+}
+
+/// The configuration a start from `storage` would be in (empty if it holds none), read
+/// without writing anything but what every start writes ([`storage::recover_consistent`]):
+/// for an operator's checks before [`force_new_cluster`], e.g. that the other members are
+/// really down.
+pub fn configuration_in_force(storage: &mut dyn Storage) -> Result<Membership, StorageError> {
+    Ok(read_in_force(storage)?.membership)
+}
+
+/// What the storage holds, and the configuration in force there.
+struct InForce {
+    recovered: storage::Recovered,
+    bootstrap: Option<Membership>,
+    /// The last entry of the log, or of the snapshot; `None`: nothing at all.
+    last: Option<EntryId>,
+    membership: Membership,
+}
+
+fn read_in_force(storage: &mut dyn Storage) -> Result<InForce, StorageError> {
+    let recovered = storage::recover_consistent(storage)?;
+    let bootstrap = storage.load_bootstrap()?;
+    let snapshot_last = recovered.snapshot.as_ref().map(|meta| meta.last);
+    let last = recovered
+        .entries
+        .last()
+        .map(|entry| entry.id)
+        .or(snapshot_last);
+    // The newest configuration in the log after the snapshot, else the snapshot's, else the
+    // one the cluster was created with (as `Raft::new` settles it).
+    let from_log = recovered
+        .entries
+        .iter()
+        .rev()
+        .filter(|entry| snapshot_last.is_none_or(|snapshot| entry.index() > snapshot.index))
+        .find_map(|entry| match &entry.payload {
+            EntryPayload::Membership(membership) => Some(membership.clone()),
+            _ => None,
+        });
+    let membership = from_log
+        .or_else(|| {
+            recovered
+                .snapshot
+                .as_ref()
+                .map(|meta| meta.membership.clone())
+        })
+        .or(bootstrap.clone())
+        .unwrap_or_default();
+    Ok(InForce {
+        recovered,
+        bootstrap,
+        last,
+        membership,
     })
 }
 

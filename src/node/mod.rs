@@ -45,7 +45,9 @@ use crate::transport::Transport;
 use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, Term};
 
 use driver::{ApplyItem, LocalSnapshot, PendingSnapshot, PersistRequest, SnapshotPolicy};
-pub use force::{force_new_cluster, ForceError, ForceOptions, ForcedCluster};
+pub use force::{
+    configuration_in_force, force_new_cluster, ForceError, ForceOptions, ForcedCluster,
+};
 use waiters::Waiters;
 pub use waiters::{Completion, CompletionSender, ProposalCompletion, ReadCompletion, Wake};
 
