@@ -325,7 +325,7 @@ fn kvctl_bench(endpoints: &str, args: &[&str]) -> Option<Figures> {
     let output = Command::new(env!("CARGO_BIN_EXE_kvctl"))
         .args(["--endpoints", endpoints, "bench"])
         .args(args)
-        .args(["--json", "--keys", &KEYS.to_string()])
+        .args(["--json", "--keep", "--keys", &KEYS.to_string()])
         .args(["--value-size", &VALUE_BYTES.to_string()])
         .stderr(Stdio::null())
         .output()

@@ -537,3 +537,219 @@ fn kvctl_grants_attaches_inspects_and_revokes_a_lease() {
     let out = cluster.kvctl(&["put", "k", "v", "--lease", "0"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// Issue #14: kvctl carries binary values and keys, and reports endpoints honestly.
+#[test]
+fn kvctl_carries_binary_data_and_endpoint_checks_fail_when_a_node_is_down() {
+    let mut cluster = process_support::ProcessCluster::start(3);
+    let client = cluster.client();
+    cluster.wait_leader(&client);
+    let endpoints = cluster.endpoints();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Every byte value, from a file and back to a file, unchanged.
+    let value: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+    let input = dir.path().join("value.bin");
+    std::fs::write(&input, &value).unwrap();
+    let put = cluster.kvctl(&["put", "blob", "--from-file", input.to_str().unwrap()]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let output = dir.path().join("out.bin");
+    let get = cluster.kvctl(&["get", "blob", "--output", output.to_str().unwrap()]);
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), value);
+    // As hexadecimal and base64.
+    let small = [0u8, 1, 254, 255];
+    std::fs::write(&input, small).unwrap();
+    assert!(cluster
+        .kvctl(&["put", "small", "--from-file", input.to_str().unwrap()])
+        .status
+        .success());
+    let hex = cluster.kvctl(&["get", "small", "--hex"]);
+    assert_eq!(String::from_utf8_lossy(&hex.stdout).trim(), "0001feff");
+    let base64 = cluster.kvctl(&["get", "small", "--base64"]);
+    assert_eq!(String::from_utf8_lossy(&base64.stdout).trim(), "AAH+/w==");
+    // A value from stdin (`-`), and a binary key given as hexadecimal.
+    let piped = kvctl_with_stdin(
+        &endpoints,
+        &["--hex-keys", "put", "00ff", "-"],
+        "from stdin",
+    );
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let read = client
+        .get(vec![0x00, 0xff])
+        .unwrap()
+        .expect("the binary key");
+    assert_eq!(read.value, b"from stdin");
+    let scan = cluster.kvctl(&["--hex-keys", "get", "00", "--prefix", "--hex"]);
+    assert_eq!(
+        String::from_utf8_lossy(&scan.stdout).trim(),
+        format!(
+            "00ff\t{}",
+            "from stdin"
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    );
+    // Usage errors exit 2 and say why.
+    let bad = cluster.kvctl(&["--hex-keys", "get", "zz"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not hexadecimal"));
+    assert_eq!(cluster.kvctl(&["put", "novalue"]).status.code(), Some(2));
+
+    let invalid = process_support::kvctl("no-port-here", &["get", "k"]);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("invalid endpoint"));
+    // bench writes under __bench/ and removes its keys unless --keep.
+    let bench = cluster.kvctl(&["bench", "put", "--clients", "2", "--requests", "50"]);
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let left = client
+        .scan(keyval::kv::KeyRange::prefix(b"__bench/"), 1000)
+        .unwrap();
+    assert!(
+        left.entries.is_empty(),
+        "bench left {} keys",
+        left.entries.len()
+    );
+
+    // check perf: a short load with a verdict per threshold; the exit code follows it.
+    let perf = cluster.kvctl(&["check", "perf", "--duration-secs", "2"]);
+    let said = String::from_utf8_lossy(&perf.stdout);
+    for check in ["throughput", "p99 latency", "slowest request", "errors"] {
+        assert!(said.contains(check), "{check} missing from:\n{said}");
+    }
+    let verdict = said.lines().last().unwrap_or_default().trim().to_string();
+    assert!(verdict == "PASS" || verdict == "FAIL", "{said}");
+    assert_eq!(
+        perf.status.code(),
+        Some(if verdict == "PASS" { 0 } else { 1 })
+    );
+    let left = client
+        .scan(keyval::kv::KeyRange::prefix(b"__bench/"), 1000)
+        .unwrap();
+    assert!(left.entries.is_empty(), "check perf left its keys");
+
+    // All up: status and health pass.
+    let status = cluster.kvctl(&["endpoint", "status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let health = cluster.kvctl(&["endpoint", "health"]);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout)
+            .matches("is healthy")
+            .count(),
+        3
+    );
+    // One node down: both fail, naming it as refused.
+    cluster.nodes[2].kill();
+    let status = cluster.kvctl(&["endpoint", "status"]);
+    assert_eq!(status.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains("unreachable: connection refused"), "{said}");
+    assert_eq!(cluster.kvctl(&["status"]).status.code(), Some(1));
+    let health = cluster.kvctl(&["endpoint", "health"]);
+    assert_eq!(health.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&health.stdout).contains("is unhealthy"));
+}
+
+/// Issue #14: `--config FILE` (TOML), with flags > KEYVAL_* environment > file > defaults;
+/// `--print-config` says where each value came from; an unknown key is refused with its line.
+#[test]
+fn a_config_file_sets_every_flag_below_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyval.toml");
+    std::fs::write(
+        &file,
+        "# a node's settings\ndata-dir = \"/srv/keyval\"\nsnapshot_entries = 5000\n\
+         tick-ms = 15\nlease-reads = true\nlog-level = \"debug\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--tick-ms",
+            "20",
+        ])
+        .env("KEYVAL_SNAPSHOT_ENTRIES", "777")
+        .output()
+        .expect("keyval");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "data-dir = \"/srv/keyval\"  # file",
+        "snapshot-entries = 777  # environment",
+        "tick-ms = 20  # flag",
+        "lease-reads = true  # file",
+        "log-level = \"debug\"  # file",
+        "election-ticks = 15  # default",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing from:\n{printed}");
+    }
+    // What --print-config prints is itself a valid config file.
+    let echoed = dir.path().join("echoed.toml");
+    std::fs::write(&echoed, printed.as_bytes()).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--config", echoed.to_str().unwrap(), "--print-config"])
+        .output()
+        .expect("keyval");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("snapshot-entries = 777  # file"));
+
+    // The documented example file is a valid configuration.
+    let example = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--print-config", "--config"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/keyval.example.toml"))
+        .output()
+        .expect("keyval");
+    assert!(
+        example.status.success(),
+        "{}",
+        String::from_utf8_lossy(&example.stderr)
+    );
+
+    std::fs::write(&file, "data-dir = \"x\"\n\nsnapshot-entires = 5\n").unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .expect("keyval");
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("unknown key `snapshot-entires` at line 3"),
+        "{said}"
+    );
+}

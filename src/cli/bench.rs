@@ -91,6 +91,9 @@ pub struct BenchArgs {
     /// few are active. Needs as many file descriptors (`ulimit -n`) here and on the node.
     #[arg(long, default_value_t = 0)]
     pub idle_connections: usize,
+    /// Keep the benchmark's keys (under `__bench/`) instead of deleting them at the end.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// The measured result.
@@ -117,15 +120,41 @@ impl BenchReport {
 
 /// Runs the benchmark and prints its report; returns the exit code.
 pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json: bool) -> i32 {
+    match measure(endpoints, options, args) {
+        Ok(report) => {
+            print_report(args, &report, json);
+            if let Some(path) = &args.trace {
+                if let Err(error) = trace::write_csv(path, &report.trace) {
+                    eprintln!("kvctl bench: writing the trace {}: {error}", path.display());
+                    return EXIT_ERROR;
+                }
+                print_trace_summary(path, &report.trace);
+            }
+            if report.operations == 0 {
+                EXIT_ERROR
+            } else {
+                EXIT_OK
+            }
+        }
+        Err((code, error)) => {
+            eprintln!("kvctl bench: {error}");
+            code
+        }
+    }
+}
+
+/// Runs the benchmark and returns its report, or an exit code and why it could not run.
+pub fn measure(
+    endpoints: &[String],
+    options: &ClientOptions,
+    args: &BenchArgs,
+) -> Result<BenchReport, (i32, String)> {
+    let usage = |reason: &str| Err((super::kvctl::EXIT_USAGE, reason.to_string()));
     if args.clients == 0 || args.keys == 0 || args.read_percent > 100 {
-        eprintln!(
-            "kvctl bench: --clients and --keys must be at least 1, --read-percent at most 100"
-        );
-        return super::kvctl::EXIT_USAGE;
+        return usage("--clients and --keys must be at least 1, --read-percent at most 100");
     }
     if args.trace.is_some() && (args.driver != Driver::Pipelined || args.trace_interval_ms == 0) {
-        eprintln!("kvctl bench: --trace needs --driver pipelined and --trace-interval-ms >= 1");
-        return super::kvctl::EXIT_USAGE;
+        return usage("--trace needs --driver pipelined and --trace-interval-ms >= 1");
     }
     let options = ClientOptions {
         read_consistency: args.consistency.into(),
@@ -142,10 +171,7 @@ pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json
     for _ in 0..client_count {
         match Client::connect(endpoints, options.clone()) {
             Ok(client) => clients.push(client),
-            Err(error) => {
-                eprintln!("kvctl bench: {error}");
-                return EXIT_ERROR;
-            }
+            Err(error) => return Err((EXIT_ERROR, error.to_string())),
         }
     }
     let value = vec![b'x'; args.value_size];
@@ -166,13 +192,8 @@ pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json
             }
         });
     }
-    let idle = match open_idle_connections(&clients[0], args.idle_connections, tls) {
-        Ok(idle) => idle,
-        Err(error) => {
-            eprintln!("kvctl bench: {error}");
-            return EXIT_ERROR;
-        }
-    };
+    let idle = open_idle_connections(&clients[0], args.idle_connections, tls)
+        .map_err(|error| (EXIT_ERROR, error))?;
     let measured = match args.driver {
         Driver::Pipelined => match find_leader(&clients[0]) {
             Some(leader) => super::pipeline::measure(&leader, args, &value, connections, tls),
@@ -181,27 +202,13 @@ pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json
         Driver::Threads => measure_with_clients(&clients, args, &value),
     };
     drop(idle);
-    match measured {
-        Ok(report) => {
-            print_report(args, &report, json);
-            if let Some(path) = &args.trace {
-                if let Err(error) = trace::write_csv(path, &report.trace) {
-                    eprintln!("kvctl bench: writing the trace {}: {error}", path.display());
-                    return EXIT_ERROR;
-                }
-                print_trace_summary(path, &report.trace);
-            }
-            if report.operations == 0 {
-                EXIT_ERROR
-            } else {
-                EXIT_OK
-            }
-        }
-        Err(error) => {
-            eprintln!("kvctl bench: {error}");
-            EXIT_ERROR
+    if !args.keep {
+        // Leave the cluster as it was: one range delete of the benchmark's keys.
+        if let Err(error) = clients[0].delete_prefix(KEY_PREFIX.as_bytes()) {
+            eprintln!("kvctl bench: could not remove the {KEY_PREFIX} keys: {error}");
         }
     }
+    measured.map_err(|error| (EXIT_ERROR, error))
 }
 
 /// Opens `count` connections to the leader, each answering one status request, for the
@@ -265,8 +272,11 @@ fn find_leader(client: &Client) -> Option<String> {
         .map(|status| status.client_address)
 }
 
+/// Where the benchmark writes: every key is under this prefix, removed when it ends.
+pub const KEY_PREFIX: &str = "__bench/";
+
 fn key_name(key: u64) -> Vec<u8> {
-    format!("bench/{key:012}").into_bytes()
+    format!("{KEY_PREFIX}{key:012}").into_bytes()
 }
 
 /// Counters shared by the benchmark's workers and its progress line.

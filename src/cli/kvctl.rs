@@ -78,9 +78,135 @@ pub struct KvctlArgs {
     /// The private key of --cert (PEM).
     #[arg(long = "key", env = "KEYVAL_KEY", global = true, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// KEY and END arguments are hexadecimal bytes (binary keys), e.g. `00ff10`.
+    #[arg(long, global = true)]
+    pub hex_keys: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How `get` prints values: text (invalid UTF-8 replaced), hexadecimal, base64, or the raw
+/// bytes into a file.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ValueOutput {
+    /// Print values as hexadecimal.
+    #[arg(long, conflicts_with_all = ["base64", "output"])]
+    pub hex: bool,
+    /// Print values as base64.
+    #[arg(long, conflicts_with = "output")]
+    pub base64: bool,
+    /// Write the value's raw bytes to this file (one key only) instead of printing it.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+impl ValueOutput {
+    /// `bytes` as this output prints them.
+    fn render(&self, bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        if self.hex {
+            hex::encode(bytes)
+        } else if self.base64 {
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        } else {
+            text(bytes)
+        }
+    }
+}
+
+/// A KEY or END argument as bytes: as given, or decoded from hexadecimal with `--hex-keys`.
+fn key_bytes(key: &str, hex_keys: bool) -> Result<Vec<u8>, String> {
+    if hex_keys {
+        hex::decode(key).map_err(|error| format!("{key:?} is not hexadecimal: {error}"))
+    } else {
+        Ok(key.as_bytes().to_vec())
+    }
+}
+
+/// The value `put` was given: the argument, stdin (`-`), or a file.
+fn put_value(
+    value: Option<String>,
+    from_file: Option<&std::path::Path>,
+) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    match (value.as_deref(), from_file) {
+        (_, Some(path)) => std::fs::read(path)
+            .map_err(|error| format!("reading the value from {}: {error}", path.display())),
+        (Some("-"), None) => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|error| format!("reading the value from stdin: {error}"))?;
+            Ok(bytes)
+        }
+        (Some(value), None) => Ok(value.as_bytes().to_vec()),
+        (None, None) => Err("put needs VALUE, `-` (stdin) or --from-file".into()),
+    }
+}
+
+/// `get KEY`: prints the value (or writes it to `--output`); exit 3 if there is none. A stale
+/// read says how far behind the node was, in text output too.
+fn get_one(
+    client: &Client,
+    key: &str,
+    bytes: Vec<u8>,
+    consistency: ConsistencyArg,
+    output: &ValueOutput,
+    json: bool,
+) -> i32 {
+    match client.get_with(bytes, consistency.into()) {
+        Ok(read) => {
+            let found = read.value.is_some();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "key": key,
+                        "found": found,
+                        "value": read.value.as_ref().map(|versioned| output.render(&versioned.value)),
+                        "metadata": read.value.as_ref().map(|versioned| metadata_json(&versioned.metadata)),
+                        "node": read.node.0,
+                        "applied": read.applied.0,
+                        "behind": read.behind,
+                    })
+                );
+            } else if let (Some(versioned), Some(path)) = (&read.value, &output.output) {
+                if let Err(error) = std::fs::write(path, &versioned.value) {
+                    eprintln!("kvctl: writing {}: {error}", path.display());
+                    return EXIT_ERROR;
+                }
+            } else if let Some(versioned) = &read.value {
+                println!("{}", output.render(&versioned.value));
+                if read.behind > 0 {
+                    eprintln!(
+                        "(stale read from n{}: {} committed entries behind)",
+                        read.node.0, read.behind
+                    );
+                }
+            } else {
+                eprintln!("(not found)");
+            }
+            if found {
+                EXIT_OK
+            } else {
+                EXIT_NOT_FOUND
+            }
+        }
+        Err(error) => fail(&error, json),
+    }
+}
+
+/// `kvctl endpoint ...`.
+#[derive(Clone, Copy, Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Every endpoint's id, role, term, leader, commit, applied, last index and snapshot;
+    /// removed members are marked. Exit 1 if an endpoint is unreachable or none knows a
+    /// leader.
+    Status,
+    /// Whether each endpoint is healthy (reachable, storage not failed, a leader known) and
+    /// the cluster serves a linearizable read; exit 1 if any is not.
+    Health,
 }
 
 /// A read consistency flag.
@@ -112,14 +238,19 @@ pub enum Command {
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value; `-` reads it from stdin, byte for byte (no limit from the shell's
+        /// argument size).
+        #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
+        value: Option<String>,
+        /// Read the value from this file, byte for byte.
+        #[arg(long)]
+        from_file: Option<std::path::PathBuf>,
         /// The lease to attach the key to (its id as `lease grant` printed it).
         #[arg(long, value_parser = super::lease::parse_lease_id)]
         lease: Option<crate::kv::LeaseId>,
     },
     /// Print KEY's value (exit 3 if it does not exist); with END or --prefix, every key of
-    /// the range as KEY<tab>VALUE lines (exit 0 even if there is none).
+    /// the range as `KEY<tab>VALUE` lines (exit 0 even if there is none).
     Get {
         /// The key (with --prefix: the prefix; with END: the first key of the range).
         key: String,
@@ -135,6 +266,9 @@ pub enum Command {
         /// Read consistency.
         #[arg(long, value_enum, default_value = "linearizable")]
         consistency: ConsistencyArg,
+        /// How values are printed.
+        #[command(flatten)]
+        output: ValueOutput,
     },
     /// Delete KEY; with END or --prefix, every key of the range in one write, printing how
     /// many were removed.
@@ -195,10 +329,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "linearizable")]
         consistency: ConsistencyArg,
     },
+    /// Endpoint checks, like etcdctl's: `endpoint status`, `endpoint health`.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
     /// Print every endpoint's status: id, role, term, leader, commit, applied, last index.
     Status,
     /// Measure throughput and latency (like redis-benchmark).
     Bench(BenchArgs),
+    /// Checks with a verdict: `check perf` (like etcdctl's).
+    #[command(subcommand)]
+    Check(super::check::CheckCommand),
     /// Take a snapshot now on the leader (or --node) and print the index it covers; with
     /// `save FILE`, write a consistent backup for `keyval restore`.
     Snapshot(SnapshotArgs),
@@ -236,6 +376,17 @@ fn attempt_timeout(args: &KvctlArgs, default: Duration) -> Duration {
         .map_or(default, |attempt| Duration::from_millis(attempt.max(1)))
 }
 
+/// Whether `endpoint` looks like `HOST:PORT` (resolved later; a typo is a usage error now,
+/// not a time-out).
+fn valid_endpoint(endpoint: &str) -> bool {
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    }
+}
+
 /// The TLS configuration `--cacert`, `--cert` and `--key` ask for.
 fn client_tls(args: &KvctlArgs) -> Result<Option<crate::tls::ClientTls>, String> {
     match (&args.cacert, &args.tls_cert, &args.tls_key) {
@@ -257,6 +408,14 @@ pub fn run(args: KvctlArgs) -> i32 {
         ..ClientOptions::default()
     };
     options.attempt_timeout = attempt_timeout(&args, options.attempt_timeout);
+    if let Some(bad) = args
+        .endpoints
+        .iter()
+        .find(|endpoint| !valid_endpoint(endpoint))
+    {
+        eprintln!("kvctl: invalid endpoint {bad:?}: give HOST:PORT, e.g. 127.0.0.1:7379");
+        return EXIT_USAGE;
+    }
     options.tls = match client_tls(&args) {
         Ok(tls) => tls,
         Err(error) => {
@@ -269,67 +428,104 @@ pub fn run(args: KvctlArgs) -> i32 {
         Err(error) => return fail(&error, args.json),
     };
     let json = args.json;
+    let hex_keys = args.hex_keys;
+    let usage = |message: String| {
+        eprintln!("kvctl: {message}");
+        EXIT_USAGE
+    };
+    let key = |key: String| key_bytes(&key, hex_keys);
     match args.command {
-        Command::Put { key, value, lease } => match match lease {
-            Some(lease) => client.put_with_lease(key.into_bytes(), value.into_bytes(), lease),
-            None => client.put(key.into_bytes(), value.into_bytes()),
-        } {
-            Ok(metadata) => {
-                print_written(json, Some(&metadata));
-                EXIT_OK
+        Command::Put {
+            key: name,
+            value,
+            from_file,
+            lease,
+        } => {
+            let (name, value) = match (key(name), put_value(value, from_file.as_deref())) {
+                (Ok(name), Ok(value)) => (name, value),
+                (Err(message), _) | (_, Err(message)) => return usage(message),
+            };
+            match match lease {
+                Some(lease) => client.put_with_lease(name, value, lease),
+                None => client.put(name, value),
+            } {
+                Ok(metadata) => {
+                    print_written(json, Some(&metadata));
+                    EXIT_OK
+                }
+                Err(error) => fail(&error, json),
             }
-            Err(error) => fail(&error, json),
-        },
+        }
         Command::Get {
-            key,
+            key: name,
             end,
             prefix,
             limit,
             consistency,
+            output,
         } if prefix || end.is_some() => {
-            let range = match end {
-                Some(end) => KeyRange::between(key.into_bytes(), end.into_bytes()),
-                None => KeyRange::prefix(key.as_bytes()),
+            if output.output.is_some() {
+                return usage("--output takes one key's value, not a range".into());
+            }
+            let start = match key(name) {
+                Ok(start) => start,
+                Err(message) => return usage(message),
             };
-            scan(&client, range, limit as usize, consistency, json)
+            let range = match end.map(key) {
+                Some(Ok(end)) => KeyRange::between(start, end),
+                Some(Err(message)) => return usage(message),
+                None => KeyRange::prefix(&start),
+            };
+            scan(
+                &client,
+                range,
+                limit as usize,
+                consistency,
+                json,
+                (&output, hex_keys),
+            )
         }
         Command::Get {
-            key, consistency, ..
-        } => match client.get_with(key.clone().into_bytes(), consistency.into()) {
-            Ok(read) => {
-                let found = read.value.is_some();
-                if json {
-                    println!(
-                        "{}",
-                        json!({
-                            "key": key,
-                            "found": found,
-                            "value": read.value.as_ref().map(|versioned| text(&versioned.value)),
-                            "metadata": read.value.as_ref().map(|versioned| metadata_json(&versioned.metadata)),
-                            "node": read.node.0,
-                            "applied": read.applied.0,
-                            "behind": read.behind,
-                        })
-                    );
-                } else if let Some(versioned) = &read.value {
-                    println!("{}", text(&versioned.value));
-                    if read.behind > 0 {
-                        eprintln!(
-                            "(stale read from n{}: {} committed entries behind)",
-                            read.node.0, read.behind
-                        );
+            key: name,
+            consistency,
+            output,
+            ..
+        } => {
+            let bytes = match key(name.clone()) {
+                Ok(bytes) => bytes,
+                Err(message) => return usage(message),
+            };
+            get_one(&client, &name, bytes, consistency, &output, json)
+        }
+        Command::Del {
+            key: name,
+            end,
+            prefix,
+        } if hex_keys => {
+            let start = match key(name) {
+                Ok(start) => start,
+                Err(message) => return usage(message),
+            };
+            let result = match end.map(key) {
+                Some(Ok(end)) => client.delete_range(KeyRange::between(start, end)),
+                Some(Err(message)) => return usage(message),
+                None if prefix => client.delete_range(KeyRange::prefix(&start)),
+                None => client.delete(start).map(u64::from),
+            };
+            match result {
+                Ok(deleted) => {
+                    if json {
+                        println!("{}", json!({ "deleted": deleted }));
+                    } else {
+                        println!("{deleted}");
                     }
-                } else {
-                    eprintln!("(not found)");
-                }
-                if found {
                     EXIT_OK
-                } else {
-                    EXIT_NOT_FOUND
                 }
+                Err(error) => fail(&error, json),
             }
-            Err(error) => fail(&error, json),
-        },
+        }
+        Command::Endpoint(EndpointCommand::Status) | Command::Status => status(&client, json),
+        Command::Endpoint(EndpointCommand::Health) => health(&client, json),
         Command::Del { key, end, prefix } if prefix || end.is_some() => {
             let range = match end {
                 Some(end) => KeyRange::between(key.into_bytes(), end.into_bytes()),
@@ -424,10 +620,17 @@ pub fn run(args: KvctlArgs) -> i32 {
             } else {
                 KeyRange::prefix(prefix.as_bytes())
             };
-            scan(&client, range, limit, consistency, json)
+            scan(
+                &client,
+                range,
+                limit,
+                consistency,
+                json,
+                (&ValueOutput::default(), hex_keys),
+            )
         }
-        Command::Status => status(&client, json),
         Command::Bench(bench) => super::bench::run(&args.endpoints, &options, &bench, json),
+        Command::Check(check) => super::check::run(&args.endpoints, &options, &check, json),
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Lease(lease) => super::lease::run(&client, &lease, json),
@@ -447,7 +650,15 @@ fn scan(
     limit: usize,
     consistency: ConsistencyArg,
     json: bool,
+    (output, hex_keys): (&ValueOutput, bool),
 ) -> i32 {
+    let key_text = |key: &[u8]| {
+        if hex_keys {
+            hex::encode(key)
+        } else {
+            text(key)
+        }
+    };
     match client.scan_with(range, limit, consistency.into()) {
         Ok(read) => {
             if json {
@@ -456,13 +667,13 @@ fn scan(
                     .entries
                     .iter()
                     .map(|(key, versioned)| {
-                        json!({ "key": text(key), "value": text(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
+                        json!({ "key": key_text(key), "value": output.render(&versioned.value), "metadata": metadata_json(&versioned.metadata) })
                     })
                     .collect();
                 println!("{}", json!({ "entries": entries, "more": read.value.more }));
             } else {
                 for (key, versioned) in &read.value.entries {
-                    println!("{}\t{}", text(key), text(&versioned.value));
+                    println!("{}\t{}", key_text(key), output.render(&versioned.value));
                 }
                 if read.value.more {
                     eprintln!("(more keys follow; raise --limit)");
@@ -476,7 +687,16 @@ fn scan(
 
 fn status(client: &Client, json: bool) -> i32 {
     let statuses = client.cluster_status();
-    let mut reachable = 0;
+    // The leader's configuration, to mark members that were removed.
+    let members = client.members().ok().map(|reply| reply.membership);
+    let is_removed = |id: crate::types::NodeId| {
+        members.as_ref().is_some_and(|membership| {
+            !membership.voters.contains(&id)
+                && !membership.voters_outgoing.contains(&id)
+                && !membership.learners.contains(&id)
+        })
+    };
+    let (mut unreachable, mut leader_known) = (0, false);
     let mut rows = Vec::new();
     if !json {
         println!(
@@ -487,7 +707,15 @@ fn status(client: &Client, json: bool) -> i32 {
     for (endpoint, status) in &statuses {
         match status {
             Ok(status) => {
-                reachable += 1;
+                leader_known |= status.leader.is_some();
+                let removed = is_removed(status.id);
+                let role = if removed {
+                    "Removed".to_string()
+                } else if status.failed {
+                    "Failed".to_string()
+                } else {
+                    format!("{:?}", status.role)
+                };
                 let leader = status
                     .leader
                     .map(|leader| leader.0.to_string())
@@ -495,6 +723,7 @@ fn status(client: &Client, json: bool) -> i32 {
                 if json {
                     rows.push(json!({
                         "endpoint": endpoint, "id": status.id.0, "role": format!("{:?}", status.role),
+                        "removed": removed,
                         "term": status.term.0, "leader": status.leader.map(|leader| leader.0),
                         "leader_client_address": status.leader_client_address,
                         "commit": status.committed.0, "applied": status.applied.0,
@@ -511,7 +740,7 @@ fn status(client: &Client, json: bool) -> i32 {
                         "{:<22} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
                         status.client_address,
                         status.id.0,
-                        format!("{:?}", status.role),
+                        role,
                         status.term.0,
                         leader,
                         status.committed.0,
@@ -522,10 +751,12 @@ fn status(client: &Client, json: bool) -> i32 {
                 }
             }
             Err(error) => {
+                unreachable += 1;
+                let reason = unreachable_reason(error);
                 if json {
-                    rows.push(json!({ "endpoint": endpoint, "error": error.to_string() }));
+                    rows.push(json!({ "endpoint": endpoint, "error": reason }));
                 } else {
-                    println!("{endpoint:<22} unreachable: {error}");
+                    println!("{endpoint:<22} unreachable: {reason}");
                 }
             }
         }
@@ -533,10 +764,72 @@ fn status(client: &Client, json: bool) -> i32 {
     if json {
         println!("{}", serde_json::Value::Array(rows));
     }
-    if reachable == 0 {
+    if !leader_known && !json {
+        eprintln!("kvctl: no endpoint knows a leader");
+    }
+    if unreachable > 0 || !leader_known {
         EXIT_ERROR
     } else {
         EXIT_OK
+    }
+}
+
+/// Why an endpoint could not be reached, saying "connection refused" when it was (no process
+/// listens there) rather than a time-out.
+fn unreachable_reason(error: &ClientError) -> String {
+    let text = error.to_string();
+    if text.contains("Connection refused") || text.contains("ConnectionRefused") {
+        format!("connection refused ({text})")
+    } else {
+        text
+    }
+}
+
+/// `kvctl endpoint health`: each endpoint reachable, not failed and knowing a leader, and a
+/// linearizable read served by the cluster.
+fn health(client: &Client, json: bool) -> i32 {
+    let mut healthy_all = true;
+    let mut rows = Vec::new();
+    for (endpoint, status) in client.cluster_status() {
+        let began = std::time::Instant::now();
+        let verdict = match status {
+            Err(error) => Err(unreachable_reason(&error)),
+            Ok(status) if status.failed => Err("its storage failed".to_string()),
+            Ok(status) if status.leader.is_none() => Err("it knows no leader".to_string()),
+            Ok(_) => client
+                .get_with(
+                    b"health".to_vec(),
+                    crate::protocol::Consistency::Linearizable,
+                )
+                .map(|_| ())
+                .map_err(|error| format!("a linearizable read failed: {error}")),
+        };
+        let took = began.elapsed();
+        healthy_all &= verdict.is_ok();
+        if json {
+            rows.push(json!({
+                "endpoint": endpoint,
+                "health": verdict.is_ok(),
+                "took_ms": took.as_secs_f64() * 1000.0,
+                "error": verdict.as_ref().err(),
+            }));
+        } else {
+            match &verdict {
+                Ok(()) => println!(
+                    "{endpoint} is healthy: successfully committed proposal: took = {:.3}ms",
+                    took.as_secs_f64() * 1000.0
+                ),
+                Err(reason) => println!("{endpoint} is unhealthy: {reason}"),
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    if healthy_all {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
     }
 }
 

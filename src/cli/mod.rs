@@ -4,6 +4,8 @@
 
 pub mod backup;
 pub mod bench;
+pub mod check;
+pub mod config_file;
 mod join;
 pub mod kvctl;
 pub mod lease;

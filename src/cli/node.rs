@@ -50,6 +50,15 @@ pub struct NodeArgs {
     /// Instead of running a node: an operator command.
     #[command(subcommand)]
     pub command: Option<NodeCommand>,
+    /// Read settings from this TOML file: every flag's long name is a key (`data-dir =
+    /// "/var/lib/keyval"`). Flags win over `KEYVAL_*` environment variables, which win over
+    /// the file, which wins over the defaults. An unknown key is refused with its line.
+    #[arg(long, env = "KEYVAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration — every setting, its value and where it came from
+    /// (flag, environment, file or default) — as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// This node's id (1 or more; default 1); must be a member of --cluster. Recorded in the
     /// data directory at first start: a later start with another id is refused.
     #[arg(long, env = "KEYVAL_ID")]

@@ -111,10 +111,28 @@ fn save(
     if fresh {
         client.take_snapshot_and_wait(target, deadline)?;
     }
-    let snapshot = match client.download_snapshot(target) {
+    // A progress line on stderr for large stores: every 10 % of the download.
+    let mut shown = 0;
+    let mut progress = |done: u64, total: u64| {
+        const LARGE: u64 = 16 * 1024 * 1024;
+        if json || total < LARGE {
+            return;
+        }
+        let tenths = done * 10 / total;
+        if tenths > shown || done < total / 10 && shown > 0 {
+            shown = tenths;
+            eprintln!(
+                "downloading snapshot: {:.1} of {:.1} MiB ({}%)",
+                done as f64 / 1048576.0,
+                total as f64 / 1048576.0,
+                done * 100 / total
+            );
+        }
+    };
+    let snapshot = match client.download_snapshot_with_progress(target, &mut progress) {
         Err(ClientError::Server(ServerError::NoSnapshot)) => {
             client.take_snapshot_and_wait(target, deadline)?;
-            client.download_snapshot(target)?
+            client.download_snapshot_with_progress(target, &mut progress)?
         }
         other => other?,
     };

@@ -133,9 +133,20 @@ impl Client {
     /// checksum. Starts over (a few times) when the node moved on to a newer snapshot
     /// mid-download. `ServerError::NoSnapshot` means the node has none yet.
     pub fn download_snapshot(&self, endpoint: &str) -> Result<SnapshotData, ClientError> {
+        self.download_snapshot_with_progress(endpoint, |_, _| {})
+    }
+
+    /// [`download_snapshot`](Client::download_snapshot), calling `progress(bytes, total)` after
+    /// each chunk (for a progress line on a large store; it restarts from 0 if the download
+    /// starts over).
+    pub fn download_snapshot_with_progress(
+        &self,
+        endpoint: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<SnapshotData, ClientError> {
         let mut restarts = 0;
         loop {
-            match self.download_once(endpoint) {
+            match self.download_once(endpoint, &mut progress) {
                 Err(ClientError::Server(ServerError::SnapshotMoved { .. }))
                     if restarts < SNAPSHOT_DOWNLOAD_RESTARTS_MAX =>
                 {
@@ -146,7 +157,11 @@ impl Client {
         }
     }
 
-    fn download_once(&self, endpoint: &str) -> Result<SnapshotData, ClientError> {
+    fn download_once(
+        &self,
+        endpoint: &str,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<SnapshotData, ClientError> {
         let first = self.snapshot_chunk(endpoint, None, 0)?;
         if first.total > SNAPSHOT_BYTES_MAX {
             return Err(protocol(&format!(
@@ -173,6 +188,7 @@ impl Client {
                 )));
             }
             data.extend_from_slice(&chunk.data);
+            progress(data.len() as u64, first.total);
             if data.len() as u64 == first.total {
                 break;
             }

@@ -50,7 +50,7 @@ pub struct FrameAssembler {
 }
 
 impl FrameAssembler {
-    /// An empty assembler whose frames larger than [`READ_BUFFER_BYTES`] must fit in `budget`.
+    /// An empty assembler whose frames larger than 64 KiB must fit in `budget`.
     pub fn new(budget: Arc<ByteBudget>) -> FrameAssembler {
         FrameAssembler {
             pending: Vec::new(),

@@ -40,7 +40,7 @@
 //! | a client that takes no responses | [`ServerOptions::write_timeout`] | closed |
 //! | idle: nothing received, nothing in flight | [`ServerOptions::idle_timeout`] | closed |
 //! | a frame begun and not whole | [`ServerOptions::frame_timeout`] | closed |
-//! | bytes of frames larger than a connection's 64 KiB read buffer, all connections | [`ServerOptions::request_buffer_bytes_max`] ([`budget`]) | the frame waits, unread, until room is released or its frame deadline passes |
+//! | bytes of frames larger than a connection's 64 KiB read buffer, all connections | [`ServerOptions::request_buffer_bytes_max`] ([`ByteBudget`]) | the frame waits, unread, until room is released or its frame deadline passes |
 //!
 //! The deadlines (`server/deadlines.rs`) and the budget are plain values that take the time as an
 //! argument or return a reservation; the loops keep one timer per connection at its next due
@@ -101,7 +101,7 @@ pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 pub const FRAME_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Default cap on the bytes all connections together hold for frames larger than a
-/// connection's read buffer, while they arrive ([`budget`]): eight maximal frames.
+/// connection's read buffer, while they arrive ([`ByteBudget`]): eight maximal frames.
 pub const REQUEST_BUFFER_BYTES_MAX_DEFAULT: u64 = 8 * REQUEST_BUFFER_BYTES_MIN;
 
 /// The smallest request-buffer budget: one maximal frame with its header, so that every valid
