@@ -275,3 +275,94 @@ fn writes_apply_while_a_snapshot_is_being_serialized() {
     );
     assert!(snapshot.meta.last.index < node.status().applied);
 }
+
+/// Quorum-loss recovery through the library, as `keyval --force-new-cluster` runs it: the
+/// survivor's storage is forced, then the node starts through the ordinary recovery path. It
+/// elects itself, applies every entry it held (the old tail included), takes writes, and a
+/// restart stays a one-member cluster: the old configuration is refused. A power cut after the
+/// operation's first durable step leaves the old cluster, and running it again finishes it.
+#[test]
+fn a_forced_survivor_starts_alone_with_its_whole_log_and_stays_alone() {
+    use keyval::node::{force_new_cluster, ForceOptions};
+
+    let three = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+    let disk = MemDisk::new();
+    {
+        let mut storage = disk.open();
+        storage.save_bootstrap(&three).unwrap();
+        let log: Vec<Entry> = (1..=5)
+            .map(|index| Entry {
+                id: EntryId::new(Term(2), LogIndex(index)),
+                payload: EntryPayload::Command(vec![index as u8]),
+            })
+            .collect();
+        storage.append(&log).unwrap();
+        storage
+            .save_hard_state(HardState {
+                term: Term(3),
+                vote: Some(NodeId(2)),
+            })
+            .unwrap();
+        storage.sync().unwrap();
+    }
+    let start = |membership: Membership| {
+        let (_inbound_tx, inbound) = keyval::transport::inbound_channel();
+        Node::start(NodeOptions {
+            config: Config::new(NodeId(1)),
+            membership,
+            storage: Box::new(disk.open()),
+            transport: Arc::new(Nowhere),
+            inbound,
+            state_machine: Counter::default(),
+            seed: 9,
+        })
+    };
+    let options = ForceOptions {
+        id: NodeId(1),
+        peer_address: None,
+        client_address: None,
+        forced_before: false,
+    };
+    // The power goes out at the second durable step (the configuration entry's sync).
+    disk.cut_power_after(1);
+    assert!(force_new_cluster(&mut disk.open(), &options).is_err());
+    disk.restore_power();
+    let node = start(Membership::default()).expect("start after the cut");
+    assert_eq!(
+        node.members(),
+        three,
+        "a cut before the entry leaves the old cluster"
+    );
+    node.shutdown();
+    drop(node);
+
+    let forced = force_new_cluster(&mut disk.open(), &options).expect("forced");
+    let node = start(Membership::default()).expect("forced start");
+    assert_eq!(node.members(), forced.membership);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for("a write after the forced start", || {
+        node.propose(b"after".to_vec(), deadline).is_ok()
+    });
+    assert_eq!(
+        node.with_state_machine(|counter| counter.0),
+        6,
+        "every old entry applied, then the new write"
+    );
+    node.shutdown();
+    drop(node);
+
+    match start(three) {
+        Err(keyval::node::StartError::BootstrapConflict(conflict)) => {
+            assert_eq!(conflict.current, forced.membership);
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(node) => panic!("the old configuration was accepted: {:?}", node.members()),
+    }
+    let node = start(Membership::default()).expect("restart");
+    assert_eq!(node.members(), forced.membership);
+    wait_for("a write after the restart", || {
+        node.propose(b"again".to_vec(), deadline).is_ok()
+    });
+    assert_eq!(node.with_state_machine(|counter| counter.0), 7);
+    node.shutdown();
+}

@@ -608,3 +608,96 @@ fn a_crash_at_any_step_of_a_staged_snapshot_save_is_recoverable() {
         disk.paths()
     );
 }
+
+/// `force_new_cluster` writes three durable steps (term, configuration entry, bootstrap
+/// record). A crash at any file operation leaves either the old cluster (its whole log, its
+/// configuration) or the one-member one with the whole log — never a lost entry — and running
+/// the operation again (the operator repeats the command) always ends in the one-member
+/// cluster with exactly one configuration entry appended.
+#[test]
+fn a_crash_at_any_step_of_forcing_a_new_cluster_keeps_the_log_and_a_rerun_finishes_it() {
+    use keyval::node::{force_new_cluster, ForceOptions};
+    use keyval::{MemberAddress, Membership};
+
+    let three = Membership::with_addresses(
+        (1..=3)
+            .map(|id| {
+                let address = MemberAddress {
+                    peer: format!("127.0.0.1:{}", 5400 + id),
+                    client: format!("127.0.0.1:{}", 5450 + id),
+                };
+                (NodeId(id), address)
+            })
+            .collect(),
+    );
+    let old_log = entries(1..=30);
+    let options = ForceOptions {
+        id: NodeId(1),
+        peer_address: None,
+        client_address: None,
+        forced_before: false,
+    };
+    // The configuration in force as a restart settles it: the log's newest, else the bootstrap.
+    let in_force = |storage: &mut FileStorage| -> (Vec<Entry>, Membership) {
+        let recovered = keyval::storage::recover_consistent(storage).unwrap();
+        let from_log = recovered
+            .entries
+            .iter()
+            .rev()
+            .find_map(|entry| match &entry.payload {
+                EntryPayload::Membership(membership) => Some(membership.clone()),
+                _ => None,
+            });
+        let membership = from_log
+            .or(storage.load_bootstrap().unwrap())
+            .expect("a configuration");
+        (recovered.entries, membership)
+    };
+    let steps = crash_at_every_step(
+        |storage| {
+            storage.save_bootstrap(&three).unwrap();
+            storage.append(&old_log).unwrap();
+            storage
+                .save_hard_state(HardState {
+                    term: Term(2),
+                    vote: Some(NodeId(2)),
+                })
+                .unwrap();
+            storage.sync().unwrap();
+        },
+        |storage| {
+            force_new_cluster(storage, &options)
+                .map(|_| ())
+                .map_err(|error| match error {
+                    keyval::node::ForceError::Storage(error) => error,
+                    other => panic!("{other}"),
+                })
+        },
+        |step, storage| {
+            let (log, membership) = in_force(storage);
+            assert_eq!(log[..30], old_log[..], "step {step}: an old entry was lost");
+            if membership.same_members(&three) {
+                assert_eq!(log.len(), 30, "step {step}");
+            } else {
+                assert_eq!(membership.voters, [NodeId(1)].into(), "step {step}");
+                assert_eq!(log.len(), 31, "step {step}");
+            }
+            // The operator runs it again: it finishes, appending at most one entry in all.
+            force_new_cluster(storage, &options)
+                .unwrap_or_else(|error| panic!("step {step}: rerun: {error}"));
+            let (log, membership) = in_force(storage);
+            assert_eq!(log.len(), 31, "step {step}");
+            assert_eq!(log[..30], old_log[..], "step {step}");
+            assert_eq!(membership.voters, [NodeId(1)].into(), "step {step}");
+            assert_eq!(
+                storage.load_bootstrap().unwrap().as_ref(),
+                Some(&membership),
+                "step {step}: the bootstrap record names the new cluster"
+            );
+            let hard_state = storage.recover().unwrap().hard_state;
+            assert_eq!(hard_state.term, log[30].term(), "step {step}");
+            assert_eq!(hard_state.vote, Some(NodeId(1)), "step {step}");
+        },
+    );
+    assert!(steps >= 4, "forcing took only {steps} file mutations");
+}

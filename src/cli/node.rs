@@ -17,10 +17,11 @@ use crate::kv::KvStore;
 use crate::log::{self, Level};
 use crate::metrics::http::{self, MetricsServer};
 use crate::metrics::{self, Metrics, Sample};
+use crate::node::ForceError;
 use crate::node::{Node, NodeOptions};
 use crate::raft::Message;
 use crate::server::{Server, ServerOptions};
-use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy};
+use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy, FORCED_FILE_NAME};
 use crate::storage::Storage;
 use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
@@ -75,6 +76,13 @@ pub struct NodeArgs {
     /// caught up; a data directory with state starts from it.
     #[arg(long, env = "KEYVAL_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Quorum-loss recovery: make this node, on its existing data directory, the only voter
+    /// of a new cluster that keeps its whole log and snapshot (docs/operations.md,
+    /// "Recovering from quorum loss"); grow it back with `--join`. Only when the other
+    /// members are gone for good: their ids are retired and they must never run again on
+    /// their old data. Remove the flag once the node is up.
+    #[arg(long, env = "KEYVAL_FORCE_NEW_CLUSTER", conflicts_with = "join")]
+    pub force_new_cluster: bool,
     /// With --join: stay a learner (receive the log, never vote).
     #[arg(long, env = "KEYVAL_JOIN_AS_LEARNER", requires = "join")]
     pub join_as_learner: bool,
@@ -322,6 +330,14 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             ClusterSpec::single(id, peer, client.to_string())
         }
     };
+    if args.force_new_cluster && cluster.members.len() > 1 {
+        bail!(
+            "--force-new-cluster makes this node the only member: a --cluster naming {} members \
+             contradicts it; leave --cluster out (the new cluster is this node at its \
+             --peer-listen / --client-listen, or its recorded addresses)",
+            cluster.members.len()
+        );
+    }
     let Some(me) = cluster.members.get(&id) else {
         let ids: Vec<u64> = cluster.members.keys().map(|id| id.0).collect();
         bail!(
@@ -610,8 +626,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    if args.force_new_cluster && storage.is_empty() {
+        bail!(
+            "--force-new-cluster: nothing to recover in data directory {}: it holds no log and \
+             no snapshot. Give it the data directory of a surviving member",
+            args.data_dir.display()
+        );
+    }
     join::check_node_id(&mut storage, plan.id)?;
     let cluster_id = check_cluster_id(&mut storage, args.cluster_id)?;
+    if args.force_new_cluster {
+        force_new_cluster(&args, &plan, &mut storage)?;
+    }
     let recorded = storage
         .load_bootstrap()
         .with_context(|| format!("reading data directory {}", args.data_dir.display()))?;
@@ -742,6 +768,112 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("storage failed: {reason}");
     }
     log::info("stopped", &[]);
+    Ok(())
+}
+
+/// `--force-new-cluster`: rewrites the data directory into a one-member cluster
+/// ([`crate::node::force_new_cluster`]) before the node starts from it.
+fn force_new_cluster(
+    args: &NodeArgs,
+    plan: &Plan,
+    storage: &mut FileStorage,
+) -> anyhow::Result<()> {
+    let options = crate::node::ForceOptions {
+        id: plan.id,
+        peer_address: args
+            .peer_listen
+            .is_some()
+            .then(|| plan.peer_listen.to_string()),
+        client_address: args
+            .client_listen
+            .is_some()
+            .then(|| plan.client_listen.to_string()),
+        forced_before: storage
+            .forced_at()
+            .context("reading the data directory")?
+            .is_some(),
+    };
+    let dir = args.data_dir.display();
+    let in_force = crate::node::configuration_in_force(storage)
+        .with_context(|| format!("reading data directory {dir}"))?;
+    let others_in_force = in_force.members().iter().any(|member| *member != plan.id);
+    // A directory forced before whose cluster grew is refused below, whoever answers.
+    if others_in_force && !options.forced_before {
+        check_others_down(args, plan.id, &in_force)?;
+    }
+    let forced = match crate::node::force_new_cluster(storage, &options) {
+        Ok(forced) => forced,
+        Err(error @ ForceError::ForcedBefore { .. }) => bail!(
+            "--force-new-cluster on {dir}: {error}. The flag was probably left on this node's \
+             command line: remove it. Only if this cluster has lost its quorum for good too, \
+             delete {} and run the command again",
+            args.data_dir.join(FORCED_FILE_NAME).display()
+        ),
+        Err(error) => return Err(error).with_context(|| format!("--force-new-cluster on {dir}")),
+    };
+    match forced.appended {
+        Some(entry) => {
+            // After the configuration entry: a crash before this write leaves a directory
+            // that a flag left in place could force once more (the window is this write).
+            storage
+                .record_forced_at(entry.index)
+                .with_context(|| format!("recording the forced start in {dir}"))?;
+            log::warn(
+                "forced a new cluster: this node is its only voter and keeps its whole log; \
+                 the other members are retired and must never run again on their old data; \
+                 grow the cluster back with --join, and remove --force-new-cluster from this \
+                 node's command",
+                &[
+                    ("previous", &forced.previous),
+                    ("membership", &forced.membership),
+                    ("kept_through", &forced.kept_through),
+                    ("configuration_entry", &entry),
+                ],
+            );
+        }
+        None => log::warn(
+            "--force-new-cluster: this node already is the only voter; nothing forced again \
+             (remove the flag)",
+            &[("membership", &forced.membership)],
+        ),
+    }
+    Ok(())
+}
+
+/// How long `--force-new-cluster` waits for each other member's answer before taking it as down.
+const FORCE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses `--force-new-cluster` while another member of the configuration in force answers
+/// at its client address: then the majority is not gone for good (or another survivor still
+/// runs), and forcing would leave two clusters accepting writes. Best effort: a member this
+/// machine cannot reach looks down.
+fn check_others_down(args: &NodeArgs, id: NodeId, membership: &Membership) -> anyhow::Result<()> {
+    let tls = join_target(args).ok().and_then(|target| target.tls);
+    for (member, address) in &membership.addresses {
+        if *member == id || !membership.contains(*member) || address.client.is_empty() {
+            continue;
+        }
+        let options = crate::client::ClientOptions {
+            request_timeout: FORCE_PROBE_TIMEOUT,
+            attempt_timeout: FORCE_PROBE_TIMEOUT,
+            connect_timeout: FORCE_PROBE_TIMEOUT,
+            tls: tls.clone(),
+            ..crate::client::ClientOptions::default()
+        };
+        let endpoint = std::slice::from_ref(&address.client);
+        let Ok(client) = crate::client::Client::new(endpoint, options) else {
+            continue;
+        };
+        if client.status(&address.client).is_ok() {
+            bail!(
+                "--force-new-cluster refused: member {} answers at {}, so the cluster has not \
+                 lost it for good. Force only when the majority is gone for good, and stop \
+                 every other surviving member first (pick the one with the most data)",
+                member.0,
+                address.client
+            );
+        }
+    }
     Ok(())
 }
 

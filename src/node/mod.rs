@@ -19,6 +19,7 @@
 
 mod applier;
 pub(crate) mod driver;
+mod force;
 mod inbound;
 mod log_writer;
 mod observer;
@@ -44,6 +45,9 @@ use crate::transport::Transport;
 use crate::types::{EntryId, LogIndex, MemberAddress, Membership, NodeId, Term};
 
 use driver::{ApplyItem, LocalSnapshot, PendingSnapshot, PersistRequest, SnapshotPolicy};
+pub use force::{
+    configuration_in_force, force_new_cluster, ForceError, ForceOptions, ForcedCluster,
+};
 use waiters::Waiters;
 pub use waiters::{Completion, CompletionSender, ProposalCompletion, ReadCompletion, Wake};
 

@@ -50,6 +50,9 @@ pub const NODE_ID_FILE_NAME: &str = "node-id";
 /// The file in the data directory that records the cluster id (see
 /// [`FileStorage::record_cluster_id`]).
 pub const CLUSTER_ID_FILE_NAME: &str = "cluster-id";
+/// The file in the data directory that records that `keyval --force-new-cluster` made this
+/// node a one-member cluster: the index of the configuration entry it appended, in decimal.
+pub const FORCED_FILE_NAME: &str = "forced";
 /// The file in the data directory that records the configuration the cluster was created
 /// with ([`Storage::save_bootstrap`]): one checksummed record.
 pub const BOOTSTRAP_FILE_NAME: &str = "bootstrap";
@@ -265,6 +268,20 @@ impl FileStorage {
     /// so that a later start with another cluster id can be refused.
     pub fn record_cluster_id(&mut self, id: u64) -> Result<(), StorageError> {
         self.record_id_file(CLUSTER_ID_FILE_NAME, id)
+    }
+
+    /// The index of the configuration entry `--force-new-cluster` appended, if this directory
+    /// was ever forced into a new cluster (its `forced` file).
+    pub fn forced_at(&self) -> Result<Option<LogIndex>, StorageError> {
+        Ok(self
+            .read_id_file(FORCED_FILE_NAME, "a log index")?
+            .map(LogIndex))
+    }
+
+    /// Records that this directory was forced into a new cluster at `index`, atomically and
+    /// durably, so that the flag left on a command line cannot force it again unnoticed.
+    pub fn record_forced_at(&mut self, index: LogIndex) -> Result<(), StorageError> {
+        self.record_id_file(FORCED_FILE_NAME, index.0)
     }
 
     /// Reads a file holding one positive decimal number.
