@@ -11,26 +11,18 @@
 //! Needs `ulimit -n` above the connection count (the node raises its own soft limit to the
 //! hard one; this process must be allowed as many).
 
+mod support;
+
+use support::{env_or, free_port, Processes};
+
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyval::protocol::{write_frame, FrameReader, RequestBody, RequestFrame, ResponseFrame};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
+use keyval::protocol::{
+    write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame,
+};
 
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -48,16 +40,8 @@ fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
 }
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status(stream: &mut TcpStream) -> Result<(), String> {
+/// Asks the node for its status; returns whether it knows a leader.
+fn status(stream: &mut TcpStream) -> Result<bool, String> {
     let mut out = Vec::new();
     let request = RequestFrame {
         request_id: 1,
@@ -69,7 +53,11 @@ fn status(stream: &mut TcpStream) -> Result<(), String> {
     let answer: ResponseFrame = FrameReader::new()
         .read_frame(stream)
         .map_err(|error| error.to_string())?;
-    answer.result.map(|_| ()).map_err(|error| error.to_string())
+    match answer.result {
+        Ok(ResponseBody::Status(status)) => Ok(status.leader.is_some()),
+        Ok(other) => Err(format!("unexpected answer to status: {other:?}")),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn main() {
@@ -82,22 +70,26 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (peer, client) = (free_port(), free_port());
     let address = format!("127.0.0.1:{client}");
-    let node = Node(
-        Command::new(env!("CARGO_BIN_EXE_keyval"))
-            .args(["--id", "1", "--cluster"])
-            .arg(format!("1=127.0.0.1:{peer}/{address}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn keyval"),
-    );
-    let pid = node.0.id();
+    let node = Processes(vec![Command::new(env!("CARGO_BIN_EXE_keyval"))
+        .args(["--id", "1", "--cluster"])
+        .arg(format!("1=127.0.0.1:{peer}/{address}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keyval")]);
+    let pid = node.0[0].id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&address)
         .map_err(|error| error.to_string())
         .and_then(|mut stream| status(&mut stream))
+        // The load needs a leader, not only a listening node.
+        .and_then(|leader| {
+            leader
+                .then_some(())
+                .ok_or_else(|| "no leader yet".to_string())
+        })
         .is_err()
     {
         assert!(Instant::now() < deadline, "the node did not start");

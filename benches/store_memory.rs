@@ -6,17 +6,14 @@
 //! Run: `cargo bench --bench store_memory` (`KEYVAL_BENCH_KEYS`, default 1,000,000 keys of 16
 //! bytes; `KEYVAL_BENCH_VALUE_BYTES`, default 100). Prints one line per figure.
 
+mod support;
+
+use support::env_or;
+
 use std::time::Instant;
 
 use keyval::kv::{Command, KvStore};
 use keyval::{EntryId, LogIndex, StateMachine, Term};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Resident memory of this process in bytes (Linux `/proc/self/statm`).
 fn rss_bytes() -> u64 {

@@ -434,18 +434,24 @@ impl TlsChannel {
 struct TlsReader {
     channel: Arc<TlsChannel>,
     socket: TcpStream,
-    /// Records read from the socket and not yet taken by the session.
-    records: Vec<u8>,
+    /// Record bytes read from the socket: `records[taken..filled]` are not yet taken by the
+    /// session. Zeroed once, not per read.
+    records: Box<[u8]>,
     taken: usize,
+    filled: usize,
 }
+
+/// What a TLS receiver reads from its socket at once.
+const TLS_READ_BYTES: usize = 16 * 1024;
 
 impl TlsReader {
     fn new(channel: Arc<TlsChannel>, socket: TcpStream) -> TlsReader {
         TlsReader {
             channel,
             socket,
-            records: Vec::new(),
+            records: vec![0; TLS_READ_BYTES].into_boxed_slice(),
             taken: 0,
+            filled: 0,
         }
     }
 }
@@ -463,8 +469,8 @@ impl Read for TlsReader {
                     }
                     Err(error) => return Err(error),
                 }
-                if self.taken < self.records.len() {
-                    let mut rest = &self.records[self.taken..];
+                if self.taken < self.filled {
+                    let mut rest = &self.records[self.taken..self.filled];
                     let before = rest.len();
                     session.read_tls(&mut rest)?;
                     self.taken += before - rest.len();
@@ -482,11 +488,11 @@ impl Read for TlsReader {
                 }
             }
             self.channel.flush()?;
-            self.records.resize(16 * 1024, 0);
+            // Emptied before the read: a failed read must not leave old records to feed again.
             self.taken = 0;
-            let read = self.socket.read(&mut self.records)?;
-            self.records.truncate(read);
-            if read == 0 {
+            self.filled = 0;
+            self.filled = self.socket.read(&mut self.records)?;
+            if self.filled == 0 {
                 return Ok(0);
             }
         }

@@ -179,16 +179,7 @@ impl Operation {
                 validate_key(key, Some(position))?;
             }
         }
-        let check_value = |value: &[u8]| {
-            if value.len() > VALUE_BYTES_MAX {
-                return Err(KvError::ValueTooLarge {
-                    operation: position,
-                    bytes: value.len(),
-                    limit: VALUE_BYTES_MAX,
-                });
-            }
-            Ok(())
-        };
+        let check_value = |value: &[u8]| validate_value(value, position);
         match self {
             Operation::Put { value, .. } | Operation::PutWithLease { value, .. } => {
                 check_value(value)
@@ -766,6 +757,18 @@ pub(super) fn validate_key(key: &[u8], operation: Option<usize>) -> Result<(), K
             operation,
             bytes: key.len(),
             limit: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// A value of operation `operation` must fit [`VALUE_BYTES_MAX`].
+pub(super) fn validate_value(value: &[u8], operation: usize) -> Result<(), KvError> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(KvError::ValueTooLarge {
+            operation,
+            bytes: value.len(),
+            limit: VALUE_BYTES_MAX,
         });
     }
     Ok(())

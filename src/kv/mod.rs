@@ -85,7 +85,7 @@ pub use response::{
     WriteOutcome,
 };
 pub use snapshot::SnapshotError;
-pub use store::KvStore;
+pub use store::{KvStore, LeaseTable};
 pub use txn::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnPart};
 
 // The byte-string serde adapter, for `#[serde(with = "super::bytes")]` in the submodules.

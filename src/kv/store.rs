@@ -48,6 +48,20 @@ pub struct KvStore {
     pub(super) bytes: u64,
 }
 
+/// A frozen copy of the store's lease table ([`KvStore::lease_table`]).
+#[derive(Clone, Debug)]
+pub struct LeaseTable(OrdMap<LeaseId, Lease>);
+
+impl LeaseTable {
+    /// Every lease with its granted TTL (seconds), in id order.
+    pub fn ttls(&self) -> Vec<(LeaseId, u64)> {
+        self.0
+            .iter()
+            .map(|(id, entry)| (*id, entry.ttl_seconds))
+            .collect()
+    }
+}
+
 /// A lease as the store holds it. Time is not part of it: the leader keeps the deadlines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Lease {
@@ -173,10 +187,14 @@ impl KvStore {
 
     /// Every lease the store holds with its granted TTL (seconds), in id order.
     pub fn leases(&self) -> Vec<(LeaseId, u64)> {
-        self.leases
-            .iter()
-            .map(|(id, entry)| (*id, entry.ttl_seconds))
-            .collect()
+        self.lease_table().ttls()
+    }
+
+    /// The lease table as it is now, in O(1) (the persistent map shares its structure): for a
+    /// caller that walks it after releasing the state machine's lock (the lease keeper, every
+    /// tick).
+    pub fn lease_table(&self) -> LeaseTable {
+        LeaseTable(self.leases.clone())
     }
 
     /// How many leases the store holds.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::LogIndex;
 
-use super::command::{validate_key, KeyRange, KvError};
+use super::command::{validate_key, validate_value, KeyRange, KvError};
 use super::response::{LeaseId, Metadata};
 use super::{SCAN_LIMIT_MAX, TXN_OPERATIONS_MAX, VALUE_BYTES_MAX};
 
@@ -300,14 +300,7 @@ impl TxnOp {
         match self {
             TxnOp::Put { key, value, .. } => {
                 validate_key(key, Some(position))?;
-                if value.len() > VALUE_BYTES_MAX {
-                    return Err(KvError::ValueTooLarge {
-                        operation: position,
-                        bytes: value.len(),
-                        limit: VALUE_BYTES_MAX,
-                    });
-                }
-                Ok(())
+                validate_value(value, position)
             }
             TxnOp::Delete { key, .. } | TxnOp::Get { key } => validate_key(key, Some(position)),
             TxnOp::DeleteRange { range, .. } => range.validate(),

@@ -248,10 +248,12 @@ impl EventLoop {
             self.accept();
             self.drain_completions();
             self.fire_timers(Instant::now());
-            let touched: Vec<usize> = self.touched.clone();
-            for key in touched {
+            // Reading may touch more connections; they join the list for `settle`.
+            let touched = std::mem::take(&mut self.touched);
+            for &key in &touched {
                 self.read(key);
             }
+            self.touched.extend(touched);
             self.flush_writes();
             self.settle();
             if self.stopping && self.connections.is_empty() {

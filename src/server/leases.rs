@@ -256,7 +256,7 @@ impl LeaseKeeper {
     fn observe(&self, now: Instant) {
         let leading = self.leading();
         let leases = match leading {
-            Some(_) => self.node.with_state_machine(KvStore::leases),
+            Some(_) => self.node.with_state_machine(KvStore::lease_table).ttls(),
             None => Vec::new(),
         };
         self.clock.lock().observe(leading, &leases, now);
@@ -271,7 +271,7 @@ impl LeaseKeeper {
         if leading != clock.term() {
             // Took office since the last tick: load every lease first (full TTLs).
             let leases = match leading {
-                Some(_) => self.node.with_state_machine(KvStore::leases),
+                Some(_) => self.node.with_state_machine(KvStore::lease_table).ttls(),
                 None => Vec::new(),
             };
             clock.observe(leading, &leases, now);
@@ -316,7 +316,7 @@ impl LeaseKeeper {
                 }))
             }
             LeaseRequest::List => {
-                let leases = self.node.with_state_machine(KvStore::leases);
+                let leases = self.node.with_state_machine(KvStore::lease_table).ttls();
                 Ok(ResponseBody::Leases(
                     leases.into_iter().map(|(lease, _)| lease).collect(),
                 ))

@@ -1,0 +1,34 @@
+//! What the process-level benchmarks share: settings from the environment, free ports, and
+//! child processes that die with the benchmark.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::Child;
+
+/// The environment variable `name` parsed, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A port on 127.0.0.1 free now (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// Child processes killed and reaped when dropped, however the benchmark ends.
+pub struct Processes(pub Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
