@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use keyval::kv::{
-    Command, CommandSession, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore,
-    LeaseId, Metadata, Operation, Response, ScanPage, SessionId, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, Versioned, WriteOutcome,
+    Command, CommandSession, Compare, CompareOp, CompareTarget, EventKind, Expect, KeyRange,
+    KvError, KvStore, LeaseId, Metadata, Operation, Response, ScanPage, SessionId, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, Versioned, WriteOutcome,
 };
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
@@ -527,6 +527,51 @@ proptest! {
         let expected: Vec<_> = model.data.into_iter().collect();
         prop_assert_eq!(page.entries, expected);
         store.check_invariants();
+    }
+
+    /// The watch history is exactly the committed changes: replaying its events in order on
+    /// an empty map gives the store's data, each event's previous value is what the key held,
+    /// and a revision appears in the history exactly when a command changed the store's
+    /// revision.
+    #[test]
+    fn the_watch_history_replays_to_the_store(steps in steps(40)) {
+        let mut store = KvStore::new();
+        let mut registered = Vec::new();
+        let mut index = 0;
+        let mut modifying = Vec::new();
+        for step in &steps {
+            index += step.gap;
+            let before = store.revision();
+            let id = EntryId::new(Term(1), LogIndex(index));
+            let answer = store.apply(id, &step.payload.bytes(&registered));
+            note_registration(&answer, &mut registered);
+            if store.revision() != before {
+                modifying.push(store.revision());
+            }
+        }
+        let revisions = store.changes_since(LogIndex(1), usize::MAX).unwrap();
+        let recorded: Vec<LogIndex> = revisions.iter().map(|entry| entry.revision()).collect();
+        prop_assert_eq!(recorded, modifying);
+        let mut replayed: BTreeMap<Vec<u8>, Versioned> = BTreeMap::new();
+        for entry in &revisions {
+            for event in entry.events(&KeyRange::all(), true) {
+                prop_assert_eq!(event.revision, entry.revision());
+                prop_assert_eq!(event.previous.as_ref(), replayed.get(&event.key));
+                match event.kind {
+                    EventKind::Put => {
+                        let metadata = event.metadata.unwrap();
+                        prop_assert_eq!(metadata.mod_revision, event.revision);
+                        replayed.insert(event.key, Versioned { value: event.value, metadata });
+                    }
+                    EventKind::Delete => {
+                        prop_assert!(event.previous.is_some());
+                        replayed.remove(&event.key);
+                    }
+                }
+            }
+        }
+        let page = store.scan(&KeyRange::all(), 100);
+        prop_assert_eq!(page.entries, replayed.into_iter().collect::<Vec<_>>());
     }
 
     #[test]

@@ -70,6 +70,7 @@
 //! ```
 
 mod command;
+mod history;
 mod legacy;
 mod response;
 mod session;
@@ -79,6 +80,10 @@ mod txn;
 
 pub use command::{
     Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest, SessionId,
+};
+pub use history::{
+    Compacted, Event, EventKind, HistoryLimits, Revision, CHANGE_OVERHEAD_BYTES,
+    HISTORY_BYTES_DEFAULT, HISTORY_REVISIONS_DEFAULT,
 };
 pub use response::{
     LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,

@@ -10,10 +10,13 @@
 //! | `leases` records:    (LeaseId, ttl_seconds)  strictly ascending id order       |
 //! | `keys` records:      (key, Versioned)        strictly ascending key order      |
 //! | `sessions` records:  (client_id, Session)    strictly ascending client order   |
+//! | (format 5 on) record: HistoryHeader { compacted, revisions }                    |
+//! | per revision, ascending: record (revision, changes), then `changes` records of  |
+//! |   (key, current: Option<Versioned>, previous: Option<Versioned>)               |
 //! +---------------------------------------------------------------------------------+
 //! ```
 //!
-//! Nothing may follow the last session record. Restore builds a new store and replaces the old
+//! Nothing may follow the last record. Restore builds a new store and replaces the old
 //! one only when the whole snapshot checked out, so a bad snapshot leaves the store untouched.
 //!
 //! Format versions (the record sequence is the same in all):
@@ -23,12 +26,16 @@
 //! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) | `Metadata { create_revision, mod_revision, version }`; `WriteOutcome` without `deleted` |
 //! | 2 | builds before transactions | a session registered that has applied no write yet has sequence 0 and an empty response | as in 1 |
 //! | 3 | builds before leases | as in 2 | `Metadata` ends with `lease: Option<LeaseId>`; `WriteOutcome` ends with `deleted: u64` |
-//! | 4 | this build | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
+//! | 4 | builds before watch | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
+//! | 5 | this build | as in 2 | as in 4; the watch history follows the sessions |
 //!
 //! The lease → keys index is not stored: restore rebuilds it from the keys' metadata. A
-//! version 3 snapshot has no lease table (no key of it can have a lease).
+//! version 3 snapshot has no lease table (no key of it can have a lease). A snapshot before
+//! version 5 has no watch history: the restored store's history starts empty, compacted up
+//! to the snapshot's revision (a watch must start after it). The history restored from a
+//! version 5 snapshot is then cut to the restoring node's own limits.
 //!
-//! This build reads all four; a version 1 snapshot's sessions carry on as registered ones,
+//! This build reads all five; a version 1 snapshot's sessions carry on as registered ones,
 //! and the key records and cached responses of versions 1 and 2 are converted to the current
 //! layout (see `legacy.rs`; no key has a lease, a cached outcome's `deleted` is 1 exactly when
 //! it removed its key). A converted response may be a few bytes longer, so sessions are
@@ -42,6 +49,7 @@ use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
 use crate::types::LogIndex;
 
+use super::history::{Change, History, HistoryLimits, Revision};
 use super::legacy::{self, VersionedV2};
 use super::response::{LeaseId, Response, Versioned};
 use super::session::{Session, Sessions};
@@ -55,7 +63,10 @@ use super::{
 const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
 
 /// The snapshot format this build writes.
-const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+
+/// The first format with the watch history.
+const SNAPSHOT_FORMAT_VERSION_HISTORY: u32 = 5;
 
 /// The first format whose key metadata carries a lease (see the module docs).
 const SNAPSHOT_FORMAT_VERSION_LEASES: u32 = 3;
@@ -157,11 +168,30 @@ impl KvStore {
         for entry in self.sessions.iter() {
             write_record(&entry, &mut out);
         }
+        let history = HistoryHeader {
+            compacted: self.history.compacted(),
+            revisions: self.history.len() as u64,
+        };
+        write_record(&history, &mut out);
+        for entry in self.history.iter() {
+            write_record(&(entry.revision(), entry.len() as u64), &mut out);
+            for change in entry.changes() {
+                let record = ChangeRecord(
+                    &change.key,
+                    change.current.as_ref().map(VersionedRecord::of),
+                    change.previous.as_ref().map(VersionedRecord::of),
+                );
+                write_record(&record, &mut out);
+            }
+        }
         out
     }
 
-    /// Parses and checks a snapshot into a new store.
-    pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
+    /// Parses and checks a snapshot into a new store that keeps `limits` of history.
+    pub(super) fn decode_snapshot_with(
+        bytes: &[u8],
+        limits: HistoryLimits,
+    ) -> Result<KvStore, SnapshotError> {
         let mut reader = Reader { bytes, record: 0 };
         let header: Header = reader.next()?;
         if header.magic != SNAPSHOT_MAGIC {
@@ -254,6 +284,11 @@ impl KvStore {
             return Err(reader.invalid("sessions hold more bytes than SESSION_CACHE_BYTES_MAX"));
         }
         store.sessions = sessions;
+        store.history = if header.format_version >= SNAPSHOT_FORMAT_VERSION_HISTORY {
+            read_history(&mut reader, &store, limits)?
+        } else {
+            History::new(limits, header.revision)
+        };
         if !reader.bytes.is_empty() {
             return Err(SnapshotError::TrailingBytes {
                 extra: reader.bytes.len(),
@@ -264,6 +299,94 @@ impl KvStore {
         }
         Ok(store)
     }
+}
+
+/// Where the watch history starts, and how many revisions follow.
+#[derive(Debug, Serialize, Deserialize)]
+struct HistoryHeader {
+    compacted: LogIndex,
+    revisions: u64,
+}
+
+/// Reads the watch history of a format 5 snapshot, checked against the restored `store`,
+/// and cuts it to `limits`.
+fn read_history(
+    reader: &mut Reader<'_>,
+    store: &KvStore,
+    limits: HistoryLimits,
+) -> Result<History, SnapshotError> {
+    let header: HistoryHeader = reader.next()?;
+    if header.compacted > store.revision {
+        return Err(reader.invalid("history compacted after the store's revision"));
+    }
+    // Nothing is allocated from the counts: a count larger than the records present ends
+    // in `Truncated`.
+    let unbounded = HistoryLimits {
+        revisions: usize::MAX,
+        bytes: u64::MAX,
+    };
+    let mut history = History::new(unbounded, header.compacted);
+    let mut last = header.compacted;
+    for _ in 0..header.revisions {
+        let (revision, count): (LogIndex, u64) = reader.next()?;
+        if revision <= last || revision > store.revision {
+            return Err(reader.invalid("history revisions out of order or after the store's"));
+        }
+        if count == 0 {
+            return Err(reader.invalid("a history revision without changes"));
+        }
+        last = revision;
+        let mut changes = Vec::new();
+        for _ in 0..count {
+            let (key, current, previous): (Vec<u8>, Option<Versioned>, Option<Versioned>) =
+                reader.next()?;
+            let change = check_change(key, current, previous, revision)
+                .map_err(|reason| reader.invalid(reason))?;
+            changes.push(change);
+        }
+        history.restore(Revision::new(revision, changes));
+    }
+    history.set_limits(limits);
+    Ok(history)
+}
+
+/// Checks one change record of the history at `revision`.
+fn check_change(
+    key: Vec<u8>,
+    current: Option<Versioned>,
+    previous: Option<Versioned>,
+    revision: LogIndex,
+) -> Result<Change, &'static str> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err("history key empty or longer than KEY_BYTES_MAX");
+    }
+    if current.is_none() && previous.is_none() {
+        return Err("a history change that neither wrote nor removed its key");
+    }
+    let stored = |versioned: Versioned| -> Result<Stored, &'static str> {
+        if versioned.value.len() > VALUE_BYTES_MAX {
+            return Err("history value longer than VALUE_BYTES_MAX");
+        }
+        if versioned.metadata.mod_revision > revision {
+            return Err("history metadata after its revision");
+        }
+        Ok(Stored {
+            value: versioned.value.into(),
+            metadata: versioned.metadata,
+        })
+    };
+    let current = current.map(stored).transpose()?;
+    if current
+        .as_ref()
+        .is_some_and(|stored| stored.metadata.mod_revision != revision)
+    {
+        return Err("a history put not made at its revision");
+    }
+    Ok(Change {
+        key: key.into(),
+        current,
+        previous: previous.map(stored).transpose()?,
+    })
 }
 
 /// Checks one data record against the store restored so far.
@@ -369,6 +492,15 @@ fn write_record<T: Serialize>(value: &T, out: &mut Vec<u8>) {
 struct EntryRecord<'a>(
     #[serde(serialize_with = "serialize_bytes")] &'a [u8],
     VersionedRecord<'a>,
+);
+
+/// A history change as a snapshot record: the encoding of
+/// `(Vec<u8>, Option<Versioned>, Option<Versioned>)`, written from shared bytes.
+#[derive(serde::Serialize)]
+struct ChangeRecord<'a>(
+    #[serde(serialize_with = "serialize_bytes")] &'a [u8],
+    Option<VersionedRecord<'a>>,
+    Option<VersionedRecord<'a>>,
 );
 
 /// [`Versioned`]'s encoding, borrowed.

@@ -10,6 +10,7 @@ use crate::state_machine::{RestoreError, SnapshotWriter, StateMachine};
 use crate::types::{EntryId, LogIndex};
 
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
+use super::history::{Change, Compacted, History, HistoryLimits, Revision};
 use super::response::{
     LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,
     WriteOutcome,
@@ -46,6 +47,12 @@ pub struct KvStore {
     /// Bytes of keys and values held. Invariant: the sum over `data` of key and value
     /// lengths (checked by `check_invariants`).
     pub(super) bytes: u64,
+    /// Every change of the last revisions, for watchers (see `history.rs`).
+    pub(super) history: History,
+    /// The changes of the command being applied, recorded at its write points and moved to
+    /// `history` once it has applied; empty between commands (a failed command's are
+    /// dropped with its roll-back).
+    pub(super) changes: Vec<Change>,
 }
 
 /// A frozen copy of the store's lease table ([`KvStore::lease_table`]).
@@ -79,7 +86,7 @@ pub(super) struct Stored {
 }
 
 impl Stored {
-    fn to_versioned(&self) -> Versioned {
+    pub(super) fn to_versioned(&self) -> Versioned {
         Versioned {
             value: self.value.to_vec(),
             metadata: self.metadata,
@@ -94,6 +101,40 @@ impl KvStore {
     /// An empty store that has applied nothing.
     pub fn new() -> KvStore {
         KvStore::default()
+    }
+
+    /// An empty store that keeps `limits` of history for watchers (the default:
+    /// [`HistoryLimits::default`]).
+    pub fn with_history_limits(limits: HistoryLimits) -> KvStore {
+        let mut store = KvStore::default();
+        store.history.set_limits(limits);
+        store
+    }
+
+    /// How much history the store keeps for watchers.
+    pub fn history_limits(&self) -> HistoryLimits {
+        self.history.limits()
+    }
+
+    /// Every revision up to this one has left the history: a watch must start after it
+    /// (0 when nothing was ever dropped).
+    pub fn compact_revision(&self) -> LogIndex {
+        self.history.compacted()
+    }
+
+    /// Revisions held in the history, and their bytes as [`HistoryLimits::bytes`] counts them.
+    pub fn history_size(&self) -> (usize, u64) {
+        (self.history.len(), self.history.bytes())
+    }
+
+    /// At most `max` revisions of the history from `from` on, oldest first (cheap: shared),
+    /// or [`Compacted`] when a revision at or after `from` may have been dropped.
+    pub fn changes_since(
+        &self,
+        from: LogIndex,
+        max: usize,
+    ) -> Result<Vec<Arc<Revision>>, Compacted> {
+        self.history.since(from, max)
     }
 
     /// The value and metadata of `key`, if it exists.
@@ -259,6 +300,18 @@ impl KvStore {
             }
         }
         self.sessions.check_invariants(self.applied);
+        assert!(self.changes.is_empty(), "changes left between commands");
+        let mut last = self.history.compacted();
+        assert!(
+            last <= self.revision,
+            "history compacted after the revision"
+        );
+        for entry in self.history.iter() {
+            assert!(entry.revision() > last, "history out of order");
+            assert!(!entry.is_empty(), "an empty history revision");
+            last = entry.revision();
+        }
+        assert!(last <= self.revision, "history after the revision");
     }
 
     /// Decodes, validates, deduplicates and applies one command; returns the encoded response.
@@ -386,7 +439,7 @@ impl KvStore {
                     let (previous, metadata) = self.put_key(index, key, value, lease);
                     (previous, Some(metadata))
                 }
-                None => (self.remove_entry(&key).map(|(_, stored)| stored), None),
+                None => (self.delete_key(&key).map(|(_, stored)| stored), None),
             };
             modified |= previous.is_some() || current.is_some();
             let mut outcome = WriteOutcome {
@@ -468,7 +521,7 @@ impl KvStore {
                     key,
                     return_previous,
                 } => {
-                    let removed: Vec<_> = self.remove_entry(&key).into_iter().collect();
+                    let removed: Vec<_> = self.delete_key(&key).into_iter().collect();
                     self.removed_response(removed, return_previous, &mut undo, &mut returned_bytes)
                 }
                 TxnOp::DeleteRange {
@@ -556,7 +609,25 @@ impl KvStore {
             value: value.into(),
             metadata,
         };
-        (self.insert_entry(key, stored), metadata)
+        let previous = self.insert_entry(Arc::clone(&key), stored.clone());
+        self.changes.push(Change {
+            key,
+            current: Some(stored),
+            previous: previous.clone(),
+        });
+        (previous, metadata)
+    }
+
+    /// Deletes `key` as a command's operation (recorded for watchers); returns it with what
+    /// it held.
+    fn delete_key(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
+        let (key, stored) = self.remove_entry(key)?;
+        self.changes.push(Change {
+            key: Arc::clone(&key),
+            current: None,
+            previous: Some(stored.clone()),
+        });
+        Some((key, stored))
     }
 
     /// Grants lease `LeaseId(index)` of `ttl_seconds` (validated).
@@ -588,7 +659,14 @@ impl KvStore {
                 removed.as_ref().and_then(|stored| stored.metadata.lease),
                 Some(lease)
             );
-            deleted += u64::from(removed.is_some());
+            if let Some(stored) = removed {
+                deleted += 1;
+                self.changes.push(Change {
+                    key: Arc::clone(key),
+                    current: None,
+                    previous: Some(stored),
+                });
+            }
         }
         if deleted > 0 {
             self.revision = index;
@@ -645,7 +723,7 @@ impl KvStore {
             .map(|(key, _)| Arc::clone(key))
             .collect();
         keys.into_iter()
-            .filter_map(|key| self.remove_entry(&key))
+            .filter_map(|key| self.delete_key(&key))
             .collect()
     }
 
@@ -663,6 +741,8 @@ impl KvStore {
 
     /// Restores every key a failed batch touched, newest change first.
     fn roll_back(&mut self, undo: Undo) {
+        // Nothing of a failed command happened, for watchers either.
+        self.changes.clear();
         for (key, previous) in undo.into_iter().rev() {
             match previous {
                 Some(versioned) => {
@@ -702,6 +782,11 @@ impl StateMachine for KvStore {
         );
         self.applied = id.index;
         let response = self.apply_bytes(id.index, command);
+        if !self.changes.is_empty() {
+            debug_assert_eq!(self.revision, id.index, "changes without a new revision");
+            let changes = std::mem::take(&mut self.changes);
+            self.history.record(id.index, changes);
+        }
         debug_assert!(self.revision <= self.applied);
         debug_assert!(self.sessions.is_within_bounds());
         response
@@ -718,8 +803,9 @@ impl StateMachine for KvStore {
         Box::new(move || frozen.encode_snapshot())
     }
 
+    /// Keeps this store's history limits (they are the node's, not the snapshot's).
     fn restore(&mut self, data: &[u8]) -> Result<(), RestoreError> {
-        *self = KvStore::decode_snapshot(data)?;
+        *self = KvStore::decode_snapshot_with(data, self.history.limits())?;
         Ok(())
     }
 }
