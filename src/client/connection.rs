@@ -70,11 +70,22 @@ impl Waiter {
     }
 }
 
+/// Frames a stream (a watch) holds for its reader at most; past that the stream is dropped
+/// and its reader resumes on a new one (so a reader that stops reading holds bounded memory
+/// and never blocks the connection's other callers).
+pub(super) const STREAM_FRAMES_MAX: usize = 64;
+
+/// What a stream's reader receives: each frame with the stream's request id, or why the
+/// connection broke. The channel disconnects when the stream was dropped for falling behind.
+pub(super) type StreamItem = Result<ResponseFrame, String>;
+
 /// Callers waiting for a response, by request id.
 #[derive(Default)]
 struct Waiting {
     /// Invariant: `callers.len() <= REQUESTS_IN_FLIGHT_MAX`.
     callers: HashMap<u64, Arc<Waiter>>,
+    /// Streams (watches) by request id: every frame with their id goes to them.
+    streams: HashMap<u64, crossbeam_channel::Sender<StreamItem>>,
     /// Why the connection broke, once it has; no caller is added after.
     broken: Option<String>,
 }
@@ -114,6 +125,9 @@ impl Shared {
             }
             self.broken.store(true, Ordering::SeqCst);
             self.room.notify_all();
+            for stream in std::mem::take(&mut waiting.streams).into_values() {
+                let _ = stream.try_send(Err(reason.clone()));
+            }
             std::mem::take(&mut waiting.callers)
         };
         {
@@ -149,8 +163,15 @@ impl Shared {
             let mut waiting = self.waiting.lock();
             let was_full = waiting.callers.len() >= REQUESTS_IN_FLIGHT_MAX;
             for response in responses {
-                if let Some(waiter) = waiting.callers.remove(&response.request_id) {
+                let request_id = response.request_id;
+                if let Some(waiter) = waiting.callers.remove(&request_id) {
                     found.push((waiter, response));
+                } else if let Some(stream) = waiting.streams.get(&request_id) {
+                    if stream.try_send(Ok(response)).is_err() {
+                        // Full (its reader fell behind) or gone: drop the stream; the reader
+                        // takes what is queued, then resumes on a new one.
+                        waiting.streams.remove(&request_id);
+                    }
                 }
             }
             if was_full && waiting.callers.len() < REQUESTS_IN_FLIGHT_MAX {
@@ -350,6 +371,74 @@ impl Connection {
                 return Err(CallError::TimedOut);
             }
         }
+    }
+
+    /// Opens a stream: sends `body` and routes every response frame with its request id to
+    /// the returned receiver (at most [`STREAM_FRAMES_MAX`] queued), until
+    /// [`close_stream`](Connection::close_stream) or the connection breaks.
+    pub(super) fn open_stream(
+        &self,
+        body: &RequestBody,
+        server_timeout: Duration,
+    ) -> Result<(u64, crossbeam_channel::Receiver<StreamItem>), CallError> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = crossbeam_channel::bounded(STREAM_FRAMES_MAX);
+        {
+            let mut waiting = self.shared.waiting.lock();
+            if let Some(reason) = &waiting.broken {
+                return Err(CallError::Failed {
+                    sent: false,
+                    reason: reason.clone(),
+                });
+            }
+            waiting.streams.insert(request_id, sender);
+        }
+        if let Err(reason) = self.queue(request_id, body, server_timeout) {
+            self.close_stream(request_id);
+            return Err(CallError::Failed {
+                sent: false,
+                reason,
+            });
+        }
+        Ok((request_id, receiver))
+    }
+
+    /// Stops routing frames of stream `request_id`.
+    pub(super) fn close_stream(&self, request_id: u64) {
+        self.shared.waiting.lock().streams.remove(&request_id);
+    }
+
+    /// Sends `body` without waiting for its answer (which goes to no one).
+    pub(super) fn send_only(&self, body: &RequestBody, server_timeout: Duration) {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.queue(request_id, body, server_timeout);
+    }
+
+    /// Queues one frame for the writer thread.
+    fn queue(
+        &self,
+        request_id: u64,
+        body: &RequestBody,
+        server_timeout: Duration,
+    ) -> Result<(), String> {
+        let frame = RequestFrame {
+            request_id,
+            timeout_ms: (server_timeout.as_millis() as u64).max(1),
+            body: body.clone(),
+        };
+        let was_empty = {
+            let mut outgoing = self.shared.outgoing.lock();
+            if outgoing.closed {
+                return Err(String::from("connection closed"));
+            }
+            let was_empty = outgoing.buffer.is_empty();
+            write_frame(&frame, &mut outgoing.buffer).map_err(|error| error.to_string())?;
+            was_empty
+        };
+        if was_empty {
+            self.shared.frames_queued.notify_one();
+        }
+        Ok(())
     }
 
     /// Closes the socket; waiting callers fail.

@@ -47,6 +47,7 @@ mod connection;
 mod lease;
 mod retry;
 mod snapshot;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -66,6 +67,7 @@ use crate::types::{LogIndex, NodeId};
 
 use connection::{CallError, Connection};
 pub use lease::{LeaseGrant, LeaseKeeper, LeaseKeeperState};
+pub use watch::{Watch, WatchOptions, WatchResponse, WATCH_SILENCE_TIMEOUT_DEFAULT};
 
 /// How a [`Client`] behaves.
 #[derive(Clone, Debug)]
@@ -649,6 +651,13 @@ pub enum ClientError {
     Protocol {
         /// What was wrong.
         reason: String,
+    },
+    /// A watch asked for revisions the history no longer holds (or fell out of it): changes
+    /// were missed. Read the current state, then watch again after `compact_revision`.
+    #[error("revision compacted: the history starts after revision {compact_revision}")]
+    Compacted {
+        /// Every revision up to this one is gone.
+        compact_revision: LogIndex,
     },
     /// The server refused the request for a reason not covered above.
     #[error("server error: {0}")]

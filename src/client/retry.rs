@@ -100,7 +100,10 @@ fn is_bounded(body: &RequestBody) -> bool {
         | RequestBody::SnapshotChunk { .. }
         | RequestBody::LeaseKeepAlive { .. }
         | RequestBody::LeaseTimeToLive { .. }
-        | RequestBody::LeaseList => true,
+        | RequestBody::LeaseList
+        | RequestBody::Watch(_)
+        | RequestBody::WatchCancel { .. }
+        | RequestBody::WatchProgress => true,
         RequestBody::AddMember { .. }
         | RequestBody::PromoteMember { .. }
         | RequestBody::RemoveMember { .. }
@@ -262,8 +265,11 @@ impl Client {
                 leader_client_address: Some(address),
                 ..
             } if address != target => Step::Redirect(address),
-            ServerError::NotLeader { .. } | ServerError::Unavailable { .. } => {
-                Step::Elsewhere { waited: false }
+            ServerError::NotLeader { .. }
+            | ServerError::Unavailable { .. }
+            | ServerError::WatchCanceled { .. } => Step::Elsewhere { waited: false },
+            ServerError::Compacted { compact_revision } => {
+                Step::Done(Err(ClientError::Compacted { compact_revision }))
             }
             ServerError::Indeterminate { .. } => {
                 call.ambiguous = true;

@@ -484,6 +484,31 @@ impl KeyRange {
         }
     }
 
+    /// Exactly `key`: from `key` to the first key after it (`key` followed by a zero byte).
+    pub fn single(key: &[u8]) -> KeyRange {
+        let mut end = key.to_vec();
+        end.push(0);
+        KeyRange {
+            start: key.to_vec(),
+            end: Some(end),
+        }
+    }
+
+    /// The one key this range holds, if it is a range of exactly one key
+    /// ([`KeyRange::single`]).
+    pub fn as_single(&self) -> Option<&[u8]> {
+        match &self.end {
+            Some(end)
+                if end.len() == self.start.len() + 1
+                    && end.last() == Some(&0)
+                    && end.starts_with(&self.start) =>
+            {
+                Some(&self.start)
+            }
+            _ => None,
+        }
+    }
+
     /// Keys from `start` (inclusive) on.
     pub fn starting_at(start: Vec<u8>) -> KeyRange {
         KeyRange { start, end: None }
@@ -525,7 +550,7 @@ impl KeyRange {
 
     /// Checks the bounds' lengths (a bound may be one byte longer than a key, as
     /// [`KeyRange::after`] makes it).
-    pub(super) fn validate(&self) -> Result<(), KvError> {
+    pub fn validate(&self) -> Result<(), KvError> {
         let bound_bytes = self.start.len().max(self.end.as_ref().map_or(0, Vec::len));
         if bound_bytes > KEY_BYTES_MAX + 1 {
             return Err(KvError::KeyTooLarge {

@@ -127,15 +127,6 @@ impl Change {
         }
     }
 
-    /// The bytes this change adds to a watch frame.
-    pub(crate) fn event_bytes(&self, previous: bool) -> usize {
-        let value = |stored: &Option<Stored>| stored.as_ref().map_or(0, |s| s.value.len());
-        self.key.len()
-            + value(&self.current)
-            + if previous { value(&self.previous) } else { 0 }
-            + CHANGE_OVERHEAD_BYTES as usize
-    }
-
     /// Whether it is a put.
     pub(crate) fn is_put(&self) -> bool {
         self.current.is_some()

@@ -67,6 +67,9 @@ pub(super) fn run<M: StateMachine>(
             let last_applied = applier.last_applied().index;
             *shared.applied.lock() = last_applied;
             shared.applied_changed.notify_all();
+            for listener in shared.apply_listeners.lock().iter() {
+                listener.wake();
+            }
             let mut waiters = shared.waiters.lock();
             for (id, output) in outputs {
                 waiters.complete_proposal(id, output);

@@ -174,6 +174,8 @@ struct Shared<M> {
     clock_origin: Instant,
     /// What the threads record for `/metrics`.
     metrics: NodeMetrics,
+    /// Woken by the applier after each batch it applied ([`Node::on_applied`]).
+    apply_listeners: Mutex<Vec<Arc<dyn Wake>>>,
 }
 
 impl<M> Shared<M> {
@@ -346,6 +348,7 @@ impl<M: StateMachine> Node<M> {
             stopped: AtomicBool::new(false),
             clock_origin: Instant::now(),
             metrics,
+            apply_listeners: Mutex::new(Vec::new()),
         });
         let node = Node {
             shared: Arc::clone(&shared),
@@ -650,6 +653,13 @@ impl<M: StateMachine> Node<M> {
             membership: status.membership,
             failed,
         }
+    }
+
+    /// Registers `listener` to be woken by the applier thread after each batch of entries it
+    /// applied (or snapshot it restored), once `applied` is published: a watch server looks
+    /// at the state machine then. `wake` runs on the applier thread and must not block.
+    pub fn on_applied(&self, listener: Arc<dyn Wake>) {
+        self.shared.apply_listeners.lock().push(listener);
     }
 
     /// Asks the applier to take a snapshot now and compact the log behind it (operators:

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
-use crate::kv::{Command, KvError, LeaseId, ReadRequest, ReadResponse, Response};
+use crate::kv::{Command, KeyRange, KvError, LeaseId, ReadRequest, ReadResponse, Response};
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
 mod assembler;
@@ -126,6 +126,88 @@ pub enum RequestBody {
     /// Every lease, in id order. Served by the leader after a read barrier; answered with
     /// [`ResponseBody::Leases`].
     LeaseList,
+    /// Opens a watch: a stream of every change to the watched keys, in revision order. The
+    /// watch's id is this request's id. Answered with [`ResponseBody::WatchCreated`] (or an
+    /// error, [`ServerError::Compacted`] when the start is no longer in the history); then
+    /// frames with the same request id carry [`ResponseBody::WatchEvents`] until the watch
+    /// ends with [`ResponseBody::WatchCanceled`] or an error. Served by any member from its
+    /// applied state. See `docs/api.md`, "Watch".
+    Watch(WatchRequest),
+    /// Ends the watch opened by request `watch` on this connection. Answered with
+    /// [`ResponseBody::WatchCanceled`]; the watch's own stream ends with one too.
+    WatchCancel {
+        /// The watch (its request id).
+        watch: u64,
+    },
+    /// Asks every watch of this connection for a progress notification: each sends a
+    /// [`ResponseBody::WatchEvents`] without events once it has delivered everything the
+    /// node has applied. Answered at once with [`ResponseBody::WatchProgressRequested`].
+    WatchProgress,
+}
+
+/// What a watch delivers, and from where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// The keys watched (one key is a range of one: [`KeyRange::single`]).
+    pub range: KeyRange,
+    /// The first revision to deliver; `None`: changes after the node's applied state at
+    /// creation (with `linearizable`, after a linearizable read point). A start at or before
+    /// the history's compaction point is refused with [`ServerError::Compacted`].
+    pub start: Option<LogIndex>,
+    /// Send each event with what the key held before.
+    pub previous: bool,
+    /// Leave out puts.
+    pub no_put: bool,
+    /// Leave out deletes.
+    pub no_delete: bool,
+    /// Send a progress notification (an event-less [`WatchEvents`]) when the watch has sent
+    /// nothing for this long; 0 for none. Clamped to
+    /// [`WATCH_PROGRESS_INTERVAL_MIN_MS`]..=[`WATCH_PROGRESS_INTERVAL_MAX_MS`].
+    pub progress_interval_ms: u64,
+    /// Start (when `start` is `None`) only once the node has applied everything committed
+    /// when the watch was asked for: a confirmed linearizable point, so the watch misses
+    /// nothing written before it was created.
+    pub linearizable: bool,
+    /// End the watch (with [`ServerError::WatchCanceled`]) when the node has no leader, so
+    /// the client moves to a member that is not cut off.
+    pub require_leader: bool,
+}
+
+/// The shortest progress interval a watch may ask for, in milliseconds.
+pub const WATCH_PROGRESS_INTERVAL_MIN_MS: u64 = 100;
+
+/// The longest progress interval a watch may ask for, in milliseconds.
+pub const WATCH_PROGRESS_INTERVAL_MAX_MS: u64 = 10 * 60 * 1000;
+
+/// Changes pushed on a watch's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvents {
+    /// The watch (its request id).
+    pub watch: u64,
+    /// Every change up to this revision has been delivered to the watch, with this frame
+    /// (an event-less frame is a progress notification): resume after it.
+    pub revision: LogIndex,
+    /// The changes, in revision order; all changes of one revision come together (in one
+    /// frame, or in consecutive frames marked `fragment` but the last).
+    pub events: Vec<crate::kv::Event>,
+    /// More changes of this frame's last revision follow in the next frame (a revision too
+    /// large for one frame).
+    pub fragment: bool,
+}
+
+/// The answer to [`RequestBody::Watch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchCreated {
+    /// The watch (its request id).
+    pub watch: u64,
+    /// The node serving it.
+    pub node: NodeId,
+    /// The node's applied index when the watch was created.
+    pub revision: LogIndex,
+    /// The first revision the watch delivers.
+    pub start: LogIndex,
+    /// The history's compaction point on that node: revisions up to it are gone.
+    pub compact_revision: LogIndex,
 }
 
 /// One request on the wire.
@@ -265,6 +347,20 @@ pub enum ResponseBody {
     LeaseTimeToLive(LeaseTimeToLiveReply),
     /// Every lease, in id order.
     Leases(Vec<LeaseId>),
+    /// A watch was opened.
+    WatchCreated(WatchCreated),
+    /// Changes (or a progress notification) on a watch's stream.
+    WatchEvents(WatchEvents),
+    /// A watch ended: the answer to [`RequestBody::WatchCancel`], and the last frame of the
+    /// canceled watch's stream.
+    WatchCanceled {
+        /// The watch.
+        watch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Every watch of the connection will send a progress notification.
+    WatchProgressRequested,
 }
 
 /// The answer to [`RequestBody::LeaseTimeToLive`].
@@ -354,6 +450,22 @@ pub enum ServerError {
     /// a healthy quorum. **Nothing was changed**; do not retry as is.
     #[error("refused, nothing was changed: {reason}")]
     Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A watch asked for a start revision the node's history no longer holds (or a watch
+    /// fell so far behind that its next revision left the history). Nothing was delivered
+    /// past the point the watch had reached; start again after `compact_revision` (and read
+    /// the current state first, since changes were missed).
+    #[error("revision compacted: the history starts after revision {compact_revision}")]
+    Compacted {
+        /// Every revision up to this one is gone.
+        compact_revision: LogIndex,
+    },
+    /// The server ended a watch (its node lost its leader, is stopping or failed, or it
+    /// was unknown). Resume from the last revision received, on this node or another.
+    #[error("watch canceled: {reason}")]
+    WatchCanceled {
         /// Why.
         reason: String,
     },

@@ -55,6 +55,9 @@ pub(super) enum PendingKind {
     Admin,
     /// A lease request: a read point's completion, then the lease keeper serves it.
     Lease(super::leases::LeaseRequest),
+    /// A watch that starts at a linearizable point: a read point's completion, then the
+    /// watch is opened.
+    Watch(crate::protocol::WatchRequest),
 }
 
 /// What the server remembers of a request until it is answered: its id, and for the
@@ -132,6 +135,8 @@ pub(super) struct Connection {
     pub(super) starved: bool,
     /// The snapshot this connection is downloading, if any.
     pub(super) snapshot_pin: SnapshotPin,
+    /// The watches open on this connection (their ids), served by the loop's `Watches`.
+    pub(super) watches: BTreeSet<u64>,
 }
 
 impl Connection {
@@ -165,7 +170,19 @@ impl Connection {
             dirty: false,
             starved: false,
             snapshot_pin: SnapshotPin::default(),
+            watches: BTreeSet::new(),
         }
+    }
+
+    /// Whether the connection has requests in flight or watches open: it is not idle.
+    pub(super) fn busy(&self) -> bool {
+        !self.pending.is_empty() || !self.watches.is_empty()
+    }
+
+    /// Whether watch events may be added to the output now: the client is reading (no more
+    /// than [`OUTPUT_BYTES_HIGH`] unwritten) and the connection is not closing.
+    pub(super) fn takes_watch_output(&self) -> bool {
+        !self.draining && !self.broken && self.output.len() - self.written <= OUTPUT_BYTES_HIGH
     }
 
     /// Whether the connection may take another request now.

@@ -44,6 +44,7 @@ use crate::types::LogIndex;
 
 use super::connection::{Close, Connection, PendingKind, Request, BUDGET_RETRY};
 use super::deadlines::Expired;
+use super::watch::{WatchKey, WatchSignal, Watches, CHECK_INTERVAL};
 use super::{connection_closed, Shared};
 
 /// The token of a loop's waker; connections use their slab keys, which never reach it.
@@ -104,6 +105,7 @@ impl AdminSender {
 pub(super) struct LoopHandle {
     connections: Sender<(std::net::TcpStream, String)>,
     waker: Arc<LoopWaker>,
+    watch_signal: Arc<WatchSignal>,
 }
 
 impl LoopHandle {
@@ -125,6 +127,11 @@ impl LoopHandle {
     pub(super) fn wake(&self) {
         self.waker.wake();
     }
+
+    /// What the applier's watch notifier needs to wake this loop.
+    pub(super) fn watch_wake(&self) -> (Arc<LoopWaker>, Arc<WatchSignal>) {
+        (Arc::clone(&self.waker), Arc::clone(&self.watch_signal))
+    }
 }
 
 /// Starts loop number `index`.
@@ -142,7 +149,9 @@ pub(super) fn spawn(
     let (reads_tx, reads_rx) = crossbeam_channel::unbounded();
     let (admin_tx, admin_rx) = crossbeam_channel::unbounded();
     let wake: Arc<dyn Wake> = Arc::clone(&waker) as Arc<dyn Wake>;
+    let watch_signal = Arc::new(WatchSignal::default());
     let event_loop = EventLoop {
+        watches: Watches::new(Arc::clone(&watch_signal)),
         proposals: CompletionSender::with_wake(proposals_tx, Arc::clone(&wake)),
         reads: CompletionSender::with_wake(reads_tx, wake),
         admin: AdminSender {
@@ -174,6 +183,7 @@ pub(super) fn spawn(
         LoopHandle {
             connections: connections_tx,
             waker,
+            watch_signal,
         },
         thread,
     ))
@@ -181,6 +191,8 @@ pub(super) fn spawn(
 
 struct EventLoop {
     shared: Arc<Shared>,
+    /// The watches of this loop's connections.
+    watches: Watches,
     poll: Poll,
     waker: Arc<LoopWaker>,
     incoming: Receiver<(std::net::TcpStream, String)>,
@@ -214,7 +226,7 @@ impl EventLoop {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             // Connections carried over (they may read more now) must not wait for an event.
-            let timeout = if self.touched.is_empty() {
+            let timeout = if self.touched.is_empty() && !self.watches.more {
                 self.poll_timeout(Instant::now())
             } else {
                 Duration::ZERO
@@ -255,6 +267,7 @@ impl EventLoop {
             }
             self.touched.extend(touched);
             self.flush_writes();
+            self.pump_watches();
             self.settle();
             if self.stopping && self.connections.is_empty() {
                 break;
@@ -263,11 +276,48 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self, now: Instant) -> Duration {
+        // Watches with progress notifications or a leader requirement are looked at on a clock.
+        let longest = if self.watches.needs_ticks() {
+            CHECK_INTERVAL
+        } else {
+            POLL_TIMEOUT_MAX
+        };
         match self.timers.first() {
             // Round up: epoll counts milliseconds, and waking just before a deadline spins.
-            Some((at, _)) => (at.saturating_duration_since(now) + Duration::from_micros(999))
-                .min(POLL_TIMEOUT_MAX),
-            None => POLL_TIMEOUT_MAX,
+            Some((at, _)) => {
+                (at.saturating_duration_since(now) + Duration::from_micros(999)).min(longest)
+            }
+            None => longest,
+        }
+    }
+
+    /// Feeds the watches what the store applied (see `watch.rs`).
+    fn pump_watches(&mut self) {
+        if self.watches.is_empty() {
+            return;
+        }
+        let touched = self
+            .watches
+            .pump(&self.shared.node, &mut self.connections, Instant::now());
+        self.touched.extend(touched);
+    }
+
+    /// Ends every watch of connection `key`, telling its client why (it resumes elsewhere).
+    fn end_watches(&mut self, key: usize, reason: &str) {
+        let Some(connection) = self.connections.get(key) else {
+            return;
+        };
+        let watches: Vec<u64> = connection.watches.iter().copied().collect();
+        for watch in watches {
+            let error = ServerError::WatchCanceled {
+                reason: reason.to_string(),
+            };
+            let watch_key = WatchKey {
+                connection: key,
+                watch,
+            };
+            self.watches
+                .cancel(&mut self.connections, watch_key, Some(Err(error)));
         }
     }
 
@@ -286,8 +336,12 @@ impl EventLoop {
     /// and closes.
     fn begin_stopping(&mut self) {
         self.stopping = true;
-        for (key, connection) in self.connections.iter_mut() {
-            connection.draining = true;
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.end_watches(key, "the server is stopping");
+            if let Some(connection) = self.connections.get_mut(key) {
+                connection.draining = true;
+            }
             self.touched.push(key);
         }
     }
@@ -408,7 +462,8 @@ impl EventLoop {
         let Some((key, pending)) = self.take_pending(completion.tag) else {
             return;
         };
-        let shared = &self.shared;
+        let shared = Arc::clone(&self.shared);
+        let shared = &*shared;
         let request = match &pending.kind {
             PendingKind::Read(request) => request,
             PendingKind::Lease(request) => {
@@ -419,6 +474,17 @@ impl EventLoop {
                         }
                         other => other,
                     }),
+                    Err(error) => Err(requests::read_error(shared, error)),
+                };
+                self.respond(key, pending.request, result);
+                return;
+            }
+            PendingKind::Watch(request) => {
+                let result = match completion.outcome {
+                    Ok(_) => {
+                        let request = request.clone();
+                        self.open_watch(key, pending.request.id, request)
+                    }
                     Err(error) => Err(requests::read_error(shared, error)),
                 };
                 self.respond(key, pending.request, result);
@@ -519,13 +585,14 @@ impl EventLoop {
             let receiving = connection.receiving();
             connection
                 .deadlines
-                .observe(now, receiving, !connection.pending.is_empty());
+                .observe(now, receiving, connection.busy());
         }
     }
 
     /// Stops reading connection `key` (it answers what is in flight, then closes), logging
     /// and counting the reason if there is one (none: the client closed its side).
     fn stop_reading(&mut self, key: usize, reason: Option<Close>) {
+        self.end_watches(key, "the connection is closing");
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };
@@ -619,7 +686,9 @@ impl EventLoop {
                 PendingKind::Write => ServerError::Indeterminate {
                     reason: "deadline passed before the write's outcome was known".into(),
                 },
-                PendingKind::Read(_) | PendingKind::Lease(_) => ServerError::ReadTimeout,
+                PendingKind::Read(_) | PendingKind::Lease(_) | PendingKind::Watch(_) => {
+                    ServerError::ReadTimeout
+                }
                 PendingKind::Admin => ServerError::Indeterminate {
                     reason: "deadline passed before the request's outcome was known".into(),
                 },
@@ -653,7 +722,7 @@ impl EventLoop {
         let receiving = connection.receiving();
         connection
             .deadlines
-            .observe(now, receiving, !connection.pending.is_empty());
+            .observe(now, receiving, connection.busy());
         if let Some(expired) = connection.deadlines.expired(now) {
             self.stop_reading(key, Some(Close::Expired(expired)));
         }
@@ -703,6 +772,7 @@ impl EventLoop {
 
     fn close(&mut self, key: usize) {
         let mut connection = self.connections.remove(key);
+        self.watches.forget_connection(key, &connection.watches);
         for tag in connection.pending.keys() {
             self.owners.remove(tag);
         }

@@ -52,6 +52,7 @@ mod deadlines;
 mod event_loop;
 pub mod leases;
 mod snapshot;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -279,6 +280,8 @@ pub struct Server {
     loop_threads: Vec<JoinHandle<()>>,
     /// Stops the `leases` thread (by being dropped).
     leases_stop: Option<crossbeam_channel::Sender<()>>,
+    /// Wakes the loops holding watches after each applied batch (registered with the node).
+    watch_notifier: Option<Arc<watch::WatchNotifier>>,
     leases_thread: Option<JoinHandle<()>>,
 }
 
@@ -369,6 +372,7 @@ impl Server {
             loop_threads: Vec::new(),
             leases_stop: None,
             leases_thread: None,
+            watch_notifier: None,
         };
         let (leases_stop, leases_stop_rx) = crossbeam_channel::bounded(1);
         server.leases_stop = Some(leases_stop);
@@ -383,6 +387,15 @@ impl Server {
             server.loops.push(handle);
             server.loop_threads.push(thread);
         }
+        let notifier = Arc::new(watch::WatchNotifier::new(
+            server
+                .loops
+                .iter()
+                .map(event_loop::LoopHandle::watch_wake)
+                .collect(),
+        ));
+        node.on_applied(Arc::clone(&notifier) as Arc<dyn crate::node::Wake>);
+        server.watch_notifier = Some(notifier);
         let listener_shared = Arc::clone(&shared);
         let loops = server.loops.clone();
         server.listener_thread = Some(
@@ -447,6 +460,9 @@ impl Server {
         }
         for thread in self.loop_threads.drain(..) {
             let _ = thread.join();
+        }
+        if let Some(notifier) = &self.watch_notifier {
+            notifier.deactivate();
         }
         let threads = std::mem::take(&mut *self.shared.admin_threads.lock());
         for thread in threads {

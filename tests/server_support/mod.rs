@@ -121,6 +121,17 @@ impl TestCluster {
         lease_reads: bool,
         configure: impl Fn(&mut ServerOptions),
     ) -> TestCluster {
+        TestCluster::start_with_store(size, lease_reads, configure, KvStore::new)
+    }
+
+    /// [`start_with`](TestCluster::start_with), each node's store made by `store` (to set its
+    /// history limits, say).
+    pub fn start_with_store(
+        size: u64,
+        lease_reads: bool,
+        configure: impl Fn(&mut ServerOptions),
+        store: impl Fn() -> KvStore,
+    ) -> TestCluster {
         let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
         let membership = Membership::new(ids.iter().copied());
         let client_addresses: BTreeMap<NodeId, String> = ids
@@ -140,7 +151,7 @@ impl TestCluster {
                     storage: Box::new(MemStorage::new()),
                     transport,
                     inbound,
-                    state_machine: KvStore::new(),
+                    state_machine: store(),
                     seed: k as u64,
                 })
                 .unwrap(),

@@ -10,12 +10,13 @@ use crate::error::{ProposeError, ReadError};
 use crate::kv::{Command, KvError, Operation, ReadRequest};
 use crate::protocol::{
     Consistency, ReadReply, RequestBody, RequestFrame, ResponseBody, ServerError,
-    SnapshotRequested, StatusReply,
+    SnapshotRequested, StatusReply, WatchRequest,
 };
 use crate::types::NodeId;
 
 use super::super::connection::{PendingKind, Request};
 use super::super::leases::LeaseRequest;
+use super::super::watch::WatchKey;
 use super::super::{admin, Shared, REQUEST_TIMEOUT_MAX};
 use super::EventLoop;
 
@@ -133,7 +134,75 @@ impl EventLoop {
             RequestBody::LeaseList => {
                 self.lease_request(key, asked, deadline, LeaseRequest::List);
             }
+            RequestBody::Watch(request) => {
+                if let Err(error) = request.range.validate() {
+                    self.respond(key, asked, Err(ServerError::Invalid(error)));
+                    return;
+                }
+                if request.linearizable && request.start.is_none() {
+                    // Start once everything committed before this request is applied here.
+                    let tag = self.register(key, asked, deadline, PendingKind::Watch(request));
+                    if let Err(error) = shared.node.submit_read(tag, &self.reads) {
+                        self.fail(tag, read_error(&shared, error));
+                    }
+                    return;
+                }
+                let result = self.open_watch(key, asked.id, request);
+                self.respond(key, asked, result);
+            }
+            RequestBody::WatchCancel { watch } => {
+                let watch_key = WatchKey {
+                    connection: key,
+                    watch,
+                };
+                let canceled = ResponseBody::WatchCanceled {
+                    watch,
+                    reason: "canceled by the client".into(),
+                };
+                let existed = self.watches.cancel(
+                    &mut self.connections,
+                    watch_key,
+                    Some(Ok(canceled.clone())),
+                );
+                let answer = if existed {
+                    canceled
+                } else {
+                    ResponseBody::WatchCanceled {
+                        watch,
+                        reason: "no such watch on this connection".into(),
+                    }
+                };
+                self.respond(key, asked, Ok(answer));
+            }
+            RequestBody::WatchProgress => {
+                if let Some(connection) = self.connections.get(key) {
+                    let watches = connection.watches.clone();
+                    self.watches.request_progress(key, &watches);
+                }
+                self.respond(key, asked, Ok(ResponseBody::WatchProgressRequested));
+            }
         }
+    }
+
+    /// Opens a watch on connection `key` with id `watch` (its request id).
+    pub(super) fn open_watch(
+        &mut self,
+        key: usize,
+        watch: u64,
+        request: WatchRequest,
+    ) -> Result<ResponseBody, ServerError> {
+        let Some(connection) = self.connections.get_mut(key) else {
+            return Err(ServerError::Unavailable {
+                reason: "the connection closed".into(),
+            });
+        };
+        if connection.draining {
+            return Err(ServerError::Unavailable {
+                reason: "the connection is closing".into(),
+            });
+        }
+        self.watches
+            .create(&self.shared.node, connection, key, watch, request)
     }
 }
 
