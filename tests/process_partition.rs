@@ -2,7 +2,9 @@
 //! namespace with one veth link per pair of nodes (peer traffic) and one link to the test's
 //! namespace (client traffic). The nemesis cuts a node's peer links while clients can still
 //! reach it — a deposed leader that may still believe it leads — and kills and restarts nodes.
-//! Concurrent clients record every operation; the history must be linearizable.
+//! Concurrent clients record every operation; the history must be linearizable, and three
+//! watchers of every key, resuming across the faults, must see exactly the committed writes
+//! (`process_support::watchers`).
 //!
 //! A second test runs the nodes with check-quorum off (the test-only `--check-quorum false`)
 //! and isolates the leader for seconds at a time while clients pinned to it keep reading and
@@ -31,7 +33,7 @@ use keyval::types::Term;
 use process_support::history::{
     assert_linearizable, record_while, run_recorded_client_mix, GETS_IN_TEN_DEFAULT,
 };
-use process_support::wait_for;
+use process_support::{wait_for, watchers};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -353,6 +355,7 @@ fn partitions(size: usize) {
         })
     };
     assert!(wait_for(|| leader(&clients[0]).is_some()), "no leader");
+    let watching = watchers::start(&endpoints, 3);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     let history = record_while(&clients, seed, seconds, || {
@@ -384,10 +387,29 @@ fn partitions(size: usize) {
         std::thread::sleep(Duration::from_millis(rng.random_range(200..500)));
     });
     let operations = history.snapshot();
-    let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
+    let context = format!("seed {seed}, faults {faults:?}");
+    let known = assert_linearizable(&operations, &context);
+    // Healed: each key's final value, then every watcher must have seen exactly the writes.
+    assert!(
+        wait_for(|| leader(&clients[0]).is_some()),
+        "no leader after healing"
+    );
+    let mut finals = std::collections::BTreeMap::new();
+    for key in 0..process_support::history::KEYS {
+        let key = format!("k{key}").into_bytes();
+        let value = clients[0]
+            .get(key.clone())
+            .expect("read after healing")
+            .map(|versioned| versioned.value);
+        finals.insert(key, value);
+    }
+    let watched = watching.finish(&clients[0]);
+    watchers::check(&watched, &operations, &finals, &context);
     eprintln!(
-        "process partitions, {size} nodes: {} operations ({known} known), faults {faults:?}",
-        operations.len()
+        "process partitions, {size} nodes: {} operations ({known} known), {} watch events per \
+         watcher, faults {faults:?}",
+        operations.len(),
+        watched[0].len()
     );
 }
 

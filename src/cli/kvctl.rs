@@ -348,6 +348,9 @@ pub enum Command {
     /// Grant, revoke, keep alive, inspect and list leases.
     #[command(subcommand)]
     Lease(super::lease::LeaseCommand),
+    /// Print every change to KEY (or a range, or a prefix) as it is committed, until
+    /// interrupted: PUT/DELETE, the key, the value. Resumes by itself when a node fails.
+    Watch(super::watch::WatchArgs),
     /// Hand leadership to voter ID and wait until it leads.
     TransferLeader {
         /// The voter to take over.
@@ -634,6 +637,7 @@ pub fn run(args: KvctlArgs) -> i32 {
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Lease(lease) => super::lease::run(&client, &lease, json),
+        Command::Watch(watch) => super::watch::run(&client, &watch, json),
         Command::Snapshot(snapshot) => super::snapshot::run(
             &client,
             &snapshot,

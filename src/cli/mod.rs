@@ -17,6 +17,7 @@ pub mod restore;
 mod snapshot;
 pub mod trace;
 pub mod txn;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
