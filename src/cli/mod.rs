@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod bench;
+mod bench_coordination;
 pub mod check;
 pub mod config_file;
 mod join;
