@@ -565,3 +565,122 @@ fn read_index_is_linearizable_with_check_quorum_off() {
         operations.len()
     );
 }
+
+/// Sends one write straight to `endpoint` on the raw protocol (no redirects, no retries) and
+/// returns its answer, or why none came.
+fn raw_write(
+    endpoint: &str,
+    command: keyval::kv::Command,
+) -> Result<keyval::protocol::ResponseFrame, String> {
+    use keyval::protocol::{write_frame, FrameReader, RequestBody, RequestFrame};
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(endpoint).map_err(|error| error.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|error| error.to_string())?;
+    let mut bytes = Vec::new();
+    let frame = RequestFrame {
+        request_id: 1,
+        timeout_ms: 3000,
+        body: RequestBody::Write(command),
+    };
+    write_frame(&frame, &mut bytes).map_err(|error| error.to_string())?;
+    stream
+        .write_all(&bytes)
+        .map_err(|error| error.to_string())?;
+    FrameReader::new()
+        .read_frame(&mut stream)
+        .map_err(|error| error.to_string())
+}
+
+/// A revoke sent to a leader cut off from the others never takes effect (it cannot commit;
+/// the keys stay on the majority side), a revoke through the majority's new leader deletes
+/// every attached key at once, and once healed the old leader holds neither the lease nor
+/// its keys.
+#[test]
+fn a_lease_revoke_under_a_partition_takes_effect_only_through_the_majority() {
+    let _turn = take_network_turn();
+    let Some(network) = Network::create(NODES) else {
+        skipped();
+        return;
+    };
+    let _nodes = Nodes::start(&network, &[]);
+    let endpoints: Vec<String> = (1..=NODES)
+        .map(|node| format!("{}:7379", network.address(node)))
+        .collect();
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&endpoints, options.clone()).expect("connect");
+    let mut settled = None;
+    assert!(
+        wait_for(|| {
+            settled = settled_leader(&client, &endpoints);
+            settled.is_some()
+        }),
+        "no settled leader"
+    );
+    let (old, term) = settled.expect("found above");
+    let grant = client.lease_grant(600).expect("grant");
+    for key in ["held/a", "held/b"] {
+        client
+            .put_with_lease(key.into(), b"v".to_vec(), grant.lease)
+            .expect("put with the lease");
+    }
+    network.set_isolated(old + 1, true);
+    match raw_write(
+        &endpoints[old],
+        keyval::kv::Command::lease_revoke(grant.lease),
+    ) {
+        Ok(frame) => assert!(
+            frame.result.is_err(),
+            "the isolated leader acknowledged a revoke: {frame:?}"
+        ),
+        Err(reason) => eprintln!("the isolated leader gave no answer: {reason}"),
+    }
+    let majority: Vec<String> = (0..NODES)
+        .filter(|&position| position != old)
+        .map(|position| endpoints[position].clone())
+        .collect();
+    assert!(
+        wait_for(|| majority
+            .iter()
+            .any(|endpoint| leads_above(&client, endpoint, term))),
+        "the majority elected no new leader"
+    );
+    let majority_client = Client::connect(&majority, options).expect("connect to the majority");
+    for key in ["held/a", "held/b"] {
+        assert!(
+            majority_client.get(key.into()).expect("read").is_some(),
+            "{key} vanished: the cut-off revoke took effect"
+        );
+    }
+    assert_eq!(
+        majority_client.lease_revoke(grant.lease).expect("revoke"),
+        2
+    );
+    assert_eq!(
+        majority_client
+            .get_prefix(b"held/", 10)
+            .expect("read")
+            .entries
+            .len(),
+        0
+    );
+    network.set_isolated(old + 1, false);
+    let stale = Client::connect(
+        &[endpoints[old].clone()],
+        ClientOptions {
+            read_consistency: keyval::protocol::Consistency::Stale,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("connect to the old leader");
+    assert!(
+        wait_for(|| stale
+            .get_prefix(b"held/", 10)
+            .is_ok_and(|page| page.entries.is_empty())),
+        "the healed old leader still holds the revoked lease's keys"
+    );
+}
