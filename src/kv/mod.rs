@@ -69,6 +69,7 @@
 //! assert_eq!(versioned.metadata.mod_revision, LogIndex(1));
 //! ```
 
+pub mod auth;
 mod command;
 mod legacy;
 mod response;

@@ -10,10 +10,13 @@
 //! | `leases` records:    (LeaseId, ttl_seconds)  strictly ascending id order       |
 //! | `keys` records:      (key, Versioned)        strictly ascending key order      |
 //! | `sessions` records:  (client_id, Session)    strictly ascending client order   |
+//! | (format 6 on) record: AuthHeader { enabled, revision, secret, users, roles }    |
+//! | `users` records:     (name, User)            strictly ascending name order     |
+//! | `roles` records:     (name, Role)            strictly ascending name order     |
 //! +---------------------------------------------------------------------------------+
 //! ```
 //!
-//! Nothing may follow the last session record. Restore builds a new store and replaces the old
+//! Nothing may follow the last record. Restore builds a new store and replaces the old
 //! one only when the whole snapshot checked out, so a bad snapshot leaves the store untouched.
 //!
 //! Format versions (the record sequence is the same in all):
@@ -23,12 +26,14 @@
 //! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) | `Metadata { create_revision, mod_revision, version }`; `WriteOutcome` without `deleted` |
 //! | 2 | builds before transactions | a session registered that has applied no write yet has sequence 0 and an empty response | as in 1 |
 //! | 3 | builds before leases | as in 2 | `Metadata` ends with `lease: Option<LeaseId>`; `WriteOutcome` ends with `deleted: u64` |
-//! | 4 | this build | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
+//! | 4 | builds before auth | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
+//! | 5 | reserved for the watch history (not read by this build) | | |
+//! | 6 | this build | as in 2 | as in 4; the auth section follows the sessions (see `auth.rs`); its secret signs tokens, so a snapshot file must be guarded like a key |
 //!
 //! The lease → keys index is not stored: restore rebuilds it from the keys' metadata. A
 //! version 3 snapshot has no lease table (no key of it can have a lease).
 //!
-//! This build reads all four; a version 1 snapshot's sessions carry on as registered ones,
+//! This build reads 1 to 4 and 6 (earlier ones have auth disabled and no users); a version 1 snapshot's sessions carry on as registered ones,
 //! and the key records and cached responses of versions 1 and 2 are converted to the current
 //! layout (see `legacy.rs`; no key has a lease, a cached outcome's `deleted` is 1 exactly when
 //! it removed its key). A converted response may be a few bytes longer, so sessions are
@@ -42,6 +47,7 @@ use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
 use crate::types::LogIndex;
 
+use super::auth::{AuthState, Role, User};
 use super::legacy::{self, VersionedV2};
 use super::response::{LeaseId, Response, Versioned};
 use super::session::{Session, Sessions};
@@ -55,7 +61,13 @@ use super::{
 const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
 
 /// The snapshot format this build writes.
-const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+const SNAPSHOT_FORMAT_VERSION: u32 = 6;
+
+/// The format reserved for the watch history, which this build does not read.
+const SNAPSHOT_FORMAT_VERSION_WATCH: u32 = 5;
+
+/// The first format with an auth section.
+const SNAPSHOT_FORMAT_VERSION_AUTH: u32 = 6;
 
 /// The first format whose key metadata carries a lease (see the module docs).
 const SNAPSHOT_FORMAT_VERSION_LEASES: u32 = 3;
@@ -71,6 +83,11 @@ const SNAPSHOT_FORMAT_VERSION_MIN: u32 = 1;
 const SNAPSHOT_RECORD_BYTES_MAX: u64 = RESPONSE_BYTES_MAX as u64 + 4096;
 
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 4096 <= SNAPSHOT_RECORD_BYTES_MAX as usize);
+// A role with every permission of maximal bounds is one record.
+const _: () = assert!(
+    super::auth::ROLE_PERMISSIONS_MAX * (2 * (KEY_BYTES_MAX + 1) + 64) + 4096
+        <= SNAPSHOT_RECORD_BYTES_MAX as usize
+);
 
 /// The first record of a snapshot.
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +98,17 @@ struct Header {
     revision: LogIndex,
     keys: u64,
     sessions: u64,
+}
+
+/// The first record of the auth section (format 6 on).
+#[derive(Debug, Serialize, Deserialize)]
+struct AuthHeader {
+    enabled: bool,
+    revision: LogIndex,
+    #[serde(with = "super::bytes")]
+    secret: Vec<u8>,
+    users: u64,
+    roles: u64,
 }
 
 /// Why a snapshot could not be restored. The store is left as it was.
@@ -157,6 +185,21 @@ impl KvStore {
         for entry in self.sessions.iter() {
             write_record(&entry, &mut out);
         }
+        let auth = &self.auth;
+        let header = AuthHeader {
+            enabled: auth.enabled,
+            revision: auth.revision,
+            secret: auth.secret.clone(),
+            users: auth.users.len() as u64,
+            roles: auth.roles.len() as u64,
+        };
+        write_record(&header, &mut out);
+        for user in &auth.users {
+            write_record(&user, &mut out);
+        }
+        for role in &auth.roles {
+            write_record(&role, &mut out);
+        }
         out
     }
 
@@ -170,6 +213,7 @@ impl KvStore {
             });
         }
         if !(SNAPSHOT_FORMAT_VERSION_MIN..=SNAPSHOT_FORMAT_VERSION).contains(&header.format_version)
+            || header.format_version == SNAPSHOT_FORMAT_VERSION_WATCH
         {
             return Err(SnapshotError::UnknownVersion {
                 found: header.format_version,
@@ -254,6 +298,9 @@ impl KvStore {
             return Err(reader.invalid("sessions hold more bytes than SESSION_CACHE_BYTES_MAX"));
         }
         store.sessions = sessions;
+        if header.format_version >= SNAPSHOT_FORMAT_VERSION_AUTH {
+            store.auth = std::sync::Arc::new(read_auth(&mut reader, header.applied)?);
+        }
         if !reader.bytes.is_empty() {
             return Err(SnapshotError::TrailingBytes {
                 extra: reader.bytes.len(),
@@ -264,6 +311,46 @@ impl KvStore {
         }
         Ok(store)
     }
+}
+
+/// Reads and checks the auth section.
+fn read_auth(reader: &mut Reader<'_>, applied: LogIndex) -> Result<AuthState, SnapshotError> {
+    let header: AuthHeader = reader.next()?;
+    if header.users > super::auth::USERS_MAX as u64 || header.roles > super::auth::ROLES_MAX as u64
+    {
+        return Err(reader.invalid("more users or roles than the limits"));
+    }
+    let mut auth = AuthState {
+        enabled: header.enabled,
+        revision: header.revision,
+        secret: header.secret,
+        ..AuthState::default()
+    };
+    for _ in 0..header.users {
+        let (name, user): (String, User) = reader.next()?;
+        if auth
+            .users
+            .last_key_value()
+            .is_some_and(|(last, _)| name <= *last)
+        {
+            return Err(reader.invalid("users out of name order"));
+        }
+        auth.users.insert(name, user);
+    }
+    for _ in 0..header.roles {
+        let (name, role): (String, Role) = reader.next()?;
+        if auth
+            .roles
+            .last_key_value()
+            .is_some_and(|(last, _)| name <= *last)
+        {
+            return Err(reader.invalid("roles out of name order"));
+        }
+        auth.roles.insert(name, role);
+    }
+    auth.check(applied)
+        .map_err(|reason| reader.invalid(reason))?;
+    Ok(auth)
 }
 
 /// Checks one data record against the store restored so far.

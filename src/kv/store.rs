@@ -9,6 +9,7 @@ use imbl::{OrdMap, OrdSet};
 use crate::state_machine::{RestoreError, SnapshotWriter, StateMachine};
 use crate::types::{EntryId, LogIndex};
 
+use super::auth::{AuthOperation, AuthPublisher, AuthState};
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
 use super::response::{
     LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,
@@ -46,6 +47,11 @@ pub struct KvStore {
     /// Bytes of keys and values held. Invariant: the sum over `data` of key and value
     /// lengths (checked by `check_invariants`).
     pub(super) bytes: u64,
+    /// Users, roles and whether auth is enabled (`auth.rs`). Shared with the servers'
+    /// permission checks; replaced copy-on-write by an auth change.
+    pub(super) auth: Arc<AuthState>,
+    /// Where every auth change (and a restore) is published; not state (always equal).
+    pub(super) auth_publisher: AuthPublisher,
 }
 
 /// A frozen copy of the store's lease table ([`KvStore::lease_table`]).
@@ -202,6 +208,17 @@ impl KvStore {
         self.leases.len()
     }
 
+    /// The auth state now, in O(1).
+    pub fn auth(&self) -> Arc<AuthState> {
+        Arc::clone(&self.auth)
+    }
+
+    /// Where this store publishes its auth state after every change: a server keeps it and
+    /// refreshes its copy when [`AuthPublisher::generation`] moves, without locking the store.
+    pub fn auth_publisher(&self) -> AuthPublisher {
+        self.auth_publisher.clone()
+    }
+
     /// How many client sessions are kept.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -259,6 +276,9 @@ impl KvStore {
             }
         }
         self.sessions.check_invariants(self.applied);
+        if let Err(reason) = self.auth.check(self.applied) {
+            panic!("auth state: {reason}");
+        }
     }
 
     /// Decodes, validates, deduplicates and applies one command; returns the encoded response.
@@ -314,6 +334,12 @@ impl KvStore {
                 return self.grant_lease(index, *ttl_seconds)
             }
             [Operation::LeaseRevoke { lease }] => return self.revoke_lease(index, *lease),
+            [Operation::Auth(_)] => {
+                let Some(Operation::Auth(operation)) = command.operations.pop() else {
+                    unreachable!("matched an auth operation")
+                };
+                return self.apply_auth(index, operation);
+            }
             _ => {}
         }
         let return_previous = command.return_previous;
@@ -377,6 +403,11 @@ impl KvStore {
                     // Likewise for lease grants and revokes.
                     self.roll_back(undo);
                     return Response::Rejected(KvError::LeaseNotAlone);
+                }
+                Operation::Auth(_) => {
+                    // And for auth changes.
+                    self.roll_back(undo);
+                    return Response::Rejected(KvError::AuthNotAlone);
                 }
             };
             let key: Arc<[u8]> = key.into();
@@ -599,6 +630,19 @@ impl KvStore {
         }
     }
 
+    /// Applies an auth change at `index`: all of it, or nothing with the reason.
+    fn apply_auth(&mut self, index: LogIndex, operation: AuthOperation) -> Response {
+        let mut next = AuthState::clone(&self.auth);
+        match next.apply(index, operation) {
+            Ok(()) => {
+                self.auth = Arc::new(next);
+                self.auth_publisher.publish(&self.auth);
+                Response::AuthChanged { revision: index }
+            }
+            Err(error) => Response::Rejected(KvError::Auth(error)),
+        }
+    }
+
     /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
     /// one its new metadata names (which must exist). Returns what it replaced.
     pub(super) fn insert_entry(&mut self, key: Arc<[u8]>, stored: Stored) -> Option<Stored> {
@@ -719,7 +763,11 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), RestoreError> {
+        let publisher = self.auth_publisher.clone();
         *self = KvStore::decode_snapshot(data)?;
+        // Whoever reads the old store's publication now reads the restored state.
+        self.auth_publisher = publisher;
+        self.auth_publisher.publish(&self.auth);
         Ok(())
     }
 }
