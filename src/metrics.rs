@@ -74,13 +74,13 @@ pub const PROPOSAL_FAILURES: [&str; 5] =
 /// The operations of client requests, the `op` label of
 /// `keyval_client_request_duration_seconds` (series for their `ok` result exist from the
 /// start, at zero).
-pub const CLIENT_OPERATIONS: [&str; 7] = [
-    "write", "read", "status", "snapshot", "members", "admin", "lease",
+pub const CLIENT_OPERATIONS: [&str; 8] = [
+    "write", "read", "status", "snapshot", "members", "admin", "lease", "auth",
 ];
 
 /// The results of client requests, the `result` label: `ok`, or the protocol's error kinds
 /// ([`ServerError`]) in snake case.
-pub const CLIENT_RESULTS: [&str; 14] = [
+pub const CLIENT_RESULTS: [&str; 17] = [
     "ok",
     "not_leader",
     "busy",
@@ -95,6 +95,9 @@ pub const CLIENT_RESULTS: [&str; 14] = [
     "snapshot_offset",
     "refused",
     "transfer_failed",
+    "unauthenticated",
+    "authentication_failed",
+    "permission_denied",
 ];
 
 /// The `op` label of a client request: one of [`CLIENT_OPERATIONS`].
@@ -112,6 +115,9 @@ pub fn request_operation(body: &RequestBody) -> &'static str {
         RequestBody::LeaseKeepAlive { .. }
         | RequestBody::LeaseTimeToLive { .. }
         | RequestBody::LeaseList => "lease",
+        RequestBody::Authenticate { .. }
+        | RequestBody::PresentToken { .. }
+        | RequestBody::Auth(_) => "auth",
     }
 }
 
@@ -135,6 +141,9 @@ pub fn request_result<T>(outcome: Result<T, &ServerError>) -> &'static str {
         ServerError::SnapshotOffset { .. } => "snapshot_offset",
         ServerError::Refused { .. } => "refused",
         ServerError::TransferFailed { .. } => "transfer_failed",
+        ServerError::Unauthenticated { .. } => "unauthenticated",
+        ServerError::AuthenticationFailed => "authentication_failed",
+        ServerError::PermissionDenied { .. } => "permission_denied",
     }
 }
 

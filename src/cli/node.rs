@@ -152,6 +152,14 @@ pub struct NodeArgs {
         default_value_t = crate::server::IDLE_TIMEOUT_DEFAULT.as_millis() as u64
     )]
     pub client_idle_timeout_ms: u64,
+    /// How long an auth token this node issues stays valid, in seconds (etcd's
+    /// `--auth-token-ttl`); a client re-authenticates transparently after.
+    #[arg(
+        long,
+        env = "KEYVAL_AUTH_TOKEN_TTL",
+        default_value_t = crate::server::auth::AUTH_TOKEN_TTL_DEFAULT.as_secs()
+    )]
+    pub auth_token_ttl: u64,
     /// Close a client connection whose request frame is not whole this many milliseconds
     /// after its first byte arrived.
     #[arg(
@@ -383,6 +391,9 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             "--request-timeout-ms must be in 1..={}",
             crate::server::REQUEST_TIMEOUT_MAX.as_millis()
         );
+    }
+    if args.auth_token_ttl == 0 {
+        bail!("--auth-token-ttl must be at least 1 (second)");
     }
     if args.client_idle_timeout_ms == 0 || args.client_frame_timeout_ms == 0 {
         bail!("--client-idle-timeout-ms and --client-frame-timeout-ms must be at least 1");
@@ -698,6 +709,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     raise_open_files_limit(args.max_connections);
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
+    server_options.auth_token_ttl = Duration::from_secs(args.auth_token_ttl);
     server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
     server_options.request_buffer_bytes_max = args.client_buffer_bytes_max;
     let server_slot = Arc::new(std::sync::OnceLock::new());

@@ -127,6 +127,9 @@ fn serve(
     deadline: Instant,
 ) -> Result<ResponseBody, ServerError> {
     let node = &shared.node;
+    if let RequestBody::Auth(request) = body {
+        return super::auth::serve_admin(shared, request, deadline);
+    }
     let changed = match body {
         RequestBody::AddMember { id, address, voter } => {
             log::info(

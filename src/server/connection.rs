@@ -55,6 +55,8 @@ pub(super) enum PendingKind {
     Admin,
     /// A lease request: a read point's completion, then the lease keeper serves it.
     Lease(super::leases::LeaseRequest),
+    /// A password verification on the auth thread.
+    Auth,
 }
 
 /// What the server remembers of a request until it is answered: its id, and for the
@@ -132,6 +134,8 @@ pub(super) struct Connection {
     pub(super) starved: bool,
     /// The snapshot this connection is downloading, if any.
     pub(super) snapshot_pin: SnapshotPin,
+    /// Who the connection is (auth).
+    pub(super) auth: super::auth::ConnectionAuth,
 }
 
 impl Connection {
@@ -165,13 +169,35 @@ impl Connection {
             dirty: false,
             starved: false,
             snapshot_pin: SnapshotPin::default(),
+            auth: super::auth::ConnectionAuth::default(),
         }
+    }
+
+    /// Looks up, once, the common name of the verified client certificate (after the TLS
+    /// handshake), as the connection's fallback identity.
+    pub(super) fn resolve_certificate_user(&mut self) {
+        if self.auth.certificate_user.is_some() {
+            return;
+        }
+        let Some(tls) = &self.tls else {
+            self.auth.certificate_user = Some(None);
+            return;
+        };
+        if tls.is_handshaking() {
+            return;
+        }
+        let name = tls
+            .peer_certificates()
+            .and_then(|certificates| certificates.first())
+            .and_then(|certificate| super::auth::common_name(certificate.as_ref()));
+        self.auth.certificate_user = Some(name);
     }
 
     /// Whether the connection may take another request now.
     pub(super) fn accepts_requests(&self, inflight_max: usize) -> bool {
         !self.draining
             && !self.broken
+            && !self.auth.authenticating
             && self.pending.len() < inflight_max
             && self.output.len() - self.written <= OUTPUT_BYTES_HIGH
     }
