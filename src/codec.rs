@@ -52,6 +52,17 @@ pub fn deserialize_string<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_str(StrVisitor)
 }
 
+/// [`deserialize_string`] for an optional string (`#[serde(deserialize_with)]` on an
+/// `Option<String>` field).
+pub fn deserialize_optional_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Bounded(#[serde(deserialize_with = "deserialize_string")] String);
+    let value: Option<Bounded> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(value.map(|Bounded(text)| text))
+}
+
 /// Encodes `value`.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|error| CodecError::Encode {

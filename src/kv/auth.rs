@@ -154,50 +154,62 @@ pub enum AuthOperation {
     /// Adds a user.
     UserAdd {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
         /// Its password's PHC string (`None`: certificate only).
+        #[serde(deserialize_with = "crate::codec::deserialize_optional_string")]
         password_hash: Option<String>,
     },
     /// Deletes a user.
     UserDelete {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Replaces a user's password.
     UserChangePassword {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
         /// The new password's PHC string (`None`: certificate only).
+        #[serde(deserialize_with = "crate::codec::deserialize_optional_string")]
         password_hash: Option<String>,
     },
     /// Gives a user a role.
     UserGrantRole {
         /// The user.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         user: String,
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
     },
     /// Takes a role from a user.
     UserRevokeRole {
         /// The user.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         user: String,
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
     },
     /// Adds a role without permissions.
     RoleAdd {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Deletes a role, and takes it from every user holding it.
     RoleDelete {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Grants a role a permission on a range; replaces the permission it held on exactly
     /// that range, if any (as etcd does).
     RoleGrantPermission {
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
         /// What, and where.
         grant: PermissionGrant,
@@ -205,6 +217,7 @@ pub enum AuthOperation {
     /// Takes from a role its permission on exactly `range`.
     RoleRevokePermission {
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
         /// The range of the permission.
         range: KeyRange,

@@ -11,7 +11,7 @@ use crate::types::LogIndex;
 /// A password on the wire: its `Debug` never shows it, so no log line can leak it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Password(pub String);
+pub struct Password(#[serde(deserialize_with = "crate::codec::deserialize_string")] pub String);
 
 impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,6 +33,7 @@ impl From<&str> for Password {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthToken {
     /// Who.
+    #[serde(deserialize_with = "crate::codec::deserialize_string")]
     pub user: String,
     /// Until when, in milliseconds since the Unix epoch on the issuing node's clock.
     pub expires_unix_ms: u64,
@@ -72,6 +73,7 @@ pub enum AuthRequest {
     /// Adds a user; the server hashes the password (Argon2id) before proposing.
     UserAdd {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
         /// Its password; `None` for a user that authenticates only with a client
         /// certificate.
@@ -80,11 +82,13 @@ pub enum AuthRequest {
     /// Deletes a user (not `root` while auth is enabled).
     UserDelete {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Replaces a user's password; its tokens stop being valid.
     UserChangePassword {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
         /// The new password (`None`: certificate only).
         password: Option<Password>,
@@ -92,20 +96,25 @@ pub enum AuthRequest {
     /// Gives a user a role.
     UserGrantRole {
         /// The user.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         user: String,
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
     },
     /// Takes a role from a user.
     UserRevokeRole {
         /// The user.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         user: String,
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
     },
     /// A user's roles.
     UserGet {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Every user name.
@@ -113,16 +122,19 @@ pub enum AuthRequest {
     /// Adds a role.
     RoleAdd {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Deletes a role (and takes it from its users).
     RoleDelete {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Grants a role a permission on a range.
     RoleGrantPermission {
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
         /// What, and where.
         grant: PermissionGrant,
@@ -130,6 +142,7 @@ pub enum AuthRequest {
     /// Takes from a role its permission on exactly `range`.
     RoleRevokePermission {
         /// The role.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         role: String,
         /// The permission's range.
         range: KeyRange,
@@ -137,6 +150,7 @@ pub enum AuthRequest {
     /// A role's permissions.
     RoleGet {
         /// Its name.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         name: String,
     },
     /// Every role name.

@@ -134,6 +134,7 @@ pub enum RequestBody {
     /// this one is answered.
     Authenticate {
         /// The user.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
         user: String,
         /// Its password.
         password: auth::Password,
