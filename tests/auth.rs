@@ -20,12 +20,12 @@ use keyval::types::MemberAddress;
 use keyval::NodeId;
 use server_support::{wait_for, TestCluster};
 
-/// The next free client port of this test binary's share of 5500–5599.
+/// The next free client port of this test binary's share of 5500–5599 (5500–5549).
 fn local_address() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(5500);
     loop {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 5600, "out of test ports 5500-5599");
+        assert!(port < 5550, "out of test ports 5500-5549");
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return format!("127.0.0.1:{port}");
         }
