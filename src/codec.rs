@@ -85,6 +85,17 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 /// `deserialize_bytes` is then taken from `bytes` and checked against what is actually present,
 /// instead of being allocated up front from its claimed length (fuzzing found a 10-byte input
 /// that made the owned decoder allocate 16 MiB).
+/// Decodes a `T` from the start of `bytes`; returns it with the bytes it took (the rest is
+/// the caller's).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config()).map_err(|error| {
+        CodecError::Malformed {
+            reason: error.to_string(),
+        }
+    })
+}
+
+/// Decodes `bytes`, all of them, as a `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) =
         bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config()).map_err(|error| {

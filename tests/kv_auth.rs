@@ -12,8 +12,10 @@ use keyval::kv::auth::{
 use keyval::kv::{Command, KeyRange, KvError, KvStore, Response, SnapshotError};
 use keyval::{EntryId, LogIndex, StateMachine, Term};
 
+/// Applies `operation` as a server proposes it: checked against the store's auth state now.
 fn apply(store: &mut KvStore, index: u64, operation: AuthOperation) -> Response {
-    let bytes = Command::auth(operation).encode().unwrap();
+    let command = Command::auth(operation).encode().unwrap();
+    let bytes = keyval::kv::auth::wrap_checked(store.auth().revision(), &command);
     let answer = store.apply(EntryId::new(Term(1), LogIndex(index)), &bytes);
     Response::decode(&answer).unwrap()
 }
@@ -138,12 +140,12 @@ fn refused_auth_changes_change_nothing() {
 #[test]
 fn a_snapshot_carries_the_auth_state() {
     let mut store = enabled_store();
-    store.apply(
-        EntryId::new(Term(1), LogIndex(9)),
-        &Command::put(b"app/1".to_vec(), b"v".to_vec())
-            .encode()
-            .unwrap(),
-    );
+    let put = Command::put(b"app/1".to_vec(), b"v".to_vec())
+        .encode()
+        .unwrap();
+    let put = keyval::kv::auth::wrap_checked(LogIndex(8), &put);
+    store.apply(EntryId::new(Term(1), LogIndex(9)), &put);
+    assert!(store.get(b"app/1").is_some());
     let bytes = store.snapshot();
     let mut restored = KvStore::new();
     let publisher = restored.auth_publisher();
@@ -326,4 +328,62 @@ fn a_restore_refuses_auth_records_that_break_an_invariant() {
             "{what}: {error}"
         );
     }
+}
+
+fn apply_raw(store: &mut KvStore, index: u64, bytes: &[u8]) -> Response {
+    Response::decode(&store.apply(EntryId::new(Term(1), LogIndex(index)), bytes)).unwrap()
+}
+
+/// etcd's "old auth revision": a write checked against an auth state that changed before it
+/// applied is refused whole, and not recorded for its session, so its retry applies once.
+#[test]
+fn a_write_checked_against_an_older_auth_state_applies_nothing() {
+    use keyval::kv::auth::wrap_checked;
+    let mut store = enabled_store();
+    let register = wrap_checked(LogIndex(8), &Command::register_session().encode().unwrap());
+    let registered = apply_raw(&mut store, 9, &register);
+    let Response::SessionRegistered { client_id } = registered else {
+        panic!("{registered:?}");
+    };
+    let put = Command::put(b"app/1".to_vec(), b"v".to_vec())
+        .with_session(client_id, 1)
+        .encode()
+        .unwrap();
+    // Checked at revision 7, applied at revision 8: refused.
+    let stale = apply_raw(&mut store, 10, &wrap_checked(LogIndex(7), &put));
+    assert_eq!(
+        stale,
+        Response::Rejected(KvError::AuthRevisionChanged {
+            checked: Some(LogIndex(7)),
+            current: LogIndex(8)
+        })
+    );
+    assert!(store.get(b"app/1").is_none());
+    assert_eq!(store.session_sequence(client_id), Some(0), "not recorded");
+    // Not checked at all while auth is enabled: refused.
+    let unchecked = apply_raw(&mut store, 11, &put);
+    assert!(matches!(
+        unchecked,
+        Response::Rejected(KvError::AuthRevisionChanged { checked: None, .. })
+    ));
+    // The retry, checked against the current state, applies once.
+    let current = apply_raw(&mut store, 12, &wrap_checked(LogIndex(8), &put));
+    assert!(current.is_written(), "{current:?}");
+    assert_eq!(store.get(b"app/1").unwrap().value, b"v");
+    assert_eq!(store.session_sequence(client_id), Some(1));
+    // The lease keeper's revokes are never wrapped, and still apply.
+    let revoke = Command::lease_revoke(keyval::kv::LeaseId(99))
+        .encode()
+        .unwrap();
+    assert!(matches!(
+        apply_raw(&mut store, 13, &revoke),
+        Response::Rejected(KvError::LeaseNotFound { .. })
+    ));
+    // A damaged prefix is malformed, never a panic.
+    let damaged = apply_raw(&mut store, 14, &[keyval::kv::auth::AUTH_CHECKED_TAG, 0xFF]);
+    assert!(matches!(
+        damaged,
+        Response::Rejected(KvError::Malformed { .. })
+    ));
+    store.check_invariants();
 }

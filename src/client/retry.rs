@@ -270,6 +270,15 @@ impl Client {
                         *leader = Some(target.to_string());
                     }
                 }
+                if let ResponseBody::Written(crate::kv::Response::Rejected(
+                    crate::kv::KvError::AuthRevisionChanged { .. },
+                )) = &response
+                {
+                    // Applied nothing: the same write (same session and sequence) is sent
+                    // again to be checked against the current auth state.
+                    call.last_error = format!("{target}: the auth state changed; sending again");
+                    return Step::Again;
+                }
                 return Step::Done(Ok(response));
             }
             Err(error) => error,
@@ -290,6 +299,9 @@ impl Client {
             ServerError::Busy { .. } | ServerError::Dropped | ServerError::ReadTimeout => {
                 Step::Again
             }
+            // The auth state changed between the check and the apply: nothing was applied;
+            // the same request is checked anew.
+            ServerError::Invalid(crate::kv::KvError::AuthRevisionChanged { .. }) => Step::Again,
             ServerError::Invalid(error) => Step::Done(Err(ClientError::Rejected(error))),
             // The connection's token expired or was invalidated: authenticate again.
             ServerError::Unauthenticated { .. } if self.inner.options.credentials.is_some() => {

@@ -698,6 +698,41 @@ fn covers(granted: &[&KeyRange], wanted: &KeyRange) -> bool {
     false
 }
 
+/// The first byte of a proposal that carries the auth revision its permissions were checked
+/// against ([`wrap_checked`]). No [`Command`](super::Command) starts with it: a command's
+/// first byte is its session's variant, 0 to 2.
+pub const AUTH_CHECKED_TAG: u8 = 0xA7;
+
+/// The most bytes [`wrap_checked`] adds in front of a command.
+pub const AUTH_CHECKED_OVERHEAD_BYTES: usize = 16;
+
+/// A proposal of `command` (encoded) whose permissions the proposing server checked against
+/// auth revision `checked_at`. The store refuses it, applying nothing, with
+/// [`KvError::AuthRevisionChanged`](super::KvError::AuthRevisionChanged) if the auth state
+/// changed since (a revoke committed in between, or a new leader that had not applied the
+/// latest change): etcd's "old auth revision", and the client sends it again to be checked
+/// anew. While auth is enabled the store refuses writes that are not so wrapped, except the
+/// lease keeper's revokes.
+pub fn wrap_checked(checked_at: LogIndex, command: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(command.len() + AUTH_CHECKED_OVERHEAD_BYTES);
+    out.push(AUTH_CHECKED_TAG);
+    out.extend(crate::codec::encode(&checked_at).unwrap_or_default());
+    debug_assert!(out.len() <= AUTH_CHECKED_OVERHEAD_BYTES);
+    out.extend_from_slice(command);
+    out
+}
+
+/// Splits a proposal made by [`wrap_checked`] into the auth revision and the command;
+/// `None` for a plain command.
+pub(super) fn split_checked(bytes: &[u8]) -> Option<Result<(LogIndex, &[u8]), String>> {
+    let rest = bytes.strip_prefix(&[AUTH_CHECKED_TAG])?;
+    Some(
+        crate::codec::decode_prefix::<LogIndex>(rest)
+            .map(|(revision, used)| (revision, &rest[used..]))
+            .map_err(|error| error.to_string()),
+    )
+}
+
 /// Where a store publishes its current auth state for the servers' permission checks: a
 /// read is an atomic load (and, after a change, one brief read lock), never a walk of the
 /// store. Clones share the publication.

@@ -771,6 +771,18 @@ pub enum KvError {
     /// previous values.
     #[error("an auth change must be the only operation of its command")]
     AuthNotAlone,
+    /// The write's permissions were checked against an auth state that changed before it
+    /// applied (or, with auth enabled, were not checked at all). Nothing was applied; send it
+    /// again (the same session and sequence) to be checked anew. [`Client`] does so itself.
+    ///
+    /// [`Client`]: crate::client::Client
+    #[error("the auth state changed (revision {current:?}) since the write was checked at {checked:?}; send it again")]
+    AuthRevisionChanged {
+        /// The auth revision it was checked against (`None`: not checked).
+        checked: Option<LogIndex>,
+        /// The auth revision when it applied.
+        current: LogIndex,
+    },
 }
 
 impl KvError {

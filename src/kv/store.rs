@@ -283,6 +283,13 @@ impl KvStore {
 
     /// Decodes, validates, deduplicates and applies one command; returns the encoded response.
     fn apply_bytes(&mut self, index: LogIndex, bytes: &[u8]) -> Vec<u8> {
+        let (checked_at, bytes) = match super::auth::split_checked(bytes) {
+            None => (None, bytes),
+            Some(Ok((revision, rest))) => (Some(revision), rest),
+            Some(Err(reason)) => {
+                return Response::Rejected(KvError::Malformed { reason }).encode();
+            }
+        };
         let command = match Command::decode(bytes).and_then(|command| {
             command.validate()?;
             Ok(command)
@@ -290,6 +297,11 @@ impl KvStore {
             Ok(command) => command,
             Err(error) => return Response::Rejected(error).encode(),
         };
+        // Before the session table: a refusal here is not recorded, so a retry of the same
+        // sequence is checked and applied afresh.
+        if let Err(error) = self.check_auth_revision(checked_at, &command) {
+            return Response::Rejected(error).encode();
+        }
         let session = match command.session {
             CommandSession::None => return self.apply_operations(index, command).encode(),
             CommandSession::Register => {
@@ -628,6 +640,34 @@ impl KvStore {
             revision: self.revision,
             deleted,
         }
+    }
+
+    /// Refuses a write checked against an auth state that is no longer current, and with auth
+    /// enabled one that was not checked at all (except a lease revoke: the leader's lease
+    /// keeper proposes those itself).
+    fn check_auth_revision(
+        &self,
+        checked_at: Option<LogIndex>,
+        command: &Command,
+    ) -> Result<(), KvError> {
+        let current = self.auth.revision();
+        let stale = match checked_at {
+            Some(revision) => revision != current,
+            None => {
+                self.auth.is_enabled()
+                    && !matches!(
+                        command.operations.as_slice(),
+                        [Operation::LeaseRevoke { .. }]
+                    )
+            }
+        };
+        if stale {
+            return Err(KvError::AuthRevisionChanged {
+                checked: checked_at,
+                current,
+            });
+        }
+        Ok(())
     }
 
     /// Applies an auth change at `index`: all of it, or nothing with the reason.

@@ -629,6 +629,7 @@ pub(super) fn serve_admin(
     shared: &Shared,
     request: AuthRequest,
     deadline: Instant,
+    checked_at: crate::types::LogIndex,
 ) -> Result<ResponseBody, ServerError> {
     let node = &shared.node;
     if !request.is_change() {
@@ -641,6 +642,8 @@ pub(super) fn serve_admin(
     let bytes = Command::auth(operation)
         .encode()
         .map_err(ServerError::Invalid)?;
+    // Applied only if the auth state is still the one the root check saw.
+    let bytes = crate::kv::auth::wrap_checked(checked_at, &bytes);
     let answer = node
         .propose(bytes, deadline)
         .map_err(|error| super::event_loop::propose_error(shared, error))?;

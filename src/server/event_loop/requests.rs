@@ -12,7 +12,7 @@ use crate::protocol::{
     Consistency, ReadReply, RequestBody, RequestFrame, ResponseBody, ServerError,
     SnapshotRequested, StatusReply,
 };
-use crate::types::NodeId;
+use crate::types::{LogIndex, NodeId};
 
 use super::super::auth::{self, Authorizer, VerifyJob};
 use super::super::connection::{PendingKind, Request};
@@ -42,15 +42,24 @@ impl EventLoop {
             operation: crate::metrics::request_operation(&frame.body),
             arrived,
         };
-        if let Err(refusal) = self.authorize(key, &frame.body) {
-            self.respond(key, asked, Err(refusal));
-            return;
-        }
+        let auth_revision = match self.authorize(key, &frame.body) {
+            Ok(revision) => revision,
+            Err(refusal) => {
+                self.respond(key, asked, Err(refusal));
+                return;
+            }
+        };
         match frame.body {
             RequestBody::Write(mut command) => {
                 raise_lease_ttl(&shared, &mut command);
                 match command.encode() {
                     Ok(bytes) => {
+                        // Once auth was ever configured, a write applies only if the auth
+                        // state is still the one it was checked against.
+                        let bytes = match auth_revision {
+                            LogIndex(0) => bytes,
+                            revision => crate::kv::auth::wrap_checked(revision, &bytes),
+                        };
                         let tag = self.register(key, asked, deadline, PendingKind::Write);
                         self.writes.push((bytes, tag));
                     }
@@ -132,7 +141,9 @@ impl EventLoop {
                 // Earlier writes of this connection go first.
                 self.flush_writes();
                 let tag = self.register(key, asked, deadline, PendingKind::Admin);
-                if let Err(refusal) = admin::spawn(&shared, &self.admin, tag, deadline, body) {
+                let spawned =
+                    admin::spawn(&shared, &self.admin, tag, deadline, body, auth_revision);
+                if let Err(refusal) = spawned {
                     self.fail(tag, refusal);
                 }
             }
@@ -154,7 +165,9 @@ impl EventLoop {
     /// Checks that connection `key` may send `body`: nothing is checked while auth is
     /// disabled (but an auth change is never taken in a write), else the connection's
     /// identity (token, or client certificate) and its permissions.
-    fn authorize(&mut self, key: usize, body: &RequestBody) -> Result<(), ServerError> {
+    ///
+    /// Returns the auth revision it checked against.
+    fn authorize(&mut self, key: usize, body: &RequestBody) -> Result<LogIndex, ServerError> {
         if let RequestBody::Write(command) = body {
             if command.changes_auth() {
                 return Err(ServerError::Invalid(KvError::Auth(
@@ -165,17 +178,19 @@ impl EventLoop {
             }
         }
         let authorizer = self.auth.current().clone();
+        let revision = authorizer.state().revision();
         if !authorizer.is_enabled() || auth::is_open(body) {
-            return Ok(());
+            return Ok(revision);
         }
         let Some(connection) = self.connections.get_mut(key) else {
-            return Ok(());
+            return Ok(revision);
         };
         connection.resolve_certificate_user();
         let identity = connection.auth.identity(authorizer.state())?;
         let node = &self.shared.node;
         let lease_keys = |lease| node.with_state_machine(|kv| kv.lease_keys(lease));
-        check_request(&authorizer, &identity, body, lease_keys)
+        check_request(&authorizer, &identity, body, lease_keys)?;
+        Ok(revision)
     }
 
     /// Queues a password verification on the auth thread; the connection reads nothing more
