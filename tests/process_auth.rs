@@ -408,3 +408,63 @@ fn a_client_certificate_names_the_user_and_an_expired_one_is_refused() {
     );
     ok(alice(&["get", "app/1"]));
 }
+
+#[test]
+fn a_node_joins_a_cluster_with_auth_enabled_as_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), "join", 1, &[], |_, _, _| {});
+    set_up(&cluster);
+    let client = format!("127.0.0.1:{}", port());
+    let args = |user: Option<&str>| {
+        let mut args = vec![
+            "--id".to_string(),
+            "2".to_string(),
+            "--join".to_string(),
+            cluster.clients[0].clone(),
+            "--peer-listen".to_string(),
+            format!("127.0.0.1:{}", port()),
+            "--client-listen".to_string(),
+            client.clone(),
+            "--data-dir".to_string(),
+            dir.path().join("joiner").display().to_string(),
+            "--metrics-listen".to_string(),
+            "off".to_string(),
+        ];
+        if let Some(user) = user {
+            args.extend(["--join-user".to_string(), user.to_string()]);
+        }
+        args
+    };
+    // Without credentials the cluster refuses to add it, and says why.
+    let log = dir.path().join("joiner-refused.log");
+    let mut refused = NodeProcess::spawn(args(None), log.clone(), None);
+    assert!(
+        wait_for(|| std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("unauthenticated")),
+        "the refusal was not logged"
+    );
+    refused.kill();
+    let _ = std::fs::remove_dir_all(dir.path().join("joiner"));
+    // As root it joins.
+    let _joiner = NodeProcess::spawn_with_env(
+        args(Some("root")),
+        &[("KEYVAL_JOIN_PASSWORD", "root-pw".to_string())],
+        dir.path().join("joiner.log"),
+        None,
+    );
+    assert!(
+        wait_for(|| ok(cluster.kvctl(&["--user", ROOT, "member", "list"])).contains(&client)),
+        "the node never joined"
+    );
+    let endpoints = format!("{},{client}", cluster.clients[0]);
+    assert!(wait_for(|| kvctl(
+        &endpoints,
+        &["--user", ALICE, "get", "app/1", "--consistency", "stale"],
+        &[]
+    )
+    .status
+    .code()
+        == Some(3)));
+}

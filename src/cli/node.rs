@@ -76,6 +76,12 @@ pub struct NodeArgs {
     /// caught up; a data directory with state starts from it.
     #[arg(long, env = "KEYVAL_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// With --join on a cluster with auth enabled: the user (holding the root role) that asks
+    /// for the membership change, `NAME`, with its password in KEYVAL_JOIN_PASSWORD (a node's
+    /// command line is visible to every local user). Not needed when the node's client
+    /// certificate names a root user.
+    #[arg(long, env = "KEYVAL_JOIN_USER", requires = "join")]
+    pub join_user: Option<String>,
     /// Quorum-loss recovery: make this node, on its existing data directory, the only voter
     /// of a new cluster that keeps its whole log and snapshot (docs/operations.md,
     /// "Recovering from quorum loss"); grow it back with `--join`. Only when the other
@@ -464,9 +470,19 @@ fn join_target(args: &NodeArgs) -> anyhow::Result<join::Target> {
         ),
         _ => None,
     };
+    let credentials = match &args.join_user {
+        None => None,
+        Some(user) => {
+            let password = std::env::var("KEYVAL_JOIN_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("--join-user {user:?} needs its password in KEYVAL_JOIN_PASSWORD")
+            })?;
+            Some(crate::client::Credentials::new(user.clone(), password))
+        }
+    };
     Ok(join::Target {
         endpoints: args.join.clone(),
         tls,
+        credentials,
     })
 }
 
