@@ -346,13 +346,12 @@ impl KvStore {
                 return self.grant_lease(index, *ttl_seconds)
             }
             [Operation::LeaseRevoke { lease }] => return self.revoke_lease(index, *lease),
-            [Operation::Auth(_)] => {
-                let Some(Operation::Auth(operation)) = command.operations.pop() else {
-                    unreachable!("matched an auth operation")
-                };
+            _ => {}
+        }
+        if command.auth_operation().is_some() {
+            if let Some(Operation::Auth(operation)) = command.operations.pop() {
                 return self.apply_auth(index, operation);
             }
-            _ => {}
         }
         let return_previous = command.return_previous;
         // Undo records are needed only when something after a write can still fail.
