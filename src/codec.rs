@@ -52,6 +52,17 @@ pub fn deserialize_string<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_str(StrVisitor)
 }
 
+/// [`deserialize_string`] for an optional string (`#[serde(deserialize_with)]` on an
+/// `Option<String>` field).
+pub fn deserialize_optional_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Bounded(#[serde(deserialize_with = "deserialize_string")] String);
+    let value: Option<Bounded> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(value.map(|Bounded(text)| text))
+}
+
 /// Encodes `value`.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|error| CodecError::Encode {
@@ -74,6 +85,17 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 /// `deserialize_bytes` is then taken from `bytes` and checked against what is actually present,
 /// instead of being allocated up front from its claimed length (fuzzing found a 10-byte input
 /// that made the owned decoder allocate 16 MiB).
+/// Decodes a `T` from the start of `bytes`; returns it with the bytes it took (the rest is
+/// the caller's).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config()).map_err(|error| {
+        CodecError::Malformed {
+            reason: error.to_string(),
+        }
+    })
+}
+
+/// Decodes `bytes`, all of them, as a `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) =
         bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config()).map_err(|error| {

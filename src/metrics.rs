@@ -74,13 +74,13 @@ pub const PROPOSAL_FAILURES: [&str; 5] =
 /// The operations of client requests, the `op` label of
 /// `keyval_client_request_duration_seconds` (series for their `ok` result exist from the
 /// start, at zero).
-pub const CLIENT_OPERATIONS: [&str; 8] = [
-    "write", "read", "status", "snapshot", "members", "admin", "lease", "watch",
+pub const CLIENT_OPERATIONS: [&str; 9] = [
+    "write", "read", "status", "snapshot", "members", "admin", "lease", "watch", "auth",
 ];
 
 /// The results of client requests, the `result` label: `ok`, or the protocol's error kinds
 /// ([`ServerError`]) in snake case.
-pub const CLIENT_RESULTS: [&str; 16] = [
+pub const CLIENT_RESULTS: [&str; 19] = [
     "ok",
     "not_leader",
     "busy",
@@ -97,6 +97,9 @@ pub const CLIENT_RESULTS: [&str; 16] = [
     "transfer_failed",
     "compacted",
     "watch_canceled",
+    "unauthenticated",
+    "authentication_failed",
+    "permission_denied",
 ];
 
 /// The `op` label of a client request: one of [`CLIENT_OPERATIONS`].
@@ -117,6 +120,9 @@ pub fn request_operation(body: &RequestBody) -> &'static str {
         RequestBody::Watch(_) | RequestBody::WatchCancel { .. } | RequestBody::WatchProgress => {
             "watch"
         }
+        RequestBody::Authenticate { .. }
+        | RequestBody::PresentToken { .. }
+        | RequestBody::Auth(_) => "auth",
     }
 }
 
@@ -142,6 +148,9 @@ pub fn request_result<T>(outcome: Result<T, &ServerError>) -> &'static str {
         ServerError::TransferFailed { .. } => "transfer_failed",
         ServerError::Compacted { .. } => "compacted",
         ServerError::WatchCanceled { .. } => "watch_canceled",
+        ServerError::Unauthenticated { .. } => "unauthenticated",
+        ServerError::AuthenticationFailed => "authentication_failed",
+        ServerError::PermissionDenied { .. } => "permission_denied",
     }
 }
 

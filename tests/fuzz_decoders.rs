@@ -21,11 +21,14 @@ use proptest::sample::Index;
 
 use keyval::codec::{self, RecordRead, RECORD_HEADER_BYTES};
 use keyval::error::CodecError;
+use keyval::kv::auth::{AuthOperation, Permission, PermissionGrant};
 use keyval::kv::{
     Command, Compare, CompareOp, CompareTarget, Expect, KeyRange, KvError, KvStore, LeaseId,
     Operation, Response, Txn, TxnOp,
 };
 use keyval::limits::{FRAME_BYTES_MAX, RECORD_BYTES_MAX};
+use keyval::protocol::auth::{AuthRequest, AuthToken, Password};
+use keyval::protocol::{RequestBody, RequestFrame};
 use keyval::raft::{AppendResponse, Message, MessageBody, Raft, RoleKind};
 use keyval::storage::file::faulty::FaultyFileSystem;
 use keyval::storage::file::format::{self, StateRecord, SEGMENT_HEADER_BYTES};
@@ -565,6 +568,7 @@ proptest! {
         check_decode::<Entry>(&bytes)?;
         check_decode::<Handshake>(&bytes)?;
         check_decode::<SnapshotMeta>(&bytes)?;
+        check_decode::<RequestFrame>(&bytes)?;
     }
 
     #[test]
@@ -1153,6 +1157,104 @@ fn operation() -> impl Strategy<Value = Operation> {
             }
         }),
         txn().prop_map(Operation::Txn),
+        auth_operation().prop_map(Operation::Auth),
+    ]
+}
+
+/// Names from a small set, so that changes meet each other (and `root` is common enough for
+/// an enable to succeed now and then).
+fn auth_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("root"),
+        Just("a"),
+        Just("b"),
+        Just(""),
+        Just("r\u{7f}")
+    ]
+    .prop_map(str::to_string)
+}
+
+fn auth_operation() -> impl Strategy<Value = AuthOperation> {
+    let hash = || {
+        prop::option::of(prop_oneof![
+            Just("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string()),
+            Just("plain".to_string()),
+        ])
+    };
+    let range = || {
+        (small_key(), prop::option::of(small_key()))
+            .prop_map(|(start, end)| KeyRange { start, end })
+    };
+    let permission = prop_oneof![
+        Just(Permission::Read),
+        Just(Permission::Write),
+        Just(Permission::ReadWrite)
+    ];
+    prop_oneof![
+        (auth_name(), hash()).prop_map(|(name, password_hash)| AuthOperation::UserAdd {
+            name,
+            password_hash
+        }),
+        auth_name().prop_map(|name| AuthOperation::UserDelete { name }),
+        (auth_name(), hash()).prop_map(|(name, password_hash)| {
+            AuthOperation::UserChangePassword {
+                name,
+                password_hash,
+            }
+        }),
+        (auth_name(), auth_name())
+            .prop_map(|(user, role)| AuthOperation::UserGrantRole { user, role }),
+        (auth_name(), auth_name())
+            .prop_map(|(user, role)| AuthOperation::UserRevokeRole { user, role }),
+        auth_name().prop_map(|name| AuthOperation::RoleAdd { name }),
+        auth_name().prop_map(|name| AuthOperation::RoleDelete { name }),
+        (auth_name(), permission, range()).prop_map(|(role, permission, range)| {
+            AuthOperation::RoleGrantPermission {
+                role,
+                grant: PermissionGrant { permission, range },
+            }
+        }),
+        (auth_name(), range())
+            .prop_map(|(role, range)| AuthOperation::RoleRevokePermission { role, range }),
+        prop::collection::vec(any::<u8>(), 31..34)
+            .prop_map(|secret| AuthOperation::AuthEnable { secret }),
+        Just(AuthOperation::AuthDisable),
+    ]
+}
+
+/// The auth requests a client sends: authentication, tokens, administration.
+fn auth_request_body() -> impl Strategy<Value = RequestBody> {
+    let text = || prop::collection::vec(any::<char>(), 0..6).prop_map(String::from_iter);
+    prop_oneof![
+        (text(), text()).prop_map(|(user, password)| RequestBody::Authenticate {
+            user,
+            password: Password(password),
+        }),
+        (
+            text(),
+            any::<u64>(),
+            log_index(),
+            prop::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|(user, expires_unix_ms, credential_revision, mac)| {
+                RequestBody::PresentToken {
+                    token: AuthToken {
+                        user,
+                        expires_unix_ms,
+                        credential_revision,
+                        mac,
+                    },
+                }
+            }),
+        (text(), prop::option::of(text())).prop_map(|(name, password)| {
+            RequestBody::Auth(AuthRequest::UserAdd {
+                name,
+                password: password.map(Password),
+            })
+        }),
+        auth_operation().prop_map(|operation| RequestBody::Write(Command::auth(operation))),
+        Just(RequestBody::Auth(AuthRequest::Enable)),
+        Just(RequestBody::Auth(AuthRequest::Status)),
     ]
 }
 
@@ -1286,6 +1388,17 @@ proptest! {
         if let Ok(decoded) = Command::decode(&damaged) {
             prop_assert_eq!(Command::decode(&codec::encode(&decoded).unwrap()).unwrap(), decoded);
         }
+    }
+
+    #[test]
+    fn auth_request_frames_round_trip_and_survive_mutation(
+        body in auth_request_body(),
+        mutations in mutations(),
+    ) {
+        let frame = RequestFrame { request_id: 7, timeout_ms: 100, body };
+        let valid = codec::encode(&frame).unwrap();
+        prop_assert_eq!(&codec::decode::<RequestFrame>(&valid).unwrap(), &frame);
+        check_decode::<RequestFrame>(&mutated(valid, &mutations))?;
     }
 
     #[test]

@@ -324,12 +324,15 @@ fn a_hand_built_version_4_snapshot_restores() {
     store.restore(&bytes).unwrap();
     assert_eq!(store.leases(), vec![(LeaseId(2), 10), (LeaseId(5), 60)]);
     assert_eq!(store.lease_keys(LeaseId(5)), Some(keys(&["a"])));
-    // Written again as version 5: the same records, then an empty watch history compacted
-    // up to the snapshot's revision (a version 4 snapshot has no history).
+    // Written again as version 6: the same records, then an empty watch history compacted
+    // up to the snapshot's revision (a version 4 snapshot has no history), then an empty
+    // auth section.
     assert_eq!(store.compact_revision(), LogIndex(3));
-    let mut expected = header(5, 9, 3, 2);
+    let mut expected = header(6, 9, 3, 2);
     expected.extend_from_slice(&bytes[header(4, 9, 3, 2).len()..]);
     codec::write_value_record(&(LogIndex(3), 0u64), &mut expected).unwrap();
+    let auth = (false, LogIndex(0), Vec::<u8>::new(), 0u64, 0u64);
+    codec::write_value_record(&auth, &mut expected).unwrap();
     assert_eq!(store.snapshot(), expected);
 }
 

@@ -312,6 +312,7 @@ impl Model {
                 Operation::PutWithLease { .. }
                 | Operation::LeaseGrant { .. }
                 | Operation::LeaseRevoke { .. } => unreachable!("the model generates no leases"),
+                Operation::Auth(_) => unreachable!("the model generates no auth changes"),
             };
             let previous = data.get(key).cloned();
             let current = value.map(|value| put(&mut data, index, key, value));

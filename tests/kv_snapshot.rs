@@ -211,12 +211,12 @@ fn foreign_data_and_unknown_versions_are_refused() {
         restore_fails(&store, &header(0x1234_5678, 1, 0, 0, 0, 0)),
         SnapshotError::NotASnapshot { found: 0x1234_5678 }
     ));
-    for version in [0, 5] {
+    for version in [0, 7] {
         assert!(matches!(
             restore_fails(&store, &header(MAGIC, version, 0, 0, 0, 0)),
             SnapshotError::UnknownVersion {
                 found,
-                supported: 4,
+                supported: 6,
                 oldest: 1,
             } if found == version
         ));
@@ -235,10 +235,15 @@ fn foreign_data_and_unknown_versions_are_refused() {
     target.restore(&header(MAGIC, 3, 5, 0, 0, 0)).unwrap();
     assert_eq!(target.applied_index(), LogIndex(5));
     assert!(target.is_empty());
-    // Written back as version 4: the header, then an empty lease table.
-    let mut version_4 = header(MAGIC, 4, 5, 0, 0, 0);
-    codec::write_value_record(&0u64, &mut version_4).unwrap();
-    assert_eq!(target.clone().snapshot(), version_4);
+    // Written back as version 6: the header, an empty lease table, an empty watch history
+    // compacted up to the revision (0), an empty auth section (disabled, revision 0, no
+    // secret, no users, no roles).
+    let mut version_6 = header(MAGIC, 6, 5, 0, 0, 0);
+    codec::write_value_record(&0u64, &mut version_6).unwrap();
+    codec::write_value_record(&(LogIndex(0), 0u64), &mut version_6).unwrap();
+    let auth = (false, LogIndex(0), Vec::<u8>::new(), 0u64, 0u64);
+    codec::write_value_record(&auth, &mut version_6).unwrap();
+    assert_eq!(target.clone().snapshot(), version_6);
 }
 
 /// Version 1 was written before sessions were registered: its sessions restore and carry on.
@@ -263,10 +268,10 @@ fn a_version_1_snapshot_restores_with_its_sessions() {
     apply(&mut store, 11, &next);
     assert_eq!(store.get(b"a").unwrap().value, b"y");
     assert_eq!(store.get(b"a").unwrap().metadata.version, 2);
-    // Written again, it is version 4.
+    // Written again, it is version 6.
     let mut header_only = store.snapshot();
-    header_only.truncate(header(MAGIC, 4, 11, 11, 1, 1).len());
-    assert_eq!(header_only, header(MAGIC, 4, 11, 11, 1, 1));
+    header_only.truncate(header(MAGIC, 6, 11, 11, 1, 1).len());
+    assert_eq!(header_only, header(MAGIC, 6, 11, 11, 1, 1));
 }
 
 /// Version 2 was written before key metadata carried a lease and outcomes a delete count:

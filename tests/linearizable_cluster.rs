@@ -157,7 +157,8 @@ fn write(
         KvResponse::LeaseRevoked { .. } => Some(true),
         KvResponse::Rejected(_)
         | KvResponse::SessionRegistered { .. }
-        | KvResponse::LeaseGranted { .. } => None,
+        | KvResponse::LeaseGranted { .. }
+        | KvResponse::AuthChanged { .. } => None,
     }
 }
 

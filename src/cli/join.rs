@@ -67,12 +67,15 @@ pub(super) fn check_node_id(storage: &mut FileStorage, id: NodeId) -> anyhow::Re
 pub(super) struct Target {
     pub(super) endpoints: Vec<String>,
     pub(super) tls: Option<crate::tls::ClientTls>,
+    /// Who asks for the membership change on a cluster with auth enabled (`--join-user`).
+    pub(super) credentials: Option<crate::client::Credentials>,
 }
 
 fn client(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
     let options = ClientOptions {
         request_timeout: timeout,
         tls: target.tls.clone(),
+        credentials: target.credentials.clone(),
         ..ClientOptions::default()
     };
     Client::new(&target.endpoints, options).map_err(|error| anyhow::anyhow!("--join: {error}"))

@@ -3,7 +3,8 @@
 //! Exit codes: 0 success, 1 error (unavailable, rejected, timed out…), 2 usage error,
 //! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`), 5 the write's outcome
 //! is unknown (`Indeterminate`: it may or may not have been applied; for `member` and
-//! `transfer-leader`: the change may or may not have taken effect). `txn` exits 0 whichever
+//! `transfer-leader`: the change may or may not have taken effect), 6 refused for who you are
+//! (authentication failed, unauthenticated, permission denied). `txn` exits 0 whichever
 //! branch ran (it prints SUCCESS or FAILURE, as etcdctl does) and 2 when its input does not
 //! parse.
 
@@ -33,6 +34,9 @@ pub const EXIT_NOT_FOUND: i32 = 3;
 pub const EXIT_CAS_FAILED: i32 = 4;
 /// A write's outcome is unknown: it may or may not have been applied.
 pub const EXIT_INDETERMINATE: i32 = 5;
+/// Refused for who the user is: authentication failed, not authenticated, or permission
+/// denied. Nothing was done.
+pub const EXIT_DENIED: i32 = 6;
 
 /// `kvctl`: read, write and inspect a keyval cluster.
 #[derive(Debug, Parser)]
@@ -40,7 +44,8 @@ pub const EXIT_INDETERMINATE: i32 = 5;
     name = "kvctl",
     version,
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed, \
-                  5 indeterminate (the write may or may not have been applied)."
+                  5 indeterminate (the write may or may not have been applied), 6 denied \
+                  (authentication failed or permission denied)."
 )]
 pub struct KvctlArgs {
     /// Client addresses of the cluster's nodes, comma-separated (any subset works).
@@ -78,6 +83,11 @@ pub struct KvctlArgs {
     /// The private key of --cert (PEM).
     #[arg(long = "key", env = "KEYVAL_KEY", global = true, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Run as this user, on a cluster with auth enabled: `NAME:PASSWORD`, or `NAME` with the
+    /// password in KEYVAL_PASSWORD (never prompted for). Without it, a client certificate's
+    /// common name is the user.
+    #[arg(long, env = "KEYVAL_USER", global = true)]
+    pub user: Option<String>,
     /// KEY and END arguments are hexadecimal bytes (binary keys), e.g. `00ff10`.
     #[arg(long, global = true)]
     pub hex_keys: bool,
@@ -356,6 +366,15 @@ pub enum Command {
         /// The voter to take over.
         id: u64,
     },
+    /// Add, delete, inspect users; change passwords; grant and revoke roles.
+    #[command(subcommand)]
+    User(super::auth::UserCommand),
+    /// Add, delete, inspect roles; grant and revoke their permissions.
+    #[command(subcommand)]
+    Role(super::auth::RoleCommand),
+    /// Enable or disable auth, or print whether it is enabled.
+    #[command(subcommand)]
+    Auth(super::auth::AuthCommand),
 }
 
 /// The condition of `cas`: exactly one.
@@ -426,6 +445,15 @@ pub fn run(args: KvctlArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if let Some(user) = &args.user {
+        options.credentials = match super::auth::credentials(user) {
+            Ok(credentials) => Some(credentials),
+            Err(message) => {
+                eprintln!("kvctl: {message}");
+                return EXIT_USAGE;
+            }
+        };
+    }
     let client = match Client::new(&args.endpoints, options.clone()) {
         Ok(client) => client,
         Err(error) => return fail(&error, args.json),
@@ -644,6 +672,9 @@ pub fn run(args: KvctlArgs) -> i32 {
             Duration::from_millis(args.timeout_ms.max(1)),
             json,
         ),
+        Command::User(user) => super::auth::run_user(&client, user, json),
+        Command::Role(role) => super::auth::run_role(&client, role, json),
+        Command::Auth(auth) => super::auth::run_auth(&client, auth, json),
     }
 }
 
@@ -841,6 +872,7 @@ fn health(client: &Client, json: bool) -> i32 {
 pub(super) fn fail(error: &ClientError, json: bool) -> i32 {
     let code = match error {
         ClientError::Indeterminate { .. } => EXIT_INDETERMINATE,
+        error if super::auth::is_denial(error) => EXIT_DENIED,
         _ => EXIT_ERROR,
     };
     if json {

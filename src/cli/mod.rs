@@ -2,6 +2,7 @@
 //! documented like the rest: flag definitions (clap, with `KEYVAL_*` environment twins), the
 //! cluster specification, the node runner, the kvctl commands and the benchmark.
 
+pub mod auth;
 pub mod backup;
 pub mod bench;
 mod bench_coordination;

@@ -76,6 +76,12 @@ pub struct NodeArgs {
     /// caught up; a data directory with state starts from it.
     #[arg(long, env = "KEYVAL_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// With --join on a cluster with auth enabled: the user (holding the root role) that asks
+    /// for the membership change, `NAME`, with its password in KEYVAL_JOIN_PASSWORD (a node's
+    /// command line is visible to every local user). Not needed when the node's client
+    /// certificate names a root user.
+    #[arg(long, env = "KEYVAL_JOIN_USER", requires = "join")]
+    pub join_user: Option<String>,
     /// Quorum-loss recovery: make this node, on its existing data directory, the only voter
     /// of a new cluster that keeps its whole log and snapshot (docs/operations.md,
     /// "Recovering from quorum loss"); grow it back with `--join`. Only when the other
@@ -152,6 +158,14 @@ pub struct NodeArgs {
         default_value_t = crate::server::IDLE_TIMEOUT_DEFAULT.as_millis() as u64
     )]
     pub client_idle_timeout_ms: u64,
+    /// How long an auth token this node issues stays valid, in seconds (etcd's
+    /// `--auth-token-ttl`); a client re-authenticates transparently after.
+    #[arg(
+        long,
+        env = "KEYVAL_AUTH_TOKEN_TTL",
+        default_value_t = crate::server::auth::AUTH_TOKEN_TTL_DEFAULT.as_secs()
+    )]
+    pub auth_token_ttl: u64,
     /// Close a client connection whose request frame is not whole this many milliseconds
     /// after its first byte arrived.
     #[arg(
@@ -392,6 +406,9 @@ fn plan(args: &NodeArgs) -> anyhow::Result<Plan> {
             crate::server::REQUEST_TIMEOUT_MAX.as_millis()
         );
     }
+    if args.auth_token_ttl == 0 {
+        bail!("--auth-token-ttl must be at least 1 (second)");
+    }
     if args.client_idle_timeout_ms == 0 || args.client_frame_timeout_ms == 0 {
         bail!("--client-idle-timeout-ms and --client-frame-timeout-ms must be at least 1");
     }
@@ -461,9 +478,19 @@ fn join_target(args: &NodeArgs) -> anyhow::Result<join::Target> {
         ),
         _ => None,
     };
+    let credentials = match &args.join_user {
+        None => None,
+        Some(user) => {
+            let password = std::env::var("KEYVAL_JOIN_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("--join-user {user:?} needs its password in KEYVAL_JOIN_PASSWORD")
+            })?;
+            Some(crate::client::Credentials::new(user.clone(), password))
+        }
+    };
     Ok(join::Target {
         endpoints: args.join.clone(),
         tls,
+        credentials,
     })
 }
 
@@ -709,6 +736,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     raise_open_files_limit(args.max_connections);
     server_options.request_timeout_default = Duration::from_millis(args.request_timeout_ms);
     server_options.idle_timeout = Duration::from_millis(args.client_idle_timeout_ms);
+    server_options.auth_token_ttl = Duration::from_secs(args.auth_token_ttl);
     server_options.frame_timeout = Duration::from_millis(args.client_frame_timeout_ms);
     server_options.request_buffer_bytes_max = args.client_buffer_bytes_max;
     let server_slot = Arc::new(std::sync::OnceLock::new());

@@ -190,6 +190,8 @@ pub(super) struct Connection {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     next_request_id: AtomicU64,
+    /// Whether the connection authenticated (held while it does, so one thread does).
+    pub(super) authenticated: Mutex<bool>,
 }
 
 impl Connection {
@@ -252,6 +254,7 @@ impl Connection {
             shared: Arc::clone(&shared),
             threads: Vec::with_capacity(2),
             next_request_id: AtomicU64::new(1),
+            authenticated: Mutex::new(false),
         };
         // Fixed names: the address may come from a server's redirect. On a spawn failure the
         // connection is dropped, which closes it and joins the thread already started.

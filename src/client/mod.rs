@@ -43,6 +43,7 @@
 //! ```
 
 mod admin;
+mod auth;
 mod connection;
 mod lease;
 mod retry;
@@ -65,6 +66,7 @@ use crate::protocol::{
 };
 use crate::types::{LogIndex, NodeId};
 
+pub use auth::Credentials;
 use connection::{CallError, Connection};
 pub use lease::{LeaseGrant, LeaseKeeper, LeaseKeeperState};
 pub use watch::{Watch, WatchOptions, WatchResponse, WATCH_SILENCE_TIMEOUT_DEFAULT};
@@ -104,6 +106,10 @@ pub struct ClientOptions {
     /// chain to, and the client's own certificate for nodes that require one. A node's
     /// certificate must name the host of its endpoint (a DNS name or IP address).
     pub tls: Option<crate::tls::ClientTls>,
+    /// A user and password to authenticate every connection with, on a cluster with auth
+    /// enabled (`None`, the default: no authentication, or the TLS client certificate's
+    /// name). See `client/auth.rs`.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -116,6 +122,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_millis(500),
             read_consistency: Consistency::Linearizable,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -169,6 +176,8 @@ struct Inner {
     suspects: Mutex<HashMap<String, Instant>>,
     /// Sessions not in use, each ready for its next sequence.
     sessions: Mutex<Vec<Session>>,
+    /// The token of the latest authentication, presented by new connections.
+    token: Mutex<Option<crate::protocol::auth::AuthToken>>,
     next_endpoint: AtomicUsize,
 }
 
@@ -235,6 +244,7 @@ impl Client {
                 opening: Mutex::new(HashMap::new()),
                 suspects: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
+                token: Mutex::new(None),
                 next_endpoint: AtomicUsize::new(0),
             }),
         })
@@ -455,6 +465,19 @@ impl Client {
                 .map_err(|error| ClientError::Unavailable {
                     reason: format!("{endpoint}: {error}"),
                 })?;
+        // A status is served to anyone; everything else runs as the client's user.
+        if !matches!(body, RequestBody::Status) {
+            match self.ensure_authenticated(&connection, deadline) {
+                auth::AuthOutcome::Ready => {}
+                auth::AuthOutcome::Failed(error) => return Err(error),
+                auth::AuthOutcome::Again(reason)
+                | auth::AuthOutcome::ConnectionLost { reason, .. } => {
+                    return Err(ClientError::Unavailable {
+                        reason: format!("{endpoint}: authenticating: {reason}"),
+                    })
+                }
+            }
+        }
         match connection.call(body, retry::server_share(timeout), deadline) {
             Ok(frame) => frame.result.map_err(ClientError::Server),
             // Not sent; the connection is fine, only full.

@@ -103,8 +103,13 @@ fn is_bounded(body: &RequestBody) -> bool {
         | RequestBody::LeaseList
         | RequestBody::Watch(_)
         | RequestBody::WatchCancel { .. }
-        | RequestBody::WatchProgress => true,
-        RequestBody::AddMember { .. }
+        | RequestBody::WatchProgress
+        | RequestBody::PresentToken { .. } => true,
+        // An authentication (a failed one is answered late on purpose) and an auth change
+        // (the server hashes a password first) get the whole deadline.
+        RequestBody::Authenticate { .. }
+        | RequestBody::Auth(_)
+        | RequestBody::AddMember { .. }
         | RequestBody::PromoteMember { .. }
         | RequestBody::RemoveMember { .. }
         | RequestBody::TransferLeader { .. } => false,
@@ -202,6 +207,19 @@ impl Client {
                 return Step::Elsewhere { waited: timed_out };
             }
         };
+        match self.ensure_authenticated(&connection, call.deadline) {
+            super::auth::AuthOutcome::Ready => {}
+            super::auth::AuthOutcome::Failed(error) => return Step::Done(Err(error)),
+            super::auth::AuthOutcome::Again(reason) => {
+                call.last_error = format!("{target}: {reason}");
+                return Step::Again;
+            }
+            super::auth::AuthOutcome::ConnectionLost { waited, reason } => {
+                call.last_error = format!("{target}: authenticating: {reason}");
+                self.drop_connection(target, &connection);
+                return Step::Elsewhere { waited };
+            }
+        }
         let now = Instant::now();
         let (server_timeout, wait_until) = if call.bounded {
             let budget = attempt_deadline.saturating_duration_since(now);
@@ -255,6 +273,15 @@ impl Client {
                         *leader = Some(target.to_string());
                     }
                 }
+                if let ResponseBody::Written(crate::kv::Response::Rejected(
+                    crate::kv::KvError::AuthRevisionChanged { .. },
+                )) = &response
+                {
+                    // Applied nothing: the same write (same session and sequence) is sent
+                    // again to be checked against the current auth state.
+                    call.last_error = format!("{target}: the auth state changed; sending again");
+                    return Step::Again;
+                }
                 return Step::Done(Ok(response));
             }
             Err(error) => error,
@@ -278,7 +305,18 @@ impl Client {
             ServerError::Busy { .. } | ServerError::Dropped | ServerError::ReadTimeout => {
                 Step::Again
             }
+            // The auth state changed between the check and the apply: nothing was applied;
+            // the same request is checked anew.
+            ServerError::Invalid(crate::kv::KvError::AuthRevisionChanged { .. }) => Step::Again,
             ServerError::Invalid(error) => Step::Done(Err(ClientError::Rejected(error))),
+            // The connection's token expired or was invalidated: authenticate again.
+            ServerError::Unauthenticated { .. } if self.inner.options.credentials.is_some() => {
+                self.authentication_lost(&connection);
+                Step::Again
+            }
+            error @ (ServerError::Unauthenticated { .. }
+            | ServerError::AuthenticationFailed
+            | ServerError::PermissionDenied { .. }) => Step::Done(Err(ClientError::Server(error))),
             ServerError::NoLease => Step::Done(Err(ClientError::NoLease)),
             // Answers to snapshot requests, which do not come here, and refusals of
             // membership changes and transfers, which are final.

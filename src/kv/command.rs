@@ -8,6 +8,7 @@ use crate::error::CodecError;
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::types::LogIndex;
 
+use super::auth::{AuthError, AuthOperation};
 use super::response::LeaseId;
 use super::txn::{Txn, TxnPart};
 use super::{
@@ -117,6 +118,12 @@ pub enum Operation {
         /// The lease.
         lease: LeaseId,
     },
+    /// Changes the auth state (users, roles, permissions, enabled). It must be the only
+    /// operation of its command. Only a server proposes it — it hashes passwords and makes
+    /// the token secret first — and it refuses one sent by a client in a write. Answered
+    /// with [`Response::AuthChanged`](super::Response::AuthChanged), or refused with
+    /// [`KvError::Auth`].
+    Auth(AuthOperation),
 }
 
 impl Operation {
@@ -130,7 +137,8 @@ impl Operation {
             Operation::DeleteRange { .. }
             | Operation::Txn(_)
             | Operation::LeaseGrant { .. }
-            | Operation::LeaseRevoke { .. } => None,
+            | Operation::LeaseRevoke { .. }
+            | Operation::Auth(_) => None,
         }
     }
 
@@ -146,6 +154,7 @@ impl Operation {
             }
             Operation::Delete { key } => key.len(),
             Operation::LeaseGrant { .. } | Operation::LeaseRevoke { .. } => 0,
+            Operation::Auth(operation) => operation.payload_bytes(),
             Operation::Cas { key, expect, value } => {
                 let expected = match expect {
                     Expect::Value(bytes) => bytes.len(),
@@ -172,6 +181,7 @@ impl Operation {
                 return Ok(());
             }
             Operation::LeaseRevoke { .. } => return Ok(()),
+            Operation::Auth(operation) => return operation.validate().map_err(KvError::Auth),
             Operation::Put { key, .. }
             | Operation::Delete { key }
             | Operation::Cas { key, .. }
@@ -188,7 +198,8 @@ impl Operation {
             | Operation::DeleteRange { .. }
             | Operation::Txn(_)
             | Operation::LeaseGrant { .. }
-            | Operation::LeaseRevoke { .. } => Ok(()),
+            | Operation::LeaseRevoke { .. }
+            | Operation::Auth(_) => Ok(()),
             Operation::Cas { expect, value, .. } => {
                 if let Expect::Value(expected) = expect {
                     check_value(expected)?;
@@ -317,6 +328,26 @@ impl Command {
         }
     }
 
+    /// Changes the auth state (see [`Operation::Auth`]).
+    pub fn auth(operation: AuthOperation) -> Command {
+        Command::batch(vec![Operation::Auth(operation)])
+    }
+
+    /// The auth change this command carries, if it is one.
+    pub fn auth_operation(&self) -> Option<&AuthOperation> {
+        match self.operations.as_slice() {
+            [Operation::Auth(operation)] => Some(operation),
+            _ => None,
+        }
+    }
+
+    /// Whether any operation of the command changes the auth state.
+    pub fn changes_auth(&self) -> bool {
+        self.operations
+            .iter()
+            .any(|operation| matches!(operation, Operation::Auth(_)))
+    }
+
     /// Deletes every key in `range`.
     pub fn delete_range(range: KeyRange) -> Command {
         Command::batch(vec![Operation::DeleteRange { range }])
@@ -419,6 +450,9 @@ impl Command {
         });
         if has_lease_operation && (self.operations.len() > 1 || self.return_previous) {
             return Err(KvError::LeaseNotAlone);
+        }
+        if self.changes_auth() && (self.operations.len() > 1 || self.return_previous) {
+            return Err(KvError::AuthNotAlone);
         }
         for (position, operation) in self.operations.iter().enumerate() {
             operation.validate(position)?;
@@ -754,6 +788,25 @@ pub enum KvError {
     TooManyLeases {
         /// The limit.
         limit: usize,
+    },
+    /// An auth change was refused (see [`AuthError`]); nothing was changed.
+    #[error("{0}")]
+    Auth(AuthError),
+    /// An auth change shares its command with other operations, or the command asks for
+    /// previous values.
+    #[error("an auth change must be the only operation of its command")]
+    AuthNotAlone,
+    /// The write's permissions were checked against an auth state that changed before it
+    /// applied (or, with auth enabled, were not checked at all). Nothing was applied; send it
+    /// again (the same session and sequence) to be checked anew. [`Client`] does so itself.
+    ///
+    /// [`Client`]: crate::client::Client
+    #[error("the auth state changed (revision {current:?}) since the write was checked at {checked:?}; send it again")]
+    AuthRevisionChanged {
+        /// The auth revision it was checked against (`None`: not checked).
+        checked: Option<LogIndex>,
+        /// The auth revision when it applied.
+        current: LogIndex,
     },
 }
 

@@ -69,6 +69,7 @@
 //! assert_eq!(versioned.metadata.mod_revision, LogIndex(1));
 //! ```
 
+pub mod auth;
 mod command;
 mod history;
 mod legacy;
@@ -182,6 +183,14 @@ const _: () = assert!(
     COMMAND_PAYLOAD_BYTES_MAX
         + 3 * TXN_OPERATIONS_MAX * OPERATION_ENCODING_OVERHEAD_BYTES
         + 2 * COMMAND_ENCODING_OVERHEAD_BYTES
+        <= COMMAND_BYTES_MAX as usize
+);
+// An auth-checked proposal (a valid command with its auth revision in front) fits too.
+const _: () = assert!(
+    COMMAND_PAYLOAD_BYTES_MAX
+        + 3 * TXN_OPERATIONS_MAX * OPERATION_ENCODING_OVERHEAD_BYTES
+        + 2 * COMMAND_ENCODING_OVERHEAD_BYTES
+        + auth::AUTH_CHECKED_OVERHEAD_BYTES
         <= COMMAND_BYTES_MAX as usize
 );
 // A transaction's answer is bounded like a batch's.

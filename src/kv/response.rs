@@ -133,6 +133,11 @@ pub enum Response {
         /// How many keys were deleted.
         deleted: u64,
     },
+    /// An [`Command::auth`](super::Command::auth) change was applied.
+    AuthChanged {
+        /// The auth revision now: this entry's index.
+        revision: LogIndex,
+    },
 }
 
 impl Response {

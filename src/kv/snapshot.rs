@@ -13,6 +13,9 @@
 //! | (format 5 on) record: HistoryHeader { compacted, revisions }                    |
 //! | per revision, ascending: record (revision, changes), then `changes` records of  |
 //! |   (key, current: Option<Versioned>, previous: Option<Versioned>)               |
+//! | (format 6 on) record: AuthHeader { enabled, revision, secret, users, roles }    |
+//! | `users` records:     (name, User)            strictly ascending name order     |
+//! | `roles` records:     (name, Role)            strictly ascending name order     |
 //! +---------------------------------------------------------------------------------+
 //! ```
 //!
@@ -26,8 +29,9 @@
 //! | 1 | builds before sessions were registered | every session has applied a write (sequence ≥ 1, a cached response) | `Metadata { create_revision, mod_revision, version }`; `WriteOutcome` without `deleted` |
 //! | 2 | builds before transactions | a session registered that has applied no write yet has sequence 0 and an empty response | as in 1 |
 //! | 3 | builds before leases | as in 2 | `Metadata` ends with `lease: Option<LeaseId>`; `WriteOutcome` ends with `deleted: u64` |
-//! | 4 | builds before watch | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
-//! | 5 | this build | as in 2 | as in 4; the watch history follows the sessions |
+//! | 4 | builds before watch and auth | as in 2 | as in 3; the lease table follows the header, and a key's `lease` names one of its leases |
+//! | 5 | builds before auth | as in 2 | as in 4; the watch history follows the sessions |
+//! | 6 | this build | as in 2 | as in 5; the auth section follows the history (see `auth.rs`); its secret signs tokens, so a snapshot file must be guarded like a key |
 //!
 //! The lease → keys index is not stored: restore rebuilds it from the keys' metadata. A
 //! version 3 snapshot has no lease table (no key of it can have a lease). A snapshot before
@@ -35,7 +39,7 @@
 //! to the snapshot's revision (a watch must start after it). The history restored from a
 //! version 5 snapshot is then cut to the restoring node's own limits.
 //!
-//! This build reads all five; a version 1 snapshot's sessions carry on as registered ones,
+//! This build reads all six (before 6, auth is disabled with no users); a version 1 snapshot's sessions carry on as registered ones,
 //! and the key records and cached responses of versions 1 and 2 are converted to the current
 //! layout (see `legacy.rs`; no key has a lease, a cached outcome's `deleted` is 1 exactly when
 //! it removed its key). A converted response may be a few bytes longer, so sessions are
@@ -49,6 +53,7 @@ use crate::codec::{self, RecordRead};
 use crate::error::CodecError;
 use crate::types::LogIndex;
 
+use super::auth::{AuthState, Role, User};
 use super::history::{Change, History, HistoryLimits, Revision};
 use super::legacy::{self, VersionedV2};
 use super::response::{LeaseId, Response, Versioned};
@@ -63,10 +68,13 @@ use super::{
 const SNAPSHOT_MAGIC: u32 = u32::from_be_bytes(*b"kvsn");
 
 /// The snapshot format this build writes.
-const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 
 /// The first format with the watch history.
 const SNAPSHOT_FORMAT_VERSION_HISTORY: u32 = 5;
+
+/// The first format with an auth section.
+const SNAPSHOT_FORMAT_VERSION_AUTH: u32 = 6;
 
 /// The first format whose key metadata carries a lease (see the module docs).
 const SNAPSHOT_FORMAT_VERSION_LEASES: u32 = 3;
@@ -82,6 +90,11 @@ const SNAPSHOT_FORMAT_VERSION_MIN: u32 = 1;
 const SNAPSHOT_RECORD_BYTES_MAX: u64 = RESPONSE_BYTES_MAX as u64 + 4096;
 
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 4096 <= SNAPSHOT_RECORD_BYTES_MAX as usize);
+// A role with every permission of maximal bounds is one record.
+const _: () = assert!(
+    super::auth::ROLE_PERMISSIONS_MAX * (2 * (KEY_BYTES_MAX + 1) + 64) + 4096
+        <= SNAPSHOT_RECORD_BYTES_MAX as usize
+);
 
 /// The first record of a snapshot.
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,6 +105,17 @@ struct Header {
     revision: LogIndex,
     keys: u64,
     sessions: u64,
+}
+
+/// The first record of the auth section (format 6 on).
+#[derive(Debug, Serialize, Deserialize)]
+struct AuthHeader {
+    enabled: bool,
+    revision: LogIndex,
+    #[serde(with = "super::bytes")]
+    secret: Vec<u8>,
+    users: u64,
+    roles: u64,
 }
 
 /// Why a snapshot could not be restored. The store is left as it was.
@@ -183,6 +207,21 @@ impl KvStore {
                 );
                 write_record(&record, &mut out);
             }
+        }
+        let auth = &self.auth;
+        let header = AuthHeader {
+            enabled: auth.enabled,
+            revision: auth.revision,
+            secret: auth.secret.clone(),
+            users: auth.users.len() as u64,
+            roles: auth.roles.len() as u64,
+        };
+        write_record(&header, &mut out);
+        for user in &auth.users {
+            write_record(&user, &mut out);
+        }
+        for role in &auth.roles {
+            write_record(&role, &mut out);
         }
         out
     }
@@ -289,6 +328,9 @@ impl KvStore {
         } else {
             History::new(limits, header.revision)
         };
+        if header.format_version >= SNAPSHOT_FORMAT_VERSION_AUTH {
+            store.auth = std::sync::Arc::new(read_auth(&mut reader, header.applied)?);
+        }
         if !reader.bytes.is_empty() {
             return Err(SnapshotError::TrailingBytes {
                 extra: reader.bytes.len(),
@@ -387,6 +429,46 @@ fn check_change(
         current,
         previous: previous.map(stored).transpose()?,
     })
+}
+
+/// Reads and checks the auth section.
+fn read_auth(reader: &mut Reader<'_>, applied: LogIndex) -> Result<AuthState, SnapshotError> {
+    let header: AuthHeader = reader.next()?;
+    if header.users > super::auth::USERS_MAX as u64 || header.roles > super::auth::ROLES_MAX as u64
+    {
+        return Err(reader.invalid("more users or roles than the limits"));
+    }
+    let mut auth = AuthState {
+        enabled: header.enabled,
+        revision: header.revision,
+        secret: header.secret,
+        ..AuthState::default()
+    };
+    for _ in 0..header.users {
+        let (name, user): (String, User) = reader.next()?;
+        if auth
+            .users
+            .last_key_value()
+            .is_some_and(|(last, _)| name <= *last)
+        {
+            return Err(reader.invalid("users out of name order"));
+        }
+        auth.users.insert(name, user);
+    }
+    for _ in 0..header.roles {
+        let (name, role): (String, Role) = reader.next()?;
+        if auth
+            .roles
+            .last_key_value()
+            .is_some_and(|(last, _)| name <= *last)
+        {
+            return Err(reader.invalid("roles out of name order"));
+        }
+        auth.roles.insert(name, role);
+    }
+    auth.check(applied)
+        .map_err(|reason| reader.invalid(reason))?;
+    Ok(auth)
 }
 
 /// Checks one data record against the store restored so far.

@@ -9,6 +9,7 @@ use imbl::{OrdMap, OrdSet};
 use crate::state_machine::{RestoreError, SnapshotWriter, StateMachine};
 use crate::types::{EntryId, LogIndex};
 
+use super::auth::{AuthOperation, AuthPublisher, AuthState};
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
 use super::history::{Change, Compacted, History, HistoryLimits, Revision};
 use super::response::{
@@ -53,6 +54,11 @@ pub struct KvStore {
     /// `history` once it has applied; empty between commands (a failed command's are
     /// dropped with its roll-back).
     pub(super) changes: Vec<Change>,
+    /// Users, roles and whether auth is enabled (`auth.rs`). Shared with the servers'
+    /// permission checks; replaced copy-on-write by an auth change.
+    pub(super) auth: Arc<AuthState>,
+    /// Where every auth change (and a restore) is published; not state (always equal).
+    pub(super) auth_publisher: AuthPublisher,
 }
 
 /// A frozen copy of the store's lease table ([`KvStore::lease_table`]).
@@ -243,6 +249,17 @@ impl KvStore {
         self.leases.len()
     }
 
+    /// The auth state now, in O(1).
+    pub fn auth(&self) -> Arc<AuthState> {
+        Arc::clone(&self.auth)
+    }
+
+    /// Where this store publishes its auth state after every change: a server keeps it and
+    /// refreshes its copy when [`AuthPublisher::generation`] moves, without locking the store.
+    pub fn auth_publisher(&self) -> AuthPublisher {
+        self.auth_publisher.clone()
+    }
+
     /// How many client sessions are kept.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -312,10 +329,20 @@ impl KvStore {
             last = entry.revision();
         }
         assert!(last <= self.revision, "history after the revision");
+        if let Err(reason) = self.auth.check(self.applied) {
+            panic!("auth state: {reason}");
+        }
     }
 
     /// Decodes, validates, deduplicates and applies one command; returns the encoded response.
     fn apply_bytes(&mut self, index: LogIndex, bytes: &[u8]) -> Vec<u8> {
+        let (checked_at, bytes) = match super::auth::split_checked(bytes) {
+            None => (None, bytes),
+            Some(Ok((revision, rest))) => (Some(revision), rest),
+            Some(Err(reason)) => {
+                return Response::Rejected(KvError::Malformed { reason }).encode();
+            }
+        };
         let command = match Command::decode(bytes).and_then(|command| {
             command.validate()?;
             Ok(command)
@@ -323,6 +350,11 @@ impl KvStore {
             Ok(command) => command,
             Err(error) => return Response::Rejected(error).encode(),
         };
+        // Before the session table: a refusal here is not recorded, so a retry of the same
+        // sequence is checked and applied afresh.
+        if let Err(error) = self.check_auth_revision(checked_at, &command) {
+            return Response::Rejected(error).encode();
+        }
         let session = match command.session {
             CommandSession::None => return self.apply_operations(index, command).encode(),
             CommandSession::Register => {
@@ -368,6 +400,11 @@ impl KvStore {
             }
             [Operation::LeaseRevoke { lease }] => return self.revoke_lease(index, *lease),
             _ => {}
+        }
+        if command.auth_operation().is_some() {
+            if let Some(Operation::Auth(operation)) = command.operations.pop() {
+                return self.apply_auth(index, operation);
+            }
         }
         let return_previous = command.return_previous;
         // Undo records are needed only when something after a write can still fail.
@@ -430,6 +467,11 @@ impl KvStore {
                     // Likewise for lease grants and revokes.
                     self.roll_back(undo);
                     return Response::Rejected(KvError::LeaseNotAlone);
+                }
+                Operation::Auth(_) => {
+                    // And for auth changes.
+                    self.roll_back(undo);
+                    return Response::Rejected(KvError::AuthNotAlone);
                 }
             };
             let key: Arc<[u8]> = key.into();
@@ -677,6 +719,47 @@ impl KvStore {
         }
     }
 
+    /// Refuses a write checked against an auth state that is no longer current, and with auth
+    /// enabled one that was not checked at all (except a lease revoke: the leader's lease
+    /// keeper proposes those itself).
+    fn check_auth_revision(
+        &self,
+        checked_at: Option<LogIndex>,
+        command: &Command,
+    ) -> Result<(), KvError> {
+        let current = self.auth.revision();
+        let stale = match checked_at {
+            Some(revision) => revision != current,
+            None => {
+                self.auth.is_enabled()
+                    && !matches!(
+                        command.operations.as_slice(),
+                        [Operation::LeaseRevoke { .. }]
+                    )
+            }
+        };
+        if stale {
+            return Err(KvError::AuthRevisionChanged {
+                checked: checked_at,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies an auth change at `index`: all of it, or nothing with the reason.
+    fn apply_auth(&mut self, index: LogIndex, operation: AuthOperation) -> Response {
+        let mut next = AuthState::clone(&self.auth);
+        match next.apply(index, operation) {
+            Ok(()) => {
+                self.auth = Arc::new(next);
+                self.auth_publisher.publish(&self.auth);
+                Response::AuthChanged { revision: index }
+            }
+            Err(error) => Response::Rejected(KvError::Auth(error)),
+        }
+    }
+
     /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
     /// one its new metadata names (which must exist). Returns what it replaced.
     pub(super) fn insert_entry(&mut self, key: Arc<[u8]>, stored: Stored) -> Option<Stored> {
@@ -805,7 +888,11 @@ impl StateMachine for KvStore {
 
     /// Keeps this store's history limits (they are the node's, not the snapshot's).
     fn restore(&mut self, data: &[u8]) -> Result<(), RestoreError> {
+        let publisher = self.auth_publisher.clone();
         *self = KvStore::decode_snapshot_with(data, self.history.limits())?;
+        // Whoever reads the old store's publication now reads the restored state.
+        self.auth_publisher = publisher;
+        self.auth_publisher.publish(&self.auth);
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ use crate::kv::{Command, KeyRange, KvError, LeaseId, ReadRequest, ReadResponse, 
 use crate::limits::{FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::raft::RoleKind;
 mod assembler;
+pub mod auth;
 pub mod budget;
 pub use assembler::FrameAssembler;
 
@@ -143,6 +144,28 @@ pub enum RequestBody {
     /// [`ResponseBody::WatchEvents`] without events once it has delivered everything the
     /// node has applied. Answered at once with [`ResponseBody::WatchProgressRequested`].
     WatchProgress,
+    /// Authenticates the connection as `user` (any node serves it). Answered with
+    /// [`ResponseBody::Authenticated`] and a token, after which the connection's requests
+    /// run as `user`; or [`ServerError::AuthenticationFailed`], later each time a
+    /// connection (or a user) fails again. The connection reads no further request until
+    /// this one is answered.
+    Authenticate {
+        /// The user.
+        #[serde(deserialize_with = "crate::codec::deserialize_string")]
+        user: String,
+        /// Its password.
+        password: auth::Password,
+    },
+    /// Authenticates the connection with a token from an earlier
+    /// [`RequestBody::Authenticate`] (of any node). Answered like it, or with
+    /// [`ServerError::Unauthenticated`] for a token that expired or was invalidated.
+    PresentToken {
+        /// The token.
+        token: auth::AuthToken,
+    },
+    /// Auth administration (`kvctl user|role|auth`); answered with
+    /// [`ResponseBody::Auth`].
+    Auth(auth::AuthRequest),
 }
 
 /// What a watch delivers, and from where.
@@ -363,6 +386,10 @@ pub enum ResponseBody {
     },
     /// Every watch of the connection will send a progress notification.
     WatchProgressRequested,
+    /// The connection is authenticated.
+    Authenticated(auth::Authenticated),
+    /// The answer to an auth administration request.
+    Auth(auth::AuthReply),
 }
 
 /// The answer to [`RequestBody::LeaseTimeToLive`].
@@ -477,6 +504,25 @@ pub enum ServerError {
     TransferFailed {
         /// Why.
         reason: String,
+    },
+    /// Auth is enabled and the connection has not authenticated, or its token expired or was
+    /// invalidated (password changed, user deleted, auth re-enabled). Nothing was done;
+    /// authenticate and retry.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// Why.
+        reason: String,
+    },
+    /// The user or password is wrong (which of them is not said). Nothing was done.
+    #[error("authentication failed: invalid user or password")]
+    AuthenticationFailed,
+    /// The user may not do this. **Nothing was changed**; do not retry as is.
+    #[error("permission denied: user {user:?} lacks {needed}")]
+    PermissionDenied {
+        /// The user the request ran as.
+        user: String,
+        /// What it needed: a permission on a key or range, or the root role.
+        needed: auth::Needed,
     },
 }
 

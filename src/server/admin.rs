@@ -51,13 +51,16 @@ pub(super) fn members(shared: &Shared) -> Result<ResponseBody, ServerError> {
 }
 
 /// Serves an admin request on a thread of its own; the answer for `tag` goes to `answers`.
-/// Returns the refusal to send at once when no thread may (or can) be started.
+/// `auth_revision` is the auth state its permissions were checked against (an auth change
+/// is proposed checked at it). Returns the refusal to send at once when no thread may (or
+/// can) be started.
 pub(super) fn spawn(
     shared: &Arc<Shared>,
     answers: &AdminSender,
     tag: u64,
     deadline: Instant,
     body: RequestBody,
+    auth_revision: crate::types::LogIndex,
 ) -> Result<(), ServerError> {
     if let Err(refusal) = check_request(&body) {
         return Err(ServerError::Refused { reason: refusal });
@@ -77,7 +80,7 @@ pub(super) fn spawn(
     let spawned = std::thread::Builder::new()
         .name(format!("{}-client-admin-{number}", shared.node.id()))
         .spawn(move || {
-            let result = serve(&thread_shared, body, deadline);
+            let result = serve(&thread_shared, body, deadline, auth_revision);
             thread_shared.admin_in_flight.fetch_sub(1, Ordering::SeqCst);
             // The loop may be gone (the server stopped): then nobody is waiting.
             answers.send(AdminAnswer { tag, result });
@@ -125,8 +128,12 @@ fn serve(
     shared: &Shared,
     body: RequestBody,
     deadline: Instant,
+    auth_revision: crate::types::LogIndex,
 ) -> Result<ResponseBody, ServerError> {
     let node = &shared.node;
+    if let RequestBody::Auth(request) = body {
+        return super::auth::serve_admin(shared, request, deadline, auth_revision);
+    }
     let changed = match body {
         RequestBody::AddMember { id, address, voter } => {
             log::info(

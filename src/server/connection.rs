@@ -58,6 +58,8 @@ pub(super) enum PendingKind {
     /// A watch that starts at a linearizable point: a read point's completion, then the
     /// watch is opened.
     Watch(crate::protocol::WatchRequest),
+    /// A password verification on the auth thread.
+    Auth,
 }
 
 /// What the server remembers of a request until it is answered: its id, and for the
@@ -137,6 +139,8 @@ pub(super) struct Connection {
     pub(super) snapshot_pin: SnapshotPin,
     /// The watches open on this connection (their ids), served by the loop's `Watches`.
     pub(super) watches: BTreeSet<u64>,
+    /// Who the connection is (auth).
+    pub(super) auth: super::auth::ConnectionAuth,
 }
 
 impl Connection {
@@ -171,7 +175,28 @@ impl Connection {
             starved: false,
             snapshot_pin: SnapshotPin::default(),
             watches: BTreeSet::new(),
+            auth: super::auth::ConnectionAuth::default(),
         }
+    }
+
+    /// Looks up, once, the common name of the verified client certificate (after the TLS
+    /// handshake), as the connection's fallback identity.
+    pub(super) fn resolve_certificate_user(&mut self) {
+        if self.auth.certificate_user.is_some() {
+            return;
+        }
+        let Some(tls) = &self.tls else {
+            self.auth.certificate_user = Some(None);
+            return;
+        };
+        if tls.is_handshaking() {
+            return;
+        }
+        let name = tls
+            .peer_certificates()
+            .and_then(|certificates| certificates.first())
+            .and_then(|certificate| super::auth::common_name(certificate.as_ref()));
+        self.auth.certificate_user = Some(name);
     }
 
     /// Whether the connection has requests in flight or watches open: it is not idle.
@@ -189,6 +214,7 @@ impl Connection {
     pub(super) fn accepts_requests(&self, inflight_max: usize) -> bool {
         !self.draining
             && !self.broken
+            && !self.auth.authenticating
             && self.pending.len() < inflight_max
             && self.output.len() - self.written <= OUTPUT_BYTES_HIGH
     }

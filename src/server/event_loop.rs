@@ -25,6 +25,8 @@
 
 mod requests;
 
+pub(super) use requests::{propose_error, read_error};
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -175,6 +177,7 @@ pub(super) fn spawn(
         stopping: false,
         checks_tls_files: index == 0,
         tls_checked_at: Instant::now(),
+        auth: super::auth::AuthView::new(shared.auth_publisher.clone()),
     };
     let thread = std::thread::Builder::new()
         .name(format!("{}-client-io-{index}", shared.node.id()))
@@ -219,6 +222,8 @@ struct EventLoop {
     /// This loop looks for changed TLS files (one loop does, about once a second).
     checks_tls_files: bool,
     tls_checked_at: Instant,
+    /// The auth state every request is checked against, refreshed when it changes.
+    auth: super::auth::AuthView,
 }
 
 impl EventLoop {
@@ -409,6 +414,9 @@ impl EventLoop {
         }
         while let Ok(answer) = self.admin_rx.try_recv() {
             if let Some((key, pending)) = self.take_pending(answer.tag) {
+                if matches!(pending.kind, PendingKind::Auth) {
+                    self.authentication_answered(key, &answer.result);
+                }
                 self.respond(key, pending.request, answer.result);
             }
         }
@@ -490,7 +498,7 @@ impl EventLoop {
                 self.respond(key, pending.request, result);
                 return;
             }
-            PendingKind::Write | PendingKind::Admin => {
+            PendingKind::Write | PendingKind::Admin | PendingKind::Auth => {
                 debug_assert!(false, "a read completion for another request");
                 return;
             }
@@ -692,6 +700,14 @@ impl EventLoop {
                 PendingKind::Admin => ServerError::Indeterminate {
                     reason: "deadline passed before the request's outcome was known".into(),
                 },
+                PendingKind::Auth => {
+                    if let Some(connection) = self.connections.get_mut(key) {
+                        connection.auth.authenticating = false;
+                    }
+                    ServerError::Unauthenticated {
+                        reason: "the authentication was not verified in time".into(),
+                    }
+                }
             };
             self.respond(key, pending.request, Err(error));
         }

@@ -47,6 +47,7 @@
 //! instant.
 
 mod admin;
+pub mod auth;
 mod connection;
 mod deadlines;
 mod event_loop;
@@ -149,6 +150,9 @@ pub struct ServerOptions {
     /// until room is released or its frame deadline passes. At least
     /// [`REQUEST_BUFFER_BYTES_MIN`].
     pub request_buffer_bytes_max: u64,
+    /// How long an auth token this server issues stays valid (default
+    /// [`auth::AUTH_TOKEN_TTL_DEFAULT`], 5 minutes).
+    pub auth_token_ttl: Duration,
 }
 
 impl ServerOptions {
@@ -167,6 +171,7 @@ impl ServerOptions {
             tls: None,
             metrics: None,
             request_buffer_bytes_max: REQUEST_BUFFER_BYTES_MAX_DEFAULT,
+            auth_token_ttl: auth::AUTH_TOKEN_TTL_DEFAULT,
         }
     }
 }
@@ -250,6 +255,10 @@ pub(crate) struct Shared {
     admin_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The leader's lease clock (driven by the `leases` thread, asked by the event loops).
     pub(crate) leases: Arc<leases::LeaseKeeper>,
+    /// Where the store publishes its auth state (each loop keeps a view of it).
+    pub(crate) auth_publisher: crate::kv::auth::AuthPublisher,
+    /// The `{id}-auth` thread that verifies passwords off the event loops.
+    pub(super) auth_worker: Mutex<auth::AuthWorker>,
 }
 
 impl Shared {
@@ -318,6 +327,11 @@ impl Server {
                 reason: "idle_timeout and frame_timeout must be longer than zero".into(),
             });
         }
+        if options.auth_token_ttl.is_zero() {
+            return Err(ServerStartError::Invalid {
+                reason: "auth_token_ttl must be longer than zero".into(),
+            });
+        }
         if options.request_buffer_bytes_max < REQUEST_BUFFER_BYTES_MIN {
             return Err(ServerStartError::Invalid {
                 reason: format!(
@@ -340,6 +354,9 @@ impl Server {
                 source,
             })?;
         let id = node.id();
+        let auth_worker = auth::AuthWorker::spawn(format!("{id}-auth"), options.auth_token_ttl)
+            .map_err(ServerStartError::Spawn)?;
+        let auth_publisher = node.with_state_machine(|kv| kv.auth_publisher());
         let advertised = options
             .client_addresses
             .get(&id)
@@ -363,6 +380,8 @@ impl Server {
             admin_started: AtomicU64::new(0),
             admin_threads: Mutex::new(Vec::new()),
             leases: Arc::new(leases::LeaseKeeper::new(Arc::clone(&node))),
+            auth_publisher,
+            auth_worker: Mutex::new(auth_worker),
         });
         let mut server = Server {
             shared: Arc::clone(&shared),
@@ -468,6 +487,7 @@ impl Server {
         for thread in threads {
             let _ = thread.join();
         }
+        self.shared.auth_worker.lock().shutdown();
     }
 }
 

@@ -132,12 +132,30 @@ impl TestCluster {
         configure: impl Fn(&mut ServerOptions),
         store: impl Fn() -> KvStore,
     ) -> TestCluster {
-        let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
+        let addresses = (0..size).map(|_| free_address().to_string()).collect();
+        TestCluster::start_at_with_store(addresses, lease_reads, configure, store)
+    }
+
+    /// [`start_with`](TestCluster::start_with) with the client servers on
+    /// `client_addresses`, one node per address.
+    pub fn start_at(
+        client_addresses: Vec<String>,
+        lease_reads: bool,
+        configure: impl Fn(&mut ServerOptions),
+    ) -> TestCluster {
+        TestCluster::start_at_with_store(client_addresses, lease_reads, configure, KvStore::new)
+    }
+
+    fn start_at_with_store(
+        client_addresses: Vec<String>,
+        lease_reads: bool,
+        configure: impl Fn(&mut ServerOptions),
+        store: impl Fn() -> KvStore,
+    ) -> TestCluster {
+        let ids: Vec<NodeId> = (1..=client_addresses.len() as u64).map(NodeId).collect();
         let membership = Membership::new(ids.iter().copied());
-        let client_addresses: BTreeMap<NodeId, String> = ids
-            .iter()
-            .map(|id| (*id, free_address().to_string()))
-            .collect();
+        let client_addresses: BTreeMap<NodeId, String> =
+            ids.iter().copied().zip(client_addresses).collect();
         let (transports, receivers) = tcp_mesh(&ids);
         let mut nodes = Vec::new();
         for (k, inbound) in receivers.into_iter().enumerate() {

@@ -12,8 +12,9 @@ use crate::protocol::{
     Consistency, ReadReply, RequestBody, RequestFrame, ResponseBody, ServerError,
     SnapshotRequested, StatusReply, WatchRequest,
 };
-use crate::types::NodeId;
+use crate::types::{LogIndex, NodeId};
 
+use super::super::auth::{self, Authorizer, VerifyJob};
 use super::super::connection::{PendingKind, Request};
 use super::super::leases::LeaseRequest;
 use super::super::watch::WatchKey;
@@ -42,11 +43,24 @@ impl EventLoop {
             operation: crate::metrics::request_operation(&frame.body),
             arrived,
         };
+        let auth_revision = match self.authorize(key, &frame.body) {
+            Ok(revision) => revision,
+            Err(refusal) => {
+                self.respond(key, asked, Err(refusal));
+                return;
+            }
+        };
         match frame.body {
             RequestBody::Write(mut command) => {
                 raise_lease_ttl(&shared, &mut command);
                 match command.encode() {
                     Ok(bytes) => {
+                        // Once auth was ever configured, a write applies only if the auth
+                        // state is still the one it was checked against.
+                        let bytes = match auth_revision {
+                            LogIndex(0) => bytes,
+                            revision => crate::kv::auth::wrap_checked(revision, &bytes),
+                        };
                         let tag = self.register(key, asked, deadline, PendingKind::Write);
                         self.writes.push((bytes, tag));
                     }
@@ -113,14 +127,24 @@ impl EventLoop {
                 let result = admin::members(&shared);
                 self.respond(key, asked, result);
             }
+            RequestBody::Authenticate { user, password } => {
+                self.authenticate(key, asked, user, password);
+            }
+            RequestBody::PresentToken { token } => {
+                let result = self.present_token(key, token);
+                self.respond(key, asked, result);
+            }
             body @ (RequestBody::AddMember { .. }
             | RequestBody::PromoteMember { .. }
             | RequestBody::RemoveMember { .. }
-            | RequestBody::TransferLeader { .. }) => {
+            | RequestBody::TransferLeader { .. }
+            | RequestBody::Auth(_)) => {
                 // Earlier writes of this connection go first.
                 self.flush_writes();
                 let tag = self.register(key, asked, deadline, PendingKind::Admin);
-                if let Err(refusal) = admin::spawn(&shared, &self.admin, tag, deadline, body) {
+                let spawned =
+                    admin::spawn(&shared, &self.admin, tag, deadline, body, auth_revision);
+                if let Err(refusal) = spawned {
                     self.fail(tag, refusal);
                 }
             }
@@ -207,6 +231,126 @@ impl EventLoop {
 }
 
 impl EventLoop {
+    /// Checks that connection `key` may send `body`: nothing is checked while auth is
+    /// disabled (but an auth change is never taken in a write), else the connection's
+    /// identity (token, or client certificate) and its permissions.
+    ///
+    /// Returns the auth revision it checked against.
+    fn authorize(&mut self, key: usize, body: &RequestBody) -> Result<LogIndex, ServerError> {
+        if let RequestBody::Write(command) = body {
+            if command.changes_auth() {
+                return Err(ServerError::Invalid(KvError::Auth(
+                    crate::kv::auth::AuthError::Invalid {
+                        reason: "auth changes are made with auth requests".into(),
+                    },
+                )));
+            }
+        }
+        let authorizer = self.auth.current().clone();
+        let revision = authorizer.state().revision();
+        if !authorizer.is_enabled() || auth::is_open(body) {
+            return Ok(revision);
+        }
+        let Some(connection) = self.connections.get_mut(key) else {
+            return Ok(revision);
+        };
+        connection.resolve_certificate_user();
+        let identity = connection.auth.identity(authorizer.state())?;
+        let node = &self.shared.node;
+        let lease_keys = |lease| node.with_state_machine(|kv| kv.lease_keys(lease));
+        check_request(&authorizer, &identity, body, lease_keys)?;
+        Ok(revision)
+    }
+
+    /// Queues a password verification on the auth thread; the connection reads nothing more
+    /// until it is answered (`EventLoop::authentication_answered`).
+    fn authenticate(
+        &mut self,
+        key: usize,
+        asked: Request,
+        user: String,
+        password: crate::protocol::auth::Password,
+    ) {
+        let state = self.auth.current().state().clone();
+        if !state.is_enabled() {
+            self.respond(key, asked, Err(auth_not_enabled()));
+            return;
+        }
+        if password.0.len() > auth::PASSWORD_BYTES_MAX {
+            self.respond(key, asked, Err(ServerError::AuthenticationFailed));
+            return;
+        }
+        let deadline = asked.arrived + auth::AUTHENTICATE_DEADLINE;
+        let tag = self.register(key, asked, deadline, PendingKind::Auth);
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        connection.auth.authenticating = true;
+        let job = VerifyJob {
+            tag,
+            user,
+            password: password.0,
+            remote: connection.remote.clone(),
+            failures: connection.auth.failures,
+            state,
+            answers: self.admin.clone(),
+        };
+        let submitted = self.shared.auth_worker.lock().submit(job);
+        if let Err(refusal) = submitted {
+            connection.auth.authenticating = false;
+            self.fail(tag, refusal);
+        }
+    }
+
+    /// The auth thread answered connection `key`'s authentication.
+    pub(super) fn authentication_answered(
+        &mut self,
+        key: usize,
+        result: &Result<ResponseBody, ServerError>,
+    ) {
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        connection.auth.authenticating = false;
+        match result {
+            Ok(ResponseBody::Authenticated(reply)) => {
+                connection.auth.token = Some(reply.token.clone());
+                connection.auth.failures = 0;
+            }
+            Err(ServerError::AuthenticationFailed) => {
+                connection.auth.token = None;
+                connection.auth.failures = connection.auth.failures.saturating_add(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Authenticates connection `key` with a token (cheap: an HMAC, on the loop).
+    fn present_token(
+        &mut self,
+        key: usize,
+        token: crate::protocol::auth::AuthToken,
+    ) -> Result<ResponseBody, ServerError> {
+        let state = self.auth.current().state().clone();
+        if !state.is_enabled() {
+            return Err(auth_not_enabled());
+        }
+        auth::verify_token(&state, &token)
+            .map_err(|reason| ServerError::Unauthenticated { reason })?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let reply = crate::protocol::auth::Authenticated {
+            user: token.user.clone(),
+            ttl_ms: token.expires_unix_ms.saturating_sub(now_ms),
+            token: token.clone(),
+        };
+        if let Some(connection) = self.connections.get_mut(key) {
+            connection.auth.token = Some(token);
+        }
+        Ok(ResponseBody::Authenticated(reply))
+    }
+
     /// Lease requests are served by the leader's keeper after a read barrier: the barrier
     /// confirms leadership, and that every grant acknowledged before this request is applied
     /// (a new leader may not have applied it yet).
@@ -222,6 +366,59 @@ impl EventLoop {
         if let Err(error) = shared.node.submit_read(tag, &self.reads) {
             self.fail(tag, read_error(&shared, error));
         }
+    }
+}
+
+/// The refusal of an authentication while auth is disabled (nothing needs one).
+fn auth_not_enabled() -> ServerError {
+    ServerError::Refused {
+        reason: "auth is not enabled on this cluster".into(),
+    }
+}
+
+/// What `identity` needs for `body` (auth enabled): permissions on the keys it reads and
+/// writes, the root role for snapshots, membership and auth administration, and being
+/// authenticated for leases and sessions.
+fn check_request(
+    authorizer: &Authorizer,
+    identity: &auth::Identity,
+    body: &RequestBody,
+    lease_keys: impl Fn(crate::kv::LeaseId) -> Option<Vec<Vec<u8>>>,
+) -> Result<(), ServerError> {
+    use crate::kv::auth::Permission;
+    match body {
+        RequestBody::Write(command) => authorizer.check_command(identity, command, lease_keys),
+        RequestBody::Read { request, .. } => authorizer.check_read(identity, request),
+        RequestBody::Status
+        | RequestBody::Authenticate { .. }
+        | RequestBody::PresentToken { .. } => Ok(()),
+        RequestBody::TakeSnapshot | RequestBody::SnapshotChunk { .. } => {
+            authorizer.check_root(identity, "snapshot")
+        }
+        RequestBody::Members
+        | RequestBody::AddMember { .. }
+        | RequestBody::PromoteMember { .. }
+        | RequestBody::RemoveMember { .. }
+        | RequestBody::TransferLeader { .. } => authorizer.check_root(identity, "membership"),
+        RequestBody::LeaseKeepAlive { .. } | RequestBody::LeaseList => {
+            authorizer.check_authenticated(identity)
+        }
+        RequestBody::LeaseTimeToLive { lease, keys } => {
+            authorizer.check_authenticated(identity)?;
+            if *keys {
+                for key in lease_keys(*lease).unwrap_or_default() {
+                    authorizer.check_key(identity, &key, Permission::Read)?;
+                }
+            }
+            Ok(())
+        }
+        RequestBody::Auth(request) => authorizer.check_auth_request(identity, request),
+        // A watch sees only what its user may read: the whole range, checked when it opens.
+        RequestBody::Watch(request) => {
+            authorizer.check_range(identity, &request.range, Permission::Read)
+        }
+        // They touch only this connection's watches, each checked when it opened.
+        RequestBody::WatchCancel { .. } | RequestBody::WatchProgress => Ok(()),
     }
 }
 
@@ -309,8 +506,16 @@ pub(super) fn submit_error(shared: &Shared, error: ProposeError) -> ServerError 
     }
 }
 
+/// Maps the failure of a blocking proposal (an admin thread's).
+pub(in crate::server) fn propose_error(shared: &Shared, error: ProposeError) -> ServerError {
+    match error {
+        ProposeError::Dropped => ServerError::Dropped,
+        other => submit_error(shared, other),
+    }
+}
+
 /// Maps a read failure.
-pub(super) fn read_error(shared: &Shared, error: ReadError) -> ServerError {
+pub(in crate::server) fn read_error(shared: &Shared, error: ReadError) -> ServerError {
     match error {
         ReadError::NotLeader { leader_hint } => not_leader(shared, leader_hint),
         ReadError::Timeout => ServerError::ReadTimeout,
