@@ -348,6 +348,14 @@ pub enum Command {
     /// Grant, revoke, keep alive, inspect and list leases.
     #[command(subcommand)]
     Lease(super::lease::LeaseCommand),
+    /// Acquire the distributed lock NAME and print its key and fencing token; hold it until
+    /// interrupted (Ctrl-C), or run the command after `--` while holding it (with
+    /// KEYVAL_LOCK_KEY and KEYVAL_FENCING_TOKEN set) and exit with its exit code.
+    Lock(super::lock::LockArgs),
+    /// Campaign in the election NAME with PROPOSAL, print the key and value once elected and
+    /// lead until interrupted (then resign); without PROPOSAL (or with --listen), print each
+    /// leader as it changes.
+    Elect(super::lock::ElectArgs),
     /// Hand leadership to voter ID and wait until it leads.
     TransferLeader {
         /// The voter to take over.
@@ -634,6 +642,8 @@ pub fn run(args: KvctlArgs) -> i32 {
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Lease(lease) => super::lease::run(&client, &lease, json),
+        Command::Lock(lock) => super::lock::lock(&client, &lock, json),
+        Command::Elect(elect) => super::lock::elect(&client, &elect, json),
         Command::Snapshot(snapshot) => super::snapshot::run(
             &client,
             &snapshot,
