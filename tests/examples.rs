@@ -4,6 +4,9 @@
 //! checks (an exact count, increasing tokens, a refused stale write, a reload that misses an
 //! update, a session that outlives its TTL) fails its test.
 //! Method: the examples' `ExampleCluster::in_process`; every wait has a deadline.
+// Each example is a crate of its own and so includes `examples/support` itself; included
+// here as modules, they bring one copy each (identical, unused but for the cluster type).
+#![allow(clippy::duplicate_mod)]
 
 #[path = "../examples/support/mod.rs"]
 mod support;

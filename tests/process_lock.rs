@@ -3,8 +3,8 @@
 //! storage-side fence with `kvctl txn` and its KEYVAL_FENCING_TOKEN. A (kvctl and its shell)
 //! is frozen with SIGSTOP past its lease's TTL; B takes the lock with a higher token and
 //! writes through the fence; A is thawed and tries its write with the old token: the fence
-//! refuses it, so the resource's committed history (read back through a watch from revision
-//! 1) never has A's write after B's. Also: `kvctl lock` passes the key, token and exit code.
+//! refuses it, so the resource's committed history (read back through a watch from the first
+//! revision) never has A's write after B's. Also: `kvctl lock` passes the key, token and exit code.
 //! Method: `process_support::ProcessCluster`; every wait is on a condition with a generous
 //! deadline, never a sleep followed by an assertion.
 

@@ -57,24 +57,21 @@ impl Mutex {
     /// [`RecipeError::Locked`] naming the holder (and leaves the line).
     pub fn try_lock(&self) -> Result<Guard, RecipeError> {
         let (key, token) = self.enter()?;
-        let outcome =
-            self.queue
-                .read()
-                .and_then(|(_, contenders)| match Queue::first(&contenders) {
-                    Some(first) if first.key == key && first.create_revision == token => Ok(None),
-                    Some(first) => Ok(Some(RecipeError::Locked {
-                        holder: text(&first.key),
-                        since: first.create_revision,
-                    })),
-                    None => Ok(Some(RecipeError::Lost { key: text(&key) })),
-                });
-        match outcome {
-            Ok(None) => Ok(self.guard(key, token)),
-            Ok(Some(error)) | Err(error) => {
-                let _ = self.queue.remove(&key, token);
-                Err(error)
-            }
-        }
+        let refusal = match self.queue.read() {
+            Ok((_, contenders)) => match Queue::first(&contenders) {
+                Some(first) if first.key == key && first.create_revision == token => {
+                    return Ok(self.guard(key, token));
+                }
+                Some(first) => RecipeError::Locked {
+                    holder: text(&first.key),
+                    since: first.create_revision,
+                },
+                None => RecipeError::Lost { key: text(&key) },
+            },
+            Err(error) => error,
+        };
+        let _ = self.queue.remove(&key, token);
+        Err(refusal)
     }
 
     /// What this lock's waits are doing (the predecessor watched, wake-ups), for diagnostics
