@@ -4,7 +4,8 @@
 //! is frozen with SIGSTOP past its lease's TTL; B takes the lock with a higher token and
 //! writes through the fence; A is thawed and tries its write with the old token: the fence
 //! refuses it, so the resource's committed history (read back through a watch from the first
-//! revision) never has A's write after B's. Also: `kvctl lock` passes the key, token and exit code.
+//! revision) never has A's write after B's. Also: `kvctl lock` passes the key, token and exit
+//! code; `kvctl elect` campaigns, resigns on Ctrl-C (the next candidate leads) and observes.
 //! Method: `process_support::ProcessCluster`; every wait is on a condition with a generous
 //! deadline, never a sleep followed by an assertion.
 
@@ -203,4 +204,86 @@ fn kvctl_lock_passes_key_token_and_exit_code_to_its_command() {
         .entries
         .len();
     assert_eq!(left, 0, "the lock was not released");
+}
+
+/// A `kvctl` child whose stdout lines arrive on a channel.
+struct Lines {
+    child: std::process::Child,
+    lines: crossbeam_channel::Receiver<String>,
+}
+
+impl Lines {
+    fn spawn(endpoints: &str, args: &[&str]) -> Lines {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .arg("--endpoints")
+            .arg(endpoints)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kvctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines { child, lines }
+    }
+
+    fn next(&self) -> String {
+        self.lines.recv_timeout(WAIT).expect("a line in time")
+    }
+
+    /// SIGINT, then the exit code.
+    fn interrupt(&mut self) -> Option<i32> {
+        signal(self.child.id(), "-INT");
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn kvctl_elect_campaigns_resigns_on_interrupt_and_observes() {
+    let cluster = ProcessCluster::start(1);
+    let client = client(&cluster);
+    cluster.wait_leader(&client);
+    let endpoints = cluster.endpoints();
+    let observer = Lines::spawn(&endpoints, &["elect", "jobs/leader", "--listen"]);
+    let mut alpha = Lines::spawn(&endpoints, &["elect", "jobs/leader", "alpha"]);
+    assert!(alpha.next().starts_with("jobs/leader/"));
+    assert_eq!(alpha.next(), "alpha");
+    assert!(observer.next().starts_with("jobs/leader/"));
+    assert_eq!(observer.next(), "alpha");
+    let beta = Lines::spawn(&endpoints, &["--json", "elect", "jobs/leader", "beta"]);
+    // Beta waits in line behind alpha until alpha resigns on Ctrl-C.
+    assert!(wait_for(|| {
+        client
+            .get_prefix(b"jobs/leader/", 10)
+            .is_ok_and(|page| page.entries.len() == 2)
+    }));
+    assert_eq!(alpha.interrupt(), Some(0), "alpha resigns and exits 0");
+    let elected: serde_json::Value = serde_json::from_str(&beta.next()).expect("json");
+    assert_eq!(elected["value"], "beta");
+    assert!(observer.next().starts_with("jobs/leader/"));
+    assert_eq!(observer.next(), "beta");
 }
