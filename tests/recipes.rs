@@ -1,8 +1,9 @@
 //! The coordination recipes against a real three-node cluster over TCP: mutual exclusion
 //! among many contenders with strictly increasing fencing tokens, a release that wakes
 //! exactly one waiter (each watches only its predecessor), a holder whose session is revoked
-//! losing the lock to the next waiter, a wait that survives the keyval leader's stop,
-//! `try_lock`, the storage-side fence, and election campaign / proclaim / observe / resign.
+//! losing the lock to the next waiter, a waiter that times out leaving the line, a wait that
+//! survives the keyval leader's stop, `try_lock`, the storage-side fence, and election
+//! campaign / proclaim / observe / resign.
 //! Method: `server_support::TestCluster`, waiting on conditions with generous deadlines.
 
 mod server_support;
@@ -155,6 +156,31 @@ fn a_revoked_holder_loses_the_lock_and_the_next_waiter_gets_it() {
         "the revoked holder still thinks it holds the lock"
     );
     assert!(matches!(held.unlock(), Err(RecipeError::Lost { .. })));
+    next.unlock().expect("unlock");
+}
+
+#[test]
+fn a_waiter_that_times_out_leaves_the_line() {
+    let cluster = TestCluster::start(3, false);
+    cluster.wait_leader();
+    let client = client(&cluster);
+    let first = session(&client);
+    let held = Mutex::new(&first, "locks/patience").lock().expect("lock");
+    let impatient = session(&client);
+    let started = Instant::now();
+    assert!(matches!(
+        Mutex::new(&impatient, "locks/patience").lock_timeout(Duration::from_millis(300)),
+        Err(RecipeError::Timeout { .. })
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    held.unlock().expect("unlock");
+    // Had the impatient waiter stayed in line, it would now hold the lock without knowing.
+    let next = Mutex::new(&session(&client), "locks/patience")
+        .try_lock()
+        .expect("free once the holder left");
+    let line = client.get_prefix(b"locks/patience/", 10).expect("line");
+    assert_eq!(line.entries.len(), 1, "{:?}", line.entries);
+    assert!(!impatient.done());
     next.unlock().expect("unlock");
 }
 
