@@ -1,6 +1,6 @@
 //! Lock safety with real processes (issue 13, "Lock safety"): holder A is a real
 //! `kvctl lock --ttl 3 NAME -- sh -c ...` process whose command writes through the
-//! storage-side fence with `kvctl txn` and its KEYVAL_FENCING_TOKEN. A (kvctl and its shell)
+//! storage-side fence with `kvctl put --fencing-token $KEYVAL_FENCING_TOKEN`. A (kvctl and its shell)
 //! is frozen with SIGSTOP past its lease's TTL; B takes the lock with a higher token and
 //! writes through the fence; A is thawed and tries its write with the old token: the fence
 //! refuses it, so the resource's committed history (read back through a watch from the first
@@ -28,10 +28,8 @@ const HOLDER_TTL_SECONDS: &str = "3";
 /// write again through the fence with the same (by then stale) token.
 const HOLDER_SCRIPT: &str = r#"
 fenced() {
-    next=$(printf '%020d' $((KEYVAL_FENCING_TOKEN + 1)))
-    mine=$(printf '%020d' "$KEYVAL_FENCING_TOKEN")
-    printf 'value("res/fence") < "%s"\n\nput res %s\nput res/fence %s\n\nget res/fence\n' \
-        "$next" "$1" "$mine" | "$KVCTL" txn
+    "$KVCTL" put --fencing-token "$KEYVAL_FENCING_TOKEN" res "$1"
+    echo "exit $?"
 }
 echo $$ > "$DIR/shell.pid"
 fenced A-first > "$DIR/first.tmp" 2>&1 && mv "$DIR/first.tmp" "$DIR/first"
@@ -68,10 +66,6 @@ fn a_holder_paused_past_its_ttl_cannot_write_after_the_next_holder() {
     cluster.wait_leader(&client);
     let dir = tempfile::tempdir().expect("temp dir");
     let stderr = std::fs::File::create(dir.path().join("kvctl.err")).expect("stderr file");
-    // `kvctl txn` compares values only: start the fence at token 0.
-    client
-        .put(fence_key(b"res"), b"00000000000000000000".to_vec())
-        .expect("fence");
     let mut holder = Command::new(env!("CARGO_BIN_EXE_kvctl"))
         .args(["lock", "--ttl", HOLDER_TTL_SECONDS, "locks/res", "--"])
         .args(["sh", "-c", HOLDER_SCRIPT])
@@ -90,7 +84,7 @@ fn a_holder_paused_past_its_ttl_cannot_write_after_the_next_holder() {
     );
     let token_a = LogIndex(read(&token_path).unwrap().trim().parse().expect("token"));
     let first = read(&dir.path().join("first")).expect("A's first write");
-    assert!(first.starts_with("SUCCESS"), "A's first write: {first}");
+    assert!(first.contains("exit 0"), "A's first write: {first}");
     let shell: u32 = read(&dir.path().join("shell.pid"))
         .unwrap()
         .trim()
@@ -129,9 +123,11 @@ fn a_holder_paused_past_its_ttl_cannot_write_after_the_next_holder() {
     );
     let late = read(&late_path).unwrap();
     assert!(
-        late.starts_with("FAILURE") && late.contains(&format!("{:020}", token_b.0)),
+        late.contains("exit 4") && late.contains(&format!("fencing token {}", token_b.0)),
         "A's stale write was not refused: {late}"
     );
+    let fence = client.get(fence_key(b"res")).expect("read").expect("fence");
+    assert_eq!(fence.value, format!("{:020}", token_b.0).into_bytes());
     let exited = wait_for(|| matches!(holder.try_wait(), Ok(Some(_))));
     if !exited {
         let _ = holder.kill();

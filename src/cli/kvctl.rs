@@ -1,7 +1,8 @@
 //! `kvctl`: talk to a running cluster from the shell.
 //!
 //! Exit codes: 0 success, 1 error (unavailable, rejected, timed out…), 2 usage error,
-//! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`), 5 the write's outcome
+//! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`; `put --fencing-token`:
+//! a later holder's token was seen), 5 the write's outcome
 //! is unknown (`Indeterminate`: it may or may not have been applied; for `member` and
 //! `transfer-leader`: the change may or may not have taken effect). `txn` exits 0 whichever
 //! branch ran (it prints SUCCESS or FAILURE, as etcdctl does) and 2 when its input does not
@@ -29,7 +30,8 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// `get`: the key does not exist.
 pub const EXIT_NOT_FOUND: i32 = 3;
-/// `cas`: the condition did not hold; nothing was written.
+/// `cas`: the condition did not hold; nothing was written. Also `put --fencing-token`: the
+/// key had seen a higher token; nothing was written.
 pub const EXIT_CAS_FAILED: i32 = 4;
 /// A write's outcome is unknown: it may or may not have been applied.
 pub const EXIT_INDETERMINATE: i32 = 5;
@@ -39,8 +41,8 @@ pub const EXIT_INDETERMINATE: i32 = 5;
 #[command(
     name = "kvctl",
     version,
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed, \
-                  5 indeterminate (the write may or may not have been applied)."
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed \
+                  (or put --fencing-token refused), 5 indeterminate (the write may or may not have been applied)."
 )]
 pub struct KvctlArgs {
     /// Client addresses of the cluster's nodes, comma-separated (any subset works).
@@ -248,6 +250,10 @@ pub enum Command {
         /// The lease to attach the key to (its id as `lease grant` printed it).
         #[arg(long, value_parser = super::lease::parse_lease_id)]
         lease: Option<crate::kv::LeaseId>,
+        /// Write only if this fencing token (from `kvctl lock`, $KEYVAL_FENCING_TOKEN) is at
+        /// least the highest KEY has seen, recorded in KEY/fence (exit 4 if refused).
+        #[arg(long, conflicts_with = "lease")]
+        fencing_token: Option<u64>,
     },
     /// Print KEY's value (exit 3 if it does not exist); with END or --prefix, every key of
     /// the range as `KEY<tab>VALUE` lines (exit 0 even if there is none).
@@ -448,11 +454,15 @@ pub fn run(args: KvctlArgs) -> i32 {
             value,
             from_file,
             lease,
+            fencing_token,
         } => {
             let (name, value) = match (key(name), put_value(value, from_file.as_deref())) {
                 (Ok(name), Ok(value)) => (name, value),
                 (Err(message), _) | (_, Err(message)) => return usage(message),
             };
+            if let Some(token) = fencing_token {
+                return super::lock::fenced_put(&client, &name, &value, LogIndex(token), json);
+            }
             match match lease {
                 Some(lease) => client.put_with_lease(name, value, lease),
                 None => client.put(name, value),

@@ -15,9 +15,13 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::recipes::{Election, Guard, Leader, Mutex, Observer, RecipeError, Session};
+use crate::recipes::{
+    fenced_put as put_fenced, Election, FencedPut, Guard, Leader, Mutex, Observer, RecipeError,
+    Session,
+};
+use crate::types::LogIndex;
 
-use super::kvctl::{fail, text, EXIT_ERROR, EXIT_OK};
+use super::kvctl::{fail, text, EXIT_CAS_FAILED, EXIT_ERROR, EXIT_OK};
 use super::lease::format_lease_id;
 
 /// The default session TTL of `lock` and `elect`, in seconds (etcdctl's).
@@ -93,6 +97,38 @@ fn wait_interruptible<T>(rx: &Receiver<T>, interrupted: &AtomicBool) -> Option<T
             Err(RecvTimeoutError::Timeout) if !interrupted.load(Ordering::Acquire) => {}
             Err(_) => return None,
         }
+    }
+}
+
+/// Runs `kvctl put KEY VALUE --fencing-token N` through the storage-side fence; exit 4 if a
+/// higher token was seen.
+pub fn fenced_put(client: &Client, key: &[u8], value: &[u8], token: LogIndex, json: bool) -> i32 {
+    match put_fenced(client, key, value, token) {
+        Ok(FencedPut::Written { revision }) => {
+            if json {
+                println!("{}", json!({ "ok": true, "revision": revision.0 }));
+            } else {
+                println!("OK (revision {})", revision.0);
+            }
+            EXIT_OK
+        }
+        Ok(FencedPut::Refused { highest_token }) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "refused": true, "highest_token": highest_token.0 })
+                );
+            } else {
+                eprintln!(
+                    "kvctl: refused: {} has seen fencing token {} (this one is {})",
+                    text(key),
+                    highest_token.0,
+                    token.0
+                );
+            }
+            EXIT_CAS_FAILED
+        }
+        Err(error) => fail_recipe(&error, json),
     }
 }
 
