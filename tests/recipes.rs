@@ -3,7 +3,7 @@
 //! exactly one waiter (each watches only its predecessor), a holder whose session is revoked
 //! losing the lock to the next waiter, a waiter that times out leaving the line, a wait that
 //! survives the keyval leader's stop, `try_lock`, the storage-side fence, and election
-//! campaign / proclaim / observe / resign.
+//! campaign / proclaim / observe / resign, also across the keyval leader's stop.
 //! Method: `server_support::TestCluster`, waiting on conditions with generous deadlines.
 
 mod server_support;
@@ -326,4 +326,36 @@ fn next_leader(observer: &mut keyval::recipes::Observer) -> keyval::recipes::Lea
         }
     }
     panic!("no leader change observed in time");
+}
+
+#[test]
+fn an_election_and_its_observer_carry_on_across_a_keyval_leader_stop() {
+    let mut cluster = TestCluster::start(3, false);
+    let leader = cluster.wait_leader();
+    let client = client(&cluster);
+    let mut observer = keyval::recipes::Observer::new(&client, "elect/failover");
+    let first_session = session(&client);
+    let mut first = Election::new(&first_session, "elect/failover");
+    first.campaign(b"a").expect("campaign");
+    assert_eq!(next_leader(&mut observer).value, b"a");
+    let second_session = session(&client);
+    let mut second = Election::new(&second_session, "elect/failover");
+    let probe = second.probe();
+    let (tx, rx) = bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(second.campaign(b"b").map(|leader| leader.value));
+    });
+    assert!(
+        wait_for(|| probe.waiting_on().is_some()),
+        "second not in line"
+    );
+
+    cluster.stop(leader);
+    cluster.wait_leader();
+    first.proclaim(b"a after the stop").expect("proclaim");
+    assert_eq!(next_leader(&mut observer).value, b"a after the stop");
+    first.resign().expect("resign");
+    let elected = rx.recv_timeout(WAIT).expect("second elected in time");
+    assert_eq!(elected.expect("campaign"), b"b");
+    assert_eq!(next_leader(&mut observer).value, b"b");
 }
