@@ -141,9 +141,16 @@ pub fn lock(client: &Client, args: &LockArgs, json: bool) -> i32 {
     };
     let (tx, rx) = bounded(1);
     let mutex = Mutex::new(&session, &args.name);
-    std::thread::spawn(move || {
-        let _ = tx.send(mutex.lock());
-    });
+    let waiter = std::thread::Builder::new()
+        .name("kvctl-lock".into())
+        .spawn(move || {
+            let _ = tx.send(mutex.lock());
+        });
+    if let Err(error) = waiter {
+        let _ = session.close();
+        eprintln!("kvctl: spawning the lock thread: {error}");
+        return EXIT_ERROR;
+    }
     let guard = match wait_interruptible(&rx, &interrupted) {
         Some(Ok(guard)) => guard,
         Some(Err(error)) => {
@@ -290,10 +297,17 @@ fn campaign(
     let (tx, rx) = bounded(1);
     let mut election = Election::new(&session, &args.name);
     let value = proposal.as_bytes().to_vec();
-    std::thread::spawn(move || {
-        let result = election.campaign(&value);
-        let _ = tx.send((election, result));
-    });
+    let candidate = std::thread::Builder::new()
+        .name("kvctl-campaign".into())
+        .spawn(move || {
+            let result = election.campaign(&value);
+            let _ = tx.send((election, result));
+        });
+    if let Err(error) = candidate {
+        let _ = session.close();
+        eprintln!("kvctl: spawning the campaign thread: {error}");
+        return EXIT_ERROR;
+    }
     let (mut election, leader) = match wait_interruptible(&rx, interrupted) {
         Some((election, Ok(leader))) => (election, leader),
         Some((_, Err(error))) => {

@@ -22,9 +22,10 @@ use super::{text, RecipeError, Session};
 /// (a local check, no request).
 const SESSION_CHECK_PERIOD: Duration = Duration::from_millis(200);
 
-/// How many times a write whose outcome was unknown is sent again (each is idempotent: a
-/// transaction guarded by a compare).
-const INDETERMINATE_RETRIES_MAX: usize = 8;
+/// How many times a write whose outcome was unknown is sent (each attempt is idempotent: a
+/// transaction guarded by a compare). Small: each unknown outcome already cost a whole
+/// request timeout, and a guard's drop may be waiting on it.
+const INDETERMINATE_RETRIES_MAX: usize = 3;
 
 /// The pause before a read or watch is tried again after the cluster was unavailable.
 pub(crate) const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
