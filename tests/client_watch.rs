@@ -100,6 +100,13 @@ fn a_watch_sees_every_change_in_order_with_one_response_per_revision() {
     assert!(together, "one revision split over responses: {responses:?}");
     assert!(watch.revision() >= events[3].revision);
 
+    // Watches (linearizable by default) are served by any member, followers included.
+    let nodes: std::collections::BTreeSet<_> = (0..3)
+        .map(|_| client.watch(WatchOptions::key(b"spread")).expect("watch"))
+        .map(|watch| watch.node().expect("served"))
+        .collect();
+    assert!(nodes.len() >= 2, "every watch went to {nodes:?}");
+
     // Filters, and a start in the past replayed from the history.
     let mut deletes = client
         .watch(WatchOptions::prefix(b"cfg/").start(LogIndex(1)).no_put())

@@ -78,6 +78,13 @@ fn a_lease_nobody_renews_expires_with_all_its_keys_together() {
         lived >= ttl,
         "expired after {lived:?}, before its TTL {ttl:?}"
     );
+    // And not much after: the keeper looks every 100 ms and the revoke takes one commit; the
+    // margin is for a loaded machine (the reads poll every 50 ms).
+    let margin = Duration::from_secs(5);
+    assert!(
+        lived <= ttl + margin,
+        "expired {lived:?} after the grant: more than TTL {ttl:?} + {margin:?}"
+    );
     assert!(matches!(
         client.lease_time_to_live(grant.lease, false),
         Err(ClientError::Rejected(KvError::LeaseNotFound { .. }))
@@ -172,6 +179,44 @@ fn after_a_leader_failover_a_lease_gets_its_full_ttl_again() {
     // And the new leader does expire it once nobody renews it.
     assert!(
         wait_until(|| matches!(client.get(b"failover".to_vec()), Ok(None))),
+        "the new leader never expired the lease"
+    );
+}
+
+#[test]
+fn after_a_leadership_transfer_a_lease_gets_its_full_ttl_again() {
+    let cluster = TestCluster::start(3, false);
+    let leader = cluster.wait_leader();
+    let client = client(&cluster);
+    let ttl = Duration::from_secs(5);
+    let before_grant = Instant::now();
+    let grant = client.lease_grant(ttl.as_secs()).unwrap();
+    client
+        .put_with_lease(b"moved".to_vec(), b"v".to_vec(), grant.lease)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    if client.get(b"moved".to_vec()).unwrap().is_none() {
+        assert!(before_grant.elapsed() >= ttl, "expired before its TTL");
+        eprintln!("the machine is too slow for this test: the lease expired before the move");
+        return;
+    }
+    let target = keyval::NodeId(((leader + 1) % 3) as u64 + 1);
+    let moved_at = Instant::now();
+    assert_eq!(client.transfer_leader(target).unwrap(), target);
+    // The new leader counts a full TTL from when it took office, after `moved_at`.
+    let must_live_until = moved_at + ttl - Duration::from_millis(200);
+    while Instant::now() < must_live_until {
+        if let Ok(None) = client.get(b"moved".to_vec()) {
+            assert!(
+                Instant::now() >= must_live_until,
+                "expired {:?} after the transfer, before its TTL {ttl:?}",
+                moved_at.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        wait_until(|| matches!(client.get(b"moved".to_vec()), Ok(None))),
         "the new leader never expired the lease"
     );
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use keyval::kv::{Command, KvStore};
+use keyval::kv::{Command, HistoryLimits, KvStore};
 use keyval::testkit::{Cluster, StorageKind};
 use keyval::{Config, LogIndex, NodeId};
 
@@ -16,8 +16,17 @@ fn snapshot_often(config: &mut Config) {
     config.snapshot_margin_entries = 50;
 }
 
+/// The watch history is part of the store (and its snapshots): kept small here, so the data
+/// directory's bound below is about the log and the state, with 100 revisions of history.
+fn store() -> KvStore {
+    KvStore::with_history_limits(HistoryLimits {
+        revisions: 100,
+        bytes: u64::MAX,
+    })
+}
+
 fn kv_cluster(size: u64, storage: StorageKind) -> Cluster<KvStore> {
-    Cluster::builder(size, |_| KvStore::new())
+    Cluster::builder(size, |_| store())
         .storage(storage)
         .configure(snapshot_often)
         .build()

@@ -3,7 +3,10 @@
 //! SIGSTOP and thaws them with SIGCONT (with five nodes, sometimes two at once: still a
 //! majority up). Every client operation is recorded with its real invocation and
 //! completion times (unknown outcomes as unknown), the history must be linearizable, and every
-//! key's final value must be readable after the nemesis stops.
+//! key's final value must be readable after the nemesis stops. Three watchers watch every key
+//! from revision 1 throughout, resuming on other nodes as theirs die or freeze; their events
+//! must be identical, ordered, without duplicates, and match the committed writes
+//! (`process_support::watchers`).
 //!
 //! `KEYVAL_CHAOS_SECONDS` lengthens the run (default 6 s in CI). Network partitions between
 //! processes are in `process_partition.rs`.
@@ -16,7 +19,7 @@ use std::time::Duration;
 use keyval::client::{Client, ClientOptions};
 use keyval::testkit::linearizability::{ClientId, Outcome, Request, Response};
 use process_support::history::{assert_linearizable, record_while, KEYS};
-use process_support::ProcessCluster;
+use process_support::{watchers, ProcessCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -56,6 +59,7 @@ fn chaos(nodes: usize) {
         .map(|_| Client::connect(&cluster.client_addresses, options.clone()).expect("connect"))
         .collect();
     cluster.wait_leader(&clients[0]);
+    let watching = watchers::start(&cluster.client_addresses, 3);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     let history = record_while(&clients, seed, seconds, || {
@@ -91,20 +95,26 @@ fn chaos(nodes: usize) {
     });
     // Healed: every key's final value is read (and checked with the rest of the history).
     cluster.wait_leader(&clients[0]);
+    let mut finals = std::collections::BTreeMap::new();
     for key in 0..KEYS {
         let key = format!("k{key}").into_bytes();
         let pending = history.invoke(ClientId(99), Request::get(key.clone()));
-        let value = clients[0].get(key).expect("read after the nemesis stopped");
-        history.complete(
-            pending,
-            Outcome::Ok(Response::Get(value.map(|versioned| versioned.value))),
-        );
+        let value = clients[0]
+            .get(key.clone())
+            .expect("read after the nemesis stopped")
+            .map(|versioned| versioned.value);
+        finals.insert(key, value.clone());
+        history.complete(pending, Outcome::Ok(Response::Get(value)));
     }
     let operations = history.snapshot();
-    let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
+    let context = format!("seed {seed}, faults {faults:?}");
+    let known = assert_linearizable(&operations, &context);
+    let watched = watching.finish(&clients[0]);
+    watchers::check(&watched, &operations, &finals, &context);
     eprintln!(
-        "process chaos, {nodes} nodes: {} operations ({known} with known outcome), faults: \
-         {faults:?}",
-        operations.len()
+        "process chaos, {nodes} nodes: {} operations ({known} with known outcome), {} watch \
+         events per watcher, faults: {faults:?}",
+        operations.len(),
+        watched[0].len()
     );
 }

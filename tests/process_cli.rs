@@ -753,3 +753,77 @@ fn a_config_file_sets_every_flag_below_flags_and_environment() {
         "{said}"
     );
 }
+
+#[test]
+fn kvctl_watch_prints_live_and_replayed_changes_and_bench_watch_delivers_every_event() {
+    let cluster = process_support::ProcessCluster::start(1);
+    let client = cluster.client();
+    cluster.wait_leader(&client);
+    let first = client.put(b"w/a".to_vec(), b"1".to_vec()).unwrap();
+    // Live: a watcher started now sees the next two changes, in etcdctl's layout.
+    let watcher = {
+        let endpoints = cluster.endpoints();
+        std::thread::spawn(move || {
+            process_support::kvctl(&endpoints, &["watch", "w/", "--prefix", "--count", "2"])
+        })
+    };
+    // Wait until the watch is open: its progress is invisible, so write until it has seen
+    // two changes (a write before the watch opened is simply not printed).
+    let mut writes = 0;
+    while !watcher.is_finished() {
+        writes += 1;
+        assert!(writes < 2000, "the watcher never saw two changes");
+        client
+            .put(b"w/b".to_vec(), format!("v{writes}").into_bytes())
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = watcher.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert_eq!((lines[0], lines[1]), ("PUT", "w/b"), "{text}");
+    // Replayed from the history, as JSON with revisions.
+    client.delete(b"w/a".to_vec()).unwrap();
+    let out = cluster.kvctl(&[
+        "--json",
+        "watch",
+        "w/a",
+        "--rev",
+        &first.mod_revision.0.to_string(),
+        "--count",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "PUT");
+    assert_eq!(events[0]["revision"], first.mod_revision.0);
+    assert_eq!(events[1]["type"], "DELETE");
+    // The benchmark: every acknowledged put reaches its key's watcher.
+    let out = cluster.kvctl(&[
+        "--json",
+        "bench",
+        "watch",
+        "--watchers",
+        "50",
+        "--watch-connections",
+        "5",
+        "--clients",
+        "4",
+        "--requests",
+        "300",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout} {out:?}");
+    let watch = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|value| value.get("watch").cloned())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(watch["complete"], true, "{stdout}");
+    assert!(watch["acknowledged"].as_u64().unwrap() > 0, "{stdout}");
+}

@@ -2,7 +2,9 @@
 //! namespace with one veth link per pair of nodes (peer traffic) and one link to the test's
 //! namespace (client traffic). The nemesis cuts a node's peer links while clients can still
 //! reach it — a deposed leader that may still believe it leads — and kills and restarts nodes.
-//! Concurrent clients record every operation; the history must be linearizable.
+//! Concurrent clients record every operation; the history must be linearizable, and three
+//! watchers of every key, resuming across the faults, must see exactly the committed writes
+//! (`process_support::watchers`).
 //!
 //! A second test runs the nodes with check-quorum off (the test-only `--check-quorum false`)
 //! and isolates the leader for seconds at a time while clients pinned to it keep reading and
@@ -31,7 +33,7 @@ use keyval::types::Term;
 use process_support::history::{
     assert_linearizable, record_while, run_recorded_client_mix, GETS_IN_TEN_DEFAULT,
 };
-use process_support::wait_for;
+use process_support::{wait_for, watchers};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -353,6 +355,7 @@ fn partitions(size: usize) {
         })
     };
     assert!(wait_for(|| leader(&clients[0]).is_some()), "no leader");
+    let watching = watchers::start(&endpoints, 3);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     let history = record_while(&clients, seed, seconds, || {
@@ -384,10 +387,29 @@ fn partitions(size: usize) {
         std::thread::sleep(Duration::from_millis(rng.random_range(200..500)));
     });
     let operations = history.snapshot();
-    let known = assert_linearizable(&operations, &format!("seed {seed}, faults {faults:?}"));
+    let context = format!("seed {seed}, faults {faults:?}");
+    let known = assert_linearizable(&operations, &context);
+    // Healed: each key's final value, then every watcher must have seen exactly the writes.
+    assert!(
+        wait_for(|| leader(&clients[0]).is_some()),
+        "no leader after healing"
+    );
+    let mut finals = std::collections::BTreeMap::new();
+    for key in 0..process_support::history::KEYS {
+        let key = format!("k{key}").into_bytes();
+        let value = clients[0]
+            .get(key.clone())
+            .expect("read after healing")
+            .map(|versioned| versioned.value);
+        finals.insert(key, value);
+    }
+    let watched = watching.finish(&clients[0]);
+    watchers::check(&watched, &operations, &finals, &context);
     eprintln!(
-        "process partitions, {size} nodes: {} operations ({known} known), faults {faults:?}",
-        operations.len()
+        "process partitions, {size} nodes: {} operations ({known} known), {} watch events per \
+         watcher, faults {faults:?}",
+        operations.len(),
+        watched[0].len()
     );
 }
 
@@ -541,5 +563,124 @@ fn read_index_is_linearizable_with_check_quorum_off() {
     eprintln!(
         "check-quorum off: {} operations ({known} known), {leaders:?}",
         operations.len()
+    );
+}
+
+/// Sends one write straight to `endpoint` on the raw protocol (no redirects, no retries) and
+/// returns its answer, or why none came.
+fn raw_write(
+    endpoint: &str,
+    command: keyval::kv::Command,
+) -> Result<keyval::protocol::ResponseFrame, String> {
+    use keyval::protocol::{write_frame, FrameReader, RequestBody, RequestFrame};
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(endpoint).map_err(|error| error.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|error| error.to_string())?;
+    let mut bytes = Vec::new();
+    let frame = RequestFrame {
+        request_id: 1,
+        timeout_ms: 3000,
+        body: RequestBody::Write(command),
+    };
+    write_frame(&frame, &mut bytes).map_err(|error| error.to_string())?;
+    stream
+        .write_all(&bytes)
+        .map_err(|error| error.to_string())?;
+    FrameReader::new()
+        .read_frame(&mut stream)
+        .map_err(|error| error.to_string())
+}
+
+/// A revoke sent to a leader cut off from the others never takes effect (it cannot commit;
+/// the keys stay on the majority side), a revoke through the majority's new leader deletes
+/// every attached key at once, and once healed the old leader holds neither the lease nor
+/// its keys.
+#[test]
+fn a_lease_revoke_under_a_partition_takes_effect_only_through_the_majority() {
+    let _turn = take_network_turn();
+    let Some(network) = Network::create(NODES) else {
+        skipped();
+        return;
+    };
+    let _nodes = Nodes::start(&network, &[]);
+    let endpoints: Vec<String> = (1..=NODES)
+        .map(|node| format!("{}:7379", network.address(node)))
+        .collect();
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&endpoints, options.clone()).expect("connect");
+    let mut settled = None;
+    assert!(
+        wait_for(|| {
+            settled = settled_leader(&client, &endpoints);
+            settled.is_some()
+        }),
+        "no settled leader"
+    );
+    let (old, term) = settled.expect("found above");
+    let grant = client.lease_grant(600).expect("grant");
+    for key in ["held/a", "held/b"] {
+        client
+            .put_with_lease(key.into(), b"v".to_vec(), grant.lease)
+            .expect("put with the lease");
+    }
+    network.set_isolated(old + 1, true);
+    match raw_write(
+        &endpoints[old],
+        keyval::kv::Command::lease_revoke(grant.lease),
+    ) {
+        Ok(frame) => assert!(
+            frame.result.is_err(),
+            "the isolated leader acknowledged a revoke: {frame:?}"
+        ),
+        Err(reason) => eprintln!("the isolated leader gave no answer: {reason}"),
+    }
+    let majority: Vec<String> = (0..NODES)
+        .filter(|&position| position != old)
+        .map(|position| endpoints[position].clone())
+        .collect();
+    assert!(
+        wait_for(|| majority
+            .iter()
+            .any(|endpoint| leads_above(&client, endpoint, term))),
+        "the majority elected no new leader"
+    );
+    let majority_client = Client::connect(&majority, options).expect("connect to the majority");
+    for key in ["held/a", "held/b"] {
+        assert!(
+            majority_client.get(key.into()).expect("read").is_some(),
+            "{key} vanished: the cut-off revoke took effect"
+        );
+    }
+    assert_eq!(
+        majority_client.lease_revoke(grant.lease).expect("revoke"),
+        2
+    );
+    assert_eq!(
+        majority_client
+            .get_prefix(b"held/", 10)
+            .expect("read")
+            .entries
+            .len(),
+        0
+    );
+    network.set_isolated(old + 1, false);
+    let stale = Client::connect(
+        &[endpoints[old].clone()],
+        ClientOptions {
+            read_consistency: keyval::protocol::Consistency::Stale,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("connect to the old leader");
+    assert!(
+        wait_for(|| stale
+            .get_prefix(b"held/", 10)
+            .is_ok_and(|page| page.entries.is_empty())),
+        "the healed old leader still holds the revoked lease's keys"
     );
 }

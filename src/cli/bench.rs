@@ -30,6 +30,14 @@ pub enum Workload {
     Get,
     /// Gets and puts, `--read-percent` of them gets.
     Mixed,
+    /// Compare-and-put transactions on the keys (`--driver threads`).
+    Txn,
+    /// Lease renewals: `--keys` leases granted first, then renewed at random (`--driver
+    /// threads`).
+    KeepAlive,
+    /// Puts at full speed to the keys of `--watchers` one-key watches on one node: every
+    /// event must be delivered; reports delivery latency (`--driver threads`).
+    Watch,
 }
 
 /// How the benchmark drives its concurrent clients.
@@ -94,6 +102,15 @@ pub struct BenchArgs {
     /// Keep the benchmark's keys (under `__bench/`) instead of deleting them at the end.
     #[arg(long)]
     pub keep: bool,
+    /// `watch`: the number of watches (one key each).
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// `watch`: the connections the watches share.
+    #[arg(long, default_value_t = 10)]
+    pub watch_connections: usize,
+    /// `watch`: the node serving the watches (default: the first endpoint).
+    #[arg(long)]
+    pub watch_endpoint: Option<String>,
 }
 
 /// The measured result.
@@ -109,6 +126,8 @@ pub struct BenchReport {
     pub percentiles_us: [u64; 5],
     /// Latency over time, one entry per `--trace-interval-ms` (empty without `--trace`).
     pub trace: Vec<TraceInterval>,
+    /// The watchers' measurement (the `watch` workload only).
+    pub watch: Option<super::bench_coordination::WatchReport>,
 }
 
 impl BenchReport {
@@ -129,6 +148,11 @@ pub fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs, json
                     return EXIT_ERROR;
                 }
                 print_trace_summary(path, &report.trace);
+            }
+            if let Some(watch) = &report.watch {
+                if !super::bench_coordination::print_watch_report(watch, json) {
+                    return EXIT_ERROR;
+                }
             }
             if report.operations == 0 {
                 EXIT_ERROR
@@ -156,6 +180,15 @@ pub fn measure(
     if args.trace.is_some() && (args.driver != Driver::Pipelined || args.trace_interval_ms == 0) {
         return usage("--trace needs --driver pipelined and --trace-interval-ms >= 1");
     }
+    let coordination = matches!(
+        args.workload,
+        Workload::Txn | Workload::KeepAlive | Workload::Watch
+    );
+    let driver = if coordination {
+        Driver::Threads
+    } else {
+        args.driver
+    };
     let options = ClientOptions {
         read_consistency: args.consistency.into(),
         ..options.clone()
@@ -163,7 +196,7 @@ pub fn measure(
     let tls = options.tls.as_ref();
     let connections = args.connections.unwrap_or(1).max(1);
     // The pipelined driver opens its own connections; a `Client` each is for the threads.
-    let client_count = match args.driver {
+    let client_count = match driver {
         Driver::Pipelined => 1,
         Driver::Threads => connections,
     };
@@ -175,7 +208,10 @@ pub fn measure(
         }
     }
     let value = vec![b'x'; args.value_size];
-    if args.workload != Workload::Put {
+    if matches!(
+        args.workload,
+        Workload::Get | Workload::Mixed | Workload::Txn
+    ) {
         eprintln!("preloading {} keys...", args.keys);
         let next = AtomicU64::new(0);
         std::thread::scope(|scope| {
@@ -194,7 +230,14 @@ pub fn measure(
     }
     let idle = open_idle_connections(&clients[0], args.idle_connections, tls)
         .map_err(|error| (EXIT_ERROR, error))?;
-    let measured = match args.driver {
+    let measured = match driver {
+        Driver::Threads if coordination => super::bench_coordination::measure(
+            &clients, args, &value, endpoints, tls,
+        )
+        .map(|(mut report, watch)| {
+            report.watch = watch;
+            report
+        }),
         Driver::Pipelined => match find_leader(&clients[0]) {
             Some(leader) => super::pipeline::measure(&leader, args, &value, connections, tls),
             None => Err("no node says it is the leader".to_string()),
@@ -344,6 +387,7 @@ pub(super) fn next_request(args: &BenchArgs, random: &mut impl Rng) -> (Vec<u8>,
         Workload::Put => false,
         Workload::Get => true,
         Workload::Mixed => random.random_range(0..100) < args.read_percent,
+        Workload::Txn | Workload::KeepAlive | Workload::Watch => false,
     };
     (key, read)
 }
@@ -433,6 +477,7 @@ pub(super) fn drive(
             Some(_) => trace::bucket(&tally.trace.lock(), args.trace_interval_ms),
             None => Vec::new(),
         },
+        watch: None,
     })
 }
 

@@ -362,6 +362,9 @@ pub enum Command {
     /// lead until interrupted (then resign); without PROPOSAL (or with --listen), print each
     /// leader as it changes.
     Elect(super::lock::ElectArgs),
+    /// Print every change to KEY (or a range, or a prefix) as it is committed, until
+    /// interrupted: PUT/DELETE, the key, the value. Resumes by itself when a node fails.
+    Watch(super::watch::WatchArgs),
     /// Hand leadership to voter ID and wait until it leads.
     TransferLeader {
         /// The voter to take over.
@@ -654,6 +657,7 @@ pub fn run(args: KvctlArgs) -> i32 {
         Command::Lease(lease) => super::lease::run(&client, &lease, json),
         Command::Lock(lock) => super::lock::lock(&client, &lock, json),
         Command::Elect(elect) => super::lock::elect(&client, &elect, json),
+        Command::Watch(watch) => super::watch::run(&client, &watch, json),
         Command::Snapshot(snapshot) => super::snapshot::run(
             &client,
             &snapshot,

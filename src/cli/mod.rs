@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod bench;
+mod bench_coordination;
 pub mod check;
 pub mod config_file;
 mod join;
@@ -18,6 +19,7 @@ pub mod restore;
 mod snapshot;
 pub mod trace;
 pub mod txn;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -217,6 +217,14 @@ pub struct NodeArgs {
     /// last one (0: no byte threshold); whichever of the two thresholds is reached first.
     #[arg(long, env = "KEYVAL_SNAPSHOT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub snapshot_bytes: u64,
+    /// Revisions of changes kept for watchers (a watch may start, or resume, at any of
+    /// them); 0 keeps none. Every node should use the same value.
+    #[arg(long, env = "KEYVAL_WATCH_HISTORY_REVISIONS", default_value_t = crate::kv::HISTORY_REVISIONS_DEFAULT)]
+    pub watch_history_revisions: usize,
+    /// Bytes of changes (keys, values, previous values) kept for watchers at most; the
+    /// newest revision is always kept.
+    #[arg(long, env = "KEYVAL_WATCH_HISTORY_BYTES", default_value_t = crate::kv::HISTORY_BYTES_DEFAULT)]
+    pub watch_history_bytes: u64,
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     #[arg(long, env = "KEYVAL_SNAPSHOT_MARGIN_ENTRIES", default_value_t = 1_000)]
     pub snapshot_margin_entries: u64,
@@ -678,7 +686,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             storage: Box::new(storage),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
             inbound: inbound_rx,
-            state_machine: KvStore::new(),
+            state_machine: KvStore::with_history_limits(crate::kv::HistoryLimits {
+                revisions: args.watch_history_revisions,
+                bytes: args.watch_history_bytes,
+            }),
             seed,
         })
         .context("starting the node")?,

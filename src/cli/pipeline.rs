@@ -48,6 +48,9 @@ pub(super) fn measure(
     let client_ids = match args.workload {
         Workload::Get => Vec::new(), // reads only: no sessions
         Workload::Put | Workload::Mixed => register_sessions(leader, args.clients, tls)?,
+        Workload::Txn | Workload::KeepAlive | Workload::Watch => {
+            return Err("the coordination workloads run with the threads driver".into())
+        }
     };
     // Spread the clients over the connections as evenly as possible.
     let shares: Vec<usize> = (0..connections)

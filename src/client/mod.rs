@@ -575,7 +575,7 @@ impl Client {
         }
     }
 
-    fn read(
+    pub(crate) fn read(
         &self,
         request: ReadRequest,
         consistency: Consistency,

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::kv::{Event, KeyRange};
-use crate::protocol::{RequestBody, ResponseBody, ServerError, WatchRequest};
+use crate::protocol::{Consistency, RequestBody, ResponseBody, ServerError, WatchRequest};
 use crate::types::{LogIndex, NodeId};
 
 use super::connection::{CallError, Connection, StreamItem};
@@ -120,8 +120,9 @@ impl WatchOptions {
 
     /// Whether a watch without a start begins at a linearizable point (the default): after
     /// everything committed before it was opened, so it misses none of the caller's own
-    /// earlier writes. Without, it begins at the serving member's applied state, which may
-    /// lag.
+    /// earlier writes. The client takes the point with a read barrier on the leader, then
+    /// any member serves the watch from there. Without, it begins at the serving member's
+    /// applied state, which may lag.
     pub fn linearizable(mut self, linearizable: bool) -> WatchOptions {
         self.linearizable = linearizable;
         self
@@ -186,6 +187,9 @@ pub struct Watch {
     progress_requested: bool,
     /// Why the last stream ended, for errors.
     last_error: String,
+    /// The start is fixed (`delivered + 1`): given, or taken from a linearizable point or
+    /// from the first member's answer.
+    pinned: bool,
 }
 
 impl Client {
@@ -193,10 +197,19 @@ impl Client {
     /// Returns once a member serves it; errors if none does before the request timeout, if
     /// the start was compacted on every member tried, or if the request is invalid.
     pub fn watch(&self, options: WatchOptions) -> Result<Watch, ClientError> {
-        let delivered = options
+        let mut delivered = options
             .start
             .map_or(LogIndex(0), |start| LogIndex(start.0.max(1) - 1));
+        let mut pinned = options.start.is_some();
+        if !pinned && options.linearizable {
+            // A linearizable point from the leader (a read barrier): the watch starts right
+            // after it, and any member can serve it — every member's history is the same.
+            let probe = crate::kv::ReadRequest::Get { key: vec![0] };
+            delivered = self.read(probe, Consistency::Linearizable)?.applied;
+            pinned = true;
+        }
         let mut watch = Watch {
+            pinned,
             client: self.clone(),
             options,
             delivered,
@@ -375,7 +388,6 @@ impl Watch {
     /// The request that continues this watch after what it delivered.
     fn request(&self) -> WatchRequest {
         let options = &self.options;
-        let started = self.delivered > LogIndex(0) || options.start.is_some();
         let interval = options.silence_timeout / 4;
         let progress_interval = match options.progress_interval {
             Some(wanted) => wanted.min(interval),
@@ -383,12 +395,13 @@ impl Watch {
         };
         WatchRequest {
             range: options.range.clone(),
-            start: started.then_some(LogIndex(self.delivered.0 + 1)),
+            start: self.pinned.then_some(LogIndex(self.delivered.0 + 1)),
             previous: options.previous,
             no_put: options.no_put,
             no_delete: options.no_delete,
             progress_interval_ms: progress_interval.as_millis() as u64,
-            linearizable: options.linearizable,
+            // The linearizable point was taken by the client (see `Client::watch`).
+            linearizable: false,
             require_leader: options.require_leader,
         }
     }
@@ -481,9 +494,10 @@ impl Watch {
         };
         match frame.result {
             Ok(ResponseBody::WatchCreated(created)) => {
-                if self.delivered == LogIndex(0) && self.options.start.is_none() {
+                if !self.pinned {
                     // Pinned: a resume continues from here, whatever the next member holds.
                     self.delivered = LogIndex(created.start.0 - 1);
+                    self.pinned = true;
                 }
                 Ok(Stream {
                     address: address.to_string(),

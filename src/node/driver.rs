@@ -290,6 +290,18 @@ pub(crate) struct SnapshotPolicy {
     pub(crate) bytes: u64,
     /// Entries kept in the log behind a snapshot.
     pub(crate) margin_entries: u64,
+    /// The first automatic snapshot after a start waits this many quarters of a threshold
+    /// more (0 to 3, from the node id), so that the members of a cluster, which apply at the
+    /// same pace, do not all serialize a snapshot at the same moment: on a small machine
+    /// three nodes serializing at once starve the commit path.
+    pub(crate) phase_quarters: u64,
+}
+
+impl SnapshotPolicy {
+    /// The phase of node `id` (see [`SnapshotPolicy::phase_quarters`]).
+    pub(crate) fn phase_of(id: crate::types::NodeId) -> u64 {
+        id.0.saturating_sub(1) % 4
+    }
 }
 
 /// The applier's memory: what the state machine reflects.
@@ -304,6 +316,8 @@ pub(crate) struct ApplierState {
     last_snapshot: LogIndex,
     /// Bytes of commands applied since the last snapshot.
     applied_bytes: u64,
+    /// Whether this process took a snapshot yet (the first one waits for the phase).
+    took_snapshot: bool,
 }
 
 impl ApplierState {
@@ -313,6 +327,7 @@ impl ApplierState {
             membership,
             last_snapshot: last_applied.index,
             applied_bytes: 0,
+            took_snapshot: false,
         }
     }
 
@@ -381,9 +396,16 @@ impl ApplierState {
         if self.last_applied.index == LogIndex(0) {
             return false;
         }
+        let stretch = |threshold: u64| {
+            if self.took_snapshot {
+                threshold
+            } else {
+                threshold.saturating_add(threshold / 4 * policy.phase_quarters)
+            }
+        };
         let due_by_entries = policy.entries > 0
-            && self.last_applied.index.0 >= self.last_snapshot.0 + policy.entries;
-        let due_by_bytes = policy.bytes > 0 && self.applied_bytes >= policy.bytes;
+            && self.last_applied.index.0 >= self.last_snapshot.0 + stretch(policy.entries);
+        let due_by_bytes = policy.bytes > 0 && self.applied_bytes >= stretch(policy.bytes);
         requested || due_by_entries || due_by_bytes
     }
 
@@ -402,6 +424,7 @@ impl ApplierState {
         };
         self.last_snapshot = self.last_applied.index;
         self.applied_bytes = 0;
+        self.took_snapshot = true;
         PendingSnapshot {
             writer,
             meta,
@@ -435,5 +458,46 @@ impl PendingSnapshot {
             compact_through: self.compact_through,
             staged: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{NodeId, Term};
+
+    fn policy(id: u64) -> SnapshotPolicy {
+        SnapshotPolicy {
+            entries: 100,
+            bytes: 0,
+            margin_entries: 0,
+            phase_quarters: SnapshotPolicy::phase_of(NodeId(id)),
+        }
+    }
+
+    fn at(index: u64) -> ApplierState {
+        let mut state =
+            ApplierState::new(EntryId::new(Term(1), LogIndex(0)), Membership::default());
+        state.last_applied = EntryId::new(Term(1), LogIndex(index));
+        state
+    }
+
+    #[test]
+    fn members_take_their_first_snapshot_a_quarter_apart_then_every_threshold() {
+        // Node 1 at the threshold, node 2 a quarter later, node 3 half later, node 5 as 1.
+        assert!(at(100).snapshot_due(&policy(1), false));
+        assert!(!at(124).snapshot_due(&policy(2), false));
+        assert!(at(125).snapshot_due(&policy(2), false));
+        assert!(!at(149).snapshot_due(&policy(3), false));
+        assert!(at(150).snapshot_due(&policy(3), false));
+        assert!(at(100).snapshot_due(&policy(5), false));
+        // After its first snapshot a node keeps the plain threshold (so the offset stays).
+        let mut state = at(150);
+        state.took_snapshot = true;
+        state.last_snapshot = LogIndex(150);
+        state.last_applied = EntryId::new(Term(1), LogIndex(250));
+        assert!(state.snapshot_due(&policy(3), false));
+        // An operator's request is never delayed.
+        assert!(at(1).snapshot_due(&policy(4), true));
     }
 }

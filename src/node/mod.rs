@@ -303,6 +303,7 @@ impl<M: StateMachine> Node<M> {
             entries: config.snapshot_entries,
             bytes: config.snapshot_bytes,
             margin_entries: config.snapshot_margin_entries,
+            phase_quarters: SnapshotPolicy::phase_of(config.id),
         };
         let driver::Recovery {
             raft,

@@ -166,7 +166,9 @@ pub struct WatchRequest {
     pub progress_interval_ms: u64,
     /// Start (when `start` is `None`) only once the node has applied everything committed
     /// when the watch was asked for: a confirmed linearizable point, so the watch misses
-    /// nothing written before it was created.
+    /// nothing written before it was created. Needs a read barrier, which only the leader
+    /// serves (`NotLeader` elsewhere); the `Client` instead takes the point itself and asks
+    /// any member for a watch from there.
     pub linearizable: bool,
     /// End the watch (with [`ServerError::WatchCanceled`]) when the node has no leader, so
     /// the client moves to a member that is not cut off.

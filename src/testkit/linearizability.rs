@@ -46,6 +46,9 @@
 //! }
 //! ```
 //!
+//! Transactions, which touch several keys at once, break the per-key split; their histories
+//! go to [`check_transactions`], which searches the whole map (small histories only).
+//!
 //! # Unknown outcomes
 //!
 //! An operation whose outcome is [`Outcome::Unknown`] may have taken effect once, at any
@@ -117,6 +120,7 @@
 mod explain;
 mod history;
 mod key_history;
+mod multi;
 mod search;
 
 use std::collections::BTreeMap;
@@ -128,6 +132,7 @@ pub use history::{
     validate, ClientId, History, HistoryError, Operation, Outcome, PendingOperation, Request,
     Response,
 };
+pub use multi::{check_transactions, TxnCheck, TxnOperation, TxnRequest, TxnResult, TxnStep};
 
 use history::Bytes;
 use key_history::KeyHistory;

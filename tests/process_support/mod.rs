@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod watchers;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
