@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod recipes;
 pub mod server;
 pub mod state_machine;
 pub mod storage;

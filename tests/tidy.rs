@@ -194,6 +194,33 @@ fn layers_depend_only_in_the_directions_of_the_design() {
     );
 }
 
+/// The recipes sit above the client: they may use it and the key-value vocabulary, nothing
+/// below or beside it.
+#[test]
+fn the_recipes_use_the_public_client_only() {
+    let rule = Rule {
+        dir: "src/recipes",
+        forbidden: &[
+            "crate::server",
+            "crate::node",
+            "crate::storage",
+            "crate::raft",
+            "crate::transport",
+            "crate::testkit",
+            "crate::cli::",
+            "RequestBody",
+        ],
+        why: "the recipes are built on the public client (leases, transactions, watch) only",
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let found = violations(&rule, rule.forbidden, root);
+    assert!(
+        found.is_empty(),
+        "recipes reach past the client:\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_core_imports_only_the_vocabulary_modules() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,7 +1,8 @@
 //! `kvctl`: talk to a running cluster from the shell.
 //!
 //! Exit codes: 0 success, 1 error (unavailable, rejected, timed out…), 2 usage error,
-//! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`), 5 the write's outcome
+//! 3 key not found (`get`), 4 compare-and-swap condition failed (`cas`; `put --fencing-token`:
+//! a later holder's token was seen), 5 the write's outcome
 //! is unknown (`Indeterminate`: it may or may not have been applied; for `member` and
 //! `transfer-leader`: the change may or may not have taken effect), 6 refused for who you are
 //! (authentication failed, unauthenticated, permission denied). `txn` exits 0 whichever
@@ -30,7 +31,8 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// `get`: the key does not exist.
 pub const EXIT_NOT_FOUND: i32 = 3;
-/// `cas`: the condition did not hold; nothing was written.
+/// `cas`: the condition did not hold; nothing was written. Also `put --fencing-token`: the
+/// key had seen a higher token; nothing was written.
 pub const EXIT_CAS_FAILED: i32 = 4;
 /// A write's outcome is unknown: it may or may not have been applied.
 pub const EXIT_INDETERMINATE: i32 = 5;
@@ -43,9 +45,9 @@ pub const EXIT_DENIED: i32 = 6;
 #[command(
     name = "kvctl",
     version,
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed, \
-                  5 indeterminate (the write may or may not have been applied), 6 denied \
-                  (authentication failed or permission denied)."
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (get), 4 cas condition failed \
+                  (or put --fencing-token refused), 5 indeterminate (the write may or may not \
+                  have been applied), 6 denied (authentication failed or permission denied)."
 )]
 pub struct KvctlArgs {
     /// Client addresses of the cluster's nodes, comma-separated (any subset works).
@@ -258,6 +260,10 @@ pub enum Command {
         /// The lease to attach the key to (its id as `lease grant` printed it).
         #[arg(long, value_parser = super::lease::parse_lease_id)]
         lease: Option<crate::kv::LeaseId>,
+        /// Write only if this fencing token (from `kvctl lock`, $KEYVAL_FENCING_TOKEN) is at
+        /// least the highest KEY has seen, recorded in KEY/fence (exit 4 if refused).
+        #[arg(long, conflicts_with = "lease")]
+        fencing_token: Option<u64>,
     },
     /// Print KEY's value (exit 3 if it does not exist); with END or --prefix, every key of
     /// the range as `KEY<tab>VALUE` lines (exit 0 even if there is none).
@@ -358,6 +364,14 @@ pub enum Command {
     /// Grant, revoke, keep alive, inspect and list leases.
     #[command(subcommand)]
     Lease(super::lease::LeaseCommand),
+    /// Acquire the distributed lock NAME and print its key and fencing token; hold it until
+    /// interrupted (Ctrl-C), or run the command after `--` while holding it (with
+    /// KEYVAL_LOCK_KEY and KEYVAL_FENCING_TOKEN set) and exit with its exit code.
+    Lock(super::lock::LockArgs),
+    /// Campaign in the election NAME with PROPOSAL, print the key and value once elected and
+    /// lead until interrupted (then resign); without PROPOSAL (or with --listen), print each
+    /// leader as it changes.
+    Elect(super::lock::ElectArgs),
     /// Print every change to KEY (or a range, or a prefix) as it is committed, until
     /// interrupted: PUT/DELETE, the key, the value. Resumes by itself when a node fails.
     Watch(super::watch::WatchArgs),
@@ -471,11 +485,15 @@ pub fn run(args: KvctlArgs) -> i32 {
             value,
             from_file,
             lease,
+            fencing_token,
         } => {
             let (name, value) = match (key(name), put_value(value, from_file.as_deref())) {
                 (Ok(name), Ok(value)) => (name, value),
                 (Err(message), _) | (_, Err(message)) => return usage(message),
             };
+            if let Some(token) = fencing_token {
+                return super::lock::fenced_put(&client, &name, &value, LogIndex(token), json);
+            }
             match match lease {
                 Some(lease) => client.put_with_lease(name, value, lease),
                 None => client.put(name, value),
@@ -665,6 +683,8 @@ pub fn run(args: KvctlArgs) -> i32 {
         Command::Member(member) => super::member::run(&client, &member, json),
         Command::TransferLeader { id } => super::member::transfer_leader(&client, id, json),
         Command::Lease(lease) => super::lease::run(&client, &lease, json),
+        Command::Lock(lock) => super::lock::lock(&client, &lock, json),
+        Command::Elect(elect) => super::lock::elect(&client, &elect, json),
         Command::Watch(watch) => super::watch::run(&client, &watch, json),
         Command::Snapshot(snapshot) => super::snapshot::run(
             &client,

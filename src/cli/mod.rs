@@ -11,6 +11,7 @@ pub mod config_file;
 mod join;
 pub mod kvctl;
 pub mod lease;
+pub mod lock;
 pub mod logging;
 pub mod member;
 pub mod node;

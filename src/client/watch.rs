@@ -170,7 +170,9 @@ struct Stream {
     last_frame: Instant,
 }
 
-/// A watch: see the [module docs](self). Ends (server side too) when dropped.
+/// A watch: every change to its keys exactly once, in revision order, resuming on another
+/// member after a failure (see [`Client::watch`] and `docs/api.md`). Ends (server side too)
+/// when dropped.
 pub struct Watch {
     client: Client,
     options: WatchOptions,
