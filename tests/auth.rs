@@ -143,6 +143,20 @@ fn permission_matrix_for_a_prefix_limited_user() {
     );
     denied(alice.get(b"secret/1".to_vec()));
     denied(alice.scan(KeyRange::all(), 10));
+    // watch (read, on the whole range)
+    let mut watch = alice
+        .watch(keyval::client::WatchOptions::prefix(b"app/"))
+        .expect("alice watches her prefix");
+    denied(alice.watch(keyval::client::WatchOptions::prefix(b"secret/")));
+    denied(alice.watch(keyval::client::WatchOptions::all()));
+    root.put(b"app/w".to_vec(), b"seen".to_vec()).unwrap();
+    let seen = watch
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap()
+        .expect("alice's watch delivers");
+    assert_eq!(seen.events[0].key, b"app/w");
+    drop(watch);
+    root.delete(b"app/w".to_vec()).unwrap();
     denied(alice.scan(KeyRange::prefix(b"app"), 10));
 
     // put / delete (write); read-only `pub` is not writable.

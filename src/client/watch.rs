@@ -204,7 +204,13 @@ impl Client {
         if !pinned && options.linearizable {
             // A linearizable point from the leader (a read barrier): the watch starts right
             // after it, and any member can serve it — every member's history is the same.
-            let probe = crate::kv::ReadRequest::Get { key: vec![0] };
+            // The probe reads the range's first key: a user who may watch the range may
+            // read it.
+            let key = match options.range.start.as_slice() {
+                [] => vec![0],
+                start => start.to_vec(),
+            };
+            let probe = crate::kv::ReadRequest::Get { key };
             delivered = self.read(probe, Consistency::Linearizable)?.applied;
             pinned = true;
         }
@@ -463,6 +469,19 @@ impl Watch {
                 return Err(None);
             }
         };
+        match self.client.ensure_authenticated(&connection, deadline) {
+            super::auth::AuthOutcome::Ready => {}
+            super::auth::AuthOutcome::Failed(error) => return Err(Some(error)),
+            super::auth::AuthOutcome::Again(reason) => {
+                self.last_error = format!("{address}: {reason}");
+                return Err(None);
+            }
+            super::auth::AuthOutcome::ConnectionLost { reason, .. } => {
+                self.last_error = format!("{address}: authenticating: {reason}");
+                self.client.drop_connection(address, &connection);
+                return Err(None);
+            }
+        }
         let server_timeout = server_share(deadline.saturating_duration_since(Instant::now()));
         let request = RequestBody::Watch(self.request());
         let (id, frames) = match connection.open_stream(&request, server_timeout) {
@@ -519,6 +538,23 @@ impl Watch {
             Err(ServerError::Invalid(error)) => {
                 connection.close_stream(id);
                 Err(Some(ClientError::Rejected(error)))
+            }
+            // The connection's token expired or was invalidated: authenticate again.
+            Err(ServerError::Unauthenticated { .. })
+                if self.client.inner.options.credentials.is_some() =>
+            {
+                connection.close_stream(id);
+                self.client.authentication_lost(&connection);
+                self.last_error = format!("{address}: the connection's authentication lapsed");
+                Err(None)
+            }
+            Err(
+                error @ (ServerError::Unauthenticated { .. }
+                | ServerError::AuthenticationFailed
+                | ServerError::PermissionDenied { .. }),
+            ) => {
+                connection.close_stream(id);
+                Err(Some(ClientError::Server(error)))
             }
             Err(error) => {
                 fail(self, error.to_string());
