@@ -126,7 +126,11 @@ fn run(server: &Server, endpoints: &Endpoints) {
                     ),
                 }
             };
-        let mut response = Response::from_string(body).with_status_code(status);
+        // The whole body is in memory: always send its length, never chunks (tiny_http chunks
+        // bodies above 32 KiB by default, which simple scrapers and health probes mis-read).
+        let mut response = Response::from_string(body)
+            .with_status_code(status)
+            .with_chunked_threshold(usize::MAX);
         if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
             response = response.with_header(header);
         }
