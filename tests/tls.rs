@@ -50,13 +50,22 @@ impl Ca {
 
     /// Signs a certificate for `names` (DNS names or IP addresses); returns (cert, key) paths.
     fn sign(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let params = CertificateParams::new(
+        self.sign_valid(file, names, false)
+    }
+
+    /// Like [`sign`](Ca::sign); with `expired`, valid only in 2020.
+    fn sign_valid(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(
             names
                 .iter()
                 .map(|name| name.to_string())
                 .collect::<Vec<_>>(),
         )
         .unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let key = KeyPair::generate().unwrap();
         let issuer = Issuer::from_params(&self.params, &self.key);
         let certificate = params.signed_by(&key, &issuer).unwrap();
@@ -375,18 +384,19 @@ mod peers {
     }
 
     #[test]
-    fn peers_speak_mutual_tls_and_refuse_other_cas_names_and_identities() {
+    fn peers_speak_mutual_tls_and_refuse_other_cas_names_identities_and_expired_certificates() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new(dir.path(), "peer-ca");
         let other = Ca::new(dir.path(), "other-ca");
-        let (a1, a2, a3, a4, a5) = (
+        let (a1, a2, a3, a4, a5, a6) = (
             address("127.0.0.1"),
             address("127.0.0.2"),
             address("127.0.0.3"),
             address("127.0.0.4"),
             address("127.0.0.5"),
+            address("127.0.0.6"),
         );
-        let everyone = [(1, a1), (2, a2), (3, a3), (4, a4), (5, a5)];
+        let everyone = [(1, a1), (2, a2), (3, a3), (4, a4), (5, a5), (6, a6)];
         let one = ca.sign("n1", &["127.0.0.1", "node"]);
         // Node 2 accepts certificates named "node" only.
         let (two, two_inbound) = start(
@@ -423,15 +433,19 @@ mod peers {
         );
         // Node 1's own certificate, presented by a process claiming to be node 5.
         let (impostor, _) = start(5, a5, &everyone, one, &ca, &[]);
+        // A certificate from the CA, with the right name, that expired.
+        let expired = ca.sign_valid("n6", &["127.0.0.6", "node"], true);
+        let (lapsed, _) = start(6, a6, &everyone, expired, &ca, &[]);
         let rejected_before = two.stats().connections_rejected;
         for _ in 0..20 {
             stranger.send(NodeId(2), "from 3".into());
             outsider.send(NodeId(2), "from 4".into());
             impostor.send(NodeId(2), "from 5".into());
+            lapsed.send(NodeId(2), "from 6".into());
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
-            super::wait_for(|| two.stats().connections_rejected >= rejected_before + 3),
+            super::wait_for(|| two.stats().connections_rejected >= rejected_before + 4),
             "not every bad peer was refused: {:?}",
             two.stats()
         );
