@@ -44,6 +44,10 @@ impl Joiner {
             client_address.clone(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
+            // Its own free metrics address: the default (client port + 1000) may be taken by
+            // another test's socket, which the node reports with a warning.
+            "--metrics-listen".to_string(),
+            free_address(),
         ];
         Joiner {
             client_address,
