@@ -455,10 +455,6 @@ pub(super) fn drive(
         return Err(first_error.unwrap_or_else(|| "no request completed".into()));
     }
     all.sort_unstable();
-    let percentile = |fraction: f64| {
-        let index = ((all.len() as f64 * fraction).ceil() as usize).clamp(1, all.len()) - 1;
-        u64::from(all[index])
-    };
     if let Some(error) = first_error {
         eprintln!("first error: {error}");
     }
@@ -466,13 +462,7 @@ pub(super) fn drive(
         operations: tally.operations.load(Ordering::Relaxed),
         errors: tally.errors.load(Ordering::Relaxed),
         elapsed,
-        percentiles_us: [
-            percentile(0.50),
-            percentile(0.90),
-            percentile(0.99),
-            percentile(0.999),
-            u64::from(all[all.len() - 1]),
-        ],
+        percentiles_us: percentiles(&all),
         trace: match args.trace {
             Some(_) => trace::bucket(&tally.trace.lock(), args.trace_interval_ms),
             None => Vec::new(),
@@ -487,18 +477,30 @@ fn measure_with_clients(
     args: &BenchArgs,
     value: &[u8],
 ) -> Result<BenchReport, String> {
+    drive_calls(clients, args, |client, random| {
+        let (key, read) = next_request(args, random);
+        if read {
+            client.get(key).map(|_| ())
+        } else {
+            client.put(key, value.to_vec()).map(|_| ())
+        }
+    })
+}
+
+/// Runs `--clients` workers, each calling `call` through its share of `clients` until the
+/// run ends, and times every call that succeeds.
+pub(super) fn drive_calls(
+    clients: &[Client],
+    args: &BenchArgs,
+    call: impl Fn(&Client, &mut rand::rngs::ThreadRng) -> Result<(), crate::client::ClientError> + Sync,
+) -> Result<BenchReport, String> {
     drive(args, args.clients, |worker, tally| {
         let client = &clients[worker % clients.len()];
         let mut random = rand::rng();
         let mut latencies = Vec::with_capacity(64 * 1024);
         while !tally.should_stop() {
-            let (key, read) = next_request(args, &mut random);
             let began = Instant::now();
-            let result = if read {
-                client.get(key).map(|_| ())
-            } else {
-                client.put(key, value.to_vec()).map(|_| ())
-            };
+            let result = call(client, &mut random);
             let micros = micros_since(began);
             if result.is_ok() {
                 latencies.push(micros);
@@ -507,6 +509,19 @@ fn measure_with_clients(
         }
         latencies
     })
+}
+
+/// p50, p90, p99, p99.9 and max of `sorted` latencies (ascending, microseconds); zeros for
+/// none.
+pub(super) fn percentiles(sorted: &[u32]) -> [u64; 5] {
+    let Some(&max) = sorted.last() else {
+        return [0; 5];
+    };
+    let at = |fraction: f64| {
+        let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+        u64::from(sorted[index])
+    };
+    [at(0.50), at(0.90), at(0.99), at(0.999), u64::from(max)]
 }
 
 fn print_report(args: &BenchArgs, report: &BenchReport, json: bool) {

@@ -22,7 +22,7 @@ use crate::protocol::{
 };
 
 use super::bench::{
-    drive, micros_since, BenchArgs, BenchReport, BenchStream, Workload, KEY_PREFIX,
+    drive_calls, percentiles, BenchArgs, BenchReport, BenchStream, Workload, KEY_PREFIX,
 };
 
 /// What the watch workload measured besides the puts.
@@ -58,24 +58,13 @@ fn key(index: u64) -> Vec<u8> {
 }
 
 fn txn(clients: &[Client], args: &BenchArgs, value: &[u8]) -> Result<BenchReport, String> {
-    drive(args, args.clients, |worker, tally| {
-        let client = &clients[worker % clients.len()];
-        let mut random = rand::rng();
-        let mut latencies = Vec::with_capacity(64 * 1024);
-        while !tally.should_stop() {
-            let key = key(random.random_range(0..args.keys));
-            let txn = Txn::new()
-                .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
-                .then([TxnOp::put(key.clone(), value.to_vec())])
-                .otherwise([TxnOp::get(key)]);
-            let began = Instant::now();
-            let result = client.txn(txn).map(|_| ());
-            if result.is_ok() {
-                latencies.push(micros_since(began));
-            }
-            tally.record(result.map_err(|error| error.to_string()));
-        }
-        latencies
+    drive_calls(clients, args, |client, random| {
+        let key = key(random.random_range(0..args.keys));
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .then([TxnOp::put(key.clone(), value.to_vec())])
+            .otherwise([TxnOp::get(key)]);
+        client.txn(txn).map(|_| ())
     })
 }
 
@@ -105,20 +94,9 @@ fn keep_alive(
     if leases.is_empty() {
         return Err("no lease could be granted".into());
     }
-    let report = drive(args, args.clients, |worker, tally| {
-        let client = &clients[worker % clients.len()];
-        let mut random = rand::rng();
-        let mut latencies = Vec::with_capacity(64 * 1024);
-        while !tally.should_stop() {
-            let lease = leases[random.random_range(0..leases.len())];
-            let began = Instant::now();
-            let result = client.lease_keep_alive(lease).map(|_| ());
-            if result.is_ok() {
-                latencies.push(micros_since(began));
-            }
-            tally.record(result.map_err(|error| error.to_string()));
-        }
-        latencies
+    let report = drive_calls(clients, args, |client, random| {
+        let lease = leases[random.random_range(0..leases.len())];
+        client.lease_keep_alive(lease).map(|_| ())
     });
     if !args.keep {
         eprintln!("revoking {} leases...", leases.len());
@@ -238,25 +216,15 @@ fn watch(
                 })
             })
             .collect();
-        let report = drive(args, args.clients, |worker, tally| {
-            let client = &clients[worker % clients.len()];
-            let mut random = rand::rng();
-            let mut latencies = Vec::with_capacity(64 * 1024);
+        let report = drive_calls(clients, args, |client, random| {
+            let key = watch_key(random.random_range(0..watchers));
             let mut payload = value.to_vec();
             payload.resize(value.len().max(8), b'x');
-            while !tally.should_stop() {
-                let key = watch_key(random.random_range(0..watchers));
-                let sent = epoch.elapsed().as_micros() as u64;
-                payload[..8].copy_from_slice(&sent.to_le_bytes());
-                let began = Instant::now();
-                let result = client.put(key, payload.clone()).map(|_| ());
-                if result.is_ok() {
-                    latencies.push(micros_since(began));
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                }
-                tally.record(result.map_err(|error| error.to_string()));
-            }
-            latencies
+            let sent = epoch.elapsed().as_micros() as u64;
+            payload[..8].copy_from_slice(&sent.to_le_bytes());
+            client.put(key, payload)?;
+            acknowledged.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         });
         // Every acknowledged put must reach its watcher.
         let wait_until = Instant::now() + Duration::from_secs(30);
@@ -275,24 +243,11 @@ fn watch(
         let _ = clients[0].delete_prefix(format!("{KEY_PREFIX}w").as_bytes());
     }
     latencies.sort_unstable();
-    let percentile = |fraction: f64| -> u64 {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let index =
-            ((latencies.len() as f64 * fraction).ceil() as usize).clamp(1, latencies.len()) - 1;
-        u64::from(latencies[index])
-    };
+
     let watch = WatchReport {
         delivered: delivered.load(Ordering::Relaxed),
         acknowledged: acknowledged.load(Ordering::Relaxed),
-        percentiles_us: [
-            percentile(0.5),
-            percentile(0.9),
-            percentile(0.99),
-            percentile(0.999),
-            latencies.last().map_or(0, |last| u64::from(*last)),
-        ],
+        percentiles_us: percentiles(&latencies),
     };
     Ok((report, Some(watch)))
 }

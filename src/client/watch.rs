@@ -401,7 +401,9 @@ impl Watch {
         };
         WatchRequest {
             range: options.range.clone(),
-            start: self.pinned.then_some(LogIndex(self.delivered.0 + 1)),
+            start: self
+                .pinned
+                .then_some(LogIndex(self.delivered.0.saturating_add(1))),
             previous: options.previous,
             no_put: options.no_put,
             no_delete: options.no_delete,
@@ -515,7 +517,8 @@ impl Watch {
             Ok(ResponseBody::WatchCreated(created)) => {
                 if !self.pinned {
                     // Pinned: a resume continues from here, whatever the next member holds.
-                    self.delivered = LogIndex(created.start.0 - 1);
+                    // From the network: a start of 0 must not underflow.
+                    self.delivered = LogIndex(created.start.0.saturating_sub(1));
                     self.pinned = true;
                 }
                 Ok(Stream {

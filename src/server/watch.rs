@@ -503,20 +503,26 @@ impl Watches {
         } else {
             revisions.last().map_or(applied, |last| last.revision())
         };
-        // Watchers whose next revision left the history end; they never get a gap.
-        let compacted_out: Vec<WatchKey> = self
-            .watchers
+        // Watchers whose next revision left the history end; they never get a gap. Synced
+        // watchers share the cursor: one comparison for all of them, not one per watcher.
+        let mut compacted_out: Vec<WatchKey> = self
+            .unsynced
             .iter()
-            .filter(|(_, watcher)| {
-                let next = if watcher.synced {
-                    self.cursor
-                } else {
-                    watcher.next
-                };
-                next <= compacted
+            .filter(|watch_key| {
+                self.watchers
+                    .get(watch_key)
+                    .is_some_and(|watcher| watcher.next <= compacted)
             })
-            .map(|(watch_key, _)| *watch_key)
+            .copied()
             .collect();
+        if self.synced > 0 && self.cursor <= compacted {
+            compacted_out.extend(
+                self.watchers
+                    .iter()
+                    .filter(|(_, watcher)| watcher.synced)
+                    .map(|(watch_key, _)| *watch_key),
+            );
+        }
         for watch_key in compacted_out {
             let error = ServerError::Compacted {
                 compact_revision: compacted,
@@ -708,7 +714,7 @@ fn send_events(connection: &mut Connection, watch: u64, events: Vec<Event>, upto
         if bytes >= WATCH_FRAME_BYTES {
             let fragment = following.revision == revision;
             let delivered = if fragment {
-                LogIndex(revision.0 - 1)
+                LogIndex(revision.0.saturating_sub(1))
             } else {
                 revision
             };
