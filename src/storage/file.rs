@@ -923,7 +923,7 @@ impl crate::storage::SnapshotStager for FileStager {
         meta: &SnapshotMeta,
         data: &[u8],
     ) -> Result<crate::storage::StagedSnapshot, StorageError> {
-        let bytes = format::encode_snapshot(meta, data)?;
+        let head = format::encode_snapshot_head(meta, data)?;
         // Its own temporary name: a snapshot received from the leader is saved as
         // `.snap.tmp` by the log writer meanwhile. Any `.tmp` is removed at open.
         let temporary = self
@@ -934,22 +934,25 @@ impl crate::storage::SnapshotStager for FileStager {
         // the log writer's next fsync — must first write out the data of files whose blocks
         // it allocated, so one 30 MB write synced at the end held the log's fsync (every
         // client's write) for 100–200 ms. Small synced pieces bound what it can wait for.
-        let mut chunks = bytes.chunks(STAGE_SYNC_BYTES);
-        let first = chunks.next().unwrap_or_default();
+        // The header goes first and the data after it straight from the serialized state
+        // (no second copy of a snapshot that may be hundreds of MB).
         self.file_system
-            .write_new(&temporary, first)
+            .write_new(&temporary, &head)
             .map_err(|source| FileStorage::io_error("write", &temporary, source))?;
-        for chunk in std::iter::once(None).chain(chunks.map(Some)) {
-            if let Some(chunk) = chunk {
-                self.file_system
-                    .append(&temporary, chunk)
-                    .map_err(|source| FileStorage::io_error("write", &temporary, source))?;
-            }
+        for chunk in data.chunks(STAGE_SYNC_BYTES) {
+            self.file_system
+                .append(&temporary, chunk)
+                .map_err(|source| FileStorage::io_error("write", &temporary, source))?;
             if self.fsync {
                 self.file_system
                     .sync_file(&temporary)
                     .map_err(|source| FileStorage::io_error("fsync", &temporary, source))?;
             }
+        }
+        if self.fsync && data.is_empty() {
+            self.file_system
+                .sync_file(&temporary)
+                .map_err(|source| FileStorage::io_error("fsync", &temporary, source))?;
         }
         Ok(crate::storage::StagedSnapshot {
             meta: meta.clone(),
