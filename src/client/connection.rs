@@ -1,16 +1,19 @@
 //! One pipelined client connection: many threads have requests in flight on it at once.
 //!
 //! ```text
-//!  caller threads ──frame──► outgoing buffer ──► writer thread ──write──► socket
-//!        ▲                  (short lock; the first frame            │
-//!        │                   into an empty buffer wakes the writer) ▼
+//!  caller threads ──frame──► outgoing buffer ──► the caller writing ──write──► socket
+//!        ▲                  (short lock; the first caller to       │
+//!        │                   find nobody writing writes it all)    ▼
 //!        └── waiter (one-shot, by request id) ◄── receiver thread ◄── responses
 //! ```
 //!
 //! A caller registers a [`Waiter`] under its request id, appends its frame to the outgoing
 //! buffer and sleeps on the waiter (no spinning: the machine's cores belong to the servers).
-//! The writer thread sends everything queued in one `write`, so frames from many callers
-//! leave together and the server proposes them as one batch. The receiver thread reads the
+//! Writing is combined: a caller that finds nobody writing becomes the writer and sends
+//! everything queued in one `write`, then whatever other callers queued meanwhile, until the
+//! buffer is empty; frames from many callers leave together and the server proposes them as
+//! one batch. No thread is woken to write (a writer thread cost a wake-up and a context
+//! switch per burst, which on a small machine was a good part of a call). The receiver thread reads the
 //! responses, takes every whole frame buffered, and completes each caller's waiter, in any
 //! order. At most [`REQUESTS_IN_FLIGHT_MAX`] requests are in flight; more callers wait for
 //! room. A broken connection completes every waiter with the failure (the request may have
@@ -90,18 +93,24 @@ struct Waiting {
     broken: Option<String>,
 }
 
-/// Frames waiting for the writer thread.
+/// Frames waiting to be written.
 #[derive(Default)]
 struct Outgoing {
     buffer: Vec<u8>,
-    /// The connection is closing: the writer stops, queued frames are dropped (their callers
-    /// are failed as possibly sent).
+    /// A caller is writing: it comes back for `buffer` until it finds it empty, so a frame
+    /// queued while this is set is always sent.
+    writing: bool,
+    /// The writer's emptied buffer, kept for the next swap.
+    spare: Vec<u8>,
+    /// The connection is closing: nothing more is written, queued frames are dropped (their
+    /// callers are failed as possibly sent).
     closed: bool,
 }
 
 /// What the callers, the writer and the receiver share.
 ///
-/// Lock order: `waiting`, then a waiter's `outcome`; `outgoing` is never held with another.
+/// Lock order: `waiting`, then a waiter's `outcome`; `outgoing` is never held with another;
+/// `channel` is taken only by the caller that set `Outgoing::writing` (never contended).
 /// Every caller added to `waiting` gets exactly one outcome, unless it gives up first (a
 /// timeout), in which case it removes itself and a late response goes to no one.
 struct Shared {
@@ -109,8 +118,8 @@ struct Shared {
     /// Signalled when a caller leaves `waiting` at the limit, or the connection breaks.
     room: Condvar,
     outgoing: Mutex<Outgoing>,
-    /// Signalled when frames arrive in an empty buffer, or the connection closes.
-    frames_queued: Condvar,
+    /// Where frames are written.
+    channel: Mutex<Channel>,
     /// Fast check of `waiting.broken.is_some()`.
     broken: AtomicBool,
 }
@@ -135,9 +144,54 @@ impl Shared {
             outgoing.closed = true;
             outgoing.buffer = Vec::new();
         }
-        self.frames_queued.notify_all();
         for waiter in callers.into_values() {
             waiter.complete(Err(reason.clone()));
+        }
+    }
+
+    /// Queues `frame` and, unless another caller is writing (which then sends it too),
+    /// writes everything queued until nothing is. An error means the frame was not queued;
+    /// a failed write breaks the connection, which answers every waiting caller (this one
+    /// included) with the failure.
+    fn send(&self, frame: &RequestFrame) -> Result<(), String> {
+        let mut batch = {
+            let mut outgoing = self.outgoing.lock();
+            if outgoing.closed {
+                return Err(String::from("connection closed"));
+            }
+            write_frame(frame, &mut outgoing.buffer).map_err(|error| error.to_string())?;
+            if outgoing.writing {
+                return Ok(());
+            }
+            outgoing.writing = true;
+            drop(outgoing);
+            // Callers just woken by responses are about to queue theirs: let them run once,
+            // so the burst leaves in one write (and reaches the server as one batch).
+            std::thread::yield_now();
+            let mut outgoing = self.outgoing.lock();
+            let spare = std::mem::take(&mut outgoing.spare);
+            std::mem::replace(&mut outgoing.buffer, spare)
+        };
+        loop {
+            let written = self.channel.lock().send(&batch);
+            if let Err(error) = written {
+                // Part of a frame may have gone out: every waiter's request may have been
+                // served.
+                self.channel.lock().shutdown();
+                self.fail(format!("writing: {error}"));
+                return Ok(());
+            }
+            batch.clear();
+            if batch.capacity() > OUTGOING_BUFFER_KEEP_BYTES {
+                batch = Vec::new();
+            }
+            let mut outgoing = self.outgoing.lock();
+            if outgoing.closed || outgoing.buffer.is_empty() {
+                outgoing.writing = false;
+                outgoing.spare = batch;
+                return Ok(());
+            }
+            std::mem::swap(&mut batch, &mut outgoing.buffer);
         }
     }
 
@@ -246,13 +300,13 @@ impl Connection {
             waiting: Mutex::new(Waiting::default()),
             room: Condvar::new(),
             outgoing: Mutex::new(Outgoing::default()),
-            frames_queued: Condvar::new(),
+            channel: Mutex::new(channel),
             broken: AtomicBool::new(false),
         });
         let mut connection = Connection {
             stream,
             shared: Arc::clone(&shared),
-            threads: Vec::with_capacity(2),
+            threads: Vec::with_capacity(1),
             next_request_id: AtomicU64::new(1),
             authenticated: Mutex::new(false),
         };
@@ -268,11 +322,6 @@ impl Connection {
                         receive(&receiver_shared, TlsReader::new(tls, read_stream), socket)
                     }
                 })?,
-        );
-        connection.threads.push(
-            std::thread::Builder::new()
-                .name("kvclient-send".to_string())
-                .spawn(move || send(&shared, channel))?,
         );
         Ok(connection)
     }
@@ -328,31 +377,12 @@ impl Connection {
             waiting.callers.insert(request_id, Arc::clone(&waiter));
             debug_assert!(waiting.callers.len() <= REQUESTS_IN_FLIGHT_MAX);
         }
-        let queued = {
-            let mut outgoing = self.shared.outgoing.lock();
-            let was_empty = outgoing.buffer.is_empty();
-            if outgoing.closed {
-                Err(String::from("connection closed"))
-            } else {
-                match write_frame(&frame, &mut outgoing.buffer) {
-                    Ok(()) => Ok(was_empty),
-                    Err(error) => Err(error.to_string()),
-                }
-            }
-        };
-        match queued {
-            // The writer sleeps only on an empty buffer: the first frame in wakes it.
-            Ok(true) => {
-                self.shared.frames_queued.notify_one();
-            }
-            Ok(false) => {}
-            Err(reason) => {
-                self.shared.remove(request_id);
-                return Err(CallError::Failed {
-                    sent: false,
-                    reason,
-                });
-            }
+        if let Err(reason) = self.shared.send(&frame) {
+            self.shared.remove(request_id);
+            return Err(CallError::Failed {
+                sent: false,
+                reason,
+            });
         }
         let mut outcome = waiter.outcome.lock();
         loop {
@@ -417,7 +447,7 @@ impl Connection {
         let _ = self.queue(request_id, body, server_timeout);
     }
 
-    /// Queues one frame for the writer thread.
+    /// Sends one frame (see [`Shared::send`]).
     fn queue(
         &self,
         request_id: u64,
@@ -429,19 +459,7 @@ impl Connection {
             timeout_ms: (server_timeout.as_millis() as u64).max(1),
             body: body.clone(),
         };
-        let was_empty = {
-            let mut outgoing = self.shared.outgoing.lock();
-            if outgoing.closed {
-                return Err(String::from("connection closed"));
-            }
-            let was_empty = outgoing.buffer.is_empty();
-            write_frame(&frame, &mut outgoing.buffer).map_err(|error| error.to_string())?;
-            was_empty
-        };
-        if was_empty {
-            self.shared.frames_queued.notify_one();
-        }
-        Ok(())
+        self.shared.send(&frame)
     }
 
     /// Closes the socket; waiting callers fail.
@@ -467,7 +485,7 @@ fn host_of(address: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Where the writer thread sends frames.
+/// Where the caller writing sends frames.
 enum Channel {
     Plain(TcpStream),
     Tls(Arc<TlsChannel>),
@@ -493,8 +511,8 @@ impl Channel {
     }
 }
 
-/// A TLS session shared by a connection's writer and receiver threads: either may produce
-/// records (the writer its frames, the receiver the handshake's answers), and records must
+/// A TLS session shared by a connection's writing caller and receiver thread: either may
+/// produce records (the writer its frames, the receiver the handshake's answers), and records must
 /// reach the socket in the order the session made them, so they are taken from the session
 /// and written under one lock on the socket's sending side.
 struct TlsChannel {
@@ -591,41 +609,6 @@ impl Read for TlsReader {
     }
 }
 
-/// The writer thread: sends whatever callers queued, all of it in one write, until the
-/// connection closes or a write fails (which breaks the connection).
-fn send(shared: &Shared, mut stream: Channel) {
-    let mut batch = Vec::new();
-    loop {
-        {
-            let mut outgoing = shared.outgoing.lock();
-            if outgoing.buffer.is_empty() && !outgoing.closed {
-                while outgoing.buffer.is_empty() && !outgoing.closed {
-                    shared.frames_queued.wait(&mut outgoing);
-                }
-                // Woken by the first frame of a burst: callers just woken by responses are
-                // about to queue theirs. Let them run once, so the burst leaves in one write.
-                drop(outgoing);
-                std::thread::yield_now();
-                outgoing = shared.outgoing.lock();
-            }
-            if outgoing.closed {
-                return;
-            }
-            std::mem::swap(&mut batch, &mut outgoing.buffer);
-        }
-        if let Err(error) = stream.send(&batch) {
-            // Part of a frame may have gone out: every waiter's request may have been served.
-            stream.shutdown();
-            shared.fail(format!("writing: {error}"));
-            return;
-        }
-        batch.clear();
-        if batch.capacity() > OUTGOING_BUFFER_KEEP_BYTES {
-            batch = Vec::new();
-        }
-    }
-}
-
 /// The receiver thread: reads responses and completes their callers, every frame already
 /// buffered at once, until the connection ends.
 fn receive(shared: &Shared, mut stream: impl Read, socket: TcpStream) {
@@ -670,6 +653,61 @@ mod tests {
                 reason: reason.to_string(),
             }),
         }
+    }
+
+    /// Writing is done by the callers themselves: when the server stops reading, the caller
+    /// writing is stopped by the write timeout, which breaks the connection, and every caller
+    /// (those whose frames sat queued behind it too) returns with the failure — none hangs.
+    #[test]
+    fn callers_return_when_the_server_stops_reading() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            // Accept, never read, hold the socket until the test ends.
+            let (stream, _) = listener.accept().unwrap();
+            let _ = released.recv();
+            drop(stream);
+        });
+        let write_timeout = Duration::from_millis(300);
+        let connection =
+            Connection::open(&address, Duration::from_secs(10), write_timeout, None).unwrap();
+        // 16 threads × 4 MiB is far more than the two sockets' buffers hold.
+        let value = vec![7u8; 4 << 20];
+        let started = Instant::now();
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..16)
+                .map(|_| {
+                    let body =
+                        RequestBody::Write(crate::kv::Command::put(b"key".to_vec(), value.clone()));
+                    let connection = &connection;
+                    scope.spawn(move || {
+                        connection.call(
+                            &body,
+                            Duration::from_secs(60),
+                            Instant::now() + Duration::from_secs(60),
+                        )
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|call| call.join().unwrap()).collect()
+        });
+        // Well before the callers' own 60 s deadline: the write timeout ended it.
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        for outcome in outcomes {
+            assert!(
+                matches!(outcome, Err(CallError::Failed { .. })),
+                "{outcome:?}"
+            );
+        }
+        assert!(connection.is_broken());
+        drop(connection);
+        let _ = release.send(());
+        server.join().unwrap();
     }
 
     /// A caller that gave up is not answered later with someone else's response, nor is the
