@@ -70,11 +70,14 @@ pub(super) fn run<M>(
             if let Some(local) = saved {
                 let index = local.snapshot.meta.last.index.0;
                 let through = local.compact_through.0;
-                {
+                let compacted = {
                     let mut core = shared.core.lock();
-                    core.raft.compact(local.snapshot, local.compact_through);
+                    let compacted = core.raft.compact(local.snapshot, local.compact_through);
                     shared.route(&mut core);
-                }
+                    compacted
+                };
+                // Freed elsewhere: neither the core's lock nor the next fsync waits for it.
+                super::snapshotter::dispose(shared, compacted);
                 tracing::debug!(snapshot = index, through, "log compacted behind a snapshot");
             }
             super::snapshotter::done(shared);

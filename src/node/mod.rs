@@ -163,6 +163,9 @@ struct Shared<M> {
     snapshot_requested: AtomicBool,
     /// Frozen states for the snapshot thread to serialize (at most one in flight).
     snapshot_tx: Sender<PendingSnapshot>,
+    /// What compaction took out of the core, for the snapshot thread to free (see
+    /// [`snapshotter::dispose`]).
+    disposal_tx: Sender<crate::raft::Compacted>,
     /// A snapshot is being serialized or saved; set by the applier, cleared by the log writer.
     snapshot_in_flight: AtomicBool,
     /// Snapshot policy, from the configuration.
@@ -321,6 +324,7 @@ impl<M: StateMachine> Node<M> {
         let (persist_wake, persist_wake_rx) = crossbeam_channel::bounded(1);
         let (apply_wake, apply_wake_rx) = crossbeam_channel::bounded(1);
         let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(1);
+        let (disposal_tx, disposal_rx) = crossbeam_channel::bounded(4);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
         let metrics = NodeMetrics::default();
         let shared = Arc::new(Shared {
@@ -343,6 +347,7 @@ impl<M: StateMachine> Node<M> {
             next_read_context: AtomicU64::new(1),
             snapshot_requested: AtomicBool::new(false),
             snapshot_tx,
+            disposal_tx,
             snapshot_in_flight: AtomicBool::new(false),
             snapshot_policy,
             failed: Mutex::new(None),
@@ -382,7 +387,7 @@ impl<M: StateMachine> Node<M> {
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(
                 "snapshot",
-                Box::new(move || snapshotter::run(&s, stager, &snapshot_rx, &r)),
+                Box::new(move || snapshotter::run(&s, stager, &snapshot_rx, &disposal_rx, &r)),
             )?);
             let (s, r) = (Arc::clone(&shared), shutdown_rx.clone());
             threads.push(spawn(

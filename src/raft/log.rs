@@ -252,19 +252,22 @@ impl RaftLog {
     }
 
     /// Drops the entries up to and including `through`, which must be applied (a local
-    /// snapshot covers them). Returns false when `through` is not in the log.
-    pub fn compact(&mut self, through: LogIndex) -> bool {
+    /// snapshot covers them), and returns them; `None` when `through` is not in the log.
+    ///
+    /// Only the entries kept are moved: the removed ones (a whole snapshot interval, ~100k
+    /// entries by default) are handed back in their old allocation for the caller to free
+    /// where that holds nobody up — freeing them here took 8–15 ms under the node's lock.
+    pub fn compact(&mut self, through: LogIndex) -> Option<Vec<Entry>> {
         if through <= self.snapshot.index || through > self.applied_handed {
-            return false;
+            return None;
         }
-        let Some(term) = self.term(through) else {
-            return false;
-        };
+        let term = self.term(through)?;
         let remove = (through.0 - self.snapshot.index.0) as usize;
-        self.entries.drain(..remove);
+        let kept = self.entries.split_off(remove);
+        let removed = std::mem::replace(&mut self.entries, kept);
         self.snapshot = EntryId::new(term, through);
         self.check_invariants();
-        true
+        Some(removed)
     }
 
     /// Installs a snapshot received from the leader (Raft §7): if the log holds the snapshot's
@@ -364,6 +367,26 @@ mod tests {
 
     fn id(term: u64, index: u64) -> EntryId {
         EntryId::new(Term(term), LogIndex(index))
+    }
+
+    #[test]
+    fn compaction_hands_back_exactly_the_entries_it_removed() {
+        let mut log = log_of(&[1, 1, 2, 2, 2]);
+        // Not applied yet: nothing can go.
+        assert_eq!(log.compact(LogIndex(2)), None);
+        log.commit_to(LogIndex(4));
+        assert_eq!(log.take_committed(u64::MAX).len(), 4);
+        assert_eq!(
+            log.compact(LogIndex(3)),
+            Some(vec![entry(1, 1), entry(1, 2), entry(2, 3)])
+        );
+        assert_eq!(log.first_index(), LogIndex(4));
+        assert_eq!(log.entry(LogIndex(4)), Some(&entry(2, 4)));
+        assert_eq!(log.term(LogIndex(3)), Some(Term(2)));
+        assert_eq!(log.last_id(), id(2, 5));
+        // Already compacted, or past what was applied: nothing more goes.
+        assert_eq!(log.compact(LogIndex(3)), None);
+        assert_eq!(log.compact(LogIndex(5)), None);
     }
 
     #[test]

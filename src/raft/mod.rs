@@ -37,7 +37,7 @@ pub use membership::MemberChange;
 pub use message::{AppendResponse, Message, MessageBody};
 pub use progress::{Progress, ProgressState};
 pub use ready::{ReadState, Ready, RoleKind, Status};
-pub use snapshot::{InstalledSnapshot, SnapshotData, Transfer};
+pub use snapshot::{Compacted, InstalledSnapshot, SnapshotData, Transfer};
 
 /// Why a message was ignored. Ignoring is always safe in Raft; the reason is for logs,
 /// counters and tests.

@@ -16,7 +16,7 @@ use crate::limits;
 use crate::raft::message::{AppendResponse, MessageBody};
 use crate::raft::progress::ProgressState;
 use crate::raft::{Raft, Role, StepError};
-use crate::types::{EntryId, LogIndex, NodeId, SnapshotMeta};
+use crate::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta};
 
 /// A snapshot's metadata and bytes, shared without copying between the runtime, the core and
 /// transfers in progress.
@@ -83,6 +83,17 @@ pub struct InstalledSnapshot {
     pub keep_suffix: bool,
 }
 
+/// What [`Raft::compact`] dropped: log entries and a superseded snapshot, returned rather than
+/// freed so that a runtime can free them without holding its lock on the core (a snapshot
+/// interval of entries takes milliseconds to free). Dropping it frees them.
+#[derive(Debug, Default)]
+pub struct Compacted {
+    /// The log entries removed.
+    pub entries: Vec<Entry>,
+    /// The snapshot replaced (or the one given, when it was not newer).
+    pub snapshot: Option<SnapshotData>,
+}
+
 impl Raft {
     /// The latest local snapshot, if any.
     pub fn snapshot(&self) -> Option<&SnapshotData> {
@@ -93,18 +104,26 @@ impl Raft {
     /// and drops log entries through `compact_through` (at most the snapshot's index; the
     /// runtime keeps a trailing margin for followers that are slightly behind). Also used at
     /// startup to hand the core the snapshot it recovered.
-    pub fn compact(&mut self, snapshot: SnapshotData, compact_through: LogIndex) {
+    ///
+    /// Returns what it dropped (the entries and the snapshot replaced) for the runtime to free
+    /// outside its lock.
+    pub fn compact(&mut self, snapshot: SnapshotData, compact_through: LogIndex) -> Compacted {
         let through = compact_through.min(snapshot.meta.last.index);
         let newer = self
             .snapshot
             .as_ref()
             .is_none_or(|current| current.meta.last.index < snapshot.meta.last.index);
+        let mut compacted = Compacted::default();
         if newer {
-            self.snapshot = Some(snapshot);
+            compacted.snapshot = self.snapshot.replace(snapshot);
+        } else {
+            compacted.snapshot = Some(snapshot);
         }
-        if self.log.compact(through) {
+        if let Some(entries) = self.log.compact(through) {
             self.configs.compact(through);
+            compacted.entries = entries;
         }
+        compacted
     }
 
     /// Starts streaming the latest snapshot to `to`, which needs entries that were compacted.
