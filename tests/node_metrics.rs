@@ -62,9 +62,18 @@ fn voters_are_ready_learners_and_cut_off_nodes_are_not() {
         .add_member(learner, None, false, Instant::now() + WAIT)
         .expect("learner added");
     let learner_node = cluster.node(learner).expect("learner");
-    assert!(cluster.wait_for(WAIT, |_| learner_node.status().leader.is_some()));
-    let refusal = metrics::readiness(&learner_node, Duration::from_secs(1)).unwrap_err();
-    assert!(refusal.contains("learner"), "{refusal}");
+    // It may hear the leader before the entry that makes it a learner reaches it (then it is
+    // "not a member of the configuration in force"): wait for the configuration, and it is
+    // not ready all along.
+    assert!(
+        cluster.wait_for(WAIT, |_| {
+            learner_node.status().leader.is_some()
+                && metrics::readiness(&learner_node, Duration::from_secs(1))
+                    .is_err_and(|refusal| refusal.contains("learner"))
+        }),
+        "a learner is not ready, for being one: {:?}",
+        metrics::readiness(&learner_node, Duration::from_secs(1))
+    );
     let text = scrape(&cluster, learner);
     assert_eq!(value(&text, "keyval_is_learner"), Some(1.0), "{text}");
 
