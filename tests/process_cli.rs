@@ -375,6 +375,51 @@ fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
     assert!((1..=200).contains(&counted), "{csv}");
 }
 
+/// `--snapshot-every-ms` asks the leader for snapshots while the benchmark writes, says how
+/// many it asked for, and the node does take them.
+#[test]
+fn kvctl_bench_takes_snapshots_while_it_writes() {
+    let cluster = process_support::ProcessCluster::start(1);
+    let client = cluster.client();
+    cluster.wait_leader(&client);
+    let out = cluster.kvctl(&[
+        "bench",
+        "put",
+        "--clients",
+        "4",
+        "--keys",
+        "100",
+        "--duration-secs",
+        "2",
+        "--snapshot-every-ms",
+        "200",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let accepted = report["snapshots_requested"]["accepted"]
+        .as_u64()
+        .expect("the report counts the snapshot requests");
+    // Two seconds at one every 200 ms: about ten, however slow this machine is now.
+    assert!(accepted >= 3, "{report}");
+    let endpoint = cluster.endpoints();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = client.status(&endpoint).expect("status");
+        if status.snapshot.is_some_and(|last| last.index.0 > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot was taken: {status:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let usage = cluster.kvctl(&["bench", "put", "--snapshot-every-ms", "0"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+}
+
 /// Runs `kvctl --endpoints <endpoints> <args>` with `input` on its stdin.
 fn kvctl_with_stdin(endpoints: &str, args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;

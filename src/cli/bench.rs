@@ -102,6 +102,11 @@ pub struct BenchArgs {
     /// Keep the benchmark's keys (under `__bench/`) instead of deleting them at the end.
     #[arg(long)]
     pub keep: bool,
+    /// During the measurement, ask the leader for a snapshot every this many milliseconds
+    /// (without waiting for the previous one; one still being written serves the request) —
+    /// the write latency while snapshots are taken, in one command.
+    #[arg(long)]
+    pub snapshot_every_ms: Option<u64>,
     /// `watch`: the number of watches (one key each).
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
@@ -128,6 +133,8 @@ pub struct BenchReport {
     pub trace: Vec<TraceInterval>,
     /// The watchers' measurement (the `watch` workload only).
     pub watch: Option<super::bench_coordination::WatchReport>,
+    /// Snapshots requested during the measurement (`--snapshot-every-ms`): accepted, refused.
+    pub snapshots: Option<(u64, u64)>,
 }
 
 impl BenchReport {
@@ -176,6 +183,9 @@ pub fn measure(
     let usage = |reason: &str| Err((super::kvctl::EXIT_USAGE, reason.to_string()));
     if args.clients == 0 || args.keys == 0 || args.read_percent > 100 {
         return usage("--clients and --keys must be at least 1, --read-percent at most 100");
+    }
+    if args.snapshot_every_ms == Some(0) {
+        return usage("--snapshot-every-ms must be at least 1");
     }
     if args.trace.is_some() && (args.driver != Driver::Pipelined || args.trace_interval_ms == 0) {
         return usage("--trace needs --driver pipelined and --trace-interval-ms >= 1");
@@ -230,6 +240,17 @@ pub fn measure(
     }
     let idle = open_idle_connections(&clients[0], args.idle_connections, tls)
         .map_err(|error| (EXIT_ERROR, error))?;
+    let snapshots = match args.snapshot_every_ms {
+        Some(every) => match find_leader(&clients[0]) {
+            Some(leader) => Some(SnapshotRequester::start(
+                clients[0].clone(),
+                leader,
+                Duration::from_millis(every),
+            )),
+            None => return Err((EXIT_ERROR, "no node says it is the leader".to_string())),
+        },
+        None => None,
+    };
     let measured = match driver {
         Driver::Threads if coordination => super::bench_coordination::measure(
             &clients, args, &value, endpoints, tls,
@@ -244,6 +265,11 @@ pub fn measure(
         },
         Driver::Threads => measure_with_clients(&clients, args, &value),
     };
+    let snapshots = snapshots.map(SnapshotRequester::stop);
+    let measured = measured.map(|report| BenchReport {
+        snapshots,
+        ..report
+    });
     drop(idle);
     if !args.keep {
         // Leave the cluster as it was: one range delete of the benchmark's keys.
@@ -252,6 +278,45 @@ pub fn measure(
         }
     }
     measured.map_err(|error| (EXIT_ERROR, error))
+}
+
+/// The `--snapshot-every-ms` thread: asks the leader for a snapshot at a fixed pace until
+/// stopped, counting the requests accepted and refused.
+struct SnapshotRequester {
+    stop: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl SnapshotRequester {
+    fn start(client: Client, leader: String, every: Duration) -> SnapshotRequester {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::spawn(move || {
+            let (mut accepted, mut refused) = (0, 0);
+            let mut next = Instant::now() + every;
+            // Disconnected (the sender dropped) ends it; a timeout is the next request.
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_deadline(next)
+            {
+                match client.take_snapshot(&leader) {
+                    Ok(_) => accepted += 1,
+                    Err(error) => {
+                        if refused == 0 {
+                            eprintln!("kvctl bench: a snapshot request was refused: {error}");
+                        }
+                        refused += 1;
+                    }
+                }
+                next = (next + every).max(Instant::now());
+            }
+            (accepted, refused)
+        });
+        SnapshotRequester { stop, thread }
+    }
+
+    fn stop(self) -> (u64, u64) {
+        drop(self.stop);
+        self.thread.join().unwrap_or((0, 0))
+    }
 }
 
 /// Opens `count` connections to the leader, each answering one status request, for the
@@ -468,6 +533,7 @@ pub(super) fn drive(
             None => Vec::new(),
         },
         watch: None,
+        snapshots: None,
     })
 }
 
@@ -540,6 +606,7 @@ fn print_report(args: &BenchArgs, report: &BenchReport, json: bool) {
                 "elapsed_secs": report.elapsed.as_secs_f64(),
                 "throughput": report.throughput(),
                 "latency_ms": { "p50": millis(p50), "p90": millis(p90), "p99": millis(p99), "p99.9": millis(p999), "max": millis(max) },
+                "snapshots_requested": report.snapshots.map(|(accepted, refused)| json!({ "accepted": accepted, "refused": refused })),
             })
         );
     } else {
@@ -562,6 +629,12 @@ fn print_report(args: &BenchArgs, report: &BenchReport, json: bool) {
             millis(p999),
             millis(max)
         );
+        if let Some((accepted, refused)) = report.snapshots {
+            println!(
+                "  snapshots requested: {accepted} (every {} ms), {refused} refused",
+                args.snapshot_every_ms.unwrap_or_default()
+            );
+        }
     }
 }
 
