@@ -6,21 +6,10 @@
 
 mod server_support;
 
-use std::time::Duration;
-
-use keyval::client::{Client, ClientError, ClientOptions};
+use keyval::client::{Client, ClientError};
 use keyval::kv::{Compare, CompareOp, KeyRange, KvError, Txn, TxnOp, TxnOpResponse};
 
 use server_support::TestCluster;
-
-fn client(cluster: &TestCluster) -> Client {
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(30),
-        attempt_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
-    Client::connect(&cluster.endpoints(), options).expect("connect")
-}
 
 /// Takes `lock` for `owner` if nobody holds it; else answers the holder.
 fn acquire(client: &Client, owner: &str) -> (bool, Option<Vec<u8>>) {
@@ -44,7 +33,7 @@ fn acquire(client: &Client, owner: &str) -> (bool, Option<Vec<u8>>) {
 fn transactions_prefix_reads_and_range_deletes_through_the_client() {
     let cluster = TestCluster::start(3, false);
     cluster.wait_leader();
-    let client = client(&cluster);
+    let client = cluster.client();
 
     assert_eq!(acquire(&client, "alice"), (true, None));
     assert_eq!(acquire(&client, "bob"), (false, Some(b"alice".to_vec())));
@@ -101,7 +90,7 @@ fn transactions_prefix_reads_and_range_deletes_through_the_client() {
 fn a_compare_and_increment_loop_counts_exactly_across_a_leader_stop() {
     let mut cluster = TestCluster::start(3, false);
     cluster.wait_leader();
-    let client = client(&cluster);
+    let client = cluster.client();
     let increments = 10;
     let mut done = 0;
     let mut stopped = false;

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use keyval::client::{Client, ClientError, ClientOptions, WatchOptions, WatchResponse};
+use keyval::client::{ClientError, WatchOptions, WatchResponse};
 use keyval::kv::{Event, EventKind, HistoryLimits, KeyRange, KvStore, Txn, TxnOp};
 use keyval::protocol::{
     write_frame, FrameReader, RequestBody, RequestFrame, ResponseBody, ResponseFrame, WatchRequest,
@@ -21,15 +21,6 @@ use keyval::protocol::{
 use keyval::LogIndex;
 
 use server_support::{TestCluster, WAIT};
-
-fn client(cluster: &TestCluster) -> Client {
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(30),
-        attempt_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
-    Client::connect(&cluster.endpoints(), options).expect("connect")
-}
 
 /// Receives until `count` events arrived (or the wait runs out), with the responses.
 fn collect(watch: &mut keyval::client::Watch, count: usize) -> (Vec<Event>, Vec<WatchResponse>) {
@@ -59,7 +50,7 @@ fn keys(events: &[Event]) -> Vec<(EventKind, String)> {
 fn a_watch_sees_every_change_in_order_with_one_response_per_revision() {
     let cluster = TestCluster::start(3, false);
     cluster.wait_leader();
-    let client = client(&cluster);
+    let client = cluster.client();
     let mut watch = client
         .watch(WatchOptions::prefix(b"cfg/").with_previous())
         .expect("watch");
@@ -133,7 +124,7 @@ fn a_start_that_left_the_history_is_compacted_and_progress_is_notified() {
         move || KvStore::with_history_limits(limits),
     );
     cluster.wait_leader();
-    let client = client(&cluster);
+    let client = cluster.client();
     let mut last = LogIndex(0);
     for index in 0..10 {
         last = client.put(b"k".to_vec(), vec![index]).unwrap().mod_revision;
@@ -188,7 +179,7 @@ fn many_watches_share_one_connection_and_a_reader_that_stops_holds_nobody_back()
     let cluster = TestCluster::start(3, false);
     let leader = cluster.wait_leader();
     let address = cluster.address(leader);
-    let client = client(&cluster);
+    let client = cluster.client();
 
     // Three watches on one raw connection, demultiplexed by their request ids.
     let mut stream = TcpStream::connect(&address).unwrap();
@@ -272,7 +263,7 @@ fn many_watches_share_one_connection_and_a_reader_that_stops_holds_nobody_back()
 fn a_client_watch_resumes_on_another_node_without_gaps_or_repeats() {
     let mut cluster = TestCluster::start(3, false);
     cluster.wait_leader();
-    let client = client(&cluster);
+    let client = cluster.client();
     let mut watch = client
         .watch(WatchOptions::prefix(b"n/").silence_timeout(Duration::from_secs(2)))
         .expect("watch");

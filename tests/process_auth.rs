@@ -5,6 +5,7 @@
 //! a client certificate's common name is the user, and an expired client certificate is
 //! refused with a log line that says so. Every wait is on a condition with a deadline.
 
+mod cert_support;
 mod process_support;
 
 use std::net::TcpListener;
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use cert_support::Ca;
 use process_support::{wait_for, NodeProcess};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// The next free port of this binary's share of 5500–5599 (5550–5599).
 fn port() -> u16 {
@@ -276,65 +277,17 @@ fn kvctl_sets_up_auth_and_permissions_survive_restart_and_backup_restore() {
     check_permissions(&restored);
 }
 
-/// A certificate authority for the TLS part.
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    dir: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &Path) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "auth test CA");
-        let key = KeyPair::generate().unwrap();
-        let certificate = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), certificate.pem()).unwrap();
-        Ca {
-            params,
-            key,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Signs a certificate with common name `name` (and the SANs `names`), valid now, or
-    /// expired a year ago when `expired`; returns (cert, key) paths.
-    fn sign(&self, file: &str, name: &str, names: &[&str], expired: bool) -> (String, String) {
-        let mut params = CertificateParams::new(
-            names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let certificate = params
-            .signed_by(&key, &Issuer::from_params(&self.params, &self.key))
-            .unwrap();
-        let (cert, key_path) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&cert, certificate.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert.display().to_string(), key_path.display().to_string())
-    }
-}
-
 #[test]
 fn a_client_certificate_names_the_user_and_an_expired_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
-    let (node_cert, node_key) = ca.sign("node", "node", &["127.0.0.1"], false);
-    let ca_path = dir.path().join("ca.pem").display().to_string();
+    let ca = Ca::new(dir.path(), "ca");
+    // Paths as the command-line arguments they become.
+    let sign = |file: &str, user: &str, names: &[&str], expired: bool| {
+        let (cert, key) = ca.sign_named(file, Some(user), names, expired);
+        (cert.display().to_string(), key.display().to_string())
+    };
+    let (node_cert, node_key) = sign("node", "node", &["127.0.0.1"], false);
+    let ca_path = ca.cert_path().display().to_string();
     let flags = [
         "--cert-file",
         &node_cert,
@@ -347,9 +300,9 @@ fn a_client_certificate_names_the_user_and_an_expired_one_is_refused() {
     .map(str::to_string);
     let cluster = Cluster::start(dir.path(), "tls", 1, &flags, |_, _, _| {});
     let endpoints = cluster.clients.join(",");
-    let (root_cert, root_key) = ca.sign("root", "root", &[], false);
-    let (alice_cert, alice_key) = ca.sign("alice", "alice", &[], false);
-    let (old_cert, old_key) = ca.sign("expired", "alice", &[], true);
+    let (root_cert, root_key) = sign("root", "root", &[], false);
+    let (alice_cert, alice_key) = sign("alice", "alice", &[], false);
+    let (old_cert, old_key) = sign("expired", "alice", &[], true);
     let as_client = |cert: &str, key: &str, args: &[&str]| {
         let mut all = vec!["--cacert", &ca_path, "--cert", cert, "--key", key];
         all.extend_from_slice(args);

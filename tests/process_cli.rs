@@ -404,18 +404,13 @@ fn kvctl_bench_takes_snapshots_while_it_writes() {
     // Two seconds at one every 200 ms: about ten, however slow this machine is now.
     assert!(accepted >= 3, "{report}");
     let endpoint = cluster.endpoints();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let status = client.status(&endpoint).expect("status");
-        if status.snapshot.is_some_and(|last| last.index.0 > 0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no snapshot was taken: {status:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(
+        process_support::wait_for(|| client
+            .status(&endpoint)
+            .is_ok_and(|status| status.snapshot.is_some_and(|last| last.index.0 > 0))),
+        "no snapshot was taken: {:?}",
+        client.status(&endpoint)
+    );
     let usage = cluster.kvctl(&["bench", "put", "--snapshot-every-ms", "0"]);
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 }

@@ -5,6 +5,7 @@
 //! with real processes. The TLS-wrapped client port is fuzzed: random bytes, mutated and
 //! spliced ClientHellos, and garbage inside a completed session close only their connection.
 
+mod cert_support;
 mod process_support;
 mod server_support;
 
@@ -13,75 +14,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cert_support::Ca;
 use keyval::client::{Client, ClientOptions};
 use keyval::protocol::RequestBody;
 use keyval::server::ServerOptions;
 use keyval::tls::{ClientAuth, ClientTls, ServerTls, ServerTlsFiles};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use server_support::{wait_for, TestCluster};
 
-/// A certificate authority that signs certificates into PEM files in a directory.
-struct Ca {
-    name: String,
-    params: CertificateParams,
-    key: KeyPair,
-    dir: PathBuf,
-}
-
+/// What the TLS tests ask of the shared CA beyond certificates.
 impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let certificate = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), certificate.pem()).unwrap();
-        Ca {
-            name: name.to_string(),
-            params,
-            key,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn cert_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.pem", self.name))
-    }
-
-    /// Signs a certificate for `names` (DNS names or IP addresses); returns (cert, key) paths.
-    fn sign(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        self.sign_valid(file, names, false)
-    }
-
-    /// Like [`sign`](Ca::sign); with `expired`, valid only in 2020.
-    fn sign_valid(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(
-            names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let certificate = params.signed_by(&key, &issuer).unwrap();
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        // Written beside and renamed: a reader never sees half a file.
-        let temporary = self.dir.join(format!("{file}.tmp"));
-        std::fs::write(&temporary, certificate.pem()).unwrap();
-        std::fs::rename(&temporary, &cert_path).unwrap();
-        std::fs::write(&temporary, key.serialize_pem()).unwrap();
-        std::fs::rename(&temporary, &key_path).unwrap();
-        (cert_path, key_path)
-    }
-
     fn client(&self, identity: Option<(&Path, &Path)>) -> ClientOptions {
         ClientOptions {
             tls: Some(ClientTls::new(&self.cert_path(), identity).expect("client TLS")),

@@ -7,17 +7,17 @@
 //!        └── waiter (one-shot, by request id) ◄── receiver thread ◄── responses
 //! ```
 //!
-//! A caller registers a [`Waiter`] under its request id, appends its frame to the outgoing
-//! buffer and sleeps on the waiter (no spinning: the machine's cores belong to the servers).
-//! Writing is combined: a caller that finds nobody writing becomes the writer and sends
-//! everything queued in one `write`, then whatever other callers queued meanwhile, until the
-//! buffer is empty; frames from many callers leave together and the server proposes them as
-//! one batch. No thread is woken to write (a writer thread cost a wake-up and a context
-//! switch per burst, which on a small machine was a good part of a call). The receiver thread reads the
-//! responses, takes every whole frame buffered, and completes each caller's waiter, in any
-//! order. At most [`REQUESTS_IN_FLIGHT_MAX`] requests are in flight; more callers wait for
-//! room. A broken connection completes every waiter with the failure (the request may have
-//! been served), so the retry layer treats it as ambiguous and retries elsewhere.
+//! A caller registers a [`Waiter`] under its request id, appends its frame to the outgoing buffer
+//! and sleeps on the waiter (no spinning: the machine's cores belong to the servers). Writing is
+//! combined: a caller that finds nobody writing becomes the writer and sends everything queued in
+//! one `write`, then whatever other callers queued meanwhile, until the buffer is empty; frames
+//! from many callers leave together and the server proposes them as one batch. No thread is woken
+//! to write (a writer thread cost a wake-up and a context switch per burst, which on a small
+//! machine was a good part of a call). The receiver thread reads the responses, takes every whole
+//! frame buffered, and completes each caller's waiter, in any order. At most
+//! [`REQUESTS_IN_FLIGHT_MAX`] requests are in flight; more callers wait for room. A broken
+//! connection completes every waiter with the failure (the request may have been served), so the
+//! retry layer treats it as ambiguous and retries elsewhere.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -512,9 +512,9 @@ impl Channel {
 }
 
 /// A TLS session shared by a connection's writing caller and receiver thread: either may
-/// produce records (the writer its frames, the receiver the handshake's answers), and records must
-/// reach the socket in the order the session made them, so they are taken from the session
-/// and written under one lock on the socket's sending side.
+/// produce records (the writer its frames, the receiver the handshake's answers), and
+/// records must reach the socket in the order the session made them, so they are taken from
+/// the session and written under one lock on the socket's sending side.
 struct TlsChannel {
     session: Mutex<rustls::ClientConnection>,
     socket: Mutex<TcpStream>,

@@ -25,12 +25,11 @@
 //! [`ClientError::Indeterminate`]. Either way later writes use a fresh session.
 //!
 //! A `Client` is cheap to clone and may be used from many threads at once: clones share
-//! connections, one per node, on which the calls of all threads are pipelined (many requests
-//! in flight, answered in any order; the caller that finds nobody writing sends what the
-//! others queued in one write, so the server proposes their writes as one batch — see `connection.rs`). Each write
-//! in flight uses a session of its own from a pool, because the store only accepts a
-//! client's sequences in order. Sessions are registered lazily, when a write finds the pool
-//! empty.
+//! connections, one per node, on which the calls of all threads are pipelined (many requests in
+//! flight, answered in any order; the caller that finds nobody writing sends what the others queued
+//! in one write, so the server proposes their writes as one batch — see `connection.rs`). Each
+//! write in flight uses a session of its own from a pool, because the store only accepts a client's
+//! sequences in order. Sessions are registered lazily, when a write finds the pool empty.
 //!
 //! ```no_run
 //! use keyval::client::{Client, ClientOptions};

@@ -83,11 +83,11 @@ pub(super) fn dispose<M>(shared: &Shared<M>, compacted: Compacted) {
 }
 
 /// Runs this thread below the others of the node (nice 10, `SCHED_BATCH`): serializing a
-/// large state machine is throughput work, and on a small machine it otherwise takes a core
-/// from the threads that persist and acknowledge writes for as long as it runs (the p99 of
-/// writes while snapshots are taken). It still gets the idle time, and an eighth of a busy
-/// core's; a snapshot that takes longer only delays compacting the log. Where the platform
-/// refuses, the thread runs as before.
+/// large state machine is throughput work and should give way to the threads that persist
+/// and acknowledge writes. It still gets the idle time and about a tenth of a busy core's; a
+/// snapshot that takes longer only delays compacting the log. Where the platform refuses,
+/// the thread runs as before. (On the two-core benchmark machine the effect on write tail
+/// latency was within the run-to-run spread: docs/operations.md.)
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {

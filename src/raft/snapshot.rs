@@ -113,17 +113,19 @@ impl Raft {
             .snapshot
             .as_ref()
             .is_none_or(|current| current.meta.last.index < snapshot.meta.last.index);
-        let mut compacted = Compacted::default();
-        if newer {
-            compacted.snapshot = self.snapshot.replace(snapshot);
+        let replaced = if newer {
+            self.snapshot.replace(snapshot)
         } else {
-            compacted.snapshot = Some(snapshot);
-        }
-        if let Some(entries) = self.log.compact(through) {
+            Some(snapshot)
+        };
+        let entries = self.log.compact(through).unwrap_or_default();
+        if !entries.is_empty() {
             self.configs.compact(through);
-            compacted.entries = entries;
         }
-        compacted
+        Compacted {
+            entries,
+            snapshot: replaced,
+        }
     }
 
     /// Starts streaming the latest snapshot to `to`, which needs entries that were compacted.

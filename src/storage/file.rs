@@ -936,6 +936,14 @@ impl crate::storage::SnapshotStager for FileStager {
         // client's write) for 100–200 ms. Small synced pieces bound what it can wait for.
         // The header goes first and the data after it straight from the serialized state
         // (no second copy of a snapshot that may be hundreds of MB).
+        let sync = || {
+            if !self.fsync {
+                return Ok(());
+            }
+            self.file_system
+                .sync_file(&temporary)
+                .map_err(|source| FileStorage::io_error("fsync", &temporary, source))
+        };
         self.file_system
             .write_new(&temporary, &head)
             .map_err(|source| FileStorage::io_error("write", &temporary, source))?;
@@ -943,16 +951,10 @@ impl crate::storage::SnapshotStager for FileStager {
             self.file_system
                 .append(&temporary, chunk)
                 .map_err(|source| FileStorage::io_error("write", &temporary, source))?;
-            if self.fsync {
-                self.file_system
-                    .sync_file(&temporary)
-                    .map_err(|source| FileStorage::io_error("fsync", &temporary, source))?;
-            }
+            sync()?;
         }
-        if self.fsync && data.is_empty() {
-            self.file_system
-                .sync_file(&temporary)
-                .map_err(|source| FileStorage::io_error("fsync", &temporary, source))?;
+        if data.is_empty() {
+            sync()?;
         }
         Ok(crate::storage::StagedSnapshot {
             meta: meta.clone(),

@@ -195,6 +195,17 @@ impl TestCluster {
         self.client_addresses.values().cloned().collect()
     }
 
+    /// A client of every node, with room for a loaded machine: 30 s per call, 5 s per
+    /// attempt on one node.
+    pub fn client(&self) -> keyval::client::Client {
+        let options = keyval::client::ClientOptions {
+            request_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(5),
+            ..keyval::client::ClientOptions::default()
+        };
+        keyval::client::Client::connect(&self.endpoints(), options).expect("connect")
+    }
+
     /// The position of the current leader, waiting for one.
     pub fn wait_leader(&self) -> usize {
         let mut found = None;
