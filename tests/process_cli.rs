@@ -351,6 +351,13 @@ fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
     cluster.wait_leader(&cluster.client());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace.csv");
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = unix_ms();
     let out = cluster.kvctl(&[
         "bench",
         "put",
@@ -367,10 +374,13 @@ fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let csv = std::fs::read_to_string(&path).unwrap();
     let mut lines = csv.lines();
+    let after = unix_ms();
     assert_eq!(lines.next(), Some(keyval::cli::trace::CSV_HEADER));
-    let counted: u64 = lines
-        .map(|row| row.split(',').nth(1).unwrap().parse::<u64>().unwrap())
-        .sum();
+    let rows: Vec<Vec<&str>> = lines.map(|row| row.split(',').collect()).collect();
+    let counted: u64 = rows.iter().map(|row| row[1].parse::<u64>().unwrap()).sum();
+    // Each interval also says when it started on the wall clock, to line up with node logs.
+    let first_unix_ms: u64 = rows[0][5].parse().unwrap();
+    assert!((before..=after).contains(&first_unix_ms), "{csv}");
     // Every successful request falls in one interval; all 200 succeed unless one errs.
     assert!((1..=200).contains(&counted), "{csv}");
 }

@@ -397,6 +397,8 @@ pub(super) struct Tally<'a> {
     first_error: parking_lot::Mutex<Option<String>>,
     /// When the measurement started: trace samples are timed from here.
     start: Instant,
+    /// The same moment on the wall clock (milliseconds since the Unix epoch), for the trace.
+    start_unix_ms: u64,
     /// Completed requests for `--trace`, added by each worker when it finishes.
     trace: parking_lot::Mutex<Vec<TraceSample>>,
 }
@@ -477,6 +479,9 @@ pub(super) fn drive(
         issued: AtomicU64::new(0),
         first_error: parking_lot::Mutex::new(None),
         start: Instant::now(),
+        start_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64),
         trace: parking_lot::Mutex::new(Vec::new()),
     };
     let start = tally.start;
@@ -529,7 +534,11 @@ pub(super) fn drive(
         elapsed,
         percentiles_us: percentiles(&all),
         trace: match args.trace {
-            Some(_) => trace::bucket(&tally.trace.lock(), args.trace_interval_ms),
+            Some(_) => trace::bucket(
+                &tally.trace.lock(),
+                args.trace_interval_ms,
+                tally.start_unix_ms,
+            ),
             None => Vec::new(),
         },
         watch: None,

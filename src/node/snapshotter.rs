@@ -43,6 +43,7 @@ pub(super) fn run<M>(
         };
         let started = Instant::now();
         let mut local = snapshot.write();
+        let serialized = started.elapsed();
         // Write and sync the bytes here too, so the log writer only renames the file: a
         // large snapshot's fsync never holds up the log's.
         match stager.stage(&local.snapshot.meta, &local.snapshot.data) {
@@ -67,6 +68,7 @@ pub(super) fn run<M>(
             term = local.snapshot.meta.last.term.0,
             bytes,
             ms = took.as_millis() as u64,
+            serialize_ms = serialized.as_millis() as u64,
             "snapshot taken"
         );
         shared.core.lock().local_snapshot = Some(local);
