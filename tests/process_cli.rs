@@ -358,18 +358,10 @@ fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
             .as_millis() as u64
     };
     let before = unix_ms();
-    let out = cluster.kvctl(&[
-        "bench",
-        "put",
-        "--clients",
-        "4",
-        "--keys",
-        "100",
-        "--requests",
-        "200",
-        "--trace",
-        path.to_str().unwrap(),
-    ]);
+    let out = small_bench_put(
+        &cluster,
+        &["--requests", "200", "--trace", path.to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let csv = std::fs::read_to_string(&path).unwrap();
@@ -385,6 +377,16 @@ fn kvctl_bench_trace_writes_latency_over_time_as_csv() {
     assert!((1..=200).contains(&counted), "{csv}");
 }
 
+/// `kvctl bench put` with 4 clients over 100 keys, then `extra`.
+fn small_bench_put(
+    cluster: &process_support::ProcessCluster,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["bench", "put", "--clients", "4", "--keys", "100"];
+    args.extend_from_slice(extra);
+    cluster.kvctl(&args)
+}
+
 /// `--snapshot-every-ms` asks the leader for snapshots while the benchmark writes, says how
 /// many it asked for, and the node does take them.
 #[test]
@@ -392,19 +394,16 @@ fn kvctl_bench_takes_snapshots_while_it_writes() {
     let cluster = process_support::ProcessCluster::start(1);
     let client = cluster.client();
     cluster.wait_leader(&client);
-    let out = cluster.kvctl(&[
-        "bench",
-        "put",
-        "--clients",
-        "4",
-        "--keys",
-        "100",
-        "--duration-secs",
-        "2",
-        "--snapshot-every-ms",
-        "200",
-        "--json",
-    ]);
+    let out = small_bench_put(
+        &cluster,
+        &[
+            "--duration-secs",
+            "2",
+            "--snapshot-every-ms",
+            "200",
+            "--json",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");

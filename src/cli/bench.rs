@@ -589,14 +589,8 @@ pub(super) fn drive_calls(
 /// p50, p90, p99, p99.9 and max of `sorted` latencies (ascending, microseconds); zeros for
 /// none.
 pub(super) fn percentiles(sorted: &[u32]) -> [u64; 5] {
-    let Some(&max) = sorted.last() else {
-        return [0; 5];
-    };
-    let at = |fraction: f64| {
-        let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
-        u64::from(sorted[index])
-    };
-    [at(0.50), at(0.90), at(0.99), at(0.999), u64::from(max)]
+    let at = |fraction| u64::from(trace::nearest_rank(sorted, fraction));
+    [at(0.50), at(0.90), at(0.99), at(0.999), at(1.0)]
 }
 
 fn print_report(args: &BenchArgs, report: &BenchReport, json: bool) {

@@ -243,7 +243,6 @@ fn watch(
         let _ = clients[0].delete_prefix(format!("{KEY_PREFIX}w").as_bytes());
     }
     latencies.sort_unstable();
-
     let watch = WatchReport {
         delivered: delivered.load(Ordering::Relaxed),
         acknowledged: acknowledged.load(Ordering::Relaxed),

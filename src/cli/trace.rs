@@ -58,14 +58,7 @@ pub fn bucket(
         .enumerate()
         .map(|(slot, mut latencies)| {
             latencies.sort_unstable();
-            // The same nearest-rank rule as the summary's percentiles.
-            let percentile = |fraction: f64| {
-                if latencies.is_empty() {
-                    return 0;
-                }
-                let rank = (latencies.len() as f64 * fraction).ceil() as usize;
-                latencies[rank.clamp(1, latencies.len()) - 1]
-            };
+            let percentile = |fraction| nearest_rank(&latencies, fraction);
             TraceInterval {
                 start_ms: slot as u64 * interval_ms,
                 unix_ms: origin_unix_ms + slot as u64 * interval_ms,
@@ -76,6 +69,16 @@ pub fn bucket(
             }
         })
         .collect()
+}
+
+/// The latency at `fraction` (0–1) of `sorted` (ascending) by the nearest-rank rule, 0 for
+/// none: the rule of both the summary's percentiles and the trace's.
+pub(super) fn nearest_rank(sorted: &[u32], fraction: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (sorted.len() as f64 * fraction).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Writes `intervals` as CSV (header, then one row per interval, latencies in milliseconds).

@@ -79,9 +79,8 @@ pub(super) fn run<M>(
 /// Hands what compaction dropped to the snapshot thread to free; frees it here if that
 /// thread is busy with a backlog or gone.
 pub(super) fn dispose<M>(shared: &Shared<M>, compacted: Compacted) {
-    if let Err(error) = shared.disposal_tx.try_send(compacted) {
-        drop(error.into_inner());
-    }
+    // A failed send hands `compacted` back inside the error, which drops it here.
+    let _ = shared.disposal_tx.try_send(compacted);
 }
 
 /// Runs this thread below the others of the node (nice 10, `SCHED_BATCH`): serializing a

@@ -118,10 +118,13 @@ impl Raft {
         } else {
             Some(snapshot)
         };
-        let entries = self.log.compact(through).unwrap_or_default();
-        if !entries.is_empty() {
-            self.configs.compact(through);
-        }
+        let entries = match self.log.compact(through) {
+            Some(entries) => {
+                self.configs.compact(through);
+                entries
+            }
+            None => Vec::new(),
+        };
         Compacted {
             entries,
             snapshot: replaced,
