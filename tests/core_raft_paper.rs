@@ -2,6 +2,8 @@
 //! section they check (in the manner of etcd-io/raft's raft_paper_test.go). Every node is a
 //! pure `Raft` in one thread; the test moves time and messages itself.
 
+use std::collections::BTreeSet;
+
 use keyval::raft::{AppendResponse, Message, MessageBody, RoleKind, StepError};
 use keyval::testkit::CoreNetwork;
 use keyval::{Config, EntryId, LogIndex, NodeId, ReadError, Term};
@@ -699,6 +701,74 @@ fn read_index_needs_a_quorum_round() {
     let last = network.nodes[&N1].read_states.last().cloned().unwrap();
     assert_eq!(last.context, 43);
     assert!(matches!(last.outcome, Err(ReadError::NotLeader { .. })));
+}
+
+// Thesis §6.4, batched as etcd's read loop does: one read round is in flight at a time.
+// Reads that arrive while it is out wait for the next round, which leaves once a quorum has
+// answered the first; a round that is lost is replaced by the next heartbeat.
+#[test]
+fn reads_share_one_round_in_flight() {
+    fn rounds_in_flight(network: &CoreNetwork) -> BTreeSet<u64> {
+        network
+            .in_flight
+            .iter()
+            .filter_map(|message| match message.body {
+                MessageBody::Heartbeat { round, .. } => Some(round),
+                _ => None,
+            })
+            .collect()
+    }
+    fn served(network: &CoreNetwork) -> Vec<u64> {
+        network.nodes[&N1]
+            .read_states
+            .iter()
+            .map(|state| {
+                assert!(state.outcome.is_ok(), "{state:?}");
+                state.context
+            })
+            .collect()
+    }
+    let mut network = CoreNetwork::new(3, 10);
+    network.elect(N1);
+    network.propose(N1, b"x").unwrap();
+    network.stabilize();
+
+    network.node(N1).read_index(1).unwrap();
+    network.process_ready(N1);
+    let first = rounds_in_flight(&network);
+    assert_eq!(first.len(), 1);
+    for context in 2..=9 {
+        network.node(N1).read_index(context).unwrap();
+        network.process_ready(N1);
+    }
+    assert_eq!(
+        rounds_in_flight(&network),
+        first,
+        "a second round while one is out"
+    );
+    // The quorum's answers release read 1 and send one round for reads 2..=9.
+    let mut rounds = BTreeSet::new();
+    while let Some(message) = network.in_flight.front() {
+        if let MessageBody::Heartbeat { round, .. } = message.body {
+            rounds.insert(round);
+        }
+        network.deliver_one();
+    }
+    assert_eq!(rounds.len(), 2, "rounds sent: {rounds:?}");
+    assert_eq!(served(&network), (1..=9).collect::<Vec<_>>());
+
+    // The round for read 10 is lost; read 11 waits for it, then both for the next heartbeat.
+    network.node(N1).read_index(10).unwrap();
+    network.process_ready(N1);
+    network
+        .in_flight
+        .retain(|message| !matches!(message.body, MessageBody::Heartbeat { .. }));
+    network.node(N1).read_index(11).unwrap();
+    network.process_ready(N1);
+    assert!(rounds_in_flight(&network).is_empty());
+    assert_eq!(served(&network).len(), 9);
+    network.run(Config::new(N1).heartbeat_ticks);
+    assert_eq!(served(&network), (1..=11).collect::<Vec<_>>());
 }
 
 // PITFALLS #4: a new leader serves no read before it commits an entry of its own term.

@@ -18,7 +18,7 @@ impl Raft {
         };
         let append = std::mem::take(&mut leader.append_needed);
         let commit_news = std::mem::take(&mut leader.commit_news);
-        let read_round = std::mem::take(&mut leader.read_round_needed);
+        let read_round = leader.read_round_due();
         if append || commit_news {
             self.broadcast_append(commit_news);
         }
@@ -84,6 +84,9 @@ impl Raft {
         };
         leader.heartbeat_elapsed = 0;
         leader.round += 1;
+        // Every waiting read is confirmed by this round (each waits for the round after the
+        // latest sent when it arrived).
+        leader.read_round_needed = false;
         let round = leader.round;
         leader.rounds_sent_at.push_back((round, now));
         if leader.rounds_sent_at.len() > ROUNDS_REMEMBERED_MAX {
