@@ -581,11 +581,11 @@ fn a_crash_at_any_step_of_a_staged_snapshot_save_is_recoverable() {
 }
 
 /// The same for a snapshot the stager writes and syncs in several pieces (the header, then
-/// the data in 4 MiB chunks straight from the serialized state): a crash between any two
+/// the data in 1 MiB chunks straight from the serialized state): a crash between any two
 /// pieces never leaves a snapshot that loads with part of its data.
 #[test]
 fn a_crash_at_any_step_of_a_staged_save_in_several_pieces_is_recoverable() {
-    let data: Vec<u8> = (0..9 * 1024 * 1024 + 17).map(|k| (k % 251) as u8).collect();
+    let data: Vec<u8> = (0..2 * 1024 * 1024 + 17).map(|k| (k % 251) as u8).collect();
     let steps = crash_at_every_step_of_a_staged_save(&data);
     assert!(
         steps >= 7,

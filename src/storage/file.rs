@@ -908,8 +908,14 @@ impl Storage for FileStorage {
 
 /// Writes snapshots into the snapshot directory's temporary files on the file system the
 /// storage uses, from another thread ([`Storage::snapshot_stager`]).
-/// A staged snapshot is written and synced this many bytes at a time.
-const STAGE_SYNC_BYTES: usize = 4 * 1024 * 1024;
+/// A staged snapshot is written and synced this many bytes at a time. The log's fsyncs share
+/// the device with these: a log fsync that arrives while a piece is being written waits for
+/// it. Measured (3 nodes, 100k keys, 64 clients putting, 5 ms latency trace against each
+/// member's snapshot phases): with 4 MiB pieces, 23–24 % of the intervals while a member
+/// wrote its 45–59 MB snapshot had a request over 6 ms and a third of the usual
+/// completions; with 1 MiB pieces 0.3 % and the usual rate (p99 of the run 5.2–5.7 ms →
+/// 3.4–3.5). 256 KiB was no better and syncs four times as often.
+const STAGE_SYNC_BYTES: usize = 1024 * 1024;
 
 struct FileStager {
     file_system: Arc<dyn FileSystem>,
@@ -930,7 +936,7 @@ impl crate::storage::SnapshotStager for FileStager {
             .snapshot_dir
             .join(format::snapshot_file_name(meta.last))
             .with_extension("staged.tmp");
-        // Written and synced a few MiB at a time: on ext4 (data=ordered) a journal commit —
+        // Written and synced a MiB at a time: on ext4 (data=ordered) a journal commit —
         // the log writer's next fsync — must first write out the data of files whose blocks
         // it allocated, so one 30 MB write synced at the end held the log's fsync (every
         // client's write) for 100–200 ms. Small synced pieces bound what it can wait for.

@@ -81,7 +81,7 @@ struct OpenFile {
 #[derive(Debug, Default)]
 pub struct RealFileSystem {
     /// Files kept open, by path. The map's lock is held only to find or insert a handle,
-    /// never across the I/O: the snapshot thread syncs 4 MiB pieces of a staged snapshot
+    /// never across the I/O: the snapshot thread syncs 1 MiB pieces of a staged snapshot
     /// through this file system while the log writer appends and syncs the log through it,
     /// and with the lock held across each call every log write waited for the snapshot's
     /// fsync (measured: the write stalls of up to 10 ms while a snapshot was written). Each
