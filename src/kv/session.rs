@@ -84,6 +84,11 @@ impl Sessions {
     }
 
     /// Every session in client order, for snapshots.
+    /// Bytes of cached responses held, all sessions together.
+    pub(crate) fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &Session)> {
         self.by_client
             .iter()
