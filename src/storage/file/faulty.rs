@@ -308,6 +308,12 @@ impl FileSystem for FaultyFileSystem {
         Ok(state.inode(path)?.current.clone())
     }
 
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        let mut state = self.state.lock();
+        state.check_power(self.generation)?;
+        Ok(state.inode(path)?.current.len() as u64)
+    }
+
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut state = self.state.lock();
         state.check_power(self.generation)?;

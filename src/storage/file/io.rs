@@ -50,6 +50,11 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Creates the file (or empties an existing one) and writes `bytes`.
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// The file's length in bytes. The default reads the whole file; implementations that
+    /// can ask for the length alone should.
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(self.read(path)?.len() as u64)
+    }
     /// Cuts the file to `len` bytes.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Makes the file's contents durable (fsync).
@@ -181,6 +186,10 @@ impl FileSystem for RealFileSystem {
         self.forget(path);
         File::create(path)?;
         self.append(path, bytes)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

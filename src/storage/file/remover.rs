@@ -79,7 +79,7 @@ const SHRINK_STEP_BYTES: u64 = 4 * 1024 * 1024;
 /// them. Safe because only obsolete files come here, which recovery removes by name without
 /// reading them (`recovery.rs`), truncated or not.
 fn remove_gradually(file_system: &dyn FileSystem, path: &std::path::Path) -> std::io::Result<()> {
-    let mut len = std::fs::metadata(path)?.len();
+    let mut len = file_system.len(path)?;
     while len > SHRINK_STEP_BYTES {
         len -= SHRINK_STEP_BYTES;
         file_system.truncate(path, len)?;
