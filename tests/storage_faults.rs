@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use keyval::storage::file::faulty::FaultyFileSystem;
 use keyval::storage::file::format::SEGMENT_HEADER_BYTES;
-use keyval::storage::file::{FileOptions, FileStorage};
+use keyval::storage::file::{FileOptions, FileStorage, Preallocation};
 use keyval::storage::Storage;
 use keyval::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, StorageError, Term};
 use rand::rngs::StdRng;
@@ -40,9 +40,17 @@ fn open(disk: &FaultyFileSystem, options: FileOptions) -> Result<FileStorage, St
 }
 
 fn reopen_after_crash(disk: &FaultyFileSystem, storage: FileStorage) -> FileStorage {
+    reopen_after_crash_with(disk, storage, options())
+}
+
+fn reopen_after_crash_with(
+    disk: &FaultyFileSystem,
+    storage: FileStorage,
+    options: FileOptions,
+) -> FileStorage {
     drop(storage);
     disk.crash();
-    open(disk, options()).expect("reopen after crash")
+    open(disk, options).expect("reopen after crash")
 }
 
 fn log(storage: &mut FileStorage) -> Vec<Entry> {
@@ -153,13 +161,17 @@ fn failed_fsync_of_the_state_file_keeps_the_old_hard_state() {
 
 /// A power cut in the middle of a write, at every kind of byte: the log after recovery is the
 /// synced prefix plus whole records that reached the disk, and it accepts new appends.
-#[test]
-fn torn_write_at_a_random_byte_recovers_a_prefix() {
+/// Tears a write at a random byte, 200 times; returns how many recoveries cut a torn tail.
+fn torn_writes_at_random_bytes(preallocate: Preallocation) -> usize {
+    let options = FileOptions {
+        preallocate,
+        ..options()
+    };
     let mut random = StdRng::seed_from_u64(0x5eed);
     let mut torn_tails = 0;
     for round in 0..200 {
         let disk = FaultyFileSystem::new();
-        let mut storage = open(&disk, options()).unwrap();
+        let mut storage = open(&disk, options.clone()).unwrap();
         let synced = random.random_range(1..=40u64);
         storage.append(&entries(1..=synced)).unwrap();
         storage.sync().unwrap();
@@ -167,7 +179,7 @@ fn torn_write_at_a_random_byte_recovers_a_prefix() {
         let batch_entries = entries(synced + 1..=synced + batch);
         disk.tear_next_write(random.random_range(0..=batch as usize * 30));
         let outcome = storage.append(&batch_entries).and_then(|()| storage.sync());
-        let mut storage = reopen_after_crash(&disk, storage);
+        let mut storage = reopen_after_crash_with(&disk, storage, options.clone());
         let recovered = log(&mut storage);
         torn_tails += usize::from(storage.recovery_report().torn_tail.is_some());
         let whole = entries(1..=synced + batch);
@@ -179,15 +191,67 @@ fn torn_write_at_a_random_byte_recovers_a_prefix() {
         let next = recovered.len() as u64 + 1;
         storage.append(&entries(next..=next + 2)).unwrap();
         storage.sync().unwrap();
-        let mut storage = reopen_after_crash(&disk, storage);
+        let mut storage = reopen_after_crash_with(&disk, storage, options.clone());
         assert_eq!(log(&mut storage), entries(1..=next + 2), "round {round}");
         assert_eq!(storage.recovery_report().torn_tail, None);
     }
+    torn_tails
+}
+
+#[test]
+fn torn_write_at_a_random_byte_recovers_a_prefix() {
+    let torn_tails = torn_writes_at_random_bytes(Preallocation::Off);
     // Most tears land inside a record; the test must have exercised the truncation.
     assert!(
         torn_tails > 100,
         "only {torn_tails} torn tails in 200 rounds"
     );
+}
+
+#[test]
+fn torn_write_into_preallocated_segments_recovers_a_prefix() {
+    // A tear in a record followed by the segment's zeros is a torn tail too; a tear in the
+    // zeros of a roll's preparation leaves the log as it was.
+    let torn_tails = torn_writes_at_random_bytes(Preallocation::Inline);
+    assert!(
+        torn_tails > 50,
+        "only {torn_tails} torn tails in 200 rounds"
+    );
+}
+
+#[test]
+fn preallocated_segments_are_written_in_place_and_recover() {
+    let disk = FaultyFileSystem::new();
+    let options = FileOptions {
+        preallocate: Preallocation::Inline,
+        ..options()
+    };
+    let mut storage = open(&disk, options.clone()).unwrap();
+    storage.append(&entries(1..=40)).unwrap();
+    storage.sync().unwrap();
+    let written = segments(&disk);
+    assert!(written.len() >= 3, "{written:?}");
+    for path in &written {
+        // Every segment has its whole space; the records sit at its start.
+        assert_eq!(disk.file_bytes(path).map(|bytes| bytes.len()), Some(512));
+    }
+    // Entries written into the space but not synced are lost at a crash; the zeros after the
+    // synced records are the end of the log, not a torn tail.
+    storage.append(&entries(41..=42)).unwrap();
+    let mut storage = reopen_after_crash_with(&disk, storage, options.clone());
+    assert_eq!(log(&mut storage), entries(1..=40));
+    assert_eq!(storage.recovery_report().torn_tail, None);
+    assert_eq!(storage.recovery_report().repaired, None);
+    // Appends go on where the records end, over the zeros, across more rolls.
+    storage.append(&entries(41..=70)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let mut storage = open(&disk, options).unwrap();
+    assert_eq!(log(&mut storage), entries(1..=70));
+    assert!(disk
+        .paths()
+        .iter()
+        .all(|path| !path.ends_with(keyval::storage::file::PREPARED_FILE_NAME)));
 }
 
 /// Writes 1..=60 in several 512-byte segments and returns the disk and the segment paths.
@@ -334,29 +398,39 @@ fn an_instance_from_before_a_crash_cannot_write() {
 }
 
 /// Crashes at every step of `operation` in turn (the power goes out instead of the n-th
-/// file mutation), reopens, and hands the reopened storage to `check`. Returns the number of
-/// steps the operation took.
+/// file mutation), reopens, and hands the reopened storage to `check`; with segments that
+/// grow as they are written, then again with preallocated ones (zero-filled at each roll).
+/// Returns the number of steps the operation took with growing segments.
 fn crash_at_every_step(
     prepare: impl Fn(&mut FileStorage),
     operation: impl Fn(&mut FileStorage) -> Result<(), StorageError>,
     check: impl Fn(u64, &mut FileStorage),
 ) -> u64 {
-    for step in 0.. {
-        let disk = FaultyFileSystem::new();
-        let mut storage = open(&disk, options()).unwrap();
-        prepare(&mut storage);
-        disk.cut_power_after(step);
-        let finished = operation(&mut storage).is_ok();
-        drop(storage);
-        disk.crash();
-        let mut storage = open(&disk, options())
-            .unwrap_or_else(|error| panic!("reopen after a crash at step {step}: {error}"));
-        check(step, &mut storage);
-        if finished {
-            return step;
+    let mut steps = Vec::new();
+    for preallocate in [Preallocation::Off, Preallocation::Inline] {
+        let options = FileOptions {
+            preallocate,
+            ..options()
+        };
+        for step in 0.. {
+            let disk = FaultyFileSystem::new();
+            let mut storage = open(&disk, options.clone()).unwrap();
+            prepare(&mut storage);
+            disk.cut_power_after(step);
+            let finished = operation(&mut storage).is_ok();
+            drop(storage);
+            disk.crash();
+            let mut storage = open(&disk, options.clone()).unwrap_or_else(|error| {
+                panic!("{preallocate:?}: reopen after a crash at step {step}: {error}")
+            });
+            check(step, &mut storage);
+            if finished {
+                steps.push(step);
+                break;
+            }
         }
     }
-    unreachable!()
+    steps[0]
 }
 
 #[test]

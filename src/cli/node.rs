@@ -21,7 +21,9 @@ use crate::node::ForceError;
 use crate::node::{Node, NodeOptions};
 use crate::raft::Message;
 use crate::server::{Server, ServerOptions};
-use crate::storage::file::{FileOptions, FileStorage, FsyncPolicy, FORCED_FILE_NAME};
+use crate::storage::file::{
+    FileOptions, FileStorage, FsyncPolicy, Preallocation, FORCED_FILE_NAME,
+};
 use crate::storage::Storage;
 use crate::transport::tcp::{TcpConfig, TcpTransport};
 use crate::transport::{inbound_channel, Transport};
@@ -657,6 +659,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             fsync,
             // The log writer does not wait for unlinking compacted segments (docs/storage.md).
             remove_in_background: true,
+            // Log fsyncs write data only, not the segment's new size through the journal.
+            preallocate: Preallocation::Background,
             ..FileOptions::default()
         },
     )

@@ -23,6 +23,7 @@
 //! [`StorageError::Poisoned`]. The node must stop and restart; recovery then reads what the
 //! disk really holds.
 
+mod preallocate;
 mod recovery;
 mod remover;
 
@@ -44,6 +45,8 @@ use crate::types::{Entry, HardState, LogIndex, Membership, NodeId, SnapshotMeta}
 use self::format::{StateRecord, SEGMENT_HEADER_BYTES};
 use self::io::{DirectoryLock, FileSystem, RealFileSystem};
 use self::segment::Segment;
+
+pub use self::preallocate::{Preallocation, PREPARED_FILE_NAME};
 
 /// The file in the data directory that records which node the directory belongs to.
 pub const NODE_ID_FILE_NAME: &str = "node-id";
@@ -100,6 +103,11 @@ pub struct FileOptions {
     /// crash leaves behind. Off by default, so that a caller sees the files gone when the call
     /// returns; the `keyval` node turns it on.
     pub remove_in_background: bool,
+    /// Write log segments into space already zero-filled and synced (see [`Preallocation`]):
+    /// a log fsync then writes data only, instead of also committing the file's new size
+    /// through the file system's journal. Off by default; the `keyval` node prepares segments
+    /// in the background.
+    pub preallocate: Preallocation,
 }
 
 impl Default for FileOptions {
@@ -110,6 +118,7 @@ impl Default for FileOptions {
             cache_bytes_max: CACHE_BYTES_DEFAULT,
             repair: false,
             remove_in_background: false,
+            preallocate: Preallocation::Off,
         }
     }
 }
@@ -180,6 +189,8 @@ pub struct FileStorage {
     poisoned: Option<String>,
     /// Removes obsolete files off the caller's thread (real file system only).
     remover: Option<remover::Remover>,
+    /// Prepares the next segment ([`Preallocation::Background`]).
+    preallocator: Option<preallocate::Preallocator>,
 }
 
 impl FileStorage {
@@ -510,12 +521,63 @@ impl FileStorage {
         let Some(path) = self.segments.last().map(|segment| segment.path.clone()) else {
             return Ok(());
         };
-        self.mutate("append", &path, |file_system| {
-            file_system.append(&path, bytes)
+        // At the segment's end by offset, not by the file's length: a preallocated segment's
+        // file is longer than its records.
+        let offset = self
+            .segments
+            .last()
+            .map_or(0, |segment| segment.end - bytes.len() as u64);
+        self.mutate("write", &path, |file_system| {
+            file_system.write_at(&path, offset, bytes)
         })?;
         bytes.clear();
         self.unsynced_segments.insert(path);
         Ok(())
+    }
+
+    /// Makes the prepared, zero-filled file the new segment `path` if there is one (preparing
+    /// it now with [`Preallocation::Inline`]): its header is written and synced before the
+    /// rename, so a file with a segment's name always has its header. Returns false when
+    /// there is none (the caller creates the segment the old way).
+    fn take_prepared(&mut self, path: &Path, header: &[u8]) -> Result<bool, StorageError> {
+        let prepared = self.wal_dir.join(PREPARED_FILE_NAME);
+        let ready = match self.options.preallocate {
+            Preallocation::Off => false,
+            Preallocation::Inline => {
+                let (fsync, len) = (self.fsync_enabled(), self.options.segment_bytes_max);
+                self.mutate("preallocate", &prepared, |file_system| {
+                    preallocate::zero_fill(
+                        file_system,
+                        &prepared,
+                        len,
+                        fsync,
+                        std::time::Duration::ZERO,
+                    )
+                })?;
+                true
+            }
+            Preallocation::Background => self
+                .preallocator
+                .as_ref()
+                .is_some_and(preallocate::Preallocator::take),
+        };
+        if !ready {
+            if let Some(preallocator) = &self.preallocator {
+                preallocator.request();
+            }
+            return Ok(false);
+        }
+        self.mutate("write", &prepared, |file_system| {
+            file_system.write_at(&prepared, 0, header)
+        })?;
+        self.sync_file(&prepared)?;
+        self.mutate("rename", &prepared, |file_system| {
+            file_system.rename(&prepared, path)
+        })?;
+        if let Some(preallocator) = &self.preallocator {
+            preallocator.request();
+        }
+        Ok(true)
     }
 
     /// Reads the records of `from..to` back from the segments (none of them in the cache).
@@ -675,11 +737,13 @@ impl Storage for FileStorage {
                     self.unsynced_segments.remove(&path);
                 }
                 let path = self.wal_dir.join(format::segment_file_name(entry.index()));
-                // Created (or emptied) with its header, so no stale bytes can precede it.
                 let header = format::encode_segment_header(entry.index());
-                self.mutate("create", &path, |file_system| {
-                    file_system.write_new(&path, &header)
-                })?;
+                if !self.take_prepared(&path, &header)? {
+                    // Created (or emptied) with its header, so no stale bytes can precede it.
+                    self.mutate("create", &path, |file_system| {
+                        file_system.write_new(&path, &header)
+                    })?;
+                }
                 self.segments
                     .push(Segment::new(path.clone(), entry.index()));
                 self.unsynced_segments.insert(path);

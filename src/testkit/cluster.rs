@@ -14,7 +14,7 @@ use crate::node::{Node, NodeOptions, NodeStatus};
 use crate::raft::RoleKind;
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::storage::file::faulty::FaultyFileSystem;
-use crate::storage::file::{FileOptions, FileStorage};
+use crate::storage::file::{FileOptions, FileStorage, Preallocation};
 use crate::storage::mem::MemDisk;
 use crate::storage::Storage;
 use crate::testkit::recorder::{AppliedRecord, Recorded};
@@ -428,6 +428,9 @@ impl<M: StateMachine> Cluster<M> {
         let dir = self.files_root.join(format!("{id}"));
         let options = FileOptions {
             segment_bytes_max: HARNESS_SEGMENT_BYTES,
+            // The node's segment format (zero-filled space after the records), prepared at
+            // the roll so that the fault-injecting disk sees every operation in order.
+            preallocate: Preallocation::Inline,
             ..FileOptions::default()
         };
         let storage: Box<dyn Storage> = match self.storage {

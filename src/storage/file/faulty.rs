@@ -121,13 +121,12 @@ impl DiskState {
         self.inode(path)
     }
 
-    /// Writes `bytes` at the end of `path` (emptied first when `replace`), applying the armed
-    /// write faults.
+    /// Writes `bytes` to `path` where `place` says, applying the armed write faults.
     fn write(
         &mut self,
         generation: u64,
         path: &Path,
-        replace: bool,
+        place: Place,
         bytes: &[u8],
     ) -> io::Result<()> {
         self.check_power(generation)?;
@@ -137,19 +136,33 @@ impl DiskState {
         }
         self.writes += 1;
         let torn_at = self.tear_next_write_at.take();
-        let inode = self.create(path)?;
-        if replace {
-            inode.current.clear();
-            inode.same_prefix = 0;
-        }
-        let Some(at) = torn_at else {
-            inode.current.extend_from_slice(bytes);
-            return Ok(());
+        let inode = match place {
+            Place::At(_) => self.inode(path)?,
+            Place::End | Place::Replace => self.create(path)?,
         };
+        let offset = match place {
+            Place::Replace => {
+                inode.current.clear();
+                inode.same_prefix = 0;
+                0
+            }
+            Place::End => inode.current.len(),
+            Place::At(offset) => usize::try_from(offset)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?,
+        };
+        // What reaches the disk: all of it, or up to the tear.
+        let written = &bytes[..torn_at.map_or(bytes.len(), |at| at.min(bytes.len()))];
+        let end = offset + written.len();
+        if inode.current.len() < end {
+            inode.current.resize(end, 0);
+        }
+        inode.current[offset..end].copy_from_slice(written);
+        // Bytes before `offset` are untouched; the durable copy may differ from here on.
+        inode.same_prefix = inode.same_prefix.min(offset);
+        if torn_at.is_none() {
+            return Ok(());
+        }
         // The power goes out mid-write: the file up to the tear reaches the disk.
-        inode
-            .current
-            .extend_from_slice(&bytes[..at.min(bytes.len())]);
         inode.sync();
         // The file's name reaches the disk with it, as a journaled create would.
         if let Some(&id) = self.names.get(path) {
@@ -158,6 +171,17 @@ impl DiskState {
         self.powered_off = true;
         Err(io::Error::other("injected torn write: the power went out"))
     }
+}
+
+/// Where a write goes.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// At the end of the file (created if missing).
+    End,
+    /// Over the whole file, emptied first (created if missing).
+    Replace,
+    /// At this offset of an existing file.
+    At(u64),
 }
 
 /// An in-memory disk with crash semantics and fault injection; see the module docs. Clones
@@ -329,11 +353,21 @@ impl FileSystem for FaultyFileSystem {
     }
 
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.state.lock().write(self.generation, path, false, bytes)
+        self.state
+            .lock()
+            .write(self.generation, path, Place::End, bytes)
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.state
+            .lock()
+            .write(self.generation, path, Place::At(offset), bytes)
     }
 
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.state.lock().write(self.generation, path, true, bytes)
+        self.state
+            .lock()
+            .write(self.generation, path, Place::Replace, bytes)
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

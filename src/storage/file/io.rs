@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +48,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Appends `bytes`, creating the file if it is missing.
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` at byte `offset` of an existing file, over what is there and past its
+    /// end if they reach beyond it (an offset past the end leaves zeros between).
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Creates the file (or empties an existing one) and writes `bytes`.
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// The file's length in bytes. The default reads the whole file; implementations that
@@ -100,7 +103,7 @@ impl RealFileSystem {
         RealFileSystem::default()
     }
 
-    /// Runs `operation` on the cached handle of `path`, opening it (read + append; created if
+    /// Runs `operation` on the cached handle of `path`, opening it (read + write; created if
     /// missing only when `create`) on first use. `writes` says whether the operation leaves
     /// the handle dirty (a write) or clean (a sync); `None` for reads.
     fn with_file<T>(
@@ -121,9 +124,11 @@ impl RealFileSystem {
                         open_files
                             .retain(|_, open| Arc::strong_count(open) > 1 || open.lock().dirty);
                     }
+                    // Not O_APPEND: on Linux a positioned write (`write_at`) to a file opened
+                    // for appending lands at the end whatever its offset.
                     let file = OpenOptions::new()
                         .read(true)
-                        .append(true)
+                        .write(true)
                         .create(create)
                         .open(path)?;
                     let handle = Arc::new(Mutex::new(OpenFile { file, dirty: false }));
@@ -179,7 +184,16 @@ impl FileSystem for RealFileSystem {
     }
 
     fn append(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.with_file(path, true, Some(true), |file| file.write_all(bytes))
+        self.with_file(path, true, Some(true), |file| {
+            file.seek(SeekFrom::End(0))?;
+            file.write_all(bytes)
+        })
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.with_file(path, false, Some(true), |file| {
+            file.write_all_at(bytes, offset)
+        })
     }
 
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -144,6 +144,9 @@ impl Recovery<'_> {
         for name in self.list(wal_dir)? {
             if let Some(first) = format::parse_segment_file_name(&name) {
                 named.push((first, wal_dir.join(name)));
+            } else if name == super::PREPARED_FILE_NAME {
+                // Zeros prepared for a roll that had not come (it is prepared again).
+                self.remove(&wal_dir.join(name))?;
             }
         }
         named.sort();
@@ -352,6 +355,7 @@ pub fn open(
         report: RecoveryReport::default(),
         poisoned: None,
         remover: None,
+        preallocator: None,
     };
     report.segments = storage.segments.len();
     report.first_index = storage.first_index();
@@ -359,6 +363,17 @@ pub fn open(
     storage.report = report;
     if storage.options.remove_in_background {
         storage.remover = super::remover::Remover::start(Arc::clone(&storage.file_system));
+    }
+    if storage.options.preallocate == super::Preallocation::Background {
+        storage.preallocator = super::preallocate::Preallocator::start(
+            Arc::clone(&storage.file_system),
+            storage.wal_dir.join(super::PREPARED_FILE_NAME),
+            storage.options.segment_bytes_max,
+            storage.options.fsync == FsyncPolicy::Always,
+        );
+        if let Some(preallocator) = &storage.preallocator {
+            preallocator.request();
+        }
     }
     storage.check_invariants();
     Ok(storage)

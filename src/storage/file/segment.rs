@@ -2,7 +2,9 @@
 //! segment's bytes at recovery.
 //!
 //! A segment is a header (see [`format`](super::format)) followed by one codec record per entry,
-//! in index order with no gaps, starting at the index in its name.
+//! in index order with no gaps, starting at the index in its name, and possibly by zeros to
+//! the end of the file: the space of a preallocated segment not written yet
+//! ([`Preallocation`](super::Preallocation)).
 
 use std::path::{Path, PathBuf};
 
@@ -96,10 +98,18 @@ pub struct SegmentScan {
     pub damage: Option<Damage>,
 }
 
-/// Whether some record from `from` on (at any byte offset) has a good checksum and decodes to
-/// an entry: proof that the damage before it is not a torn tail.
-fn intact_record_after(bytes: &[u8], from: usize) -> bool {
-    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES)).any(|offset| {
+/// Where the first record from `from` on (at any byte offset) lies that has a good checksum
+/// and decodes to an entry: proof that the damage before it is not a torn tail, unless a
+/// write is seen not to have reached the disk in between ([`unwritten_sector_in`]).
+fn intact_record_after(bytes: &[u8], from: usize) -> Option<usize> {
+    // A record's header holds its (non-zero) length, so none starts in the trailing zeros (a
+    // preallocated segment's unwritten space: megabytes that need no trying).
+    let written = bytes
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1);
+    let last_start = written.min(bytes.len().saturating_sub(RECORD_HEADER_BYTES));
+    (from..last_start).find(|&offset| {
         match codec::read_record(&bytes[offset..], RECORD_BYTES_MAX) {
             Ok(RecordRead::Complete { payload, .. }) => {
                 !payload.is_empty() && codec::decode::<Entry>(payload).is_ok()
@@ -107,6 +117,28 @@ fn intact_record_after(bytes: &[u8], from: usize) -> bool {
             _ => false,
         }
     })
+}
+
+/// The unit a disk writes atomically at least.
+const SECTOR_BYTES: usize = 512;
+
+/// Whether `bytes[from..to]` holds a whole sector of zeros. In a preallocated segment that is
+/// space a write had not reached when the power went out; a disk may persist the sectors of
+/// unsynced writes out of order, so intact records after it can be later writes that happened
+/// to land, and the damage is still a torn tail (nothing from it on was synced: a sync covers
+/// every earlier write).
+fn unwritten_sector_in(bytes: &[u8], from: usize, to: usize) -> bool {
+    let mut start = from.next_multiple_of(SECTOR_BYTES);
+    while start + SECTOR_BYTES <= to {
+        if bytes[start..start + SECTOR_BYTES]
+            .iter()
+            .all(|&byte| byte == 0)
+        {
+            return true;
+        }
+        start += SECTOR_BYTES;
+    }
+    false
 }
 
 /// Validates the bytes of the segment file `path`, named as starting at `named_first`.
@@ -179,7 +211,15 @@ pub fn scan_segment(
             Ok(RecordRead::Incomplete { .. }) => ("a record cut short".to_string(), true),
             Err(error) => (error.to_string(), true),
         };
-        let torn = is_last && may_be_torn && !intact_record_after(bytes, position + 1);
+        if bytes[position..].iter().all(|&byte| byte == 0) {
+            // Nothing but zeros after the last record: the unwritten space of a preallocated
+            // segment (no entry's record is all zeros), so the records end here.
+            break;
+        }
+        let torn = is_last
+            && may_be_torn
+            && intact_record_after(bytes, position + 1)
+                .is_none_or(|intact| unwritten_sector_in(bytes, position, intact));
         scan.damage = Some(Damage {
             offset: position as u64,
             reason,
@@ -238,13 +278,56 @@ mod tests {
     }
 
     #[test]
-    fn zeros_after_the_records_are_a_torn_tail() {
+    fn zeros_after_the_records_end_them_in_any_segment() {
+        // A preallocated segment: its records, then the unwritten rest of its space.
         let mut bytes = segment_bytes(5, 2);
         let end = bytes.len() as u64;
-        bytes.extend_from_slice(&[0; 100]);
+        bytes.extend_from_slice(&[0; 3 * SECTOR_BYTES + 100]);
+        for is_last in [true, false] {
+            let found = scan(&bytes, is_last);
+            assert_eq!(found.damage, None);
+            assert_eq!(found.entries.len(), 2);
+            assert_eq!(
+                found.segment.end, end,
+                "the next record goes where the zeros start"
+            );
+        }
+        // Fewer zeros than a record header are the end too.
+        let mut short = segment_bytes(5, 2);
+        short.extend_from_slice(&[0; 3]);
+        assert_eq!(scan(&short, true).damage, None);
+    }
+
+    #[test]
+    fn a_torn_write_into_preallocated_space_is_a_torn_tail() {
+        let whole = segment_bytes(5, 3);
+        let third = SEGMENT_HEADER_BYTES + 2 * (whole.len() - SEGMENT_HEADER_BYTES) / 3;
+        let mut bytes = whole.clone();
+        // Part of the third record reached the disk; the rest of the space is still zeros.
+        bytes[third + 12..].fill(0);
+        bytes.extend_from_slice(&[0; 2 * SECTOR_BYTES]);
         let damage = scan(&bytes, true).damage.unwrap();
         assert!(damage.torn);
-        assert_eq!(damage.offset, end);
+        assert_eq!(damage.offset, third as u64);
+    }
+
+    #[test]
+    fn records_landing_after_unwritten_sectors_are_still_a_torn_tail() {
+        // Unsynced writes whose sectors reached the disk out of order: the first record's
+        // space is still zeros, a later record landed after a whole zero sector.
+        let later = segment_bytes(5, 2);
+        let later_record =
+            &later[SEGMENT_HEADER_BYTES + (later.len() - SEGMENT_HEADER_BYTES) / 2..];
+        let mut bytes = segment_bytes(5, 1);
+        let end = bytes.len();
+        bytes.resize(end + 2 * SECTOR_BYTES, 0);
+        bytes.extend_from_slice(later_record);
+        bytes.extend_from_slice(&[0; SECTOR_BYTES]);
+        let damage = scan(&bytes, true).damage.unwrap();
+        assert!(damage.torn, "{damage:?}");
+        assert_eq!(damage.offset, end as u64);
+        // In an older segment the same bytes are damage: it was sealed by a sync.
+        assert!(!scan(&bytes, false).damage.unwrap().torn);
     }
 
     #[test]
