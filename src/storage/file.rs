@@ -162,7 +162,6 @@ pub struct FileStorage {
     snapshot_dir: PathBuf,
     options: FileOptions,
     file_system: Arc<dyn FileSystem>,
-    _lock: DirectoryLock,
     /// What the state file holds.
     state: StateRecord,
     /// A hard state saved but not yet synced.
@@ -191,6 +190,9 @@ pub struct FileStorage {
     remover: Option<remover::Remover>,
     /// Prepares the next segment ([`Preallocation::Background`]).
     preallocator: Option<preallocate::Preallocator>,
+    /// The data directory's lock. Declared last, so dropped last: the helper threads above
+    /// stop (their drops join them) before another instance may open the directory.
+    _lock: DirectoryLock,
 }
 
 impl FileStorage {
@@ -552,6 +554,7 @@ impl FileStorage {
                         len,
                         fsync,
                         std::time::Duration::ZERO,
+                        &std::sync::atomic::AtomicBool::new(false),
                     )
                 })?;
                 true

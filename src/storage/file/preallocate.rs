@@ -25,6 +25,7 @@
 //! crash left behind.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -64,18 +65,26 @@ pub enum Preallocation {
 
 /// Writes `len` zero bytes as the file `path` (replacing it), a piece at a time, and syncs each
 /// piece (when `sync`).
-/// Rests `pause` after each piece but the last.
+/// Rests `pause` after each piece but the last, and gives up (an `Interrupted` error, the
+/// file left partial) once `stop` is set.
 pub(super) fn zero_fill(
     file_system: &dyn FileSystem,
     path: &Path,
     len: u64,
     sync: bool,
     pause: std::time::Duration,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     let zeros = vec![0u8; ZERO_PIECE_BYTES];
     let mut written = 0u64;
     file_system.write_new(path, &[])?;
     while written < len {
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the storage is closing",
+            ));
+        }
         let piece = (len - written).min(ZERO_PIECE_BYTES as u64) as usize;
         file_system.append(path, &zeros[..piece])?;
         written += piece as u64;
@@ -104,10 +113,12 @@ enum Prepared {
 }
 
 /// The `storage-preallocate` thread, which prepares the next segment file when asked.
-/// Dropping it waits for a preparation in progress.
+/// Dropping it stops a preparation in progress (the partial file is removed at the next
+/// open) and joins the thread.
 #[derive(Debug)]
 pub(super) struct Preallocator {
     state: Arc<Mutex<Prepared>>,
+    stop: Arc<AtomicBool>,
     requests: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -122,17 +133,26 @@ impl Preallocator {
         sync: bool,
     ) -> Option<Preallocator> {
         let state = Arc::new(Mutex::new(Prepared::Nothing));
+        let stop = Arc::new(AtomicBool::new(false));
         let (requests, asked) = crossbeam_channel::unbounded::<()>();
         let thread_state = Arc::clone(&state);
+        let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("storage-preallocate".into())
             .spawn(move || {
                 for () in asked {
-                    let outcome =
-                        zero_fill(file_system.as_ref(), &path, len, sync, ZERO_PIECE_PAUSE);
+                    let outcome = zero_fill(
+                        file_system.as_ref(),
+                        &path,
+                        len,
+                        sync,
+                        ZERO_PIECE_PAUSE,
+                        &thread_stop,
+                    );
                     let mut state = thread_state.lock();
                     match outcome {
                         Ok(()) => *state = Prepared::Ready,
+                        Err(_) if thread_stop.load(Ordering::Relaxed) => return,
                         Err(error) => {
                             // The next roll creates its segment the old way and asks again.
                             *state = Prepared::Nothing;
@@ -148,6 +168,7 @@ impl Preallocator {
             .ok()?;
         Some(Preallocator {
             state,
+            stop,
             requests: Some(requests),
             thread: Some(thread),
         })
@@ -181,6 +202,7 @@ impl Preallocator {
 
 impl Drop for Preallocator {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.requests.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -192,6 +214,7 @@ impl Drop for Preallocator {
 mod tests {
     use super::*;
     use crate::storage::file::faulty::FaultyFileSystem;
+    use std::time::Duration;
 
     #[test]
     fn a_prepared_file_is_zeros_of_the_asked_length_and_durable() {
@@ -222,5 +245,21 @@ mod tests {
             Some(len)
         );
         assert!(!preallocator.take(), "taken once");
+    }
+
+    #[test]
+    fn a_preparation_stops_when_the_storage_closes() {
+        let disk = FaultyFileSystem::new();
+        let file_system = disk.current();
+        file_system.create_dir_all(Path::new("/d")).unwrap();
+        let path = PathBuf::from("/d").join(PREPARED_FILE_NAME);
+        let stop = AtomicBool::new(true);
+        let len = 8 * ZERO_PIECE_BYTES as u64;
+        let error = zero_fill(&file_system, &path, len, true, Duration::ZERO, &stop).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::Interrupted);
+        assert!(disk.file_bytes(&path).unwrap().len() < len as usize);
+        stop.store(false, Ordering::Relaxed);
+        zero_fill(&file_system, &path, len, true, Duration::ZERO, &stop).unwrap();
+        assert_eq!(disk.file_bytes(&path).unwrap().len() as u64, len);
     }
 }
