@@ -11,6 +11,7 @@
 //! the simulation record the same), carried in snapshots (format 5 on), and cloned in O(1)
 //! with the store (a persistent vector of shared revisions).
 
+use super::key::Key;
 use std::sync::Arc;
 
 use imbl::Vector;
@@ -89,7 +90,7 @@ pub struct Event {
 /// One key changed by a command, with shared bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Change {
-    pub(super) key: Arc<[u8]>,
+    pub(super) key: Key,
     /// What the key holds after the change; `None` if it was deleted.
     pub(super) current: Option<Stored>,
     /// What it held before, if it existed.

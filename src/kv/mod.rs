@@ -72,6 +72,7 @@
 pub mod auth;
 mod command;
 mod history;
+mod key;
 mod legacy;
 mod response;
 mod session;

@@ -1,6 +1,7 @@
 //! The store itself: ordered data with per-key metadata, the session table, and the apply path
 //! that turns committed command bytes into a deterministic response.
 
+use super::key::Key;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ pub struct KvStore {
     /// O(1), and a clone shares every node until one side writes (then only the path to the
     /// change is copied — keys and values are reference-counted, so a copy moves no bytes).
     /// Invariant: each key is valid, each `mod_revision <= revision`.
-    pub(super) data: OrdMap<Arc<[u8]>, Stored>,
+    pub(super) data: OrdMap<Key, Stored>,
     /// Client sessions for exactly-once writes.
     pub(super) sessions: Sessions,
     /// The index of the last applied command. Invariant: `revision <= applied`.
@@ -81,7 +82,7 @@ pub(super) struct Lease {
     /// The TTL granted, in seconds (1 to [`LEASE_TTL_SECONDS_MAX`]).
     pub(super) ttl_seconds: u64,
     /// The keys attached to it.
-    pub(super) keys: OrdSet<Arc<[u8]>>,
+    pub(super) keys: OrdSet<Key>,
 }
 
 /// A value as the store holds it: shared bytes, so copying a tree node copies no value.
@@ -101,7 +102,7 @@ impl Stored {
 }
 
 /// A key's state before a batch touched it, to restore if a later operation fails.
-type Undo = Vec<(Arc<[u8]>, Option<Stored>)>;
+type Undo = Vec<(Key, Option<Stored>)>;
 
 impl KvStore {
     /// An empty store that has applied nothing.
@@ -174,7 +175,7 @@ impl KvStore {
     fn entries_in<'a>(
         &'a self,
         range: &'a KeyRange,
-    ) -> impl Iterator<Item = (&'a Arc<[u8]>, &'a Stored)> + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a Stored)> + 'a {
         let start = range.start.as_slice();
         let end = match &range.end {
             // A map's `range` panics on an inverted range; it is simply empty.
@@ -474,8 +475,8 @@ impl KvStore {
                     return Response::Rejected(KvError::AuthNotAlone);
                 }
             };
-            let key: Arc<[u8]> = key.into();
-            let undo_key = may_fail.then(|| Arc::clone(&key));
+            let key = Key::from(key);
+            let undo_key = may_fail.then(|| key.clone());
             let (previous, current) = match value {
                 Some(value) => {
                     let (previous, metadata) = self.put_key(index, key, value, lease);
@@ -542,8 +543,8 @@ impl KvStore {
                         self.roll_back(undo);
                         return Response::Rejected(KvError::LeaseNotFound { lease });
                     }
-                    let key: Arc<[u8]> = key.into();
-                    let (previous, current) = self.put_key(index, Arc::clone(&key), value, lease);
+                    let key = Key::from(key);
+                    let (previous, current) = self.put_key(index, key.clone(), value, lease);
                     modified = true;
                     let previous_value = previous
                         .as_ref()
@@ -616,7 +617,7 @@ impl KvStore {
     /// counting what it returns.
     fn removed_response(
         &self,
-        removed: Vec<(Arc<[u8]>, Stored)>,
+        removed: Vec<(Key, Stored)>,
         return_previous: bool,
         undo: &mut Undo,
         returned_bytes: &mut usize,
@@ -638,7 +639,7 @@ impl KvStore {
     fn put_key(
         &mut self,
         index: LogIndex,
-        key: Arc<[u8]>,
+        key: Key,
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> (Option<Stored>, Metadata) {
@@ -651,7 +652,7 @@ impl KvStore {
             value: value.into(),
             metadata,
         };
-        let previous = self.insert_entry(Arc::clone(&key), stored.clone());
+        let previous = self.insert_entry(key.clone(), stored.clone());
         self.changes.push(Change {
             key,
             current: Some(stored),
@@ -662,10 +663,10 @@ impl KvStore {
 
     /// Deletes `key` as a command's operation (recorded for watchers); returns it with what
     /// it held.
-    fn delete_key(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
+    fn delete_key(&mut self, key: &[u8]) -> Option<(Key, Stored)> {
         let (key, stored) = self.remove_entry(key)?;
         self.changes.push(Change {
-            key: Arc::clone(&key),
+            key: key.clone(),
             current: None,
             previous: Some(stored.clone()),
         });
@@ -704,7 +705,7 @@ impl KvStore {
             if let Some(stored) = removed {
                 deleted += 1;
                 self.changes.push(Change {
-                    key: Arc::clone(key),
+                    key: key.clone(),
                     current: None,
                     previous: Some(stored),
                 });
@@ -762,10 +763,10 @@ impl KvStore {
 
     /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
     /// one its new metadata names (which must exist). Returns what it replaced.
-    pub(super) fn insert_entry(&mut self, key: Arc<[u8]>, stored: Stored) -> Option<Stored> {
+    pub(super) fn insert_entry(&mut self, key: Key, stored: Stored) -> Option<Stored> {
         let lease = stored.metadata.lease;
         self.bytes += entry_bytes(&key, &stored);
-        let previous = self.data.insert(Arc::clone(&key), stored);
+        let previous = self.data.insert(key.clone(), stored);
         self.forget_bytes(&key, previous.as_ref());
         if let Some(old) = previous.as_ref().and_then(|stored| stored.metadata.lease) {
             self.detach(old, &key);
@@ -784,7 +785,7 @@ impl KvStore {
     }
 
     /// Removes `key`, detaching it from its lease; returns it with what it held.
-    fn remove_entry(&mut self, key: &[u8]) -> Option<(Arc<[u8]>, Stored)> {
+    fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Stored)> {
         let (key, stored) = self.data.remove_with_key(key)?;
         self.forget_bytes(&key, Some(&stored));
         if let Some(lease) = stored.metadata.lease {
@@ -793,18 +794,15 @@ impl KvStore {
         Some((key, stored))
     }
 
-    fn detach(&mut self, lease: LeaseId, key: &Arc<[u8]>) {
+    fn detach(&mut self, lease: LeaseId, key: &Key) {
         if let Some(entry) = self.leases.get_mut(&lease) {
             entry.keys.remove(key);
         }
     }
 
     /// Removes every key of `range`; returns them with what they held, in key order.
-    fn remove_range(&mut self, range: &KeyRange) -> Vec<(Arc<[u8]>, Stored)> {
-        let keys: Vec<Arc<[u8]>> = self
-            .entries_in(range)
-            .map(|(key, _)| Arc::clone(key))
-            .collect();
+    fn remove_range(&mut self, range: &KeyRange) -> Vec<(Key, Stored)> {
+        let keys: Vec<Key> = self.entries_in(range).map(|(key, _)| key.clone()).collect();
         keys.into_iter()
             .filter_map(|key| self.delete_key(&key))
             .collect()
