@@ -14,8 +14,8 @@
 //! segments for the same reason, with `fallocate`).
 //!
 //! The next segment is prepared ahead of time under a temporary name
-//! ([`PREPARED_FILE_NAME`]), on the `storage-preallocate` thread
-//! ([`Preallocation::Background`]) or at the roll itself ([`Preallocation::Inline`], for the
+//! ([`PREPARED_FILE_NAME`]), on the `storage-preallocate` thread once the active segment is a
+//! quarter full ([`Preallocation::Background`]), or at the roll itself ([`Preallocation::Inline`], for the
 //! crash tests, which count every operation in order). At a roll the log writer takes it: it
 //! writes the segment's header at offset 0, syncs it and renames it to the segment's name, so
 //! that a file with a segment's name always has its header. A roll that finds nothing

@@ -371,9 +371,6 @@ pub fn open(
             storage.options.segment_bytes_max,
             storage.options.fsync == FsyncPolicy::Always,
         );
-        if let Some(preallocator) = &storage.preallocator {
-            preallocator.request();
-        }
     }
     storage.check_invariants();
     Ok(storage)
