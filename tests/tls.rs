@@ -255,12 +255,17 @@ fn keyval_and_kvctl_speak_tls_with_their_flags() {
     node.kill();
 }
 
+/// A free port on 127.0.0.1 for a child process to listen on: random and below Linux's
+/// ephemeral range (32768 and up), so that no outgoing connection or port-0 listener of a test
+/// running beside takes it between this check and the child's bind. Binding port 0 and
+/// releasing it lost that race on CI: a node died with "Address already in use".
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 mod peers {

@@ -15,10 +15,14 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// A port on 127.0.0.1 free now (bound, then released for a child to take).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    // Random and below Linux's ephemeral range (32768 and up): a port-0 port, released, can be
+    // taken by any outgoing connection before the child binds it.
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Child processes killed and reaped when dropped, however the benchmark ends.
