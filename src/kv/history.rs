@@ -11,7 +11,6 @@
 //! the simulation record the same), carried in snapshots (format 5 on), and cloned in O(1)
 //! with the store (a persistent vector of shared revisions).
 
-use super::key::Key;
 use std::sync::Arc;
 
 use imbl::Vector;
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::LogIndex;
 
 use super::command::KeyRange;
+use super::key::Key;
 use super::response::{Metadata, Versioned};
 use super::store::Stored;
 

@@ -74,12 +74,6 @@ impl Deref for Key {
     }
 }
 
-impl AsRef<[u8]> for Key {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
 impl Borrow<[u8]> for Key {
     fn borrow(&self) -> &[u8] {
         self

@@ -83,12 +83,12 @@ impl Sessions {
         self.by_last_used.contains_key(&index)
     }
 
-    /// Every session in client order, for snapshots.
     /// Bytes of cached responses held, all sessions together.
     pub(crate) fn cached_bytes(&self) -> usize {
         self.cached_bytes
     }
 
+    /// Every session in client order, for snapshots.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &Session)> {
         self.by_client
             .iter()

@@ -1,7 +1,6 @@
 //! The store itself: ordered data with per-key metadata, the session table, and the apply path
 //! that turns committed command bytes into a deterministic response.
 
-use super::key::Key;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use crate::types::{EntryId, LogIndex};
 use super::auth::{AuthOperation, AuthPublisher, AuthState};
 use super::command::{Command, CommandSession, Expect, KeyRange, KvError, Operation, ReadRequest};
 use super::history::{Change, Compacted, History, HistoryLimits, Revision};
+use super::key::Key;
 use super::response::{
     LeaseId, Metadata, ReadResponse, Response, ScanPage, TxnOpResponse, TxnResponse, Versioned,
     WriteOutcome,
@@ -32,7 +32,8 @@ use super::{
 pub struct KvStore {
     /// Every key with its value and metadata, in key order. A persistent map: cloning it is
     /// O(1), and a clone shares every node until one side writes (then only the path to the
-    /// change is copied — keys and values are reference-counted, so a copy moves no bytes).
+    /// change is copied — values and long keys are reference-counted and short keys are 24
+    /// bytes inline, so a copy moves no value).
     /// Invariant: each key is valid, each `mod_revision <= revision`.
     pub(super) data: OrdMap<Key, Stored>,
     /// Client sessions for exactly-once writes.

@@ -520,15 +520,15 @@ impl FileStorage {
         if bytes.is_empty() {
             return Ok(());
         }
-        let Some(path) = self.segments.last().map(|segment| segment.path.clone()) else {
-            return Ok(());
-        };
         // At the segment's end by offset, not by the file's length: a preallocated segment's
-        // file is longer than its records.
-        let offset = self
+        // file is longer than its records (`end` already counts `bytes`).
+        let Some((path, offset)) = self
             .segments
             .last()
-            .map_or(0, |segment| segment.end - bytes.len() as u64);
+            .map(|segment| (segment.path.clone(), segment.end - bytes.len() as u64))
+        else {
+            return Ok(());
+        };
         self.mutate("write", &path, |file_system| {
             file_system.write_at(&path, offset, bytes)
         })?;

@@ -14,9 +14,9 @@
 //! segments for the same reason, with `fallocate`).
 //!
 //! The next segment is prepared ahead of time under a temporary name
-//! ([`PREPARED_FILE_NAME`]), on the `storage-preallocate` thread once the active segment is a
-//! quarter full ([`Preallocation::Background`]), or at the roll itself ([`Preallocation::Inline`], for the
-//! crash tests, which count every operation in order). At a roll the log writer takes it: it
+//! ([`PREPARED_FILE_NAME`]): on the `storage-preallocate` thread once the active segment is a
+//! quarter full ([`Preallocation::Background`]), or at the roll itself
+//! ([`Preallocation::Inline`], for the crash tests, which count every operation in order). At a roll the log writer takes it: it
 //! writes the segment's header at offset 0, syncs it and renames it to the segment's name, so
 //! that a file with a segment's name always has its header. A roll that finds nothing
 //! prepared (the thread fell behind) creates the segment the old way, growing as it is
@@ -63,10 +63,9 @@ pub enum Preallocation {
     Background,
 }
 
-/// Writes `len` zero bytes as the file `path` (replacing it), a piece at a time, and syncs each
-/// piece (when `sync`).
-/// Rests `pause` after each piece but the last, and gives up (an `Interrupted` error, the
-/// file left partial) once `stop` is set.
+/// Writes `len` zero bytes as the file `path` (replacing it), a piece at a time, syncing each
+/// piece when `sync` and resting `pause` after each but the last. Gives up (an `Interrupted`
+/// error, the file left partial) once `stop` is set.
 pub(super) fn zero_fill(
     file_system: &dyn FileSystem,
     path: &Path,
@@ -187,8 +186,8 @@ impl Preallocator {
         }
     }
 
-    /// Takes the prepared file if it is ready (the caller renames it away and asks for the
-    /// next); false if it is not.
+    /// Takes the prepared file if it is ready (the caller renames it away; the next is asked
+    /// for once the new segment fills a quarter); false if it is not.
     pub(super) fn take(&self) -> bool {
         let mut state = self.state.lock();
         if *state == Prepared::Ready {
