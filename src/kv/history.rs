@@ -21,7 +21,7 @@ use crate::types::LogIndex;
 use super::command::KeyRange;
 use super::key::Key;
 use super::response::{Metadata, Versioned};
-use super::store::Stored;
+use super::stored::Stored;
 
 /// Default bound on revisions kept for watchers (see [`HistoryLimits`]).
 pub const HISTORY_REVISIONS_DEFAULT: usize = 50_000;
@@ -104,14 +104,18 @@ impl Change {
     }
 
     fn bytes(&self) -> u64 {
-        let value = |stored: &Option<Stored>| stored.as_ref().map_or(0, |s| s.value.len() as u64);
+        let value = |stored: &Option<Stored>| stored.as_ref().map_or(0, |s| s.value().len() as u64);
         self.key.len() as u64 + value(&self.current) + value(&self.previous) + CHANGE_OVERHEAD_BYTES
     }
 
     /// The change as a watcher receives it, with its previous value if `previous`.
     pub(crate) fn event(&self, revision: LogIndex, previous: bool) -> Event {
         let (kind, value, metadata) = match &self.current {
-            Some(stored) => (EventKind::Put, stored.value.to_vec(), Some(stored.metadata)),
+            Some(stored) => (
+                EventKind::Put,
+                stored.value().to_vec(),
+                Some(stored.metadata()),
+            ),
             None => (EventKind::Delete, Vec::new(), None),
         };
         Event {
@@ -327,10 +331,10 @@ mod tests {
     fn change(key: &str, value: &str, index: u64) -> Change {
         Change {
             key: key.as_bytes().into(),
-            current: Some(Stored {
-                value: value.as_bytes().into(),
-                metadata: Metadata::created(LogIndex(index)),
-            }),
+            current: Some(Stored::new(
+                value.as_bytes(),
+                Metadata::created(LogIndex(index)),
+            )),
             previous: None,
         }
     }

@@ -78,6 +78,7 @@ mod response;
 mod session;
 mod snapshot;
 mod store;
+mod stored;
 mod txn;
 
 pub use command::{

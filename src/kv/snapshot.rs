@@ -58,7 +58,8 @@ use super::history::{Change, History, HistoryLimits, Revision};
 use super::legacy::{self, VersionedV2};
 use super::response::{LeaseId, Response, Versioned};
 use super::session::{Session, Sessions};
-use super::store::{KvStore, Lease, Stored};
+use super::store::{KvStore, Lease};
+use super::stored::Stored;
 use super::{
     KEY_BYTES_MAX, LEASES_MAX, LEASE_TTL_SECONDS_MAX, RESPONSE_BYTES_MAX, SESSIONS_MAX,
     SESSION_CACHE_BYTES_MAX, VALUE_BYTES_MAX,
@@ -328,10 +329,7 @@ impl KvStore {
             // Attaches the key to its lease, rebuilding the lease → keys index.
             store.insert_entry(
                 key.into(),
-                Stored {
-                    value: versioned.value.into(),
-                    metadata: versioned.metadata,
-                },
+                Stored::new(&versioned.value, versioned.metadata),
             );
         }
         let mut sessions = Sessions::default();
@@ -448,15 +446,15 @@ fn check_change(
         if versioned.metadata.mod_revision > revision {
             return Err("history metadata after its revision");
         }
-        Ok(Stored {
-            value: versioned.value.into(),
-            metadata: versioned.metadata,
-        })
+        if versioned.metadata.lease == Some(LeaseId(0)) {
+            return Err("history key attached to lease 0");
+        }
+        Ok(Stored::new(&versioned.value, versioned.metadata))
     };
     let current = current.map(stored).transpose()?;
     if current
         .as_ref()
-        .is_some_and(|stored| stored.metadata.mod_revision != revision)
+        .is_some_and(|stored| stored.mod_revision() != revision)
     {
         return Err("a history put not made at its revision");
     }
@@ -632,8 +630,8 @@ struct VersionedRecord<'a> {
 impl<'a> VersionedRecord<'a> {
     fn of(stored: &'a Stored) -> VersionedRecord<'a> {
         VersionedRecord {
-            value: &stored.value,
-            metadata: stored.metadata,
+            value: stored.value(),
+            metadata: stored.metadata(),
         }
     }
 }
@@ -648,6 +646,46 @@ mod tests {
     use crate::kv::Command;
     use crate::state_machine::StateMachine;
     use crate::types::{EntryId, Term};
+
+    #[test]
+    fn a_history_record_attached_to_lease_0_is_refused() {
+        // Lease ids are log indexes, never 0, and the store encodes "no lease" as 0: a record
+        // naming lease 0 is corrupt, and must be refused rather than stored (or panic).
+        let versioned = |lease| Versioned {
+            value: b"v".to_vec(),
+            metadata: super::super::response::Metadata {
+                lease,
+                ..super::super::response::Metadata::created(LogIndex(5))
+            },
+        };
+        let refused = check_change(
+            b"k".to_vec(),
+            Some(versioned(Some(LeaseId(0)))),
+            None,
+            LogIndex(5),
+        );
+        assert_eq!(refused.err(), Some("history key attached to lease 0"));
+        let refused = check_change(
+            b"k".to_vec(),
+            None,
+            Some(versioned(Some(LeaseId(0)))),
+            LogIndex(6),
+        );
+        assert_eq!(refused.err(), Some("history key attached to lease 0"));
+        let kept = check_change(
+            b"k".to_vec(),
+            Some(versioned(Some(LeaseId(3)))),
+            None,
+            LogIndex(5),
+        )
+        .expect("lease 3 is a valid id");
+        assert_eq!(
+            kept.event(LogIndex(5), false)
+                .metadata
+                .and_then(|m| m.lease),
+            Some(LeaseId(3))
+        );
+    }
 
     fn apply(store: &mut KvStore, index: &mut u64, command: &Command) -> Vec<u8> {
         *index += 1;

@@ -18,6 +18,7 @@ use super::response::{
     WriteOutcome,
 };
 use super::session::{SessionCheck, Sessions};
+use super::stored::Stored;
 use super::txn::{Txn, TxnOp};
 use super::{
     KEY_BYTES_MAX, LEASES_MAX, LEASE_TTL_SECONDS_MAX, PREVIOUS_VALUES_BYTES_MAX,
@@ -86,22 +87,6 @@ pub(super) struct Lease {
     pub(super) keys: OrdSet<Key>,
 }
 
-/// A value as the store holds it: shared bytes, so copying a tree node copies no value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Stored {
-    pub(super) value: Arc<[u8]>,
-    pub(super) metadata: Metadata,
-}
-
-impl Stored {
-    pub(super) fn to_versioned(&self) -> Versioned {
-        Versioned {
-            value: self.value.to_vec(),
-            metadata: self.metadata,
-        }
-    }
-}
-
 /// A key's state before a batch touched it, to restore if a later operation fails.
 type Undo = Vec<(Key, Option<Stored>)>;
 
@@ -159,7 +144,7 @@ impl KvStore {
         let mut page = ScanPage::default();
         let mut page_bytes = 0;
         for (key, stored) in self.entries_in(range) {
-            let entry_bytes = key.len() + stored.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
+            let entry_bytes = key.len() + stored.value().len() + SCAN_ENTRY_OVERHEAD_BYTES;
             let full = page.entries.len() == limit
                 || (!page.entries.is_empty() && page_bytes + entry_bytes > SCAN_RESPONSE_BYTES_MAX);
             if full {
@@ -284,12 +269,12 @@ impl KvStore {
             .sum();
         assert_eq!(self.bytes, bytes, "bytes held do not add up");
         for (key, stored) in &self.data {
-            let metadata = stored.metadata;
+            let metadata = stored.metadata();
             assert!(
                 !key.is_empty() && key.len() <= KEY_BYTES_MAX,
                 "bad key {key:?}"
             );
-            assert!(stored.value.len() <= VALUE_BYTES_MAX, "value too large");
+            assert!(stored.value().len() <= VALUE_BYTES_MAX, "value too large");
             assert!(metadata.version >= 1, "key {key:?}: version 0");
             assert!(
                 metadata.create_revision <= metadata.mod_revision
@@ -314,7 +299,7 @@ impl KvStore {
                 lease.ttl_seconds
             );
             for key in &lease.keys {
-                let holder = self.data.get(key).and_then(|stored| stored.metadata.lease);
+                let holder = self.data.get(key).and_then(|stored| stored.lease());
                 assert_eq!(holder, Some(*id), "lease {id:?} lists key {key:?}");
             }
         }
@@ -487,13 +472,13 @@ impl KvStore {
             };
             modified |= previous.is_some() || current.is_some();
             let mut outcome = WriteOutcome {
-                previous: previous.as_ref().map(|versioned| versioned.metadata),
+                previous: previous.as_ref().map(|versioned| versioned.metadata()),
                 current,
                 previous_value: None,
                 deleted: u64::from(previous.is_some() && current.is_none()),
             };
             if return_previous {
-                outcome.previous_value = previous.as_ref().map(|stored| stored.value.to_vec());
+                outcome.previous_value = previous.as_ref().map(|stored| stored.value().to_vec());
                 previous_value_bytes += outcome.previous_value.as_ref().map_or(0, Vec::len);
             }
             if let Some(key) = undo_key {
@@ -523,7 +508,8 @@ impl KvStore {
     fn apply_txn(&mut self, index: LogIndex, txn: Txn) -> Response {
         let succeeded = txn.compares.iter().all(|compare| {
             let current = self.data.get(compare.key.as_slice());
-            compare.holds(current.map(|stored| (&*stored.value, &stored.metadata)))
+            let metadata = current.map(Stored::metadata);
+            compare.holds(current.map(Stored::value).zip(metadata.as_ref()))
         });
         let operations = if succeeded { txn.then } else { txn.otherwise };
         let mut undo = Undo::new();
@@ -550,10 +536,10 @@ impl KvStore {
                     let previous_value = previous
                         .as_ref()
                         .filter(|_| return_previous)
-                        .map(|stored| stored.value.to_vec());
+                        .map(|stored| stored.value().to_vec());
                     returned_bytes += previous_value.as_ref().map_or(0, Vec::len);
                     let outcome = WriteOutcome {
-                        previous: previous.as_ref().map(|stored| stored.metadata),
+                        previous: previous.as_ref().map(|stored| stored.metadata()),
                         current: Some(current),
                         previous_value,
                         deleted: 0,
@@ -627,7 +613,7 @@ impl KvStore {
         let mut previous = Vec::new();
         for (key, stored) in removed {
             if return_previous {
-                *returned_bytes += key.len() + stored.value.len() + SCAN_ENTRY_OVERHEAD_BYTES;
+                *returned_bytes += key.len() + stored.value().len() + SCAN_ENTRY_OVERHEAD_BYTES;
                 previous.push((key.to_vec(), stored.to_versioned()));
             }
             undo.push((key, Some(stored)));
@@ -645,14 +631,11 @@ impl KvStore {
         lease: Option<LeaseId>,
     ) -> (Option<Stored>, Metadata) {
         let mut metadata = match self.data.get(&key) {
-            Some(old) => old.metadata.modified(index),
+            Some(old) => old.metadata().modified(index),
             None => Metadata::created(index),
         };
         metadata.lease = lease;
-        let stored = Stored {
-            value: value.into(),
-            metadata,
-        };
+        let stored = Stored::new(&value, metadata);
         let previous = self.insert_entry(key.clone(), stored.clone());
         self.changes.push(Change {
             key,
@@ -700,7 +683,7 @@ impl KvStore {
             let removed = self.data.remove(key);
             self.forget_bytes(key, removed.as_ref());
             debug_assert_eq!(
-                removed.as_ref().and_then(|stored| stored.metadata.lease),
+                removed.as_ref().and_then(|stored| stored.lease()),
                 Some(lease)
             );
             if let Some(stored) = removed {
@@ -765,11 +748,11 @@ impl KvStore {
     /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
     /// one its new metadata names (which must exist). Returns what it replaced.
     pub(super) fn insert_entry(&mut self, key: Key, stored: Stored) -> Option<Stored> {
-        let lease = stored.metadata.lease;
+        let lease = stored.lease();
         self.bytes += entry_bytes(&key, &stored);
         let previous = self.data.insert(key.clone(), stored);
         self.forget_bytes(&key, previous.as_ref());
-        if let Some(old) = previous.as_ref().and_then(|stored| stored.metadata.lease) {
+        if let Some(old) = previous.as_ref().and_then(|stored| stored.lease()) {
             self.detach(old, &key);
         }
         if let Some(lease) = lease {
@@ -789,7 +772,7 @@ impl KvStore {
     fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Stored)> {
         let (key, stored) = self.data.remove_with_key(key)?;
         self.forget_bytes(&key, Some(&stored));
-        if let Some(lease) = stored.metadata.lease {
+        if let Some(lease) = stored.lease() {
             self.detach(lease, &key);
         }
         Some((key, stored))
@@ -813,10 +796,8 @@ impl KvStore {
     fn holds(&self, key: &[u8], expect: &Expect) -> bool {
         match (expect, self.data.get(key)) {
             (Expect::Absent, None) => true,
-            (Expect::Value(expected), Some(current)) => *current.value == **expected,
-            (Expect::ModRevision(revision), Some(current)) => {
-                current.metadata.mod_revision == *revision
-            }
+            (Expect::Value(expected), Some(current)) => current.value() == &**expected,
+            (Expect::ModRevision(revision), Some(current)) => current.mod_revision() == *revision,
             _ => false,
         }
     }
@@ -847,7 +828,7 @@ impl KvStore {
 
 /// Bytes of one key and its value.
 pub(super) fn entry_bytes(key: &[u8], stored: &Stored) -> u64 {
-    (key.len() + stored.value.len()) as u64
+    (key.len() + stored.value().len()) as u64
 }
 
 impl StateMachine for KvStore {
