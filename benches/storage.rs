@@ -9,12 +9,14 @@
 //!   1 GiB figure).
 //! - `KEYVAL_BENCH_SYNC_SAMPLES`: single-entry syncs timed for the percentiles (default 500;
 //!   0 skips them).
+//! - `KEYVAL_BENCH_PREALLOCATE=1`: build the recovered log in preallocated segments, as the
+//!   `keyval` node writes it (each segment zero-filled ahead of its records).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use keyval::storage::file::{FileOptions, FileStorage, FsyncPolicy};
+use keyval::storage::file::{FileOptions, FileStorage, FsyncPolicy, Preallocation};
 use keyval::storage::Storage;
 use keyval::{Entry, EntryId, EntryPayload, LogIndex, Term};
 
@@ -78,8 +80,14 @@ fn append_with_sync_per_batch(criterion: &mut Criterion) {
 /// Writes a log of about `bytes` bytes (without fsync, then one sync) and returns its dir.
 fn build_log(bytes: u64) -> tempfile::TempDir {
     let dir = bench_dir();
+    let preallocate = if environment_number("KEYVAL_BENCH_PREALLOCATE", 0) == 1 {
+        Preallocation::Inline
+    } else {
+        Preallocation::Off
+    };
     let options = FileOptions {
         fsync: FsyncPolicy::Never,
+        preallocate,
         ..FileOptions::default()
     };
     let mut storage = FileStorage::open(dir.path(), options).expect("open");
