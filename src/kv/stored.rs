@@ -34,8 +34,8 @@ impl Stored {
     ///
     /// # Panics
     /// If `metadata.lease` is `Some(LeaseId(0))`: lease ids are log indexes, never 0, and 0
-    /// encodes "no lease" here. Every path that builds metadata from input (snapshots, the
-    /// history in them) rejects lease 0 first.
+    /// encodes "no lease" here. Every path from input rejects lease 0 first: a command naming
+    /// it is refused as naming an unknown lease, a snapshot (keys and history) as corrupt.
     pub(super) fn new(value: &[u8], metadata: Metadata) -> Stored {
         let lease = match metadata.lease {
             Some(LeaseId(0)) => panic!("kv: lease id 0 stored with a key"),
