@@ -19,6 +19,7 @@ use keyval::client::{Client, ClientOptions};
 use keyval::protocol::RequestBody;
 use keyval::server::ServerOptions;
 use keyval::tls::{ClientAuth, ClientTls, ServerTls, ServerTlsFiles};
+use process_support::free_port;
 use server_support::{wait_for, TestCluster};
 
 /// What the TLS tests ask of the shared CA beyond certificates.
@@ -253,19 +254,6 @@ fn keyval_and_kvctl_speak_tls_with_their_flags() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/ca.pem"));
     node.kill();
-}
-
-/// A free port on 127.0.0.1 for a child process to listen on: random and below Linux's
-/// ephemeral range (32768 and up), so that no outgoing connection or port-0 listener of a test
-/// running beside takes it between this check and the child's bind. Binding port 0 and
-/// releasing it lost that race on CI: a node died with "Address already in use".
-fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + rand::random::<u16>() % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 mod peers {

@@ -48,12 +48,9 @@ impl Key {
 }
 
 impl From<Vec<u8>> for Key {
+    /// As [`Key::new`]: an `Arc<[u8]>` is a new allocation (with its counts) either way.
     fn from(bytes: Vec<u8>) -> Key {
-        if bytes.len() <= INLINE_BYTES_MAX {
-            Key::new(&bytes)
-        } else {
-            Key::Shared(Arc::from(bytes))
-        }
+        Key::new(&bytes)
     }
 }
 

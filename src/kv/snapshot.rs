@@ -649,13 +649,15 @@ mod tests {
 
     #[test]
     fn a_history_record_attached_to_lease_0_is_refused() {
+        use crate::kv::Metadata;
+
         // Lease ids are log indexes, never 0, and the store encodes "no lease" as 0: a record
         // naming lease 0 is corrupt, and must be refused rather than stored (or panic).
         let versioned = |lease| Versioned {
             value: b"v".to_vec(),
-            metadata: super::super::response::Metadata {
+            metadata: Metadata {
                 lease,
-                ..super::super::response::Metadata::created(LogIndex(5))
+                ..Metadata::created(LogIndex(5))
             },
         };
         let refused = check_change(

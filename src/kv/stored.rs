@@ -64,12 +64,11 @@ impl Stored {
 
     /// The key's metadata.
     pub(super) fn metadata(&self) -> Metadata {
-        let lease = self.field(3);
         Metadata {
             create_revision: LogIndex(self.field(0)),
             mod_revision: self.mod_revision(),
             version: self.field(2),
-            lease: (lease != 0).then_some(LeaseId(lease)),
+            lease: self.lease(),
         }
     }
 

@@ -45,6 +45,20 @@ pub fn free_address() -> String {
     }
 }
 
+/// A free port on 127.0.0.1 itself (for a listener that must be on that address, such as one
+/// named in a TLS certificate): random and below Linux's ephemeral range (32768 and up), so
+/// that no outgoing connection or port-0 listener of a test running beside takes it between
+/// this check and the child's bind. Binding port 0 and releasing it lost that race on CI: a
+/// node died with "Address already in use".
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// One `keyval` process; killed on drop.
 pub struct NodeProcess {
     pub child: Option<Child>,

@@ -16,11 +16,11 @@
 //! The next segment is prepared ahead of time under a temporary name
 //! ([`PREPARED_FILE_NAME`]): on the `storage-preallocate` thread once the active segment is a
 //! quarter full ([`Preallocation::Background`]), or at the roll itself
-//! ([`Preallocation::Inline`], for the crash tests, which count every operation in order). At a roll the log writer takes it: it
-//! writes the segment's header at offset 0, syncs it and renames it to the segment's name, so
-//! that a file with a segment's name always has its header. A roll that finds nothing
-//! prepared (the thread fell behind) creates the segment the old way, growing as it is
-//! written. Recovery reads zeros after a segment's last record as the end of its records, not
+//! ([`Preallocation::Inline`], for the crash tests, which count every operation in order). At
+//! a roll the log writer takes it: it writes the segment's header at offset 0, syncs it and
+//! renames it to the segment's name, so that a file with a segment's name always has its
+//! header. A roll that finds nothing prepared (the thread fell behind) creates the segment the
+//! old way, growing as it is written. Recovery reads zeros after a segment's last record as the end of its records, not
 //! as damage ([`scan_segment`](super::segment::scan_segment)), and removes a prepared file a
 //! crash left behind.
 
