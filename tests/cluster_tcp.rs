@@ -1,5 +1,7 @@
 //! Threaded node runtimes over the real std-TCP peer transport on loopback: election,
-//! replication, and failover when the leader is shut down.
+//! replication, and failover when the leader is shut down — two nodes with the transport's
+//! readers stepping messages into the core themselves (as the `keyval` binary runs), one
+//! through the inbound queue and thread.
 
 mod server_support;
 
@@ -32,6 +34,13 @@ fn three_nodes_over_tcp_elect_replicate_and_fail_over() {
             seed: k as u64,
         })
         .unwrap();
+        if k < 2 {
+            assert!(transports[k].deliver_directly(node.peer_delivery()));
+            assert!(
+                !transports[k].deliver_directly(node.peer_delivery()),
+                "a second target is refused"
+            );
+        }
         nodes.push(Some(node));
     }
     let leader_index = |nodes: &[Option<Node<CommandLog>>]| {
@@ -67,4 +76,18 @@ fn three_nodes_over_tcp_elect_replicate_and_fail_over() {
         .unwrap();
     assert_eq!(commands.len(), 21);
     assert_eq!(commands.last().unwrap(), b"after failover");
+    // The nodes now hold their transports alone: dropping a node drops its transport, whose
+    // readers may be stepping into that very node at the time. It must not hang.
+    drop(transports);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for node in nodes.into_iter().flatten() {
+            drop(node);
+        }
+        let _ = done.send(());
+    });
+    assert!(
+        finished.recv_timeout(WAIT).is_ok(),
+        "dropping the nodes (and with them their transports) hung"
+    );
 }

@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use keyval::codec;
 use keyval::limits::{FRAME_BYTES_MAX, INBOUND_QUEUE_CAPACITY};
 use keyval::transport::tcp::{Handshake, TcpConfig, TcpTransport, TransportStats};
+use keyval::transport::Deliver;
 use keyval::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -210,6 +212,62 @@ fn many_messages_arrive_in_order() {
     );
 }
 
+/// Records what a direct target was handed, batch by batch, with the thread that handed it.
+#[derive(Default)]
+struct Recorder {
+    batches: parking_lot::Mutex<Vec<(String, NodeId, Vec<TestMessage>)>>,
+}
+
+impl Deliver<TestMessage> for Recorder {
+    fn deliver(&self, from: NodeId, messages: &mut Vec<TestMessage>) {
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.batches
+            .lock()
+            .push((thread, from, std::mem::take(messages)));
+    }
+}
+
+impl Recorder {
+    fn messages(&self) -> Vec<TestMessage> {
+        let batches = self.batches.lock();
+        batches
+            .iter()
+            .flat_map(|(_, _, messages)| messages.iter().cloned())
+            .collect()
+    }
+}
+
+#[test]
+fn direct_delivery_hands_batches_in_order_on_the_reader_thread() {
+    let peers = mesh(&[24, 25]);
+    let (one, two) = (&peers[0], &peers[1]);
+    ping_until_received(one, two);
+    let recorder = Arc::new(Recorder::default());
+    assert!(two
+        .transport
+        .deliver_directly(Arc::clone(&recorder) as Arc<dyn Deliver<TestMessage>>));
+    assert!(!two
+        .transport
+        .deliver_directly(Arc::new(Recorder::default()) as Arc<dyn Deliver<TestMessage>>));
+    const COUNT: u64 = 3_000;
+    for sequence in 0..COUNT {
+        one.transport.send(two.id, TestMessage::Ping { sequence });
+    }
+    wait_until("every message is delivered", || {
+        recorder.messages().len() as u64 >= COUNT
+    });
+    let expected: Vec<TestMessage> = (0..COUNT)
+        .map(|sequence| TestMessage::Ping { sequence })
+        .collect();
+    assert_eq!(recorder.messages(), expected);
+    for (thread, from, messages) in recorder.batches.lock().iter() {
+        assert_eq!(thread, "n25-peer-recv");
+        assert_eq!(*from, one.id);
+        assert!(!messages.is_empty() && messages.len() <= 512);
+    }
+    assert!(two.inbound.is_empty(), "nothing goes through the queue");
+}
+
 #[test]
 fn large_messages_arrive_intact() {
     let peers = mesh(&[31, 32]);
@@ -354,6 +412,39 @@ fn truncated_frame_at_end_of_stream_closes_the_connection() {
     codec::write_value_record(&TestMessage::Blob(vec![9; 100]), &mut bytes).unwrap();
     bytes.truncate(50);
     hostile_frame_closes_only_its_connection(70, &bytes, true);
+}
+
+#[test]
+fn frames_read_together_with_a_bad_one_are_delivered_before_the_connection_closes() {
+    let peers = mesh(&[73, 74]);
+    let target = &peers[1];
+    let impostor = NodeId(77);
+    target
+        .transport
+        .set_peer_address(impostor, unused_address())
+        .unwrap();
+    let mut bytes = Vec::new();
+    for sequence in [1, 2] {
+        codec::write_value_record(&TestMessage::Ping { sequence }, &mut bytes).unwrap();
+    }
+    let bad_at = bytes.len();
+    codec::write_value_record(&TestMessage::Ping { sequence: 3 }, &mut bytes).unwrap();
+    bytes[bad_at + 4] ^= 0xFF; // the third frame's checksum
+    let mut stream = raw_connection(target.address(), Some(Handshake::new(CLUSTER, impostor)));
+    stream.write_all(&bytes).unwrap();
+    assert_closed_by_remote(stream);
+    assert_eq!(
+        receive(target),
+        (impostor, TestMessage::Ping { sequence: 1 })
+    );
+    assert_eq!(
+        receive(target),
+        (impostor, TestMessage::Ping { sequence: 2 })
+    );
+    wait_until("the bad frame is counted", || {
+        target.stats().connections_closed_bad_frame == 1
+    });
+    assert!(target.inbound.is_empty());
 }
 
 #[test]

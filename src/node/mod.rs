@@ -414,6 +414,18 @@ impl<M: StateMachine> Node<M> {
         self.election_timeout
     }
 
+    /// A target for a transport's reader threads that steps the messages they read straight
+    /// into the core (see [`TcpTransport::deliver_directly`](crate::transport::tcp::TcpTransport::deliver_directly)),
+    /// instead of queueing them for this node's `inbound` thread: one thread fewer to wake for
+    /// every batch a peer sends, on the path of every write (the followers' appends, the
+    /// leader's acknowledgements). It holds the node weakly and drops what arrives once the
+    /// node is gone or stopped.
+    pub fn peer_delivery(&self) -> Arc<dyn crate::transport::Deliver<crate::raft::Message>> {
+        Arc::new(inbound::PeerDelivery {
+            shared: Arc::downgrade(&self.shared),
+        })
+    }
+
     /// What the node's threads record (register it in a metrics registry).
     pub fn metrics(&self) -> &NodeMetrics {
         &self.shared.metrics

@@ -27,6 +27,17 @@ pub trait Transport: Send + Sync + 'static {
 /// node id). The node drops a message whose `from` differs, so a peer cannot speak for another.
 pub type Inbound = (NodeId, Message);
 
+/// Takes inbound messages on the transport's own reader threads, instead of a queue to another
+/// thread: one wake-up fewer for every batch a peer sends ([`crate::node::Node::peer_delivery`]
+/// steps them straight into the core). A transport that has one calls it for every batch it
+/// reads; before it has one (or without one) it uses its queue.
+pub trait Deliver<M>: Send + Sync + 'static {
+    /// Takes every message of `messages` (leaving it empty), all sent by `from` and read
+    /// together off one connection, in the order sent. It may wait briefly for a lock (a
+    /// busy node slows its peers down through TCP) but never for I/O.
+    fn deliver(&self, from: NodeId, messages: &mut Vec<M>);
+}
+
 /// The bounded queue through which a transport hands inbound messages to a node.
 pub fn inbound_channel() -> (Sender<Inbound>, Receiver<Inbound>) {
     crossbeam_channel::bounded(limits::INBOUND_QUEUE_CAPACITY)

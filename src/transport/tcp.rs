@@ -10,7 +10,9 @@
 //!
 //!  remote writer ──TCP──► n{id}-peer-listen ──spawns──► n{id}-peer-recv (one per connection)
 //!                                                         handshake, read_record, decode
-//!                                                         ──send_timeout──► inbound
+//!                                                         ──► Deliver (set by the node:
+//!                                                             stepped on this thread), or
+//!                                                             ──send_timeout──► inbound
 //! ```
 //!
 //! Every thread loops on an owned stop signal; [`TcpTransport::shutdown`] (or dropping the
@@ -326,6 +328,8 @@ pub struct TcpTransport<M> {
     /// membership changes and shutdown.
     writers: RwLock<BTreeMap<NodeId, PeerWriter<M>>>,
     listener_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Where the readers hand what they read.
+    inbound: Arc<listener::InboundTarget<M>>,
 }
 
 impl<M> TcpTransport<M>
@@ -357,11 +361,13 @@ where
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
         });
+        let inbound = Arc::new(listener::InboundTarget::new(inbound));
         let transport = TcpTransport {
             shared: Arc::clone(&shared),
             local_addr,
             writers: RwLock::new(BTreeMap::new()),
             listener_thread: Mutex::new(None),
+            inbound: Arc::clone(&inbound),
         };
         // From here on a failure drops `transport`, which stops whatever already started.
         let listener_thread = listener::spawn::<M>(listener, shared, inbound)?;
@@ -387,6 +393,15 @@ where
                 add(&writer.link.send_failures, 1);
             }
         }
+    }
+
+    /// From now on the reader threads hand every batch of messages they read to `target` on
+    /// their own thread instead of queueing them for `start`'s `inbound` (which a node's
+    /// `inbound` thread would take and step: a wake-up more per batch). Messages already
+    /// queued are still taken from the queue — Raft copes with the one-time reordering.
+    /// Returns `false` (and changes nothing) when a target was already set.
+    pub fn deliver_directly(&self, target: Arc<dyn super::Deliver<M>>) -> bool {
+        self.inbound.direct.set(target).is_ok()
     }
 
     /// The address the listener is bound to (the real port when `listen` had port 0).

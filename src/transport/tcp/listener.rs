@@ -1,13 +1,14 @@
 //! The `n{id}-peer-listen` thread, which accepts peer connections, and the `n{id}-peer-recv`
 //! threads it spawns, one per inbound connection. A reader checks the handshake, then turns
-//! records into messages for the inbound queue. Any bad input ends that one connection with a
-//! logged reason; nothing read from the network can panic the node or make it allocate more
-//! than the bytes that actually arrived (plus one read chunk).
+//! records into messages for the node (its direct target, else the inbound queue), a batch of
+//! every whole record per read. Any bad input ends that one connection with a logged reason;
+//! nothing read from the network can panic the node or make it allocate more than the bytes
+//! that actually arrived (plus one read chunk).
 
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use super::{
 };
 use crate::codec::{self, RecordRead, RECORD_HEADER_BYTES};
 use crate::limits::FRAME_BYTES_MAX;
+use crate::transport::Deliver;
 use crate::types::NodeId;
 
 /// The listener polls a non-blocking accept this often, so that it notices shutdown without
@@ -46,11 +48,30 @@ pub(super) const HANDSHAKE_BYTES_MAX: u64 = 64;
 /// that a stuck consumer slows peers down but cannot wedge the reader or shutdown.
 const INBOUND_SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// A reader hands over at most this many messages at once (one lock hold of the node's core).
+const DELIVER_BATCH_MAX: usize = 512;
+
+/// Where readers hand the messages they read: the target set by
+/// [`TcpTransport::deliver_directly`](super::TcpTransport::deliver_directly), else the queue.
+pub(super) struct InboundTarget<M> {
+    queue: Sender<(NodeId, M)>,
+    pub(super) direct: OnceLock<Arc<dyn Deliver<M>>>,
+}
+
+impl<M> InboundTarget<M> {
+    pub(super) fn new(queue: Sender<(NodeId, M)>) -> InboundTarget<M> {
+        InboundTarget {
+            queue,
+            direct: OnceLock::new(),
+        }
+    }
+}
+
 /// Spawns the listener thread.
 pub(super) fn spawn<M>(
     listener: TcpListener,
     shared: Arc<Shared>,
-    inbound: Sender<(NodeId, M)>,
+    inbound: Arc<InboundTarget<M>>,
 ) -> Result<JoinHandle<()>, TcpError>
 where
     M: DeserializeOwned + Send + 'static,
@@ -80,7 +101,7 @@ struct InboundConnection {
 struct AcceptLoop<M> {
     listener: TcpListener,
     shared: Arc<Shared>,
-    inbound: Sender<(NodeId, M)>,
+    inbound: Arc<InboundTarget<M>>,
     /// Invariant: `connections.len() <= INBOUND_CONNECTIONS_MAX`.
     connections: Vec<InboundConnection>,
 }
@@ -161,7 +182,7 @@ impl<M: DeserializeOwned + Send + 'static> AcceptLoop<M> {
         };
         let reader = Reader {
             shared: Arc::clone(&self.shared),
-            inbound: self.inbound.clone(),
+            inbound: Arc::clone(&self.inbound),
             stream,
             tls,
             remote,
@@ -212,7 +233,7 @@ enum Ending {
 
 struct Reader<M> {
     shared: Arc<Shared>,
-    inbound: Sender<(NodeId, M)>,
+    inbound: Arc<InboundTarget<M>>,
     stream: TcpStream,
     /// The TLS session over `stream`, on a TLS peer port.
     tls: Option<Box<rustls::ServerConnection>>,
@@ -227,7 +248,7 @@ struct Reader<M> {
     filled: usize,
 }
 
-impl<M: DeserializeOwned> Reader<M> {
+impl<M: DeserializeOwned + Send + 'static> Reader<M> {
     fn run(mut self) {
         let id = self.shared.config.id;
         let remote = self.remote;
@@ -315,30 +336,74 @@ impl<M: DeserializeOwned> Reader<M> {
         Ok(handshake.from)
     }
 
-    /// Delivers messages from `from` until the connection ends.
+    /// Delivers messages from `from` until the connection ends: every whole record already
+    /// read goes over in one batch before the reader waits for more bytes.
     fn serve(&mut self, from: NodeId) -> Ending {
-        let shared = Arc::clone(&self.shared);
-        let counters = &shared.counters;
+        let mut batch = Vec::new();
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ending::Stopping;
             }
-            let (begin, end) = match self.next_payload(FRAME_BYTES_MAX, None) {
-                Ok(range) => range,
-                Err(ending) => return ending,
-            };
-            let message: M = match codec::decode(&self.buffer[begin..end]) {
-                Ok(message) => message,
-                Err(error) => return Ending::Fault(format!("frame does not decode: {error}")),
-            };
-            add(&counters.frames_received, 1);
+            while batch.len() < DELIVER_BATCH_MAX {
+                let read =
+                    codec::read_record(&self.buffer[self.start..self.filled], FRAME_BYTES_MAX);
+                match read {
+                    Ok(RecordRead::Complete { payload, consumed }) => {
+                        let message: M = match codec::decode(payload) {
+                            Ok(message) => message,
+                            Err(error) => {
+                                // What came before the bad frame was sent in good faith.
+                                self.deliver(from, &mut batch);
+                                return Ending::Fault(format!("frame does not decode: {error}"));
+                            }
+                        };
+                        self.start += consumed;
+                        add(&self.shared.counters.frames_received, 1);
+                        batch.push(message);
+                    }
+                    Ok(RecordRead::Incomplete { .. }) => break,
+                    Err(error) => {
+                        self.deliver(from, &mut batch);
+                        return Ending::Fault(format!("bad frame: {error}"));
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.deliver(from, &mut batch);
+                continue;
+            }
+            if let Err(ending) = self.read_more(None) {
+                return ending;
+            }
+        }
+    }
+
+    /// Hands `batch` (emptied) to the node: to the direct target when one is set, else one
+    /// message at a time to the queue, dropping (and counting) what stays refused.
+    fn deliver(&self, from: NodeId, batch: &mut Vec<M>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(direct) = self.inbound.direct.get() {
+            direct.deliver(from, batch);
+            batch.clear();
+            return;
+        }
+        let mut messages = batch.drain(..);
+        while let Some(message) = messages.next() {
             match self
                 .inbound
+                .queue
                 .send_timeout((from, message), INBOUND_SEND_TIMEOUT)
             {
                 Ok(()) => {}
                 Err(SendTimeoutError::Timeout(_) | SendTimeoutError::Disconnected(_)) => {
-                    add(&counters.dropped_inbound_full, 1);
+                    // A consumer that let one message wait that long is stuck or gone: the
+                    // rest of the batch is dropped with it rather than waited for one by one
+                    // (which would hold up shutdown for a whole batch of timeouts).
+                    let dropped = 1 + messages.len() as u64;
+                    add(&self.shared.counters.dropped_inbound_full, dropped);
+                    return;
                 }
             }
         }
