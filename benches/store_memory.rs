@@ -1,7 +1,8 @@
 //! The key-value store's memory at scale and what a snapshot costs the applier, for issue
 //! #12's targets: resident memory per key against the raw bytes of keys and values (target:
-//! at most 2.5×), the time the applier is stopped to freeze a snapshot (O(1)), and the time
-//! the snapshot thread then spends serializing it.
+//! at most 2.5×), the time the applier is stopped to freeze a snapshot (O(1)), the time
+//! the snapshot thread then spends serializing it, and what an overwrite of an existing key
+//! costs the applier (what a put benchmark applies).
 //!
 //! Run: `cargo bench --bench store_memory` (`KEYVAL_BENCH_KEYS`, default 1,000,000 keys of 16
 //! bytes; `KEYVAL_BENCH_VALUE_BYTES`, default 100; `KEYVAL_BENCH_ORDER=random` to load them in
@@ -94,5 +95,25 @@ fn main() {
         per_write_after_freeze.as_secs_f64() * 1e6,
         serialize.as_secs_f64() * 1e3,
         bytes.len() as f64 / 1048576.0
+    );
+    drop(bytes);
+    // Overwrites of existing keys in random order: what `kvctl bench put` applies.
+    let overwrites = 500_000u64;
+    let commands: Vec<Vec<u8>> = (0..overwrites)
+        .map(|k| {
+            let key = format!("{:016}", (k * 104_729 + 13) % keys).into_bytes();
+            Command::put(key, vec![b'o'; value_bytes])
+                .encode()
+                .expect("valid")
+        })
+        .collect();
+    let first = keys + writes + 1;
+    let started = Instant::now();
+    for (k, command) in commands.iter().enumerate() {
+        store.apply(EntryId::new(Term(1), LogIndex(first + k as u64)), command);
+    }
+    println!(
+        "store_memory: {overwrites} overwrites of existing keys in random order, {:.2} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / overwrites as f64
     );
 }

@@ -630,13 +630,26 @@ impl KvStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> (Option<Stored>, Metadata) {
-        let mut metadata = match self.data.get(&key) {
-            Some(old) => old.metadata().modified(index),
-            None => Metadata::created(index),
+        // A key that exists (what most writes are) has its value replaced where the one
+        // traversal found it; only a new key pays for a second one, to insert.
+        let (previous, stored, metadata) = match self.data.get_mut(&key) {
+            Some(slot) => {
+                let mut metadata = slot.metadata().modified(index);
+                metadata.lease = lease;
+                let stored = Stored::new(&value, metadata);
+                let previous = std::mem::replace(slot, stored.clone());
+                self.account_put(&key, &stored, Some(&previous));
+                (Some(previous), stored, metadata)
+            }
+            None => {
+                let mut metadata = Metadata::created(index);
+                metadata.lease = lease;
+                let stored = Stored::new(&value, metadata);
+                let previous = self.insert_entry(key.clone(), stored.clone());
+                debug_assert!(previous.is_none());
+                (previous, stored, metadata)
+            }
         };
-        metadata.lease = lease;
-        let stored = Stored::new(&value, metadata);
-        let previous = self.insert_entry(key.clone(), stored.clone());
         self.changes.push(Change {
             key,
             current: Some(stored),
@@ -748,24 +761,29 @@ impl KvStore {
     /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
     /// one its new metadata names (which must exist). Returns what it replaced.
     pub(super) fn insert_entry(&mut self, key: Key, stored: Stored) -> Option<Stored> {
-        let lease = stored.lease();
-        self.bytes += entry_bytes(&key, &stored);
-        let previous = self.data.insert(key.clone(), stored);
-        self.forget_bytes(&key, previous.as_ref());
-        if let Some(old) = previous.as_ref().and_then(|stored| stored.lease()) {
-            self.detach(old, &key);
+        let previous = self.data.insert(key.clone(), stored.clone());
+        self.account_put(&key, &stored, previous.as_ref());
+        previous
+    }
+
+    /// The bookkeeping of `key` now holding `stored` instead of `previous`: the byte count,
+    /// and the key moved from the old value's lease to the new one's.
+    fn account_put(&mut self, key: &Key, stored: &Stored, previous: Option<&Stored>) {
+        self.bytes += entry_bytes(key, stored);
+        self.forget_bytes(key, previous);
+        if let Some(old) = previous.and_then(Stored::lease) {
+            self.detach(old, key);
         }
-        if let Some(lease) = lease {
+        if let Some(lease) = stored.lease() {
             let entry = self.leases.get_mut(&lease);
             assert!(
                 entry.is_some(),
                 "kv: key attached to unknown lease {lease:?}"
             );
             if let Some(entry) = entry {
-                entry.keys.insert(key);
+                entry.keys.insert(key.clone());
             }
         }
-        previous
     }
 
     /// Removes `key`, detaching it from its lease; returns it with what it held.
