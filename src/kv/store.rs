@@ -638,7 +638,7 @@ impl KvStore {
                 metadata.lease = lease;
                 let stored = Stored::new(&value, metadata);
                 let previous = std::mem::replace(slot, stored.clone());
-                self.account_put(&key, &stored, Some(&previous));
+                self.account_put(&key, entry_bytes(&key, &stored), lease, Some(&previous));
                 (Some(previous), stored, metadata)
             }
             None => {
@@ -761,20 +761,28 @@ impl KvStore {
     /// Inserts `key`, keeping the lease index: detached from its old lease, attached to the
     /// one its new metadata names (which must exist). Returns what it replaced.
     pub(super) fn insert_entry(&mut self, key: Key, stored: Stored) -> Option<Stored> {
-        let previous = self.data.insert(key.clone(), stored.clone());
-        self.account_put(&key, &stored, previous.as_ref());
+        let (bytes, lease) = (entry_bytes(&key, &stored), stored.lease());
+        let previous = self.data.insert(key.clone(), stored);
+        self.account_put(&key, bytes, lease, previous.as_ref());
         previous
     }
 
-    /// The bookkeeping of `key` now holding `stored` instead of `previous`: the byte count,
-    /// and the key moved from the old value's lease to the new one's.
-    fn account_put(&mut self, key: &Key, stored: &Stored, previous: Option<&Stored>) {
-        self.bytes += entry_bytes(key, stored);
+    /// The bookkeeping of `key` now holding a value of `bytes` (with the key) attached to
+    /// `lease`, instead of `previous`: the byte count, and the key moved from the old value's
+    /// lease to the new one's.
+    fn account_put(
+        &mut self,
+        key: &Key,
+        bytes: u64,
+        lease: Option<LeaseId>,
+        previous: Option<&Stored>,
+    ) {
+        self.bytes += bytes;
         self.forget_bytes(key, previous);
         if let Some(old) = previous.and_then(Stored::lease) {
             self.detach(old, key);
         }
-        if let Some(lease) = stored.lease() {
+        if let Some(lease) = lease {
             let entry = self.leases.get_mut(&lease);
             assert!(
                 entry.is_some(),

@@ -345,26 +345,23 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
                 return Ending::Stopping;
             }
             while batch.len() < DELIVER_BATCH_MAX {
-                let read =
-                    codec::read_record(&self.buffer[self.start..self.filled], FRAME_BYTES_MAX);
-                match read {
-                    Ok(RecordRead::Complete { payload, consumed }) => {
-                        let message: M = match codec::decode(payload) {
-                            Ok(message) => message,
-                            Err(error) => {
-                                // What came before the bad frame was sent in good faith.
-                                self.deliver(from, &mut batch);
-                                return Ending::Fault(format!("frame does not decode: {error}"));
-                            }
-                        };
-                        self.start += consumed;
+                let (begin, end) = match self.buffered_payload(FRAME_BYTES_MAX) {
+                    Ok(Some(range)) => range,
+                    Ok(None) => break,
+                    Err(ending) => {
+                        // What came before the bad frame was sent in good faith.
+                        self.deliver(from, &mut batch);
+                        return ending;
+                    }
+                };
+                match codec::decode(&self.buffer[begin..end]) {
+                    Ok(message) => {
                         add(&self.shared.counters.frames_received, 1);
                         batch.push(message);
                     }
-                    Ok(RecordRead::Incomplete { .. }) => break,
                     Err(error) => {
                         self.deliver(from, &mut batch);
-                        return Ending::Fault(format!("bad frame: {error}"));
+                        return Ending::Fault(format!("frame does not decode: {error}"));
                     }
                 }
             }
@@ -417,16 +414,25 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
         deadline: Option<Instant>,
     ) -> Result<(usize, usize), Ending> {
         loop {
-            match codec::read_record(&self.buffer[self.start..self.filled], limit) {
-                Ok(RecordRead::Complete { payload, consumed }) => {
-                    let begin = self.start + RECORD_HEADER_BYTES;
-                    let end = begin + payload.len();
-                    self.start += consumed;
-                    return Ok((begin, end));
-                }
-                Ok(RecordRead::Incomplete { .. }) => self.read_more(deadline)?,
-                Err(error) => return Err(Ending::Fault(format!("bad frame: {error}"))),
+            if let Some(range) = self.buffered_payload(limit)? {
+                return Ok(range);
             }
+            self.read_more(deadline)?;
+        }
+    }
+
+    /// Takes the next whole record of at most `limit` bytes already read and returns its
+    /// payload range; `None` when more bytes are needed.
+    fn buffered_payload(&mut self, limit: u64) -> Result<Option<(usize, usize)>, Ending> {
+        match codec::read_record(&self.buffer[self.start..self.filled], limit) {
+            Ok(RecordRead::Complete { payload, consumed }) => {
+                let begin = self.start + RECORD_HEADER_BYTES;
+                let end = begin + payload.len();
+                self.start += consumed;
+                Ok(Some((begin, end)))
+            }
+            Ok(RecordRead::Incomplete { .. }) => Ok(None),
+            Err(error) => Err(Ending::Fault(format!("bad frame: {error}"))),
         }
     }
 
