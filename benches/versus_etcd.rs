@@ -22,7 +22,10 @@
 
 mod support;
 
-use support::{env_or, free_port, Processes};
+use support::{
+    env_or, free_port, kvctl_bench, preload_keys, start_keyval, wait_until, Figures, Processes,
+    KEYS, VALUE_BYTES,
+};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -32,26 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-
-const KEYS: u64 = 100_000;
-const VALUE_BYTES: usize = 256;
-
-/// One run's figures.
-#[derive(Clone, Debug)]
-struct Figures {
-    throughput: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 // ---- etcd over its HTTP gateway ----
 
@@ -268,56 +251,6 @@ fn etcd_puts(leader: &str, clients: u64, duration: Duration, sequential: bool) -
     }
 }
 
-// ---- keyval through kvctl bench ----
-
-fn start_keyval(dir: &Path) -> (Processes, String) {
-    let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let spec = (0..3)
-        .map(|k| format!("{}=127.0.0.1:{}/127.0.0.1:{}", k + 1, peers[k], clients[k]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut children = Vec::new();
-    for k in 0..3 {
-        let log = std::fs::File::create(dir.join(format!("keyval{k}.log"))).expect("keyval log");
-        children.push(
-            Command::new(env!("CARGO_BIN_EXE_keyval"))
-                .args(["--id", &(k + 1).to_string(), "--cluster", &spec])
-                .arg("--data-dir")
-                .arg(dir.join(format!("keyval{k}")))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn keyval"),
-        );
-    }
-    let endpoints = clients
-        .iter()
-        .map(|port| format!("127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (Processes(children), endpoints)
-}
-
-fn kvctl_bench(endpoints: &str, args: &[&str]) -> Option<Figures> {
-    let output = Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args(["--endpoints", endpoints, "bench"])
-        .args(args)
-        .args(["--json", "--keep", "--keys", &KEYS.to_string()])
-        .args(["--value-size", &VALUE_BYTES.to_string()])
-        .stderr(Stdio::null())
-        .output()
-        .expect("run kvctl");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    let latency = &report["latency_ms"];
-    Some(Figures {
-        throughput: report["throughput"].as_f64()?,
-        p50_ms: latency["p50"].as_f64()?,
-        p99_ms: latency["p99"].as_f64()?,
-        p999_ms: latency["p99.9"].as_f64()?,
-    })
-}
-
 fn print(name: &str, figures: &Figures) {
     println!(
         "  {name:<32} {:>9.0} puts/s   p50 {:>7.2} ms   p99 {:>7.2} ms   p99.9 {:>7.2} ms",
@@ -345,16 +278,11 @@ fn main() {
         etcd_leader_address.is_some()
     });
     let etcd_leader_address = etcd_leader_address.expect("leader");
-    let (_keyval, endpoints) = start_keyval(dir.path());
-    wait_until("a keyval leader", || {
-        kvctl_bench(&endpoints, &["put", "--clients", "1", "--requests", "1"]).is_some()
-    });
+    let (_keyval, endpoints) = start_keyval(dir.path(), None);
 
     eprintln!("preloading {KEYS} keys into each...");
     etcd_puts(&etcd_leader_address, 64, Duration::ZERO, true);
-    // A get run preloads the whole key space first.
-    kvctl_bench(&endpoints, &["get", "--clients", "64", "--requests", "1"])
-        .expect("keyval preload");
+    preload_keys(&endpoints);
 
     let clients_flag = clients.to_string();
     let seconds_flag = seconds.to_string();
@@ -376,7 +304,7 @@ fn main() {
             "--duration-secs",
             &seconds_flag,
         ];
-        if let Some(figures) = kvctl_bench(&endpoints, &common) {
+        if let Some(figures) = kvctl_bench(&endpoints, &common, None) {
             print(results[1].0, &figures);
             results[1].1.push(figures);
         }
@@ -385,7 +313,7 @@ fn main() {
             .copied()
             .chain(["--driver", "threads"])
             .collect();
-        if let Some(figures) = kvctl_bench(&endpoints, &threads) {
+        if let Some(figures) = kvctl_bench(&endpoints, &threads, None) {
             print(results[2].0, &figures);
             results[2].1.push(figures);
         }
