@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo bench --bench store_memory` (`KEYVAL_BENCH_KEYS`, default 1,000,000 keys of 16
 //! bytes; `KEYVAL_BENCH_VALUE_BYTES`, default 100; `KEYVAL_BENCH_ORDER=random` to load them in
-//! a random order). Prints one line per figure.
+//! a random order; `KEYVAL_BENCH_HISTORY_REVISIONS`, default 50,000, the watch history's
+//! bound, 0 for none). Prints one line per figure.
 
 mod support;
 
@@ -52,7 +53,11 @@ fn main() {
         })
         .collect();
     let before = rss_bytes();
-    let mut store = KvStore::new();
+    // `KEYVAL_BENCH_HISTORY_REVISIONS` sets the watch history's bound (default 50,000; 0 keeps
+    // none), to see what keeping it costs each write.
+    let mut limits = keyval::kv::HistoryLimits::default();
+    limits.revisions = env_or("KEYVAL_BENCH_HISTORY_REVISIONS", limits.revisions);
+    let mut store = KvStore::with_history_limits(limits);
     let started = Instant::now();
     for (k, command) in commands.iter().enumerate() {
         store.apply(EntryId::new(Term(1), LogIndex(k as u64 + 1)), command);
