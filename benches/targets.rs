@@ -8,8 +8,8 @@
 //! A round starts three release `keyval` nodes with default flags (fsync on, a snapshot every
 //! 100,000 entries), loads 100,000 keys of 256 bytes, puts for 3 s to warm up, then runs
 //! puts, gets, puts through the `Client` and gets through the `Client`, one after the other,
-//! and stops the cluster. The
-//! Client's share is taken within a round (same cluster, same minute).
+//! and stops the cluster. The `Client`'s share is taken within a round (same cluster, same
+//! minute).
 //!
 //! ```sh
 //! cargo bench --bench targets
@@ -20,8 +20,9 @@
 //! ```
 //!
 //! It prints each round, the middle round of each workload (by throughput) and, per target,
-//! every round's ratio and whether their median meets it. Nothing here fails on a missed target: it
-//! is a measurement, and the machine decides (docs/operations.md, "The README's figures").
+//! every round's ratio and whether their median meets it. Nothing here fails on a missed
+//! target: it is a measurement, and the machine decides (docs/operations.md, "The README's
+//! figures").
 
 mod support;
 

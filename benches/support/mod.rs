@@ -97,7 +97,7 @@ pub fn start_keyval(dir: &Path, cpus: Option<&str>) -> (Processes, String) {
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
-                .expect("spawn keyval"),
+                .expect("spawn keyval (under `taskset` when CPUs are given)"),
         );
     }
     let endpoints = clients
@@ -138,7 +138,7 @@ pub fn kvctl_bench(endpoints: &str, args: &[&str], cpus: Option<&str>) -> Option
         .args(["--value-size", &VALUE_BYTES.to_string()])
         .stderr(Stdio::null())
         .output()
-        .expect("run kvctl");
+        .expect("run kvctl (under `taskset` when CPUs are given)");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     let latency = &report["latency_ms"];
     Some(Figures {
